@@ -1,0 +1,8 @@
+/* commands: the entry point of each `gale` subcommand. Each cli/cmd_NAME.c parses its
+ * arguments and calls one library entry point; it returns the process exit status. */
+#ifndef GALE_CLI_COMMANDS_H
+#define GALE_CLI_COMMANDS_H
+
+int cmd_tokenize(int argc, char **argv);
+
+#endif

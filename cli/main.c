@@ -1,0 +1,41 @@
+/* gale: dispatches `gale SUBCOMMAND ...` to its cli/cmd_*.c entry point. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"tokenize", cmd_tokenize, "text or chat JSONL to token ids (SentencePiece BPE), and back"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gale COMMAND [ARGS...]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n`gale COMMAND --help` describes each one.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "gale: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

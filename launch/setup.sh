@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every system package gale needs to build, test and run its quick start.
+# Idempotent: apt-get skips what is already installed. Run as root (or with sudo).
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config clang libclang-rt-14-dev
+  # libraries gale links against
+  libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libzstd-dev zstd
+  libopenblas-dev libjansson-dev libyaml-dev libxxhash-dev libssl-dev zlib1g-dev
+  # references the tests compare against
+  sentencepiece python3-sentencepiece python3-numpy python3-h5py
+  # real text for the tokenizer tests and the quick start
+  fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-zh
+  manpages manpages-de manpages-es manpages-it manpages-pl manpages-ru manpages-ja manpages-zh
+  # plots
+  gnuplot-nox
+)
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "setup: all packages present"
