@@ -1,0 +1,141 @@
+/* model: the Llama 2 / Mistral / Mixtral decoder, its weights and its forward and backward
+ * pass, written once over a backend's ops table (model/ops.h).
+ *
+ * Parameters live in ONE contiguous fp32 buffer (on the backend's device), described by a
+ * layout: a table of tensor views under Hugging Face names. Gradients use the same layout in a
+ * second buffer, and optimizer moments can too, so all-reduce, clipping and checkpointing are
+ * flat operations over [0, layout.numel).
+ *
+ * The loss of a step is the mean over every target token of the global batch: the caller
+ * passes the number of target tokens to divide the summed cross-entropy by (all micro-batches,
+ * all ranks), so gradient accumulation and data parallelism optimise that mean. The router's
+ * aux loss is per micro-batch; its weight in the gradient (e.g. 1 / micro-batches) is passed
+ * too. */
+#ifndef GALE_MODEL_MODEL_H
+#define GALE_MODEL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/config.h"
+#include "model/ops.h"
+#include "util/error.h"
+
+#define MODEL_TENSOR_NAME_MAX 96
+
+/* One parameter tensor: a view of [offset, offset + numel) of the flat buffer. */
+struct model_tensor {
+    char name[MODEL_TENSOR_NAME_MAX];  /* Hugging Face name, e.g. model.layers.0.mlp.up_proj.weight */
+    int ndim;                          /* 1 or 2 */
+    int64_t shape[2];
+    size_t offset, numel;
+    int decay;                         /* 1 for 2-D weights: weight decay applies by default */
+};
+
+struct model_layout {
+    struct model_tensor *tensors;
+    int n;
+    size_t numel;                      /* total floats */
+};
+
+/* The tensors of a model in Hugging Face order: embed_tokens, then per layer input_layernorm,
+ * q/k/v/o_proj, post_attention_layernorm, mlp.gate/up/down_proj or block_sparse_moe.gate and
+ * experts.E.w1/w2/w3, then model.norm and lm_head (absent when tied). */
+void model_layout_build(const struct model_config *cfg, struct model_layout *layout);
+void model_layout_free(struct model_layout *layout);
+/* NULL when absent. */
+const struct model_tensor *model_layout_find(const struct model_layout *layout, const char *name);
+
+enum model_aux_form {
+    MODEL_AUX_HF,          /* pooled over layers: E * sum_k sum_e f[k][e] * P[e] (transformers) */
+    MODEL_AUX_PER_LAYER    /* mean over layers of E * sum_e f_e * P_e, f over all top-k slots */
+};
+
+struct model_options {
+    enum model_aux_form aux_form;
+    double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
+};
+
+/* One micro-batch. Position t of row b is token tokens[b*T + t]; it is trained to predict
+ * targets[b*T + t] (negative: no target). Shards give inputs = row[:-1], targets = row[1:];
+ * the fixtures' labels convention converts with model_targets_from_labels. */
+struct model_batch {
+    int batch, seq;                /* B, T */
+    const int32_t *tokens;         /* [B,T] host */
+    const int32_t *targets;        /* [B,T] host, or NULL for a forward without loss */
+    const uint8_t *loss_mask;      /* [B,T] host or NULL: 0 drops the target at t */
+    const int32_t *segments;       /* [B,T] host or NULL: document index; attention does not
+                                      cross documents and positions restart at 0 at each
+                                      document's first token */
+};
+
+struct model_loss {
+    double loss;        /* ce_sum / ce_denominator + coef * aux_loss + z_coef * z_loss */
+    double ce_sum;      /* summed cross-entropy of this micro-batch */
+    long n_targets;     /* targets counted in this micro-batch */
+    double aux_loss;    /* router load-balancing loss (0 for dense models) */
+    double z_loss;      /* router z-loss (0 unless enabled) */
+};
+
+struct model;
+
+/* A model with zeroed parameters and gradients on the backend ops. */
+struct model *model_create(const struct model_config *cfg, const struct gale_ops *ops,
+                           const struct model_options *opts, gale_error *err);
+void model_free(struct model *m);
+
+const struct model_config *model_get_config(const struct model *m);
+const struct model_layout *model_get_layout(const struct model *m);
+const struct gale_ops *model_get_ops(const struct model *m);
+/* The flat device buffers, layout.numel floats each. */
+float *model_params(struct model *m);
+float *model_grads(struct model *m);
+
+/* From scratch: every weight ~ N(0, std^2), the output projections (o_proj, down_proj, w2)
+ * scaled by 1/sqrt(2 * layers), norms at 1. Deterministic in seed (counter-based RNG). */
+void model_init_random(struct model *m, double std, uint64_t seed);
+
+/* Loads a Hugging Face folder (model.safetensors or an index + shards; F32, BF16, F16). A
+ * missing, unexpected or misshapen tensor is an error naming it. */
+int model_load_hf(struct model *m, const char *dir, gale_error *err);
+/* Loads the weights from an open set (e.g. a fixture); same checks. */
+struct safetensors_set;
+int model_load_tensors(struct model *m, const struct safetensors_set *set, gale_error *err);
+
+/* Writes config.json and model.safetensors (fp32, hub names) into dir, each atomically. */
+int model_save_hf(struct model *m, const char *dir, gale_error *err);
+
+/* Parameters to or from a host array of layout.numel floats. */
+void model_params_download(struct model *m, float *host);
+void model_params_upload(struct model *m, const float *host);
+void model_grads_download(struct model *m, float *host);
+
+void model_zero_grads(struct model *m);
+
+/* Forward only. With targets, fills out (ce divided by ce_denominator; <= 0 means by this
+ * micro-batch's own target count). Afterwards model_logits_download gives the logits. */
+int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
+                  struct model_loss *out, gale_error *err);
+
+/* Forward and backward: gradients += d(loss)/d(params) where
+ * loss = ce_sum / ce_denominator + aux_weight * (coef * aux + z_coef * z).
+ * ce_denominator <= 0 means this micro-batch's own target count; aux_weight is typically
+ * 1 / (micro-batches * data-parallel ranks). Logits are not kept. */
+int model_forward_backward(struct model *m, const struct model_batch *batch,
+                           double ce_denominator, double aux_weight, struct model_loss *out,
+                           gale_error *err);
+
+/* After model_forward: logits [B, T, vocab] to host. */
+void model_logits_download(struct model *m, float *host);
+
+/* After a forward of a Mixtral: the chosen experts [layers][B*T][k] to host. */
+void model_selected_experts_download(struct model *m, int32_t *host);
+
+/* targets[b,t] = labels[b,t+1] (the last position of each row gets -100): the convention of
+ * transformers' causal LM labels. */
+void model_targets_from_labels(const int64_t *labels, int batch, int seq, int32_t *targets);
+
+/* Number of target tokens of a batch (targets >= 0 and loss_mask != 0). */
+long model_batch_count_targets(const struct model_batch *batch);
+
+#endif

@@ -1,0 +1,53 @@
+/* adamw: torch.optim.AdamW over the model's flat parameter buffer, and global-norm gradient
+ * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a contiguous range
+ * [begin, end) of the flat buffer, so an optimizer shard (ZeRO-1) is the same code as the
+ * whole model. Weight decay applies to the tensors whose view says decay (2-D weights). */
+#ifndef GALE_OPTIM_ADAMW_H
+#define GALE_OPTIM_ADAMW_H
+
+#include <stddef.h>
+
+#include "model/model.h"
+#include "model/ops.h"
+#include "util/error.h"
+
+struct adamw_config {
+    double lr;             /* the base rate; adamw_step takes the scheduled one */
+    double beta1, beta2;
+    double eps;
+    double weight_decay;
+};
+
+/* Defaults of the golden fixtures: betas (0.9, 0.95), eps 1e-8, wd 0.1, lr 1e-3. */
+struct adamw_config adamw_config_default(void);
+
+struct adamw {
+    struct adamw_config cfg;
+    const struct gale_ops *ops;
+    size_t begin, end;     /* range of the flat buffer these moments cover */
+    float *m, *v;          /* device buffers of end - begin floats */
+    long step;             /* steps taken */
+};
+
+/* Zeroed moments for [begin, end) of the flat buffer. */
+void adamw_init(struct adamw *opt, const struct adamw_config *cfg, const struct gale_ops *ops,
+                size_t begin, size_t end);
+void adamw_free(struct adamw *opt);
+
+/* One step at rate lr on params[begin, end) with grads[begin, end) (both full flat
+ * buffers of the layout); decay per tensor view as the layout says. */
+void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
+                const float *grads, double lr);
+
+/* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
+double grad_sumsq(const struct gale_ops *ops, const float *grads, size_t begin, size_t end);
+
+/* The factor clip_grad_norm_ multiplies by: max_norm / (norm + 1e-6) when norm > max_norm,
+ * else 1 (max_norm <= 0: no clipping). */
+double grad_clip_factor(double norm, double max_norm);
+
+/* Single-process clip of grads[0, n): returns the norm before clipping. */
+double grad_clip_global_norm(const struct gale_ops *ops, float *grads, size_t n,
+                             double max_norm);
+
+#endif
