@@ -1,0 +1,524 @@
+/* run_config: libyaml document → schema-checked struct; overrides go through the same
+ * setters, so a --set value is checked exactly as a YAML value is. */
+#include "train/run_config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "util/file.h"
+
+typedef enum field_type { FIELD_INT, FIELD_U64, FIELD_DOUBLE, FIELD_BOOL, FIELD_STRING, FIELD_ENUM } field_type;
+
+static const char *const schedule_names[] = {"constant", "cosine", "linear", "wsd", NULL};
+static const char *const nan_names[] = {"stop", "skip", NULL};
+static const char *const aux_names[] = {"hf", "per_layer", NULL};
+static const char *const device_names[] = {"cpu", NULL};
+
+typedef struct field {
+    const char *section, *key;
+    field_type type;
+    size_t offset;
+    double min, max;           /* inclusive range of numbers */
+    const char *const *choices; /* FIELD_ENUM: the names, index = value */
+} field;
+
+#define F(sec, k, t, member, lo, hi, ch) {#sec, #k, t, offsetof(gale_run_config, sec.member), lo, hi, ch}
+static const field fields[] = {
+    F(model, config, FIELD_STRING, config, 0, 0, NULL),
+    F(model, from, FIELD_STRING, from, 0, 0, NULL),
+    F(data, seq_len, FIELD_INT, seq_len, 1, 1 << 20, NULL),
+    F(data, micro_batch, FIELD_INT, micro_batch, 1, 1 << 16, NULL),
+    F(data, grad_accum, FIELD_INT, grad_accum, 1, 1 << 16, NULL),
+    F(data, doc_mask, FIELD_BOOL, doc_mask, 0, 1, NULL),
+    F(optim, lr, FIELD_DOUBLE, lr, 1e-12, 10, NULL),
+    F(optim, min_lr, FIELD_DOUBLE, min_lr, 0, 10, NULL),
+    F(optim, beta1, FIELD_DOUBLE, beta1, 0, 0.999999, NULL),
+    F(optim, beta2, FIELD_DOUBLE, beta2, 0, 0.999999999, NULL),
+    F(optim, eps, FIELD_DOUBLE, eps, 1e-30, 1, NULL),
+    F(optim, weight_decay, FIELD_DOUBLE, weight_decay, 0, 10, NULL),
+    F(optim, clip, FIELD_DOUBLE, clip, 0, 1e9, NULL),
+    F(optim, schedule, FIELD_ENUM, schedule, 0, 0, schedule_names),
+    F(optim, warmup, FIELD_INT, warmup, 0, 1e12, NULL),
+    F(optim, decay, FIELD_INT, decay, 0, 1e12, NULL),
+    F(run, steps, FIELD_INT, steps, 1, 1e12, NULL),
+    F(run, tokens, FIELD_INT, tokens, 1, 1e18, NULL),
+    F(run, seed, FIELD_U64, seed, 0, 0, NULL),
+    F(run, eval_every, FIELD_INT, eval_every, 0, 1e12, NULL),
+    F(run, eval_batches, FIELD_INT, eval_batches, 1, 1e9, NULL),
+    F(run, checkpoint_every, FIELD_INT, checkpoint_every, 0, 1e12, NULL),
+    F(run, keep_last, FIELD_INT, keep_last, 1, 1e6, NULL),
+    F(run, log_every, FIELD_INT, log_every, 1, 1e9, NULL),
+    F(run, dir, FIELD_STRING, dir, 0, 0, NULL),
+    F(run, nan_policy, FIELD_ENUM, nan_policy, 0, 0, nan_names),
+    F(moe, aux_loss, FIELD_ENUM, aux_loss, 0, 0, aux_names),
+    F(moe, aux_coef, FIELD_DOUBLE, aux_coef, 0, 1e3, NULL),
+    F(moe, z_loss, FIELD_DOUBLE, z_loss, 0, 1e3, NULL),
+    F(backend, device, FIELD_ENUM, device, 0, 0, device_names),
+    F(backend, threads, FIELD_INT, threads, 0, 4096, NULL),
+};
+#undef F
+#define N_FIELDS (sizeof fields / sizeof *fields)
+
+/* Inline model shape keys: Hugging Face config.json names, passed through as JSON. */
+typedef enum shape_type { SHAPE_INT, SHAPE_NUMBER, SHAPE_BOOL, SHAPE_STRING, SHAPE_INT_OR_NULL } shape_type;
+static const struct shape_key {
+    const char *key;
+    shape_type type;
+} shape_keys[] = {
+    {"model_type", SHAPE_STRING},          {"vocab_size", SHAPE_INT},
+    {"hidden_size", SHAPE_INT},            {"intermediate_size", SHAPE_INT},
+    {"num_hidden_layers", SHAPE_INT},      {"num_attention_heads", SHAPE_INT},
+    {"num_key_value_heads", SHAPE_INT},    {"head_dim", SHAPE_INT_OR_NULL},
+    {"max_position_embeddings", SHAPE_INT}, {"rms_norm_eps", SHAPE_NUMBER},
+    {"rope_theta", SHAPE_NUMBER},          {"sliding_window", SHAPE_INT_OR_NULL},
+    {"num_local_experts", SHAPE_INT},      {"num_experts_per_tok", SHAPE_INT},
+    {"router_aux_loss_coef", SHAPE_NUMBER}, {"tie_word_embeddings", SHAPE_BOOL},
+    {"bos_token_id", SHAPE_INT},           {"eos_token_id", SHAPE_INT},
+    {"initializer_range", SHAPE_NUMBER},
+};
+
+static void set_defaults(gale_run_config *c)
+{
+    c->model.shape = json_object();
+    c->data.micro_batch = 1;
+    c->data.grad_accum = 1;
+    c->data.doc_mask = 1;
+    c->optim.lr = 3e-4;
+    c->optim.min_lr = 0;
+    c->optim.beta1 = 0.9;
+    c->optim.beta2 = 0.95;
+    c->optim.eps = 1e-8;
+    c->optim.weight_decay = 0.1;
+    c->optim.clip = 1.0;
+    c->optim.schedule = GALE_SCHEDULE_COSINE;
+    c->run.eval_batches = 8;
+    c->run.keep_last = 3;
+    c->run.log_every = 1;
+    c->run.seed = 1234;
+    c->run.nan_policy = GALE_NAN_STOP;
+    c->moe.aux_loss = GALE_AUX_HF;
+    c->moe.aux_coef = -1;
+    c->backend.device = GALE_DEVICE_CPU;
+}
+
+static const field *find_field(const char *section, const char *key)
+{
+    for (size_t i = 0; i < N_FIELDS; i++)
+        if (!strcmp(fields[i].section, section) && !strcmp(fields[i].key, key))
+            return &fields[i];
+    return NULL;
+}
+
+static int is_section(const char *name)
+{
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend"};
+    for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
+        if (!strcmp(name, sections[i]))
+            return 1;
+    return 0;
+}
+
+static int parse_long(const char *s, long *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end); /* accepts 1e6 as well as 1000000 */
+    if (errno || end == s || *end || d != floor(d) || fabs(d) > 9.2e18)
+        return -1;
+    *out = (long)d;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    return (errno || end == s || *end || !isfinite(*out)) ? -1 : 0;
+}
+
+static int parse_bool(const char *s, int *out)
+{
+    if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")) {
+        *out = 1;
+        return 0;
+    }
+    if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")) {
+        *out = 0;
+        return 0;
+    }
+    return -1;
+}
+
+static int out_of_range(const char *where, const field *f, double v, gale_error *err)
+{
+    if (v < f->min || v > f->max)
+        return gale_fail(err, "%s: %s.%s = %g is out of range [%g, %g]", where, f->section, f->key, v, f->min,
+                         f->max);
+    return 0;
+}
+
+/* Sets one field from its scalar text; `where` is "file:line" or "--set ...". */
+static int set_field(gale_run_config *c, const field *f, const char *text, const char *where, gale_error *err)
+{
+    char *slot = (char *)c + f->offset;
+    switch (f->type) {
+    case FIELD_INT: {
+        long v;
+        if (parse_long(text, &v))
+            return gale_fail(err, "%s: %s.%s must be an integer, got '%s'", where, f->section, f->key, text);
+        if (out_of_range(where, f, (double)v, err))
+            return -1;
+        *(long *)slot = v;
+        return 0;
+    }
+    case FIELD_U64: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(text, &end, 10);
+        if (errno || end == text || *end || text[0] == '-')
+            return gale_fail(err, "%s: %s.%s must be a non-negative integer, got '%s'", where, f->section, f->key,
+                             text);
+        *(uint64_t *)slot = v;
+        return 0;
+    }
+    case FIELD_DOUBLE: {
+        double v;
+        if (parse_double(text, &v))
+            return gale_fail(err, "%s: %s.%s must be a number, got '%s'", where, f->section, f->key, text);
+        if (out_of_range(where, f, v, err))
+            return -1;
+        *(double *)slot = v;
+        return 0;
+    }
+    case FIELD_BOOL:
+        if (parse_bool(text, (int *)slot))
+            return gale_fail(err, "%s: %s.%s must be true or false, got '%s'", where, f->section, f->key, text);
+        return 0;
+    case FIELD_STRING:
+        if (!*text)
+            return gale_fail(err, "%s: %s.%s must not be empty", where, f->section, f->key);
+        free(*(char **)slot);
+        *(char **)slot = gale_xstrdup(text);
+        return 0;
+    case FIELD_ENUM:
+        for (int i = 0; f->choices[i]; i++)
+            if (!strcmp(text, f->choices[i])) {
+                *(int *)slot = i;
+                return 0;
+            }
+        char list[256] = "";
+        for (int i = 0; f->choices[i]; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", f->choices[i]);
+        return gale_fail(err, "%s: %s.%s must be one of %s, got '%s'", where, f->section, f->key, list, text);
+    }
+    return 0;
+}
+
+static int set_shape_key(gale_run_config *c, const char *key, const char *text, const char *where, gale_error *err)
+{
+    for (size_t i = 0; i < sizeof shape_keys / sizeof *shape_keys; i++) {
+        if (strcmp(shape_keys[i].key, key))
+            continue;
+        long n;
+        double d;
+        int b;
+        json_t *v = NULL;
+        switch (shape_keys[i].type) {
+        case SHAPE_INT_OR_NULL:
+            if (!strcmp(text, "null") || !strcmp(text, "~")) {
+                v = json_null();
+                break;
+            }
+            /* fall through */
+        case SHAPE_INT:
+            if (parse_long(text, &n) || n < 0)
+                return gale_fail(err, "%s: model.%s must be a non-negative integer, got '%s'", where, key, text);
+            v = json_integer(n);
+            break;
+        case SHAPE_NUMBER:
+            if (parse_double(text, &d) || d < 0)
+                return gale_fail(err, "%s: model.%s must be a non-negative number, got '%s'", where, key, text);
+            v = json_real(d);
+            break;
+        case SHAPE_BOOL:
+            if (parse_bool(text, &b))
+                return gale_fail(err, "%s: model.%s must be true or false, got '%s'", where, key, text);
+            v = json_boolean(b);
+            break;
+        case SHAPE_STRING:
+            v = json_string(text);
+            break;
+        }
+        json_object_set_new(c->model.shape, key, v);
+        return 0;
+    }
+    return gale_fail(err, "%s: unknown key model.%s (a model is given by model.config, model.from or "
+                          "Hugging Face config.json keys such as hidden_size)", where, key);
+}
+
+static int set_key(gale_run_config *c, const char *section, const char *key, const char *text, const char *where,
+                   gale_error *err)
+{
+    const field *f = find_field(section, key);
+    if (f)
+        return set_field(c, f, text, where, err);
+    if (!strcmp(section, "model"))
+        return set_shape_key(c, key, text, where, err);
+    if (!strcmp(section, "data") && !strcmp(key, "sources"))
+        return gale_fail(err, "%s: data.sources is a list of {path, weight}; set it in the YAML file", where);
+    return gale_fail(err, "%s: unknown key %s.%s", where, section, key);
+}
+
+/* ---- YAML document walking ---- */
+
+typedef struct yaml_ctx {
+    yaml_document_t *doc;
+    const char *name;
+} yaml_ctx;
+
+static void where_of(const yaml_ctx *y, const yaml_node_t *node, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s:%zu", y->name, node->start_mark.line + 1);
+}
+
+static const char *scalar_text(const yaml_node_t *n)
+{
+    return (const char *)n->data.scalar.value;
+}
+
+static int read_source(gale_run_config *c, const yaml_ctx *y, yaml_node_t *item, gale_error *err)
+{
+    char where[512];
+    where_of(y, item, where, sizeof where);
+    gale_data_source src = {NULL, 1.0};
+    if (item->type == YAML_SCALAR_NODE) {
+        src.path = gale_xstrdup(scalar_text(item));
+    } else if (item->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+            yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
+            char vwhere[512];
+            where_of(y, v, vwhere, sizeof vwhere);
+            const char *key = k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?";
+            if (v->type != YAML_SCALAR_NODE) {
+                free(src.path);
+                return gale_fail(err, "%s: data.sources[].%s must be a scalar", vwhere, key);
+            }
+            if (!strcmp(key, "path")) {
+                free(src.path);
+                src.path = gale_xstrdup(scalar_text(v));
+            } else if (!strcmp(key, "weight")) {
+                if (parse_double(scalar_text(v), &src.weight) || src.weight <= 0) {
+                    free(src.path);
+                    return gale_fail(err, "%s: data.sources[].weight must be a number > 0, got '%s'", vwhere,
+                                     scalar_text(v));
+                }
+            } else {
+                free(src.path);
+                return gale_fail(err, "%s: unknown key data.sources[].%s (path, weight)", vwhere, key);
+            }
+        }
+        if (!src.path)
+            return gale_fail(err, "%s: data.sources[] entry has no path", where);
+    } else {
+        return gale_fail(err, "%s: data.sources[] entries are a path or {path, weight}", where);
+    }
+    c->data.sources = gale_xrealloc(c->data.sources, (c->data.n_sources + 1) * sizeof *c->data.sources);
+    c->data.sources[c->data.n_sources++] = src;
+    return 0;
+}
+
+static int read_section(gale_run_config *c, const yaml_ctx *y, const char *section, yaml_node_t *map, gale_error *err)
+{
+    char where[512];
+    where_of(y, map, where, sizeof where);
+    if (map->type != YAML_MAPPING_NODE)
+        return gale_fail(err, "%s: section '%s' must be a mapping of keys", where, section);
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
+        where_of(y, k, where, sizeof where);
+        if (k->type != YAML_SCALAR_NODE)
+            return gale_fail(err, "%s: keys of section '%s' must be plain names", where, section);
+        const char *key = scalar_text(k);
+        if (!strcmp(section, "data") && !strcmp(key, "sources")) {
+            if (v->type != YAML_SEQUENCE_NODE)
+                return gale_fail(err, "%s: data.sources must be a list", where);
+            for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+                if (read_source(c, y, yaml_document_get_node(y->doc, *it), err))
+                    return -1;
+            continue;
+        }
+        if (v->type != YAML_SCALAR_NODE)
+            return gale_fail(err, "%s: %s.%s must be a single value", where, section, key);
+        if (set_key(c, section, key, scalar_text(v), where, err))
+            return -1;
+    }
+    return 0;
+}
+
+static int read_document(gale_run_config *c, yaml_document_t *doc, const char *name, gale_error *err)
+{
+    yaml_ctx y = {doc, name};
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (!root)
+        return gale_fail(err, "%s: empty file", name);
+    char where[512];
+    where_of(&y, root, where, sizeof where);
+    if (root->type != YAML_MAPPING_NODE)
+        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend)",
+                         where);
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
+        where_of(&y, k, where, sizeof where);
+        if (k->type != YAML_SCALAR_NODE || !is_section(scalar_text(k)))
+            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where,
+                             k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?");
+        if (read_section(c, &y, scalar_text(k), v, err))
+            return -1;
+    }
+    return 0;
+}
+
+static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
+{
+    char where[600];
+    snprintf(where, sizeof where, "--set %s", arg);
+    const char *eq = strchr(arg, '='), *dot = strchr(arg, '.');
+    if (!eq || !dot || dot > eq)
+        return gale_fail(err, "%s: expected section.key=value", where);
+    char section[64], key[128];
+    size_t ns = dot - arg, nk = eq - dot - 1;
+    if (ns >= sizeof section || nk >= sizeof key || ns == 0 || nk == 0)
+        return gale_fail(err, "%s: expected section.key=value", where);
+    memcpy(section, arg, ns);
+    section[ns] = 0;
+    memcpy(key, dot + 1, nk);
+    key[nk] = 0;
+    if (!is_section(section))
+        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where, section);
+    return set_key(c, section, key, eq + 1, where, err);
+}
+
+static int check_complete(const gale_run_config *c, gale_error *err)
+{
+    const char *name = c->file;
+    int n_model = (c->model.config != NULL) + (c->model.from != NULL);
+    if (n_model > 1)
+        return gale_fail(err, "%s: give one of model.config and model.from, not both", name);
+    if (n_model == 0 && json_object_size(c->model.shape) == 0)
+        return gale_fail(err, "%s: no model: set model.config (a config.json), model.from (a Hugging Face "
+                              "folder) or the shape keys (hidden_size, ...)", name);
+    if (c->data.n_sources == 0)
+        return gale_fail(err, "%s: data.sources is missing: list the prepared folders to train on", name);
+    if (c->data.seq_len == 0)
+        return gale_fail(err, "%s: data.seq_len is missing", name);
+    if ((c->run.steps > 0) == (c->run.tokens > 0))
+        return gale_fail(err, "%s: give exactly one of run.steps and run.tokens", name);
+    if (!c->run.dir)
+        return gale_fail(err, "%s: run.dir is missing: the folder for checkpoints and metrics", name);
+    if (c->optim.min_lr > c->optim.lr)
+        return gale_fail(err, "%s: optim.min_lr = %g is above optim.lr = %g", name, c->optim.min_lr, c->optim.lr);
+    return 0;
+}
+
+gale_run_config *run_config_parse(const char *yaml, size_t len, const char *name, char *const *overrides,
+                                  int n_overrides, gale_error *err)
+{
+    gale_run_config *c = gale_xcalloc(1, sizeof *c);
+    c->file = gale_xstrdup(name);
+    set_defaults(c);
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        gale_fail(err, "%s:%zu: YAML syntax: %s", name, parser.problem_mark.line + 1,
+                  parser.problem ? parser.problem : "unreadable");
+        yaml_parser_delete(&parser);
+        run_config_free(c);
+        return NULL;
+    }
+    int rc = read_document(c, &doc, name, err);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    for (int i = 0; rc == 0 && i < n_overrides; i++)
+        rc = apply_override(c, overrides[i], err);
+    if (rc == 0)
+        rc = check_complete(c, err);
+    if (rc) {
+        run_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+gale_run_config *run_config_load(const char *path, char *const *overrides, int n_overrides, gale_error *err)
+{
+    size_t len;
+    char *text = gale_read_file(path, &len, err);
+    if (!text)
+        return NULL;
+    gale_run_config *c = run_config_parse(text, len, path, overrides, n_overrides, err);
+    free(text);
+    return c;
+}
+
+void run_config_free(gale_run_config *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < c->data.n_sources; i++)
+        free(c->data.sources[i].path);
+    free(c->data.sources);
+    free(c->model.config);
+    free(c->model.from);
+    json_decref(c->model.shape);
+    free(c->run.dir);
+    free(c->file);
+    free(c);
+}
+
+static json_t *field_json(const gale_run_config *c, const field *f)
+{
+    const char *slot = (const char *)c + f->offset;
+    switch (f->type) {
+    case FIELD_INT:
+        return json_integer(*(const long *)slot);
+    case FIELD_U64:
+        return json_integer((json_int_t) * (const uint64_t *)slot);
+    case FIELD_DOUBLE:
+        return json_real(*(const double *)slot);
+    case FIELD_BOOL:
+        return json_boolean(*(const int *)slot);
+    case FIELD_STRING:
+        return *(char *const *)slot ? json_string(*(char *const *)slot) : json_null();
+    case FIELD_ENUM:
+        return json_string(f->choices[*(const int *)slot]);
+    }
+    return json_null();
+}
+
+json_t *run_config_to_json(const gale_run_config *c)
+{
+    json_t *root = json_object();
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        json_t *sec = json_object_get(root, fields[i].section);
+        if (!sec) {
+            sec = json_object();
+            json_object_set_new(root, fields[i].section, sec);
+        }
+        json_object_set_new(sec, fields[i].key, field_json(c, &fields[i]));
+    }
+    json_object_update(json_object_get(root, "model"), c->model.shape);
+    json_t *sources = json_array();
+    for (int i = 0; i < c->data.n_sources; i++)
+        json_array_append_new(sources, json_pack("{s:s, s:f}", "path", c->data.sources[i].path, "weight",
+                                                 c->data.sources[i].weight));
+    json_object_set_new(json_object_get(root, "data"), "sources", sources);
+    return root;
+}

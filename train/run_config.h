@@ -1,0 +1,70 @@
+/* run_config: the run YAML of `gale train` (sections model, data, optim, run, moe, backend)
+ * with `--set section.key=value` overrides. Every key is checked against a schema: an
+ * unknown key, a value of the wrong type or out of range is an error naming the key and
+ * the YAML line (or the --set argument). The effective config is rendered as JSON to
+ * print at start and to store in every checkpoint. */
+#ifndef GALE_TRAIN_RUN_CONFIG_H
+#define GALE_TRAIN_RUN_CONFIG_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "optim/schedule.h"
+#include "util/error.h"
+
+typedef struct gale_data_source {
+    char *path;    /* a folder made by `gale prepare` */
+    double weight; /* share of the batches drawn from it */
+} gale_data_source;
+
+typedef enum gale_nan_policy { GALE_NAN_STOP, GALE_NAN_SKIP } gale_nan_policy;
+typedef enum gale_aux_loss_form { GALE_AUX_HF, GALE_AUX_PER_LAYER } gale_aux_loss_form;
+typedef enum gale_device { GALE_DEVICE_CPU } gale_device;
+
+typedef struct gale_run_config {
+    char *file; /* the YAML it was read from */
+    struct {
+        char *config; /* a Hugging Face config.json, or NULL */
+        char *from;   /* a Hugging Face model folder to start from, or NULL */
+        json_t *shape; /* inline config.json keys (an object, maybe empty) */
+    } model;
+    struct {
+        gale_data_source *sources;
+        int n_sources;
+        long seq_len, micro_batch, grad_accum;
+        int doc_mask; /* attention and positions restart at each document */
+    } data;
+    struct {
+        double lr, min_lr, beta1, beta2, eps, weight_decay, clip;
+        gale_schedule_kind schedule;
+        long warmup, decay;
+    } optim;
+    struct {
+        long steps, tokens; /* one of them; tokens is turned into steps once the batch is known */
+        uint64_t seed;
+        long eval_every, eval_batches, checkpoint_every, keep_last, log_every;
+        char *dir;
+        gale_nan_policy nan_policy;
+    } run;
+    struct {
+        gale_aux_loss_form aux_loss;
+        double aux_coef; /* < 0: the model config's router_aux_loss_coef */
+        double z_loss;
+    } moe;
+    struct {
+        gale_device device;
+        long threads; /* 0: all cores */
+    } backend;
+} gale_run_config;
+
+/* Reads path and applies the overrides ("section.key=value" each) in order. */
+gale_run_config *run_config_load(const char *path, char *const *overrides, int n_overrides, gale_error *err);
+/* The same from YAML text in memory (name is used in messages). */
+gale_run_config *run_config_parse(const char *yaml, size_t len, const char *name, char *const *overrides,
+                                  int n_overrides, gale_error *err);
+void run_config_free(gale_run_config *cfg);
+
+/* The effective config as a JSON object (new reference). */
+json_t *run_config_to_json(const gale_run_config *cfg);
+
+#endif
