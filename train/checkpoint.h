@@ -1,0 +1,69 @@
+/* checkpoint: saving and loading a training run's state, as DESIGN.md "Checkpoints" says.
+ *
+ *   RUN/checkpoints/step_00001000/
+ *     config.json, model.safetensors   Hugging Face names and layout (fp32)
+ *     tokenizer.model                  copied from the data's tokenizer, when known
+ *     optimizer.safetensors            AdamW moments: exp_avg.NAME and exp_avg_sq.NAME per
+ *                                      parameter tensor, metadata "step"
+ *     trainer_state.json               step, tokens seen, loader position, RNG seed, run
+ *                                      config, world layout
+ *   RUN/checkpoints/latest             "step_00001000": the newest complete checkpoint
+ *
+ * Everything is written into step_XXXXXXXX.tmp/, each file atomically and fsynced, then the
+ * folder is renamed and `latest` replaced atomically, so a crash at any moment leaves the
+ * previous checkpoint whole and `latest` naming a complete one. The oldest are removed
+ * beyond keep_last. Saving is done by one process (rank 0): the optimizer state is not
+ * sharded. */
+#ifndef GALE_TRAIN_CHECKPOINT_H
+#define GALE_TRAIN_CHECKPOINT_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "util/error.h"
+
+#define GALE_TRAINER_STATE_FORMAT "gale-trainer-state"
+#define GALE_TRAINER_STATE_VERSION 1
+
+/* What, besides weights and moments, a run needs to continue exactly. */
+typedef struct gale_train_state {
+    long step;            /* optimizer steps done */
+    int64_t tokens_seen;  /* target tokens trained on, all ranks */
+    uint64_t seed;        /* the run's seed: model init and data order derive from it */
+    json_t *loader;       /* loader position (loader_position_to_json) */
+    json_t *config;       /* the effective run config (run_config_to_json) */
+    int world_size;       /* MPI ranks; all data-parallel */
+} gale_train_state;
+
+void train_state_clear(gale_train_state *st);
+
+/* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
+ * and removes the oldest beyond keep_last. tokenizer_path may be NULL. When that step's
+ * checkpoint already exists (a stop right after a periodic save) it is kept as it is.
+ * *out_dir (when not NULL) receives the final folder (caller frees). */
+int checkpoint_save(const char *run_dir, struct model *m, const struct adamw *opt,
+                    const gale_train_state *st, const char *tokenizer_path, int keep_last,
+                    char **out_dir, gale_error *err);
+
+/* The folder `latest` names under run_dir/checkpoints (caller frees); NULL with err->msg
+ * empty when the run has no checkpoint yet, NULL with a message when `latest` is broken. */
+char *checkpoint_latest(const char *run_dir, gale_error *err);
+
+/* A checkpoint folder from what the user gave: the folder itself, or a run folder whose
+ * `latest` names one (caller frees). */
+char *checkpoint_resolve(const char *path, gale_error *err);
+
+/* Reads trainer_state.json of a checkpoint folder (st owns new references). */
+int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err);
+
+/* Loads weights into m and moments into opt (whose layout must match; opt may be NULL)
+ * from a checkpoint folder. */
+int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
+
+/* A summary for people: step, tokens, model kind and parameters, config. */
+int checkpoint_describe(const char *dir, FILE *out, gale_error *err);
+
+#endif
