@@ -70,7 +70,7 @@ def check_fixture(folder, dtype=torch.float64):
     optimizer = ref.make_optimizer(weights)
     losses, norms = [], []
     for _ in range(3):
-        step_loss, norm = ref.train_step(cfg, weights, optimizer, input_ids, labels)
+        step_loss, norm = ref.train_step(cfg, weights, optimizer, input_ids, ref.targets_from_labels(labels))
         losses.append(step_loss.item())
         norms.append(norm.item())
     with torch.no_grad():

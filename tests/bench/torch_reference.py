@@ -13,6 +13,7 @@ written to safetensors files with a small json+numpy codec (Debian ships no pyth
 
 import json
 import math
+import os
 import struct
 
 import numpy as np
@@ -56,6 +57,32 @@ def load_safetensors(path):
             raise ValueError(f"{path}: tensor {name}: {array.size} values for shape {shape}")
         tensors[name] = array.reshape(shape).copy()
     return tensors
+
+
+_SAFETENSORS_NAMES = {np.dtype(v).newbyteorder("<"): k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def save_safetensors(path, tensors):
+    """Writes numpy arrays (in the dict's order) as a safetensors file, to a temporary name
+    that is renamed over path once complete."""
+    header, chunks, offset = {}, [], 0
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array, dtype=np.dtype(array.dtype).newbyteorder("<"))
+        raw = array.tobytes()
+        header[name] = {"dtype": _SAFETENSORS_NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in chunks:
+            f.write(raw)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,11 +231,8 @@ def router_aux_loss(cfg, router_logits_per_layer):
     return cfg.num_experts * (fraction * mean_prob.unsqueeze(0)).sum()
 
 
-def forward(cfg, w, input_ids, labels=None):
-    """Logits [B, T, V]; with labels also (total loss, CE, aux or None).
-
-    Position t predicts labels[t + 1]; targets equal to -100 are left out of the mean.
-    """
+def forward_logits(cfg, w, input_ids):
+    """Logits [B, T, V] and the router logits of every layer (empty for dense models)."""
     B, T = input_ids.shape
     x = F.embedding(input_ids, w["model.embed_tokens.weight"])
     cos, sin = rope_tables(cfg, T, x.dtype)
@@ -227,15 +251,27 @@ def forward(cfg, w, input_ids, labels=None):
         x = x + y
     x = rmsnorm(x, w["model.norm.weight"], cfg.rms_norm_eps)
     head = w["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
-    logits = F.linear(x, head)
-    if labels is None:
-        return logits
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, cfg.vocab_size), labels[:, 1:].reshape(-1),
-                         ignore_index=-100)
+    return F.linear(x, head), router_logits
+
+
+def targets_from_labels(labels):
+    """transformers' causal-LM convention: position t predicts labels[t + 1]; the last has none."""
+    return torch.cat((labels[:, 1:], torch.full_like(labels[:, :1], -100)), dim=1)
+
+
+def loss_from_logits(cfg, logits, router_logits, targets):
+    """(total loss, CE, aux or None): CE is the mean over targets that are not -100."""
+    ce = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1), ignore_index=-100)
     if not cfg.num_experts:
-        return logits, ce, ce, None
+        return ce, ce, None
     aux = router_aux_loss(cfg, router_logits)
-    return logits, ce + cfg.router_aux_loss_coef * aux, ce, aux
+    return ce + cfg.router_aux_loss_coef * aux, ce, aux
+
+
+def forward(cfg, w, input_ids, labels):
+    """Logits, total loss, CE and aux (or None) for a batch in the fixtures' labels convention."""
+    logits, router_logits = forward_logits(cfg, w, input_ids)
+    return (logits,) + loss_from_logits(cfg, logits, router_logits, targets_from_labels(labels))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,14 +290,17 @@ def weights_from_arrays(cfg, arrays, dtype):
 
 
 def random_weights(cfg, dtype, seed, std=0.02):
-    """Normal(0, std) matrices and unit norm weights, as a fresh model starts."""
+    """A fresh model: matrices ~ N(0, std^2) with the output projections (o_proj, down_proj, w2)
+    scaled by 1/sqrt(2 * layers), norm weights at 1."""
     generator = torch.Generator().manual_seed(seed)
+    output_scale = 1.0 / math.sqrt(2 * cfg.num_layers)
     weights = {}
     for name, shape in cfg.weight_shapes().items():
         if len(shape) == 1:
             t = torch.ones(shape, dtype=dtype)
         else:
-            t = torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std).to(dtype)
+            scale = output_scale if name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) else 1.0
+            t = torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std * scale).to(dtype)
         weights[name] = t.requires_grad_(True)
     return weights
 
@@ -275,10 +314,12 @@ def make_optimizer(weights, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
-def train_step(cfg, weights, optimizer, input_ids, labels, clip=1.0):
-    """One step: forward, backward, global-norm clip, AdamW. Returns (loss, grad norm before clip)."""
+def train_step(cfg, weights, optimizer, input_ids, targets, clip=1.0):
+    """One step: forward, backward, global-norm clip, AdamW, with targets aligned to the inputs
+    (position t predicts targets[t]; -100: none). Returns (loss, grad norm before clip)."""
     optimizer.zero_grad(set_to_none=True)
-    _, loss, _, _ = forward(cfg, weights, input_ids, labels)
+    logits, router_logits = forward_logits(cfg, weights, input_ids)
+    loss, _, _ = loss_from_logits(cfg, logits, router_logits, targets)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(list(weights.values()), clip)
     optimizer.step()

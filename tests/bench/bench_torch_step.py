@@ -1,0 +1,95 @@
+"""The PyTorch side of bench_train_cpu.sh: times full training steps (forward, backward,
+clip to 1.0, AdamW) of torch_reference.py on the CPU in fp32.
+
+    bench_torch_step.py make-inputs --config CFG.json --batch B --seq T --seed S --out DIR
+        a random model (DIR/config.json, DIR/model.safetensors) and one batch of B rows of
+        T + 1 random tokens (DIR/batch.safetensors, "tokens" I64), which gale's
+        bench_train_step loads too, so both sides train the same weights on the same tokens
+    bench_torch_step.py run --dir DIR --steps N --warmup W --threads K
+        times N steps after W warm-up steps at K threads; prints one JSON line
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_reference as ref  # noqa: E402
+
+
+def make_inputs(args):
+    cfg = ref.ModelConfig.from_file(args.config)
+    os.makedirs(args.out, exist_ok=True)
+    shutil.copyfile(args.config, os.path.join(args.out, "config.json"))
+    with open(args.config) as f:
+        std = json.load(f).get("initializer_range", 0.02)
+    weights = ref.random_weights(cfg, torch.float32, args.seed, std)
+    ref.save_safetensors(os.path.join(args.out, "model.safetensors"),
+                         {name: t.detach().numpy() for name, t in weights.items()})
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    tokens = torch.randint(cfg.vocab_size, (args.batch, args.seq + 1), generator=generator)
+    ref.save_safetensors(os.path.join(args.out, "batch.safetensors"), {"tokens": tokens.numpy().astype(np.int64)})
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    cfg = ref.ModelConfig.from_file(os.path.join(args.dir, "config.json"))
+    weights = ref.weights_from_arrays(cfg, ref.load_safetensors(os.path.join(args.dir, "model.safetensors")),
+                                      torch.float32)
+    tokens = torch.from_numpy(ref.load_safetensors(os.path.join(args.dir, "batch.safetensors"))["tokens"])
+    inputs = tokens[:, :-1].contiguous()
+    targets = tokens[:, 1:].contiguous()
+    optimizer = ref.make_optimizer(weights)
+    times, losses, norms = [], [], []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        loss, norm = ref.train_step(cfg, weights, optimizer, inputs, targets)
+        elapsed = time.perf_counter() - start
+        losses.append(loss.item())
+        norms.append(norm.item())
+        if step >= args.warmup:
+            times.append(elapsed)
+    median = statistics.median(times)
+    print(json.dumps({
+        "impl": "torch " + torch.__version__, "threads": torch.get_num_threads(),
+        "batch": int(inputs.shape[0]), "seq": int(inputs.shape[1]),
+        "warmup": args.warmup, "steps": args.steps,
+        "median_step_s": median, "min_step_s": min(times),
+        "tokens_per_s": inputs.numel() / median,
+        "losses": losses, "grad_norms": norms,
+    }))
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make-inputs", help="write a random model and batch")
+    make.add_argument("--config", required=True)
+    make.add_argument("--batch", type=int, required=True)
+    make.add_argument("--seq", type=int, required=True)
+    make.add_argument("--seed", type=int, default=1234)
+    make.add_argument("--out", required=True)
+    timed = sub.add_parser("run", help="time training steps")
+    timed.add_argument("--dir", required=True)
+    timed.add_argument("--steps", type=int, default=10)
+    timed.add_argument("--warmup", type=int, default=2)
+    timed.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv[1:])
+    if args.command == "make-inputs":
+        make_inputs(args)
+    else:
+        if args.steps < 1 or args.warmup < 0 or args.threads < 1:
+            parser.error("--steps and --threads must be >= 1, --warmup >= 0")
+        run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

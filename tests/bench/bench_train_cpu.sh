@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Training step on the CPU, gale vs PyTorch, side by side in one run: the same model shape,
+# the same weights and tokens (written once by bench_torch_step.py make-inputs and loaded by
+# both), fp32, batch 4 x seq 256, the same thread count on both sides (OMP_NUM_THREADS,
+# OPENBLAS_NUM_THREADS, torch.set_num_threads / omp_set_num_threads + openblas_set_num_threads).
+# A step is forward + backward + clip to 1.0 + AdamW; warm-up steps are excluded and the median
+# of the timed steps is reported as tokens per second, with the ratio gale / torch.
+# The first step's loss of both sides must agree (they train the same thing), else it fails.
+#
+#   bash tests/bench/setup_bench.sh       # once: Debian's python3-torch
+#   bash tests/bench/bench_train_cpu.sh [--build DIR] [--steps N] [--warmup W]
+#                                       [--threads "1 2"] [--models "mixtral mistral"]
+#                                       [--batch B] [--seq T]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source_dir="$(cd "$here/../.." && pwd)"
+build="${GALE_BUILD:-$source_dir/build}"
+steps=10
+warmup=2
+thread_counts="1 2"
+models="mixtral mistral"
+batch=4
+seq=256
+python=/usr/bin/python3   # Debian's python3-torch lives here, not in a pyenv on PATH
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --warmup) warmup="$2"; shift 2 ;;
+    --threads) thread_counts="$2"; shift 2 ;;
+    --models) models="$2"; shift 2 ;;
+    --batch) batch="$2"; shift 2 ;;
+    --seq) seq="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench_train_cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+gale_step="$build/bench_train_step"
+if [ ! -x "$gale_step" ]; then
+  echo "bench_train_cpu: $gale_step not found: build first (cmake --build $build --target bench_train_step) or pass --build DIR" >&2
+  exit 1
+fi
+if ! "$python" -c "import torch" 2>/dev/null; then
+  echo "bench_train_cpu: $python cannot import torch: run tests/bench/setup_bench.sh" >&2
+  exit 1
+fi
+for model in $models; do
+  [ -f "$here/configs/bench-$model.json" ] || { echo "bench_train_cpu: no config $here/configs/bench-$model.json" >&2; exit 1; }
+done
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/gale-bench-train.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+echo "bench_train_cpu: $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -m), $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "bench_train_cpu: batch $batch x seq $seq, fp32, $warmup warm-up + $steps timed steps, median"
+for model in $models; do
+  "$python" "$here/bench_torch_step.py" make-inputs --config "$here/configs/bench-$model.json" \
+    --batch "$batch" --seq "$seq" --out "$work/$model"
+  for threads in $thread_counts; do
+    for side in torch gale; do
+      echo "bench_train_cpu: $model, $threads thread(s), $side ..." >&2
+      if [ "$side" = torch ]; then
+        cmd=("$python" "$here/bench_torch_step.py" run --dir "$work/$model")
+      else
+        cmd=("$gale_step" --dir "$work/$model")
+      fi
+      OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" \
+        "${cmd[@]}" --steps "$steps" --warmup "$warmup" --threads "$threads" \
+        > "$work/$model.$threads.$side.json"
+    done
+  done
+done
+
+"$python" - "$work" "$models" "$thread_counts" <<'EOF'
+import json, sys
+
+work, models, thread_counts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+LOSS_TOL = 1e-4  # fp32 vs fp32 from identical weights and tokens
+header = "| model | threads | torch tokens/s | gale tokens/s | gale / torch | step-1 loss torch | step-1 loss gale | last loss torch | last loss gale |"
+print(header)
+print("|" + " --- |" * (header.count("|") - 1))
+mismatches = 0
+for model in models:
+    for threads in thread_counts:
+        torch_run, gale_run = (json.load(open(f"{work}/{model}.{threads}.{side}.json")) for side in ("torch", "gale"))
+        ratio = gale_run["tokens_per_s"] / torch_run["tokens_per_s"]
+        first = abs(gale_run["losses"][0] - torch_run["losses"][0]) / abs(torch_run["losses"][0])
+        mismatches += first > LOSS_TOL
+        print(f"| {model} | {threads} | {torch_run['tokens_per_s']:.0f} | {gale_run['tokens_per_s']:.0f} | "
+              f"{ratio:.2f}x | {torch_run['losses'][0]:.6f} | {gale_run['losses'][0]:.6f} | "
+              f"{torch_run['losses'][-1]:.6f} | {gale_run['losses'][-1]:.6f} |")
+print(f"(sides: {torch_run['impl']}, {gale_run['impl']}; median of {gale_run['steps']} steps after {gale_run['warmup']} warm-up)")
+if mismatches:
+    print(f"bench_train_cpu: the first step's loss differs by more than {LOSS_TOL:g} relative in {mismatches} run(s): "
+          "the two sides do not compute the same step, the timings do not compare", file=sys.stderr)
+    sys.exit(1)
+EOF
