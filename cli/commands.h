@@ -4,5 +4,6 @@
 #define GALE_CLI_COMMANDS_H
 
 int cmd_tokenize(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 #endif

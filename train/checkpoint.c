@@ -56,10 +56,7 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
                 name, ST_F32, t->ndim, t->shape, (which ? v : m) + (t->offset - opt->begin)};
         }
     }
-    char step[32];
-    snprintf(step, sizeof step, "%ld", opt->step);
-    const char *meta[] = {"step", step};
-    int rc = safetensors_write(path, entries, 2 * layout->n, meta, 1, err);
+    int rc = safetensors_write(path, entries, 2 * layout->n, NULL, 0, err);
     for (int i = 0; i < 2 * layout->n; i++)
         free(names[i]);
     free(names);
@@ -82,9 +79,9 @@ static int copy_file(const char *from, const char *to, gale_error *err)
 
 static int write_state(const char *path, const gale_train_state *st, const struct model *m, gale_error *err)
 {
-    json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:{s:I}, s:O?, s:{s:i, s:i, s:i}, s:I, s:O?}", "format",
+    json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:I, s:{s:I}, s:O?, s:{s:i, s:i, s:i}, s:I, s:O?}", "format",
                           GALE_TRAINER_STATE_FORMAT, "version", GALE_TRAINER_STATE_VERSION, "step",
-                          (json_int_t)st->step, "tokens_seen", (json_int_t)st->tokens_seen, "rng", "seed",
+                          (json_int_t)st->step, "optimizer_step", (json_int_t)st->optimizer_step, "tokens_seen", (json_int_t)st->tokens_seen, "rng", "seed",
                           (json_int_t)st->seed, "loader", st->loader, "world", "size", st->world_size,
                           "data_parallel", st->world_size, "expert_parallel", 1, "params",
                           (json_int_t)model_get_layout(m)->numel, "config", st->config);
@@ -245,9 +242,9 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
     }
     const char *format = NULL;
     int version = 0, world = 0;
-    json_int_t step = 0, tokens = 0, seed = 0;
-    if (json_unpack_ex(j, &jerr, 0, "{s:s, s:i, s:I, s:I, s:{s:I}, s:{s:i}}", "format", &format, "version", &version,
-                       "step", &step, "tokens_seen", &tokens, "rng", "seed", &seed, "world", "size", &world)) {
+    json_int_t step = 0, opt_step = 0, tokens = 0, seed = 0;
+    if (json_unpack_ex(j, &jerr, 0, "{s:s, s:i, s:I, s:I, s:I, s:{s:I}, s:{s:i}}", "format", &format, "version",
+                       &version, "step", &step, "optimizer_step", &opt_step, "tokens_seen", &tokens, "rng", "seed", &seed, "world", "size", &world)) {
         gale_fail(err, "%s: %s", path, jerr.text);
         goto done;
     }
@@ -256,11 +253,12 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
                   GALE_TRAINER_STATE_FORMAT, GALE_TRAINER_STATE_VERSION);
         goto done;
     }
-    if (step < 0 || tokens < 0) {
-        gale_fail(err, "%s: negative step or tokens_seen", path);
+    if (step < 0 || tokens < 0 || opt_step < 0 || opt_step > step) {
+        gale_fail(err, "%s: step, optimizer_step or tokens_seen out of range", path);
         goto done;
     }
     st->step = (long)step;
+    st->optimizer_step = (long)opt_step;
     st->tokens_seen = tokens;
     st->seed = (uint64_t)seed;
     st->world_size = world;
@@ -324,7 +322,7 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
     gale_train_state st;
     if (checkpoint_read_state(dir, &st, err))
         return -1;
-    opt->step = st.step;
+    opt->step = st.optimizer_step;
     train_state_clear(&st);
     return load_moments(dir, model_get_layout(m), opt, err);
 }

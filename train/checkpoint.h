@@ -4,7 +4,7 @@
  *     config.json, model.safetensors   Hugging Face names and layout (fp32)
  *     tokenizer.model                  copied from the data's tokenizer, when known
  *     optimizer.safetensors            AdamW moments: exp_avg.NAME and exp_avg_sq.NAME per
- *                                      parameter tensor, metadata "step"
+ *                                      parameter tensor
  *     trainer_state.json               step, tokens seen, loader position, RNG seed, run
  *                                      config, world layout
  *   RUN/checkpoints/latest             "step_00001000": the newest complete checkpoint
@@ -30,7 +30,8 @@
 
 /* What, besides weights and moments, a run needs to continue exactly. */
 typedef struct gale_train_state {
-    long step;            /* optimizer steps done */
+    long step;            /* training steps done */
+    long optimizer_step;  /* AdamW updates done (fewer than step when non-finite steps were skipped) */
     int64_t tokens_seen;  /* target tokens trained on, all ranks */
     uint64_t seed;        /* the run's seed: model init and data order derive from it */
     json_t *loader;       /* loader position (loader_position_to_json) */

@@ -60,6 +60,7 @@ static const field fields[] = {
     F(moe, z_loss, FIELD_DOUBLE, z_loss, 0, 1e3, NULL),
     F(backend, device, FIELD_ENUM, device, 0, 0, device_names),
     F(backend, threads, FIELD_INT, threads, 0, 4096, NULL),
+    F(backend, peak_tflops, FIELD_DOUBLE, peak_tflops, 0, 1e6, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)

@@ -53,7 +53,8 @@ typedef struct gale_run_config {
     } moe;
     struct {
         gale_device device;
-        long threads; /* 0: all cores */
+        long threads;       /* OpenMP threads per process; 0: the OpenMP default */
+        double peak_tflops; /* the machine's peak fp32 rate for the MFU estimate; 0: estimated */
     } backend;
 } gale_run_config;
 

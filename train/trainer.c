@@ -1,0 +1,566 @@
+/* trainer: set-up, resume, and the step loop of `gale train`. */
+#define _GNU_SOURCE
+#include "train/trainer.h"
+
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "data/loader.h"
+#include "data/manifest.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/eval.h"
+#include "train/metrics.h"
+#include "util/file.h"
+#include "util/hash.h"
+
+/* Assumed peak of one core when backend.peak_tflops is not given: 2.5 GHz × 32 fp32
+ * FLOP/cycle (two 8-wide AVX2 FMA units). */
+#define ASSUMED_CORE_FLOPS (2.5e9 * 32)
+/* Non-finite gradient tensors named in a diagnostic. */
+#define MAX_NAMED_TENSORS 8
+
+/* The one piece of process-wide state: a signal handler can only reach a static, and
+ * sig_atomic_t is the only type it may write. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+typedef struct trainer {
+    const gale_run_config *cfg;
+    int rank, world;
+    struct model_config mc;
+    struct model *model;
+    const struct gale_ops *ops;
+    struct adamw opt;
+    int opt_ready;
+    gale_loader *loader;
+    gale_batch *micro;     /* the grad_accum micro-batches of a step */
+    int32_t *segments;     /* one micro-batch of segment ids for the model */
+    const char **dirs;     /* data.sources paths */
+    double *weights;
+    gale_schedule sched;
+    gale_train_state state;
+    char *tokenizer_path;  /* copied into checkpoints; NULL when unknown */
+    FILE *metrics;
+    int eval_on;
+    double flops_per_token, peak_flops;
+    long tokens_per_step;  /* input positions of a global batch */
+    int64_t *expert_counts; /* [layers * experts] of the current step */
+    int32_t *selected;      /* one micro-batch's chosen experts */
+} trainer;
+
+typedef struct step_result {
+    double loss, ce_loss, aux_loss, z_loss, grad_norm, lr;
+    int64_t n_targets;
+    int skipped;
+} step_result;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err)
+{
+    json_t *base;
+    char *source;
+    if (cfg->model.config || cfg->model.from) {
+        source = cfg->model.config ? gale_xstrdup(cfg->model.config) : gale_path_join(cfg->model.from, "config.json");
+        json_error_t jerr;
+        base = json_load_file(source, 0, &jerr);
+        if (!json_is_object(base)) {
+            gale_fail(err, "%s:%d: %s (from %s)", source, jerr.line, base ? "not a JSON object" : jerr.text,
+                      cfg->model.config ? "model.config" : "model.from");
+            json_decref(base);
+            free(source);
+            return -1;
+        }
+    } else {
+        base = json_object();
+        size_t len = strlen(cfg->file) + 32;
+        source = gale_xmalloc(len);
+        snprintf(source, len, "%s (model section)", cfg->file);
+    }
+    json_object_update(base, cfg->model.shape);
+    char *text = json_dumps(base, 0);
+    int rc = model_config_parse(text, source, mc, err);
+    if (rc == 0 && cfg->moe.aux_coef >= 0)
+        mc->router_aux_loss_coef = cfg->moe.aux_coef;
+    free(text);
+    free(source);
+    json_decref(base);
+    return rc;
+}
+
+/* The tokenizer the first source was prepared with, when its file is still there and
+ * still the same. */
+static char *find_tokenizer(const char *dir)
+{
+    gale_manifest man;
+    gale_error err;
+    char *path = NULL;
+    if (manifest_read(&man, dir, &err) == 0) {
+        char hex[65];
+        if (man.tokenizer.path && gale_sha256_file_hex(man.tokenizer.path, hex, &err) == 0 &&
+            !strcmp(hex, man.tokenizer.sha256))
+            path = gale_xstrdup(man.tokenizer.path);
+    }
+    manifest_free(&man);
+    return path;
+}
+
+static int open_data(trainer *t, gale_error *err)
+{
+    const gale_run_config *c = t->cfg;
+    t->dirs = gale_xcalloc(c->data.n_sources, sizeof *t->dirs);
+    t->weights = gale_xcalloc(c->data.n_sources, sizeof *t->weights);
+    for (int i = 0; i < c->data.n_sources; i++) {
+        t->dirs[i] = c->data.sources[i].path;
+        t->weights[i] = c->data.sources[i].weight;
+    }
+    gale_loader_options lo = {
+        .dirs = t->dirs,
+        .weights = t->weights,
+        .n_dirs = c->data.n_sources,
+        .split = "train",
+        .batch_rows = (int)c->data.micro_batch,
+        .rank = t->rank,
+        .world = t->world,
+        .seed = c->run.seed,
+        .prefetch = 2,
+    };
+    t->loader = loader_open(&lo, err);
+    if (!t->loader)
+        return -1;
+    int seq = loader_seq_len(t->loader);
+    if (seq != c->data.seq_len)
+        return gale_fail(err, "%s: data.seq_len is %ld but %s holds rows of seq_len %d", c->file, c->data.seq_len,
+                         t->dirs[0], seq);
+    if (loader_vocab_size(t->loader) > t->mc.vocab_size)
+        return gale_fail(err, "the data's vocabulary (%d) is larger than the model's vocab_size (%d)",
+                         loader_vocab_size(t->loader), t->mc.vocab_size);
+    if (seq > t->mc.max_position_embeddings)
+        return gale_fail(err, "data.seq_len %d is beyond the model's max_position_embeddings %d", seq,
+                         t->mc.max_position_embeddings);
+    t->micro = gale_xcalloc(c->data.grad_accum, sizeof *t->micro);
+    for (long i = 0; i < c->data.grad_accum; i++)
+        batch_init(&t->micro[i], (int)c->data.micro_batch, seq);
+    t->segments = gale_xmalloc((size_t)c->data.micro_batch * seq * sizeof *t->segments);
+    t->tokenizer_path = find_tokenizer(t->dirs[0]);
+    if (c->run.eval_every > 0) {
+        lo.split = "val";
+        lo.one_pass = 1;
+        lo.prefetch = 0;
+        gale_loader *val = loader_open(&lo, err);
+        if (!val)
+            return -1;
+        t->eval_on = loader_total_rows(val) > 0;
+        loader_close(val);
+        if (!t->eval_on && t->rank == 0)
+            fprintf(stderr, "gale train: warning: the data has no val split; run.eval_every is ignored\n");
+    }
+    return 0;
+}
+
+/* From a checkpoint when the run has one, else a Hugging Face folder or a fresh init. */
+static int start_state(trainer *t, gale_error *err)
+{
+    const gale_run_config *c = t->cfg;
+    char *ckpt = checkpoint_latest(c->run.dir, err);
+    if (!ckpt && err->msg[0])
+        return -1;
+    if (!ckpt) {
+        t->state.seed = c->run.seed;
+        if (c->model.from)
+            return model_load_hf(t->model, c->model.from, err);
+        model_init_random(t->model, t->mc.initializer_range, c->run.seed);
+        return 0;
+    }
+    int rc = -1;
+    gale_loader_position pos;
+    if (checkpoint_read_state(ckpt, &t->state, err) || checkpoint_load_weights(ckpt, t->model, &t->opt, err))
+        goto done;
+    if (!t->state.loader || loader_position_from_json(t->state.loader, &pos, err) || loader_seek(t->loader, &pos, err))
+        goto done;
+    if (t->state.seed != c->run.seed) {
+        gale_fail(err, "run.seed is %llu but the checkpoint was trained with seed %llu",
+                  (unsigned long long)c->run.seed, (unsigned long long)t->state.seed);
+        goto done;
+    }
+    if (t->rank == 0) {
+        printf("resuming from %s: step %ld, %lld tokens seen\n", ckpt, t->state.step, (long long)t->state.tokens_seen);
+        if (t->state.world_size != t->world)
+            printf("note: the checkpoint was written by %d rank(s), this run has %d: the global batch changes\n",
+                   t->state.world_size, t->world);
+    }
+    rc = 0;
+done:
+    if (rc)
+        gale_error_prefix(err, "resuming from %s", ckpt);
+    free(ckpt);
+    return rc;
+}
+
+static void print_effective_config(const trainer *t)
+{
+    json_t *run = run_config_to_json(t->cfg);
+    char *run_text = json_dumps(run, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *model_text = model_config_to_json(&t->mc);
+    printf("gale train: effective config (%s)\n%s\nmodel config.json:\n%s\n", t->cfg->file, run_text, model_text);
+    printf("model: %s, %lld parameters; %d rank(s) x %d thread(s)\n", model_kind_name(t->mc.kind),
+           model_config_num_params(&t->mc), t->world, omp_get_max_threads());
+    printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
+           t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
+           t->sched.total, t->peak_flops / 1e12,
+           t->cfg->backend.peak_tflops > 0 ? "backend.peak_tflops"
+                                           : "assumed: 2.5 GHz x 32 fp32 FLOP/cycle per thread; set backend.peak_tflops");
+    fflush(stdout);
+    free(run_text);
+    free(model_text);
+    json_decref(run);
+}
+
+static int setup(trainer *t, gale_error *err)
+{
+    const gale_run_config *c = t->cfg;
+    MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+    if (c->backend.threads > 0)
+        omp_set_num_threads((int)c->backend.threads);
+    if (trainer_model_config(c, &t->mc, err))
+        return -1;
+    t->ops = gale_ops_by_name("cpu");
+    struct model_options mo = {
+        .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
+        .router_z_loss_coef = c->moe.z_loss,
+    };
+    t->model = model_create(&t->mc, t->ops, &mo, err);
+    if (!t->model || open_data(t, err))
+        return -1;
+    const struct model_layout *layout = model_get_layout(t->model);
+    struct adamw_config ac = {c->optim.lr, c->optim.beta1, c->optim.beta2, c->optim.eps, c->optim.weight_decay};
+    adamw_init(&t->opt, &ac, t->ops, 0, layout->numel);
+    t->opt_ready = 1;
+
+    t->tokens_per_step = c->data.micro_batch * c->data.grad_accum * t->world * c->data.seq_len;
+    long steps = c->run.steps > 0 ? c->run.steps : (c->run.tokens + t->tokens_per_step - 1) / t->tokens_per_step;
+    t->sched = (gale_schedule){c->optim.schedule, c->optim.lr, c->optim.min_lr, c->optim.warmup, steps,
+                               c->optim.decay};
+    if (schedule_validate(&t->sched, err)) {
+        gale_error_prefix(err, "%s", c->file);
+        return -1;
+    }
+    t->flops_per_token = train_flops_per_token(&t->mc, layout, (int)c->data.seq_len);
+    t->peak_flops = c->backend.peak_tflops > 0 ? c->backend.peak_tflops * 1e12
+                                               : ASSUMED_CORE_FLOPS * omp_get_max_threads() * t->world;
+    if (t->mc.num_experts) {
+        size_t rows = (size_t)c->data.micro_batch * c->data.seq_len;
+        t->expert_counts = gale_xcalloc((size_t)t->mc.num_layers * t->mc.num_experts, sizeof *t->expert_counts);
+        t->selected = gale_xmalloc((size_t)t->mc.num_layers * rows * t->mc.num_experts_per_tok * sizeof *t->selected);
+    }
+    if (start_state(t, err))
+        return -1;
+    if (t->rank == 0) {
+        if (gale_mkdir_p(c->run.dir, err))
+            return -1;
+        t->metrics = metrics_open(c->run.dir, t->state.step, err);
+        if (!t->metrics)
+            return -1;
+        print_effective_config(t);
+    }
+    t->state.config = run_config_to_json(c);
+    t->state.world_size = t->world;
+    return 0;
+}
+
+static void teardown(trainer *t)
+{
+    if (t->metrics)
+        fclose(t->metrics);
+    if (t->opt_ready)
+        adamw_free(&t->opt);
+    model_free(t->model);
+    loader_close(t->loader);
+    for (long i = 0; t->micro && i < t->cfg->data.grad_accum; i++)
+        batch_free(&t->micro[i]);
+    free(t->micro);
+    free(t->segments);
+    free(t->dirs);
+    free(t->weights);
+    free(t->tokenizer_path);
+    free(t->expert_counts);
+    free(t->selected);
+    train_state_clear(&t->state);
+}
+
+/* Names the gradient tensors holding NaN or inf, for the diagnostic of a non-finite step. */
+static void name_nonfinite_tensors(trainer *t, char *buf, size_t size)
+{
+    const struct model_layout *layout = model_get_layout(t->model);
+    float *g = gale_xmalloc(layout->numel * sizeof *g);
+    model_grads_download(t->model, g);
+    size_t used = 0;
+    int named = 0, total = 0;
+    buf[0] = 0;
+    for (int i = 0; i < layout->n; i++) {
+        const struct model_tensor *ten = &layout->tensors[i];
+        size_t bad = 0;
+        for (size_t j = 0; j < ten->numel; j++)
+            bad += !isfinite(g[ten->offset + j]);
+        if (!bad)
+            continue;
+        total++;
+        if (named++ < MAX_NAMED_TENSORS && used < size)
+            used += snprintf(buf + used, size - used, "%s%s (%zu of %zu values)", named > 1 ? ", " : "", ten->name,
+                             bad, ten->numel);
+    }
+    if (total > MAX_NAMED_TENSORS && used < size)
+        snprintf(buf + used, size - used, " and %d more", total - MAX_NAMED_TENSORS);
+    if (total == 0)
+        snprintf(buf, size, "no gradient is non-finite: the loss itself is");
+    free(g);
+}
+
+/* MPI counts are ints: a 7B model's gradient buffer goes in pieces. */
+static void allreduce_sum_floats(float *x, size_t n)
+{
+    const size_t piece = (size_t)1 << 28;
+    for (size_t at = 0; at < n; at += piece)
+        MPI_Allreduce(MPI_IN_PLACE, x + at, (int)(n - at < piece ? n - at : piece), MPI_FLOAT, MPI_SUM,
+                      MPI_COMM_WORLD);
+}
+
+/* One optimizer step over grad_accum micro-batches on every rank. */
+static int train_step(trainer *t, step_result *r, gale_error *err)
+{
+    const gale_run_config *c = t->cfg;
+    long accum = c->data.grad_accum;
+    double local_targets = 0;
+    for (long i = 0; i < accum; i++) {
+        if (loader_next(t->loader, &t->micro[i], err) < 0)
+            return -1;
+        local_targets += (double)t->micro[i].n_targets;
+    }
+    /* the denominator of the step's loss: every target of the global batch */
+    double n_targets = local_targets;
+    MPI_Allreduce(MPI_IN_PLACE, &n_targets, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    double denominator = n_targets > 0 ? n_targets : 1;
+    double aux_weight = 1.0 / ((double)accum * t->world);
+
+    model_zero_grads(t->model);
+    if (t->expert_counts)
+        memset(t->expert_counts, 0, (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
+    double sums[4] = {0, 0, 0, 0}; /* ce_sum, router part of the loss, aux, z (weighted) */
+    for (long i = 0; i < accum; i++) {
+        struct model_batch mb;
+        struct model_loss out;
+        eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
+        if (model_forward_backward(t->model, &mb, denominator, aux_weight, &out, err)) {
+            gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
+            return -1;
+        }
+        sums[0] += out.ce_sum;
+        sums[1] += (out.loss - out.ce_sum / denominator) * aux_weight;
+        sums[2] += out.aux_loss * aux_weight;
+        sums[3] += out.z_loss * aux_weight;
+        if (t->expert_counts) {
+            model_selected_experts_download(t->model, t->selected);
+            expert_load_count(t->selected, t->mc.num_layers, mb.batch * mb.seq, t->mc.num_experts_per_tok,
+                              t->mc.num_experts, t->expert_counts);
+        }
+    }
+    const struct model_layout *layout = model_get_layout(t->model);
+    float *grads = model_grads(t->model);
+    if (t->world > 1) {
+        MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        /* each rank's gradients are already divided by the global target count: sum them */
+        allreduce_sum_floats(grads, layout->numel);
+        if (t->expert_counts)
+            MPI_Allreduce(MPI_IN_PLACE, t->expert_counts, t->mc.num_layers * t->mc.num_experts, MPI_INT64_T,
+                          MPI_SUM, MPI_COMM_WORLD);
+    }
+    r->ce_loss = sums[0] / denominator;
+    r->loss = r->ce_loss + sums[1];
+    r->aux_loss = sums[2];
+    r->z_loss = sums[3];
+    r->n_targets = (int64_t)n_targets;
+    r->grad_norm = sqrt(grad_sumsq(t->ops, grads, 0, layout->numel));
+    r->lr = schedule_lr(&t->sched, t->state.step);
+    r->skipped = 0;
+    if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+        char names[1024];
+        name_nonfinite_tensors(t, names, sizeof names);
+        if (c->run.nan_policy == GALE_NAN_STOP)
+            return gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; non-finite gradients: %s "
+                                  "(run.nan_policy: skip would skip such steps)",
+                             t->state.step + 1, r->loss, r->grad_norm, names);
+        if (t->rank == 0)
+            printf("step %ld: non-finite loss %g / gradient norm %g, skipped; non-finite gradients: %s\n",
+                   t->state.step + 1, r->loss, r->grad_norm, names);
+        r->skipped = 1;
+    } else {
+        double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
+        if (factor != 1.0)
+            t->ops->scale(grads, layout->numel, (float)factor);
+        adamw_step(&t->opt, layout, model_params(t->model), grads, r->lr);
+    }
+    t->state.step++;
+    t->state.optimizer_step = t->opt.step;
+    t->state.tokens_seen += r->n_targets;
+    return 0;
+}
+
+static void report_step(trainer *t, const step_result *r, double step_seconds, double eta_seconds, gale_error *err)
+{
+    double tok_per_s = t->tokens_per_step / step_seconds;
+    double mfu = t->flops_per_token * tok_per_s / t->peak_flops;
+    char eta[32];
+    format_duration(eta_seconds, eta, sizeof eta);
+    if (t->state.step % t->cfg->run.log_every == 0 || t->state.step == t->sched.total) {
+        printf("step %6ld/%ld | loss %.4f", t->state.step, t->sched.total, r->loss);
+        if (t->mc.num_experts)
+            printf(" (ce %.4f, aux %.4f)", r->ce_loss, r->aux_loss);
+        printf(" | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%% | %.2f s/step | ETA %s%s\n", r->lr, r->grad_norm,
+               tok_per_s, 100 * mfu, step_seconds, eta, r->skipped ? " | SKIPPED" : "");
+        fflush(stdout);
+    }
+    json_t *rec = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:b}", "kind", "train",
+                            "step", (json_int_t)t->state.step, "loss", r->loss, "ce_loss", r->ce_loss, "aux_loss",
+                            r->aux_loss, "z_loss", r->z_loss, "lr", r->lr, "grad_norm",
+                            isfinite(r->grad_norm) ? r->grad_norm : -1.0, "targets", (json_int_t)r->n_targets,
+                            "tokens_seen", (json_int_t)t->state.tokens_seen, "tokens_per_s", tok_per_s, "mfu", mfu,
+                            "step_s", step_seconds, "skipped", r->skipped);
+    if (!isfinite(r->loss))
+        json_object_set_new(rec, "loss", json_null());
+    if (t->expert_counts) {
+        json_t *layers = json_array();
+        for (int l = 0; l < t->mc.num_layers; l++) {
+            gale_expert_load load;
+            expert_load_summarise(t->expert_counts + (size_t)l * t->mc.num_experts, t->mc.num_experts, &load);
+            json_array_append_new(layers, json_pack("{s:i, s:f, s:f, s:f}", "layer", l, "min", load.min, "max",
+                                                    load.max, "cv", load.cv));
+        }
+        json_object_set_new(rec, "experts", layers);
+    }
+    if (metrics_append(t->metrics, rec, err))
+        fprintf(stderr, "gale train: warning: %s\n", err->msg);
+    json_decref(rec);
+}
+
+static int run_eval(trainer *t, gale_error *err)
+{
+    gale_eval_options eo = {
+        .dirs = t->dirs,
+        .n_dirs = t->cfg->data.n_sources,
+        .split = "val",
+        .batch_rows = (int)t->cfg->data.micro_batch,
+        .max_batches = t->cfg->run.eval_batches,
+        .doc_mask = t->cfg->data.doc_mask,
+        .rank = t->rank,
+        .world = t->world,
+    };
+    gale_eval_result res;
+    if (eval_split(t->model, &eo, &res, err))
+        return -1;
+    if (t->rank == 0) {
+        printf("eval step %ld | val loss %.4f | ppl %.2f | %lld tokens\n", t->state.step, res.loss, res.ppl,
+               (long long)res.n_targets);
+        fflush(stdout);
+        json_t *rec = json_pack("{s:s, s:I, s:f, s:f, s:I}", "kind", "eval", "step", (json_int_t)t->state.step,
+                                "val_loss", res.loss, "val_ppl", res.ppl, "val_targets", (json_int_t)res.n_targets);
+        int rc = metrics_append(t->metrics, rec, err);
+        json_decref(rec);
+        return rc;
+    }
+    return 0;
+}
+
+/* Rank 0 writes; every rank learns whether it worked. */
+static int save_checkpoint(trainer *t, gale_error *err)
+{
+    int rc = 0;
+    if (t->rank == 0) {
+        gale_loader_position pos;
+        loader_position(t->loader, &pos);
+        json_decref(t->state.loader);
+        t->state.loader = loader_position_to_json(&pos);
+        char *dir = NULL;
+        rc = checkpoint_save(t->cfg->run.dir, t->model, &t->opt, &t->state, t->tokenizer_path,
+                             (int)t->cfg->run.keep_last, &dir, err);
+        if (rc == 0)
+            printf("checkpoint %s\n", dir);
+        fflush(stdout);
+        free(dir);
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (rc && t->rank != 0)
+        gale_fail(err, "rank 0 could not write the checkpoint of step %ld", t->state.step);
+    return rc;
+}
+
+static int train_loop(trainer *t, const gale_train_options *opts, gale_error *err)
+{
+    const gale_run_config *c = t->cfg;
+    long first = t->state.step;
+    double started = now_seconds();
+    while (t->state.step < t->sched.total) {
+        double t0 = now_seconds();
+        step_result r;
+        if (train_step(t, &r, err))
+            return -1;
+        double t1 = now_seconds();
+        long done = t->state.step - first;
+        if (t->rank == 0)
+            report_step(t, &r, t1 - t0, (t1 - started) / done * (t->sched.total - t->state.step), err);
+        long step = t->state.step;
+        int last = step == t->sched.total;
+        if (t->eval_on && (step % c->run.eval_every == 0 || last) && run_eval(t, err))
+            return -1;
+        /* agree on a stop: a signal may reach one rank only */
+        int stop = stop_signal;
+        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        int stop_here = opts->stop_at > 0 && step >= opts->stop_at;
+        int periodic = c->run.checkpoint_every > 0 && step % c->run.checkpoint_every == 0;
+        if ((periodic || last || stop || stop_here) && save_checkpoint(t, err))
+            return -1;
+        if (stop || stop_here) {
+            if (t->rank == 0)
+                printf("stopped after step %ld%s\n", step, stop ? (stop == SIGINT ? " (SIGINT)" : " (SIGTERM)") : "");
+            return 0;
+        }
+    }
+    if (t->rank == 0 && first == t->sched.total)
+        printf("the run is complete: %ld of %ld steps\n", t->state.step, t->sched.total);
+    return 0;
+}
+
+int trainer_run(const gale_run_config *cfg, const gale_train_options *opts, gale_error *err)
+{
+    trainer t = {.cfg = cfg};
+    struct sigaction sa = {.sa_handler = on_stop_signal}, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    stop_signal = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    int rc = setup(&t, err);
+    if (rc == 0)
+        rc = train_loop(&t, opts, err);
+    teardown(&t);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return rc;
+}

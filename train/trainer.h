@@ -1,0 +1,27 @@
+/* trainer: `gale train`: builds the model (from scratch or a Hugging Face folder), the data
+ * loader and AdamW from a run config, resumes from the run's latest checkpoint when there is
+ * one, and runs the loop: gradient accumulation over micro-batches (the loss of a step is
+ * the mean over every target token of the global batch: targets are counted over all
+ * micro-batches and ranks first), gradients all-reduced over MPI ranks, clipping, the LR
+ * schedule, AdamW; evaluation, checkpoints and metrics on their schedules. SIGINT and
+ * SIGTERM save a checkpoint and stop cleanly. A non-finite loss or gradient stops the run
+ * with the step and the tensors at fault, or skips the step (run.nan_policy: skip).
+ * Call between MPI_Init and MPI_Finalize. */
+#ifndef GALE_TRAIN_TRAINER_H
+#define GALE_TRAIN_TRAINER_H
+
+#include "model/config.h"
+#include "train/run_config.h"
+#include "util/error.h"
+
+typedef struct gale_train_options {
+    long stop_at; /* stop after this step with a checkpoint, as an interruption would; 0: none */
+} gale_train_options;
+
+/* The model shape of a run: model.config's file or model.from's config.json, with the
+ * inline keys of the model section applied on top, and moe.aux_coef when set. */
+int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err);
+
+int trainer_run(const gale_run_config *cfg, const gale_train_options *opts, gale_error *err);
+
+#endif
