@@ -13,6 +13,7 @@ struct command {
 static const struct command commands[] = {
     {"tokenize", cmd_tokenize, "text or chat JSONL to token ids (SentencePiece BPE), and back"},
     {"train", cmd_train, "train or fine-tune a model from a run YAML (resumes; MPI data parallel)"},
+    {"plot", cmd_plot, "loss and learning-rate curves of a run (PNG via gnuplot, or SVG)"},
 };
 
 static void usage(FILE *f)
