@@ -240,7 +240,7 @@ static int read_string_attr(hid_t file, const char *path, const char *name, char
     return rc;
 }
 
-static int is_sha256_hex(const char *s)
+int shard_sha256_valid(const char *s)
 {
     if (strlen(s) != 64)
         return 0;
@@ -275,7 +275,7 @@ static int read_attrs(hid_t file, const char *path, gale_shard_meta *m, gale_err
         return -1;
     if (read_string_attr(file, path, "tokenizer_sha256", m->tokenizer_sha256, sizeof m->tokenizer_sha256, err) != 0)
         return -1;
-    if (!is_sha256_hex(m->tokenizer_sha256))
+    if (!shard_sha256_valid(m->tokenizer_sha256))
         return gale_fail(err, "%s: attribute 'tokenizer_sha256' is not 64 lowercase hex digits", path);
     if (read_string_attr(file, path, "kind", text, sizeof text, err) != 0)
         return -1;
@@ -385,7 +385,7 @@ static int check_meta(const char *path, const gale_shard_meta *m, gale_error *er
     if (m->bos_id < -1 || m->bos_id >= m->vocab_size || m->eos_id < -1 || m->eos_id >= m->vocab_size)
         return gale_fail(err, "%s: bos_id %d or eos_id %d is outside the vocabulary (%d)", path, m->bos_id, m->eos_id,
                          m->vocab_size);
-    if (!is_sha256_hex(m->tokenizer_sha256))
+    if (!shard_sha256_valid(m->tokenizer_sha256))
         return gale_fail(err, "%s: tokenizer_sha256 must be 64 lowercase hex digits", path);
     if (m->kind != GALE_SHARD_PRETRAIN && m->kind != GALE_SHARD_SFT)
         return gale_fail(err, "%s: unknown shard kind %d", path, (int)m->kind);

@@ -41,6 +41,9 @@ typedef struct gale_shard_meta {
     int64_t n_real_tokens;       /* positions whose segment is not padding */
 } gale_shard_meta;
 
+/* 1 when hex is 64 lowercase hex digits, how shards and manifests record a SHA-256. */
+int shard_sha256_valid(const char *hex);
+
 /* Registers the zstd filter (id 32015) with HDF5 and silences HDF5's own error printing.
  * Idempotent and cheap; every entry point below calls it, so callers need not. */
 int shard_hdf5_init(gale_error *err);
