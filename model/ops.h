@@ -58,7 +58,8 @@ struct gale_ops {
                           const int32_t *segments, int batch, int seq, int heads, int kv_heads,
                           int head_dim, int window);
 
-    /* out = silu(gate) * up over n elements; the backward overwrites dgate and dup */
+    /* out = silu(gate) * up over n elements; the backward overwrites dgate and dup (dgate may
+     * be the same buffer as dout) */
     void (*swiglu_fwd)(float *out, const float *gate, const float *up, size_t n);
     void (*swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate,
                        const float *up, size_t n);

@@ -1,0 +1,553 @@
+/* ops_cpu: the fp32 reference backend. Dense products go to OpenBLAS (cblas_sgemm), including
+ * attention's per-head QK^T and PV; everything else is OpenMP loops over rows. Host memory is
+ * the device memory. */
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/ops.h"
+#include "util/error.h"
+
+static void *cpu_alloc(size_t bytes)
+{
+    return gale_xcalloc(1, bytes ? bytes : 1);
+}
+
+static void cpu_free(void *p)
+{
+    free(p);
+}
+
+static void cpu_zero(void *p, size_t bytes)
+{
+    memset(p, 0, bytes);
+}
+
+static void cpu_copy(void *dst, const void *src, size_t bytes)
+{
+    if (bytes)
+        memcpy(dst, src, bytes);
+}
+
+static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    if (k == 0) {  /* BLAS leaves C untouched for k = 0 only when beta is 1 */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tokens, int rows,
+                              int dim)
+{
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+        memcpy(out + (size_t)r * dim, table + (size_t)tokens[r] * dim, sizeof(float) * dim);
+}
+
+static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int rows,
+                              int dim)
+{
+    /* serial over rows: the same token may repeat; parallel over columns instead */
+#pragma omp parallel for
+    for (int c = 0; c < dim; c++)
+        for (int r = 0; r < rows; r++)
+            dtable[(size_t)tokens[r] * dim + c] += dout[(size_t)r * dim + c];
+}
+
+static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows,
+                            int dim, float eps)
+{
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *o = out + (size_t)r * dim;
+        double ss = 0;
+        for (int i = 0; i < dim; i++)
+            ss += (double)xr[i] * xr[i];
+        float s = (float)(1.0 / sqrt(ss / dim + eps));
+        rstd[r] = s;
+        for (int i = 0; i < dim; i++)
+            o[i] = xr[i] * s * w[i];
+    }
+}
+
+static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                            const float *rstd, int rows, int dim)
+{
+#pragma omp parallel
+    {
+        float *dw_local = gale_xcalloc((size_t)dim, sizeof(float));
+#pragma omp for
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * dim, *dy = dout + (size_t)r * dim;
+            float *dxr = dx + (size_t)r * dim;
+            float s = rstd[r];
+            double dot = 0;
+            for (int i = 0; i < dim; i++) {
+                dot += (double)dy[i] * w[i] * xr[i];
+                dw_local[i] += dy[i] * xr[i] * s;
+            }
+            float c = (float)(dot * s * s * s / dim);
+            for (int i = 0; i < dim; i++)
+                dxr[i] += s * w[i] * dy[i] - c * xr[i];
+        }
+#pragma omp critical
+        for (int i = 0; i < dim; i++)
+            dw[i] += dw_local[i];
+        free(dw_local);
+    }
+}
+
+/* Rotates each head's pairs (i, i + hd/2) by angle sign * pos * theta^(-2i/hd). */
+static void rope_rotate(float *x, const int32_t *positions, int rows, int heads, int head_dim,
+                        float theta, double sign)
+{
+    int half = head_dim / 2;
+#pragma omp parallel
+    {
+        double *cs = gale_xmalloc(sizeof(double) * 2 * (size_t)half);
+#pragma omp for
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < half; i++) {
+                double angle = positions[r] * pow((double)theta, -2.0 * i / head_dim);
+                cs[2 * i] = cos(angle);
+                cs[2 * i + 1] = sign * sin(angle);
+            }
+            for (int h = 0; h < heads; h++) {
+                float *v = x + ((size_t)r * heads + h) * head_dim;
+                for (int i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    float c = (float)cs[2 * i], s = (float)cs[2 * i + 1];
+                    v[i] = a * c - b * s;
+                    v[i + half] = b * c + a * s;
+                }
+            }
+        }
+        free(cs);
+    }
+}
+
+static void cpu_rope_fwd(float *x, const int32_t *positions, int rows, int heads, int head_dim,
+                         float theta)
+{
+    rope_rotate(x, positions, rows, heads, head_dim, theta, 1.0);
+}
+
+static void cpu_rope_bwd(float *dx, const int32_t *positions, int rows, int heads, int head_dim,
+                         float theta)
+{
+    rope_rotate(dx, positions, rows, heads, head_dim, theta, -1.0);
+}
+
+/* Whether query i may see key j. */
+static inline int attends(int i, int j, int window, const int32_t *seg)
+{
+    return j <= i && (window <= 0 || i - j < window) && (!seg || seg[i] == seg[j]);
+}
+
+/* The first key query i may see: keys before it are masked, so the products skip them. */
+static inline int first_key(int i, int window)
+{
+    return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+}
+
+/* s[T,T] <- softmax probabilities of one head (masked entries 0). The forward writes each
+ * row's log-sum-exp to lse_out; the backward's recomputation reads it from lse_in instead. */
+static void attention_probs(float *s, float *lse_out, const float *lse_in, int seq, int window,
+                            const int32_t *seg)
+{
+    for (int i = 0; i < seq; i++) {
+        float *row = s + (size_t)i * seq;
+        int j0 = first_key(i, window);
+        float l;
+        if (lse_in) {
+            l = lse_in[i];
+        } else {
+            float mx = -INFINITY;
+            for (int j = j0; j <= i; j++)
+                if (attends(i, j, window, seg) && row[j] > mx)
+                    mx = row[j];
+            double sum = 0;
+            for (int j = j0; j <= i; j++)
+                if (attends(i, j, window, seg))
+                    sum += exp((double)row[j] - mx);
+            l = mx + (float)log(sum);
+            lse_out[i] = l;
+        }
+        for (int j = 0; j < seq; j++)
+            row[j] = j >= j0 && attends(i, j, window, seg) ? expf(row[j] - l) : 0.0f;
+    }
+}
+
+static void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int32_t *segments, int batch, int seq,
+                              int heads, int kv_heads, int head_dim, int window)
+{
+    int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
+    float scale = (float)(1.0 / sqrt((double)head_dim));
+#pragma omp parallel
+    {
+        float *s = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < batch; b++)
+            for (int h = 0; h < heads; h++) {
+                size_t row0 = (size_t)b * seq;
+                const float *qh = q + row0 * dq + (size_t)h * head_dim;
+                const float *kh = k + row0 * dkv + (size_t)(h / group) * head_dim;
+                const float *vh = v + row0 * dkv + (size_t)(h / group) * head_dim;
+                const int32_t *seg = segments ? segments + row0 : NULL;
+                float *l = lse + ((size_t)b * heads + h) * seq;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, scale, qh,
+                            dq, kh, dkv, 0.0f, s, seq);
+                attention_probs(s, l, NULL, seq, window, seg);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, seq, head_dim, seq, 1.0f, s,
+                            seq, vh, dkv, 0.0f, out + row0 * dq + (size_t)h * head_dim, dq);
+            }
+        free(s);
+    }
+}
+
+static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                              const float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *segments, int batch, int seq, int heads, int kv_heads,
+                              int head_dim, int window)
+{
+    int dqw = heads * head_dim, dkvw = kv_heads * head_dim, group = heads / kv_heads;
+    float scale = (float)(1.0 / sqrt((double)head_dim));
+    /* One task per (sequence, kv head): the query heads sharing a kv head accumulate into
+     * the same dk, dv, so they run in one task. */
+#pragma omp parallel
+    {
+        float *p = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
+        float *dp = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
+        float *delta = gale_xmalloc(sizeof(float) * (size_t)seq);
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < batch; b++)
+            for (int g = 0; g < kv_heads; g++) {
+                size_t row0 = (size_t)b * seq;
+                const float *kh = k + row0 * dkvw + (size_t)g * head_dim;
+                const float *vh = v + row0 * dkvw + (size_t)g * head_dim;
+                float *dkh = dk + row0 * dkvw + (size_t)g * head_dim;
+                float *dvh = dv + row0 * dkvw + (size_t)g * head_dim;
+                const int32_t *seg = segments ? segments + row0 : NULL;
+                for (int t = 0; t < seq; t++) {
+                    memset(dkh + (size_t)t * dkvw, 0, sizeof(float) * head_dim);
+                    memset(dvh + (size_t)t * dkvw, 0, sizeof(float) * head_dim);
+                }
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    size_t col = (size_t)h * head_dim;
+                    const float *qh = q + row0 * dqw + col, *oh = out + row0 * dqw + col;
+                    const float *doh = dout + row0 * dqw + col;
+                    float *dqh = dq + row0 * dqw + col;
+                    const float *l = lse + ((size_t)b * heads + h) * seq;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, scale,
+                                qh, dqw, kh, dkvw, 0.0f, p, seq);
+                    attention_probs(p, NULL, l, seq, window, seg);
+                    /* dP = dO V^T; delta_i = dO_i . O_i; dS = P (dP - delta) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, 1.0f,
+                                doh, dqw, vh, dkvw, 0.0f, dp, seq);
+                    for (int i = 0; i < seq; i++) {
+                        double d = 0;
+                        for (int c = 0; c < head_dim; c++)
+                            d += (double)doh[(size_t)i * dqw + c] * oh[(size_t)i * dqw + c];
+                        delta[i] = (float)d;
+                    }
+                    for (int i = 0; i < seq; i++)
+                        for (int j = 0; j < seq; j++) {
+                            size_t ij = (size_t)i * seq + j;
+                            dp[ij] = p[ij] * (dp[ij] - delta[i]);
+                        }
+                    /* dV += P^T dO, dQ = scale dS K, dK += scale dS^T Q */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seq, head_dim, seq, 1.0f,
+                                p, seq, doh, dqw, 1.0f, dvh, dkvw);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, seq, head_dim, seq,
+                                scale, dp, seq, kh, dkvw, 0.0f, dqh, dqw);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seq, head_dim, seq, scale,
+                                dp, seq, qh, dqw, 1.0f, dkh, dkvw);
+                }
+            }
+        free(p);
+        free(dp);
+        free(delta);
+    }
+}
+
+static inline float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+static void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n)
+{
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++)
+        out[i] = silu(gate[i]) * up[i];
+}
+
+static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, size_t n)
+{
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i];
+        dup[i] = d * g * sig;
+        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+static void cpu_router_fwd(float *probs, float *lse, int32_t *topk_idx, float *topk_w,
+                           const float *logits, int rows, int experts, int k)
+{
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+        const float *x = logits + (size_t)r * experts;
+        float *p = probs + (size_t)r * experts;
+        float mx = -INFINITY;
+        for (int e = 0; e < experts; e++)
+            mx = x[e] > mx ? x[e] : mx;
+        double sum = 0;
+        for (int e = 0; e < experts; e++)
+            sum += exp((double)x[e] - mx);
+        lse[r] = mx + (float)log(sum);
+        for (int e = 0; e < experts; e++)
+            p[e] = (float)(exp((double)x[e] - mx) / sum);
+        int32_t *idx = topk_idx + (size_t)r * k;
+        float *w = topk_w + (size_t)r * k;
+        double chosen = 0;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < experts; e++) {
+                int taken = 0;
+                for (int m = 0; m < j && !taken; m++)
+                    taken = idx[m] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            idx[j] = best;
+            chosen += p[best];
+        }
+        for (int j = 0; j < k; j++)
+            w[j] = (float)(p[idx[j]] / chosen);
+    }
+}
+
+static void cpu_router_bwd(float *dlogits, const float *dtopk_w, const float *probs,
+                           const float *lse, const int32_t *topk_idx, const float *topk_w,
+                           const float *dprobs_const, float z_scale, int rows, int experts, int k)
+{
+#pragma omp parallel
+    {
+        double *dp = gale_xmalloc(sizeof(double) * (size_t)experts);
+#pragma omp for
+        for (int r = 0; r < rows; r++) {
+            const float *p = probs + (size_t)r * experts;
+            const int32_t *idx = topk_idx + (size_t)r * k;
+            const float *w = topk_w + (size_t)r * k, *dw = dtopk_w + (size_t)r * k;
+            for (int e = 0; e < experts; e++)
+                dp[e] = dprobs_const ? dprobs_const[e] : 0.0;
+            /* w_j = p_{i_j} / S with S = sum of the chosen p: d/dp_{i_j} = (dw_j - sum w dw) / S */
+            double chosen = 0, wdw = 0;
+            for (int j = 0; j < k; j++) {
+                chosen += p[idx[j]];
+                wdw += (double)w[j] * dw[j];
+            }
+            for (int j = 0; j < k; j++)
+                dp[idx[j]] += (dw[j] - wdw) / chosen;
+            double pdp = 0;
+            for (int e = 0; e < experts; e++)
+                pdp += p[e] * dp[e];
+            float *dl = dlogits + (size_t)r * experts;
+            for (int e = 0; e < experts; e++)
+                dl[e] = (float)(p[e] * (dp[e] - pdp) + 2.0 * z_scale * lse[r] * p[e]);
+        }
+        free(dp);
+    }
+}
+
+static void cpu_moe_plan(int *counts, int32_t *slot_rows, int32_t *slot_of,
+                         const int32_t *topk_idx, int rows, int experts, int k)
+{
+    int *next = gale_xcalloc((size_t)experts + 1, sizeof(int));
+    memset(counts, 0, sizeof(int) * (size_t)experts);
+    for (size_t s = 0; s < (size_t)rows * k; s++)
+        counts[topk_idx[s]]++;
+    for (int e = 1; e <= experts; e++)
+        next[e] = next[e - 1] + counts[e - 1];
+    for (size_t s = 0; s < (size_t)rows * k; s++) {
+        int pos = next[topk_idx[s]]++;
+        slot_rows[pos] = (int32_t)(s / k);
+        slot_of[s] = pos;
+    }
+    free(next);
+}
+
+static void cpu_moe_gather(float *xe, const float *x, const int32_t *slot_rows, int slots, int dim)
+{
+#pragma omp parallel for
+    for (int s = 0; s < slots; s++)
+        memcpy(xe + (size_t)s * dim, x + (size_t)slot_rows[s] * dim, sizeof(float) * dim);
+}
+
+static void cpu_moe_combine(float *out, const float *ye, const float *topk_w,
+                            const int32_t *slot_of, int rows, int k, int dim)
+{
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < k; j++) {
+            float w = topk_w[(size_t)r * k + j];
+            const float *y = ye + (size_t)slot_of[(size_t)r * k + j] * dim;
+            float *o = out + (size_t)r * dim;
+            for (int c = 0; c < dim; c++)
+                o[c] += w * y[c];
+        }
+}
+
+static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, const float *ye,
+                                const float *topk_w, const int32_t *slot_of, int rows, int k,
+                                int dim)
+{
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < k; j++) {
+            size_t s = (size_t)slot_of[(size_t)r * k + j];
+            float w = topk_w[(size_t)r * k + j];
+            const float *d = dout + (size_t)r * dim, *y = ye + s * dim;
+            float *dy = dye + s * dim;
+            double dot = 0;
+            for (int c = 0; c < dim; c++) {
+                dy[c] = w * d[c];
+                dot += (double)d[c] * y[c];
+            }
+            dtopk_w[(size_t)r * k + j] = (float)dot;
+        }
+}
+
+static void cpu_moe_scatter_add(float *dx, const float *dxe, const int32_t *slot_rows, int slots,
+                                int dim)
+{
+    /* several slots share a row: parallel over columns */
+#pragma omp parallel for
+    for (int c = 0; c < dim; c++)
+        for (int s = 0; s < slots; s++)
+            dx[(size_t)slot_rows[s] * dim + c] += dxe[(size_t)s * dim + c];
+}
+
+static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows, int vocab,
+                                float grad_scale, long *count)
+{
+    double total = 0;
+    long n = 0;
+#pragma omp parallel for reduction(+ : total, n) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *x = logits + (size_t)r * vocab;
+        int t = targets[r];
+        if (t < 0) {
+            if (grad_scale != 0)
+                memset(x, 0, sizeof(float) * vocab);
+            continue;
+        }
+        float mx = -INFINITY;
+        for (int v = 0; v < vocab; v++)
+            mx = x[v] > mx ? x[v] : mx;
+        double sum = 0;
+        for (int v = 0; v < vocab; v++)
+            sum += exp((double)x[v] - mx);
+        double lse = mx + log(sum);
+        total += lse - x[t];
+        n++;
+        if (grad_scale != 0) {
+            for (int v = 0; v < vocab; v++)
+                x[v] = (float)(exp((double)x[v] - lse) * grad_scale);
+            x[t] -= grad_scale;
+        }
+    }
+    *count = n;
+    return total;
+}
+
+static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr,
+                           float beta1, float beta2, float eps, float weight_decay, int step)
+{
+    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float decay = 1.0f - lr * weight_decay;
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        p[i] *= decay;
+        m[i] += (1.0f - beta1) * (gi - m[i]);
+        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+}
+
+static double cpu_sumsq(const float *x, size_t n)
+{
+    double s = 0;
+#pragma omp parallel for reduction(+ : s)
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return s;
+}
+
+static void cpu_scale(float *x, size_t n, float s)
+{
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+static void cpu_axpy(float *y, const float *x, size_t n, float a)
+{
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static const struct gale_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .matmul = cpu_matmul,
+    .embedding_fwd = cpu_embedding_fwd,
+    .embedding_bwd = cpu_embedding_bwd,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .rope_fwd = cpu_rope_fwd,
+    .rope_bwd = cpu_rope_bwd,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .router_fwd = cpu_router_fwd,
+    .router_bwd = cpu_router_bwd,
+    .moe_plan = cpu_moe_plan,
+    .moe_gather = cpu_moe_gather,
+    .moe_combine = cpu_moe_combine,
+    .moe_combine_bwd = cpu_moe_combine_bwd,
+    .moe_scatter_add = cpu_moe_scatter_add,
+    .cross_entropy = cpu_cross_entropy,
+    .adamw_step = cpu_adamw_step,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+    .axpy = cpu_axpy,
+};
+
+const struct gale_ops *gale_ops_cpu(void)
+{
+    return &cpu_ops;
+}
