@@ -1,0 +1,52 @@
+/* chat_internal: what chat.c hands the template renderers (chat_mistral.c, chat_llama2.c):
+ * a conversation already validated and merged into turns, and the helpers that append ids
+ * with their mask. Not part of the public API; data/chat.h is. */
+#ifndef GALE_DATA_CHAT_INTERNAL_H
+#define GALE_DATA_CHAT_INTERNAL_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data/chat.h"
+
+enum chat_role { CHAT_ROLE_SYSTEM, CHAT_ROLE_USER, CHAT_ROLE_ASSISTANT, CHAT_ROLE_TOOL };
+
+struct chat_call {
+    const char *name;
+    const char *id;     /* NULL when the call has none (absent, null or "null") */
+    json_t *arguments;  /* owned: the parsed arguments, or the string when not JSON */
+};
+
+/* One turn: consecutive messages of one role (and weight) merged, as mistral-common does. */
+struct chat_turn {
+    enum chat_role role;     /* never CHAT_ROLE_SYSTEM: system text is in system_prompt */
+    size_t message;          /* index in "messages" of the turn's first message */
+    gale_bytes text;         /* contents joined with "\n\n" */
+    struct chat_call *calls; /* assistant only */
+    size_t n_calls;
+    json_t *tool_result;     /* tool only, owned: the content parsed as JSON, or the string */
+    const char *call_id;     /* tool only */
+    int trained;             /* assistant only: its ids are training targets */
+};
+
+struct chat_conversation {
+    int has_system;
+    gale_bytes system_prompt;
+    json_t *tools;           /* owned, v3 only: the tool list in mistral-common's shape, or NULL */
+    struct chat_turn *turns;
+    size_t n_turns;
+};
+
+int chat_render_mistral(const gale_tokenizer *tok, enum chat_template tmpl,
+                        const struct chat_conversation *conv, gale_ids *ids, gale_bytes *mask,
+                        gale_error *err);
+int chat_render_llama2(const gale_tokenizer *tok, const struct chat_conversation *conv,
+                       gale_ids *ids, gale_bytes *mask, gale_error *err);
+
+/* Appends the ids of text, each with mask byte m (mask may be NULL). */
+void chat_emit_text(const gale_tokenizer *tok, const void *text, size_t len, uint8_t m,
+                    gale_ids *ids, gale_bytes *mask);
+void chat_emit_id(int32_t id, uint8_t m, gale_ids *ids, gale_bytes *mask);
+
+#endif

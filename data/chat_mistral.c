@@ -1,0 +1,153 @@
+/* chat_mistral: the v1 and v3 templates, as mistral-common's InstructTokenizerV1 and V3
+ * encode a normalised request. */
+#include <string.h>
+
+#include "data/chat_internal.h"
+#include "data/pyjson.h"
+
+/* The v3 control tokens, looked up by piece so that a v1 model is refused by name. */
+struct v3_tokens {
+    int32_t inst, end_inst, tools, end_tools, tool_calls, results, end_results;
+};
+
+static int control_id(const gale_tokenizer *tok, const char *piece, int32_t *out, gale_error *err)
+{
+    int id = tokenizer_piece_id(tok, piece);
+    if (id < 0)
+        return gale_fail(err,
+                         "the v3 chat template needs the control token %s, which this tokenizer "
+                         "lacks (use a Mistral v3 tokenizer such as mistral-v3.model)", piece);
+    *out = id;
+    return 0;
+}
+
+static int v3_tokens_find(const gale_tokenizer *tok, struct v3_tokens *t, gale_error *err)
+{
+    return control_id(tok, "[INST]", &t->inst, err) ||
+           control_id(tok, "[/INST]", &t->end_inst, err) ||
+           control_id(tok, "[AVAILABLE_TOOLS]", &t->tools, err) ||
+           control_id(tok, "[/AVAILABLE_TOOLS]", &t->end_tools, err) ||
+           control_id(tok, "[TOOL_CALLS]", &t->tool_calls, err) ||
+           control_id(tok, "[TOOL_RESULTS]", &t->results, err) ||
+           control_id(tok, "[/TOOL_RESULTS]", &t->end_results, err) ? -1 : 0;
+}
+
+static void emit_json(const gale_tokenizer *tok, const json_t *value, uint8_t m, gale_bytes *buf,
+                      gale_ids *ids, gale_bytes *mask)
+{
+    buf->n = 0;
+    pyjson_dump(value, buf);
+    chat_emit_text(tok, buf->v, buf->n, m, ids, mask);
+}
+
+/* v1: the text "[INST] {system}\n\n{user} [/INST]", the system prompt on the first user turn.
+ * v3: [AVAILABLE_TOOLS] tools [/AVAILABLE_TOOLS] before the last user turn, then
+ * [INST] {system}\n\n{user} [/INST], the system prompt on the last user turn. */
+static void emit_user(const gale_tokenizer *tok, enum chat_template tmpl, const struct v3_tokens *t,
+                      const struct chat_conversation *conv, const struct chat_turn *turn,
+                      int first, int last, gale_bytes *buf, gale_ids *ids, gale_bytes *mask)
+{
+    int with_system = conv->system_prompt.n && (tmpl == CHAT_MISTRAL_V1 ? first : last);
+    if (tmpl == CHAT_MISTRAL_V3 && last && conv->tools) {
+        chat_emit_id(t->tools, 0, ids, mask);
+        emit_json(tok, conv->tools, 0, buf, ids, mask);
+        chat_emit_id(t->end_tools, 0, ids, mask);
+    }
+    buf->n = 0;
+    if (tmpl == CHAT_MISTRAL_V1)
+        gale_bytes_append(buf, "[INST] ", 7);
+    if (with_system) {
+        gale_bytes_append(buf, conv->system_prompt.v, conv->system_prompt.n);
+        gale_bytes_append(buf, "\n\n", 2);
+    }
+    gale_bytes_append(buf, turn->text.v, turn->text.n);
+    if (tmpl == CHAT_MISTRAL_V1) {
+        gale_bytes_append(buf, " [/INST]", 8);
+        chat_emit_text(tok, buf->v, buf->n, 0, ids, mask);
+    } else {
+        chat_emit_id(t->inst, 0, ids, mask);
+        chat_emit_text(tok, buf->v, buf->n, 0, ids, mask);
+        chat_emit_id(t->end_inst, 0, ids, mask);
+    }
+}
+
+/* [TOOL_CALLS] [{"name": ..., "arguments": ..., "id": ...}, ...] or the text (v3 strips
+ * trailing spaces, v1 does not), then </s>; all of it is the answer. */
+static void emit_assistant(const gale_tokenizer *tok, enum chat_template tmpl,
+                           const struct v3_tokens *t, const struct chat_turn *turn,
+                           gale_bytes *buf, gale_ids *ids, gale_bytes *mask)
+{
+    uint8_t m = turn->trained ? 1 : 0;
+    if (turn->n_calls) {
+        json_t *calls = json_array();
+        for (size_t k = 0; k < turn->n_calls; k++) {
+            json_t *call = json_object();
+            json_object_set_new(call, "name", json_string(turn->calls[k].name));
+            json_object_set(call, "arguments", turn->calls[k].arguments);
+            if (turn->calls[k].id)
+                json_object_set_new(call, "id", json_string(turn->calls[k].id));
+            json_array_append_new(calls, call);
+        }
+        chat_emit_id(t->tool_calls, m, ids, mask);
+        emit_json(tok, calls, m, buf, ids, mask);
+        json_decref(calls);
+    } else {
+        size_t len = turn->text.n;
+        if (tmpl == CHAT_MISTRAL_V3)
+            while (len && turn->text.v[len - 1] == ' ')
+                len--;
+        chat_emit_text(tok, turn->text.v, len, m, ids, mask);
+    }
+    chat_emit_id(tokenizer_eos_id(tok), m, ids, mask);
+}
+
+/* [TOOL_RESULTS] {"content": ..., "call_id": ...} [/TOOL_RESULTS] */
+static void emit_tool_result(const gale_tokenizer *tok, const struct v3_tokens *t,
+                             const struct chat_turn *turn, gale_bytes *buf, gale_ids *ids,
+                             gale_bytes *mask)
+{
+    json_t *result = json_object();
+    json_object_set(result, "content", turn->tool_result);
+    json_object_set_new(result, "call_id", json_string(turn->call_id));
+    chat_emit_id(t->results, 0, ids, mask);
+    emit_json(tok, result, 0, buf, ids, mask);
+    chat_emit_id(t->end_results, 0, ids, mask);
+    json_decref(result);
+}
+
+int chat_render_mistral(const gale_tokenizer *tok, enum chat_template tmpl,
+                        const struct chat_conversation *conv, gale_ids *ids, gale_bytes *mask,
+                        gale_error *err)
+{
+    struct v3_tokens t = {0};
+    if (tmpl == CHAT_MISTRAL_V3 && v3_tokens_find(tok, &t, err))
+        return -1;
+    size_t first_user = conv->n_turns, last_user = 0;
+    for (size_t i = 0; i < conv->n_turns; i++)
+        if (conv->turns[i].role == CHAT_ROLE_USER) {
+            if (first_user == conv->n_turns)
+                first_user = i;
+            last_user = i;
+        }
+
+    gale_bytes buf = {0};
+    chat_emit_id(tokenizer_bos_id(tok), 0, ids, mask);
+    for (size_t i = 0; i < conv->n_turns; i++) {
+        const struct chat_turn *turn = &conv->turns[i];
+        switch (turn->role) {
+        case CHAT_ROLE_USER:
+            emit_user(tok, tmpl, &t, conv, turn, i == first_user, i == last_user, &buf, ids, mask);
+            break;
+        case CHAT_ROLE_ASSISTANT:
+            emit_assistant(tok, tmpl, &t, turn, &buf, ids, mask);
+            break;
+        case CHAT_ROLE_TOOL:
+            emit_tool_result(tok, &t, turn, &buf, ids, mask);
+            break;
+        case CHAT_ROLE_SYSTEM:
+            break;  /* merged into the system prompt by chat.c */
+        }
+    }
+    gale_bytes_free(&buf);
+    return 0;
+}
