@@ -23,7 +23,24 @@ void tokenizer_free(gale_tokenizer *tok);
  * sentencepiece's Encode does: no BOS or EOS added. Safe to call from many threads at once. */
 void tokenizer_encode(const gale_tokenizer *tok, const char *text, size_t len, gale_ids *out);
 
-/* Appends the text of ids to out, as sentencepiece's Decode does. */
+/* An encoder: the scratch memory of encoding and a cache of the ids of frequent words, for
+ * one thread at a time (give each thread its own; the tokenizer itself is shared). Encoding
+ * through one is several times faster than tokenizer_encode on real text, with the same ids. */
+typedef struct tokenizer_encoder tokenizer_encoder;
+tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok);
+void tokenizer_encoder_free(tokenizer_encoder *enc);
+/* tokenizer_encode through enc. */
+void tokenizer_encoder_encode(tokenizer_encoder *enc, const char *text, size_t len, gale_ids *out);
+/* One text given in consecutive chunks of any size (cut anywhere, even inside a character):
+ * feed appends the ids of the words that are already complete, finish those of the rest and
+ * makes enc ready for the next text. The ids are those of tokenizer_encode over the whole
+ * text, and the memory used stays bounded by the longest word, not the text. */
+void tokenizer_encoder_feed(tokenizer_encoder *enc, const char *chunk, size_t len, gale_ids *out);
+void tokenizer_encoder_finish(tokenizer_encoder *enc, gale_ids *out);
+
+/* Appends the text of ids to out, as sentencepiece's Decode does. An id outside the
+ * vocabulary decodes as the unknown piece's surface (" \xE2\x81\x87 "): check ids with
+ * tokenizer_vocab_size first where that matters. */
 void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out);
 
 int tokenizer_vocab_size(const gale_tokenizer *tok);

@@ -1,0 +1,443 @@
+/* gale tokenize: text to token ids (or pieces) one line per line, as spm_encode prints them,
+ * and ids back to text with --decode, as spm_decode does. Each mode is one function over a
+ * line reader; lines are encoded in order-preserving batches over --threads threads, and a
+ * line longer than a batch is encoded as a stream so memory stays flat. */
+#include <errno.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "data/tokenizer.h"
+
+#define BATCH_BYTES (4u << 20)   /* text encoded per parallel batch */
+#define CHUNKS_PER_THREAD 8      /* pieces of a batch, for load balance */
+
+enum output_format { FORMAT_IDS, FORMAT_PIECES };
+
+typedef struct tokenize_options {
+    const char *tokenizer, *input;
+    int format; /* enum output_format */
+    int threads;
+    int decode;
+} tokenize_options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gale tokenize --tokenizer PATH [--input FILE] [--format ids|pieces] [--threads N] [--decode]\n"
+            "\n"
+            "Encodes text with a SentencePiece BPE model (.model), one text per line, and prints one\n"
+            "line per input line: token ids separated by spaces, exactly as\n"
+            "`spm_encode --model=PATH --output_format=id` does (no BOS/EOS added).\n"
+            "\n"
+            "  --tokenizer PATH   the SentencePiece .model file (Mistral v1/v3, Llama 2)\n"
+            "  --input FILE       read FILE instead of standard input\n"
+            "  --format ids       print token ids (default); `pieces` prints the pieces instead\n"
+            "  --threads N        encode with N threads (default 1); output order is kept\n"
+            "  --decode           read lines of ids and print their text, as spm_decode does\n"
+            "  --help             this message\n");
+}
+
+static int parse_int(const char *s, int *v)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (errno || end == s || *end || x < 1 || x > 1024)
+        return -1;
+    *v = (int)x;
+    return 0;
+}
+
+/* Returns 0 to run, 1 when --help was asked, 2 on a usage error (already reported). */
+static int parse_options(int argc, char **argv, tokenize_options *o)
+{
+    *o = (tokenize_options){NULL, NULL, FORMAT_IDS, 1, 0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *value = NULL;
+        int takes_value = !strcmp(a, "--tokenizer") || !strcmp(a, "--input") || !strcmp(a, "--format") ||
+                          !strcmp(a, "--threads");
+        if (takes_value) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gale tokenize: %s needs a value\n", a);
+                return 2;
+            }
+            value = argv[++i];
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 1;
+        } else if (!strcmp(a, "--decode")) {
+            o->decode = 1;
+        } else if (!strcmp(a, "--tokenizer")) {
+            o->tokenizer = value;
+        } else if (!strcmp(a, "--input")) {
+            o->input = value;
+        } else if (!strcmp(a, "--format")) {
+            if (!strcmp(value, "ids"))
+                o->format = FORMAT_IDS;
+            else if (!strcmp(value, "pieces"))
+                o->format = FORMAT_PIECES;
+            else {
+                fprintf(stderr, "gale tokenize: --format must be ids or pieces, not '%s'\n", value);
+                return 2;
+            }
+        } else if (!strcmp(a, "--threads")) {
+            if (parse_int(value, &o->threads) < 0) {
+                fprintf(stderr, "gale tokenize: --threads must be an integer from 1 to 1024, not '%s'\n", value);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "gale tokenize: unknown argument '%s' (see gale tokenize --help)\n", a);
+            return 2;
+        }
+    }
+    if (!o->tokenizer) {
+        fprintf(stderr, "gale tokenize: --tokenizer PATH is required (see gale tokenize --help)\n");
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- reading lines in blocks ---- */
+
+typedef struct line_reader {
+    FILE *f;
+    const char *name;
+    gale_bytes buf;
+    size_t pos; /* first byte not yet handed out */
+    int eof, error;
+} line_reader;
+
+/* Moves the unread part to the front and reads until it holds want bytes or the input ends. */
+static void reader_fill(line_reader *r, size_t want)
+{
+    size_t unread = r->buf.n - r->pos;
+    if (r->pos && unread)
+        memmove(r->buf.v, r->buf.v + r->pos, unread);
+    r->buf.n = unread;
+    r->pos = 0;
+    if (r->eof || unread >= want)
+        return;
+    gale_bytes_fill(&r->buf, 0, want - unread); /* room for want bytes */
+    r->buf.n = unread;
+    while (!r->eof && r->buf.n < want) {
+        size_t got = fread(r->buf.v + r->buf.n, 1, want - r->buf.n, r->f);
+        r->buf.n += got;
+        if (!got) {
+            r->eof = 1;
+            r->error = ferror(r->f);
+        }
+    }
+}
+
+static int reader_failed(const line_reader *r)
+{
+    if (!r->error)
+        return 0;
+    fprintf(stderr, "gale tokenize: %s: read error: %s\n", r->name, strerror(errno));
+    return 1;
+}
+
+/* ---- output ---- */
+
+static void append_int(gale_bytes *out, int32_t v)
+{
+    char tmp[12];
+    size_t n = 0;
+    uint32_t u = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
+    do
+        tmp[n++] = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        tmp[n++] = '-';
+    while (n)
+        gale_bytes_push(out, (uint8_t)tmp[--n]);
+}
+
+/* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
+ * first says whether nothing of this line has been printed yet (streamed lines come in parts). */
+static void format_ids(const gale_tokenizer *tok, int format, const gale_ids *ids, int first, gale_bytes *out)
+{
+    for (size_t i = 0; i < ids->n; i++) {
+        if (!first || i)
+            gale_bytes_push(out, ' ');
+        if (format == FORMAT_IDS) {
+            append_int(out, ids->v[i]);
+        } else {
+            const char *p = tokenizer_id_piece(tok, ids->v[i]);
+            gale_bytes_append(out, p, strlen(p));
+        }
+    }
+}
+
+static int write_out(const gale_bytes *b)
+{
+    if (b->n && fwrite(b->v, 1, b->n, stdout) != b->n) {
+        fprintf(stderr, "gale tokenize: writing the output: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- encode mode ---- */
+
+typedef struct line_span {
+    size_t start, len;
+} line_span;
+
+typedef struct encode_chunk {
+    size_t first, end; /* lines [first, end) of the batch */
+    gale_bytes text;   /* their output */
+} encode_chunk;
+
+/* Encodes the lines of a batch on the threads, each chunk into its own buffer, and prints the
+ * buffers in order. */
+static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders, const tokenize_options *o,
+                        const uint8_t *text, const line_span *lines, size_t n_lines, encode_chunk *chunks,
+                        size_t n_chunks)
+{
+    size_t per = (n_lines + n_chunks - 1) / n_chunks;
+    for (size_t c = 0; c < n_chunks; c++) {
+        chunks[c].first = c * per < n_lines ? c * per : n_lines;
+        chunks[c].end = (c + 1) * per < n_lines ? (c + 1) * per : n_lines;
+        chunks[c].text.n = 0;
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(o->threads)
+    for (size_t c = 0; c < n_chunks; c++) {
+        tokenizer_encoder *enc = encoders[omp_get_thread_num()];
+        gale_ids ids = {0};
+        for (size_t l = chunks[c].first; l < chunks[c].end; l++) {
+            ids.n = 0;
+            tokenizer_encoder_encode(enc, (const char *)text + lines[l].start, lines[l].len, &ids);
+            format_ids(tok, o->format, &ids, 1, &chunks[c].text);
+            gale_bytes_push(&chunks[c].text, '\n');
+        }
+        gale_ids_free(&ids);
+    }
+    for (size_t c = 0; c < n_chunks; c++)
+        if (write_out(&chunks[c].text) < 0)
+            return -1;
+    return 0;
+}
+
+/* A line longer than a batch: fed to one encoder block by block, its ids printed as they
+ * come. The reader's buffer starts with the line; returns with the line consumed. */
+static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, const tokenize_options *o,
+                            line_reader *r)
+{
+    gale_ids ids = {0};
+    gale_bytes out = {0};
+    int first = 1, rc = 0;
+    for (;;) {
+        uint8_t *start = r->buf.v + r->pos;
+        size_t avail = r->buf.n - r->pos;
+        uint8_t *nl = memchr(start, '\n', avail);
+        size_t take = nl ? (size_t)(nl - start) : avail;
+        ids.n = 0;
+        out.n = 0;
+        tokenizer_encoder_feed(enc, (const char *)start, take, &ids);
+        r->pos += take;
+        if (nl || r->eof) {
+            tokenizer_encoder_finish(enc, &ids);
+            if (nl)
+                r->pos++;
+        }
+        format_ids(tok, o->format, &ids, first, &out);
+        first = first && !ids.n;
+        if (nl || r->eof)
+            gale_bytes_push(&out, '\n');
+        if (write_out(&out) < 0) {
+            rc = -1;
+            break;
+        }
+        if (nl || r->eof)
+            break;
+        reader_fill(r, BATCH_BYTES);
+    }
+    gale_ids_free(&ids);
+    gale_bytes_free(&out);
+    return rc;
+}
+
+static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_options *o)
+{
+    tokenizer_encoder **encoders = gale_xmalloc((size_t)o->threads * sizeof *encoders);
+    for (int t = 0; t < o->threads; t++)
+        encoders[t] = tokenizer_encoder_new(tok);
+    size_t n_chunks = (size_t)o->threads * CHUNKS_PER_THREAD;
+    encode_chunk *chunks = gale_xcalloc(n_chunks, sizeof *chunks);
+    line_span *lines = NULL;
+    size_t lines_cap = 0;
+    int rc = 0;
+    for (;;) {
+        reader_fill(r, BATCH_BYTES);
+        if (reader_failed(r)) {
+            rc = -1;
+            break;
+        }
+        size_t avail = r->buf.n - r->pos;
+        if (!avail)
+            break;
+        const uint8_t *base = r->buf.v + r->pos;
+        size_t n_lines = 0, at = 0;
+        for (;;) {
+            const uint8_t *nl = memchr(base + at, '\n', avail - at);
+            if (!nl && !(r->eof && at < avail))
+                break;
+            size_t len = nl ? (size_t)(nl - (base + at)) : avail - at;
+            if (n_lines == lines_cap) {
+                lines_cap = lines_cap ? 2 * lines_cap : 4096;
+                lines = gale_xrealloc(lines, lines_cap * sizeof *lines);
+            }
+            lines[n_lines++] = (line_span){at, len};
+            at += len + (nl ? 1 : 0);
+            if (!nl)
+                break;
+        }
+        if (!n_lines) {
+            if (encode_long_line(tok, encoders[0], o, r) < 0) {
+                rc = -1;
+                break;
+            }
+            continue;
+        }
+        if (encode_batch(tok, encoders, o, base, lines, n_lines, chunks, n_chunks) < 0) {
+            rc = -1;
+            break;
+        }
+        r->pos += at;
+    }
+    for (int t = 0; t < o->threads; t++)
+        tokenizer_encoder_free(encoders[t]);
+    for (size_t c = 0; c < n_chunks; c++)
+        gale_bytes_free(&chunks[c].text);
+    free(chunks);
+    free(encoders);
+    free(lines);
+    return rc;
+}
+
+/* ---- decode mode ---- */
+
+/* Parses the ids of one line ("12 345 6"); on a bad token reports it with the line number. */
+static int parse_id_line(const gale_tokenizer *tok, const char *name, size_t line_no, const uint8_t *s, size_t n,
+                         gale_ids *ids)
+{
+    int vocab = tokenizer_vocab_size(tok);
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
+            i++;
+        if (i == n)
+            break;
+        size_t start = i;
+        long long v = 0;
+        int digits = 0, neg = 0;
+        if (s[i] == '-')
+            neg = 1, i++;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++)
+            if (v < (1LL << 40))
+                v = v * 10 + (s[i] - '0');
+        if (!digits || (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\r')) {
+            while (i < n && s[i] != ' ' && s[i] != '\t')
+                i++;
+            fprintf(stderr, "gale tokenize: %s:%zu: '%.*s' is not a token id\n", name, line_no, (int)(i - start),
+                    (const char *)s + start);
+            return -1;
+        }
+        if (neg)
+            v = -v;
+        if (v < 0 || v >= vocab) {
+            fprintf(stderr, "gale tokenize: %s:%zu: id %lld is outside the vocabulary (0..%d)\n", name, line_no, v,
+                    vocab - 1);
+            return -1;
+        }
+        gale_ids_push(ids, (int32_t)v);
+    }
+    return 0;
+}
+
+static int decode_lines(const gale_tokenizer *tok, line_reader *r)
+{
+    gale_ids ids = {0};
+    gale_bytes out = {0};
+    size_t line_no = 0;
+    int rc = 0;
+    for (;;) {
+        reader_fill(r, BATCH_BYTES);
+        if (reader_failed(r)) {
+            rc = -1;
+            break;
+        }
+        size_t avail = r->buf.n - r->pos;
+        if (!avail)
+            break;
+        const uint8_t *base = r->buf.v + r->pos;
+        const uint8_t *nl = memchr(base, '\n', avail);
+        if (!nl && !r->eof) {
+            fprintf(stderr, "gale tokenize: %s:%zu: a line of ids longer than %u bytes\n", r->name, line_no + 1,
+                    BATCH_BYTES);
+            rc = -1;
+            break;
+        }
+        size_t len = nl ? (size_t)(nl - base) : avail;
+        ids.n = 0;
+        if (parse_id_line(tok, r->name, ++line_no, base, len, &ids) < 0) {
+            rc = -1;
+            break;
+        }
+        r->pos += len + (nl ? 1 : 0);
+        tokenizer_decode(tok, ids.v, ids.n, &out);
+        gale_bytes_push(&out, '\n');
+        if (out.n >= BATCH_BYTES || !nl) {
+            if (write_out(&out) < 0) {
+                rc = -1;
+                break;
+            }
+            out.n = 0;
+        }
+    }
+    if (!rc && write_out(&out) < 0)
+        rc = -1;
+    gale_ids_free(&ids);
+    gale_bytes_free(&out);
+    return rc;
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    tokenize_options o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed)
+        return parsed == 1 ? 0 : 2;
+    gale_error err;
+    gale_tokenizer *tok = tokenizer_load(o.tokenizer, &err);
+    if (!tok) {
+        fprintf(stderr, "gale tokenize: %s\n", err.msg);
+        return 1;
+    }
+    line_reader r = {stdin, "<stdin>", {0}, 0, 0, 0};
+    if (o.input) {
+        r.f = fopen(o.input, "rb");
+        r.name = o.input;
+        if (!r.f) {
+            fprintf(stderr, "gale tokenize: %s: %s\n", o.input, strerror(errno));
+            tokenizer_free(tok);
+            return 1;
+        }
+    }
+    int rc = o.decode ? decode_lines(tok, &r) : encode_lines(tok, &r, &o);
+    if (!rc && fflush(stdout) != 0) {
+        fprintf(stderr, "gale tokenize: writing the output: %s\n", strerror(errno));
+        rc = -1;
+    }
+    if (o.input)
+        fclose(r.f);
+    gale_bytes_free(&r.buf);
+    tokenizer_free(tok);
+    return rc ? 1 : 0;
+}

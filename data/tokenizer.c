@@ -1,0 +1,819 @@
+/* tokenizer: SentencePiece BPE encoding and decoding, id for id as sentencepiece 0.1.97 does.
+ *
+ * Encoding is a pipeline over the input bytes:
+ *   normaliser  one unit at a time: a user-defined piece, a valid UTF-8 character, or U+FFFD
+ *               for each byte that starts no valid character; spaces become U+2581 ("▁"), a
+ *               dummy "▁" goes in front, and with remove_extra_whitespaces runs of spaces
+ *               collapse and leading and trailing ones go;
+ *   words       the normalised text is cut in front of every "▁" that follows a character
+ *               other than "▁". When no piece the merges can produce holds such a pair (checked
+ *               when the model is loaded), no merge can cross a cut, and sentencepiece's merge
+ *               order restricted to one word is the order the word alone gets: so each word is
+ *               encoded alone, its ids cached, and memory is bounded by the longest word;
+ *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
+ *               the highest score merges first, leftmost on ties, through a binary heap;
+ *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
+ *               character with no piece becomes its <0xNN> byte pieces (or <unk>). */
+#include "data/tokenizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "data/sentencepiece_model.h"
+#include "util/file.h"
+#include "util/hash.h"
+
+#define WS "\xE2\x96\x81" /* U+2581, sentencepiece's whitespace symbol */
+#define WS_LEN 3
+#define REPLACEMENT_CHAR "\xEF\xBF\xBD"
+
+/* Open-addressing hash table from piece bytes to id, over the pieces of the model. */
+typedef struct piece_table {
+    int32_t *slots; /* id, or -1 for an empty slot */
+    size_t mask;
+} piece_table;
+
+struct gale_tokenizer {
+    char *name;
+    spm_model model;
+    piece_table mergeable; /* NORMAL, USER_DEFINED and UNUSED: what sentencepiece's pieces_ holds */
+    piece_table reserved;  /* CONTROL, UNKNOWN and BYTE: its reserved_id_map_ */
+    float *scores;
+    uint8_t *types;
+    int unk_id, bos_id, eos_id;
+    int byte_ids[256];
+    size_t max_merge_len;   /* longest mergeable piece, in bytes */
+    int32_t *user_defined;  /* ids of USER_DEFINED pieces */
+    size_t n_user_defined, max_user_defined_len;
+    uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
+    int split_words;        /* see the comment at the top */
+    char sha256[65];
+};
+
+/* ---- hashing of pieces ---- */
+
+static uint64_t bytes_hash(const void *p, size_t n)
+{
+    return XXH3_64bits(p, n);
+}
+
+static void piece_table_init(piece_table *t, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    t->slots = gale_xmalloc(cap * sizeof *t->slots);
+    for (size_t i = 0; i < cap; i++)
+        t->slots[i] = -1;
+    t->mask = cap - 1;
+}
+
+static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
+{
+    for (size_t i = bytes_hash(p, n) & t->mask;; i = (i + 1) & t->mask) {
+        int32_t id = t->slots[i];
+        if (id < 0)
+            return -1;
+        if (m->pieces[id].len == n && !memcmp(m->pieces[id].piece, p, n))
+            return id;
+    }
+}
+
+/* Inserts id; returns the id already there when the piece is a duplicate, else -1. */
+static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id)
+{
+    const spm_piece *p = &m->pieces[id];
+    size_t i = bytes_hash(p->piece, p->len) & t->mask;
+    for (; t->slots[i] >= 0; i = (i + 1) & t->mask) {
+        const spm_piece *q = &m->pieces[t->slots[i]];
+        if (q->len == p->len && !memcmp(q->piece, p->piece, p->len))
+            return t->slots[i];
+    }
+    t->slots[i] = id;
+    return -1;
+}
+
+/* ---- UTF-8 as sentencepiece reads it ---- */
+
+static int is_trail(uint8_t b)
+{
+    return (b & 0xC0) == 0x80;
+}
+
+static int is_valid_codepoint(uint32_t c)
+{
+    return c < 0xD800 || (c >= 0xE000 && c <= 0x10FFFF);
+}
+
+/* The length of the valid UTF-8 character at s (n > 0 bytes available), or 0 when the byte at
+ * s starts none: sentencepiece's DecodeUTF8 (overlongs, surrogates and code points above
+ * U+10FFFF are invalid, and so is a sequence cut short by the end of the input). */
+static size_t utf8_char_len(const uint8_t *s, size_t n)
+{
+    uint8_t b = s[0];
+    if (b < 0x80)
+        return 1;
+    if ((b & 0xE0) == 0xC0) {
+        if (n < 2 || !is_trail(s[1]))
+            return 0;
+        uint32_t c = ((uint32_t)(b & 0x1F) << 6) | (s[1] & 0x3F);
+        return c >= 0x80 ? 2 : 0;
+    }
+    if ((b & 0xF0) == 0xE0) {
+        if (n < 3 || !is_trail(s[1]) || !is_trail(s[2]))
+            return 0;
+        uint32_t c = ((uint32_t)(b & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return c >= 0x800 && is_valid_codepoint(c) ? 3 : 0;
+    }
+    if ((b & 0xF8) == 0xF0) {
+        if (n < 4 || !is_trail(s[1]) || !is_trail(s[2]) || !is_trail(s[3]))
+            return 0;
+        uint32_t c = ((uint32_t)(b & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
+                     ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+        return c >= 0x10000 && is_valid_codepoint(c) ? 4 : 0;
+    }
+    return 0;
+}
+
+/* sentencepiece's OneCharLen: the length a lead byte announces, whatever follows. */
+static size_t lead_byte_len(uint8_t b)
+{
+    static const uint8_t len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    return len[b >> 4];
+}
+
+static int is_ws_at(const uint8_t *s, size_t n)
+{
+    return n >= WS_LEN && !memcmp(s, WS, WS_LEN);
+}
+
+/* The length of the longest user-defined piece that s starts with, or 0. */
+static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, size_t n)
+{
+    if (!tok->n_user_defined || !tok->user_defined_first[s[0]])
+        return 0;
+    size_t best = 0;
+    for (size_t i = 0; i < tok->n_user_defined; i++) {
+        const spm_piece *p = &tok->model.pieces[tok->user_defined[i]];
+        if (p->len > best && p->len <= n && !memcmp(p->piece, s, p->len))
+            best = p->len;
+    }
+    return best;
+}
+
+/* ---- loading ---- */
+
+static int check_normalizer(const spm_normalizer_spec *spec, const char *what, const char *name, gale_error *err)
+{
+    if (spec->charsmap_len || spec->has_rule_tsv || (spec->name[0] && strcmp(spec->name, "identity")))
+        return gale_fail(err, "%s: %s '%s' is not supported: gale encodes models with the identity normalizer only",
+                         name, what, spec->name[0] ? spec->name : "(custom rules)");
+    return 0;
+}
+
+static int check_model_settings(const spm_model *m, const char *name, gale_error *err)
+{
+    if (m->n_pieces == 0)
+        return gale_fail(err, "%s: not a SentencePiece model: it holds no pieces", name);
+    if (m->n_pieces > INT32_MAX)
+        return gale_fail(err, "%s: %zu pieces is more than gale's int32 token ids hold", name, m->n_pieces);
+    if (m->model_type != SPM_MODEL_BPE)
+        return gale_fail(err, "%s: this is a SentencePiece %s model; gale encodes BPE models only", name,
+                         spm_model_type_name(m->model_type));
+    if (check_normalizer(&m->normalizer, "normalizer", name, err) < 0)
+        return -1;
+    if (m->has_denormalizer && check_normalizer(&m->denormalizer, "denormalizer", name, err) < 0)
+        return -1;
+    if (!m->normalizer.escape_whitespaces)
+        return gale_fail(err, "%s: normalizer_spec.escape_whitespaces=false is not supported", name);
+    if (m->treat_whitespace_as_suffix)
+        return gale_fail(err, "%s: trainer_spec.treat_whitespace_as_suffix=true is not supported", name);
+    return 0;
+}
+
+/* The byte of a piece "<0xNN>" (upper-case hex, as sentencepiece writes them), or -1. */
+static int byte_piece_value(const spm_piece *p)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (p->len != 6 || memcmp(p->piece, "<0x", 3) || p->piece[5] != '>')
+        return -1;
+    const char *hi = memchr(hex, p->piece[3], 16), *lo = memchr(hex, p->piece[4], 16);
+    if (!hi || !lo || !p->piece[3] || !p->piece[4])
+        return -1;
+    return (int)((hi - hex) * 16 + (lo - hex));
+}
+
+static int index_pieces(gale_tokenizer *tok, gale_error *err)
+{
+    const spm_model *m = &tok->model;
+    const char *name = tok->name;
+    piece_table_init(&tok->mergeable, m->n_pieces);
+    piece_table_init(&tok->reserved, m->n_pieces);
+    tok->scores = gale_xmalloc(m->n_pieces * sizeof *tok->scores);
+    tok->types = gale_xmalloc(m->n_pieces);
+    tok->user_defined = gale_xmalloc(m->n_pieces * sizeof *tok->user_defined);
+    tok->unk_id = -1;
+    for (int b = 0; b < 256; b++)
+        tok->byte_ids[b] = -1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        tok->scores[i] = p->score;
+        tok->types[i] = (uint8_t)p->type;
+        if (p->len == 0)
+            return gale_fail(err, "%s: piece %zu is empty", name, i);
+        int mergeable = p->type == SPM_PIECE_NORMAL || p->type == SPM_PIECE_USER_DEFINED ||
+                        p->type == SPM_PIECE_UNUSED;
+        int32_t dup = piece_table_insert(mergeable ? &tok->mergeable : &tok->reserved, m, (int32_t)i);
+        if (dup >= 0)
+            return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
+        if (mergeable && p->len > tok->max_merge_len)
+            tok->max_merge_len = p->len;
+        if (p->type == SPM_PIECE_USER_DEFINED) {
+            tok->user_defined[tok->n_user_defined++] = (int32_t)i;
+            tok->user_defined_first[(uint8_t)p->piece[0]] = 1;
+            if (p->len > tok->max_user_defined_len)
+                tok->max_user_defined_len = p->len;
+        } else if (p->type == SPM_PIECE_UNKNOWN) {
+            if (tok->unk_id >= 0)
+                return gale_fail(err, "%s: pieces %d and %zu are both of type UNKNOWN", name, tok->unk_id, i);
+            tok->unk_id = (int)i;
+        } else if (p->type == SPM_PIECE_BYTE) {
+            int b = byte_piece_value(p);
+            if (!m->byte_fallback)
+                return gale_fail(err, "%s: byte piece %zu '%s' but trainer_spec.byte_fallback is false", name, i,
+                                 p->piece);
+            if (b < 0)
+                return gale_fail(err, "%s: piece %zu '%s' has type BYTE but is not of the form <0xNN>", name, i,
+                                 p->piece);
+            tok->byte_ids[b] = (int)i;
+        }
+    }
+    if (tok->unk_id < 0)
+        return gale_fail(err, "%s: no piece has type UNKNOWN", name);
+    if (m->byte_fallback)
+        for (int b = 0; b < 256; b++)
+            if (tok->byte_ids[b] < 0)
+                return gale_fail(err, "%s: trainer_spec.byte_fallback is true but piece <0x%02X> is missing", name, b);
+    return 0;
+}
+
+/* 1 when no mergeable piece holds "▁" after another character (so words can be encoded one
+ * at a time), no piece is UNUSED (their splitting back is keyed over the whole text) and
+ * every user-defined piece is valid UTF-8 (so the cuts fall on character boundaries). */
+static int words_are_independent(const gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        const uint8_t *s = (const uint8_t *)p->piece;
+        if (p->type == SPM_PIECE_UNUSED)
+            return 0;
+        if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
+            continue;
+        size_t k = 0;
+        while (is_ws_at(s + k, p->len - k))
+            k += WS_LEN;
+        for (; k + WS_LEN <= p->len; k++)
+            if (is_ws_at(s + k, p->len - k))
+                return 0;
+        if (p->type == SPM_PIECE_USER_DEFINED)
+            for (size_t j = 0; j < p->len;) {
+                size_t c = utf8_char_len(s + j, p->len - j);
+                if (!c)
+                    return 0;
+                j += c;
+            }
+    }
+    return 1;
+}
+
+/* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
+static int special_id(const gale_tokenizer *tok, const char *piece, int type)
+{
+    int id = tokenizer_piece_id(tok, piece);
+    return id >= 0 && tok->types[id] == type ? id : -1;
+}
+
+gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err)
+{
+    gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
+    tok->name = gale_xstrdup(name);
+    if (spm_model_parse(data, len, name, &tok->model, err) < 0 ||
+        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0) {
+        tokenizer_free(tok);
+        return NULL;
+    }
+    tok->split_words = words_are_independent(tok);
+    tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
+    tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
+    gale_sha256_hex(data, len, tok->sha256);
+    return tok;
+}
+
+gale_tokenizer *tokenizer_load(const char *path, gale_error *err)
+{
+    size_t len;
+    char *data = gale_read_file(path, &len, err);
+    if (!data)
+        return NULL;
+    gale_tokenizer *tok = tokenizer_load_bytes(data, len, path, err);
+    free(data);
+    return tok;
+}
+
+void tokenizer_free(gale_tokenizer *tok)
+{
+    if (!tok)
+        return;
+    spm_model_free(&tok->model);
+    free(tok->mergeable.slots);
+    free(tok->reserved.slots);
+    free(tok->scores);
+    free(tok->types);
+    free(tok->user_defined);
+    free(tok->name);
+    free(tok);
+}
+
+int tokenizer_vocab_size(const gale_tokenizer *tok) { return (int)tok->model.n_pieces; }
+int tokenizer_bos_id(const gale_tokenizer *tok) { return tok->bos_id; }
+int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
+int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
+const char *tokenizer_sha256(const gale_tokenizer *tok) { return tok->sha256; }
+
+/* sentencepiece's PieceToId without the fallback to <unk>. */
+static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
+{
+    int id = piece_table_find(&tok->mergeable, &tok->model, piece, n);
+    return id >= 0 ? id : piece_table_find(&tok->reserved, &tok->model, piece, n);
+}
+
+int tokenizer_piece_id(const gale_tokenizer *tok, const char *piece)
+{
+    return piece_id_n(tok, piece, strlen(piece));
+}
+
+const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
+{
+    return id >= 0 && (size_t)id < tok->model.n_pieces ? tok->model.pieces[id].piece : NULL;
+}
+
+/* ---- the word cache ---- */
+
+#define CACHE_SLOTS (1u << 16)
+#define CACHE_MAX_ENTRIES (CACHE_SLOTS / 2)
+#define CACHE_MAX_WORD 96 /* bytes; longer words are rare and not worth keeping */
+
+typedef struct cache_slot {
+    uint64_t hash;
+    uint32_t key_at, ids_at;
+    uint16_t key_len, n_ids; /* key_len 0: empty slot */
+} cache_slot;
+
+typedef struct word_cache {
+    cache_slot *slots;
+    size_t n;
+    gale_bytes keys;
+    gale_ids ids;
+} word_cache;
+
+static void word_cache_clear(word_cache *c)
+{
+    memset(c->slots, 0, CACHE_SLOTS * sizeof *c->slots);
+    c->n = 0;
+    c->keys.n = 0;
+    c->ids.n = 0;
+}
+
+/* The slot of word: the one holding it, or the empty one where it goes. */
+static cache_slot *word_cache_slot(word_cache *c, const uint8_t *w, size_t n, uint64_t h)
+{
+    for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        cache_slot *s = &c->slots[i];
+        if (!s->key_len || (s->hash == h && s->key_len == n && !memcmp(c->keys.v + s->key_at, w, n)))
+            return s;
+    }
+}
+
+/* ---- the encoder ---- */
+
+typedef struct bpe_symbol {
+    uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
+    int32_t prev, next;
+    int frozen; /* a user-defined piece: never merged */
+} bpe_symbol;
+
+typedef struct bpe_pair {
+    float score;
+    int32_t left, right;
+    uint32_t len; /* of the merged piece, to tell a stale entry */
+} bpe_pair;
+
+/* An UNUSED piece made by a merge, and the length of its left part (sentencepiece's
+ * rev_merge: the last pair that made it wins). */
+typedef struct unused_merge {
+    uint32_t start, len, left_len;
+} unused_merge;
+
+struct tokenizer_encoder {
+    const gale_tokenizer *tok;
+    /* the text in progress */
+    gale_bytes pending;  /* raw bytes waiting for enough look-ahead */
+    int started;         /* the first unit has been seen (dummy prefix placed) */
+    int prev_space;      /* remove_extra_whitespaces: the last unit ended with a space */
+    gale_bytes word;     /* normalised bytes of the current word */
+    int word_ends_ws;    /* it ends with "▁" */
+    /* scratch of one word's BPE */
+    bpe_symbol *symbols;
+    size_t symbols_cap;
+    bpe_pair *heap;
+    size_t heap_n, heap_cap;
+    unused_merge *unused;
+    size_t unused_n, unused_cap;
+    gale_ids word_ids;
+    word_cache cache; /* slots NULL: no cache */
+};
+
+static int pair_before(const bpe_pair *a, const bpe_pair *b)
+{
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+static void heap_push(tokenizer_encoder *e, bpe_pair p)
+{
+    if (e->heap_n == e->heap_cap) {
+        e->heap_cap = e->heap_cap ? 2 * e->heap_cap : 64;
+        e->heap = gale_xrealloc(e->heap, e->heap_cap * sizeof *e->heap);
+    }
+    size_t i = e->heap_n++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!pair_before(&p, &e->heap[parent]))
+            break;
+        e->heap[i] = e->heap[parent];
+        i = parent;
+    }
+    e->heap[i] = p;
+}
+
+static bpe_pair heap_pop(tokenizer_encoder *e)
+{
+    bpe_pair top = e->heap[0], last = e->heap[--e->heap_n];
+    size_t i = 0, n = e->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && pair_before(&e->heap[c + 1], &e->heap[c]))
+            c++;
+        if (!pair_before(&e->heap[c], &last))
+            break;
+        e->heap[i] = e->heap[c];
+        i = c;
+    }
+    if (n)
+        e->heap[i] = last;
+    return top;
+}
+
+/* sentencepiece's MaybeAddNewSymbolPair. */
+static void bpe_consider_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+{
+    if (l < 0 || r < 0 || e->symbols[l].frozen || e->symbols[r].frozen)
+        return;
+    const gale_tokenizer *tok = e->tok;
+    uint32_t start = e->symbols[l].start, len = e->symbols[l].len + e->symbols[r].len;
+    if (len > tok->max_merge_len)
+        return;
+    int32_t id = piece_table_find(&tok->mergeable, &tok->model, w + start, len);
+    if (id < 0)
+        return;
+    heap_push(e, (bpe_pair){tok->scores[id], l, r, len});
+    if (tok->types[id] == SPM_PIECE_UNUSED) {
+        if (e->unused_n == e->unused_cap) {
+            e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
+            e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
+        }
+        e->unused[e->unused_n++] = (unused_merge){start, len, e->symbols[l].len};
+    }
+}
+
+/* Appends the ids of one final piece of word w (sentencepiece's resegment and its handling
+ * of unknown pieces). */
+static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, uint32_t len, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    int id = piece_id_n(tok, w + start, len);
+    if (id >= 0 && tok->types[id] == SPM_PIECE_UNUSED) {
+        for (size_t i = e->unused_n; i-- > 0;) {
+            const unused_merge *u = &e->unused[i];
+            if (u->len == len && !memcmp(w + u->start, w + start, len)) {
+                uint32_t left = u->left_len;
+                emit_piece(e, w, start, left, out);
+                emit_piece(e, w, start + left, len - left, out);
+                return;
+            }
+        }
+    }
+    if (id >= 0 && tok->types[id] != SPM_PIECE_UNKNOWN) {
+        gale_ids_push(out, id);
+    } else if (tok->model.byte_fallback) {
+        for (uint32_t i = 0; i < len; i++)
+            gale_ids_push(out, tok->byte_ids[w[start + i]]);
+    } else {
+        gale_ids_push(out, tok->unk_id);
+    }
+}
+
+/* sentencepiece's BPE Model::Encode over one word (or the whole text when words are not
+ * independent), then the ids of its pieces. */
+static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    size_t count = 0;
+    for (size_t i = 0; i < n; count++) {
+        if (count == e->symbols_cap) {
+            e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
+            e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
+        }
+        size_t len = user_defined_match(tok, w + i, n - i);
+        int frozen = len > 0;
+        if (!len) {
+            len = lead_byte_len(w[i]);
+            if (len > n - i)
+                len = n - i;
+        }
+        e->symbols[count] = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, frozen};
+        i += len;
+    }
+    if (!count)
+        return;
+    e->symbols[count - 1].next = -1;
+    e->heap_n = 0;
+    e->unused_n = 0;
+    for (size_t i = 1; i < count; i++)
+        bpe_consider_pair(e, w, (int32_t)i - 1, (int32_t)i);
+    while (e->heap_n) {
+        bpe_pair top = heap_pop(e);
+        bpe_symbol *l = &e->symbols[top.left], *r = &e->symbols[top.right];
+        if (!l->len || !r->len || l->len + r->len != top.len)
+            continue; /* stale: one side has changed since the pair was queued */
+        l->len += r->len;
+        l->next = r->next;
+        if (r->next >= 0)
+            e->symbols[r->next].prev = top.left;
+        r->len = 0;
+        bpe_consider_pair(e, w, l->prev, top.left);
+        bpe_consider_pair(e, w, top.left, l->next);
+    }
+    for (int32_t i = 0; i >= 0; i = e->symbols[i].next)
+        emit_piece(e, w, e->symbols[i].start, e->symbols[i].len, out);
+}
+
+static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
+{
+    word_cache *c = &e->cache;
+    if (!c->slots || n > CACHE_MAX_WORD) {
+        bpe_encode_word(e, w, n, out);
+        return;
+    }
+    uint64_t h = bytes_hash(w, n);
+    cache_slot *s = word_cache_slot(c, w, n, h);
+    if (s->key_len) {
+        gale_ids_append(out, c->ids.v + s->ids_at, s->n_ids);
+        return;
+    }
+    e->word_ids.n = 0;
+    bpe_encode_word(e, w, n, &e->word_ids);
+    gale_ids_append(out, e->word_ids.v, e->word_ids.n);
+    if (e->word_ids.n > UINT16_MAX)
+        return;
+    if (c->n == CACHE_MAX_ENTRIES) {
+        word_cache_clear(c);
+        s = word_cache_slot(c, w, n, h);
+    }
+    *s = (cache_slot){h, (uint32_t)c->keys.n, (uint32_t)c->ids.n, (uint16_t)n, (uint16_t)e->word_ids.n};
+    gale_bytes_append(&c->keys, w, n);
+    gale_ids_append(&c->ids, e->word_ids.v, e->word_ids.n);
+    c->n++;
+}
+
+static void flush_word(tokenizer_encoder *e, gale_ids *out)
+{
+    if (e->word.n)
+        encode_word(e, e->word.v, e->word.n, out);
+    e->word.n = 0;
+    e->word_ends_ws = 0;
+}
+
+/* Appends one normalised unit (spaces not yet escaped) to the current word, first ending the
+ * word when the unit starts with whitespace that follows something else. */
+static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
+{
+    int starts_ws = u[0] == ' ' || is_ws_at(u, n);
+    if (e->tok->split_words && starts_ws && e->word.n && !e->word_ends_ws)
+        flush_word(e, out);
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] == ' ')
+            gale_bytes_append(&e->word, WS, WS_LEN);
+        else
+            gale_bytes_push(&e->word, u[i]);
+    }
+    e->word_ends_ws = e->word.n >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
+}
+
+/* sentencepiece's Normalizer::Normalize, one unit at a time (identity normaliser). */
+static void normalize_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
+{
+    const spm_normalizer_spec *spec = &e->tok->model.normalizer;
+    if (!e->started) {
+        if (spec->remove_extra_whitespaces && n == 1 && u[0] == ' ')
+            return; /* leading spaces */
+        e->started = 1;
+        if (spec->add_dummy_prefix)
+            push_unit(e, (const uint8_t *)" ", 1, out);
+        e->prev_space = spec->remove_extra_whitespaces;
+    }
+    if (e->prev_space)
+        while (n && u[0] == ' ')
+            u++, n--;
+    if (n) {
+        push_unit(e, u, n, out);
+        e->prev_space = u[n - 1] == ' ';
+    }
+    if (!spec->remove_extra_whitespaces)
+        e->prev_space = 0;
+}
+
+/* Normalises the units of s that are complete: all of them when final, else those with
+ * enough bytes after them that the next chunk cannot change them. Returns the bytes used. */
+static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int final, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
+    size_t i = 0;
+    while (i < n && (final || n - i >= lookahead)) {
+        size_t len = user_defined_match(tok, s + i, n - i);
+        if (len) {
+            normalize_unit(e, s + i, len, out);
+        } else if ((len = utf8_char_len(s + i, n - i))) {
+            normalize_unit(e, s + i, len, out);
+        } else {
+            len = 1; /* one byte that starts no character: U+FFFD, as sentencepiece does */
+            normalize_unit(e, (const uint8_t *)REPLACEMENT_CHAR, 3, out);
+        }
+        i += len;
+    }
+    return i;
+}
+
+static void encoder_reset(tokenizer_encoder *e)
+{
+    e->pending.n = 0;
+    e->started = 0;
+    e->prev_space = 0;
+    e->word.n = 0;
+    e->word_ends_ws = 0;
+}
+
+void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len, gale_ids *out)
+{
+    gale_bytes_append(&e->pending, chunk, len);
+    size_t used = normalize_run(e, e->pending.v, e->pending.n, 0, out);
+    memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
+    e->pending.n -= used;
+}
+
+void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
+{
+    if (e->pending.n)
+        normalize_run(e, e->pending.v, e->pending.n, 1, out);
+    if (e->tok->model.normalizer.remove_extra_whitespaces)
+        while (e->word.n >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN))
+            e->word.n -= WS_LEN; /* trailing whitespace */
+    flush_word(e, out);
+    encoder_reset(e);
+}
+
+void tokenizer_encoder_encode(tokenizer_encoder *e, const char *text, size_t len, gale_ids *out)
+{
+    if (e->pending.n || e->started)
+        tokenizer_encoder_finish(e, out);
+    normalize_run(e, (const uint8_t *)text, len, 1, out);
+    tokenizer_encoder_finish(e, out);
+}
+
+static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
+{
+    memset(e, 0, sizeof *e);
+    e->tok = tok;
+}
+
+static void encoder_release(tokenizer_encoder *e)
+{
+    gale_bytes_free(&e->pending);
+    gale_bytes_free(&e->word);
+    free(e->symbols);
+    free(e->heap);
+    free(e->unused);
+    gale_ids_free(&e->word_ids);
+    free(e->cache.slots);
+    gale_bytes_free(&e->cache.keys);
+    gale_ids_free(&e->cache.ids);
+}
+
+tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
+{
+    tokenizer_encoder *e = gale_xmalloc(sizeof *e);
+    encoder_init(e, tok);
+    e->cache.slots = gale_xcalloc(CACHE_SLOTS, sizeof *e->cache.slots);
+    return e;
+}
+
+void tokenizer_encoder_free(tokenizer_encoder *e)
+{
+    if (!e)
+        return;
+    encoder_release(e);
+    free(e);
+}
+
+void tokenizer_encode(const gale_tokenizer *tok, const char *text, size_t len, gale_ids *out)
+{
+    tokenizer_encoder e;
+    encoder_init(&e, tok);
+    tokenizer_encoder_encode(&e, text, len, out);
+    encoder_release(&e);
+}
+
+/* ---- decoding ---- */
+
+/* A run of byte pieces becomes the UTF-8 it spells; each byte that starts no valid character
+ * becomes U+FFFD (sentencepiece's ProcessBytePieces). */
+static void decode_bytes(const gale_bytes *bytes, gale_bytes *out)
+{
+    for (size_t i = 0; i < bytes->n;) {
+        size_t len = utf8_char_len(bytes->v + i, bytes->n - i);
+        if (len) {
+            gale_bytes_append(out, bytes->v + i, len);
+            i += len;
+        } else {
+            gale_bytes_append(out, REPLACEMENT_CHAR, 3);
+            i++;
+        }
+    }
+}
+
+/* Appends a piece with "▁" turned back into spaces. */
+static void append_unescaped(gale_bytes *out, const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        if (is_ws_at(s + i, n - i)) {
+            gale_bytes_push(out, ' ');
+            i += WS_LEN;
+        } else {
+            gale_bytes_push(out, s[i++]);
+        }
+    }
+}
+
+void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out)
+{
+    const spm_model *m = &tok->model;
+    const size_t text_start = out->n;
+    gale_bytes bytes = {0};
+    int expect_bos_ws = 1, bos_ws_seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        int id = ids[i] >= 0 && (size_t)ids[i] < m->n_pieces ? ids[i] : -1;
+        /* sentencepiece decodes IdToPiece then PieceToId, which matters for a piece string that
+         * is both mergeable and reserved */
+        if (id >= 0)
+            id = piece_id_n(tok, m->pieces[id].piece, m->pieces[id].len);
+        if (id >= 0 && tok->types[id] == SPM_PIECE_BYTE) {
+            gale_bytes_push(&bytes, (uint8_t)byte_piece_value(&m->pieces[id]));
+            continue;
+        }
+        decode_bytes(&bytes, out);
+        bytes.n = 0;
+        if (bos_ws_seen || out->n > text_start)
+            expect_bos_ws = 0;
+        bos_ws_seen = 0;
+        if (id < 0 || tok->types[id] == SPM_PIECE_UNKNOWN) {
+            gale_bytes_append(out, m->unk_surface, strlen(m->unk_surface));
+        } else if (tok->types[id] != SPM_PIECE_CONTROL) {
+            const uint8_t *s = (const uint8_t *)m->pieces[id].piece;
+            size_t len = m->pieces[id].len;
+            if (expect_bos_ws && (m->normalizer.add_dummy_prefix || m->normalizer.remove_extra_whitespaces) &&
+                is_ws_at(s, len)) {
+                s += WS_LEN;
+                len -= WS_LEN;
+                bos_ws_seen = !m->normalizer.remove_extra_whitespaces;
+            }
+            append_unescaped(out, s, len);
+        }
+    }
+    decode_bytes(&bytes, out);
+    gale_bytes_free(&bytes);
+}
