@@ -327,6 +327,23 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
     return load_moments(dir, model_get_layout(m), opt, err);
 }
 
+struct model *checkpoint_open_model(const char *dir, gale_error *err)
+{
+    char *cfg_path = gale_path_join(dir, "config.json");
+    struct model_config mc;
+    int rc = model_config_load(cfg_path, &mc, err);
+    free(cfg_path);
+    if (rc)
+        return NULL;
+    struct model_options opts = {MODEL_AUX_HF, 0};
+    struct model *m = model_create(&mc, gale_ops_by_name("cpu"), &opts, err);
+    if (m && model_load_hf(m, dir, err)) {
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
 {
     gale_train_state st;
