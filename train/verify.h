@@ -1,0 +1,30 @@
+/* verify: checks a backend against a reference fixture folder in the format of
+ * shared/golden/README.md (config.json, model.safetensors, expected.safetensors,
+ * expected.json): logits, the losses, every gradient, the router's choices and three AdamW
+ * steps, each printed as a relative error against its tolerance. Nothing in it is specific
+ * to one fixture: any folder in that format is a test. */
+#ifndef GALE_TRAIN_VERIFY_H
+#define GALE_TRAIN_VERIFY_H
+
+#include <stdio.h>
+
+#include "model/ops.h"
+#include "util/error.h"
+
+/* The contract's tolerances (relative: |x - ref| / |ref| per tensor). */
+#define VERIFY_TOL_LOGITS 1e-5
+#define VERIFY_TOL_LOSS 1e-5
+#define VERIFY_TOL_GRAD 1e-4
+#define VERIFY_TOL_WEIGHT 1e-4
+
+struct verify_result {
+    int checks;     /* rows of the table */
+    int failed;     /* rows past their tolerance */
+};
+
+/* Runs every check of the fixture in dir on ops, printing a table to out (NULL: silent).
+ * Returns -1 when the fixture cannot be read (err says why), else 0 with the counts in res. */
+int verify_fixture(const char *dir, const struct gale_ops *ops, FILE *out,
+                   struct verify_result *res, gale_error *err);
+
+#endif
