@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Writes the tokenizer test corpora, deterministically (fixed seed), into OUT:
+
+  real.txt    a bounded sample of real multilingual text from Debian packages: fortunes
+              (English, de, es, it, pl, ru, chinese) and man pages (ja, de, ru, pl, zh_CN, es, it;
+              gzipped roff, decompressed)
+  stress.txt  generated lines aimed at the corners of sentencepiece's normaliser and BPE:
+              runs of spaces, \\r \\v \\f, control bytes, NUL, emoji and ZWJ sequences, combining
+              marks, mixed scripts, literal U+2581 and U+FFFD, every kind of invalid UTF-8, long
+              lines, long runs of one character, digits, strings that look like control or
+              user-defined pieces, random byte lines, and random concatenations of vocabulary
+              pieces (to exercise merge order and score ties)
+  ids.txt     random lines of token ids for decoding (byte pieces in runs, control ids, <unk>,
+              leading U+2581 pieces), for the decode comparison
+  remove-extra.model   mistral-v1.model with normalizer_spec.remove_extra_whitespaces = true,
+              to check gale honours that flag as sentencepiece does
+
+usage: gen_tokenizer_corpus.py --shared DIR --out DIR
+"""
+import argparse
+import glob
+import gzip
+import os
+import random
+import struct
+
+SEED = 20240611
+
+
+# ---- a minimal protobuf reader/writer, enough for ModelProto's top level ----
+
+def varint(b, i):
+    r = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        r |= (c & 0x7F) << s
+        s += 7
+        if c < 0x80:
+            return r, i
+
+
+def fields(b):
+    i = 0
+    while i < len(b):
+        start = i
+        k, i = varint(b, i)
+        f, w = k >> 3, k & 7
+        if w == 0:
+            v, i = varint(b, i)
+        elif w == 2:
+            n, i = varint(b, i)
+            v = b[i:i + n]
+            i += n
+        elif w == 5:
+            v = b[i:i + 4]
+            i += 4
+        elif w == 1:
+            v = b[i:i + 8]
+            i += 8
+        else:
+            raise ValueError("wire type %d" % w)
+        yield f, w, v, b[start:i]
+
+
+def enc_varint(x):
+    out = bytearray()
+    while True:
+        c = x & 0x7F
+        x >>= 7
+        out.append(c | (0x80 if x else 0))
+        if not x:
+            return bytes(out)
+
+
+def model_pieces(path):
+    pieces = []
+    for f, w, v, _ in fields(open(path, "rb").read()):
+        if f == 1:
+            p = {ff: vv for ff, _, vv, _ in fields(v)}
+            pieces.append((p.get(1, b""), p.get(3, 1)))
+    return pieces
+
+
+def with_remove_extra_whitespaces(path):
+    """The model bytes with normalizer_spec.remove_extra_whitespaces set to true."""
+    out = bytearray()
+    for f, w, v, raw in fields(open(path, "rb").read()):
+        if f == 3:
+            spec = bytearray()
+            for ff, ww, vv, rr in fields(v):
+                if ff != 4:
+                    spec += rr
+            spec += enc_varint(4 << 3) + enc_varint(1)
+            out += enc_varint(3 << 3 | 2) + enc_varint(len(spec)) + spec
+        else:
+            out += raw
+    return bytes(out)
+
+
+# ---- real text ----
+
+def sample_lines(data, rng, budget):
+    lines = [l for l in data.split(b"\n") if l.strip()]
+    rng.shuffle(lines)
+    out, size = [], 0
+    for l in lines:
+        if size >= budget:
+            break
+        out.append(l)
+        size += len(l) + 1
+    return out
+
+
+def fortune_text(paths):
+    data = b""
+    for p in sorted(paths):
+        if p.endswith((".dat", ".u8")) or not os.path.isfile(p) or os.path.islink(p):
+            continue
+        data += open(p, "rb").read()
+    return data
+
+
+def man_text(lang, rng, max_files=40):
+    files = sorted(glob.glob("/usr/share/man/%s/man*/*.gz" % lang))
+    rng.shuffle(files)
+    data = b""
+    for p in files[:max_files]:
+        try:
+            data += gzip.open(p).read()[:20000]
+        except OSError:
+            continue
+    return data
+
+
+def real_corpus(rng):
+    out = []
+    fort = "/usr/share/games/fortunes"
+    out += sample_lines(fortune_text(glob.glob(fort + "/*")), rng, 150000)
+    for lang in ["de", "es", "it", "pl", "ru"]:
+        out += sample_lines(fortune_text(glob.glob("%s/%s/*" % (fort, lang))), rng, 40000)
+    out += sample_lines(fortune_text([fort + "/chinese"]), rng, 30000)
+    for lang in ["ja", "de", "ru", "pl", "zh_CN", "es", "it"]:
+        out += sample_lines(man_text(lang, rng), rng, 30000)
+    return out
+
+
+# ---- stress text ----
+
+INVALID = [
+    b"\x80", b"\xbf", b"\x80\x80\x80", b"\xc2", b"\xe2\x96", b"\xf0\x9f\x98", b"\xf0\x9f",
+    b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf",
+    b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xed\xb2\x80", b"\xf4\x90\x80\x80", b"\xf7\xbf\xbf\xbf",
+    b"\xf5", b"\xf8\x88\x80\x80\x80", b"\xfc\x84\x80\x80\x80\x80", b"\xfe", b"\xff", b"\xfe\xff",
+    b"\xef\xbb\xbf", b"\xc3\x28", b"\xe2\x28\xa1", b"\xf0\x28\x8c\xbc", b"\xe2\x82\x28",
+]
+
+SNIPPETS = [
+    "Hello, world!", "the quick brown fox", "naïve café", "Ünïcödé", "日本語のテキスト", "中文文本测试",
+    "Привет, мир", "Καλημέρα", "שלום עולם", "مرحبا بالعالم", "नमस्ते दुनिया", "สวัสดีครับ", "안녕하세요",
+    "👨\u200d👩\u200d👧\u200d👦", "👍🏽", "🇫🇷🇩🇪", "🏳️\u200d🌈", "e\u0301", "a\u0308\u0323", "Z\u0351\u0352\u0353",
+    "\U00020000\U0002a6d6", "\u2581", "\u2581\u2581", "\ufffd", "\u00a0", "\u3000", "\u200b", "\ufeff",
+    "[INST]", "[/INST]", "<s>", "</s>", "<unk>", "<0x41>", "<pad>", "[TOOL_CALLS]", "[REFERENCE_DOC_3]",
+    "[REFERENCE_DOC_12]x", "[REFERENCE_DOC_", "[control_12]", "x[REFERENCE_DOC_0][REFERENCE_DOC_1]",
+    "3.14159", "1234567890", "2024-06-11T12:00:00Z", "$1,000,000", "0x7FFF", "i++;", "a->b", "http://x.org/?q=1",
+    "\t", "\r", "\x0b", "\x0c", "\x00", "\x01", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029",
+]
+
+
+def random_unicode(rng, n):
+    ranges = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
+              (0xE00, 0xE7F), (0x1100, 0x11FF), (0x2000, 0x206F), (0x2500, 0x25FF), (0x3040, 0x30FF),
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xE000, 0xE0FF), (0xFE00, 0xFFFD), (0x1F300, 0x1FAFF),
+              (0x10000, 0x1007F), (0xE0000, 0xE007F), (0x10FF00, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        lo, hi = rng.choice(ranges)
+        out.append(chr(rng.randint(lo, hi)))
+    return "".join(out)
+
+
+def stress_corpus(rng, pieces):
+    normal = [p for p, t in pieces if t == 1]
+    user = [p for p, t in pieces if t in (3, 4)]
+    lines = []
+    # spaces at the start, middle and end, alone and in runs
+    for n in range(0, 18):
+        lines.append(b" " * n)
+        lines.append(b" " * n + b"word")
+        lines.append(b"word" + b" " * n)
+        lines.append(b"a" + b" " * n + b"b" + b" " * (n // 2) + b"c")
+        lines.append(b" " * n + "\u2581".encode() * (n % 4) + b" x " + b" " * n)
+    lines += [b"", b"\t\tindented", b"tab\there", b"cr\r", b"\rcr", b"vt\x0bff\x0c", b"nul\x00byte", b"\x00",
+              b"\x00\x00 \x00", b"  \t \r \x0b \x0c  ", "\u2581 \u2581  \u2581".encode()]
+    # every invalid sequence alone, between letters, after spaces, and inside words
+    for bad in INVALID:
+        lines += [bad, b"a" + bad + b"b", b" " + bad + b" ", bad * 3, b"word" + bad, bad + b"word",
+                  "日本".encode() + bad + "語".encode(), b"\xe2\x96" + bad, bad + b"\x81"]
+    # snippets mixed at random, with random separators
+    seps = [b"", b" ", b"  ", b"\t", b"\r", " \u2581".encode()]
+    for _ in range(1500):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            r = rng.random()
+            if r < 0.45:
+                parts.append(rng.choice(SNIPPETS).encode())
+            elif r < 0.65:
+                parts.append(random_unicode(rng, rng.randint(1, 8)).encode("utf-8", "surrogatepass"))
+            elif r < 0.75:
+                parts.append(rng.choice(INVALID))
+            elif r < 0.9:
+                parts.append(rng.choice(normal).replace("\u2581".encode(), b" "))
+            else:
+                parts.append(rng.choice(user))
+            parts.append(rng.choice(seps))
+        lines.append(b"".join(parts))
+    # concatenations of vocabulary pieces: merge order and ties
+    for _ in range(2500):
+        k = rng.randint(2, 10)
+        lines.append(b"".join(rng.choice(normal) for _ in range(k)).replace("\u2581".encode(), b" "))
+        lines.append(b"".join(rng.choice(normal) for _ in range(k)))
+    # long runs of one character and long lines
+    for ch in ["a", " ", "\u2581", "1", "0", "9", ".", "-", "=", "日", "😀", "é", "\t", "ab", "\x00", "\xff"]:
+        for n in [7, 64, 513, 4099]:
+            lines.append((ch * n).encode("latin-1" if ch in ("\xff",) else "utf-8"))
+    lines.append(" ".join(rng.choice(SNIPPETS) for _ in range(8000)).encode())
+    lines.append("".join(random_unicode(rng, 3) for _ in range(4000)).encode())
+    lines.append(b"".join(rng.choice(normal) for _ in range(6000)))
+    # digits
+    for _ in range(300):
+        lines.append(" ".join(str(rng.randint(0, 10 ** rng.randint(1, 30))) for _ in range(rng.randint(1, 6))).encode())
+    # random bytes
+    for _ in range(400):
+        lines.append(bytes(rng.choice([rng.randint(0, 255), rng.randint(0x80, 0xFF), 0x20, 0xE2])
+                           for _ in range(rng.randint(1, 80))).replace(b"\n", b" "))
+    # a binary file from the same packages, cut into lines
+    dat = open("/usr/share/games/fortunes/fortunes.dat", "rb").read()[:20000] if os.path.exists(
+        "/usr/share/games/fortunes/fortunes.dat") else b""
+    lines += dat.split(b"\n")
+    return [l.replace(b"\n", b" ") for l in lines]
+
+
+def id_lines(rng, pieces):
+    n = len(pieces)
+    by_type = {}
+    for i, (_, t) in enumerate(pieces):
+        by_type.setdefault(t, []).append(i)
+    ws_ids = [i for i, (p, t) in enumerate(pieces) if t == 1 and p.startswith("\u2581".encode())]
+    lines = []
+    for _ in range(3000):
+        ids = []
+        for _ in range(rng.randint(0, 25)):
+            r = rng.random()
+            if r < 0.35:
+                ids += rng.sample(by_type[6], rng.randint(1, 4))  # byte pieces, valid or not as UTF-8
+            elif r < 0.45:
+                ids.append(rng.choice(by_type[3]))
+            elif r < 0.5:
+                ids.append(by_type[2][0])
+            elif r < 0.7:
+                ids.append(rng.choice(ws_ids))
+            else:
+                ids.append(rng.randrange(n))
+        lines.append(" ".join(map(str, ids)))
+    # UTF-8 spelled out in byte pieces, with a leading-space piece before or after
+    for ch in ["é", "日", "😀", "\u2581"]:
+        b = ["<0x%02X>" % c for c in ch.encode()]
+        bid = [by_type[6][0] + int(x[3:5], 16) for x in b]
+        lines.append(" ".join(map(str, bid + [ws_ids[0]] + bid)))
+        lines.append(" ".join(map(str, [ws_ids[0]] + bid)))
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    rng = random.Random(SEED)
+    v3 = model_pieces(os.path.join(a.shared, "tokenizers", "mistral-v3.model"))
+    with open(os.path.join(a.out, "real.txt"), "wb") as f:
+        f.write(b"\n".join(real_corpus(rng)) + b"\n")
+    with open(os.path.join(a.out, "stress.txt"), "wb") as f:
+        f.write(b"\n".join(stress_corpus(rng, v3)) + b"\n")
+    with open(os.path.join(a.out, "ids.txt"), "w") as f:
+        f.write("\n".join(id_lines(rng, v3)) + "\n")
+    with open(os.path.join(a.out, "remove-extra.model"), "wb") as f:
+        f.write(with_remove_extra_whitespaces(os.path.join(a.shared, "tokenizers", "mistral-v1.model")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
+# mistral-v1.model, mistral-v3.model and v1 with remove_extra_whitespaces turned on, over real
+# multilingual text and generated stress text (see gen_tokenizer_corpus.py). Zero mismatches.
+set -euo pipefail
+: "${GALE_BIN:?}" "${GALE_SHARED:?}" "${GALE_SOURCE:?}"
+if ! command -v spm_encode >/dev/null; then
+    echo "SKIP: spm_encode (Debian package sentencepiece) is not installed"
+    exit 0
+fi
+here="$GALE_SOURCE/tests/tok"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+/usr/bin/python3 "$here/gen_tokenizer_corpus.py" --shared "$GALE_SHARED" --out "$tmp"
+v1="$GALE_SHARED/tokenizers/mistral-v1.model"
+v3="$GALE_SHARED/tokenizers/mistral-v3.model"
+fail=0
+
+# compare LABEL MODEL CORPUS SPM_FORMAT GALE_ARGS...
+compare() {
+    local label=$1 model=$2 corpus=$3 spm_format=$4
+    shift 4
+    spm_encode --model="$model" --output_format="$spm_format" < "$corpus" > "$tmp/expected"
+    "$GALE_BIN" tokenize --tokenizer "$model" --input "$corpus" "$@" > "$tmp/actual"
+    /usr/bin/python3 "$here/compare_lines.py" "$label" "$corpus" "$tmp/expected" "$tmp/actual" || fail=1
+}
+
+compare "v1 real ids" "$v1" "$tmp/real.txt" id
+compare "v3 real ids, 2 threads" "$v3" "$tmp/real.txt" id --threads 2
+compare "v1 stress ids, 2 threads" "$v1" "$tmp/stress.txt" id --threads 2
+compare "v3 stress ids" "$v3" "$tmp/stress.txt" id
+compare "v3 stress pieces" "$v3" "$tmp/stress.txt" piece --format pieces
+compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp/stress.txt" id
+compare "v1+remove_extra_whitespaces real ids" "$tmp/remove-extra.model" "$tmp/real.txt" id
+
+# one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin input, and
+# a last line without a newline
+{ for i in 1 2 3 4 5 6 7 8; do tr '\n' ' ' < "$tmp/real.txt"; done; echo; printf 'no newline at the end'; } > "$tmp/long.txt"
+spm_encode --model="$v3" --output_format=id < "$tmp/long.txt" > "$tmp/expected"
+"$GALE_BIN" tokenize --tokenizer "$v3" < "$tmp/long.txt" > "$tmp/actual"
+/usr/bin/python3 "$here/compare_lines.py" "v3 one 4.7 MB line, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+
+exit $fail
