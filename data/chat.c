@@ -11,6 +11,7 @@
 
 static const char *const template_names[] = {"v1", "v3", "llama2"};
 static const char *const role_names[] = {"system", "user", "assistant", "tool"};
+static const char *const role_with_article[] = {"a system", "a user", "an assistant", "a tool"};
 
 int chat_template_from_name(const char *name, enum chat_template *out, gale_error *err)
 {
@@ -255,8 +256,8 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
                          type_name(content));
     out->content = json_is_string(content) ? content : NULL;
     if (!out->content && out->role != CHAT_ROLE_ASSISTANT)
-        return gale_fail(err, "messages[%zu]: a %s message needs a string \"content\"", i,
-                         role_names[out->role]);
+        return gale_fail(err, "messages[%zu]: %s message needs a string \"content\"", i,
+                         role_with_article[out->role]);
 
     if (out->role == CHAT_ROLE_TOOL) {
         if (tmpl != CHAT_MISTRAL_V3)
@@ -313,24 +314,30 @@ static int check_tool_results(const struct chat_message *m, size_t n, enum chat_
     return 0;
 }
 
+/* mistral-finetune's rule for training data: the conversation ends with an answer. */
+static int check_ends_with_answer(const struct chat_message *m, size_t n, gale_error *err)
+{
+    if (m[n - 1].role == CHAT_ROLE_ASSISTANT)
+        return 0;
+    return gale_fail(err, "messages[%zu]: training data must end with an assistant message, not %s message",
+                     n - 1, role_with_article[m[n - 1].role]);
+}
+
 static int check_mistral_structure(const struct chat_message *m, size_t n,
                                    enum chat_purpose purpose, gale_error *err)
 {
     if (n == 1 && m[0].role != CHAT_ROLE_USER && m[0].role != CHAT_ROLE_SYSTEM)
         return gale_fail(err, "messages[0]: a conversation of one message must be a user or system message");
     enum chat_role last = m[n - 1].role;
-    if (purpose == CHAT_FOR_TRAINING && last != CHAT_ROLE_ASSISTANT)
-        return gale_fail(err,
-                         "messages[%zu]: training data must end with an assistant message, not a "
-                         "%s message", n - 1, role_names[last]);
+    if (purpose == CHAT_FOR_TRAINING && check_ends_with_answer(m, n, err))
+        return -1;
     if (purpose == CHAT_FOR_PROMPT && n > 1 && last != CHAT_ROLE_USER && last != CHAT_ROLE_TOOL)
-        return gale_fail(err,
-                         "messages[%zu]: a prompt must end with a user or tool message, not a %s "
-                         "message", n - 1, role_names[last]);
+        return gale_fail(err, "messages[%zu]: a prompt must end with a user or tool message, not %s message",
+                         n - 1, role_with_article[last]);
     for (size_t i = 1; i < n; i++)
         if (!may_follow(m[i - 1].role, m[i].role))
-            return gale_fail(err, "messages[%zu]: a %s message cannot follow a %s message", i,
-                             role_names[m[i].role], role_names[m[i - 1].role]);
+            return gale_fail(err, "messages[%zu]: %s message cannot follow %s message", i,
+                             role_with_article[m[i].role], role_with_article[m[i - 1].role]);
     if (purpose == CHAT_FOR_TRAINING)
         for (size_t i = 0; i + 1 < n; i++)
             for (size_t k = 0; k < m[i].n_calls; k++)
@@ -352,17 +359,16 @@ static int check_llama2_structure(const struct chat_message *m, size_t n,
         enum chat_role want = (i - start) % 2 ? CHAT_ROLE_ASSISTANT : CHAT_ROLE_USER;
         if (m[i].role != want)
             return gale_fail(err,
-                             "messages[%zu]: llama2 expects a %s message here (an optional system "
-                             "message first, then user and assistant alternating), not a %s message",
-                             i, role_names[want], role_names[m[i].role]);
+                             "messages[%zu]: llama2 expects %s message here (an optional system "
+                             "message first, then user and assistant alternating), not %s message",
+                             i, role_with_article[want], role_with_article[m[i].role]);
     }
     enum chat_role last = m[n - 1].role;
-    if (purpose == CHAT_FOR_TRAINING && last != CHAT_ROLE_ASSISTANT)
-        return gale_fail(err, "messages[%zu]: training data must end with an assistant message, not a %s message",
-                         n - 1, role_names[last]);
+    if (purpose == CHAT_FOR_TRAINING && check_ends_with_answer(m, n, err))
+        return -1;
     if (purpose == CHAT_FOR_PROMPT && last != CHAT_ROLE_USER)
-        return gale_fail(err, "messages[%zu]: a llama2 prompt must end with a user message, not a %s message",
-                         n - 1, role_names[last]);
+        return gale_fail(err, "messages[%zu]: a llama2 prompt must end with a user message, not %s message",
+                         n - 1, role_with_article[last]);
     return 0;
 }
 
