@@ -1,0 +1,556 @@
+/* test_model_ops: each CPU kernel against a naive float64 reference: forwards by value, backwards
+ * by central finite differences of that reference (so the expected gradient is exact to ~1e-9
+ * and the tolerance is the fp32 kernel's rounding). Attention covers GQA, the causal mask, a
+ * sliding window and document (segment) masks. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/ops.h"
+#include "model/rng.h"
+#include "util/error.h"
+
+static int failures;
+static uint64_t counter;
+
+static void fill(float *x, size_t n, double scale)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(scale * gale_rng_normal(42, counter++));
+}
+
+static double *to_double(const float *x, size_t n)
+{
+    double *d = gale_xmalloc(n * sizeof *d);
+    for (size_t i = 0; i < n; i++)
+        d[i] = x[i];
+    return d;
+}
+
+/* ||got - want|| / ||want|| <= tol */
+static void expect_close(const char *what, const float *got, const double *want, size_t n,
+                         double tol)
+{
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += (got[i] - want[i]) * (got[i] - want[i]);
+        r += want[i] * want[i];
+    }
+    double rel = r > 0 ? sqrt(d / r) : sqrt(d);
+    if (!(rel <= tol)) {
+        fprintf(stderr, "FAIL %s: relative error %.3e > %.1e\n", what, rel, tol);
+        failures++;
+    } else {
+        printf("ok   %-40s rel err %.2e\n", what, rel);
+    }
+}
+
+/* A scalar loss of double inputs, for finite differences. */
+typedef double (*loss_fn)(void *ctx);
+
+/* d loss / d x[i] for every i by central differences. */
+static double *finite_diff(loss_fn f, void *ctx, double *x, size_t n)
+{
+    double *g = gale_xmalloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        double keep = x[i], h = 1e-6 * fmax(1.0, fabs(keep));
+        x[i] = keep + h;
+        double up = f(ctx);
+        x[i] = keep - h;
+        double down = f(ctx);
+        x[i] = keep;
+        g[i] = (up - down) / (2 * h);
+    }
+    return g;
+}
+
+/* ---- rmsnorm ---- */
+struct rms_ctx {
+    double *x, *w, *g;
+    int rows, dim;
+    double eps;
+};
+
+static double rms_loss(void *p)
+{
+    struct rms_ctx *c = p;
+    double loss = 0;
+    for (int r = 0; r < c->rows; r++) {
+        double ss = 0;
+        for (int i = 0; i < c->dim; i++)
+            ss += c->x[r * c->dim + i] * c->x[r * c->dim + i];
+        double s = 1 / sqrt(ss / c->dim + c->eps);
+        for (int i = 0; i < c->dim; i++)
+            loss += c->g[r * c->dim + i] * c->x[r * c->dim + i] * s * c->w[i];
+    }
+    return loss;
+}
+
+static void test_rmsnorm(const struct gale_ops *ops)
+{
+    int rows = 5, dim = 12;
+    size_t n = (size_t)rows * dim;
+    float *x = gale_xmalloc(n * 4), *w = gale_xmalloc(dim * 4), *g = gale_xmalloc(n * 4);
+    float *out = gale_xmalloc(n * 4), *rstd = gale_xmalloc(rows * 4);
+    fill(x, n, 1.5);
+    fill(w, dim, 1.0);
+    fill(g, n, 1.0);
+    ops->rmsnorm_fwd(out, rstd, x, w, rows, dim, 1e-5f);
+    struct rms_ctx c = {to_double(x, n), to_double(w, dim), to_double(g, n), rows, dim, 1e-5};
+    /* forward: loss with g = one-hot would be tedious; compare the whole output instead */
+    double *want = gale_xmalloc(n * sizeof *want);
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int i = 0; i < dim; i++)
+            ss += c.x[r * dim + i] * c.x[r * dim + i];
+        for (int i = 0; i < dim; i++)
+            want[r * dim + i] = c.x[r * dim + i] / sqrt(ss / dim + 1e-5) * c.w[i];
+    }
+    expect_close("rmsnorm forward", out, want, n, 1e-6);
+    /* backward accumulates: start from 1s and subtract them */
+    float *dx = gale_xmalloc(n * 4), *dw = gale_xmalloc(dim * 4);
+    for (size_t i = 0; i < n; i++)
+        dx[i] = 1;
+    for (int i = 0; i < dim; i++)
+        dw[i] = 1;
+    ops->rmsnorm_bwd(dx, dw, g, x, w, rstd, rows, dim);
+    for (size_t i = 0; i < n; i++)
+        dx[i] -= 1;
+    for (int i = 0; i < dim; i++)
+        dw[i] -= 1;
+    double *gx = finite_diff(rms_loss, &c, c.x, n), *gw = finite_diff(rms_loss, &c, c.w, dim);
+    expect_close("rmsnorm backward dx", dx, gx, n, 1e-5);
+    expect_close("rmsnorm backward dw", dw, gw, dim, 1e-5);
+    free(x), free(w), free(g), free(out), free(rstd), free(dx), free(dw), free(want);
+    free(c.x), free(c.w), free(c.g), free(gx), free(gw);
+}
+
+/* ---- rope ---- */
+static void rope_ref(double *y, const double *x, const int32_t *pos, int rows, int heads, int hd,
+                     double theta)
+{
+    int half = hd / 2;
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++) {
+                double a = pos[r] * pow(theta, -2.0 * i / hd);
+                const double *v = x + ((size_t)r * heads + h) * hd;
+                double *o = y + ((size_t)r * heads + h) * hd;
+                o[i] = v[i] * cos(a) - v[i + half] * sin(a);
+                o[i + half] = v[i + half] * cos(a) + v[i] * sin(a);
+            }
+}
+
+static void test_rope(const struct gale_ops *ops)
+{
+    int rows = 6, heads = 3, hd = 8;
+    size_t n = (size_t)rows * heads * hd;
+    int32_t pos[] = {0, 1, 2, 7, 0, 1000};
+    float *x = gale_xmalloc(n * 4), *g = gale_xmalloc(n * 4);
+    fill(x, n, 1.0);
+    fill(g, n, 1.0);
+    double *xd = to_double(x, n), *want = gale_xmalloc(n * sizeof *want);
+    rope_ref(want, xd, pos, rows, heads, hd, 10000.0);
+    ops->rope_fwd(x, pos, rows, heads, hd, 10000.0f);
+    expect_close("rope forward", x, want, n, 1e-6);
+    /* the map is linear and orthogonal: its gradient is the transpose, the inverse rotation */
+    double *gd = to_double(g, n), *gt = gale_xmalloc(n * sizeof *gt);
+    for (size_t i = 0; i < n; i++) {
+        double *e = gale_xcalloc(n, sizeof *e), *y = gale_xmalloc(n * sizeof *y);
+        e[i] = 1;
+        rope_ref(y, e, pos, rows, heads, hd, 10000.0);
+        gt[i] = 0;
+        for (size_t j = 0; j < n; j++)
+            gt[i] += gd[j] * y[j];
+        free(e), free(y);
+    }
+    ops->rope_bwd(g, pos, rows, heads, hd, 10000.0f);
+    expect_close("rope backward", g, gt, n, 1e-6);
+    free(x), free(g), free(xd), free(want), free(gd), free(gt);
+}
+
+/* ---- attention ---- */
+struct att_ctx {
+    double *q, *k, *v, *g;
+    const int32_t *seg;
+    int batch, seq, heads, kv, hd, window;
+};
+
+static void att_ref(const struct att_ctx *c, double *out)
+{
+    int dq = c->heads * c->hd, dkv = c->kv * c->hd, group = c->heads / c->kv;
+    double *p = gale_xmalloc(sizeof(double) * c->seq);
+    for (int b = 0; b < c->batch; b++)
+        for (int h = 0; h < c->heads; h++)
+            for (int i = 0; i < c->seq; i++) {
+                const double *qi = c->q + ((size_t)b * c->seq + i) * dq + h * c->hd;
+                double mx = -INFINITY;
+                for (int j = 0; j < c->seq; j++) {
+                    int ok = j <= i && (c->window <= 0 || i - j < c->window) &&
+                             (!c->seg || c->seg[b * c->seq + i] == c->seg[b * c->seq + j]);
+                    p[j] = -INFINITY;
+                    if (!ok)
+                        continue;
+                    const double *kj = c->k + ((size_t)b * c->seq + j) * dkv + (h / group) * c->hd;
+                    double s = 0;
+                    for (int d = 0; d < c->hd; d++)
+                        s += qi[d] * kj[d];
+                    p[j] = s / sqrt((double)c->hd);
+                    mx = fmax(mx, p[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j < c->seq; j++)
+                    sum += p[j] == -INFINITY ? 0 : exp(p[j] - mx);
+                double *o = out + ((size_t)b * c->seq + i) * dq + h * c->hd;
+                for (int d = 0; d < c->hd; d++)
+                    o[d] = 0;
+                for (int j = 0; j < c->seq; j++) {
+                    if (p[j] == -INFINITY)
+                        continue;
+                    const double *vj = c->v + ((size_t)b * c->seq + j) * dkv + (h / group) * c->hd;
+                    for (int d = 0; d < c->hd; d++)
+                        o[d] += exp(p[j] - mx) / sum * vj[d];
+                }
+            }
+    free(p);
+}
+
+static double att_loss(void *p)
+{
+    struct att_ctx *c = p;
+    size_t n = (size_t)c->batch * c->seq * c->heads * c->hd;
+    double *out = gale_xmalloc(n * sizeof *out), loss = 0;
+    att_ref(c, out);
+    for (size_t i = 0; i < n; i++)
+        loss += out[i] * c->g[i];
+    free(out);
+    return loss;
+}
+
+static void test_attention(const struct gale_ops *ops, const char *name, int window,
+                           const int32_t *seg, int heads, int kv)
+{
+    int batch = 2, seq = 9, hd = 4;
+    size_t nq = (size_t)batch * seq * heads * hd, nkv = (size_t)batch * seq * kv * hd;
+    float *q = gale_xmalloc(nq * 4), *k = gale_xmalloc(nkv * 4), *v = gale_xmalloc(nkv * 4);
+    float *g = gale_xmalloc(nq * 4), *out = gale_xmalloc(nq * 4);
+    float *lse = gale_xmalloc(sizeof(float) * batch * heads * seq);
+    fill(q, nq, 1.0), fill(k, nkv, 1.0), fill(v, nkv, 1.0), fill(g, nq, 1.0);
+    struct att_ctx c = {to_double(q, nq), to_double(k, nkv), to_double(v, nkv), to_double(g, nq),
+                        seg, batch, seq, heads, kv, hd, window};
+    double *want = gale_xmalloc(nq * sizeof *want);
+    att_ref(&c, want);
+    ops->attention_fwd(out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
+    char what[128];
+    snprintf(what, sizeof what, "attention forward (%s)", name);
+    expect_close(what, out, want, nq, 1e-6);
+    float *dq = gale_xmalloc(nq * 4), *dk = gale_xmalloc(nkv * 4), *dv = gale_xmalloc(nkv * 4);
+    ops->attention_bwd(dq, dk, dv, g, out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
+    double *gq = finite_diff(att_loss, &c, c.q, nq), *gk = finite_diff(att_loss, &c, c.k, nkv);
+    double *gv = finite_diff(att_loss, &c, c.v, nkv);
+    snprintf(what, sizeof what, "attention dq (%s)", name);
+    expect_close(what, dq, gq, nq, 1e-5);
+    snprintf(what, sizeof what, "attention dk (%s)", name);
+    expect_close(what, dk, gk, nkv, 1e-5);
+    snprintf(what, sizeof what, "attention dv (%s)", name);
+    expect_close(what, dv, gv, nkv, 1e-5);
+    free(q), free(k), free(v), free(g), free(out), free(lse), free(dq), free(dk), free(dv);
+    free(c.q), free(c.k), free(c.v), free(c.g), free(want), free(gq), free(gk), free(gv);
+}
+
+/* ---- swiglu ---- */
+struct swiglu_ctx {
+    double *gate, *up, *g;
+    size_t n;
+};
+
+static double swiglu_loss(void *p)
+{
+    struct swiglu_ctx *c = p;
+    double loss = 0;
+    for (size_t i = 0; i < c->n; i++)
+        loss += c->g[i] * c->gate[i] / (1 + exp(-c->gate[i])) * c->up[i];
+    return loss;
+}
+
+static void test_swiglu(const struct gale_ops *ops)
+{
+    size_t n = 40;
+    float *gate = gale_xmalloc(n * 4), *up = gale_xmalloc(n * 4), *g = gale_xmalloc(n * 4);
+    float *out = gale_xmalloc(n * 4), *dgate = gale_xmalloc(n * 4), *dup = gale_xmalloc(n * 4);
+    fill(gate, n, 3.0), fill(up, n, 1.0), fill(g, n, 1.0);
+    struct swiglu_ctx c = {to_double(gate, n), to_double(up, n), to_double(g, n), n};
+    double *want = gale_xmalloc(n * sizeof *want);
+    for (size_t i = 0; i < n; i++)
+        want[i] = c.gate[i] / (1 + exp(-c.gate[i])) * c.up[i];
+    ops->swiglu_fwd(out, gate, up, n);
+    expect_close("swiglu forward", out, want, n, 1e-6);
+    /* dgate aliasing dout is allowed */
+    memcpy(dgate, g, n * 4);
+    ops->swiglu_bwd(dgate, dup, dgate, gate, up, n);
+    double *gg = finite_diff(swiglu_loss, &c, c.gate, n), *gu = finite_diff(swiglu_loss, &c, c.up, n);
+    expect_close("swiglu dgate", dgate, gg, n, 1e-5);
+    expect_close("swiglu dup", dup, gu, n, 1e-5);
+    free(gate), free(up), free(g), free(out), free(dgate), free(dup), free(want);
+    free(c.gate), free(c.up), free(c.g), free(gg), free(gu);
+}
+
+/* ---- router: softmax, top-k, renormalise; aux-loss constant and z-loss terms ---- */
+struct router_ctx {
+    double *logits, *gw, *c;
+    const int32_t *idx;  /* the top-k choice is held fixed (piecewise constant) */
+    int rows, experts, k;
+    double z;
+};
+
+static double router_loss(void *p)
+{
+    struct router_ctx *c = p;
+    double loss = 0;
+    for (int r = 0; r < c->rows; r++) {
+        const double *x = c->logits + r * c->experts;
+        double mx = -INFINITY, sum = 0, chosen = 0;
+        for (int e = 0; e < c->experts; e++)
+            mx = fmax(mx, x[e]);
+        for (int e = 0; e < c->experts; e++)
+            sum += exp(x[e] - mx);
+        double lse = mx + log(sum);
+        for (int e = 0; e < c->experts; e++)
+            loss += c->c[e] * exp(x[e] - lse);
+        for (int j = 0; j < c->k; j++)
+            chosen += exp(x[c->idx[r * c->k + j]] - lse);
+        for (int j = 0; j < c->k; j++)
+            loss += c->gw[r * c->k + j] * exp(x[c->idx[r * c->k + j]] - lse) / chosen;
+        loss += c->z * lse * lse;
+    }
+    return loss;
+}
+
+static void test_router(const struct gale_ops *ops)
+{
+    int rows = 7, experts = 5, k = 2;
+    size_t n = (size_t)rows * experts;
+    float *logits = gale_xmalloc(n * 4), *probs = gale_xmalloc(n * 4), *lse = gale_xmalloc(rows * 4);
+    float *w = gale_xmalloc(rows * k * 4), *gw = gale_xmalloc(rows * k * 4);
+    float *cst = gale_xmalloc(experts * 4), *dl = gale_xmalloc(n * 4);
+    int32_t *idx = gale_xmalloc(rows * k * 4);
+    fill(logits, n, 2.0), fill(gw, rows * k, 1.0), fill(cst, experts, 0.3);
+    ops->router_fwd(probs, lse, idx, w, logits, rows, experts, k);
+    /* each choice is the most probable expert not chosen before it; weights sum to 1 */
+    int bad = 0;
+    for (int r = 0; r < rows; r++) {
+        double sum = 0;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < experts; e++) {
+                int taken = 0;
+                for (int m = 0; m < j; m++)
+                    taken |= idx[r * k + m] == e;
+                if (!taken && (best < 0 || logits[r * experts + e] > logits[r * experts + best]))
+                    best = e;
+            }
+            bad += idx[r * k + j] != best;
+            sum += w[r * k + j];
+        }
+        bad += fabs(sum - 1) > 1e-6;
+    }
+    if (bad) {
+        fprintf(stderr, "FAIL router top-k: %d wrong choices or weights\n", bad);
+        failures++;
+    }
+    float z = 0.05f;
+    struct router_ctx c = {to_double(logits, n), to_double(gw, rows * k), to_double(cst, experts),
+                           idx, rows, experts, k, z};
+    ops->router_bwd(dl, gw, probs, lse, idx, w, cst, z, rows, experts, k);
+    double *gl = finite_diff(router_loss, &c, c.logits, n);
+    expect_close("router backward (top-k, aux, z)", dl, gl, n, 1e-5);
+    free(logits), free(probs), free(lse), free(w), free(gw), free(cst), free(dl), free(idx);
+    free(c.logits), free(c.gw), free(c.c), free(gl);
+}
+
+/* ---- cross-entropy ---- */
+struct ce_ctx {
+    double *x;
+    const int32_t *t;
+    int rows, vocab;
+};
+
+static double ce_loss(void *p)
+{
+    struct ce_ctx *c = p;
+    double loss = 0;
+    for (int r = 0; r < c->rows; r++) {
+        if (c->t[r] < 0)
+            continue;
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < c->vocab; v++)
+            mx = fmax(mx, c->x[r * c->vocab + v]);
+        for (int v = 0; v < c->vocab; v++)
+            sum += exp(c->x[r * c->vocab + v] - mx);
+        loss += mx + log(sum) - c->x[r * c->vocab + c->t[r]];
+    }
+    return loss;
+}
+
+static void test_cross_entropy(const struct gale_ops *ops)
+{
+    int rows = 6, vocab = 11;
+    size_t n = (size_t)rows * vocab;
+    int32_t t[] = {3, -100, 0, 10, -1, 5};
+    float *x = gale_xmalloc(n * 4);
+    fill(x, n, 3.0);
+    struct ce_ctx c = {to_double(x, n), t, rows, vocab};
+    long count = 0;
+    double sum = ops->cross_entropy(x, t, rows, vocab, 0, &count);
+    double want = ce_loss(&c);
+    if (count != 4 || fabs(sum - want) > 1e-6 * fabs(want)) {
+        fprintf(stderr, "FAIL cross-entropy: sum %.9g count %ld, want %.9g and 4\n", sum, count,
+                want);
+        failures++;
+    }
+    ops->cross_entropy(x, t, rows, vocab, 0.25f, &count);
+    double *g = finite_diff(ce_loss, &c, c.x, n);
+    for (size_t i = 0; i < n; i++)
+        g[i] *= 0.25;
+    expect_close("cross-entropy gradient", x, g, n, 1e-5);
+    free(x), free(c.x), free(g);
+}
+
+/* ---- experts: plan, gather, combine and their backwards ---- */
+static void test_moe_routing(const struct gale_ops *ops)
+{
+    int rows = 6, k = 2, experts = 3, dim = 4, slots = rows * k;
+    int32_t idx[] = {0, 2, 2, 1, 1, 0, 0, 1, 2, 0, 1, 2};
+    int counts[3];
+    int32_t slot_rows[12], slot_of[12];
+    ops->moe_plan(counts, slot_rows, slot_of, idx, rows, experts, k);
+    int bad = counts[0] != 4 || counts[1] != 4 || counts[2] != 4;
+    for (int s = 0; s < slots; s++) {
+        int pos = slot_of[s];
+        int e = pos < 4 ? 0 : pos < 8 ? 1 : 2;
+        bad += slot_rows[pos] != s / k || idx[s] != e;
+    }
+    float x[24], xe[48], ye[48], w[12], out[24], dout[24], dye[48], dw[12], dx[24];
+    fill(x, 24, 1), fill(ye, 48, 1), fill(w, 12, 1), fill(dout, 24, 1);
+    ops->moe_gather(xe, x, slot_rows, slots, dim);
+    for (int s = 0; s < slots; s++)
+        for (int c = 0; c < dim; c++)
+            bad += xe[slot_of[s] * dim + c] != x[(s / k) * dim + c];
+    memset(out, 0, sizeof out);
+    ops->moe_combine(out, ye, w, slot_of, rows, k, dim);
+    ops->moe_combine_bwd(dye, dw, dout, ye, w, slot_of, rows, k, dim);
+    memset(dx, 0, sizeof dx);
+    ops->moe_scatter_add(dx, dye, slot_rows, slots, dim);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < dim; c++) {
+            double o = 0, d = 0;
+            for (int j = 0; j < k; j++) {
+                o += w[r * k + j] * ye[slot_of[r * k + j] * dim + c];
+                d += w[r * k + j] * dout[r * dim + c];
+            }
+            bad += fabs(out[r * dim + c] - o) > 1e-6 || fabs(dx[r * dim + c] - d) > 1e-6;
+        }
+    for (int s = 0; s < slots; s++) {
+        double d = 0;
+        for (int c = 0; c < dim; c++)
+            d += dout[(s / k) * dim + c] * ye[slot_of[s] * dim + c];
+        bad += fabs(dw[s] - d) > 1e-5;
+    }
+    if (bad) {
+        fprintf(stderr, "FAIL moe plan/gather/combine: %d mismatches\n", bad);
+        failures++;
+    } else {
+        printf("ok   moe plan, gather, combine, scatter\n");
+    }
+}
+
+/* ---- matmul (all transposes, leading dimensions), embeddings, AdamW ---- */
+static void test_matmul(const struct gale_ops *ops)
+{
+    int m = 5, n = 7, k = 3;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            float a[64], b[64], c[64];
+            fill(a, 64, 1), fill(b, 64, 1), fill(c, 64, 1);
+            int lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 2, ldc = n + 1;
+            double want[64];
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int p = 0; p < k; p++)
+                        s += (ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
+                    want[i * n + j] = 0.5 * s + 2.0 * c[i * ldc + j];
+                }
+            ops->matmul(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c, ldc);
+            float got[64];
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++)
+                    got[i * n + j] = c[i * ldc + j];
+            char what[64];
+            snprintf(what, sizeof what, "matmul trans_a=%d trans_b=%d", ta, tb);
+            expect_close(what, got, want, (size_t)m * n, 1e-6);
+        }
+}
+
+static void test_embedding(const struct gale_ops *ops)
+{
+    int32_t tokens[] = {2, 0, 2, 3};
+    float table[20], out[20], dout[20], dtable[20] = {0};
+    fill(table, 20, 1), fill(dout, 20, 1);
+    ops->embedding_fwd(out, table, tokens, 4, 5);
+    ops->embedding_bwd(dtable, dout, tokens, 4, 5);
+    double want_out[20], want_d[20] = {0};
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 5; c++) {
+            want_out[r * 5 + c] = table[tokens[r] * 5 + c];
+            want_d[tokens[r] * 5 + c] += dout[r * 5 + c];
+        }
+    expect_close("embedding forward", out, want_out, 20, 0);
+    expect_close("embedding backward (repeated token)", dtable, want_d, 20, 1e-7);
+}
+
+static void test_adamw(const struct gale_ops *ops)
+{
+    size_t n = 9;
+    float p[9], g[9], m[9] = {0}, v[9] = {0};
+    double pd[9], md[9] = {0}, vd[9] = {0};
+    fill(p, n, 1);
+    for (size_t i = 0; i < n; i++)
+        pd[i] = p[i];
+    double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
+    for (int step = 1; step <= 3; step++) {
+        fill(g, n, 1);
+        ops->adamw_step(p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
+        for (size_t i = 0; i < n; i++) {  /* torch.optim.AdamW, written out */
+            pd[i] *= 1 - lr * wd;
+            md[i] = b1 * md[i] + (1 - b1) * g[i];
+            vd[i] = b2 * vd[i] + (1 - b2) * g[i] * g[i];
+            double bc1 = 1 - pow(b1, step), bc2 = 1 - pow(b2, step);
+            pd[i] -= lr / bc1 * md[i] / (sqrt(vd[i]) / sqrt(bc2) + eps);
+        }
+    }
+    expect_close("adamw 3 steps", p, pd, n, 1e-6);
+}
+
+int main(void)
+{
+    const struct gale_ops *ops = gale_ops_cpu();
+    test_matmul(ops);
+    test_embedding(ops);
+    test_rmsnorm(ops);
+    test_rope(ops);
+    int32_t seg[18] = {0, 0, 0, 1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 3, 3, 3};
+    test_attention(ops, "causal, GQA 4/2", 0, NULL, 4, 2);
+    test_attention(ops, "window 3, GQA 4/2", 3, NULL, 4, 2);
+    test_attention(ops, "documents, MQA 3/1", 0, seg, 3, 1);
+    test_attention(ops, "window 4 + documents, MHA", 4, seg, 2, 2);
+    test_swiglu(ops);
+    test_router(ops);
+    test_cross_entropy(ops);
+    test_moe_routing(ops);
+    test_adamw(ops);
+    if (failures)
+        fprintf(stderr, "%d failures\n", failures);
+    return failures ? 1 : 0;
+}
