@@ -3,6 +3,7 @@
 #ifndef GALE_CLI_COMMANDS_H
 #define GALE_CLI_COMMANDS_H
 
+int cmd_prepare(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
