@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "data/chat.h"
 #include "data/tokenizer.h"
 
 #define BATCH_BYTES (4u << 20)   /* text encoded per parallel batch */
@@ -21,12 +22,15 @@ typedef struct tokenize_options {
     int format; /* enum output_format */
     int threads;
     int decode;
+    const char *chat; /* a chat template's name: lines are JSON conversations */
+    int prompt, mask; /* chat: encode prompts for generation; print the loss mask */
 } tokenize_options;
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: gale tokenize --tokenizer PATH [--input FILE] [--format ids|pieces] [--threads N] [--decode]\n"
+            "       gale tokenize --tokenizer PATH --chat v1|v3|llama2 [--prompt] [--mask] [--input FILE.jsonl]\n"
             "\n"
             "Encodes text with a SentencePiece BPE model (.model), one text per line, and prints one\n"
             "line per input line: token ids separated by spaces, exactly as\n"
@@ -37,6 +41,13 @@ static void usage(FILE *f)
             "  --format ids       print token ids (default); `pieces` prints the pieces instead\n"
             "  --threads N        encode with N threads (default 1); output order is kept\n"
             "  --decode           read lines of ids and print their text, as spm_decode does\n"
+            "  --chat TEMPLATE    lines are JSON conversations ({\"messages\": [...], \"tools\": [...]}),\n"
+            "                     encoded with the chat template v1, v3 (Mistral) or llama2 as training\n"
+            "                     data (ending with an assistant message), BOS and EOS included\n"
+            "  --prompt           with --chat: conversations are prompts for generation (ending with\n"
+            "                     a user or tool message)\n"
+            "  --mask             with --chat: after a tab, print the loss mask (1 on the assistant's\n"
+            "                     answers and their EOS, 0 elsewhere), one 0/1 per id\n"
             "  --help             this message\n");
 }
 
@@ -54,12 +65,12 @@ static int parse_int(const char *s, int *v)
 /* Returns 0 to run, 1 when --help was asked, 2 on a usage error (already reported). */
 static int parse_options(int argc, char **argv, tokenize_options *o)
 {
-    *o = (tokenize_options){NULL, NULL, FORMAT_IDS, 1, 0};
+    *o = (tokenize_options){.format = FORMAT_IDS, .threads = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *value = NULL;
         int takes_value = !strcmp(a, "--tokenizer") || !strcmp(a, "--input") || !strcmp(a, "--format") ||
-                          !strcmp(a, "--threads");
+                          !strcmp(a, "--threads") || !strcmp(a, "--chat");
         if (takes_value) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "gale tokenize: %s needs a value\n", a);
@@ -72,6 +83,12 @@ static int parse_options(int argc, char **argv, tokenize_options *o)
             return 1;
         } else if (!strcmp(a, "--decode")) {
             o->decode = 1;
+        } else if (!strcmp(a, "--chat")) {
+            o->chat = value;
+        } else if (!strcmp(a, "--prompt")) {
+            o->prompt = 1;
+        } else if (!strcmp(a, "--mask")) {
+            o->mask = 1;
         } else if (!strcmp(a, "--tokenizer")) {
             o->tokenizer = value;
         } else if (!strcmp(a, "--input")) {
@@ -97,6 +114,20 @@ static int parse_options(int argc, char **argv, tokenize_options *o)
     }
     if (!o->tokenizer) {
         fprintf(stderr, "gale tokenize: --tokenizer PATH is required (see gale tokenize --help)\n");
+        return 2;
+    }
+    enum chat_template tmpl;
+    gale_error err;
+    if (o->chat && chat_template_from_name(o->chat, &tmpl, &err)) {
+        fprintf(stderr, "gale tokenize: --chat: %s\n", err.msg);
+        return 2;
+    }
+    if ((o->prompt || o->mask) && !o->chat) {
+        fprintf(stderr, "gale tokenize: --prompt and --mask go with --chat TEMPLATE\n");
+        return 2;
+    }
+    if (o->chat && o->decode) {
+        fprintf(stderr, "gale tokenize: --decode reads ids, not conversations: drop --chat\n");
         return 2;
     }
     return 0;
@@ -408,6 +439,92 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
     return rc;
 }
 
+/* ---- chat mode ---- */
+
+static int encode_conversation(const gale_tokenizer *tok, enum chat_template tmpl, enum chat_purpose purpose,
+                               const uint8_t *text, size_t len, gale_ids *ids, gale_bytes *mask, gale_error *err)
+{
+    json_error_t jerr;
+    json_t *conversation = json_loadb((const char *)text, len, 0, &jerr);
+    if (!conversation)
+        return gale_fail(err, "not valid JSON: %s (column %d)", jerr.text, jerr.column);
+    int rc = chat_encode(tok, tmpl, purpose, conversation, ids, mask, err);
+    json_decref(conversation);
+    return rc;
+}
+
+static int is_blank(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return 0;
+    return 1;
+}
+
+/* One JSON conversation per line through the chat template: one line of ids each (empty for a
+ * blank line), with --mask a tab and the mask. A bad conversation stops with its line number. */
+static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_options *o)
+{
+    enum chat_template tmpl;
+    gale_error err;
+    chat_template_from_name(o->chat, &tmpl, &err); /* checked with the options */
+    enum chat_purpose purpose = o->prompt ? CHAT_FOR_PROMPT : CHAT_FOR_TRAINING;
+    gale_ids ids = {0};
+    gale_bytes mask = {0}, out = {0};
+    size_t line_no = 0;
+    int rc = 0;
+    for (;;) {
+        reader_fill(r, BATCH_BYTES);
+        if (reader_failed(r)) {
+            rc = -1;
+            break;
+        }
+        size_t avail = r->buf.n - r->pos;
+        if (!avail)
+            break;
+        const uint8_t *base = r->buf.v + r->pos;
+        const uint8_t *nl = memchr(base, '\n', avail);
+        line_no++;
+        if (!nl && !r->eof) {
+            fprintf(stderr, "gale tokenize: %s:%zu: a conversation longer than %u bytes\n", r->name, line_no,
+                    BATCH_BYTES);
+            rc = -1;
+            break;
+        }
+        size_t len = nl ? (size_t)(nl - base) : avail;
+        ids.n = mask.n = 0;
+        if (!is_blank(base, len) && encode_conversation(tok, tmpl, purpose, base, len, &ids, &mask, &err) < 0) {
+            fprintf(stderr, "gale tokenize: %s:%zu: %s\n", r->name, line_no, err.msg);
+            rc = -1;
+            break;
+        }
+        r->pos += len + (nl ? 1 : 0);
+        format_ids(tok, o->format, &ids, 1, &out);
+        if (o->mask) {
+            gale_bytes_push(&out, '\t');
+            for (size_t i = 0; i < mask.n; i++) {
+                if (i)
+                    gale_bytes_push(&out, ' ');
+                gale_bytes_push(&out, (uint8_t)('0' + mask.v[i]));
+            }
+        }
+        gale_bytes_push(&out, '\n');
+        if (out.n >= BATCH_BYTES) {
+            if (write_out(&out) < 0) {
+                rc = -1;
+                break;
+            }
+            out.n = 0;
+        }
+    }
+    if (!rc && write_out(&out) < 0)
+        rc = -1;
+    gale_ids_free(&ids);
+    gale_bytes_free(&mask);
+    gale_bytes_free(&out);
+    return rc;
+}
+
 int cmd_tokenize(int argc, char **argv)
 {
     tokenize_options o;
@@ -430,7 +547,7 @@ int cmd_tokenize(int argc, char **argv)
             return 1;
         }
     }
-    int rc = o.decode ? decode_lines(tok, &r) : encode_lines(tok, &r, &o);
+    int rc = o.chat ? chat_lines(tok, &r, &o) : o.decode ? decode_lines(tok, &r) : encode_lines(tok, &r, &o);
     if (!rc && fflush(stdout) != 0) {
         fprintf(stderr, "gale tokenize: writing the output: %s\n", strerror(errno));
         rc = -1;
