@@ -81,7 +81,7 @@ done:
 
 int metrics_append(FILE *f, json_t *record, gale_error *err)
 {
-    char *line = json_dumps(record, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    char *line = json_dumps(record, JSON_COMPACT | JSON_REAL_PRECISION(17));
     int bad = fprintf(f, "%s\n", line) < 0 || fflush(f) != 0;
     free(line);
     return bad ? gale_fail_errno(err, "writing %s", GALE_METRICS_FILE) : 0;

@@ -518,6 +518,11 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
     long first = t->state.step;
     double started = now_seconds();
     while (t->state.step < t->sched.total) {
+        if (opts->stop_at > 0 && t->state.step >= opts->stop_at) {
+            if (t->rank == 0)
+                printf("stopped after step %ld (--stop-at %ld)\n", t->state.step, opts->stop_at);
+            return 0;
+        }
         double t0 = now_seconds();
         step_result r;
         if (train_step(t, &r, err))
@@ -537,9 +542,9 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
         int periodic = c->run.checkpoint_every > 0 && step % c->run.checkpoint_every == 0;
         if ((periodic || last || stop || stop_here) && save_checkpoint(t, err))
             return -1;
-        if (stop || stop_here) {
+        if (stop) {
             if (t->rank == 0)
-                printf("stopped after step %ld%s\n", step, stop ? (stop == SIGINT ? " (SIGINT)" : " (SIGTERM)") : "");
+                printf("stopped after step %ld (%s)\n", step, stop == SIGINT ? "SIGINT" : "SIGTERM");
             return 0;
         }
     }
