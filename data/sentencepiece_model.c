@@ -274,9 +274,11 @@ static int parse_model(pb_reader r, spm_model *m, gale_error *err)
             if (!p->piece)
                 p->piece = gale_xstrdup("");
         } else if (f.number == 2) {
+            m->has_trainer_spec = 1;
             if (parse_trainer(sub, m, err) < 0)
                 return -1;
         } else if (f.number == 3) {
+            m->has_normalizer_spec = 1;
             if (parse_normalizer(sub, &m->normalizer, err) < 0)
                 return -1;
         } else if (f.number == 5) {

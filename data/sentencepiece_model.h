@@ -54,6 +54,7 @@ typedef struct spm_model {
     int treat_whitespace_as_suffix;
     char *unk_piece, *bos_piece, *eos_piece, *pad_piece; /* defaults <unk> <s> </s> <pad> */
     char *unk_surface; /* default " \xE2\x81\x87 " */
+    int has_trainer_spec, has_normalizer_spec;
     spm_normalizer_spec normalizer;
     int has_denormalizer;
     spm_normalizer_spec denormalizer;

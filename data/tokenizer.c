@@ -179,6 +179,10 @@ static int check_model_settings(const spm_model *m, const char *name, gale_error
         return gale_fail(err, "%s: not a SentencePiece model: it holds no pieces", name);
     if (m->n_pieces > INT32_MAX)
         return gale_fail(err, "%s: %zu pieces is more than gale's int32 token ids hold", name, m->n_pieces);
+    /* sentencepiece writes both; a file without them is cut short or is not a model */
+    if (!m->has_trainer_spec || !m->has_normalizer_spec)
+        return gale_fail(err, "%s: not a complete SentencePiece model: it has no %s (truncated file?)", name,
+                         m->has_trainer_spec ? "normalizer_spec" : "trainer_spec");
     if (m->model_type != SPM_MODEL_BPE)
         return gale_fail(err, "%s: this is a SentencePiece %s model; gale encodes BPE models only", name,
                          spm_model_type_name(m->model_type));
@@ -425,6 +429,7 @@ struct tokenizer_encoder {
     int prev_space;      /* remove_extra_whitespaces: the last unit ended with a space */
     gale_bytes word;     /* normalised bytes of the current word */
     int word_ends_ws;    /* it ends with "▁" */
+    int last_was_unk;    /* the last id given out for this text is <unk> */
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
     size_t symbols_cap;
@@ -522,8 +527,8 @@ static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, u
     } else if (tok->model.byte_fallback) {
         for (uint32_t i = 0; i < len; i++)
             gale_ids_push(out, tok->byte_ids[w[start + i]]);
-    } else {
-        gale_ids_push(out, tok->unk_id);
+    } else if (!out->n || out->v[out->n - 1] != tok->unk_id) {
+        gale_ids_push(out, tok->unk_id); /* sentencepiece merges a run of unknowns into one <unk> */
     }
 }
 
@@ -572,23 +577,35 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         emit_piece(e, w, e->symbols[i].start, e->symbols[i].len, out);
 }
 
+/* Appends the ids of one word to out; a word that starts with <unk> right after one that
+ * ended with it adds no second <unk> (sentencepiece merges runs of unknowns over the text). */
+static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, gale_ids *out)
+{
+    if (n && ids[0] == e->tok->unk_id && e->last_was_unk)
+        ids++, n--;
+    if (n) {
+        gale_ids_append(out, ids, n);
+        e->last_was_unk = ids[n - 1] == e->tok->unk_id;
+    }
+}
+
 static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
 {
     word_cache *c = &e->cache;
-    if (!c->slots || n > CACHE_MAX_WORD) {
-        bpe_encode_word(e, w, n, out);
-        return;
-    }
-    uint64_t h = bytes_hash(w, n);
-    cache_slot *s = word_cache_slot(c, w, n, h);
-    if (s->key_len) {
-        gale_ids_append(out, c->ids.v + s->ids_at, s->n_ids);
-        return;
+    uint64_t h = 0;
+    cache_slot *s = NULL;
+    if (c->slots && n <= CACHE_MAX_WORD) {
+        h = bytes_hash(w, n);
+        s = word_cache_slot(c, w, n, h);
+        if (s->key_len) {
+            append_word_ids(e, c->ids.v + s->ids_at, s->n_ids, out);
+            return;
+        }
     }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
-    gale_ids_append(out, e->word_ids.v, e->word_ids.n);
-    if (e->word_ids.n > UINT16_MAX)
+    append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
+    if (!s || e->word_ids.n > UINT16_MAX)
         return;
     if (c->n == CACHE_MAX_ENTRIES) {
         word_cache_clear(c);
@@ -676,6 +693,7 @@ static void encoder_reset(tokenizer_encoder *e)
     e->prev_space = 0;
     e->word.n = 0;
     e->word_ends_ws = 0;
+    e->last_was_unk = 0;
 }
 
 void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len, gale_ids *out)

@@ -14,6 +14,7 @@
               leading U+2581 pieces), for the decode comparison
   remove-extra.model   mistral-v1.model with normalizer_spec.remove_extra_whitespaces = true,
               to check gale honours that flag as sentencepiece does
+  unused.model, no-byte-fallback.model, user-defined.model   other variants (see variant_models)
 
 usage: gen_tokenizer_corpus.py --shared DIR --out DIR
 """
@@ -80,6 +81,57 @@ def model_pieces(path):
             p = {ff: vv for ff, _, vv, _ in fields(v)}
             pieces.append((p.get(1, b""), p.get(3, 1)))
     return pieces
+
+
+def enc_field(number, value):
+    if isinstance(value, int):
+        return enc_varint(number << 3) + enc_varint(value)
+    return enc_varint(number << 3 | 2) + enc_varint(len(value)) + value
+
+
+def rewrite_model(path, piece_fn=None, trainer_set=None):
+    """The model bytes with each piece (index, bytes, type) replaced by piece_fn's (bytes, type)
+    and the varint fields of trainer_set {number: value} replaced in trainer_spec."""
+    out = bytearray()
+    index = 0
+    for f, w, v, raw in fields(open(path, "rb").read()):
+        if f == 1 and piece_fn:
+            p = {ff: (vv, rr) for ff, _, vv, rr in fields(v)}
+            piece, ptype = piece_fn(index, p[1][0], p[3][0] if 3 in p else 1)
+            body = enc_field(1, piece) + (p[2][1] if 2 in p else b"") + enc_field(3, ptype)
+            out += enc_field(1, body)
+            index += 1
+        elif f == 2 and trainer_set:
+            body = b"".join(rr for ff, _, _, rr in fields(v) if ff not in trainer_set)
+            body += b"".join(enc_field(k, val) for k, val in sorted(trainer_set.items()))
+            out += enc_field(2, body)
+        else:
+            out += raw
+    return bytes(out)
+
+
+# strings the user-defined variant adds as pieces; the stress text uses them too
+USER_DEFINED_EXTRA = ["Q Q", "x\u2581y", "<tag>", "\t\t", "\u2581\u2581", "Zz"]
+
+
+def variant_models(path, rng):
+    """Variants of mistral-v1.model that reach the rarer paths of sentencepiece's encoder:
+    UNUSED pieces (split back into their pair), no byte fallback (<unk>), and user-defined pieces
+    holding spaces and U+2581 (so words cannot be encoded one at a time)."""
+    pieces = model_pieces(path)
+    existing = {p for p, _ in pieces}
+    unused = set(i for i in rng.sample(range(259, 6000), 900) if pieces[i][1] == 1)
+    yield "unused.model", rewrite_model(path, lambda i, p, t: (p, 5 if i in unused else t))
+    yield "no-byte-fallback.model", rewrite_model(path, lambda i, p, t: (p, 3 if t == 6 else t), {35: 0})
+    extra = [e.encode() for e in USER_DEFINED_EXTRA if e.encode() not in existing]
+    slots = {31990 - k: e for k, e in enumerate(extra)}
+    userdef = {i for i, (p, t) in enumerate(pieces) if p in ("\u2581the".encode(), b"ing", b"[")}
+
+    def make_user_defined(i, p, t):
+        if i in slots:
+            return slots[i], 4
+        return p, 4 if i in userdef else t
+    yield "user-defined.model", rewrite_model(path, make_user_defined)
 
 
 def with_remove_extra_whitespaces(path):
@@ -163,7 +215,7 @@ SNIPPETS = [
     "[INST]", "[/INST]", "<s>", "</s>", "<unk>", "<0x41>", "<pad>", "[TOOL_CALLS]", "[REFERENCE_DOC_3]",
     "[REFERENCE_DOC_12]x", "[REFERENCE_DOC_", "[control_12]", "x[REFERENCE_DOC_0][REFERENCE_DOC_1]",
     "3.14159", "1234567890", "2024-06-11T12:00:00Z", "$1,000,000", "0x7FFF", "i++;", "a->b", "http://x.org/?q=1",
-    "\t", "\r", "\x0b", "\x0c", "\x00", "\x01", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029",
+    "\t", "\r", "\x0b", "\x0c", "\x00", "Q Q", "Q  Q", "x\u2581y", "x y", "<tag>", "\t\t\t", "Zz", "ZzZ", "\x01", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029",
 ]
 
 
@@ -286,6 +338,9 @@ def main():
         f.write("\n".join(id_lines(rng, v3)) + "\n")
     with open(os.path.join(a.out, "remove-extra.model"), "wb") as f:
         f.write(with_remove_extra_whitespaces(os.path.join(a.shared, "tokenizers", "mistral-v1.model")))
+    for name, data in variant_models(os.path.join(a.shared, "tokenizers", "mistral-v1.model"), rng):
+        with open(os.path.join(a.out, name), "wb") as f:
+            f.write(data)
 
 
 if __name__ == "__main__":

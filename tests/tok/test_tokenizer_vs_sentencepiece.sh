@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
-# mistral-v1.model, mistral-v3.model and v1 with remove_extra_whitespaces turned on, over real
-# multilingual text and generated stress text (see gen_tokenizer_corpus.py). Zero mismatches.
+# mistral-v1.model, mistral-v3.model and variants of v1 (remove_extra_whitespaces on, UNUSED
+# pieces, no byte fallback, user-defined pieces), over real multilingual text and generated
+# stress text (see gen_tokenizer_corpus.py). Zero mismatches is the only pass.
 set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}" "${GALE_SOURCE:?}"
 if ! command -v spm_encode >/dev/null; then
@@ -32,6 +33,11 @@ compare "v3 stress ids" "$v3" "$tmp/stress.txt" id
 compare "v3 stress pieces" "$v3" "$tmp/stress.txt" piece --format pieces
 compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp/stress.txt" id
 compare "v1+remove_extra_whitespaces real ids" "$tmp/remove-extra.model" "$tmp/real.txt" id
+# the rarer paths: UNUSED pieces, <unk> without byte fallback, user-defined pieces with spaces
+compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
+compare "v1+UNUSED pieces real ids" "$tmp/unused.model" "$tmp/real.txt" id
+compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
+compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
 
 # one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin input, and
 # a last line without a newline
