@@ -1,0 +1,375 @@
+/* test_model: the whole model beyond the fixtures: every tensor's gradient against finite
+ * differences of the loss (a Mixtral with a sliding window, documents, tied embeddings, the
+ * per-layer aux loss and the z-loss; a Llama with MQA and an explicit head_dim); document
+ * masking equal to running the documents apart; gradient accumulation over micro-batches equal
+ * to one batch; save and load of a Hugging Face folder; the seeded init. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model/model.h"
+#include "model/rng.h"
+#include "model/safetensors.h"
+#include "util/file.h"
+
+static int failures;
+
+static void check(int ok, const char *fmt, const char *what, double value, double limit)
+{
+    if (!ok) {
+        fprintf(stderr, "FAIL ");
+        fprintf(stderr, fmt, what, value, limit);
+        fprintf(stderr, "\n");
+        failures++;
+    } else {
+        printf("ok   ");
+        printf(fmt, what, value, limit);
+        printf("\n");
+    }
+}
+
+static struct model_config tiny_mixtral(void)
+{
+    struct model_config c = {0};
+    c.kind = MODEL_MIXTRAL;
+    c.vocab_size = 37;
+    c.hidden_size = 16;
+    c.intermediate_size = 12;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 4;
+    c.rope_theta = 10000;
+    c.rms_norm_eps = 1e-5;
+    c.max_position_embeddings = 64;
+    c.sliding_window = 4;
+    c.tie_word_embeddings = 1;
+    c.bos_token_id = 1;
+    c.eos_token_id = 2;
+    c.initializer_range = 0.02;
+    c.num_experts = 4;
+    c.num_experts_per_tok = 2;
+    c.router_aux_loss_coef = 0.1;
+    return c;
+}
+
+static struct model_config tiny_llama_mqa(void)
+{
+    struct model_config c = tiny_mixtral();
+    c.kind = MODEL_LLAMA;
+    c.num_heads = 3;
+    c.num_kv_heads = 1;
+    c.head_dim = 6;      /* explicit: heads * head_dim != hidden */
+    c.head_dim_explicit = 1;
+    c.sliding_window = 0;
+    c.tie_word_embeddings = 0;
+    c.num_experts = c.num_experts_per_tok = 0;
+    c.router_aux_loss_coef = 0;
+    return c;
+}
+
+static void random_tokens(int32_t *x, int n, int vocab, uint64_t seed)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = (int32_t)(gale_rng_bits(seed, (uint64_t)i) % (uint64_t)vocab);
+}
+
+static double loss_at(struct model *m, const struct model_batch *b, double den, int32_t *experts)
+{
+    struct model_loss l;
+    gale_error err;
+    if (model_forward(m, b, den, &l, &err)) {
+        fprintf(stderr, "forward: %s\n", err.msg);
+        exit(1);
+    }
+    if (experts && model_get_config(m)->num_experts)
+        model_selected_experts_download(m, experts);
+    return l.loss;
+}
+
+/* For each tensor: the gradient's component along a random direction in that tensor against
+ * a central difference of the loss along it. Larger weights than a real init (std 0.3) give
+ * the loss curvature to check. */
+static void gradient_check(const char *name, const struct model_config *cfg,
+                           const struct model_options *opts, const int32_t *segments)
+{
+    gale_error err;
+    struct model *m = model_create(cfg, gale_ops_cpu(), opts, &err);
+    model_init_random(m, 0.3, 7);
+    int B = 2, T = 10, n = B * T;
+    int32_t tokens[20], targets[20];
+    uint8_t mask[20];
+    random_tokens(tokens, n, cfg->vocab_size, 1);
+    random_tokens(targets, n, cfg->vocab_size, 2);
+    for (int i = 0; i < n; i++)
+        mask[i] = i % 7 != 3;
+    targets[5] = -100;
+    struct model_batch b = {B, T, tokens, targets, mask, segments};
+    const struct model_layout *layout = model_get_layout(m);
+    size_t np = layout->numel;
+    float *params = gale_xmalloc(np * 4), *grads = gale_xmalloc(np * 4), *dir = gale_xmalloc(np * 4);
+    model_params_download(m, params);
+    model_zero_grads(m);
+    struct model_loss l;
+    double den = 13.0;  /* a global denominator, not this batch's own count */
+    if (model_forward_backward(m, &b, den, 1.0, &l, &err)) {
+        fprintf(stderr, "forward_backward: %s\n", err.msg);
+        exit(1);
+    }
+    model_grads_download(m, grads);
+    double l0 = loss_at(m, &b, den, NULL);
+    char what[160];
+    snprintf(what, sizeof what, "%s: loss of forward_backward", name);
+    check(fabs(l.loss - l0) <= 1e-6 * fabs(l0), "%-60s diff %.2e (limit %.0e)", what,
+          fabs(l.loss - l0), 1e-6 * fabs(l0));
+    size_t ne = (size_t)cfg->num_layers * n * (cfg->num_experts_per_tok ? cfg->num_experts_per_tok : 1);
+    int32_t *e0 = gale_xmalloc(ne * 4), *e1 = gale_xmalloc(ne * 4);
+    loss_at(m, &b, den, e0);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int t = 0; t < layout->n; t++) {
+        const struct model_tensor *v = &layout->tensors[t];
+        double norm = 0, dot = 0;
+        for (size_t i = 0; i < v->numel; i++) {
+            dir[i] = (float)gale_rng_normal(99 + t, i);
+            norm += (double)dir[i] * dir[i];
+        }
+        for (size_t i = 0; i < v->numel; i++) {
+            dir[i] = (float)(dir[i] / sqrt(norm));
+            dot += (double)dir[i] * grads[v->offset + i];
+        }
+        /* Richardson: (4 D(h) - D(2h)) / 3 cancels the h^2 term, so h can be large enough
+         * that fp32 rounding of the loss (~1e-7) stays far below the signal */
+        double eps = 2e-2, d[2];
+        int flipped = 0;
+        for (int level = 0; level < 2; level++) {
+            double h = level ? 2 * eps : eps, f[2];
+            for (int s = 0; s < 2; s++) {
+                float *p = gale_xmalloc(np * 4);
+                memcpy(p, params, np * 4);
+                for (size_t i = 0; i < v->numel; i++)
+                    p[v->offset + i] += (float)((s ? -h : h) * dir[i]);
+                model_params_upload(m, p);
+                f[s] = loss_at(m, &b, den, e1);
+                flipped |= cfg->num_experts && memcmp(e0, e1, ne * 4) != 0;
+                free(p);
+            }
+            d[level] = (f[0] - f[1]) / (2 * h);
+        }
+        model_params_upload(m, params);
+        if (flipped)  /* the routing is piecewise constant: a difference across a flip is meaningless */
+            continue;
+        double fd = (4 * d[0] - d[1]) / 3;
+        /* below |dot| = 1e-2 the floor is absolute: the difference quotient of an fp32 loss
+         * carries ~1e-5 of rounding noise */
+        double rel = fabs(fd - dot) / fmax(fabs(dot), 1e-2);
+        if (rel > worst) {
+            worst = rel;
+            worst_name = v->name;
+        }
+    }
+    snprintf(what, sizeof what, "%s: worst tensor %s", name, worst_name);
+    check(worst <= 2e-3, "%-60s rel err %.2e (limit %.0e)", what, worst, 2e-3);
+    free(params), free(grads), free(dir), free(e0), free(e1);
+    model_free(m);
+}
+
+/* A row packing documents A and B with segments gives the logits of A and B run alone. */
+static void document_masking(const struct model_config *cfg, const char *name)
+{
+    gale_error err;
+    struct model *m = model_create(cfg, gale_ops_cpu(), NULL, &err);
+    model_init_random(m, 0.3, 11);
+    int la = 5, lb = 7, T = la + lb, V = cfg->vocab_size;
+    int32_t packed[12], seg[12];
+    random_tokens(packed, T, V, 5);
+    for (int i = 0; i < T; i++)
+        seg[i] = i < la ? 0 : 1;
+    struct model_batch b = {1, T, packed, NULL, NULL, seg};
+    float *lp = gale_xmalloc(sizeof(float) * T * V), *la_ = gale_xmalloc(sizeof(float) * la * V);
+    float *lb_ = gale_xmalloc(sizeof(float) * lb * V);
+    model_forward(m, &b, 0, NULL, &err);
+    model_logits_download(m, lp);
+    struct model_batch a = {1, la, packed, NULL, NULL, NULL};
+    model_forward(m, &a, 0, NULL, &err);
+    model_logits_download(m, la_);
+    struct model_batch bb = {1, lb, packed + la, NULL, NULL, NULL};
+    model_forward(m, &bb, 0, NULL, &err);
+    model_logits_download(m, lb_);
+    double d = 0, r = 0;
+    for (int i = 0; i < T * V; i++) {
+        double want = i < la * V ? la_[i] : lb_[i - la * V];
+        d += (lp[i] - want) * (lp[i] - want);
+        r += want * want;
+    }
+    char what[128];
+    snprintf(what, sizeof what, "%s: packed documents == documents apart", name);
+    check(sqrt(d / r) <= 1e-6, "%-60s rel err %.2e (limit %.0e)", what, sqrt(d / r), 1e-6);
+    /* and without segments the second document does see the first */
+    b.segments = NULL;
+    model_forward(m, &b, 0, NULL, &err);
+    model_logits_download(m, lp);
+    d = 0;
+    for (int i = la * V; i < T * V; i++)
+        d += fabs(lp[i] - lb_[i - la * V]);
+    snprintf(what, sizeof what, "%s: without segments the documents mix", name);
+    check(d > 1e-3, "%-60s diff %.2e (min %.0e)", what, d, 1e-3);
+    free(lp), free(la_), free(lb_);
+    model_free(m);
+}
+
+/* Two micro-batches, each divided by the global target count, sum to one batch's gradient. */
+static void accumulation(void)
+{
+    gale_error err;
+    struct model_config cfg = tiny_llama_mqa();
+    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    model_init_random(m, 0.1, 3);
+    int B = 2, T = 8, n = B * T;
+    int32_t tokens[16], targets[16];
+    random_tokens(tokens, n, cfg.vocab_size, 8);
+    random_tokens(targets, n, cfg.vocab_size, 9);
+    for (int i = 0; i < 5; i++)
+        targets[i] = -100;  /* unequal counts: a mean of means would differ */
+    size_t np = model_get_layout(m)->numel;
+    float *whole = gale_xmalloc(np * 4), *parts = gale_xmalloc(np * 4);
+    struct model_batch b = {B, T, tokens, targets, NULL, NULL};
+    long total = model_batch_count_targets(&b);
+    struct model_loss l;
+    model_zero_grads(m);
+    model_forward_backward(m, &b, 0, 1, &l, &err);
+    model_grads_download(m, whole);
+    double loss_whole = l.loss;
+    model_zero_grads(m);
+    double loss_parts = 0;
+    for (int i = 0; i < B; i++) {
+        struct model_batch mb = {1, T, tokens + i * T, targets + i * T, NULL, NULL};
+        model_forward_backward(m, &mb, (double)total, 1, &l, &err);
+        loss_parts += l.loss;
+    }
+    model_grads_download(m, parts);
+    double d = 0, r = 0;
+    for (size_t i = 0; i < np; i++) {
+        d += (parts[i] - whole[i]) * (parts[i] - whole[i]);
+        r += (double)whole[i] * whole[i];
+    }
+    check(sqrt(d / r) <= 1e-5, "%-60s rel err %.2e (limit %.0e)",
+          "micro-batches over the global count == one batch (grads)", sqrt(d / r), 1e-5);
+    check(fabs(loss_parts - loss_whole) <= 1e-6 * loss_whole, "%-60s diff %.2e (limit %.0e)",
+          "micro-batches over the global count == one batch (loss)", fabs(loss_parts - loss_whole),
+          1e-6 * loss_whole);
+    free(whole), free(parts);
+    model_free(m);
+}
+
+/* Save to a folder, load into a fresh model: identical parameters; the init is seeded. */
+static void save_load_init(void)
+{
+    gale_error err;
+    struct model_config cfg = tiny_mixtral();
+    struct model *a = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *b = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    model_init_random(a, 0.02, 5);
+    model_init_random(b, 0.02, 5);
+    size_t np = model_get_layout(a)->numel;
+    float *pa = gale_xmalloc(np * 4), *pb = gale_xmalloc(np * 4);
+    model_params_download(a, pa);
+    model_params_download(b, pb);
+    check(memcmp(pa, pb, np * 4) == 0, "%-60s %g %g", "same seed, same init", 0, 0);
+    /* std: plain weights 0.02, output projections 0.02 / sqrt(2 * layers), norms 1 */
+    const struct model_tensor *q = model_layout_find(model_get_layout(a), "model.layers.0.self_attn.q_proj.weight");
+    const struct model_tensor *w2 = model_layout_find(model_get_layout(a), "model.layers.1.block_sparse_moe.experts.3.w2.weight");
+    const struct model_tensor *norm = model_layout_find(model_get_layout(a), "model.norm.weight");
+    double sq = 0, s2 = 0;
+    for (size_t i = 0; i < q->numel; i++)
+        sq += (double)pa[q->offset + i] * pa[q->offset + i];
+    for (size_t i = 0; i < w2->numel; i++)
+        s2 += (double)pa[w2->offset + i] * pa[w2->offset + i];
+    sq = sqrt(sq / q->numel);
+    s2 = sqrt(s2 / w2->numel);
+    check(fabs(sq - 0.02) < 0.002, "%-60s std %.4f (want %.4f)", "init std of q_proj", sq, 0.02);
+    check(fabs(s2 - 0.01) < 0.0015, "%-60s std %.4f (want %.4f)", "init std of w2 (scaled)", s2, 0.01);
+    check(pa[norm->offset] == 1.0f, "%-60s %g (want %g)", "init of norms", pa[norm->offset], 1);
+    model_init_random(b, 0.02, 6);
+    model_params_download(b, pb);
+    check(memcmp(pa, pb, np * 4) != 0, "%-60s %g %g", "another seed, another init", 0, 0);
+
+    char dir[] = "/tmp/gale-test-model-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    int rc = model_save_hf(a, dir, &err);
+    struct model_config cfg2;
+    char *config = gale_path_join(dir, "config.json");
+    if (rc == 0)
+        rc = model_config_load(config, &cfg2, &err);
+    struct model *c = rc == 0 ? model_create(&cfg2, gale_ops_cpu(), NULL, &err) : NULL;
+    if (c)
+        rc = model_load_hf(c, dir, &err);
+    if (rc || !c) {
+        fprintf(stderr, "FAIL save/load: %s\n", err.msg);
+        failures++;
+    } else {
+        model_params_download(c, pb);
+        check(memcmp(pa, pb, np * 4) == 0 && cfg2.sliding_window == cfg.sliding_window &&
+                  cfg2.tie_word_embeddings == 1 && cfg2.num_experts == 4,
+              "%-60s %g %g", "save_hf then load_hf: same config and weights", 0, 0);
+    }
+    /* a missing tensor is named */
+    struct model_config other = cfg;
+    other.tie_word_embeddings = 0;
+    struct model *d = model_create(&other, gale_ops_cpu(), NULL, &err);
+    rc = model_load_hf(d, dir, &err);
+    check(rc != 0 && strstr(err.msg, "lm_head.weight") != NULL, "%-60s %g %g",
+          "loading a tied checkpoint into an untied config names lm_head.weight", 0, 0);
+    other = cfg;
+    other.intermediate_size = 8;
+    model_free(d);
+    d = model_create(&other, gale_ops_cpu(), NULL, &err);
+    rc = model_load_hf(d, dir, &err);
+    check(rc != 0 && strstr(err.msg, "experts.0.w1.weight") && strstr(err.msg, "shape"),
+          "%-60s %g %g", "a misshapen tensor is named with both shapes", 0, 0);
+    model_free(d);
+    gale_remove_tree(dir, &err);
+    free(config);
+    free(pa), free(pb);
+    model_free(a), model_free(b), model_free(c);
+}
+
+static void bad_batches(void)
+{
+    gale_error err;
+    struct model_config cfg = tiny_llama_mqa();
+    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    int32_t tokens[4] = {1, 2, 37, 3}, targets[4] = {1, 2, 3, 4};
+    struct model_batch b = {1, 4, tokens, targets, NULL, NULL};
+    int rc = model_forward(m, &b, 0, NULL, &err);
+    check(rc != 0 && strstr(err.msg, "token 37"), "%-60s %g %g", "a token outside the vocabulary is refused", 0, 0);
+    tokens[2] = 3;
+    targets[1] = 99;
+    rc = model_forward_backward(m, &b, 0, 1, NULL, &err);
+    check(rc != 0 && strstr(err.msg, "target 99"), "%-60s %g %g", "a target outside the vocabulary is refused", 0, 0);
+    model_free(m);
+}
+
+int main(void)
+{
+    struct model_config mixtral = tiny_mixtral(), llama = tiny_llama_mqa();
+    int32_t seg[20] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2};
+    struct model_options per_layer = {MODEL_AUX_PER_LAYER, 1e-2};
+    struct model_options hf = {MODEL_AUX_HF, 0};
+    gradient_check("mixtral hf aux, window, tied", &mixtral, &hf, NULL);
+    gradient_check("mixtral per_layer aux + z, documents", &mixtral, &per_layer, seg);
+    gradient_check("llama MQA head_dim 6, documents", &llama, NULL, seg);
+    document_masking(&mixtral, "mixtral");
+    document_masking(&llama, "llama");
+    accumulation();
+    save_load_init();
+    bad_batches();
+    if (failures)
+        fprintf(stderr, "%d failures\n", failures);
+    return failures ? 1 : 0;
+}
