@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# test_resume: `gale train` resumes exactly. 24 steps straight; 10 steps (--stop-at) then a
+# test_resume: `gale train` resumes exactly. 16 steps straight; 8 steps (--stop-at) then a
 # resume; and a run interrupted by SIGINT at an arbitrary step then resumed: all three give
 # IDENTICAL losses at every step and byte-identical weights and moments at the end.
 source "$GALE_SOURCE/tests/train/train_fixture.sh"
-steps=24
+steps=16
 write_config "$tmp/run.yaml" "$tmp/straight" $steps 4
 "$GALE_BIN" train "$tmp/run.yaml" > "$tmp/straight.log"
 
 write_config "$tmp/half.yaml" "$tmp/half" $steps 4
-"$GALE_BIN" train "$tmp/half.yaml" --stop-at 10 > "$tmp/half1.log"
-grep -q "stopped after step 10 (--stop-at 10)" "$tmp/half1.log"
+"$GALE_BIN" train "$tmp/half.yaml" --stop-at 8 > "$tmp/half1.log"
+grep -q "stopped after step 8 (--stop-at 8)" "$tmp/half1.log"
 "$GALE_BIN" train "$tmp/half.yaml" > "$tmp/half.log"
-grep -q "resuming from .*step_00000010: step 10" "$tmp/half.log"
+grep -q "resuming from .*step_00000008: step 8" "$tmp/half.log"
 
 write_config "$tmp/int.yaml" "$tmp/int" $steps 4
 "$GALE_BIN" train "$tmp/int.yaml" > "$tmp/int.log" &
@@ -28,13 +28,13 @@ losses "$tmp/straight" > "$tmp/a"
 losses "$tmp/half" > "$tmp/b"
 losses "$tmp/int" > "$tmp/c"
 [ "$(wc -l < "$tmp/a")" -eq $steps ] || { echo "FAIL: $(wc -l < "$tmp/a") steps recorded"; exit 1; }
-diff "$tmp/a" "$tmp/b" || { echo "FAIL: stop at 10 + resume differs from straight"; exit 1; }
+diff "$tmp/a" "$tmp/b" || { echo "FAIL: stop at 8 + resume differs from straight"; exit 1; }
 diff "$tmp/a" "$tmp/c" || { echo "FAIL: SIGINT at $stopped + resume differs from straight"; exit 1; }
 last=$(printf 'step_%08d' $steps)
 for f in model.safetensors optimizer.safetensors; do
   cmp "$tmp/straight/checkpoints/$last/$f" "$tmp/half/checkpoints/$last/$f"
   cmp "$tmp/straight/checkpoints/$last/$f" "$tmp/int/checkpoints/$last/$f"
 done
-# keep_last 2 of checkpoint_every 5: steps 20 and 24 remain
-[ "$(ls "$tmp/straight/checkpoints" | grep '^step_' | tr '\n' ' ')" = "step_00000020 step_00000024 " ]
-echo "resume: $steps identical losses (stop at 10; SIGINT at $stopped), identical weights"
+# keep_last 2 of checkpoint_every 5: steps 15 and 16 remain
+[ "$(ls "$tmp/straight/checkpoints" | grep '^step_' | tr '\n' ' ')" = "step_00000015 step_00000016 " ]
+echo "resume: $steps identical losses (stop at 8; SIGINT at $stopped), identical weights"

@@ -6,7 +6,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$GALE_BUILD/test_trainer" --make-data "$tmp/data"
 
-# write_config FILE RUN_DIR STEPS MICRO_BATCH
+# write_config FILE RUN_DIR STEPS MICRO_BATCH [GRAD_ACCUM]
 write_config() {
   cat > "$1" <<YAML
 model:
@@ -26,6 +26,7 @@ data:
     - path: $tmp/data
   seq_len: 16
   micro_batch: $4
+  grad_accum: ${5:-1}
 optim:
   lr: 1.0e-2
   min_lr: 1.0e-3
