@@ -142,12 +142,14 @@ static long stream_read(doc_reader *r, char *dst, size_t cap, gale_error *err)
 {
     if (r->comp == COMPRESSION_GZIP) {
         int n = gzread(r->gz, dst, (unsigned)cap);
+        if (n > 0)
+            return n; /* data before a fault comes first; the fault shows on the next call */
         int code;
         const char *msg = gzerror(r->gz, &code);
-        if (n < 0 || (code != Z_OK && code != Z_STREAM_END))
+        if (n < 0 || code != Z_OK)
             return gale_fail(err, "%s: corrupt or truncated gzip data near line %llu: %s", r->path,
                              (unsigned long long)r->next_line, msg);
-        return n;
+        return 0;
     }
     if (r->comp == COMPRESSION_NONE) {
         size_t n = fread(dst, 1, cap, r->file);
