@@ -74,7 +74,7 @@ int cmd_eval(int argc, char **argv)
     struct model *m = dir ? checkpoint_open_model(dir, &err) : NULL;
     rc = 1;
     if (m && eval_split(m, &eo, &res, &err) == 0) {
-        printf("checkpoint %s\nsplit      %s (%ld batches of %d rows)\nloss       %.6f\nperplexity %.4f\n"
+        printf("checkpoint %s\nsplit      %s (%ld batches of %d rows)\nloss       %.8f\nperplexity %.6f\n"
                "targets    %lld\n",
                dir, split, res.batches, eo.batch_rows, res.loss, res.ppl, (long long)res.n_targets);
         rc = 0;
