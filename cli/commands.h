@@ -10,5 +10,6 @@ int cmd_plot(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif
