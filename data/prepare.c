@@ -185,7 +185,7 @@ static void write_removed(prepare_ctx *c, uint64_t order, const char *reason, co
 
 /* ---- batches ---- */
 
-static void batch_add(doc_batch *b, uint64_t order, const char *text, size_t len, json_t *json)
+static void doc_batch_add(doc_batch *b, uint64_t order, const char *text, size_t len, json_t *json)
 {
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : BATCH_DOCS;
@@ -211,12 +211,12 @@ static void batch_add(doc_batch *b, uint64_t order, const char *text, size_t len
     b->n++;
 }
 
-static int batch_full(const doc_batch *b)
+static int doc_batch_full(const doc_batch *b)
 {
     return b->n >= BATCH_DOCS || b->text.n >= BATCH_BYTES;
 }
 
-static void batch_clear(doc_batch *b)
+static void doc_batch_clear(doc_batch *b)
 {
     for (size_t i = 0; i < b->n; i++) {
         json_decref(b->json[i]);
@@ -227,9 +227,9 @@ static void batch_clear(doc_batch *b)
     b->text.n = 0;
 }
 
-static void batch_free(doc_batch *b)
+static void doc_batch_free(doc_batch *b)
 {
-    batch_clear(b);
+    doc_batch_clear(b);
     for (size_t i = 0; i < b->cap; i++) {
         gale_ids_free(&b->ids[i]);
         gale_bytes_free(&b->mask[i]);
@@ -263,7 +263,7 @@ static int pass1_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
     for (size_t i = 0; i < b->n; i++)
         if (dedup_index_add(c->dedup, b->order[i], &b->features[i], err) < 0)
             return -1;
-    batch_clear(b);
+    doc_batch_clear(b);
     return 0;
 }
 
@@ -307,7 +307,7 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
             }
             if (count_rejects)
                 c->counts.records++;
-            if (visit(c, b, f, &rec, err) < 0 || (batch_full(b) && flush(c, b, err) < 0)) {
+            if (visit(c, b, f, &rec, err) < 0 || (doc_batch_full(b) && flush(c, b, err) < 0)) {
                 reader_close(r);
                 return -1;
             }
@@ -325,7 +325,7 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
 
 static int pass1_visit(prepare_ctx *c, doc_batch *b, size_t file, const reader_record *rec, gale_error *err)
 {
-    batch_add(b, order_key(file, rec->line), rec->text, rec->len, NULL);
+    doc_batch_add(b, order_key(file, rec->line), rec->text, rec->len, NULL);
     return 0;
 }
 
@@ -417,6 +417,7 @@ static int pass2_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
         if (b->chat_error[i]) {
             note_rejected(c, order_file(b->order[i]), order_line(b->order[i]), REJECT_INVALID_CONVERSATION,
                           b->chat_error[i]);
+            c->counts.kept--; /* kept by dedup, refused by the chat template */
             write_removed(c, b->order[i], "malformed", NULL);
             continue;
         }
@@ -425,7 +426,7 @@ static int pass2_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
         if (drain_rows(c, s, err) < 0)
             return -1;
     }
-    batch_clear(b);
+    doc_batch_clear(b);
     return 0;
 }
 
@@ -437,7 +438,7 @@ static int pass2_visit(prepare_ctx *c, doc_batch *b, size_t file, const reader_r
         write_removed(c, order_key(file, rec->line), fate == DEDUP_EXACT ? "exact" : "near", &dup);
         return 0;
     }
-    batch_add(b, order_key(file, rec->line), rec->text, rec->len, rec->json);
+    doc_batch_add(b, order_key(file, rec->line), rec->text, rec->len, rec->json);
     return 0;
 }
 
@@ -815,7 +816,7 @@ static int run(prepare_ctx *c, gale_error *err)
     rc = read_files(c, &batch, 1, pass1_visit, pass1_flush, err);
     progress_finish(&c->progress);
     if (agree(c, rc, err) < 0 || agree(c, dedup_resolve(c->dedup, c->comm, err), err) < 0) {
-        batch_free(&batch);
+        doc_batch_free(&batch);
         return -1;
     }
     for (size_t i = 0; i < dedup_index_count(c->dedup); i++) {
@@ -832,7 +833,7 @@ static int run(prepare_ctx *c, gale_error *err)
     progress_start(&c->progress, c->size > 1 ? "tokenize (rank 0)" : "tokenize", "docs", my_bytes, progress_mode);
     rc = read_files(c, &batch, 0, pass2_visit, pass2_flush, err);
     progress_finish(&c->progress);
-    batch_free(&batch);
+    doc_batch_free(&batch);
     if (rc == 0)
         rc = finish_outputs(c, err);
     if (c->removed) {
