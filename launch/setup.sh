@@ -10,7 +10,7 @@ packages=(
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libzstd-dev zstd
   libopenblas-dev libjansson-dev libyaml-dev libxxhash-dev libssl-dev zlib1g-dev
   # references the tests compare against
-  sentencepiece python3-sentencepiece python3-numpy python3-h5py
+  sentencepiece python3-sentencepiece python3-numpy python3-h5py python3-pip
   # real text for the tokenizer tests and the quick start
   fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-zh
   manpages manpages-de manpages-es manpages-it manpages-pl manpages-ru manpages-ja manpages-zh
@@ -28,5 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# hdf5plugin (PyPI): the standard HDF5 zstd filter, for the shard interop test. --no-deps
+# keeps Debian's python3-h5py (HDF5 1.10) rather than pulling a second h5py from PyPI.
+if ! /usr/bin/python3 -c "import hdf5plugin" 2>/dev/null; then
+  $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps hdf5plugin==7.1.0
 fi
 echo "setup: all packages present"
