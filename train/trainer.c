@@ -307,32 +307,45 @@ static void teardown(trainer *t)
     train_state_clear(&t->state);
 }
 
-/* Names the gradient tensors holding NaN or inf, for the diagnostic of a non-finite step. */
-static void name_nonfinite_tensors(trainer *t, char *buf, size_t size)
+/* Appends "TENSOR (n of m values), ..." for the tensors of values (a host copy of a flat
+ * buffer) holding NaN or inf, last tensor first: backward order, so for gradients the first
+ * named is nearest the loss. Returns how many tensors are non-finite. */
+static int name_nonfinite(const struct model_layout *layout, const float *values, char *buf, size_t size)
 {
-    const struct model_layout *layout = model_get_layout(t->model);
-    float *g = gale_xmalloc(layout->numel * sizeof *g);
-    model_grads_download(t->model, g);
-    size_t used = 0;
-    int named = 0, total = 0;
-    buf[0] = 0;
-    for (int i = 0; i < layout->n; i++) {
+    size_t used = strlen(buf);
+    int total = 0;
+    for (int i = layout->n - 1; i >= 0; i--) {
         const struct model_tensor *ten = &layout->tensors[i];
         size_t bad = 0;
         for (size_t j = 0; j < ten->numel; j++)
-            bad += !isfinite(g[ten->offset + j]);
+            bad += !isfinite(values[ten->offset + j]);
         if (!bad)
             continue;
-        total++;
-        if (named++ < MAX_NAMED_TENSORS && used < size)
-            used += snprintf(buf + used, size - used, "%s%s (%zu of %zu values)", named > 1 ? ", " : "", ten->name,
+        if (total++ < MAX_NAMED_TENSORS && used < size)
+            used += snprintf(buf + used, size - used, "%s%s (%zu of %zu values)", total > 1 ? ", " : "", ten->name,
                              bad, ten->numel);
     }
     if (total > MAX_NAMED_TENSORS && used < size)
         snprintf(buf + used, size - used, " and %d more", total - MAX_NAMED_TENSORS);
-    if (total == 0)
-        snprintf(buf, size, "no gradient is non-finite: the loss itself is");
-    free(g);
+    return total;
+}
+
+/* What a non-finite step reports: the non-finite weights (a cause) and gradients. */
+static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
+{
+    const struct model_layout *layout = model_get_layout(t->model);
+    float *host = gale_xmalloc(layout->numel * sizeof *host);
+    size_t used;
+    snprintf(buf, size, "non-finite weights: ");
+    model_params_download(t->model, host);
+    if (!name_nonfinite(layout, host, buf, size))
+        snprintf(buf + strlen(buf), size - strlen(buf), "none");
+    used = strlen(buf);
+    snprintf(buf + used, size - used, "; non-finite gradients (backward order): ");
+    model_grads_download(t->model, host);
+    if (!name_nonfinite(layout, host, buf, size))
+        snprintf(buf + strlen(buf), size - strlen(buf), "none: the loss itself is");
+    free(host);
 }
 
 /* MPI counts are ints: a 7B model's gradient buffer goes in pieces. */
@@ -402,15 +415,15 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
-        char names[1024];
-        name_nonfinite_tensors(t, names, sizeof names);
+        char why[1536];
+        diagnose_nonfinite(t, why, sizeof why);
         if (c->run.nan_policy == GALE_NAN_STOP)
-            return gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; non-finite gradients: %s "
+            return gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; %s "
                                   "(run.nan_policy: skip would skip such steps)",
-                             t->state.step + 1, r->loss, r->grad_norm, names);
+                             t->state.step + 1, r->loss, r->grad_norm, why);
         if (t->rank == 0)
-            printf("step %ld: non-finite loss %g / gradient norm %g, skipped; non-finite gradients: %s\n",
-                   t->state.step + 1, r->loss, r->grad_norm, names);
+            printf("step %ld: non-finite loss %g / gradient norm %g, skipped; %s\n", t->state.step + 1, r->loss,
+                   r->grad_norm, why);
         r->skipped = 1;
     } else {
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
