@@ -1,0 +1,83 @@
+/* fuzz_chat: any bytes as a conversation through every chat template and purpose. A
+ * conversation is either refused with a message or encoded with one mask byte (0 or 1) per
+ * id, BOS first; and whatever JSON parses, pyjson_dump writes text that parses back to an
+ * equal value. Needs GALE_SHARED (the tokenizers); run e.g.
+ *   GALE_SHARED=/work/shared ./fuzz_chat -max_total_time=60 */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "data/chat.h"
+#include "data/pyjson.h"
+#include "util/file.h"
+
+static gale_tokenizer *v1, *v3;
+
+static gale_tokenizer *load(const char *dir, const char *name)
+{
+    char *path = gale_path_join(dir, name);
+    gale_error err;
+    gale_tokenizer *tok = tokenizer_load(path, &err);
+    if (!tok) {
+        fprintf(stderr, "fuzz_chat: %s\n", err.msg);
+        exit(1);
+    }
+    free(path);
+    return tok;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    const char *shared = getenv("GALE_SHARED");
+    if (!shared) {
+        fprintf(stderr, "fuzz_chat: set GALE_SHARED to the shared folder (it holds the tokenizers)\n");
+        exit(1);
+    }
+    char *dir = gale_path_join(shared, "tokenizers");
+    v1 = load(dir, "mistral-v1.model");
+    v3 = load(dir, "mistral-v3.model");
+    free(dir);
+    return 0;
+}
+
+static void check_pyjson_round_trip(const json_t *value)
+{
+    gale_bytes text = {0};
+    pyjson_dump(value, &text);
+    json_t *back = json_loadb((const char *)text.v, text.n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!back || !json_equal(back, value)) {
+        fprintf(stderr, "pyjson_dump wrote %.*s, which does not read back\n", (int)text.n, text.v);
+        abort();
+    }
+    json_decref(back);
+    gale_bytes_free(&text);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    json_t *conversation = json_loadb((const char *)data, size, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!conversation)
+        return 0;
+    check_pyjson_round_trip(conversation);
+    for (int t = CHAT_MISTRAL_V1; t <= CHAT_LLAMA2; t++)
+        for (int p = CHAT_FOR_TRAINING; p <= CHAT_FOR_PROMPT; p++) {
+            const gale_tokenizer *tok = t == CHAT_MISTRAL_V3 ? v3 : v1;
+            gale_ids ids = {0};
+            gale_bytes mask = {0};
+            gale_error err;
+            if (chat_encode(tok, (enum chat_template)t, (enum chat_purpose)p, conversation, &ids, &mask,
+                            &err) == 0) {
+                if (ids.n != mask.n || ids.n == 0 || ids.v[0] != tokenizer_bos_id(tok))
+                    abort();
+                for (size_t i = 0; i < mask.n; i++)
+                    if (mask.v[i] > 1)
+                        abort();
+            } else if (ids.n || mask.n || !err.msg[0]) {
+                abort();
+            }
+            gale_ids_free(&ids);
+            gale_bytes_free(&mask);
+        }
+    json_decref(conversation);
+    return 0;
+}
