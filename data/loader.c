@@ -432,7 +432,8 @@ static int open_source(gale_loader *l, size_t s, const char *dir, gale_error *er
         k++;
     }
     src->rows = src->shard_first[src->n_shards];
-    if (src->rows == 0)
+    /* a training stream draws from every source; a one-pass one just has nothing from it */
+    if (src->rows == 0 && !l->opts.one_pass)
         return gale_fail(err, "%s: no %s rows (manifest.json lists %zu %s shards)", dir, l->split, src->n_shards,
                          l->split);
     if (src->rows > UINT32_MAX)

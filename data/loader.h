@@ -39,7 +39,9 @@ typedef struct gale_loader_options {
     /* 0: mixed, shuffled, endless stream (training). 1: one pass over every row of every
      * source, in order, sources one after the other (evaluation); slots past the end are
      * served as padding rows with an all-zero mask; every rank takes the same number of
-     * steps, ceil(rows / (R * B)), after which loader_next returns 0. */
+     * steps, ceil(rows / (R * B)), after which loader_next returns 0. A source without
+     * rows in the split is allowed here (none at all: loader_next returns 0 at once); a
+     * training stream refuses it. */
     int one_pass;
     int prefetch;                /* batches prepared ahead by the background thread; 0: none */
     int verify_checksums;        /* check every shard's SHA-256 against the manifest */

@@ -370,6 +370,18 @@ static void test_refusals(const char *root, const char *dir_a)
     o.n_dirs = 1;
     o.split = "val";
     CHECK_ERROR(loader_open(&o, &err) == NULL, err, "noval: no val rows");
+    /* a one-pass loader over an empty split simply has nothing to serve */
+    o.one_pass = 1;
+    gale_loader *empty = loader_open(&o, &err);
+    CHECK_OK(empty ? 0 : -1, err);
+    if (empty) {
+        gale_batch b;
+        batch_init(&b, 2, SEQ);
+        CHECK(loader_total_rows(empty) == 0 && loader_next(empty, &b, &err) == 0);
+        batch_free(&b);
+        loader_close(empty);
+    }
+    o.one_pass = 0;
     o.dirs = none;
     CHECK_ERROR(loader_open(&o, &err) == NULL, err, "none: no manifest.json");
     o.dirs = one;
