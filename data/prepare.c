@@ -581,7 +581,6 @@ static void ctx_free(prepare_ctx *c)
     if (c->removed)
         fclose(c->removed);
     free(c->removed_part);
-    free(c->partial_dir);
     json_decref(c->examples);
 }
 
@@ -876,5 +875,12 @@ int prepare_run(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
     c.partial_dir = partial_path(cfg->out);
     int rc = run(&c, err);
     ctx_free(&c);
+    if (rc < 0) {
+        /* a clean failure leaves nothing behind (a killed run leaves OUT.partial) */
+        MPI_Barrier(comm);
+        if (c.rank == 0 && gale_path_exists(c.partial_dir))
+            gale_remove_tree(c.partial_dir, NULL);
+    }
+    free(c.partial_dir);
     return rc;
 }
