@@ -437,6 +437,12 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     return 0;
 }
 
+/* JSON has no NaN or inf: a non-finite number is recorded as null. */
+static json_t *number_or_null(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
 static void report_step(trainer *t, const step_result *r, double step_seconds, double eta_seconds, gale_error *err)
 {
     double tok_per_s = t->tokens_per_step / step_seconds;
@@ -451,14 +457,12 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                tok_per_s, 100 * mfu, step_seconds, eta, r->skipped ? " | SKIPPED" : "");
         fflush(stdout);
     }
-    json_t *rec = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:b}", "kind", "train",
-                            "step", (json_int_t)t->state.step, "loss", r->loss, "ce_loss", r->ce_loss, "aux_loss",
-                            r->aux_loss, "z_loss", r->z_loss, "lr", r->lr, "grad_norm",
-                            isfinite(r->grad_norm) ? r->grad_norm : -1.0, "targets", (json_int_t)r->n_targets,
-                            "tokens_seen", (json_int_t)t->state.tokens_seen, "tokens_per_s", tok_per_s, "mfu", mfu,
-                            "step_s", step_seconds, "skipped", r->skipped);
-    if (!isfinite(r->loss))
-        json_object_set_new(rec, "loss", json_null());
+    json_t *rec = json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:f, s:o, s:I, s:I, s:f, s:f, s:f, s:b}", "kind", "train",
+                            "step", (json_int_t)t->state.step, "loss", number_or_null(r->loss), "ce_loss",
+                            number_or_null(r->ce_loss), "aux_loss", number_or_null(r->aux_loss), "z_loss",
+                            number_or_null(r->z_loss), "lr", r->lr, "grad_norm", number_or_null(r->grad_norm),
+                            "targets", (json_int_t)r->n_targets, "tokens_seen", (json_int_t)t->state.tokens_seen,
+                            "tokens_per_s", tok_per_s, "mfu", mfu, "step_s", step_seconds, "skipped", r->skipped);
     if (t->expert_counts) {
         json_t *layers = json_array();
         for (int l = 0; l < t->mc.num_layers; l++) {

@@ -3,7 +3,8 @@
 # (no missing or unexpected weights), and transformers' cross-entropy over the val shard
 # equals `gale eval` on it. Needs torch, transformers, h5py and hdf5plugin for
 # /usr/bin/python3 (pip install transformers; tests/bench/setup_bench.sh for torch).
-source "$GALE_SOURCE/tests/train/train_fixture.sh"
+set -euo pipefail
+source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 py=/usr/bin/python3
 if ! $py -c "import torch, transformers, h5py, hdf5plugin" 2>/dev/null; then
   echo "SKIP: /usr/bin/python3 lacks torch, transformers, h5py or hdf5plugin"

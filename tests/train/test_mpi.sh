@@ -2,7 +2,8 @@
 # test_mpi: data parallelism. 2 ranks x 2 rows give the same losses, to rounding, as 1 rank
 # accumulating 2 micro-batches of 2 rows over the same global batch (the loader deals the
 # same rows; gradients are all-reduced; the loss is the mean over the global batch's targets).
-source "$GALE_SOURCE/tests/train/train_fixture.sh"
+set -euo pipefail
+source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 0; }
 mpi_flags=(--oversubscribe)
 [ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)

@@ -3,7 +3,8 @@
 # gradient tensors at fault (run.nan_policy: stop, the default), or is skipped without an
 # update (run.nan_policy: skip). The model starts from a Hugging Face folder (model.from)
 # whose lm_head holds one NaN. Also: model.from fine-tuning starts from the folder's weights.
-source "$GALE_SOURCE/tests/train/train_fixture.sh"
+set -euo pipefail
+source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 write_config "$tmp/base.yaml" "$tmp/base" 2 4
 "$GALE_BIN" train "$tmp/base.yaml" > /dev/null
 hf="$tmp/hf"

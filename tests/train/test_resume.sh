@@ -2,7 +2,8 @@
 # test_resume: `gale train` resumes exactly. 16 steps straight; 8 steps (--stop-at) then a
 # resume; and a run interrupted by SIGINT at an arbitrary step then resumed: all three give
 # IDENTICAL losses at every step and byte-identical weights and moments at the end.
-source "$GALE_SOURCE/tests/train/train_fixture.sh"
+set -euo pipefail
+source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 steps=16
 write_config "$tmp/run.yaml" "$tmp/straight" $steps 4
 "$GALE_BIN" train "$tmp/run.yaml" > "$tmp/straight.log"
