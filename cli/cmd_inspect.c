@@ -13,6 +13,7 @@
 #include "data/manifest.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "train/checkpoint.h"
 #include "util/file.h"
 
 /* Marks around tokens that are training targets in SFT rows. */
@@ -622,7 +623,13 @@ static int inspect_path(const inspect_options *o, gale_error *err)
         free(manifest);
         if (is_dataset)
             return inspect_dataset(o, err);
-        return gale_fail(err, "%s: not a prepared folder (no %s)", o->path, GALE_MANIFEST_FILE);
+        char *checkpoint = checkpoint_resolve(o->path, err);
+        if (!checkpoint)
+            return gale_fail(err, "%s: not a prepared folder (no %s) nor a checkpoint or run folder", o->path,
+                             GALE_MANIFEST_FILE);
+        int rc = checkpoint_describe(checkpoint, stdout, err);
+        free(checkpoint);
+        return rc;
     }
     return inspect_shard(o, err);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_sample_eval: `gale eval` of a checkpoint equals the evaluation the trainer logged at
 # that step; `gale sample` is reproducible (greedy, and seeded sampling), stops after
-# --max-new, takes a run folder or a checkpoint, wraps --chat prompts, and refuses bad input.
+# --max-new, takes a run folder or a checkpoint, wraps --chat prompts, and refuses bad input;
+# `gale inspect` summarises the checkpoint.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 write_config "$tmp/run.yaml" "$tmp/run" 6 4
@@ -19,6 +20,11 @@ PY
 "$GALE_BIN" eval --checkpoint "$tmp/run/checkpoints/step_00000006" --data "$tmp/data" --split train --max-batches 2 | grep -q "train (2 batches of 8 rows)"
 
 ckpt="$tmp/run/checkpoints/step_00000006"
+# gale inspect summarises a run folder's latest checkpoint
+"$GALE_BIN" inspect "$tmp/run" > "$tmp/inspect.txt"
+grep -q "^step  *6$" "$tmp/inspect.txt"
+grep -q "^parameters  *2091424$" "$tmp/inspect.txt"
+grep -q "4 experts top-2" "$tmp/inspect.txt"
 "$GALE_BIN" sample --checkpoint "$tmp/run" --prompt "one two" --temperature 0 --max-new 12 > "$tmp/g1" 2> "$tmp/g1.err"
 "$GALE_BIN" sample --checkpoint "$ckpt" --prompt "one two" --temperature 0 --max-new 12 > "$tmp/g2" 2> /dev/null
 cmp "$tmp/g1" "$tmp/g2"
