@@ -507,7 +507,8 @@ gale_loader *loader_open(const gale_loader_options *opts, gale_error *err)
     l->row_mask = gale_xmalloc(cells);
     l->refs = gale_xmalloc((size_t)opts->batch_rows * sizeof *l->refs);
     l->position.n_sources = l->n_sources;
-    l->ring_size = opts->prefetch;
+    /* without a thread-safe HDF5 a reading thread could race other HDF5 users: no prefetch */
+    l->ring_size = shard_hdf5_threadsafe() ? opts->prefetch : 0;
     l->ring = gale_xcalloc(l->ring_size ? l->ring_size : 1, sizeof *l->ring);
     for (int i = 0; i < l->ring_size; i++)
         batch_init(&l->ring[i].batch, opts->batch_rows, l->seq_len);

@@ -43,7 +43,8 @@ typedef struct gale_loader_options {
      * rows in the split is allowed here (none at all: loader_next returns 0 at once); a
      * training stream refuses it. */
     int one_pass;
-    int prefetch;                /* batches prepared ahead by the background thread; 0: none */
+    int prefetch;                /* batches prepared ahead by the background thread; 0: none
+                                  * (and none when HDF5 is not built thread-safe) */
     int verify_checksums;        /* check every shard's SHA-256 against the manifest */
 } gale_loader_options;
 

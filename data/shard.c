@@ -65,6 +65,12 @@ int shard_hdf5_init(gale_error *err)
     return 0;
 }
 
+int shard_hdf5_threadsafe(void)
+{
+    hbool_t threadsafe = 0;
+    return H5is_library_threadsafe(&threadsafe) >= 0 && threadsafe;
+}
+
 /* The innermost HDF5 error message (where the failure was detected), appended to gale's own
  * message; for a failed system call only its errno text ("No space left on device"). */
 static herr_t innermost_error(unsigned n, const H5E_error2_t *e, void *data)
@@ -495,12 +501,15 @@ int shard_writer_append(gale_shard_writer *w, const int32_t *tokens, const uint1
         return gale_fail(err, "%s: a %s shard %s", w->path, shard_kind_name(w->meta.kind),
                          loss_mask ? "takes no loss mask" : "needs a loss mask");
     size_t S = (size_t)w->row_len;
+    /* every row is checked before any is taken, so a refused call appends nothing */
+    for (size_t i = 0; i < n_rows; i++)
+        if (check_row(w, shard_writer_rows(w) + (int64_t)i, tokens + i * S, segments + i * S,
+                      loss_mask ? loss_mask + i * S : NULL, err) != 0)
+            return -1;
     for (size_t i = 0; i < n_rows; i++) {
         const int32_t *t = tokens + i * S;
         const uint16_t *s = segments + i * S;
         const uint8_t *m = loss_mask ? loss_mask + i * S : NULL;
-        if (check_row(w, w->rows_written + (int64_t)w->pending, t, s, m, err) != 0)
-            return -1;
         size_t at = w->pending * S;
         for (size_t j = 0; j < S; j++) {
             if (w->token_bytes == 2)

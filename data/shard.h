@@ -48,6 +48,10 @@ int shard_sha256_valid(const char *hex);
  * Idempotent and cheap; every entry point below calls it, so callers need not. */
 int shard_hdf5_init(gale_error *err);
 
+/* 1 when the HDF5 library is built thread-safe (it serialises calls from several threads),
+ * so shards may be read from a background thread while others use HDF5. */
+int shard_hdf5_threadsafe(void);
+
 /* ---- writing ---- */
 
 typedef struct gale_shard_writer gale_shard_writer;
@@ -63,7 +67,10 @@ gale_shard_writer *shard_writer_create(const char *path, const gale_shard_meta *
 
 /* Appends n_rows rows of S = seq_len + 1 values each, row-major. loss_mask is required for
  * SFT shards and must be NULL for pretraining ones. Token ids must lie in [0, vocab_size),
- * loss-mask values in {0, 1} and 0 at padding. */
+ * segments count 0, 1, 2, ... along a row with padding (GALE_SEGMENT_PAD) only at its end,
+ * loss-mask values in {0, 1} and 0 at padding. A call refused by these checks appends
+ * nothing and the writer stays usable; after a write error (disk full) only
+ * shard_writer_abort is left. */
 int shard_writer_append(gale_shard_writer *w, const int32_t *tokens, const uint16_t *segments,
                         const uint8_t *loss_mask, size_t n_rows, gale_error *err);
 

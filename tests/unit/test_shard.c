@@ -129,7 +129,14 @@ static void test_writer_checks(const char *dir)
     CHECK_ERROR(shard_writer_append(w, t, g, NULL, 1, &err) != 0, err, "column 6: segment 1 does not follow 65535");
     g[0] = 1;
     CHECK_ERROR(shard_writer_append(w, t, g, NULL, 1, &err) != 0, err, "column 0: segment 1");
-    CHECK(shard_writer_rows(w) == 1);
+    /* a call with one bad row among good ones appends none of them */
+    int32_t t2[16] = {1, 5, 6, 2, 1, 7, 8, 2, 1, 5, 6, 2, 1, 7, 8, 2};
+    uint16_t g2x[16] = {0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1};
+    CHECK_OK(shard_writer_append(w, t2, g2x, NULL, 1, &err), err);
+    t2[8 + 2] = -1;
+    CHECK_ERROR(shard_writer_append(w, t2, g2x, NULL, 2, &err) != 0, err, "row 3 column 2: token id -1");
+    CHECK(shard_writer_rows(w) == 2);
+    CHECK(shard_hdf5_threadsafe() == 1);
     shard_writer_abort(w);
     CHECK(!gale_path_exists(path) && !gale_path_exists(tmp));
 
