@@ -408,10 +408,7 @@ static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
 static int check_complete(const gale_run_config *c, gale_error *err)
 {
     const char *name = c->file;
-    int n_model = (c->model.config != NULL) + (c->model.from != NULL);
-    if (n_model > 1)
-        return gale_fail(err, "%s: give one of model.config and model.from, not both", name);
-    if (n_model == 0 && json_object_size(c->model.shape) == 0)
+    if (!c->model.config && !c->model.from && json_object_size(c->model.shape) == 0)
         return gale_fail(err, "%s: no model: set model.config (a config.json), model.from (a Hugging Face "
                               "folder) or the shape keys (hidden_size, ...)", name);
     if (c->data.n_sources == 0)

@@ -24,9 +24,9 @@ typedef enum gale_device { GALE_DEVICE_CPU } gale_device;
 typedef struct gale_run_config {
     char *file; /* the YAML it was read from */
     struct {
-        char *config; /* a Hugging Face config.json, or NULL */
-        char *from;   /* a Hugging Face model folder to start from, or NULL */
-        json_t *shape; /* inline config.json keys (an object, maybe empty) */
+        char *config;  /* the shape: a Hugging Face config.json, or NULL (then from's) */
+        char *from;    /* the weights to start from: a Hugging Face model folder, or NULL */
+        json_t *shape; /* inline config.json keys on top of either (an object, maybe empty) */
     } model;
     struct {
         gale_data_source *sources;

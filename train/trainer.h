@@ -18,7 +18,7 @@ typedef struct gale_train_options {
     long stop_at; /* stop after this step with a checkpoint, as an interruption would; 0: none */
 } gale_train_options;
 
-/* The model shape of a run: model.config's file or model.from's config.json, with the
+/* The model shape of a run: model.config's file, else model.from's config.json, with the
  * inline keys of the model section applied on top, and moe.aux_coef when set. */
 int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err);
 
