@@ -474,16 +474,20 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
     size_t line_no = 0;
     int rc = 0;
     for (;;) {
-        reader_fill(r, BATCH_BYTES);
-        if (reader_failed(r)) {
-            rc = -1;
-            break;
+        /* refill only when no whole line is left: a refill moves the unread bytes */
+        const uint8_t *nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
+        if (!nl && !r->eof) {
+            reader_fill(r, BATCH_BYTES);
+            if (reader_failed(r)) {
+                rc = -1;
+                break;
+            }
+            nl = memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos);
         }
         size_t avail = r->buf.n - r->pos;
         if (!avail)
             break;
         const uint8_t *base = r->buf.v + r->pos;
-        const uint8_t *nl = memchr(base, '\n', avail);
         line_no++;
         if (!nl && !r->eof) {
             fprintf(stderr, "gale tokenize: %s:%zu: a conversation longer than %u bytes\n", r->name, line_no,
