@@ -175,34 +175,51 @@ static int reader_failed(const line_reader *r)
 
 /* ---- output ---- */
 
-static void append_int(gale_bytes *out, int32_t v)
+/* Writes v in decimal at p; returns the length. */
+static size_t put_int(char *p, int32_t v)
 {
     char tmp[12];
-    size_t n = 0;
+    size_t n = 0, len;
     uint32_t u = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
     do
         tmp[n++] = (char)('0' + u % 10);
     while (u /= 10);
     if (v < 0)
         tmp[n++] = '-';
-    while (n)
-        gale_bytes_push(out, (uint8_t)tmp[--n]);
+    for (len = n; n; n--)
+        *p++ = tmp[n - 1];
+    return len;
 }
 
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
- * first says whether nothing of this line has been printed yet (streamed lines come in parts). */
+ * first says whether nothing of this line has been printed yet (streamed lines come in parts).
+ * Text is gathered in a local block and appended a block at a time: this is the hot loop of
+ * printing ids. */
 static void format_ids(const gale_tokenizer *tok, int format, const gale_ids *ids, int first, gale_bytes *out)
 {
+    char block[4096];
+    size_t n = 0;
     for (size_t i = 0; i < ids->n; i++) {
+        const char *piece = format == FORMAT_IDS ? NULL : tokenizer_id_piece(tok, ids->v[i]);
+        size_t len = piece ? strlen(piece) : 12;
+        if (n + 1 + len > sizeof block) {
+            gale_bytes_append(out, block, n);
+            n = 0;
+        }
         if (!first || i)
-            gale_bytes_push(out, ' ');
-        if (format == FORMAT_IDS) {
-            append_int(out, ids->v[i]);
+            block[n++] = ' ';
+        if (!piece) {
+            n += put_int(block + n, ids->v[i]);
+        } else if (len + 1 > sizeof block) {
+            gale_bytes_append(out, block, n);
+            gale_bytes_append(out, piece, len);
+            n = 0;
         } else {
-            const char *p = tokenizer_id_piece(tok, ids->v[i]);
-            gale_bytes_append(out, p, strlen(p));
+            memcpy(block + n, piece, len);
+            n += len;
         }
     }
+    gale_bytes_append(out, block, n);
 }
 
 static int write_out(const gale_bytes *b)
@@ -399,16 +416,20 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
     size_t line_no = 0;
     int rc = 0;
     for (;;) {
-        reader_fill(r, BATCH_BYTES);
-        if (reader_failed(r)) {
-            rc = -1;
-            break;
+        /* refill only when no whole line is left: a refill moves the unread bytes */
+        const uint8_t *nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
+        if (!nl && !r->eof) {
+            reader_fill(r, BATCH_BYTES);
+            if (reader_failed(r)) {
+                rc = -1;
+                break;
+            }
+            nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
         }
         size_t avail = r->buf.n - r->pos;
         if (!avail)
             break;
         const uint8_t *base = r->buf.v + r->pos;
-        const uint8_t *nl = memchr(base, '\n', avail);
         if (!nl && !r->eof) {
             fprintf(stderr, "gale tokenize: %s:%zu: a line of ids longer than %u bytes\n", r->name, line_no + 1,
                     BATCH_BYTES);

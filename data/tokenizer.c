@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define XXH_INLINE_ALL /* the hash of every piece lookup: let the compiler inline it */
 #include <xxhash.h>
 
 #include "data/sentencepiece_model.h"
@@ -29,11 +30,41 @@
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
 
-/* Open-addressing hash table from piece bytes to id, over the pieces of the model. */
+/* Open-addressing hash table from piece bytes to id, over the pieces of the model. Each slot
+ * keeps the upper half of the hash, so a probe rarely touches a piece it does not match. */
+typedef struct piece_slot {
+    uint32_t tag;
+    int32_t id; /* -1: empty */
+} piece_slot;
+
 typedef struct piece_table {
-    int32_t *slots; /* id, or -1 for an empty slot */
+    piece_slot *slots;
     size_t mask;
 } piece_table;
+
+/* The merges as integers: a symbol of the BPE loop is a mergeable piece (key: its id) or a
+ * single character (key: its id when it is a piece, else a key from char_table), so "is the
+ * concatenation of these two symbols a piece" is one probe of a table keyed by two ints. */
+typedef struct pair_slot {
+    uint64_t key; /* left key << 32 | right key */
+    int32_t id;   /* the merged piece; -1: empty */
+} pair_slot;
+
+typedef struct pair_table {
+    pair_slot *slots;
+    size_t mask;
+    int shift;
+} pair_table;
+
+typedef struct char_slot {
+    uint32_t codepoint;
+    int32_t key; /* -1: empty */
+} char_slot;
+
+typedef struct char_table {
+    char_slot *slots;
+    size_t mask, n;
+} char_table;
 
 struct gale_tokenizer {
     char *name;
@@ -44,7 +75,9 @@ struct gale_tokenizer {
     uint8_t *types;
     int unk_id, bos_id, eos_id;
     int byte_ids[256];
-    size_t max_merge_len;   /* longest mergeable piece, in bytes */
+    pair_table pairs;       /* the merges, by the keys of their two sides */
+    char_table chars;       /* keys of characters that are no piece but a side of a merge */
+    int32_t ascii_keys[128];
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
@@ -62,22 +95,24 @@ static uint64_t bytes_hash(const void *p, size_t n)
 static void piece_table_init(piece_table *t, size_t n)
 {
     size_t cap = 16;
-    while (cap < 2 * n)
+    while (cap < 4 * n)
         cap *= 2;
     t->slots = gale_xmalloc(cap * sizeof *t->slots);
     for (size_t i = 0; i < cap; i++)
-        t->slots[i] = -1;
+        t->slots[i] = (piece_slot){0, -1};
     t->mask = cap - 1;
 }
 
 static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
 {
-    for (size_t i = bytes_hash(p, n) & t->mask;; i = (i + 1) & t->mask) {
-        int32_t id = t->slots[i];
-        if (id < 0)
+    uint64_t h = bytes_hash(p, n);
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        piece_slot s = t->slots[i];
+        if (s.id < 0)
             return -1;
-        if (m->pieces[id].len == n && !memcmp(m->pieces[id].piece, p, n))
-            return id;
+        if (s.tag == tag && m->pieces[s.id].len == n && !memcmp(m->pieces[s.id].piece, p, n))
+            return s.id;
     }
 }
 
@@ -85,14 +120,61 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
 static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id)
 {
     const spm_piece *p = &m->pieces[id];
-    size_t i = bytes_hash(p->piece, p->len) & t->mask;
-    for (; t->slots[i] >= 0; i = (i + 1) & t->mask) {
-        const spm_piece *q = &m->pieces[t->slots[i]];
-        if (q->len == p->len && !memcmp(q->piece, p->piece, p->len))
-            return t->slots[i];
-    }
-    t->slots[i] = id;
+    int32_t dup = piece_table_find(t, m, p->piece, p->len);
+    if (dup >= 0)
+        return dup;
+    uint64_t h = bytes_hash(p->piece, p->len);
+    size_t i = h & t->mask;
+    while (t->slots[i].id >= 0)
+        i = (i + 1) & t->mask;
+    t->slots[i] = (piece_slot){(uint32_t)(h >> 32), id};
     return -1;
+}
+
+static size_t table_capacity(size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    return cap;
+}
+
+static uint64_t pair_key(int32_t left, int32_t right)
+{
+    return (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
+}
+
+static size_t pair_slot_index(const pair_table *t, uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> t->shift);
+}
+
+static int32_t pair_table_find(const pair_table *t, int32_t left, int32_t right)
+{
+    uint64_t key = pair_key(left, right);
+    for (size_t i = pair_slot_index(t, key);; i = (i + 1) & t->mask) {
+        if (t->slots[i].id < 0)
+            return -1;
+        if (t->slots[i].key == key)
+            return t->slots[i].id;
+    }
+}
+
+static void pair_table_insert(pair_table *t, int32_t left, int32_t right, int32_t id)
+{
+    uint64_t key = pair_key(left, right);
+    size_t i = pair_slot_index(t, key);
+    while (t->slots[i].id >= 0 && t->slots[i].key != key)
+        i = (i + 1) & t->mask;
+    t->slots[i] = (pair_slot){key, id};
+}
+
+/* The slot of a code point: the one holding it, or the empty one where it goes. */
+static char_slot *char_table_slot(const char_table *t, uint32_t codepoint)
+{
+    for (size_t i = (codepoint * 0x9E3779B1u) & t->mask;; i = (i + 1) & t->mask)
+        if (t->slots[i].key < 0 || t->slots[i].codepoint == codepoint)
+            return &t->slots[i];
 }
 
 /* ---- UTF-8 as sentencepiece reads it ---- */
@@ -144,21 +226,44 @@ static size_t lead_byte_len(uint8_t b)
     return len[b >> 4];
 }
 
+static int utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t c = utf8_char_len((const uint8_t *)s + i, n - i);
+        if (!c)
+            return 0;
+        i += c;
+    }
+    return 1;
+}
+
+/* The code point of a valid UTF-8 character of len bytes. */
+static uint32_t utf8_codepoint(const uint8_t *s, size_t len)
+{
+    static const uint8_t lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
+    uint32_t c = s[0] & lead_mask[len];
+    for (size_t i = 1; i < len; i++)
+        c = c << 6 | (s[i] & 0x3F);
+    return c;
+}
+
 static int is_ws_at(const uint8_t *s, size_t n)
 {
     return n >= WS_LEN && !memcmp(s, WS, WS_LEN);
 }
 
-/* The length of the longest user-defined piece that s starts with, or 0. */
-static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, size_t n)
+/* The length of the longest user-defined piece that s starts with (its id in *id), or 0. */
+static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, size_t n, int32_t *id)
 {
     if (!tok->n_user_defined || !tok->user_defined_first[s[0]])
         return 0;
     size_t best = 0;
     for (size_t i = 0; i < tok->n_user_defined; i++) {
         const spm_piece *p = &tok->model.pieces[tok->user_defined[i]];
-        if (p->len > best && p->len <= n && !memcmp(p->piece, s, p->len))
+        if (p->len > best && p->len <= n && !memcmp(p->piece, s, p->len)) {
             best = p->len;
+            *id = tok->user_defined[i];
+        }
     }
     return best;
 }
@@ -232,9 +337,10 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         int32_t dup = piece_table_insert(mergeable ? &tok->mergeable : &tok->reserved, m, (int32_t)i);
         if (dup >= 0)
             return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
-        if (mergeable && p->len > tok->max_merge_len)
-            tok->max_merge_len = p->len;
         if (p->type == SPM_PIECE_USER_DEFINED) {
+            if (!utf8_valid(p->piece, p->len))
+                return gale_fail(err, "%s: user-defined piece %zu is not valid UTF-8, which gale does not support",
+                                 name, i);
             tok->user_defined[tok->n_user_defined++] = (int32_t)i;
             tok->user_defined_first[(uint8_t)p->piece[0]] = 1;
             if (p->len > tok->max_user_defined_len)
@@ -264,8 +370,7 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
 }
 
 /* 1 when no mergeable piece holds "▁" after another character (so words can be encoded one
- * at a time), no piece is UNUSED (their splitting back is keyed over the whole text) and
- * every user-defined piece is valid UTF-8 (so the cuts fall on character boundaries). */
+ * at a time) and no piece is UNUSED (their splitting back is keyed over the whole text). */
 static int words_are_independent(const gale_tokenizer *tok)
 {
     const spm_model *m = &tok->model;
@@ -282,15 +387,61 @@ static int words_are_independent(const gale_tokenizer *tok)
         for (; k + WS_LEN <= p->len; k++)
             if (is_ws_at(s + k, p->len - k))
                 return 0;
-        if (p->type == SPM_PIECE_USER_DEFINED)
-            for (size_t j = 0; j < p->len;) {
-                size_t c = utf8_char_len(s + j, p->len - j);
-                if (!c)
-                    return 0;
-                j += c;
-            }
     }
     return 1;
+}
+
+/* The key of a string that can be a BPE symbol: its id when it is a mergeable piece, else,
+ * for one character, its key in the char table (made when add is set); -1 otherwise. */
+static int32_t symbol_key(gale_tokenizer *tok, const uint8_t *s, size_t len, int add)
+{
+    int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
+    if (id >= 0 || utf8_char_len(s, len) != len)
+        return id;
+    char_slot *slot = char_table_slot(&tok->chars, utf8_codepoint(s, len));
+    if (slot->key < 0 && add) {
+        *slot = (char_slot){utf8_codepoint(s, len), (int32_t)(tok->model.n_pieces + tok->chars.n++)};
+    }
+    return slot->key;
+}
+
+/* Every way a mergeable piece splits into two symbols, into the pair table. */
+static void build_merge_tables(gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    size_t splits = 0; /* an upper bound: one per character after the first */
+    for (size_t i = 0; i < m->n_pieces; i++)
+        for (size_t k = 1; k < m->pieces[i].len; k++)
+            splits += ((uint8_t)m->pieces[i].piece[k] & 0xC0) != 0x80;
+    size_t cap = table_capacity(splits);
+    tok->pairs.slots = gale_xmalloc(cap * sizeof *tok->pairs.slots);
+    for (size_t i = 0; i < cap; i++)
+        tok->pairs.slots[i] = (pair_slot){0, -1};
+    tok->pairs.mask = cap - 1;
+    tok->pairs.shift = 64 - __builtin_ctzll(cap);
+    cap = table_capacity(splits);
+    tok->chars.slots = gale_xmalloc(cap * sizeof *tok->chars.slots);
+    for (size_t i = 0; i < cap; i++)
+        tok->chars.slots[i] = (char_slot){0, -1};
+    tok->chars.mask = cap - 1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        const uint8_t *s = (const uint8_t *)p->piece;
+        if (tok->types[i] != SPM_PIECE_NORMAL && tok->types[i] != SPM_PIECE_USER_DEFINED &&
+            tok->types[i] != SPM_PIECE_UNUSED)
+            continue;
+        if (!utf8_valid(p->piece, p->len))
+            continue; /* normalised text is valid UTF-8: no merge can make this piece */
+        for (size_t k = utf8_char_len(s, p->len); k < p->len; k += utf8_char_len(s + k, p->len - k)) {
+            int32_t left = symbol_key(tok, s, k, 1), right = symbol_key(tok, s + k, p->len - k, 1);
+            if (left >= 0 && right >= 0)
+                pair_table_insert(&tok->pairs, left, right, (int32_t)i);
+        }
+    }
+    for (int b = 0; b < 128; b++) {
+        uint8_t c = (uint8_t)b;
+        tok->ascii_keys[b] = symbol_key(tok, &c, 1, 0);
+    }
 }
 
 /* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
@@ -310,6 +461,7 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         return NULL;
     }
     tok->split_words = words_are_independent(tok);
+    build_merge_tables(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     gale_sha256_hex(data, len, tok->sha256);
@@ -333,6 +485,8 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     free(tok->mergeable.slots);
+    free(tok->pairs.slots);
+    free(tok->chars.slots);
     free(tok->reserved.slots);
     free(tok->scores);
     free(tok->types);
@@ -366,12 +520,12 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 
 /* ---- the word cache ---- */
 
-#define CACHE_SLOTS (1u << 16)
+#define CACHE_SLOTS (1u << 17)
 #define CACHE_MAX_ENTRIES (CACHE_SLOTS / 2)
 #define CACHE_MAX_WORD 96 /* bytes; longer words are rare and not worth keeping */
 
 typedef struct cache_slot {
-    uint64_t hash;
+    uint32_t tag; /* the upper half of the word's hash */
     uint32_t key_at, ids_at;
     uint16_t key_len, n_ids; /* key_len 0: empty slot */
 } cache_slot;
@@ -396,7 +550,7 @@ static cache_slot *word_cache_slot(word_cache *c, const uint8_t *w, size_t n, ui
 {
     for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
         cache_slot *s = &c->slots[i];
-        if (!s->key_len || (s->hash == h && s->key_len == n && !memcmp(c->keys.v + s->key_at, w, n)))
+        if (!s->key_len || (s->tag == (uint32_t)(h >> 32) && s->key_len == n && !memcmp(c->keys.v + s->key_at, w, n)))
             return s;
     }
 }
@@ -406,13 +560,15 @@ static cache_slot *word_cache_slot(word_cache *c, const uint8_t *w, size_t n, ui
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    int frozen; /* a user-defined piece: never merged */
+    int32_t key;         /* see pair_table; -1: can merge with nothing */
+    int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
 
 typedef struct bpe_pair {
     float score;
     int32_t left, right;
     uint32_t len; /* of the merged piece, to tell a stale entry */
+    int32_t id;   /* the merged piece */
 } bpe_pair;
 
 /* An UNUSED piece made by a merge, and the length of its left part (sentencepiece's
@@ -439,7 +595,25 @@ struct tokenizer_encoder {
     size_t unused_n, unused_cap;
     gale_ids word_ids;
     word_cache cache; /* slots NULL: no cache */
+    pair_slot *pair_memo; /* recent pair_table answers, direct-mapped; NULL: none */
 };
+
+#define PAIR_MEMO_SLOTS 4096 /* 64 KiB: the common merges stay in the nearest caches */
+
+/* pair_table_find through the encoder's memo: the pair table is megabytes and each probe of
+ * it would miss the CPU caches, while a few thousand pairs make most of the merges of text. */
+static int32_t encoder_pair_find(tokenizer_encoder *e, int32_t left, int32_t right)
+{
+    if (!e->pair_memo)
+        return pair_table_find(&e->tok->pairs, left, right);
+    uint64_t key = pair_key(left, right);
+    pair_slot *m = &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - 12)];
+    if (m->key != key) {
+        m->key = key;
+        m->id = pair_table_find(&e->tok->pairs, left, right);
+    }
+    return m->id;
+}
 
 static int pair_before(const bpe_pair *a, const bpe_pair *b)
 {
@@ -483,19 +657,27 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
     return top;
 }
 
+/* The key of one character of normalised text (valid UTF-8), as symbol_key gives it. */
+static int32_t char_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
+{
+    int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
+    if (id >= 0)
+        return id;
+    return char_table_slot(&tok->chars, utf8_codepoint(s, len))->key;
+}
+
 /* sentencepiece's MaybeAddNewSymbolPair. */
 static void bpe_consider_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
 {
-    if (l < 0 || r < 0 || e->symbols[l].frozen || e->symbols[r].frozen)
+    if (l < 0 || r < 0 || e->symbols[l].frozen || e->symbols[r].frozen || e->symbols[l].key < 0 ||
+        e->symbols[r].key < 0)
         return;
     const gale_tokenizer *tok = e->tok;
-    uint32_t start = e->symbols[l].start, len = e->symbols[l].len + e->symbols[r].len;
-    if (len > tok->max_merge_len)
-        return;
-    int32_t id = piece_table_find(&tok->mergeable, &tok->model, w + start, len);
+    int32_t id = encoder_pair_find(e, e->symbols[l].key, e->symbols[r].key);
     if (id < 0)
         return;
-    heap_push(e, (bpe_pair){tok->scores[id], l, r, len});
+    uint32_t start = e->symbols[l].start, len = e->symbols[l].len + e->symbols[r].len;
+    heap_push(e, (bpe_pair){tok->scores[id], l, r, len, id});
     if (tok->types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
@@ -543,14 +725,17 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
             e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
         }
-        size_t len = user_defined_match(tok, w + i, n - i);
+        int32_t key = -1;
+        size_t len = user_defined_match(tok, w + i, n - i, &key);
         int frozen = len > 0;
         if (!len) {
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
+            key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : char_key(tok, w + i, len);
         }
-        e->symbols[count] = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, frozen};
+        e->symbols[count] =
+            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
         i += len;
     }
     if (!count)
@@ -566,6 +751,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         if (!l->len || !r->len || l->len + r->len != top.len)
             continue; /* stale: one side has changed since the pair was queued */
         l->len += r->len;
+        l->key = top.id;
         l->next = r->next;
         if (r->next >= 0)
             e->symbols[r->next].prev = top.left;
@@ -573,8 +759,13 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         bpe_consider_pair(e, w, l->prev, top.left);
         bpe_consider_pair(e, w, top.left, l->next);
     }
-    for (int32_t i = 0; i >= 0; i = e->symbols[i].next)
-        emit_piece(e, w, e->symbols[i].start, e->symbols[i].len, out);
+    for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
+        const bpe_symbol *sym = &e->symbols[i];
+        if (sym->key >= 0 && (size_t)sym->key < tok->model.n_pieces && tok->types[sym->key] != SPM_PIECE_UNUSED)
+            gale_ids_push(out, sym->key);
+        else
+            emit_piece(e, w, sym->start, sym->len, out);
+    }
 }
 
 /* Appends the ids of one word to out; a word that starts with <unk> right after one that
@@ -611,7 +802,7 @@ static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_i
         word_cache_clear(c);
         s = word_cache_slot(c, w, n, h);
     }
-    *s = (cache_slot){h, (uint32_t)c->keys.n, (uint32_t)c->ids.n, (uint16_t)n, (uint16_t)e->word_ids.n};
+    *s = (cache_slot){(uint32_t)(h >> 32), (uint32_t)c->keys.n, (uint32_t)c->ids.n, (uint16_t)n, (uint16_t)e->word_ids.n};
     gale_bytes_append(&c->keys, w, n);
     gale_ids_append(&c->ids, e->word_ids.v, e->word_ids.n);
     c->n++;
@@ -632,12 +823,15 @@ static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids
     int starts_ws = u[0] == ' ' || is_ws_at(u, n);
     if (e->tok->split_words && starts_ws && e->word.n && !e->word_ends_ws)
         flush_word(e, out);
-    for (size_t i = 0; i < n; i++) {
-        if (u[i] == ' ')
-            gale_bytes_append(&e->word, WS, WS_LEN);
-        else
-            gale_bytes_push(&e->word, u[i]);
-    }
+    if (!memchr(u, ' ', n))
+        gale_bytes_append(&e->word, u, n);
+    else
+        for (size_t i = 0; i < n; i++) {
+            if (u[i] == ' ')
+                gale_bytes_append(&e->word, WS, WS_LEN);
+            else
+                gale_bytes_push(&e->word, u[i]);
+        }
     e->word_ends_ws = e->word.n >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
 }
 
@@ -664,6 +858,11 @@ static void normalize_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gal
         e->prev_space = 0;
 }
 
+static int plain_byte(const gale_tokenizer *tok, uint8_t b)
+{
+    return b < 0x80 && b != ' ' && !tok->user_defined_first[b];
+}
+
 /* Normalises the units of s that are complete: all of them when final, else those with
  * enough bytes after them that the next chunk cannot change them. Returns the bytes used. */
 static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int final, gale_ids *out)
@@ -672,7 +871,20 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
     size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
     size_t i = 0;
     while (i < n && (final || n - i >= lookahead)) {
-        size_t len = user_defined_match(tok, s + i, n - i);
+        if (e->started && plain_byte(tok, s[i])) {
+            /* a run of ASCII bytes other than space that start no user-defined piece: each is a
+             * unit of its own that normalize_unit would append unchanged */
+            size_t j = i + 1, stop = final ? n : n - lookahead + 1;
+            while (j < stop && plain_byte(tok, s[j]))
+                j++;
+            gale_bytes_append(&e->word, s + i, j - i);
+            e->word_ends_ws = 0;
+            e->prev_space = 0;
+            i = j;
+            continue;
+        }
+        int32_t ud;
+        size_t len = user_defined_match(tok, s + i, n - i, &ud);
         if (len) {
             normalize_unit(e, s + i, len, out);
         } else if ((len = utf8_char_len(s + i, n - i))) {
@@ -738,6 +950,7 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->unused);
     gale_ids_free(&e->word_ids);
     free(e->cache.slots);
+    free(e->pair_memo);
     gale_bytes_free(&e->cache.keys);
     gale_ids_free(&e->cache.ids);
 }
@@ -747,6 +960,9 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
     e->cache.slots = gale_xcalloc(CACHE_SLOTS, sizeof *e->cache.slots);
+    e->pair_memo = gale_xmalloc(PAIR_MEMO_SLOTS * sizeof *e->pair_memo);
+    for (size_t i = 0; i < PAIR_MEMO_SLOTS; i++)
+        e->pair_memo[i] = (pair_slot){UINT64_MAX, -1}; /* no pair has this key: keys are below 2^63 */
     return e;
 }
 
