@@ -462,14 +462,15 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
 
 /* ---- chat mode ---- */
 
-static int encode_conversation(const gale_tokenizer *tok, enum chat_template tmpl, enum chat_purpose purpose,
-                               const uint8_t *text, size_t len, gale_ids *ids, gale_bytes *mask, gale_error *err)
+static int encode_conversation(const gale_tokenizer *tok, tokenizer_encoder *enc, enum chat_template tmpl,
+                               enum chat_purpose purpose, const uint8_t *text, size_t len, gale_ids *ids,
+                               gale_bytes *mask, gale_error *err)
 {
     json_error_t jerr;
     json_t *conversation = json_loadb((const char *)text, len, 0, &jerr);
     if (!conversation)
         return gale_fail(err, "not valid JSON: %s (column %d)", jerr.text, jerr.column);
-    int rc = chat_encode(tok, tmpl, purpose, conversation, ids, mask, err);
+    int rc = chat_encode_with_encoder(tok, enc, tmpl, purpose, conversation, ids, mask, err);
     json_decref(conversation);
     return rc;
 }
@@ -490,6 +491,7 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
     gale_error err;
     chat_template_from_name(o->chat, &tmpl, &err); /* checked with the options */
     enum chat_purpose purpose = o->prompt ? CHAT_FOR_PROMPT : CHAT_FOR_TRAINING;
+    tokenizer_encoder *enc = tokenizer_encoder_new(tok);
     gale_ids ids = {0};
     gale_bytes mask = {0}, out = {0};
     size_t line_no = 0;
@@ -518,7 +520,7 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
         }
         size_t len = nl ? (size_t)(nl - base) : avail;
         ids.n = mask.n = 0;
-        if (!is_blank(base, len) && encode_conversation(tok, tmpl, purpose, base, len, &ids, &mask, &err) < 0) {
+        if (!is_blank(base, len) && encode_conversation(tok, enc, tmpl, purpose, base, len, &ids, &mask, &err) < 0) {
             fprintf(stderr, "gale tokenize: %s:%zu: %s\n", r->name, line_no, err.msg);
             rc = -1;
             break;
@@ -544,6 +546,7 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
     }
     if (!rc && write_out(&out) < 0)
         rc = -1;
+    tokenizer_encoder_free(enc);
     gale_ids_free(&ids);
     gale_bytes_free(&mask);
     gale_bytes_free(&out);

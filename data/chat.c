@@ -28,20 +28,27 @@ const char *chat_template_name(enum chat_template tmpl)
     return template_names[tmpl];
 }
 
-void chat_emit_text(const gale_tokenizer *tok, const void *text, size_t len, uint8_t m,
-                    gale_ids *ids, gale_bytes *mask)
+void chat_encode_text(const struct chat_sink *s, const void *text, size_t len, gale_ids *to)
 {
-    size_t before = ids->n;
-    tokenizer_encode(tok, text, len, ids);
-    if (mask)
-        gale_bytes_fill(mask, m, ids->n - before);
+    if (s->enc)
+        tokenizer_encoder_encode(s->enc, text, len, to);
+    else
+        tokenizer_encode(s->tok, text, len, to);
 }
 
-void chat_emit_id(int32_t id, uint8_t m, gale_ids *ids, gale_bytes *mask)
+void chat_emit_text(const struct chat_sink *s, const void *text, size_t len, uint8_t m)
 {
-    gale_ids_push(ids, id);
-    if (mask)
-        gale_bytes_push(mask, m);
+    size_t before = s->ids->n;
+    chat_encode_text(s, text, len, s->ids);
+    if (s->mask)
+        gale_bytes_fill(s->mask, m, s->ids->n - before);
+}
+
+void chat_emit_id(const struct chat_sink *s, int32_t id, uint8_t m)
+{
+    gale_ids_push(s->ids, id);
+    if (s->mask)
+        gale_bytes_push(s->mask, m);
 }
 
 static const char *type_name(const json_t *v)
@@ -558,16 +565,18 @@ static int read_conversation(const json_t *conversation, enum chat_template tmpl
     return rc;
 }
 
-int chat_encode(const gale_tokenizer *tok, enum chat_template tmpl, enum chat_purpose purpose,
-                const json_t *conversation, gale_ids *ids, gale_bytes *loss_mask,
-                gale_error *err)
+int chat_encode_with_encoder(const gale_tokenizer *tok, tokenizer_encoder *enc,
+                             enum chat_template tmpl, enum chat_purpose purpose,
+                             const json_t *conversation, gale_ids *ids, gale_bytes *loss_mask,
+                             gale_error *err)
 {
     size_t ids_before = ids->n, mask_before = loss_mask ? loss_mask->n : 0;
     struct chat_conversation conv = {0};
+    struct chat_sink sink = {tok, enc, ids, loss_mask};
     int rc = read_conversation(conversation, tmpl, purpose, &conv, err);
     if (!rc)
-        rc = tmpl == CHAT_LLAMA2 ? chat_render_llama2(tok, &conv, ids, loss_mask, err)
-                                 : chat_render_mistral(tok, tmpl, &conv, ids, loss_mask, err);
+        rc = tmpl == CHAT_LLAMA2 ? chat_render_llama2(&sink, &conv, err)
+                                 : chat_render_mistral(&sink, tmpl, &conv, err);
     conversation_free(&conv);
     if (rc) {
         ids->n = ids_before;
@@ -575,4 +584,11 @@ int chat_encode(const gale_tokenizer *tok, enum chat_template tmpl, enum chat_pu
             loss_mask->n = mask_before;
     }
     return rc;
+}
+
+int chat_encode(const gale_tokenizer *tok, enum chat_template tmpl, enum chat_purpose purpose,
+                const json_t *conversation, gale_ids *ids, gale_bytes *loss_mask,
+                gale_error *err)
+{
+    return chat_encode_with_encoder(tok, NULL, tmpl, purpose, conversation, ids, loss_mask, err);
 }

@@ -38,15 +38,24 @@ struct chat_conversation {
     size_t n_turns;
 };
 
-int chat_render_mistral(const gale_tokenizer *tok, enum chat_template tmpl,
-                        const struct chat_conversation *conv, gale_ids *ids, gale_bytes *mask,
-                        gale_error *err);
-int chat_render_llama2(const gale_tokenizer *tok, const struct chat_conversation *conv,
-                       gale_ids *ids, gale_bytes *mask, gale_error *err);
+/* Where a renderer's ids go: text is encoded by tok (through enc, a per-thread encoder, when
+ * it is not NULL) and appended to ids, with one byte each appended to mask unless it is NULL. */
+struct chat_sink {
+    const gale_tokenizer *tok;
+    tokenizer_encoder *enc;
+    gale_ids *ids;
+    gale_bytes *mask;
+};
 
-/* Appends the ids of text, each with mask byte m (mask may be NULL). */
-void chat_emit_text(const gale_tokenizer *tok, const void *text, size_t len, uint8_t m,
-                    gale_ids *ids, gale_bytes *mask);
-void chat_emit_id(int32_t id, uint8_t m, gale_ids *ids, gale_bytes *mask);
+int chat_render_mistral(const struct chat_sink *s, enum chat_template tmpl,
+                        const struct chat_conversation *conv, gale_error *err);
+int chat_render_llama2(const struct chat_sink *s, const struct chat_conversation *conv,
+                       gale_error *err);
+
+/* Appends the ids of text to to (not to the sink's ids). */
+void chat_encode_text(const struct chat_sink *s, const void *text, size_t len, gale_ids *to);
+/* Appends the ids of text to the sink, each with mask byte m. */
+void chat_emit_text(const struct chat_sink *s, const void *text, size_t len, uint8_t m);
+void chat_emit_id(const struct chat_sink *s, int32_t id, uint8_t m);
 
 #endif

@@ -82,8 +82,8 @@ static void build_prompt(const struct chat_conversation *conv, const struct chat
     gale_bytes_free(&content);
 }
 
-int chat_render_llama2(const gale_tokenizer *tok, const struct chat_conversation *conv,
-                       gale_ids *ids, gale_bytes *mask, gale_error *err)
+int chat_render_llama2(const struct chat_sink *s, const struct chat_conversation *conv,
+                       gale_error *err)
 {
     gale_bytes text = {0};
     gale_ids prompt_ids = {0}, pair_ids = {0};
@@ -92,17 +92,17 @@ int chat_render_llama2(const gale_tokenizer *tok, const struct chat_conversation
         const struct chat_turn *user = &conv->turns[i];
         const struct chat_turn *answer = i + 1 < conv->n_turns ? &conv->turns[i + 1] : NULL;
         build_prompt(conv, user, i == 0, &text);
-        chat_emit_id(tokenizer_bos_id(tok), 0, ids, mask);
+        chat_emit_id(s, tokenizer_bos_id(s->tok), 0);
         if (!answer) {
-            chat_emit_text(tok, text.v, text.n, 0, ids, mask);
+            chat_emit_text(s, text.v, text.n, 0);
             break;
         }
         prompt_ids.n = pair_ids.n = 0;
-        tokenizer_encode(tok, (const char *)text.v, text.n, &prompt_ids);
+        chat_encode_text(s, text.v, text.n, &prompt_ids);
         gale_bytes_push(&text, ' ');
         append_stripped(&text, &answer->text);
         gale_bytes_push(&text, ' ');
-        tokenizer_encode(tok, (const char *)text.v, text.n, &pair_ids);
+        chat_encode_text(s, text.v, text.n, &pair_ids);
         if (pair_ids.n < prompt_ids.n ||
             memcmp(pair_ids.v, prompt_ids.v, prompt_ids.n * sizeof *prompt_ids.v)) {
             rc = gale_fail(err,
@@ -112,12 +112,12 @@ int chat_render_llama2(const gale_tokenizer *tok, const struct chat_conversation
             break;
         }
         uint8_t m = answer->trained ? 1 : 0;
-        gale_ids_append(ids, pair_ids.v, pair_ids.n);
-        if (mask) {
-            gale_bytes_fill(mask, 0, prompt_ids.n);
-            gale_bytes_fill(mask, m, pair_ids.n - prompt_ids.n);
+        gale_ids_append(s->ids, pair_ids.v, pair_ids.n);
+        if (s->mask) {
+            gale_bytes_fill(s->mask, 0, prompt_ids.n);
+            gale_bytes_fill(s->mask, m, pair_ids.n - prompt_ids.n);
         }
-        chat_emit_id(tokenizer_eos_id(tok), m, ids, mask);
+        chat_emit_id(s, tokenizer_eos_id(s->tok), m);
     }
     gale_bytes_free(&text);
     gale_ids_free(&prompt_ids);

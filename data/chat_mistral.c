@@ -32,26 +32,25 @@ static int v3_tokens_find(const gale_tokenizer *tok, struct v3_tokens *t, gale_e
            control_id(tok, "[/TOOL_RESULTS]", &t->end_results, err) ? -1 : 0;
 }
 
-static void emit_json(const gale_tokenizer *tok, const json_t *value, uint8_t m, gale_bytes *buf,
-                      gale_ids *ids, gale_bytes *mask)
+static void emit_json(const struct chat_sink *s, const json_t *value, uint8_t m, gale_bytes *buf)
 {
     buf->n = 0;
     pyjson_dump(value, buf);
-    chat_emit_text(tok, buf->v, buf->n, m, ids, mask);
+    chat_emit_text(s, buf->v, buf->n, m);
 }
 
 /* v1: the text "[INST] {system}\n\n{user} [/INST]", the system prompt on the first user turn.
  * v3: [AVAILABLE_TOOLS] tools [/AVAILABLE_TOOLS] before the last user turn, then
  * [INST] {system}\n\n{user} [/INST], the system prompt on the last user turn. */
-static void emit_user(const gale_tokenizer *tok, enum chat_template tmpl, const struct v3_tokens *t,
+static void emit_user(const struct chat_sink *s, enum chat_template tmpl, const struct v3_tokens *t,
                       const struct chat_conversation *conv, const struct chat_turn *turn,
-                      int first, int last, gale_bytes *buf, gale_ids *ids, gale_bytes *mask)
+                      int first, int last, gale_bytes *buf)
 {
     int with_system = conv->system_prompt.n && (tmpl == CHAT_MISTRAL_V1 ? first : last);
     if (tmpl == CHAT_MISTRAL_V3 && last && conv->tools) {
-        chat_emit_id(t->tools, 0, ids, mask);
-        emit_json(tok, conv->tools, 0, buf, ids, mask);
-        chat_emit_id(t->end_tools, 0, ids, mask);
+        chat_emit_id(s, t->tools, 0);
+        emit_json(s, conv->tools, 0, buf);
+        chat_emit_id(s, t->end_tools, 0);
     }
     buf->n = 0;
     if (tmpl == CHAT_MISTRAL_V1)
@@ -63,19 +62,18 @@ static void emit_user(const gale_tokenizer *tok, enum chat_template tmpl, const 
     gale_bytes_append(buf, turn->text.v, turn->text.n);
     if (tmpl == CHAT_MISTRAL_V1) {
         gale_bytes_append(buf, " [/INST]", 8);
-        chat_emit_text(tok, buf->v, buf->n, 0, ids, mask);
+        chat_emit_text(s, buf->v, buf->n, 0);
     } else {
-        chat_emit_id(t->inst, 0, ids, mask);
-        chat_emit_text(tok, buf->v, buf->n, 0, ids, mask);
-        chat_emit_id(t->end_inst, 0, ids, mask);
+        chat_emit_id(s, t->inst, 0);
+        chat_emit_text(s, buf->v, buf->n, 0);
+        chat_emit_id(s, t->end_inst, 0);
     }
 }
 
 /* [TOOL_CALLS] [{"name": ..., "arguments": ..., "id": ...}, ...] or the text (v3 strips
  * trailing spaces, v1 does not), then </s>; all of it is the answer. */
-static void emit_assistant(const gale_tokenizer *tok, enum chat_template tmpl,
-                           const struct v3_tokens *t, const struct chat_turn *turn,
-                           gale_bytes *buf, gale_ids *ids, gale_bytes *mask)
+static void emit_assistant(const struct chat_sink *s, enum chat_template tmpl,
+                           const struct v3_tokens *t, const struct chat_turn *turn, gale_bytes *buf)
 {
     uint8_t m = turn->trained ? 1 : 0;
     if (turn->n_calls) {
@@ -88,39 +86,37 @@ static void emit_assistant(const gale_tokenizer *tok, enum chat_template tmpl,
                 json_object_set_new(call, "id", json_string(turn->calls[k].id));
             json_array_append_new(calls, call);
         }
-        chat_emit_id(t->tool_calls, m, ids, mask);
-        emit_json(tok, calls, m, buf, ids, mask);
+        chat_emit_id(s, t->tool_calls, m);
+        emit_json(s, calls, m, buf);
         json_decref(calls);
     } else {
         size_t len = turn->text.n;
         if (tmpl == CHAT_MISTRAL_V3)
             while (len && turn->text.v[len - 1] == ' ')
                 len--;
-        chat_emit_text(tok, turn->text.v, len, m, ids, mask);
+        chat_emit_text(s, turn->text.v, len, m);
     }
-    chat_emit_id(tokenizer_eos_id(tok), m, ids, mask);
+    chat_emit_id(s, tokenizer_eos_id(s->tok), m);
 }
 
 /* [TOOL_RESULTS] {"content": ..., "call_id": ...} [/TOOL_RESULTS] */
-static void emit_tool_result(const gale_tokenizer *tok, const struct v3_tokens *t,
-                             const struct chat_turn *turn, gale_bytes *buf, gale_ids *ids,
-                             gale_bytes *mask)
+static void emit_tool_result(const struct chat_sink *s, const struct v3_tokens *t,
+                             const struct chat_turn *turn, gale_bytes *buf)
 {
     json_t *result = json_object();
     json_object_set(result, "content", turn->tool_result);
     json_object_set_new(result, "call_id", json_string(turn->call_id));
-    chat_emit_id(t->results, 0, ids, mask);
-    emit_json(tok, result, 0, buf, ids, mask);
-    chat_emit_id(t->end_results, 0, ids, mask);
+    chat_emit_id(s, t->results, 0);
+    emit_json(s, result, 0, buf);
+    chat_emit_id(s, t->end_results, 0);
     json_decref(result);
 }
 
-int chat_render_mistral(const gale_tokenizer *tok, enum chat_template tmpl,
-                        const struct chat_conversation *conv, gale_ids *ids, gale_bytes *mask,
-                        gale_error *err)
+int chat_render_mistral(const struct chat_sink *s, enum chat_template tmpl,
+                        const struct chat_conversation *conv, gale_error *err)
 {
     struct v3_tokens t = {0};
-    if (tmpl == CHAT_MISTRAL_V3 && v3_tokens_find(tok, &t, err))
+    if (tmpl == CHAT_MISTRAL_V3 && v3_tokens_find(s->tok, &t, err))
         return -1;
     size_t first_user = conv->n_turns, last_user = 0;
     for (size_t i = 0; i < conv->n_turns; i++)
@@ -131,18 +127,18 @@ int chat_render_mistral(const gale_tokenizer *tok, enum chat_template tmpl,
         }
 
     gale_bytes buf = {0};
-    chat_emit_id(tokenizer_bos_id(tok), 0, ids, mask);
+    chat_emit_id(s, tokenizer_bos_id(s->tok), 0);
     for (size_t i = 0; i < conv->n_turns; i++) {
         const struct chat_turn *turn = &conv->turns[i];
         switch (turn->role) {
         case CHAT_ROLE_USER:
-            emit_user(tok, tmpl, &t, conv, turn, i == first_user, i == last_user, &buf, ids, mask);
+            emit_user(s, tmpl, &t, conv, turn, i == first_user, i == last_user, &buf);
             break;
         case CHAT_ROLE_ASSISTANT:
-            emit_assistant(tok, tmpl, &t, turn, &buf, ids, mask);
+            emit_assistant(s, tmpl, &t, turn, &buf);
             break;
         case CHAT_ROLE_TOOL:
-            emit_tool_result(tok, &t, turn, &buf, ids, mask);
+            emit_tool_result(s, &t, turn, &buf);
             break;
         case CHAT_ROLE_SYSTEM:
             break;  /* merged into the system prompt by chat.c */

@@ -1,11 +1,12 @@
 /* fuzz_chat: any bytes as a conversation through every chat template and purpose. A
  * conversation is either refused with a message or encoded with one mask byte (0 or 1) per
- * id, BOS first; and whatever JSON parses, pyjson_dump writes text that parses back to an
- * equal value. Needs GALE_SHARED (the tokenizers); run e.g.
+ * id, BOS first, and chat_encode_with_encoder gives the same; and whatever JSON parses,
+ * pyjson_dump writes text that parses back to an equal value. Needs GALE_SHARED (the tokenizers); run e.g.
  *   GALE_SHARED=/work/shared ./fuzz_chat -max_total_time=60 */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "data/chat.h"
 #include "data/pyjson.h"
@@ -65,8 +66,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             gale_ids ids = {0};
             gale_bytes mask = {0};
             gale_error err;
-            if (chat_encode(tok, (enum chat_template)t, (enum chat_purpose)p, conversation, &ids, &mask,
-                            &err) == 0) {
+            int rc = chat_encode(tok, (enum chat_template)t, (enum chat_purpose)p, conversation, &ids,
+                                 &mask, &err);
+            if (rc == 0) {
                 if (ids.n != mask.n || ids.n == 0 || ids.v[0] != tokenizer_bos_id(tok))
                     abort();
                 for (size_t i = 0; i < mask.n; i++)
@@ -75,6 +77,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             } else if (ids.n || mask.n || !err.msg[0]) {
                 abort();
             }
+            /* an encoder gives the same ids, or the same refusal */
+            gale_ids again = {0};
+            tokenizer_encoder *enc = tokenizer_encoder_new(tok);
+            int again_rc = chat_encode_with_encoder(tok, enc, (enum chat_template)t, (enum chat_purpose)p,
+                                                    conversation, &again, NULL, &err);
+            if (again_rc != rc || again.n != ids.n || (ids.n && memcmp(again.v, ids.v, ids.n * sizeof *ids.v)))
+                abort();
+            tokenizer_encoder_free(enc);
+            gale_ids_free(&again);
             gale_ids_free(&ids);
             gale_bytes_free(&mask);
         }

@@ -1,7 +1,7 @@
 /* test_chat_vectors: every folder of $GALE_SHARED/tokenizers/chat-vectors (mistral-common's
  * encodings of sample.json, one tokens_vN.json per template) reproduced id for id by
- * chat_encode, whatever folders are there; and the loss mask of each, decoded run by run,
- * gives back the assistant answers of sample.json. */
+ * chat_encode, whatever folders are there, and by chat_encode_with_encoder alike; and the
+ * loss mask of each, decoded run by run, gives back the assistant answers of sample.json. */
 #include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -176,6 +176,19 @@ static void check_vector(const char *folder, const char *name, const char *token
         } else {
             check_mask(label, tok, tmpl, sample, &ids, &mask);
         }
+        /* the same through a per-thread encoder */
+        tokenizer_encoder *enc = tokenizer_encoder_new(tok);
+        gale_ids again = {0};
+        gale_bytes again_mask = {0};
+        if (chat_encode_with_encoder(tok, enc, tmpl, CHAT_FOR_PROMPT, sample, &again, &again_mask, &err) ||
+            again.n != ids.n || memcmp(again.v, ids.v, ids.n * sizeof *ids.v) ||
+            memcmp(again_mask.v, mask.v, mask.n)) {
+            fprintf(stderr, "FAIL %s: chat_encode_with_encoder differs from chat_encode\n", label);
+            failures++;
+        }
+        gale_ids_free(&again);
+        gale_bytes_free(&again_mask);
+        tokenizer_encoder_free(enc);
     }
     printf("%s: %zu ids\n", label, ids.n);
     gale_ids_free(&ids);
