@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_resume: `gale train` resumes exactly. 16 steps straight; 8 steps (--stop-at) then a
 # resume; and a run interrupted by SIGINT at an arbitrary step then resumed: all three give
-# IDENTICAL losses at every step and byte-identical weights and moments at the end.
+# IDENTICAL losses at every step and byte-identical weights and moments at the end. A
+# crash between checkpoints leaves metrics.jsonl without duplicated steps after the resume.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 steps=16
@@ -25,7 +26,18 @@ stopped=$(sed -n 's/^stopped after step \([0-9]*\).*/\1/p' "$tmp/int.log")
 [ "$(cat "$tmp/int/checkpoints/latest")" = "$(printf 'step_%08d' "$stopped")" ]
 "$GALE_BIN" train "$tmp/int.yaml" > /dev/null
 
+# a crash after step 16 but before its checkpoint: the records of steps past the resumed
+# checkpoint are dropped and redone, not duplicated
+cp -r "$tmp/straight" "$tmp/crash"
+rm -rf "$tmp/crash/checkpoints/step_00000016"
+echo step_00000015 > "$tmp/crash/checkpoints/latest"
+write_config "$tmp/crash.yaml" "$tmp/crash" $steps 4
+"$GALE_BIN" train "$tmp/crash.yaml" > "$tmp/crash.log"
+grep -q "resuming from .*step_00000015: step 15" "$tmp/crash.log"
+
 losses "$tmp/straight" > "$tmp/a"
+losses "$tmp/crash" > "$tmp/d"
+diff "$tmp/a" "$tmp/d" || { echo "FAIL: metrics after a crash and resume differ from straight"; exit 1; }
 losses "$tmp/half" > "$tmp/b"
 losses "$tmp/int" > "$tmp/c"
 [ "$(wc -l < "$tmp/a")" -eq $steps ] || { echo "FAIL: $(wc -l < "$tmp/a") steps recorded"; exit 1; }
