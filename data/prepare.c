@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define XXH_INLINE_ALL
@@ -54,6 +55,7 @@ typedef struct prepare_counts {
     uint64_t records, rejected[REJECT_N];
     uint64_t exact, near, kept;
     uint64_t candidate_pairs, confirmed_pairs, spilled_bytes;
+    uint64_t cpu_us_read, cpu_us_write; /* CPU time of the two passes, all threads */
     struct {
         uint64_t docs, tokens, padding, rows, shards, truncated, dropped, truncated_tokens;
     } split[N_SPLITS];
@@ -107,6 +109,14 @@ typedef struct prepare_ctx {
 } prepare_ctx;
 
 /* ---- small helpers ---- */
+
+/* CPU time of this process (every thread), in microseconds. */
+static uint64_t cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static uint64_t order_key(size_t file, uint64_t line)
 {
@@ -659,14 +669,15 @@ static json_t *report_json(const prepare_ctx *c, const prepare_counts *t, json_t
         json_object_set_new(splits, split_names[s], split_json(t, s));
     json_t *report = json_pack(
         "{s:i, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:o, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:o, s:o, "
-        "s:{s:f, s:f, s:f}, s:o}",
+        "s:{s:f, s:f, s:f}, s:{s:f, s:f}, s:o}",
         "ranks", c->size, "inputs", "files", (json_int_t)c->n_paths, "unreadable_files",
         (json_int_t)t->unreadable_files, "bytes", (json_int_t)t->bytes, "documents", "read", (json_int_t)t->records,
         "rejected_total", (json_int_t)n_rejected, "rejected", rejected, "exact_duplicates", (json_int_t)t->exact,
         "near_duplicates", (json_int_t)t->near, "kept", (json_int_t)t->kept, "near_dedup", "candidate_pairs",
         (json_int_t)t->candidate_pairs, "confirmed_pairs", (json_int_t)t->confirmed_pairs, "spilled_bytes",
         (json_int_t)t->spilled_bytes, "splits", splits, "examples", examples, "seconds", "read_dedup", seconds[0],
-        "tokenize_pack", seconds[1], "total", seconds[2], "config", prepare_config_to_json(c->cfg));
+        "tokenize_pack", seconds[1], "total", seconds[2], "cpu_seconds", "read_dedup", 1e-6 * (double)t->cpu_us_read,
+        "tokenize_pack", 1e-6 * (double)t->cpu_us_write, "config", prepare_config_to_json(c->cfg));
     return report;
 }
 
@@ -795,6 +806,7 @@ static void print_summary(const prepare_ctx *c, const prepare_counts *t, double 
 static int run(prepare_ctx *c, gale_error *err)
 {
     double t0 = progress_now();
+    uint64_t cpu0 = cpu_us();
     int rc = 0;
     if (c->rank == 0)
         rc = make_partial_dir(c, err);
@@ -828,6 +840,8 @@ static int run(prepare_ctx *c, gale_error *err)
     dedup_pair_counts(c->dedup, &c->counts.candidate_pairs, &c->counts.confirmed_pairs);
     c->counts.spilled_bytes = dedup_spilled_bytes(c->dedup);
     double t1 = progress_now();
+    uint64_t cpu1 = cpu_us();
+    c->counts.cpu_us_read = cpu1 - cpu0;
 
     progress_start(&c->progress, c->size > 1 ? "tokenize (rank 0)" : "tokenize", "docs", my_bytes, progress_mode);
     rc = read_files(c, &batch, 0, pass2_visit, pass2_flush, err);
@@ -843,6 +857,7 @@ static int run(prepare_ctx *c, gale_error *err)
     if (agree(c, rc, err) < 0)
         return -1;
     double t2 = progress_now();
+    c->counts.cpu_us_write = cpu_us() - cpu1;
 
     prepare_counts total;
     MPI_Reduce(&c->counts, &total, sizeof total / sizeof(uint64_t), MPI_UINT64_T, MPI_SUM, 0, c->comm);

@@ -202,9 +202,11 @@ static int read_line(doc_reader *r, const char **line, size_t *len, gale_error *
         }
         if (r->at_eof)
             return 0;
-        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
-        r->len -= r->pos;
-        r->pos = 0;
+        if (r->pos > 0) {
+            memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+            r->len -= r->pos;
+            r->pos = 0;
+        }
         if (r->cap - r->len < READ_BLOCK) {
             r->cap = r->cap ? r->cap * 2 : 2 * READ_BLOCK;
             r->buf = gale_xrealloc(r->buf, r->cap);
