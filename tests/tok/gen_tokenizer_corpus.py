@@ -188,12 +188,12 @@ def man_text(lang, rng, max_files=40):
 def real_corpus(rng):
     out = []
     fort = "/usr/share/games/fortunes"
-    out += sample_lines(fortune_text(glob.glob(fort + "/*")), rng, 150000)
+    out += sample_lines(fortune_text(glob.glob(fort + "/*")), rng, 100000)
     for lang in ["de", "es", "it", "pl", "ru"]:
-        out += sample_lines(fortune_text(glob.glob("%s/%s/*" % (fort, lang))), rng, 40000)
+        out += sample_lines(fortune_text(glob.glob("%s/%s/*" % (fort, lang))), rng, 25000)
     out += sample_lines(fortune_text([fort + "/chinese"]), rng, 30000)
     for lang in ["ja", "de", "ru", "pl", "zh_CN", "es", "it"]:
-        out += sample_lines(man_text(lang, rng), rng, 30000)
+        out += sample_lines(man_text(lang, rng), rng, 20000)
     return out
 
 
