@@ -31,8 +31,8 @@ struct chat_turn {
 };
 
 struct chat_conversation {
-    int has_system;
-    gale_bytes system_prompt;
+    int has_system;          /* any system message, even an empty one (llama2 wraps it anyway) */
+    gale_bytes system_prompt; /* the non-empty system contents joined with "\n\n" */
     json_t *tools;           /* owned, v3 only: the tool list in mistral-common's shape, or NULL */
     struct chat_turn *turns;
     size_t n_turns;
