@@ -62,21 +62,25 @@ static uint32_t utf8_next(const uint8_t *s, size_t *i)
     return cp;
 }
 
-static void utf8_put(gale_bytes *out, uint32_t cp)
+/* Writes cp as UTF-8 at p; returns the byte count. */
+static size_t utf8_put(uint8_t *p, uint32_t cp)
 {
-    uint8_t b[4];
-    size_t n;
     if (cp < 0x80) {
-        b[0] = (uint8_t)cp, n = 1;
-    } else if (cp < 0x800) {
-        b[0] = 0xC0 | (cp >> 6), b[1] = 0x80 | (cp & 0x3F), n = 2;
-    } else if (cp < 0x10000) {
-        b[0] = 0xE0 | (cp >> 12), b[1] = 0x80 | ((cp >> 6) & 0x3F), b[2] = 0x80 | (cp & 0x3F), n = 3;
-    } else {
-        b[0] = 0xF0 | (cp >> 18), b[1] = 0x80 | ((cp >> 12) & 0x3F);
-        b[2] = 0x80 | ((cp >> 6) & 0x3F), b[3] = 0x80 | (cp & 0x3F), n = 4;
+        p[0] = (uint8_t)cp;
+        return 1;
     }
-    gale_bytes_append(out, b, n);
+    if (cp < 0x800) {
+        p[0] = (uint8_t)(0xC0 | (cp >> 6)), p[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        p[0] = (uint8_t)(0xE0 | (cp >> 12)), p[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        p[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    p[0] = (uint8_t)(0xF0 | (cp >> 18)), p[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    p[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)), p[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return 4;
 }
 
 static int is_space(uint32_t cp)
@@ -144,34 +148,52 @@ static const char *strip_accent(uint32_t cp)
     return NULL;
 }
 
-static int is_ascii_alnum(uint32_t cp)
-{
-    return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
-}
-
-/* Punctuation, symbols, combining marks and zero-width characters: dropped by the near form. */
+/* Non-ASCII punctuation, symbols, combining marks and zero-width characters: dropped by the
+ * near form (ASCII ones are decided inline). */
 static int is_dropped_near(uint32_t cp)
 {
-    if (cp < 0x80)
-        return !is_ascii_alnum(cp);
     return (cp >= 0xA1 && cp <= 0xBF) || cp == 0xD7 || cp == 0xF7 || (cp >= 0x300 && cp <= 0x36F) ||
            (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x2010 && cp <= 0x2027) ||
            (cp >= 0x2030 && cp <= 0x205E) || (cp >= 0x2060 && cp <= 0x206F) ||
            (cp >= 0x3001 && cp <= 0x303F) || cp == 0xFEFF;
 }
 
-/* Appends text folded to lower case, white space runs folded to one space and trimmed;
- * with near set, also accents stripped, digits to '0', punctuation dropped. */
+/* Replaces out with text folded to lower case, white space runs folded to one space and
+ * trimmed; with near set, also accents stripped, digits to '0', punctuation dropped. No
+ * character grows in bytes (a 2-byte letter becomes at most 2 ASCII letters), so len bytes
+ * of room are enough and the loop writes without bounds checks. */
 static void normalize(const char *text, size_t len, int near, gale_bytes *out)
 {
     const uint8_t *s = (const uint8_t *)text;
     out->n = 0;
+    gale_bytes_fill(out, 0, len + 1);
+    uint8_t *o = out->v, *start = out->v;
     int pending_space = 0;
     size_t i = 0;
     while (i < len) {
-        uint32_t cp = utf8_next(s, &i);
+        uint32_t cp = s[i];
+        if (cp < 0x80) {
+            i++; /* ASCII, the common case, decided inline */
+            if (cp == ' ' || (cp >= '\t' && cp <= '\r')) {
+                pending_space = o > start;
+                continue;
+            }
+            if (cp >= 'A' && cp <= 'Z')
+                cp += 32;
+            else if (near && cp >= '0' && cp <= '9')
+                cp = '0';
+            else if (near && !(cp >= 'a' && cp <= 'z') && !(cp >= '0' && cp <= '9'))
+                continue;
+            if (pending_space) {
+                *o++ = ' ';
+                pending_space = 0;
+            }
+            *o++ = (uint8_t)cp;
+            continue;
+        }
+        cp = utf8_next(s, &i);
         if (is_space(cp)) {
-            pending_space = out->n > 0;
+            pending_space = o > start;
             continue;
         }
         cp = to_lower(cp);
@@ -179,23 +201,21 @@ static void normalize(const char *text, size_t len, int near, gale_bytes *out)
         if (near) {
             if (is_dropped_near(cp))
                 continue;
-            if (cp >= '0' && cp <= '9')
-                cp = '0';
             ascii = strip_accent(cp);
             if (ascii && !*ascii)
                 continue;
         }
         if (pending_space) {
-            gale_bytes_push(out, ' ');
+            *o++ = ' ';
             pending_space = 0;
         }
         if (ascii)
-            gale_bytes_append(out, ascii, __builtin_strlen(ascii));
-        else if (cp < 0x80)
-            gale_bytes_push(out, (uint8_t)cp);
+            while (*ascii)
+                *o++ = (uint8_t)*ascii++;
         else
-            utf8_put(out, cp);
+            o += utf8_put(o, cp);
     }
+    out->n = (size_t)(o - start);
 }
 
 void normalize_exact(const char *s, size_t len, gale_bytes *out)

@@ -319,6 +319,18 @@ static void test_jaccard(void)
     CHECK(s.n == 1);
     minhash_shingles(m, "", 0, &s);
     CHECK(s.n == 0);
+    /* a long text (radix-sorted set): sorted, distinct, one per distinct window */
+    gale_bytes text = {0};
+    for (int i = 0; i < 3000; i++) {
+        char w[16];
+        int k = snprintf(w, sizeof w, "%sw%d", i ? " " : "", (i * 7) % 1000);
+        gale_bytes_append(&text, w, (size_t)k);
+    }
+    minhash_shingles(m, (const char *)text.v, text.n, &s);
+    CHECK(s.n == 1000); /* the word sequence repeats every 1000 words */
+    for (size_t i = 1; i < s.n; i++)
+        CHECK(s.v[i - 1] < s.v[i]);
+    gale_bytes_free(&text);
     p.max_shingles = 2;
     minhasher *capped = minhasher_create(&p);
     minhash_shingles(capped, "a b c d e f g h i j", 19, &s);
