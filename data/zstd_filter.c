@@ -60,8 +60,9 @@ static size_t zstd_decode_stream(const void *in, size_t nbytes, void **out_buf, 
             break;
     }
     ZSTD_freeDStream(ds);
-    /* Success is all input consumed and the last frame complete. */
-    if (!out || ZSTD_isError(last) || last != 0 || src.pos != src.size) {
+    /* Success is all input consumed, the last frame complete, and some data: HDF5 has no
+     * empty chunks, and 0 is how a filter says it failed. */
+    if (!out || ZSTD_isError(last) || last != 0 || src.pos != src.size || dst.pos == 0) {
         if (out)
             H5free_memory(out);
         return 0;
@@ -109,7 +110,7 @@ static size_t zstd_decode(size_t nbytes, size_t *buf_size, void **buf)
         if (!out)
             return 0;
         n = ZSTD_decompress(out, cap, *buf, nbytes);
-        if (ZSTD_isError(n) || n != size) {
+        if (ZSTD_isError(n) || n != size || n == 0) {
             H5free_memory(out);
             return 0;
         }
