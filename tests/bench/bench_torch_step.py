@@ -61,7 +61,7 @@ def run(args):
         "impl": "torch " + torch.__version__, "threads": torch.get_num_threads(),
         "batch": int(inputs.shape[0]), "seq": int(inputs.shape[1]),
         "warmup": args.warmup, "steps": args.steps,
-        "median_step_s": median, "min_step_s": min(times),
+        "step_times": times, "median_step_s": median, "min_step_s": min(times),
         "tokens_per_s": inputs.numel() / median,
         "losses": losses, "grad_norms": norms,
     }))
