@@ -24,7 +24,7 @@ static void usage(FILE *f)
 int cmd_eval(int argc, char **argv)
 {
     const char *ckpt_arg = NULL, *split = "val";
-    const char **dirs = calloc(argc, sizeof *dirs);
+    const char **dirs = gale_xcalloc(argc, sizeof *dirs);
     gale_eval_options eo = {.batch_rows = 8, .doc_mask = 1, .world = 1};
     int rc = 2;
     for (int i = 1; i < argc; i++) {

@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
+#include "util/error.h"
 
 static void usage(FILE *f)
 {
@@ -27,7 +28,7 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv, const char **config, char ***sets, int *n_sets, long *stop_at)
 {
-    *sets = calloc(argc, sizeof **sets);
+    *sets = gale_xcalloc(argc, sizeof **sets);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--set") && i + 1 < argc) {

@@ -161,6 +161,9 @@ static int open_data(trainer *t, gale_error *err)
         batch_init(&t->micro[i], (int)c->data.micro_batch, seq);
     t->segments = gale_xmalloc((size_t)c->data.micro_batch * seq * sizeof *t->segments);
     t->tokenizer_path = find_tokenizer(t->dirs[0]);
+    if (!t->tokenizer_path && t->rank == 0)
+        fprintf(stderr, "gale train: note: the tokenizer recorded in %s/manifest.json is not found (or has changed): "
+                        "checkpoints will have no tokenizer.model\n", t->dirs[0]);
     if (c->run.eval_every > 0) {
         lo.split = "val";
         lo.one_pass = 1;
@@ -573,7 +576,8 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
 int trainer_run(const gale_run_config *cfg, const gale_train_options *opts, gale_error *err)
 {
     trainer t = {.cfg = cfg};
-    struct sigaction sa = {.sa_handler = on_stop_signal}, old_int, old_term;
+    /* SA_RESTART: a signal must not make a read or an fsync of the step fail */
+    struct sigaction sa = {.sa_handler = on_stop_signal, .sa_flags = SA_RESTART}, old_int, old_term;
     sigemptyset(&sa.sa_mask);
     stop_signal = 0;
     sigaction(SIGINT, &sa, &old_int);
