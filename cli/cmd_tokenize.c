@@ -467,7 +467,7 @@ static int encode_conversation(const gale_tokenizer *tok, tokenizer_encoder *enc
                                gale_bytes *mask, gale_error *err)
 {
     json_error_t jerr;
-    json_t *conversation = json_loadb((const char *)text, len, 0, &jerr);
+    json_t *conversation = json_loadb((const char *)text, len, JSON_ALLOW_NUL, &jerr);
     if (!conversation)
         return gale_fail(err, "not valid JSON: %s (column %d)", jerr.text, jerr.column);
     int rc = chat_encode_with_encoder(tok, enc, tmpl, purpose, conversation, ids, mask, err);

@@ -66,33 +66,34 @@ static const char *type_name(const json_t *v)
     return "?";
 }
 
-/* mistral-common's ^[a-zA-Z0-9_-]{1,64}$ for function and tool names. */
-static bool is_function_name(const char *s)
+/* A JSON string of min to max bytes, every one an ASCII letter or digit (or '_' and '-' when
+ * dashes): its length is checked, not strlen, so an embedded NUL is refused too. */
+static bool is_word(const json_t *s, size_t min, size_t max, bool dashes)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > 64)
+    size_t n = json_string_length(s);
+    const char *v = json_string_value(s);
+    if (!v || n < min || n > max)
         return false;
     for (size_t i = 0; i < n; i++) {
-        char c = s[i];
+        char c = v[i];
         bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '-';
+                  (dashes && (c == '_' || c == '-'));
         if (!ok)
             return false;
     }
     return true;
 }
 
-/* mistral-common's v3 call ids: ^[a-zA-Z0-9]{9}$. */
-static bool is_call_id(const char *s)
+/* mistral-common's ^[a-zA-Z0-9_-]{1,64}$ for function and tool names. */
+static bool is_function_name(const json_t *s)
 {
-    if (strlen(s) != 9)
-        return false;
-    for (size_t i = 0; i < 9; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
-            return false;
-    }
-    return true;
+    return is_word(s, 1, 64, true);
+}
+
+/* mistral-common's v3 call ids: ^[a-zA-Z0-9]{9}$. */
+static bool is_call_id(const json_t *s)
+{
+    return is_word(s, 9, 9, false);
 }
 
 /* One entry of "messages", checked on its own but not yet merged with its neighbours. */
@@ -121,8 +122,8 @@ static json_t *normalized_json_text(const json_t *text)
     return pyjson_parse(json_string_value(text), json_string_length(text));
 }
 
-static int parse_call(const json_t *call, size_t i, size_t k, enum chat_template tmpl,
-                      struct chat_call *out, gale_error *err)
+static int parse_call(const json_t *call, size_t i, size_t k, struct chat_call *out,
+                      gale_error *err)
 {
     if (!json_is_object(call))
         return gale_fail(err, "messages[%zu].tool_calls[%zu]: expected an object, got %s", i, k,
@@ -143,7 +144,7 @@ static int parse_call(const json_t *call, size_t i, size_t k, enum chat_template
     if (!json_is_string(name))
         return gale_fail(err, "messages[%zu].tool_calls[%zu].function.name: expected a string, got %s",
                          i, k, type_name(name));
-    if (!is_function_name(json_string_value(name)))
+    if (!is_function_name(name))
         return gale_fail(err,
                          "messages[%zu].tool_calls[%zu].function.name: \"%.80s\" is not 1 to 64 "
                          "letters, digits, '_' or '-'", i, k, json_string_value(name));
@@ -162,9 +163,9 @@ static int parse_call(const json_t *call, size_t i, size_t k, enum chat_template
             return gale_fail(err, "messages[%zu].tool_calls[%zu].id: expected a string, got %s", i,
                              k, type_name(id));
         id_text = json_string_value(id);
-        if (!strcmp(id_text, "null"))
+        if (json_string_length(id) == 4 && !strcmp(id_text, "null"))
             id_text = NULL;  /* mistral-common's spelling of "no id" */
-        else if (tmpl == CHAT_MISTRAL_V3 && !is_call_id(id_text))
+        else if (!is_call_id(id))
             return gale_fail(err,
                              "messages[%zu].tool_calls[%zu].id: \"%.80s\" is not a v3 call id "
                              "(9 letters or digits)", i, k, id_text);
@@ -214,13 +215,13 @@ static int parse_tool_message(const json_t *msg, size_t i, struct chat_message *
     if (!json_is_string(id))
         return gale_fail(err, "messages[%zu].tool_call_id: expected a string, got %s", i,
                          type_name(id));
-    if (!is_call_id(json_string_value(id)))
+    if (!is_call_id(id))
         return gale_fail(err,
                          "messages[%zu].tool_call_id: \"%.80s\" is not a v3 call id (9 letters "
                          "or digits)", i, json_string_value(id));
     const json_t *name = json_object_get(msg, "name");
     if (name && !json_is_null(name) &&
-        !(json_is_string(name) && is_function_name(json_string_value(name))))
+        !is_function_name(name))
         return gale_fail(err, "messages[%zu].name: expected 1 to 64 letters, digits, '_' or '-'", i);
     out->call_id = json_string_value(id);
     return 0;
@@ -241,7 +242,7 @@ static int parse_assistant_calls(const json_t *msg, size_t i, enum chat_template
                          i, chat_template_name(tmpl));
     out->calls = gale_xcalloc(n, sizeof *out->calls);
     for (size_t k = 0; k < n; k++) {
-        if (parse_call(json_array_get(calls, k), i, k, tmpl, &out->calls[k], err))
+        if (parse_call(json_array_get(calls, k), i, k, &out->calls[k], err))
             return -1;
         out->n_calls++;
     }
@@ -396,7 +397,7 @@ static int parse_tool(const json_t *tool, size_t k, json_t *list, gale_error *er
     const json_t *name = json_object_get(fn, "name");
     if (!name)
         return gale_fail(err, "tools[%zu].function: missing key \"name\"", k);
-    if (!json_is_string(name) || !is_function_name(json_string_value(name)))
+    if (!is_function_name(name))
         return gale_fail(err, "tools[%zu].function.name: expected 1 to 64 letters, digits, '_' or '-'", k);
     const json_t *desc = json_object_get(fn, "description");
     if (desc && !json_is_null(desc) && !json_is_string(desc))

@@ -23,7 +23,7 @@ static json_t *conv(const char *text)
         if (*p == '\'')
             *p = '"';
     json_error_t jerr;
-    json_t *v = json_loads(s, 0, &jerr);
+    json_t *v = json_loads(s, JSON_ALLOW_NUL, &jerr);
     if (!v) {
         fprintf(stderr, "bad test JSON (%s): %s\n", jerr.text, s);
         exit(1);
@@ -338,6 +338,14 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
                  " 'tool_calls': [{'id': 'abcdefghi', 'function': {'name': 'get weather', 'arguments': '{}'}}]}]}",
                  "messages[1].tool_calls[0].function.name: \"get weather\" is not 1 to 64");
+    expect_error("tool call name with a NUL", v3, V3, T,
+                 "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
+                 " 'tool_calls': [{'id': 'abcdefghi', 'function': {'name': 'f\\u0000x', 'arguments': '{}'}}]}]}",
+                 "messages[1].tool_calls[0].function.name: \"f\" is not 1 to 64");
+    expect_error("call id with a NUL", v3, V3, T,
+                 "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
+                 " 'tool_calls': [{'id': 'null\\u0000', 'function': {'name': 'f', 'arguments': '{}'}}]}]}",
+                 "messages[1].tool_calls[0].id: \"null\" is not a v3 call id");
     expect_error("tool call without function", v3, V3, T,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
                  " 'tool_calls': [{'id': 'abcdefghi'}]}]}",
