@@ -5,11 +5,13 @@ clip to 1.0, AdamW) of torch_reference.py on the CPU in fp32.
         a random model (DIR/config.json, DIR/model.safetensors) and one batch of B rows of
         T + 1 random tokens (DIR/batch.safetensors, "tokens" I64), which gale's
         bench_train_step loads too, so both sides train the same weights on the same tokens
-    bench_torch_step.py run --dir DIR --steps N --warmup W --threads K
-        times N steps after W warm-up steps at K threads; prints one JSON line
+    bench_torch_step.py run --dir DIR --steps N --warmup W --threads K [--profile]
+        times N steps after W warm-up steps at K threads; prints one JSON line (with --profile,
+        also torch.profiler's table of the timed steps' ops, by self CPU time, on stderr)
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -48,7 +50,10 @@ def run(args):
     targets = tokens[:, 1:].contiguous()
     optimizer = ref.make_optimizer(weights)
     times, losses, norms = [], [], []
+    profiler = torch.profiler.profile() if args.profile else contextlib.nullcontext()
     for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            profiler.__enter__()
         start = time.perf_counter()
         loss, norm = ref.train_step(cfg, weights, optimizer, inputs, targets)
         elapsed = time.perf_counter() - start
@@ -56,6 +61,9 @@ def run(args):
         norms.append(norm.item())
         if step >= args.warmup:
             times.append(elapsed)
+    profiler.__exit__(None, None, None)
+    if args.profile:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
     median = statistics.median(times)
     print(json.dumps({
         "impl": "torch " + torch.__version__, "threads": torch.get_num_threads(),
@@ -81,6 +89,7 @@ def main(argv):
     timed.add_argument("--steps", type=int, default=10)
     timed.add_argument("--warmup", type=int, default=2)
     timed.add_argument("--threads", type=int, default=1)
+    timed.add_argument("--profile", action="store_true", help="print torch.profiler's op table on stderr")
     args = parser.parse_args(argv[1:])
     if args.command == "make-inputs":
         make_inputs(args)
