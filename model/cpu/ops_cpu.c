@@ -3,6 +3,7 @@
  * the device memory. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,19 @@ static void cpu_copy(void *dst, const void *src, size_t bytes)
         memcpy(dst, src, bytes);
 }
 
+/* Products are split over the OpenMP threads here, each block a single-threaded BLAS call:
+ * letting OpenBLAS's own pthreads run beside the OpenMP threads of the other kernels
+ * oversubscribes the cores (each pool spins while the other works), measured 2.5x slower on
+ * 2 cores. So OpenBLAS is kept at one thread. */
+static void blas_single_threaded(void)
+{
+    if (openblas_get_num_threads() != 1)
+        openblas_set_num_threads(1);
+}
+
+/* Below this many multiply-adds a product runs on one thread. */
+#define MATMUL_SPLIT_MIN (1 << 18)
+
 static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                        int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
@@ -42,8 +56,29 @@ static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alph
                 c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
         return;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    blas_single_threaded();
+    CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if ((double)m * n * k < MATMUL_SPLIT_MIN || threads == 1) {
+        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    /* split the larger of C's dimensions into one block per thread */
+    int split_rows = m >= n, extent = split_rows ? m : n;
+    int blocks = threads < extent ? threads : extent;
+#pragma omp parallel for num_threads(blocks)
+    for (int blk = 0; blk < blocks; blk++) {
+        int lo = (int)((long)extent * blk / blocks), hi = (int)((long)extent * (blk + 1) / blocks);
+        if (split_rows) {
+            const float *ab = trans_a ? a + lo : a + (size_t)lo * lda;
+            cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, n, k, alpha, ab, lda, b, ldb, beta,
+                        c + (size_t)lo * ldc, ldc);
+        } else {
+            const float *bb = trans_b ? b + (size_t)lo * ldb : b + lo;
+            cblas_sgemm(CblasRowMajor, ta, tb, m, hi - lo, k, alpha, a, lda, bb, ldb, beta, c + lo,
+                        ldc);
+        }
+    }
 }
 
 static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tokens, int rows,
@@ -195,6 +230,7 @@ static void cpu_attention_fwd(float *out, float *lse, const float *q, const floa
 {
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
+    blas_single_threaded();
 #pragma omp parallel
     {
         float *s = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
@@ -226,6 +262,7 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
     float scale = (float)(1.0 / sqrt((double)head_dim));
     /* One task per (sequence, kv head): the query heads sharing a kv head accumulate into
      * the same dk, dv, so they run in one task. */
+    blas_single_threaded();
 #pragma omp parallel
     {
         float *p = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
@@ -459,17 +496,27 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows,
         float mx = -INFINITY;
         for (int v = 0; v < vocab; v++)
             mx = x[v] > mx ? x[v] : mx;
-        double sum = 0;
-        for (int v = 0; v < vocab; v++)
-            sum += exp((double)x[v] - mx);
-        double lse = mx + log(sum);
-        total += lse - x[t];
-        n++;
-        if (grad_scale != 0) {
+        if (grad_scale == 0) {
+            double sum = 0;
             for (int v = 0; v < vocab; v++)
-                x[v] = (float)(exp((double)x[v] - lse) * grad_scale);
-            x[t] -= grad_scale;
+                sum += expf(x[v] - mx);
+            total += mx + log(sum) - x[t];
+            n++;
+            continue;
         }
+        /* one exp per logit: keep exp(x - max) in place, then scale it to the gradient */
+        float xt = x[t];
+        double sum = 0;
+        for (int v = 0; v < vocab; v++) {
+            x[v] = expf(x[v] - mx);
+            sum += x[v];
+        }
+        total += mx + log(sum) - xt;
+        n++;
+        float scale = (float)(grad_scale / sum);
+        for (int v = 0; v < vocab; v++)
+            x[v] *= scale;
+        x[t] -= grad_scale;
     }
     *count = n;
     return total;
