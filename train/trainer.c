@@ -285,6 +285,8 @@ static int setup(trainer *t, gale_error *err)
             return -1;
         print_effective_config(t);
     }
+    /* checkpoints record this run's config and world, not those of the one resumed */
+    json_decref(t->state.config);
     t->state.config = run_config_to_json(c);
     t->state.world_size = t->world;
     return 0;
