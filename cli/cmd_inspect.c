@@ -376,12 +376,14 @@ static void print_span(const gale_tokenizer *tok, const int32_t *seg_ids, size_t
     gale_bytes before = {0}, upto = {0};
     tokenizer_decode(tok, seg_ids, from, &before);
     tokenizer_decode(tok, seg_ids, to, &upto);
-    if (upto.n >= before.n && !memcmp(upto.v, before.v, before.n)) {
-        fwrite(upto.v + before.n, 1, upto.n - before.n, stdout);
+    if (upto.n >= before.n && (before.n == 0 || !memcmp(upto.v, before.v, before.n))) {
+        if (upto.n > before.n)
+            fwrite(upto.v + before.n, 1, upto.n - before.n, stdout);
     } else {
         gale_bytes alone = {0};
         tokenizer_decode(tok, seg_ids + from, to - from, &alone);
-        fwrite(alone.v, 1, alone.n, stdout);
+        if (alone.n)
+            fwrite(alone.v, 1, alone.n, stdout);
         gale_bytes_free(&alone);
     }
     gale_bytes_free(&before);
