@@ -151,6 +151,16 @@ def test_gale_to_h5py():
     check(out.count("PREPROCESSING SHUFFLE") == 2 and out.count("FILTER_ID 32015") == 2,
           "h5dump -pH: shuffle and zstd 32015 on /tokens and /segments")
     check(out.find("PREPROCESSING SHUFFLE") < out.find("FILTER_ID 32015"), "h5dump -pH: shuffle before zstd")
+    # and h5dump decodes the values with the standard zstd plugin on HDF5_PLUGIN_PATH
+    shard = os.path.join(pre, "train-00000.h5")
+    env = dict(os.environ, HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH)
+    dump = subprocess.run(["h5dump", "-d", "/tokens", "-s", "0,0", "-c", "3,20", shard], capture_output=True,
+                          text=True, env=env)
+    data = dump.stdout.split("DATA {", 1)[-1].split("}", 1)[0]
+    values = [int(v) for line in data.splitlines() if "):" in line for v in line.split("):")[1].split(",") if v.strip()]
+    with h5py.File(shard, "r") as h:
+        want = h["tokens"][0:3, 0:20].ravel().tolist()
+    check(dump.returncode == 0 and values == want, f"h5dump with hdf5plugin's zstd reads the tokens: {dump.stderr}")
 
 
 # ---------------------------------------------------------------- h5py -> gale
