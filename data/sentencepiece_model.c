@@ -257,9 +257,9 @@ static int parse_model(pb_reader r, spm_model *m, gale_error *err)
     pb_field f;
     int rc;
     while ((rc = read_field(&r, &f, err)) > 0) {
-        if (f.number < 1 || f.number > 5)
-            continue;
-        if (f.number != 4 && expect_wire(&r, &f, WIRE_LEN, "ModelProto field", err) < 0)
+        if (f.number < 1 || f.number > 5 || f.number == 4)
+            continue; /* 4 is self_test_data */
+        if (expect_wire(&r, &f, WIRE_LEN, "ModelProto field", err) < 0)
             return -1;
         pb_reader sub = sub_reader(&r, &f);
         if (f.number == 1) {

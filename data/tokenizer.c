@@ -910,6 +910,8 @@ static void encoder_reset(tokenizer_encoder *e)
 
 void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len, gale_ids *out)
 {
+    if (!len)
+        return;
     gale_bytes_append(&e->pending, chunk, len);
     size_t used = normalize_run(e, e->pending.v, e->pending.n, 0, out);
     memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
