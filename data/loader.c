@@ -11,8 +11,9 @@
 #include "data/shard.h"
 #include "util/file.h"
 
-/* Shards kept open at once over all sources: each open shard holds HDF5 chunk caches. */
-#define MAX_OPEN_SHARDS 32
+/* Shards kept open at once over all sources: each open shard holds HDF5 chunk caches (a few
+ * MB at seq_len 2048), so this bounds the loader's memory. */
+#define MAX_OPEN_SHARDS 16
 
 typedef struct source {
     char *dir;

@@ -17,8 +17,9 @@
 /* Rows per chunk: about this many bytes of tokens, between 1 and 256 rows. */
 #define CHUNK_TARGET_BYTES (512 * 1024)
 #define CHUNK_MAX_ROWS 256
-/* Chunks of each dataset kept decompressed by a reader, so sequential reads decode once. */
-#define READ_CACHE_CHUNKS 4
+/* Chunks of each dataset kept decompressed by a reader, so reading rows in order decodes
+ * each chunk once (random rows gain nothing from more: a loader keeps many shards open). */
+#define READ_CACHE_CHUNKS 2
 
 enum { DS_TOKENS, DS_SEGMENTS, DS_LOSS_MASK, N_DATASETS };
 static const char *const dataset_names[N_DATASETS] = {"tokens", "segments", "loss_mask"};

@@ -347,6 +347,49 @@ static void test_one_pass(const char *dir_a, const char *dir_b)
         CHECK(seen[i] != seen[i - 1]);
 }
 
+/* More shards than the loader keeps open: shards are closed and reopened as rows need them,
+ * and every row still comes once per epoch. */
+static void test_many_shards(const char *root)
+{
+    gale_error err;
+    enum { SHARDS = 23, ROWS = 5 };
+    char *dir = gale_path_join(root, "many");
+    CHECK_OK(gale_mkdir_p(dir, &err), err);
+    gale_manifest m;
+    manifest_init(&m);
+    m.kind = GALE_SHARD_PRETRAIN;
+    m.packing = GALE_SHARD_CONCAT;
+    m.seq_len = SEQ;
+    m.tokenizer.path = gale_xstrdup("tokenizer.model");
+    memcpy(m.tokenizer.sha256, fixture_sha, sizeof fixture_sha);
+    m.tokenizer.vocab_size = VOCAB;
+    m.tokenizer.bos_id = 1;
+    m.tokenizer.eos_id = 2;
+    gale_shard_meta meta = fixture_meta(SEQ, VOCAB, GALE_SHARD_PRETRAIN);
+    long all_rows[SHARDS * ROWS];
+    for (int i = 0; i < SHARDS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "train-%05d.h5", i);
+        char *path = gale_path_join(dir, name);
+        CHECK_OK(fixture_write_shard(path, &meta, 100 + i, ROWS, &err), err);
+        CHECK_OK(manifest_add_shard(&m, dir, name, "train", &err), err);
+        free(path);
+        for (int r = 0; r < ROWS; r++)
+            all_rows[i * ROWS + r] = (100 + i) * 100000L + r;
+    }
+    CHECK_OK(manifest_write(&m, dir, &err), err);
+    manifest_free(&m);
+    const char *dirs[1] = {dir};
+    gale_shard_kind kinds[SHARDS / 10 + 11];
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+        kinds[i] = GALE_SHARD_PRETRAIN;
+    long *stream = global_stream(dirs, NULL, 1, 1, 5, 2 * SHARDS * ROWS / 5, 2, kinds);
+    CHECK(is_permutation_of(stream, SHARDS * ROWS, all_rows));
+    CHECK(is_permutation_of(stream + SHARDS * ROWS, SHARDS * ROWS, all_rows));
+    free(stream);
+    free(dir);
+}
+
 static void test_refusals(const char *root, const char *dir_a)
 {
     gale_error err;
@@ -405,6 +448,7 @@ int main(void)
     test_mixing(dir_a, dir_b);
     test_resume(dir_a, dir_b);
     test_one_pass(dir_a, dir_b);
+    test_many_shards(root);
     test_refusals(root, dir_a);
     fixture_remove_tree(root);
     free(dir_a), free(dir_b), free(root);
