@@ -9,7 +9,9 @@
  * r of R takes slots [r * B, (r + 1) * B) of each step, so the ranks' shares are disjoint
  * and together cover every slot. The position (slots consumed, rows drawn per source) does
  * not depend on R or B: resuming from it continues exactly the stream an uninterrupted run
- * would have served. A background thread prepares batches ahead.
+ * would have served (with other R or B too: only the split of the stream changes). Resuming
+ * with other weights is allowed: from there each source is steered towards its new share of
+ * all the slots so far. A background thread prepares batches ahead.
  *
  * A batch holds B rows of T = seq_len inputs (row[:-1]) and targets (row[1:]). The target
  * mask is 0 where the target (or its input) is padding; in SFT shards it is the stored
