@@ -274,6 +274,27 @@ static void test_resume(const char *dir_a, const char *dir_b)
             break;
         }
     }
+    /* resumed with other R and B, the ranks continue the same global stream */
+    gale_shard_kind kinds[2] = {GALE_SHARD_PRETRAIN, GALE_SHARD_SFT};
+    int64_t total = restored.slots + 3 * 2 * 4;
+    long *reference = global_stream(dirs, weights, 2, 1, 1, (int)total, 0, kinds);
+    for (int r = 0; r < 3; r++) {
+        gale_loader *l3 = open_loader(dirs, weights, 2, "train", 2, r, 3, 1, 0);
+        gale_batch b3;
+        batch_init(&b3, 2, SEQ);
+        CHECK_OK(l3 ? loader_seek(l3, &restored, &err) : -1, err);
+        for (int k = 0; l3 && k < 4; k++) {
+            CHECK(loader_next(l3, &b3, &err) == 1);
+            CHECK(b3.first_slot == restored.slots + k * 6 + r * 2);
+            for (int i = 0; i < 2; i++)
+                CHECK(identify_and_check(&b3, i, kinds[b3.inputs[(size_t)i * SEQ + 1] / 10 - 1]) ==
+                      reference[b3.first_slot + i]);
+        }
+        batch_free(&b3);
+        loader_close(l3);
+    }
+    free(reference);
+
     /* seeking a prefetching loader backwards replays the same batches */
     gale_loader_position again;
     loader_position(l1, &again);
