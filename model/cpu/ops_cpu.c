@@ -89,14 +89,23 @@ static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tok
         memcpy(out + (size_t)r * dim, table + (size_t)tokens[r] * dim, sizeof(float) * dim);
 }
 
+/* Scatter-adds run in parallel over blocks of columns (rows may repeat, so not over rows);
+ * a block is long enough for contiguous, vectorised inner loops. */
+#define COLUMN_BLOCK 64
+
 static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int rows,
                               int dim)
 {
-    /* serial over rows: the same token may repeat; parallel over columns instead */
 #pragma omp parallel for
-    for (int c = 0; c < dim; c++)
-        for (int r = 0; r < rows; r++)
-            dtable[(size_t)tokens[r] * dim + c] += dout[(size_t)r * dim + c];
+    for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
+        int c1 = c0 + COLUMN_BLOCK < dim ? c0 + COLUMN_BLOCK : dim;
+        for (int r = 0; r < rows; r++) {
+            float *d = dtable + (size_t)tokens[r] * dim;
+            const float *g = dout + (size_t)r * dim;
+            for (int c = c0; c < c1; c++)
+                d[c] += g[c];
+        }
+    }
 }
 
 static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows,
@@ -143,26 +152,29 @@ static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float
     }
 }
 
-/* Rotates each head's pairs (i, i + hd/2) by angle sign * pos * theta^(-2i/hd). */
+/* Rotates each head's pairs (i, i + hd/2) by angle sign * pos * theta^(-2i/hd). The angles
+ * are computed in double: an fp32 product pos * inv_freq loses digits as positions grow. */
 static void rope_rotate(float *x, const int32_t *positions, int rows, int heads, int head_dim,
                         float theta, double sign)
 {
     int half = head_dim / 2;
+    double *inv_freq = gale_xmalloc(sizeof(double) * (size_t)half);
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = pow((double)theta, -2.0 * i / head_dim);
 #pragma omp parallel
     {
-        double *cs = gale_xmalloc(sizeof(double) * 2 * (size_t)half);
+        float *cs = gale_xmalloc(sizeof(float) * 2 * (size_t)half);
 #pragma omp for
         for (int r = 0; r < rows; r++) {
             for (int i = 0; i < half; i++) {
-                double angle = positions[r] * pow((double)theta, -2.0 * i / head_dim);
-                cs[2 * i] = cos(angle);
-                cs[2 * i + 1] = sign * sin(angle);
+                double angle = positions[r] * inv_freq[i];
+                cs[2 * i] = (float)cos(angle);
+                cs[2 * i + 1] = (float)(sign * sin(angle));
             }
             for (int h = 0; h < heads; h++) {
                 float *v = x + ((size_t)r * heads + h) * head_dim;
                 for (int i = 0; i < half; i++) {
-                    float a = v[i], b = v[i + half];
-                    float c = (float)cs[2 * i], s = (float)cs[2 * i + 1];
+                    float a = v[i], b = v[i + half], c = cs[2 * i], s = cs[2 * i + 1];
                     v[i] = a * c - b * s;
                     v[i + half] = b * c + a * s;
                 }
@@ -170,6 +182,7 @@ static void rope_rotate(float *x, const int32_t *positions, int rows, int heads,
         }
         free(cs);
     }
+    free(inv_freq);
 }
 
 static void cpu_rope_fwd(float *x, const int32_t *positions, int rows, int heads, int head_dim,
@@ -472,11 +485,16 @@ static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, c
 static void cpu_moe_scatter_add(float *dx, const float *dxe, const int32_t *slot_rows, int slots,
                                 int dim)
 {
-    /* several slots share a row: parallel over columns */
 #pragma omp parallel for
-    for (int c = 0; c < dim; c++)
-        for (int s = 0; s < slots; s++)
-            dx[(size_t)slot_rows[s] * dim + c] += dxe[(size_t)s * dim + c];
+    for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
+        int c1 = c0 + COLUMN_BLOCK < dim ? c0 + COLUMN_BLOCK : dim;
+        for (int s = 0; s < slots; s++) {
+            float *d = dx + (size_t)slot_rows[s] * dim;
+            const float *g = dxe + (size_t)s * dim;
+            for (int c = c0; c < c1; c++)
+                d[c] += g[c];
+        }
+    }
 }
 
 static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows, int vocab,
