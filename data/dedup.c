@@ -19,23 +19,33 @@
 typedef struct doc_entry {
     uint64_t order;
     uint64_t exact_hash[2];
-    uint64_t shingle_offset; /* in uint32 units, in memory or (spilled) in the spill file */
+    uint64_t shingle_offset; /* in uint32 units, in memory or (spilled) in the shingle file */
     uint64_t duplicate_of;
     uint32_t n_shingles;
     uint8_t spilled, has_near, fate;
 } doc_entry;
 
+/* A file that data goes to once the memory budget is used up; made on first use. */
+typedef struct spill_file {
+    const char *what; /* "shingles", "keys": part of the name */
+    FILE *f;
+    char *path;
+    uint64_t bytes;
+} spill_file;
+
 struct dedup_index {
     dedup_options opt;
     minhasher *minhash;
     doc_entry *docs;
-    size_t n_docs, cap_docs;
-    uint64_t *band_keys; /* bands per document */
+    size_t n_docs, cap_docs, cap_keys;
+    uint64_t *band_keys; /* bands per document, for documents before first_spilled */
     uint32_t *mem_shingles;
     size_t n_mem_shingles, cap_mem_shingles;
-    FILE *spill;
-    char *spill_path;
-    uint64_t n_spilled_shingles;
+    /* once the budget is used up, every later document (from first_spilled on) has its
+     * band keys and shingle set on disk */
+    int spilling;
+    size_t first_spilled;
+    spill_file spilled_shingles, spilled_keys;
     uint64_t candidates, confirmed;
 };
 
@@ -51,6 +61,8 @@ dedup_index *dedup_index_create(const dedup_options *opt, gale_error *err)
     dedup_index *d = gale_xcalloc(1, sizeof *d);
     d->opt = *opt;
     d->minhash = minhasher_create(p);
+    d->spilled_shingles.what = "shingles";
+    d->spilled_keys.what = "keys";
     return d;
 }
 
@@ -58,11 +70,14 @@ void dedup_index_free(dedup_index *d)
 {
     if (!d)
         return;
-    if (d->spill) {
-        fclose(d->spill);
-        unlink(d->spill_path);
+    spill_file *files[2] = {&d->spilled_shingles, &d->spilled_keys};
+    for (int i = 0; i < 2; i++) {
+        if (files[i]->f) {
+            fclose(files[i]->f);
+            unlink(files[i]->path);
+        }
+        free(files[i]->path);
     }
-    free(d->spill_path);
     minhasher_free(d->minhash);
     free(d->docs);
     free(d->band_keys);
@@ -82,7 +97,7 @@ size_t dedup_index_count(const dedup_index *d)
 
 uint64_t dedup_spilled_bytes(const dedup_index *d)
 {
-    return d->n_spilled_shingles * sizeof(uint32_t);
+    return d->spilled_shingles.bytes + d->spilled_keys.bytes;
 }
 
 void dedup_pair_counts(const dedup_index *d, uint64_t *candidates, uint64_t *confirmed)
@@ -122,60 +137,87 @@ void dedup_features_free(dedup_features *f)
     shingle_set_free(&f->shingles);
 }
 
-/* Stores a shingle set in memory, or in the spill file once the budget is used up. */
-static int store_shingles(dedup_index *d, doc_entry *e, const uint32_t *v, size_t n, gale_error *err)
+/* Appends bytes to a spill file (made in spill_dir on first use); *offset is where they went. */
+static int spill_append(dedup_index *d, spill_file *s, const void *v, size_t bytes, uint64_t *offset,
+                        gale_error *err)
 {
-    e->n_shingles = (uint32_t)n;
-    size_t bytes_in_memory = (d->n_mem_shingles + n) * sizeof *v;
-    if (!d->spill && bytes_in_memory <= d->opt.memory_budget) {
-        if (d->n_mem_shingles + n > d->cap_mem_shingles) {
-            size_t cap = d->cap_mem_shingles ? d->cap_mem_shingles : 1 << 16;
-            while (cap < d->n_mem_shingles + n)
-                cap *= 2;
-            d->mem_shingles = gale_xrealloc(d->mem_shingles, cap * sizeof *v);
-            d->cap_mem_shingles = cap;
-        }
-        memcpy(d->mem_shingles + d->n_mem_shingles, v, n * sizeof *v);
-        e->shingle_offset = d->n_mem_shingles;
-        d->n_mem_shingles += n;
-        return 0;
-    }
-    if (!d->spill) {
+    if (!s->f) {
         char name[64];
-        snprintf(name, sizeof name, ".dedup-spill.%d", (int)getpid());
-        d->spill_path = gale_path_join(d->opt.spill_dir ? d->opt.spill_dir : ".", name);
-        d->spill = fopen(d->spill_path, "w+b");
-        if (!d->spill)
-            return gale_fail_errno(err, "%s: cannot create the dedup spill file", d->spill_path);
+        snprintf(name, sizeof name, ".dedup-%s.%d", s->what, (int)getpid());
+        s->path = gale_path_join(d->opt.spill_dir ? d->opt.spill_dir : ".", name);
+        s->f = fopen(s->path, "w+b");
+        if (!s->f)
+            return gale_fail_errno(err, "%s: cannot create the dedup spill file", s->path);
     }
-    e->spilled = 1;
-    e->shingle_offset = d->n_spilled_shingles;
-    if (fwrite(v, sizeof *v, n, d->spill) != n)
-        return gale_fail_errno(err, "%s: cannot write the dedup spill file", d->spill_path);
-    d->n_spilled_shingles += n;
+    *offset = s->bytes;
+    if (fwrite(v, 1, bytes, s->f) != bytes)
+        return gale_fail_errno(err, "%s: cannot write the dedup spill file", s->path);
+    s->bytes += bytes;
+    return 0;
+}
+
+static int spill_read(spill_file *s, uint64_t offset, void *dst, size_t bytes, gale_error *err)
+{
+    fflush(s->f);
+    if (pread(fileno(s->f), dst, bytes, (off_t)offset) != (ssize_t)bytes)
+        return gale_fail_errno(err, "%s: cannot read back the dedup spill file", s->path);
     return 0;
 }
 
 int64_t dedup_index_add(dedup_index *d, uint64_t order, const dedup_features *f, gale_error *err)
 {
+    size_t bands = (size_t)d->opt.minhash.bands, key_bytes = bands * sizeof(uint64_t);
+    int has_near = d->opt.near && f->band_keys && f->shingles.n;
     if (d->n_docs == d->cap_docs) {
         d->cap_docs = d->cap_docs ? 2 * d->cap_docs : 4096;
         d->docs = gale_xrealloc(d->docs, d->cap_docs * sizeof *d->docs);
-        if (d->opt.near)
-            d->band_keys = gale_xrealloc(d->band_keys, d->cap_docs * (size_t)d->opt.minhash.bands *
-                                                           sizeof *d->band_keys);
+    }
+    if (d->opt.near && !d->spilling) {
+        size_t in_memory = (d->n_mem_shingles + (has_near ? f->shingles.n : 0)) * sizeof(uint32_t) +
+                           (d->n_docs + 1) * key_bytes;
+        if (in_memory > d->opt.memory_budget) {
+            d->spilling = 1;
+            d->first_spilled = d->n_docs;
+        } else if (d->n_docs + 1 > d->cap_keys) {
+            d->cap_keys = d->cap_keys ? 2 * d->cap_keys : 4096;
+            d->band_keys = gale_xrealloc(d->band_keys, d->cap_keys * key_bytes);
+        }
     }
     doc_entry *e = &d->docs[d->n_docs];
     memset(e, 0, sizeof *e);
     e->order = order;
     e->exact_hash[0] = f->exact_hash[0];
     e->exact_hash[1] = f->exact_hash[1];
-    if (d->opt.near && f->band_keys && f->shingles.n) {
-        e->has_near = 1;
-        memcpy(d->band_keys + d->n_docs * (size_t)d->opt.minhash.bands, f->band_keys,
-               (size_t)d->opt.minhash.bands * sizeof *f->band_keys);
-        if (store_shingles(d, e, f->shingles.v, f->shingles.n, err) < 0)
+    e->has_near = (uint8_t)has_near;
+    if (d->opt.near) {
+        uint64_t none[MINHASH_MAX_PERMUTATIONS] = {0}, at;
+        const uint64_t *keys = has_near ? f->band_keys : none;
+        if (!d->spilling)
+            memcpy(d->band_keys + d->n_docs * bands, keys, key_bytes);
+        else if (spill_append(d, &d->spilled_keys, keys, key_bytes, &at, err) < 0)
             return -1;
+    }
+    if (has_near) {
+        size_t n = f->shingles.n;
+        e->n_shingles = (uint32_t)n;
+        if (!d->spilling) {
+            if (d->n_mem_shingles + n > d->cap_mem_shingles) {
+                size_t cap = d->cap_mem_shingles ? d->cap_mem_shingles : 1 << 16;
+                while (cap < d->n_mem_shingles + n)
+                    cap *= 2;
+                d->mem_shingles = gale_xrealloc(d->mem_shingles, cap * sizeof *d->mem_shingles);
+                d->cap_mem_shingles = cap;
+            }
+            memcpy(d->mem_shingles + d->n_mem_shingles, f->shingles.v, n * sizeof *f->shingles.v);
+            e->shingle_offset = d->n_mem_shingles;
+            d->n_mem_shingles += n;
+        } else {
+            uint64_t at;
+            if (spill_append(d, &d->spilled_shingles, f->shingles.v, n * sizeof *f->shingles.v, &at, err) < 0)
+                return -1;
+            e->spilled = 1;
+            e->shingle_offset = at / sizeof(uint32_t);
+        }
     }
     return (int64_t)d->n_docs++;
 }
@@ -197,13 +239,9 @@ static const uint32_t *load_shingles(dedup_index *d, size_t i, shingle_set *scra
         scratch->cap = e->n_shingles;
         scratch->v = gale_xrealloc(scratch->v, scratch->cap * sizeof *scratch->v);
     }
-    fflush(d->spill);
-    size_t bytes = (size_t)e->n_shingles * sizeof(uint32_t);
-    if (pread(fileno(d->spill), scratch->v, bytes, (off_t)(e->shingle_offset * sizeof(uint32_t))) !=
-        (ssize_t)bytes) {
-        gale_fail_errno(err, "%s: cannot read back the dedup spill file", d->spill_path);
+    if (spill_read(&d->spilled_shingles, e->shingle_offset * sizeof(uint32_t), scratch->v,
+                   (size_t)e->n_shingles * sizeof(uint32_t), err) < 0)
         return NULL;
-    }
     return scratch->v;
 }
 
@@ -411,6 +449,34 @@ static void bucket_pairs(const band_msg *got, size_t n_got, pair_list *pairs)
     }
 }
 
+/* Spilled band keys are read back this many documents at a time. */
+#define KEY_CHUNK 4096
+
+/* Walks the band keys of the local documents in order, one band at a time. */
+typedef struct key_cursor {
+    uint64_t *chunk; /* KEY_CHUNK documents' keys from the spill file */
+    size_t first, n; /* spilled documents first .. first + n - 1 are in chunk */
+} key_cursor;
+
+static int band_key(dedup_index *d, key_cursor *c, size_t i, int b, uint64_t *key, gale_error *err)
+{
+    size_t bands = (size_t)d->opt.minhash.bands;
+    if (!d->spilling || i < d->first_spilled) {
+        *key = d->band_keys[i * bands + (size_t)b];
+        return 0;
+    }
+    size_t k = i - d->first_spilled;
+    if (k < c->first || k >= c->first + c->n) {
+        c->first = k;
+        c->n = d->n_docs - i < KEY_CHUNK ? d->n_docs - i : KEY_CHUNK;
+        if (spill_read(&d->spilled_keys, (uint64_t)k * bands * sizeof(uint64_t), c->chunk,
+                       c->n * bands * sizeof(uint64_t), err) < 0)
+            return -1;
+    }
+    *key = c->chunk[(k - c->first) * bands + (size_t)b];
+    return 0;
+}
+
 /* Every candidate pair whose later document is on this rank, sorted and distinct. */
 static int near_candidates(dedup_index *d, MPI_Comm comm, int rank, int size, pair_msg **out, size_t *n_out,
                            gale_error *err)
@@ -419,13 +485,20 @@ static int near_candidates(dedup_index *d, MPI_Comm comm, int rank, int size, pa
     pair_list pairs = {0};
     band_msg *msgs = gale_xmalloc((d->n_docs + 1) * sizeof *msgs);
     int *dest = gale_xmalloc((d->n_docs + 1) * sizeof *dest);
+    key_cursor cursor = {gale_xmalloc(KEY_CHUNK * (size_t)bands * sizeof(uint64_t)), 0, 0};
+    int read_failed = 0;
     for (int b = 0; b < bands; b++) {
         size_t n = 0;
+        cursor.n = 0;
         for (size_t i = 0; i < d->n_docs; i++) {
             const doc_entry *e = &d->docs[i];
-            if (!e->has_near || e->fate != DEDUP_KEEP)
+            uint64_t key;
+            if (!e->has_near || e->fate != DEDUP_KEEP || read_failed)
                 continue;
-            uint64_t key = d->band_keys[i * (size_t)bands + (size_t)b];
+            if (band_key(d, &cursor, i, b, &key, err) < 0) {
+                read_failed = 1; /* the exchanges go on, so that no rank waits forever */
+                continue;
+            }
             msgs[n] = (band_msg){key, e->order, (uint32_t)rank, (uint32_t)i};
             dest[n++] = (int)((key >> 17) % (uint64_t)size);
         }
@@ -444,11 +517,18 @@ static int near_candidates(dedup_index *d, MPI_Comm comm, int rank, int size, pa
     }
     free(msgs);
     free(dest);
+    free(cursor.chunk);
     pair_msg *mine = NULL;
     size_t n_mine = 0;
     int rc = exchange(comm, pairs.v, pairs.n, sizeof *pairs.v, pairs.dest, (void **)&mine, &n_mine, err);
     free(pairs.v);
     free(pairs.dest);
+    int any_failed = 0;
+    MPI_Allreduce(&read_failed, &any_failed, 1, MPI_INT, MPI_MAX, comm);
+    if (rc == 0 && any_failed) {
+        free(mine);
+        return read_failed ? -1 : gale_fail(err, "dedup: another rank failed to read its spill file");
+    }
     if (rc < 0)
         return -1;
     qsort(mine, n_mine, sizeof *mine, cmp_pair);

@@ -12,9 +12,11 @@
  *          kept when the true Jaccard similarity reaches the threshold; confirmed pairs are
  *          gathered on every rank and clustered by union-find, the smallest order key of a
  *          cluster being the document kept.
- * Memory per document: 48 bytes of bookkeeping, 8 bytes per band key (112 by default), and
- * its shingle set (4 bytes per distinct shingle, at most max_shingles); shingle sets live in
- * memory up to memory_budget bytes and spill to a file in spill_dir beyond it. */
+ * Memory per document: 48 bytes of bookkeeping, plus its band keys (8 bytes per band, 112
+ * by default) and shingle set (4 bytes per distinct shingle, at most max_shingles) while
+ * these fit in memory_budget; once the budget is used up, the keys and sets of every later
+ * document go to two files in spill_dir (removed when done), read back band by band and
+ * set by set. So a rank holds 48 bytes per document plus the budget. */
 #ifndef GALE_DATA_DEDUP_H
 #define GALE_DATA_DEDUP_H
 
@@ -32,7 +34,7 @@ typedef struct dedup_options {
     int exact, near;          /* which passes run */
     double threshold;         /* near: Jaccard similarity at or above which two documents match */
     minhash_params minhash;
-    size_t memory_budget;     /* bytes of shingle sets held in memory before spilling */
+    size_t memory_budget;     /* bytes of band keys and shingle sets held in memory before spilling */
     const char *spill_dir;    /* where the spill file goes (removed when done) */
 } dedup_options;
 
@@ -67,7 +69,7 @@ dedup_fate dedup_fate_of(const dedup_index *d, size_t i, uint64_t *duplicate_of)
 /* Candidate pairs checked and pairs confirmed by this rank in dedup_resolve. */
 void dedup_pair_counts(const dedup_index *d, uint64_t *candidates, uint64_t *confirmed);
 
-/* Bytes of shingle sets spilled to disk (0 when everything fit the budget). */
+/* Bytes of band keys and shingle sets spilled to disk (0 when everything fit the budget). */
 uint64_t dedup_spilled_bytes(const dedup_index *d);
 
 #endif

@@ -61,7 +61,7 @@ static const key_spec keys[] = {
     K(minhash_rows, KEY_INT, minhash_rows, 1, 1024, NULL, "MinHash values per band [8]"),
     K(ngram, KEY_INT, ngram, 1, 32, NULL, "words per shingle [5]"),
     K(max_shingles, KEY_INT, max_shingles, 16, 1 << 24, NULL, "shingle hashes kept per document [16384]"),
-    K(dedup_memory_mb, KEY_INT, dedup_memory_mb, 0, 1 << 24, NULL, "shingle sets kept in memory per rank before spilling to disk [1024]"),
+    K(dedup_memory_mb, KEY_INT, dedup_memory_mb, 0, 1 << 24, NULL, "band keys and shingle sets kept in memory per rank before spilling to disk [1024]"),
     K(seed, KEY_U64, seed, 0, 0, NULL, "MinHash and split seed [1]"),
     K(val_fraction, KEY_DOUBLE, val_fraction, 0, 1, NULL, "share of documents in the validation split [0.01]"),
     K(shard_rows, KEY_INT, shard_rows, 1, 1 << 30, NULL, "rows per shard [8192]"),

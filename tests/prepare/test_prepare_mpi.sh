@@ -4,8 +4,9 @@
 # at the same kept documents), and report.json agrees on every document count and on the
 # documents and tokens of each split. The corpus is six real fortune files (with natural
 # exact and near duplicates across them) and a gzip JSONL file, last in input order, of
-# edited copies of fortunes from the first file, so duplicates cross rank boundaries. A run
-# with more ranks than files (ranks without input) must work too.
+# edited copies of fortunes from the first file, so duplicates cross rank boundaries. The
+# 2-rank run spills all dedup state to disk. A run with more ranks than files (ranks without
+# input) must work too.
 set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}"
 F=/usr/share/games/fortunes
@@ -36,9 +37,11 @@ EOF
 inputs=("$F/computers" "$F/cookie" "$F/fortunes" "$F/linux" "$F/linuxcookie" "$F/people" planted.jsonl.gz)
 export OMP_NUM_THREADS=1
 for np in 1 2 3; do
+  # 2 ranks with no memory for dedup: every band key and shingle set goes through the spill files
+  memory=1024; [ $np = 2 ] && memory=0
   mpirun --allow-run-as-root --oversubscribe -np $np "$GALE_BIN" prepare --input "${inputs[@]}" \
     --tokenizer "$GALE_SHARED/tokenizers/mistral-v1.model" --out "out$np" --text-mode separator \
-    --seq-len 256 --shard-rows 200 --removed "removed$np.jsonl" --progress off 2> "log$np" \
+    --seq-len 256 --shard-rows 200 --removed "removed$np.jsonl" --dedup-memory-mb $memory --progress off 2> "log$np" \
     || { cat "log$np"; echo "FAIL: mpirun -np $np"; exit 1; }
 done
 # more ranks than files: ranks 1 and 2 of 3 read nothing
@@ -57,6 +60,8 @@ removed = [json.loads(l) for l in open("removed1.jsonl")]
 planted = [r for r in removed if r["source"] == "planted.jsonl.gz"]
 if len(planted) < 55:
     sys.exit(f"FAIL: only {len(planted)} of 60 planted copies removed")
+if reports[2]["near_dedup"]["spilled_bytes"] == 0:
+    sys.exit("FAIL: the 2-rank run with --dedup-memory-mb 0 spilled nothing")
 if any(r["duplicate_of"]["source"] != "/usr/share/games/fortunes/computers" for r in planted):
     sys.exit("FAIL: a planted copy points at a document outside the file it was copied from")
 for np, r in reports.items():
