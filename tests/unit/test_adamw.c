@@ -1,0 +1,112 @@
+/* test_adamw: AdamW over a model layout against torch.optim.AdamW's update written out in
+ * double (decay on 2-D tensors only), the same steps taken as two optimizer shards that cut
+ * through a tensor (ZeRO-1), and clip_grad_norm_'s factor and pre-clip norm. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/rng.h"
+#include "optim/adamw.h"
+
+static int failures;
+
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+static struct model_config tiny(void)
+{
+    struct model_config c = {0};
+    c.kind = MODEL_LLAMA;
+    c.vocab_size = 11;
+    c.hidden_size = 8;
+    c.intermediate_size = 6;
+    c.num_layers = 1;
+    c.num_heads = 2;
+    c.num_kv_heads = 1;
+    c.head_dim = 4;
+    c.rope_theta = 1e4;
+    c.rms_norm_eps = 1e-5;
+    c.max_position_embeddings = 16;
+    c.bos_token_id = c.eos_token_id = -1;
+    return c;
+}
+
+int main(void)
+{
+    const struct gale_ops *ops = gale_ops_cpu();
+    struct model_config cfg = tiny();
+    struct model_layout layout;
+    model_layout_build(&cfg, &layout);
+    size_t n = layout.numel;
+    float *p = malloc(n * 4), *p2 = malloc(n * 4), *g = malloc(n * 4);
+    double *pd = malloc(n * 8), *md = calloc(n, 8), *vd = calloc(n, 8);
+    for (size_t i = 0; i < n; i++)
+        pd[i] = p[i] = p2[i] = (float)gale_rng_normal(1, i);
+    struct adamw_config ac = {.lr = 3e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+    struct adamw whole, lo, hi;
+    size_t cut = layout.tensors[1].offset + 3;  /* inside the first norm weight */
+    adamw_init(&whole, &ac, ops, 0, n);
+    adamw_init(&lo, &ac, ops, 0, cut);
+    adamw_init(&hi, &ac, ops, cut, n);
+    for (int step = 1; step <= 4; step++) {
+        for (size_t i = 0; i < n; i++)
+            g[i] = (float)gale_rng_normal(2 + step, i);
+        adamw_step(&whole, &layout, p, g, ac.lr);
+        adamw_step(&lo, &layout, p2, g, ac.lr);
+        adamw_step(&hi, &layout, p2, g, ac.lr);
+        for (int t = 0; t < layout.n; t++) {
+            const struct model_tensor *v = &layout.tensors[t];
+            double wd = v->ndim == 2 ? ac.weight_decay : 0;
+            for (size_t i = v->offset; i < v->offset + v->numel; i++) {
+                pd[i] *= 1 - ac.lr * wd;
+                md[i] = ac.beta1 * md[i] + (1 - ac.beta1) * g[i];
+                vd[i] = ac.beta2 * vd[i] + (1 - ac.beta2) * (double)g[i] * g[i];
+                double bc1 = 1 - pow(ac.beta1, step), bc2 = 1 - pow(ac.beta2, step);
+                pd[i] -= ac.lr / bc1 * md[i] / (sqrt(vd[i]) / sqrt(bc2) + ac.eps);
+            }
+        }
+    }
+    double worst = 0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs(p[i] - pd[i]) / fmax(1e-3, fabs(pd[i])));
+    EXPECT(worst < 1e-5, "AdamW differs from torch's update by %.2e", worst);
+    EXPECT(memcmp(p, p2, n * 4) == 0, "two shards differ from one optimizer");
+    /* norms (1-D) are not decayed: with zero gradients only 2-D weights shrink */
+    memset(g, 0, n * 4);
+    struct adamw fresh;
+    adamw_init(&fresh, &ac, ops, 0, n);
+    memcpy(p2, p, n * 4);
+    adamw_step(&fresh, &layout, p2, g, ac.lr);
+    const struct model_tensor *norm = model_layout_find(&layout, "model.norm.weight");
+    const struct model_tensor *emb = model_layout_find(&layout, "model.embed_tokens.weight");
+    EXPECT(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");
+    EXPECT(fabsf(p2[emb->offset] - p[emb->offset] * (float)(1 - ac.lr * ac.weight_decay)) < 1e-7,
+           "a 2-D weight was not decayed");
+
+    /* clipping: clip_grad_norm_ multiplies by max / (norm + 1e-6) when that is below 1 */
+    float grads[4] = {3, 4, 0, 0};
+    double norm_before = grad_clip_global_norm(ops, grads, 4, 1.0);
+    EXPECT(fabs(norm_before - 5) < 1e-12, "pre-clip norm %g", norm_before);
+    EXPECT(fabsf(grads[0] - (float)(3 / (5 + 1e-6))) < 1e-7 && fabsf(grads[1] - (float)(4 / (5 + 1e-6))) < 1e-7,
+           "clipped grads %g %g", grads[0], grads[1]);
+    float small[2] = {0.3f, 0.4f};
+    grad_clip_global_norm(ops, small, 2, 1.0);
+    EXPECT(small[0] == 0.3f && small[1] == 0.4f, "a gradient under the limit was scaled");
+    EXPECT(grad_clip_factor(10, 0) == 1.0, "max_norm 0 must not clip");
+    adamw_free(&whole), adamw_free(&lo), adamw_free(&hi), adamw_free(&fresh);
+    model_layout_free(&layout);
+    free(p), free(p2), free(g), free(pd), free(md), free(vd);
+    if (failures)
+        fprintf(stderr, "%d failures\n", failures);
+    else
+        printf("AdamW and clipping checks passed (worst rel diff %.2e)\n", worst);
+    return failures ? 1 : 0;
+}
