@@ -417,7 +417,8 @@ static void test_bad_files(void)
         if (tok) {
             gale_ids ids = {0};
             gale_bytes text = {0};
-            tokenizer_encode(tok, "Bit flips \xF0\x9F\x98\x80 and  spaces\x80", 33, &ids);
+            static const char sample[] = "Bit flips \xF0\x9F\x98\x80 and  spaces\x80";
+            tokenizer_encode(tok, sample, sizeof sample - 1, &ids);
             tokenizer_decode(tok, ids.v, ids.n, &text);
             gale_ids_free(&ids);
             gale_bytes_free(&text);
