@@ -168,12 +168,13 @@ static json_t *shard_summary(gale_shard *s, const char *name, gale_error *err)
         return NULL;
     const gale_shard_meta *m = shard_meta(s);
     int64_t tokens = shard_rows(s) * (m->seq_len + 1);
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:b, s:I, s:I, s:f}", "file", name, "rows", (json_int_t)shard_rows(s), "tokens",
-                     (json_int_t)tokens, "real_tokens", (json_int_t)m->n_real_tokens, "docs", (json_int_t)m->n_docs,
-                     "padding_fraction", tokens ? 1.0 - (double)m->n_real_tokens / tokens : 0.0, "token_bytes",
-                     shard_token_bytes(s), "chunk_rows", st.chunk_rows, "loss_mask", shard_has_loss_mask(s),
-                     "raw_bytes", (json_int_t)st.raw_bytes, "stored_bytes", (json_int_t)st.stored_bytes,
-                     "compression_ratio", st.stored_bytes ? (double)st.raw_bytes / st.stored_bytes : 0.0);
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:b, s:I, s:I, s:f}", "file", name, "rows",
+                     (json_int_t)shard_rows(s), "tokens", (json_int_t)tokens, "real_tokens",
+                     (json_int_t)m->n_real_tokens, "docs", (json_int_t)m->n_docs, "padding_fraction",
+                     tokens ? 1.0 - (double)m->n_real_tokens / tokens : 0.0, "token_bytes", shard_token_bytes(s),
+                     "chunk_rows", st.chunk_rows, "loss_mask", shard_has_loss_mask(s), "raw_bytes",
+                     (json_int_t)st.raw_bytes, "stored_bytes", (json_int_t)st.stored_bytes, "compression_ratio",
+                     st.stored_bytes ? (double)st.raw_bytes / st.stored_bytes : 0.0);
 }
 
 /* Adds a shard's counts to its split's totals. */
@@ -193,9 +194,9 @@ static void add_to_split(json_t *split, const json_t *shard)
 
 static json_t *empty_split(void)
 {
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "shards", (json_int_t)0, "rows", (json_int_t)0, "tokens", (json_int_t)0,
-                     "real_tokens", (json_int_t)0, "docs", (json_int_t)0, "raw_bytes", (json_int_t)0, "stored_bytes",
-                     (json_int_t)0, "padding_fraction", 0.0, "compression_ratio", 0.0);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "shards", (json_int_t)0, "rows", (json_int_t)0,
+                     "tokens", (json_int_t)0, "real_tokens", (json_int_t)0, "docs", (json_int_t)0, "raw_bytes",
+                     (json_int_t)0, "stored_bytes", (json_int_t)0, "padding_fraction", 0.0, "compression_ratio", 0.0);
 }
 
 static json_t *dataset_summary(const char *dir, const gale_manifest *m, gale_error *err)
@@ -221,12 +222,13 @@ static json_t *dataset_summary(const char *dir, const gale_manifest *m, gale_err
     int64_t input_bytes = 0;
     for (size_t i = 0; i < m->n_inputs; i++)
         input_bytes += m->inputs[i].bytes > 0 ? m->inputs[i].bytes : 0;
-    json_t *summary = json_pack(
-        "{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:{s:s, s:s, s:i, s:i, s:i}, s:{s:I, s:I}, s:o, s:o}", "type", "dataset", "path", dir, "created_at", m->created_at, "kind",
-        shard_kind_name(m->kind), "packing", shard_packing_name(m->packing), "seq_len", m->seq_len, "row_tokens",
-        m->seq_len + 1, "tokenizer", "path", m->tokenizer.path, "sha256", m->tokenizer.sha256, "vocab_size",
-        m->tokenizer.vocab_size, "bos_id", m->tokenizer.bos_id, "eos_id", m->tokenizer.eos_id, "inputs", "files",
-        (json_int_t)m->n_inputs, "bytes", (json_int_t)input_bytes, "splits", splits, "shards", shards);
+    json_t *summary =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:{s:s, s:s, s:i, s:i, s:i}, s:{s:I, s:I}, s:o, s:o}", "type",
+                  "dataset", "path", dir, "created_at", m->created_at, "kind", shard_kind_name(m->kind), "packing",
+                  shard_packing_name(m->packing), "seq_len", m->seq_len, "row_tokens", m->seq_len + 1, "tokenizer",
+                  "path", m->tokenizer.path, "sha256", m->tokenizer.sha256, "vocab_size", m->tokenizer.vocab_size,
+                  "bos_id", m->tokenizer.bos_id, "eos_id", m->tokenizer.eos_id, "inputs", "files",
+                  (json_int_t)m->n_inputs, "bytes", (json_int_t)input_bytes, "splits", splits, "shards", shards);
     /* report.json is written by `gale prepare`; its counts are shown when it is there */
     char *report_path = gale_path_join(dir, "report.json");
     if (gale_path_exists(report_path)) {
@@ -295,8 +297,8 @@ static void print_report(const json_t *report)
         const json_t *dropped = path_get(report, "splits", splits[s], "dropped");
         if (json_integer_value(truncated) > 0 || json_integer_value(dropped) > 0) {
             char t[32];
-            printf("  %-5s too long: %s truncated, %s dropped\n", splits[s], count_text(t, json_integer_value(truncated)),
-                   count_text(n, json_integer_value(dropped)));
+            printf("  %-5s too long: %s truncated, %s dropped\n", splits[s],
+                   count_text(t, json_integer_value(truncated)), count_text(n, json_integer_value(dropped)));
         }
     }
 }

@@ -446,7 +446,8 @@ static int open_source(gale_loader *l, size_t s, const char *dir, gale_error *er
     if (m->seq_len != first->seq_len)
         return gale_fail(err, "%s: seq_len %d differs from %s's %d", dir, m->seq_len, l->sources[0].dir,
                          first->seq_len);
-    if (strcmp(m->tokenizer.sha256, first->tokenizer.sha256) != 0 || m->tokenizer.vocab_size != first->tokenizer.vocab_size)
+    if (strcmp(m->tokenizer.sha256, first->tokenizer.sha256) != 0 ||
+        m->tokenizer.vocab_size != first->tokenizer.vocab_size)
         return gale_fail(err, "%s: tokenizer %.12s... (vocab %d) differs from %s's %.12s... (vocab %d)", dir,
                          m->tokenizer.sha256, m->tokenizer.vocab_size, l->sources[0].dir, first->tokenizer.sha256,
                          first->tokenizer.vocab_size);

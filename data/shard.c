@@ -619,7 +619,8 @@ static int check_dataset(gale_shard *s, int ds, size_t want_bytes, gale_error *e
     hid_t d = s->datasets[ds];
     hid_t type = H5Dget_type(d), space = H5Dget_space(d);
     hsize_t dims[2] = {0, 0};
-    int ok_space = space >= 0 && H5Sget_simple_extent_ndims(space) == 2 && H5Sget_simple_extent_dims(space, dims, NULL) == 2;
+    int ok_space =
+        space >= 0 && H5Sget_simple_extent_ndims(space) == 2 && H5Sget_simple_extent_dims(space, dims, NULL) == 2;
     int ok_type = type >= 0 && H5Tget_class(type) == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE;
     size_t bytes = type >= 0 ? H5Tget_size(type) : 0;
     if (type >= 0)

@@ -26,7 +26,8 @@ typedef struct folder_spec {
     const char *splits[3];
 } folder_spec;
 
-static const folder_spec spec_a = {"a", GALE_SHARD_PRETRAIN, SEQ, NULL, 3, {10, 11, 12}, {70, 53, 29}, {"train", "train", "val"}};
+static const folder_spec spec_a = {"a",          GALE_SHARD_PRETRAIN, SEQ, NULL, 3, {10, 11, 12},
+                                   {70, 53, 29}, {"train", "train", "val"}};
 static const folder_spec spec_b = {"b", GALE_SHARD_SFT, SEQ, NULL, 2, {20, 21}, {40, 9}, {"train", "val"}};
 
 static char *make_folder(const char *root, const folder_spec *f)
@@ -231,7 +232,8 @@ static int batches_equal(const gale_batch *x, const gale_batch *y)
 {
     size_t n = (size_t)x->rows * x->seq_len;
     return x->first_slot == y->first_slot && x->n_targets == y->n_targets &&
-           !memcmp(x->inputs, y->inputs, n * sizeof *x->inputs) && !memcmp(x->targets, y->targets, n * sizeof *x->targets) &&
+           !memcmp(x->inputs, y->inputs, n * sizeof *x->inputs) &&
+           !memcmp(x->targets, y->targets, n * sizeof *x->targets) &&
            !memcmp(x->segments, y->segments, n * sizeof *x->segments) &&
            !memcmp(x->positions, y->positions, n * sizeof *x->positions) && !memcmp(x->loss_mask, y->loss_mask, n);
 }

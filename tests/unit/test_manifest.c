@@ -99,7 +99,8 @@ static void test_round_trip(const char *dir)
     gale_shard_meta other = fixture_meta(15, 32000, GALE_SHARD_PRETRAIN);
     char *path = gale_path_join(dir, "odd.h5");
     CHECK_OK(fixture_write_shard(path, &other, 0, 3, &err), err);
-    CHECK_ERROR(manifest_add_shard(&written, dir, "odd.h5", "train", &err) != 0, err, "seq_len 15, the manifest says 31");
+    CHECK_ERROR(manifest_add_shard(&written, dir, "odd.h5", "train", &err) != 0, err,
+                "seq_len 15, the manifest says 31");
     CHECK_ERROR(manifest_add_shard(&written, dir, "train-00000.h5", "train", &err) != 0, err, "listed twice");
     CHECK_ERROR(manifest_add_shard(&written, dir, "../x.h5", "train", &err) != 0, err, "plain file name");
     CHECK_ERROR(manifest_add_shard(&written, dir, "val-00000.h5", "test", &err) != 0, err, "split 'test'");

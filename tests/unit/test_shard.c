@@ -145,7 +145,8 @@ static void test_writer_checks(const char *dir)
     w = shard_writer_create(path, &s, 0, &err);
     CHECK_ERROR(shard_writer_append(w, t, g2, NULL, 1, &err) != 0, err, "needs a loss mask");
     k[7] = 1;
-    CHECK_ERROR(shard_writer_append(w, t, g2, k, 1, &err) != 0, err, "column 7: loss mask 1 must be 0 or 1, and 0 at padding");
+    CHECK_ERROR(shard_writer_append(w, t, g2, k, 1, &err) != 0, err,
+                "column 7: loss mask 1 must be 0 or 1, and 0 at padding");
     k[7] = 0;
     k[2] = 2;
     CHECK_ERROR(shard_writer_append(w, t, g2, k, 1, &err) != 0, err, "column 2: loss mask 2");
