@@ -26,7 +26,7 @@ typedef struct folder_spec {
     const char *splits[3];
 } folder_spec;
 
-static const folder_spec spec_a = {"a",          GALE_SHARD_PRETRAIN, SEQ, NULL, 3, {10, 11, 12},
+static const folder_spec spec_a = {"a", GALE_SHARD_PRETRAIN, SEQ, NULL, 3, {10, 11, 12},
                                    {70, 53, 29}, {"train", "train", "val"}};
 static const folder_spec spec_b = {"b", GALE_SHARD_SFT, SEQ, NULL, 2, {20, 21}, {40, 9}, {"train", "val"}};
 
