@@ -285,14 +285,15 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
     return 0;
 }
 
-/* mistral-common's role order: what may follow each role. */
+/* mistral-common's role order (1.13): a tool result follows only an assistant message or
+ * another result, and nothing but a system message follows a result. */
 static bool may_follow(enum chat_role prev, enum chat_role cur)
 {
     switch (prev) {
     case CHAT_ROLE_SYSTEM:
     case CHAT_ROLE_USER: return cur != CHAT_ROLE_TOOL;
-    case CHAT_ROLE_ASSISTANT: return cur != CHAT_ROLE_SYSTEM;
-    case CHAT_ROLE_TOOL: return cur == CHAT_ROLE_ASSISTANT || cur == CHAT_ROLE_TOOL;
+    case CHAT_ROLE_ASSISTANT:
+    case CHAT_ROLE_TOOL: return cur != CHAT_ROLE_SYSTEM;
     }
     return false;
 }
@@ -339,20 +340,22 @@ static int check_mistral_structure(const struct chat_message *m, size_t n,
     enum chat_role last = m[n - 1].role;
     if (purpose == CHAT_FOR_TRAINING && check_ends_with_answer(m, n, err))
         return -1;
-    if (purpose == CHAT_FOR_PROMPT && n > 1 && last != CHAT_ROLE_USER && last != CHAT_ROLE_TOOL)
-        return gale_fail(err, "messages[%zu]: a prompt must end with a user or tool message, not %s message",
-                         n - 1, role_with_article[last]);
+    /* a trailing system message is allowed: it folds into the system prompt */
+    if (purpose == CHAT_FOR_PROMPT && n > 1 && last == CHAT_ROLE_ASSISTANT)
+        return gale_fail(err,
+                         "messages[%zu]: a prompt must end with a user or tool message, not an "
+                         "assistant message (the answer is what is generated)", n - 1);
     for (size_t i = 1; i < n; i++)
         if (!may_follow(m[i - 1].role, m[i].role))
             return gale_fail(err, "messages[%zu]: %s message cannot follow %s message", i,
                              role_with_article[m[i].role], role_with_article[m[i - 1].role]);
-    if (purpose == CHAT_FOR_TRAINING)
-        for (size_t i = 0; i + 1 < n; i++)
-            for (size_t k = 0; k < m[i].n_calls; k++)
-                if (!m[i].calls[k].id)
-                    return gale_fail(err,
-                                     "messages[%zu].tool_calls[%zu]: missing key \"id\" (only the "
-                                     "final message of training data may omit call ids)", i, k);
+    /* a call without id: only in the final message of training data, whose id is not context */
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < m[i].n_calls; k++)
+            if (!m[i].calls[k].id && !(purpose == CHAT_FOR_TRAINING && i == n - 1))
+                return gale_fail(err,
+                                 "messages[%zu].tool_calls[%zu]: missing key \"id\" (only the final "
+                                 "message of training data may omit call ids)", i, k);
     return check_tool_results(m, n, purpose, err);
 }
 

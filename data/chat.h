@@ -23,8 +23,10 @@
  * (an optional system message, then user and assistant alternating).
  *
  * Purposes: CHAT_FOR_TRAINING (mistral-finetune's rule: the last message is the assistant's,
- * every assistant turn ends with </s>) and CHAT_FOR_PROMPT (the last message is the user's
- * or a tool's, as for generation; the chat vectors of mistral-common are of this kind).
+ * every assistant turn ends with </s>) and CHAT_FOR_PROMPT (the last message is not the
+ * assistant's, as for generation; the chat vectors of mistral-common are of this kind).
+ * The rules are mistral-common 1.13's, checked against it on random conversations by
+ * tests/bench/check_chat_mistral_common.py.
  *
  * The loss mask is 1 on the ids of assistant answers (text, or [TOOL_CALLS] and the call
  * JSON) and their </s>, 0 elsewhere; an assistant message with "weight": 0 is all 0, and

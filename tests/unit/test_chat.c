@@ -239,6 +239,30 @@ static void test_v3_tools(const gale_tokenizer *v3)
                     " {'role': 'tool', 'tool_call_id': 'zzzzzzzz9', 'name': 'g-2', 'content': 'not json'},"
                     " {'role': 'assistant', 'content': 'done'}]}", &s);
 
+    /* a user message may follow a tool result; the mask stays on the calls in a prompt */
+    s = (struct seq){.tok = v3};
+    piece(&s, "<s>", 0);
+    piece(&s, "[INST]", 0), text(&s, "go", 0), piece(&s, "[/INST]", 0);
+    piece(&s, "[TOOL_CALLS]", 1);
+    text(&s, "[{\"name\": \"f\", \"arguments\": {}, \"id\": \"abcDEF123\"}]", 1);
+    piece(&s, "</s>", 1);
+    piece(&s, "[TOOL_RESULTS]", 0);
+    text(&s, "{\"content\": \"r\", \"call_id\": \"abcDEF123\"}", 0);
+    piece(&s, "[/TOOL_RESULTS]", 0);
+    piece(&s, "[INST]", 0), text(&s, "next", 0), piece(&s, "[/INST]", 0);
+    expect_encoding("v3 user after a tool result", CHAT_MISTRAL_V3, CHAT_FOR_PROMPT,
+                    "{'messages': [{'role': 'user', 'content': 'go'}, {'role': 'assistant', 'tool_calls':"
+                    " [{'id': 'abcDEF123', 'function': {'name': 'f', 'arguments': '{}'}}]},"
+                    " {'role': 'tool', 'tool_call_id': 'abcDEF123', 'content': 'r'},"
+                    " {'role': 'user', 'content': 'next'}]}", &s);
+
+    /* a prompt may end with a system message: it joins the system prompt */
+    s = (struct seq){.tok = v3};
+    piece(&s, "<s>", 0);
+    piece(&s, "[INST]", 0), text(&s, "S\n\na", 0), piece(&s, "[/INST]", 0);
+    expect_encoding("v3 prompt ending with a system message", CHAT_MISTRAL_V3, CHAT_FOR_PROMPT,
+                    "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'system', 'content': 'S'}]}", &s);
+
     /* arguments given as an object, a final call without id (allowed in training) */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
@@ -322,7 +346,7 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
                  "messages[2]: training data must end with an assistant message, not a user message");
     expect_error("prompt ends with assistant", v3, V3, P,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]}",
-                 "messages[1]: a prompt must end with a user or tool message");
+                 "messages[1]: a prompt must end with a user or tool message, not an assistant message");
     expect_error("assistant with neither", v3, V3, T,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': ''}]}",
                  "messages[1]: an assistant message needs a non-empty \"content\" or \"tool_calls\", and has neither");
@@ -363,6 +387,15 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
                  " 'tool_calls': [{'function': {'name': 'f', 'arguments': '{}'}}]},"
                  " {'role': 'tool', 'tool_call_id': 'abcdefghi', 'content': '1'}, {'role': 'assistant', 'content': 'b'}]}",
                  "messages[1].tool_calls[0]: missing key \"id\"");
+    expect_error("prompt call without id", v3, V3, P,
+                 "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
+                 " 'tool_calls': [{'function': {'name': 'f', 'arguments': '{}'}}]},"
+                 " {'role': 'tool', 'tool_call_id': 'abcdefghi', 'content': '1'}]}",
+                 "messages[1].tool_calls[0]: missing key \"id\"");
+    expect_error("system after assistant", v3, V3, P,
+                 "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'},"
+                 " {'role': 'system', 'content': 'c'}, {'role': 'user', 'content': 'd'}]}",
+                 "messages[2]: a system message cannot follow an assistant message");
     expect_error("tool without call id", v3, V3, P,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
                  " 'tool_calls': [{'id': 'abcdefghi', 'function': {'name': 'f', 'arguments': '{}'}}]},"
