@@ -29,7 +29,13 @@ expect_error "$tmp/nowhere" "$tmp/nodata.yaml"
 expect_error "optim.warmup must be in [0, 4 steps of the run] (got 9)" "$tmp/run.yaml" --set optim.warmup=9
 expect_error "the data's vocabulary (32000) is larger than the model's vocab_size (100)" "$tmp/run.yaml" \
   --set model.vocab_size=100
-# a run folder whose `latest` is damaged is refused, not silently restarted
-mkdir -p "$tmp/run/checkpoints" && echo garbage > "$tmp/run/checkpoints/latest"
+# a damaged checkpoint is refused with the file at fault, not silently restarted
+"$GALE_BIN" train "$tmp/run.yaml" --stop-at 2 > /dev/null
+opt="$tmp/run/checkpoints/step_00000002/optimizer.safetensors"
+head -c 1000 "$opt" > "$tmp/cut" && cp "$tmp/cut" "$opt"
+expect_error "resuming from $tmp/run/checkpoints/step_00000002: $opt" "$tmp/run.yaml"
+rm "$tmp/run/checkpoints/step_00000002/trainer_state.json"
+expect_error "names $tmp/run/checkpoints/step_00000002, which has no trainer_state.json" "$tmp/run.yaml"
+echo garbage > "$tmp/run/checkpoints/latest"
 expect_error "does not name a checkpoint" "$tmp/run.yaml"
 echo "train_cli: every bad input refused with its key, line or folder"
