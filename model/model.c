@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of logits per chunk in the fused head + loss of the backward: about 16 MB of fp32. */
-#define HEAD_CHUNK_FLOATS (4u << 20)
+/* Rows of logits per chunk in the fused head + loss of the backward: about 32 MB of fp32. */
+#define HEAD_CHUNK_FLOATS (8u << 20)
 
 /* Order of a layer's tensors in the layout (model_layout_build). */
 enum { W_LN1, W_Q, W_K, W_V, W_O, W_LN2, W_GATE, W_UP, W_DOWN };
