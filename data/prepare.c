@@ -83,6 +83,15 @@ typedef struct doc_batch {
     size_t n, cap;
 } doc_batch;
 
+/* A piece of this rank's input: a whole file, or a byte range of a big line-oriented one. */
+typedef struct input_unit {
+    size_t file;
+    uint64_t start, end;  /* byte range; end UINT64_MAX: the whole file */
+    uint64_t first_line;  /* line number (in the file) of the range's first line */
+    int first_piece;      /* the file's first (or only) piece: counts the file once */
+    int owner;            /* the rank that reads it */
+} input_unit;
+
 typedef struct prepare_ctx {
     const prepare_config *cfg;
     MPI_Comm comm;
@@ -90,7 +99,8 @@ typedef struct prepare_ctx {
     char **paths;
     size_t n_paths;
     uint64_t *file_bytes;
-    size_t first_file, end_file;
+    input_unit *units; /* this rank's share of the input, in input order */
+    size_t n_units;
     char *partial_dir;
     gale_tokenizer *tok;
     enum chat_template chat;
@@ -131,6 +141,12 @@ static size_t order_file(uint64_t order)
 static uint64_t order_line(uint64_t order)
 {
     return order & ((1ull << ORDER_LINE_BITS) - 1);
+}
+
+/* Bytes of the file a unit covers. */
+static uint64_t unit_bytes(const prepare_ctx *c, const input_unit *u)
+{
+    return u->end == UINT64_MAX ? c->file_bytes[u->file] : u->end - u->start;
 }
 
 /* Every rank learns whether any failed; a rank that did not fail gets a message saying so. */
@@ -286,15 +302,19 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
 {
     c->progress_bytes_done = 0;
     c->progress_docs = 0;
-    for (size_t f = c->first_file; f < c->end_file; f++) {
+    for (size_t u = 0; u < c->n_units; u++) {
+        const input_unit *unit = &c->units[u];
+        size_t f = unit->file;
         gale_error rerr;
-        doc_reader *r = reader_open(c->paths[f], &c->ropt, &rerr);
+        doc_reader *r = unit->end == UINT64_MAX
+                            ? reader_open(c->paths[f], &c->ropt, &rerr)
+                            : reader_open_range(c->paths[f], &c->ropt, unit->start, unit->end, unit->first_line, &rerr);
         if (!r) {
-            if (count_rejects)
+            if (count_rejects && unit->first_piece)
                 note_unreadable(c, f, rerr.msg);
             continue;
         }
-        if (count_rejects)
+        if (count_rejects && unit->first_piece)
             c->counts.files_read++;
         reader_record rec;
         int got;
@@ -326,7 +346,7 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
         }
         if (got < 0 && count_rejects)
             note_unreadable(c, f, rerr.msg);
-        c->progress_bytes_done += c->file_bytes[f];
+        c->progress_bytes_done += unit_bytes(c, unit);
         progress_update(&c->progress, c->progress_docs, c->progress_bytes_done);
         reader_close(r);
     }
@@ -479,24 +499,78 @@ static int finish_outputs(prepare_ctx *c, gale_error *err)
 
 /* ---- setup ---- */
 
-/* Splits the files into contiguous runs of about equal bytes, one per rank. */
-static void assign_files(prepare_ctx *c)
+/* The rank whose share [total*r/size, total*(r+1)/size) of the input bytes holds offset x. */
+static int share_owner(uint64_t x, uint64_t total, int size)
 {
-    uint64_t total = 0, before = 0;
+    int r = 0;
+    while (r + 1 < size && total * (uint64_t)(r + 1) / (uint64_t)size <= x)
+        r++;
+    return r;
+}
+
+/* Splits the input into one share of about equal bytes per rank, files in input order: a
+ * file goes whole to the rank whose share it starts in, except that a splittable file (big
+ * JSONL or lines) crossing share boundaries is cut at them. Every rank computes every piece
+ * the same way; the owners of cut pieces count their newlines, so that all ranks learn the
+ * line each piece starts at and order keys stay those of a one-rank run. */
+static int assign_units(prepare_ctx *c, gale_error *err)
+{
+    uint64_t total = 0, at = 0;
     for (size_t f = 0; f < c->n_paths; f++)
         total += c->file_bytes[f];
-    c->first_file = c->end_file = 0;
-    size_t f = 0;
-    for (int r = 0; r <= c->rank; r++) {
-        c->first_file = f;
-        /* rank r takes files while their start lies before its share's end */
-        uint64_t end = total * (uint64_t)(r + 1) / (uint64_t)c->size;
-        while (f < c->n_paths && (before < end || (r == c->size - 1))) {
-            before += c->file_bytes[f];
-            f++;
-        }
-        c->end_file = f;
+    input_unit *all = NULL;
+    size_t n_all = 0, cap = 0;
+    for (size_t f = 0; f < c->n_paths; f++) {
+        uint64_t size = c->file_bytes[f];
+        int r = share_owner(at, total, c->size);
+        size_t first = n_all;
+        do {
+            uint64_t share_end = r + 1 < c->size ? total * (uint64_t)(r + 1) / (uint64_t)c->size : UINT64_MAX;
+            uint64_t start = n_all > first ? all[n_all - 1].end : 0;
+            uint64_t end = size == 0 || share_end - at >= size || !reader_splittable(c->paths[f], &c->ropt)
+                               ? size
+                               : share_end - at;
+            if (end > start || size == 0) {
+                if (n_all == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    all = gale_xrealloc(all, cap * sizeof *all);
+                }
+                all[n_all++] = (input_unit){f, start, end, 1, start == 0, r};
+            }
+            r++;
+        } while (all[n_all - 1].end < size);
+        if (n_all - first == 1)
+            all[first].end = UINT64_MAX; /* not cut: the whole file */
+        at += size;
     }
+    /* newlines of each cut piece [start - 1, end - 1), counted by its owner, summed for all */
+    uint64_t *newlines = gale_xcalloc(n_all + 1, sizeof *newlines);
+    int rc = 0;
+    for (size_t u = 0; u < n_all && rc == 0; u++)
+        if (all[u].owner == c->rank && all[u].end != UINT64_MAX)
+            rc = reader_count_newlines(c->paths[all[u].file], all[u].start ? all[u].start - 1 : 0, all[u].end - 1,
+                                       &newlines[u], err);
+    if (agree(c, rc, err) < 0) {
+        free(all);
+        free(newlines);
+        return -1;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, newlines, (int)n_all, MPI_UINT64_T, MPI_SUM, c->comm);
+    uint64_t before = 0; /* newlines of the file before the current piece's start - 1 */
+    c->units = gale_xmalloc((n_all + 1) * sizeof *c->units);
+    c->n_units = 0;
+    for (size_t u = 0; u < n_all; u++) {
+        if (all[u].start == 0)
+            before = 0;
+        /* the piece's first line follows the newline at or after start - 1 */
+        all[u].first_line = all[u].start == 0 ? 1 : before + 2;
+        before += newlines[u];
+        if (all[u].owner == c->rank)
+            c->units[c->n_units++] = all[u];
+    }
+    free(all);
+    free(newlines);
+    return 0;
 }
 
 static char *partial_path(const char *out)
@@ -538,7 +612,10 @@ static int setup(prepare_ctx *c, gale_error *err)
         if (stat(c->paths[f], &st) == 0)
             c->file_bytes[f] = (uint64_t)st.st_size;
     }
-    assign_files(c);
+    c->ropt = (reader_options){(text_mode)cfg->text_mode, cfg->separator, cfg->json_key,
+                               cfg->kind == GALE_SHARD_SFT};
+    if (assign_units(c, err) < 0)
+        return -1;
     c->tok = tokenizer_load(cfg->tokenizer, err);
     if (!c->tok)
         return -1;
@@ -547,8 +624,6 @@ static int setup(prepare_ctx *c, gale_error *err)
     c->packing = cfg->packing >= 0 ? (gale_shard_packing)cfg->packing
                  : cfg->kind == GALE_SHARD_SFT ? GALE_SHARD_BEST_FIT
                                                : GALE_SHARD_CONCAT;
-    c->ropt = (reader_options){(text_mode)cfg->text_mode, cfg->separator, cfg->json_key,
-                               cfg->kind == GALE_SHARD_SFT};
     c->dopt = (dedup_options){
         .exact = cfg->dedup_exact,
         .near = cfg->dedup_near,
@@ -581,6 +656,7 @@ static void ctx_free(prepare_ctx *c)
 {
     reader_free_paths(c->paths, c->n_paths);
     free(c->file_bytes);
+    free(c->units);
     tokenizer_free(c->tok);
     dedup_index_free(c->dedup);
     for (int s = 0; s < N_SPLITS; s++) {
@@ -817,8 +893,8 @@ static int run(prepare_ctx *c, gale_error *err)
     if (c->cfg->threads > 0)
         omp_set_num_threads((int)c->cfg->threads);
     uint64_t my_bytes = 0;
-    for (size_t f = c->first_file; f < c->end_file; f++)
-        my_bytes += c->file_bytes[f];
+    for (size_t u = 0; u < c->n_units; u++)
+        my_bytes += unit_bytes(c, &c->units[u]);
     c->counts.bytes = my_bytes;
     int progress_mode = c->rank == 0 ? c->cfg->progress : 0;
 

@@ -34,9 +34,12 @@ struct doc_reader {
     size_t zstd_pending; /* last ZSTD_decompressStream hint: 0 when a frame just ended */
     uint64_t consumed;   /* bytes of the file read (plain and zstd) */
     int at_eof;
-    /* decompressed bytes not yet split into lines: buf[pos..len) */
+    /* decompressed bytes not yet split into lines: buf[pos..len); buf[0] is at buf_offset
+     * in the (decompressed) file */
     char *buf;
     size_t pos, len, cap;
+    uint64_t buf_offset;
+    uint64_t range_end; /* lines starting at or after this offset are not this reader's */
     uint64_t next_line; /* number of the line read_line returns next */
     gale_bytes doc;     /* the record being assembled (text modes) */
     json_t *json;       /* the record last returned (JSONL) */
@@ -76,6 +79,7 @@ doc_reader *reader_open(const char *path, const reader_options *opt, gale_error 
     r->path = gale_xstrdup(path);
     r->opt = *opt;
     r->next_line = 1;
+    r->range_end = UINT64_MAX;
     size_t n = strlen(path);
     if (has_suffix(path, n, ".gz"))
         r->comp = COMPRESSION_GZIP, n -= 3;
@@ -191,6 +195,8 @@ static int read_line(doc_reader *r, const char **line, size_t *len, gale_error *
     for (;;) {
         char *nl = r->pos < r->len ? memchr(r->buf + r->pos, '\n', r->len - r->pos) : NULL;
         if (nl || (r->at_eof && r->pos < r->len)) {
+            if (r->buf_offset + r->pos >= r->range_end)
+                return 0; /* the next line starts in the next reader's range */
             size_t end = nl ? (size_t)(nl - r->buf) : r->len;
             *line = r->buf + r->pos;
             *len = end - r->pos;
@@ -205,6 +211,7 @@ static int read_line(doc_reader *r, const char **line, size_t *len, gale_error *
         if (r->pos > 0) {
             memmove(r->buf, r->buf + r->pos, r->len - r->pos);
             r->len -= r->pos;
+            r->buf_offset += r->pos;
             r->pos = 0;
         }
         if (r->cap - r->len < READ_BLOCK) {
@@ -360,6 +367,73 @@ static int next_text(doc_reader *r, reader_record *rec, gale_error *err)
     rec->line = first ? first : 1;
     record_set_text(rec, r->doc.n ? (const char *)r->doc.v : "", r->doc.n);
     return 1;
+}
+
+int reader_splittable(const char *path, const reader_options *opt)
+{
+    size_t n = strlen(path);
+    if (has_suffix(path, n, ".gz") || has_suffix(path, n, ".zst"))
+        return 0;
+    int jsonl = has_suffix(path, n, ".jsonl") || has_suffix(path, n, ".ndjson") || has_suffix(path, n, ".json");
+    return jsonl || opt->mode == TEXT_MODE_LINES;
+}
+
+doc_reader *reader_open_range(const char *path, const reader_options *opt, uint64_t start, uint64_t end,
+                              uint64_t first_line, gale_error *err)
+{
+    if (!reader_splittable(path, opt)) {
+        gale_fail(err, "%s: only uncompressed line-oriented files can be read by byte range", path);
+        return NULL;
+    }
+    doc_reader *r = reader_open(path, opt, err);
+    if (!r)
+        return NULL;
+    r->range_end = end;
+    if (start > 0) {
+        /* the range's first line is the first one starting at or after start: skip what
+         * precedes it, from the byte before start through the next newline */
+        if (fseeko(r->file, (off_t)(start - 1), SEEK_SET) != 0) {
+            gale_fail_errno(err, "%s: cannot seek to byte %llu", path, (unsigned long long)start);
+            reader_close(r);
+            return NULL;
+        }
+        r->buf_offset = start - 1;
+        const char *line;
+        size_t len;
+        if (read_line(r, &line, &len, err) < 0) {
+            reader_close(r);
+            return NULL;
+        }
+    }
+    r->next_line = first_line;
+    return r;
+}
+
+int reader_count_newlines(const char *path, uint64_t from, uint64_t to, uint64_t *count, gale_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return gale_fail_errno(err, "%s: cannot open", path);
+    int rc = 0;
+    *count = 0;
+    char *buf = gale_xmalloc(READ_BLOCK);
+    if (fseeko(f, (off_t)from, SEEK_SET) != 0)
+        rc = gale_fail_errno(err, "%s: cannot seek to byte %llu", path, (unsigned long long)from);
+    for (uint64_t at = from; rc == 0 && at < to;) {
+        size_t want = to - at < READ_BLOCK ? (size_t)(to - at) : READ_BLOCK;
+        size_t got = fread(buf, 1, want, f);
+        if (got == 0) {
+            if (ferror(f))
+                rc = gale_fail_errno(err, "%s: read error", path);
+            break;
+        }
+        for (char *p = buf, *e = buf + got; (p = memchr(p, '\n', (size_t)(e - p))); p++)
+            (*count)++;
+        at += got;
+    }
+    free(buf);
+    fclose(f);
+    return rc;
 }
 
 int reader_next(doc_reader *r, reader_record *rec, gale_error *err)

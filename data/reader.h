@@ -2,7 +2,8 @@
  * where it starts. Inputs are files, folders (walked, sorted), and globs (sorted, regular
  * files only), minus exclude patterns; `.gz` files are read through zlib and `.zst` files
  * through libzstd's streaming decoder, so nothing is ever held whole in memory except one
- * record. A file whose name (less .gz/.zst) ends in .jsonl, .ndjson or .json is JSON Lines;
+ * record; a big uncompressed line-oriented file can be read by byte ranges, one per MPI rank.
+ * A file whose name (less .gz/.zst) ends in .jsonl, .ndjson or .json is JSON Lines;
  * any other is text, split by the text mode: the whole file, each line, blank-line
  * separated paragraphs, or parts between separator lines (fortune files: "%").
  * Malformed records (bad JSON, missing key, invalid UTF-8, empty) come back flagged with
@@ -64,6 +65,19 @@ doc_reader *reader_open(const char *path, const reader_options *opt, gale_error 
 /* Reads the next record: 1 and *rec filled, 0 at the end, -1 when the file cannot be read
  * further (I/O error, corrupt or truncated compressed data), with a message naming file:line. */
 int reader_next(doc_reader *r, reader_record *rec, gale_error *err);
+
+/* 1 when path can be read by byte ranges (reader_open_range): an uncompressed file whose
+ * records are lines (JSONL, or text in TEXT_MODE_LINES). */
+int reader_splittable(const char *path, const reader_options *opt);
+
+/* Opens the part of a splittable file whose records are the lines starting in byte range
+ * [start, end), the first of them being line first_line of the file. Consecutive ranges
+ * give every line exactly once. */
+doc_reader *reader_open_range(const char *path, const reader_options *opt, uint64_t start, uint64_t end,
+                              uint64_t first_line, gale_error *err);
+
+/* Counts the '\n' bytes of path in byte range [from, to). */
+int reader_count_newlines(const char *path, uint64_t from, uint64_t to, uint64_t *count, gale_error *err);
 
 /* Bytes of the file itself (compressed bytes for .gz/.zst) consumed so far. */
 uint64_t reader_bytes_consumed(const doc_reader *r);

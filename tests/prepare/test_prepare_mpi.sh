@@ -4,9 +4,9 @@
 # at the same kept documents), and report.json agrees on every document count and on the
 # documents and tokens of each split. The corpus is six real fortune files (with natural
 # exact and near duplicates across them) and a gzip JSONL file, last in input order, of
-# edited copies of fortunes from the first file, so duplicates cross rank boundaries. The
-# 2-rank run spills all dedup state to disk. A run with more ranks than files (ranks without
-# input) must work too.
+# edited copies of fortunes from the first file, so duplicates cross rank boundaries, and a
+# big plain JSONL file that 2 and 3 ranks read by byte ranges. The 2-rank run spills all
+# dedup state to disk. A run with more ranks than files (ranks without input) must work too.
 set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}"
 F=/usr/share/games/fortunes
@@ -34,7 +34,25 @@ with gzip.open("planted.jsonl.gz", "wt", encoding="utf-8") as f:
             f.write(json.dumps({"text": " ".join(w)}) + "\n")
 EOF
 
-inputs=("$F/computers" "$F/cookie" "$F/fortunes" "$F/linux" "$F/linuxcookie" "$F/people" planted.jsonl.gz)
+# one big uncompressed JSONL file, more than half of all input bytes, so that 2 and 3 ranks
+# read it by byte ranges: every fortune of the six files again (exact duplicates) with every
+# third one's numbers changed (near duplicates after digit folding), and blank lines
+python3 - "$F" <<'EOF'
+import json, re, sys
+with open("big.jsonl", "w", encoding="utf-8") as out:
+    for name in ("computers", "cookie", "fortunes", "linux", "linuxcookie", "people"):
+        docs = open(f"{sys.argv[1]}/{name}", encoding="utf-8", errors="replace").read().split("\n%\n")
+        for i, d in enumerate(docs):
+            if i % 3 == 0:
+                d = re.sub(r"[0-9]", "7", d) + " 1999"
+            out.write(json.dumps({"text": d, "n": i}) + "\n")
+            if i % 50 == 0:
+                out.write("\n")
+EOF
+
+inputs=("$F/computers" "$F/cookie" "$F/fortunes" "$F/linux" "$F/linuxcookie" "$F/people" planted.jsonl.gz big.jsonl)
+big=$(stat -c %s big.jsonl); all=$(cat "${inputs[@]}" | wc -c)
+[ $((2 * big)) -gt "$all" ] || { echo "FAIL: big.jsonl is not the larger half of the input"; exit 1; }
 export OMP_NUM_THREADS=1
 for np in 1 2 3; do
   # 2 ranks with no memory for dedup: every band key and shingle set goes through the spill files

@@ -210,6 +210,86 @@ static void test_compressed(void)
     gale_bytes_free(&plain);
 }
 
+/* Byte ranges cut anywhere (inside a line, on a newline, at a line start) give every
+ * record of the whole file exactly once, with its line number, when each range's first line
+ * number comes from the newline counts of the ranges before it (as the pipeline does). */
+static void test_ranges(void)
+{
+    gale_bytes text = {0};
+    for (int i = 1; i <= 500; i++) {
+        char line[96];
+        int k = i % 7 == 0 ? snprintf(line, sizeof line, "\n") /* blank: skipped, but counted */
+                           : snprintf(line, sizeof line, "{\"text\": \"line %d %.*s\"}\n", i, i % 40, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        gale_bytes_append(&text, line, (size_t)k);
+    }
+    gale_bytes_append(&text, "{\"text\": \"last, no newline\"}", 31);
+    char *path = write_file("ranges.jsonl", text.v, text.n);
+    reader_options opt = {.json_key = "text"};
+    CHECK(reader_splittable(path, &opt) && !reader_splittable("x.jsonl.gz", &opt));
+    static got_record whole[600], part[600];
+    int n_whole = read_all(path, &opt, whole, 600, NULL);
+    CHECK(n_whole == 500 - 500 / 7 + 1);
+
+    uint64_t seed = 99;
+    for (int trial = 0; trial < 40; trial++) {
+        /* cut points: random, plus a newline byte and a line start */
+        uint64_t cuts[8];
+        int n_cuts = 1 + trial % 6;
+        for (int k = 0; k < n_cuts; k++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            cuts[k] = 1 + (seed >> 33) % (text.n - 1);
+        }
+        if (trial == 0)
+            cuts[0] = (uint64_t)((char *)memchr(text.v + 100, '\n', text.n - 100) - (char *)text.v);
+        if (trial == 1)
+            cuts[0] = (uint64_t)((char *)memchr(text.v + 100, '\n', text.n - 100) - (char *)text.v) + 1;
+        for (int a = 0; a < n_cuts; a++)
+            for (int b = a + 1; b < n_cuts; b++)
+                if (cuts[b] < cuts[a]) {
+                    uint64_t t = cuts[a];
+                    cuts[a] = cuts[b];
+                    cuts[b] = t;
+                }
+        uint64_t bounds[10] = {0};
+        for (int k = 0; k < n_cuts; k++)
+            bounds[k + 1] = cuts[k];
+        bounds[n_cuts + 1] = text.n;
+        int got = 0;
+        uint64_t newlines_before = 0;
+        for (int k = 0; k <= n_cuts; k++) {
+            uint64_t s = bounds[k], e = bounds[k + 1], count;
+            if (s == e)
+                continue;
+            uint64_t first_line = s == 0 ? 1 : newlines_before + 2;
+            CHECK(reader_count_newlines(path, s == 0 ? 0 : s - 1, e - 1, &count, NULL) == 0);
+            newlines_before += count;
+            gale_error err;
+            doc_reader *r = reader_open_range(path, &opt, s, e, first_line, &err);
+            CHECK(r != NULL);
+            reader_record rec;
+            while (r && reader_next(r, &rec, &err) == 1 && got < 600) {
+                part[got].line = rec.line;
+                size_t len = rec.len > 127 ? 127 : rec.len;
+                memcpy(part[got].text, rec.text, len);
+                part[got].text[len] = 0;
+                got++;
+            }
+            reader_close(r);
+        }
+        CHECK(got == n_whole);
+        for (int i = 0; i < got && got == n_whole; i++)
+            if (part[i].line != whole[i].line || strcmp(part[i].text, whole[i].text)) {
+                fprintf(stderr, "FAIL trial %d record %d: line %llu '%s' vs %llu '%s'\n", trial, i,
+                        (unsigned long long)part[i].line, part[i].text, (unsigned long long)whole[i].line,
+                        whole[i].text);
+                failures++;
+                break;
+            }
+    }
+    free(path);
+    gale_bytes_free(&text);
+}
+
 static void test_expand(void)
 {
     char *sub = gale_path_join(dir, "tree/b");
@@ -317,6 +397,7 @@ int main(void)
     test_text_modes();
     test_jsonl();
     test_compressed();
+    test_ranges();
     test_expand();
     test_normalize();
     test_config();
