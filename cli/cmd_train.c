@@ -23,7 +23,10 @@ static void usage(FILE *f)
             "  --help                   this text\n"
             "\n"
             "Writes RUN_DIR/metrics.jsonl (one JSON object per step and evaluation) and\n"
-            "RUN_DIR/checkpoints/step_NNNNNNNN/ (Hugging Face config.json + model.safetensors).\n");
+            "RUN_DIR/checkpoints/step_NNNNNNNN/ (Hugging Face config.json + model.safetensors).\n"
+            "\n"
+            "Keys of the run YAML (section.key):\n");
+    run_config_print_keys(f);
 }
 
 static int parse_args(int argc, char **argv, const char **config, char ***sets, int *n_sets, long *stop_at)

@@ -501,6 +501,40 @@ static json_t *field_json(const gale_run_config *c, const field *f)
     return json_null();
 }
 
+void run_config_print_keys(FILE *out)
+{
+    static const char *const type_names[] = {[FIELD_INT] = "integer", [FIELD_U64] = "integer",
+                                             [FIELD_DOUBLE] = "number", [FIELD_BOOL] = "true|false",
+                                             [FIELD_STRING] = "string", [FIELD_ENUM] = "choice"};
+    gale_run_config defaults = {0};
+    set_defaults(&defaults);
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &fields[i];
+        char key[64], kind[160] = "";
+        snprintf(key, sizeof key, "%s.%s", f->section, f->key);
+        if (f->type == FIELD_INT)
+            snprintf(kind, sizeof kind, "%s in [%.0f, %.0f]", type_names[f->type], f->min, f->max);
+        else if (f->type == FIELD_DOUBLE)
+            snprintf(kind, sizeof kind, "%s in [%g, %g]", type_names[f->type], f->min, f->max);
+        else if (f->type == FIELD_ENUM)
+            for (int c = 0; f->choices[c]; c++)
+                snprintf(kind + strlen(kind), sizeof kind - strlen(kind), "%s%s", c ? "|" : "", f->choices[c]);
+        else
+            snprintf(kind, sizeof kind, "%s", type_names[f->type]);
+        json_t *def = field_json(&defaults, f);
+        /* a key with no default: a null string, a 0 below the range, aux_coef's -1 */
+        int unset = json_is_null(def) || (json_is_integer(def) && json_integer_value(def) < f->min) ||
+                    (json_is_real(def) && json_real_value(def) < f->min);
+        char *def_text = json_dumps(def, JSON_ENCODE_ANY | JSON_REAL_PRECISION(6));
+        fprintf(out, "  %-24s %-34s %s%s\n", key, kind, unset ? "" : "default ", unset ? "(none)" : def_text);
+        free(def_text);
+        json_decref(def);
+    }
+    fprintf(out, "  %-24s %-34s\n", "data.sources", "list of {path, weight} or paths");
+    fprintf(out, "  %-24s %-34s\n", "model.<config.json key>", "hidden_size, num_local_experts, ...");
+    json_decref(defaults.model.shape);
+}
+
 json_t *run_config_to_json(const gale_run_config *c)
 {
     json_t *root = json_object();

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "optim/schedule.h"
 #include "util/error.h"
@@ -64,6 +65,9 @@ gale_run_config *run_config_load(const char *path, char *const *overrides, int n
 gale_run_config *run_config_parse(const char *yaml, size_t len, const char *name, char *const *overrides,
                                   int n_overrides, gale_error *err);
 void run_config_free(gale_run_config *cfg);
+
+/* Every key with its type, range or choices and default, one per line, for --help. */
+void run_config_print_keys(FILE *out);
 
 /* The effective config as a JSON object (new reference). */
 json_t *run_config_to_json(const gale_run_config *cfg);
