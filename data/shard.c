@@ -72,6 +72,19 @@ int shard_hdf5_threadsafe(void)
     return H5is_library_threadsafe(&threadsafe) >= 0 && threadsafe;
 }
 
+/* File access without HDF5's file locks: a shard is private to its writer until renamed and
+ * never changes after, and locks fail outright on file systems without flock (NFS, Lustre
+ * on many clusters). The caller closes the list. */
+static hid_t unlocked_file_access(void)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+#if H5_VERSION_GE(1, 10, 7)
+    if (fapl >= 0)
+        H5Pset_file_locking(fapl, 0, 1);
+#endif
+    return fapl;
+}
+
 /* The innermost HDF5 error message (where the failure was detected), appended to gale's own
  * message; for a failed system call only its errno text ("No space left on device"). */
 static herr_t innermost_error(unsigned n, const H5E_error2_t *e, void *data)
@@ -428,7 +441,9 @@ gale_shard_writer *shard_writer_create(const char *path, const gale_shard_meta *
     w->pending_segments = gale_xmalloc(cells * sizeof(uint16_t));
     if (w->n_datasets == 3)
         w->pending_mask = gale_xmalloc(cells);
-    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t fapl = unlocked_file_access();
+    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     if (w->file < 0) {
         fail_hdf5(err, w->path, "cannot create the shard file");
         w->file = 0;
@@ -722,7 +737,9 @@ gale_shard *shard_open(const char *path, gale_error *err)
         shard_close(s);
         return NULL;
     }
-    s->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t fapl = unlocked_file_access();
+    s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
     if (s->file < 0) {
         s->file = 0;
         fail_hdf5(err, path, "cannot open as HDF5 (truncated or damaged?)");
