@@ -25,7 +25,7 @@
 /* Assumed peak of one core when backend.peak_tflops is not given: 2.5 GHz × 32 fp32
  * FLOP/cycle (two 8-wide AVX2 FMA units). */
 #define ASSUMED_CORE_FLOPS (2.5e9 * 32)
-/* Non-finite gradient tensors named in a diagnostic. */
+/* Tensors named per list (weights, gradients) in a non-finite diagnostic. */
 #define MAX_NAMED_TENSORS 8
 
 /* The one piece of process-wide state: a signal handler can only reach a static, and
