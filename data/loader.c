@@ -499,7 +499,8 @@ gale_loader *loader_open(const gale_loader_options *opts, gale_error *err)
     for (size_t s = 0; s < l->n_sources; s++) {
         source *src = &l->sources[s];
         src->share = (opts->weights ? opts->weights[s] : (double)src->rows) / total_weight;
-        src->perm = gale_xmalloc((size_t)src->rows * sizeof *src->perm);
+        if (!opts->one_pass)
+            src->perm = gale_xmalloc((size_t)src->rows * sizeof *src->perm);
     }
     l->seq_len = l->sources[0].manifest.seq_len;
     l->vocab_size = l->sources[0].manifest.tokenizer.vocab_size;
