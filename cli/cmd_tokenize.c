@@ -175,19 +175,30 @@ static int reader_failed(const line_reader *r)
 
 /* ---- output ---- */
 
-/* Writes v in decimal at p; returns the length. */
+/* Writes v in decimal at p, two digits at a time; returns the length. */
 static size_t put_int(char *p, int32_t v)
 {
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                "8081828384858687888990919293949596979899";
     char tmp[12];
-    size_t n = 0, len;
+    size_t n = sizeof tmp, len = 0;
     uint32_t u = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
-    do
-        tmp[n++] = (char)('0' + u % 10);
-    while (u /= 10);
+    while (u >= 100) {
+        n -= 2;
+        memcpy(tmp + n, pairs + 2 * (u % 100), 2);
+        u /= 100;
+    }
+    if (u >= 10) {
+        n -= 2;
+        memcpy(tmp + n, pairs + 2 * u, 2);
+    } else {
+        tmp[--n] = (char)('0' + u);
+    }
     if (v < 0)
-        tmp[n++] = '-';
-    for (len = n; n; n--)
-        *p++ = tmp[n - 1];
+        p[len++] = '-';
+    while (n < sizeof tmp)
+        p[len++] = tmp[n++];
     return len;
 }
 

@@ -561,8 +561,11 @@ typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
     int32_t key;         /* see pair_table; -1: can merge with nothing */
+    int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
     int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
+
+#define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap */
 
 typedef struct bpe_pair {
     float score;
@@ -666,24 +669,86 @@ static int32_t char_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
     return char_table_slot(&tok->chars, utf8_codepoint(s, len))->key;
 }
 
-/* sentencepiece's MaybeAddNewSymbolPair. */
-static void bpe_consider_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+/* The piece that merging symbols l and r makes, or -1 (none, or a side that cannot merge):
+ * the lookup of sentencepiece's MaybeAddNewSymbolPair, which also notes the pair that made an
+ * UNUSED piece, the last one winning. */
+static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
 {
-    if (l < 0 || r < 0 || e->symbols[l].frozen || e->symbols[r].frozen || e->symbols[l].key < 0 ||
-        e->symbols[r].key < 0)
-        return;
-    const gale_tokenizer *tok = e->tok;
-    int32_t id = encoder_pair_find(e, e->symbols[l].key, e->symbols[r].key);
-    if (id < 0)
-        return;
-    uint32_t start = e->symbols[l].start, len = e->symbols[l].len + e->symbols[r].len;
-    heap_push(e, (bpe_pair){tok->scores[id], l, r, len, id});
-    if (tok->types[id] == SPM_PIECE_UNUSED) {
+    const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
+    if (sl->frozen || sr->frozen || sl->key < 0 || sr->key < 0)
+        return -1;
+    int32_t id = encoder_pair_find(e, sl->key, sr->key);
+    if (id >= 0 && e->tok->types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
             e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
         }
-        e->unused[e->unused_n++] = (unused_merge){start, len, e->symbols[l].len};
+        e->unused[e->unused_n++] = (unused_merge){sl->start, sl->len + sr->len, sl->len};
+    }
+    return id;
+}
+
+/* sentencepiece's MaybeAddNewSymbolPair: queues the merge of l and r when it makes a piece. */
+static void bpe_queue_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+{
+    if (l < 0 || r < 0)
+        return;
+    int32_t id = bpe_pair_piece(e, w, l, r);
+    if (id >= 0)
+        heap_push(e, (bpe_pair){e->tok->scores[id], l, r, e->symbols[l].len + e->symbols[r].len, id});
+}
+
+/* Symbol l absorbs its right neighbour r into the piece id. */
+static void bpe_merge(tokenizer_encoder *e, int32_t l, int32_t r, int32_t id)
+{
+    bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
+    sl->len += sr->len;
+    sl->key = id;
+    sl->next = sr->next;
+    if (sr->next >= 0)
+        e->symbols[sr->next].prev = l;
+    sr->len = 0;
+}
+
+/* sentencepiece's merge loop with its agenda (a heap): for words of any length. */
+static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t count)
+{
+    e->heap_n = 0;
+    for (size_t i = 1; i < count; i++)
+        bpe_queue_pair(e, w, (int32_t)i - 1, (int32_t)i);
+    while (e->heap_n) {
+        bpe_pair top = heap_pop(e);
+        const bpe_symbol *l = &e->symbols[top.left], *r = &e->symbols[top.right];
+        if (!l->len || !r->len || l->len + r->len != top.len)
+            continue; /* stale: one side has changed since the pair was queued */
+        bpe_merge(e, top.left, top.right, top.id);
+        bpe_queue_pair(e, w, l->prev, top.left);
+        bpe_queue_pair(e, w, top.left, l->next);
+    }
+}
+
+/* The same merges for a short word: each symbol keeps the piece it makes with its right
+ * neighbour, and each step scans them for the highest score, leftmost first. Without the
+ * heap's pushes, pops and stale entries this is faster for the few symbols of most words;
+ * the lookups, and so the UNUSED bookkeeping, happen in the same order as with the heap. */
+static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count)
+{
+    const float *scores = e->tok->scores;
+    bpe_symbol *sym = e->symbols;
+    for (size_t i = 1; i < count; i++)
+        sym[i - 1].pair = bpe_pair_piece(e, w, (int32_t)i - 1, (int32_t)i);
+    sym[count - 1].pair = -1;
+    for (;;) {
+        int32_t best = -1;
+        for (int32_t i = 0; i >= 0; i = sym[i].next)
+            if (sym[i].pair >= 0 && (best < 0 || scores[sym[i].pair] > scores[sym[best].pair]))
+                best = i;
+        if (best < 0)
+            break;
+        bpe_merge(e, best, sym[best].next, sym[best].pair);
+        if (sym[best].prev >= 0)
+            sym[sym[best].prev].pair = bpe_pair_piece(e, w, sym[best].prev, best);
+        sym[best].pair = sym[best].next >= 0 ? bpe_pair_piece(e, w, best, sym[best].next) : -1;
     }
 }
 
@@ -726,7 +791,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
         }
         int32_t key = -1;
-        size_t len = user_defined_match(tok, w + i, n - i, &key);
+        size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &key) : 0;
         int frozen = len > 0;
         if (!len) {
             len = lead_byte_len(w[i]);
@@ -735,30 +800,17 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : char_key(tok, w + i, len);
         }
         e->symbols[count] =
-            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
+            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, frozen};
         i += len;
     }
     if (!count)
         return;
     e->symbols[count - 1].next = -1;
-    e->heap_n = 0;
     e->unused_n = 0;
-    for (size_t i = 1; i < count; i++)
-        bpe_consider_pair(e, w, (int32_t)i - 1, (int32_t)i);
-    while (e->heap_n) {
-        bpe_pair top = heap_pop(e);
-        bpe_symbol *l = &e->symbols[top.left], *r = &e->symbols[top.right];
-        if (!l->len || !r->len || l->len + r->len != top.len)
-            continue; /* stale: one side has changed since the pair was queued */
-        l->len += r->len;
-        l->key = top.id;
-        l->next = r->next;
-        if (r->next >= 0)
-            e->symbols[r->next].prev = top.left;
-        r->len = 0;
-        bpe_consider_pair(e, w, l->prev, top.left);
-        bpe_consider_pair(e, w, top.left, l->next);
-    }
+    if (count <= BPE_SCAN_MAX_SYMBOLS)
+        bpe_merge_by_scan(e, w, count);
+    else
+        bpe_merge_with_heap(e, w, count);
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
         if (sym->key >= 0 && (size_t)sym->key < tok->model.n_pieces && tok->types[sym->key] != SPM_PIECE_UNUSED)
@@ -871,6 +923,15 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
     size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
     size_t i = 0;
     while (i < n && (final || n - i >= lookahead)) {
+        if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
+            /* a space: what normalize_unit and push_unit do with it, without the calls */
+            if (tok->split_words && e->word.n && !e->word_ends_ws)
+                flush_word(e, out);
+            gale_bytes_append(&e->word, WS, WS_LEN);
+            e->word_ends_ws = 1;
+            i++;
+            continue;
+        }
         if (e->started && plain_byte(tok, s[i])) {
             /* a run of ASCII bytes other than space that start no user-defined piece: each is a
              * unit of its own that normalize_unit would append unchanged */
