@@ -1,6 +1,7 @@
 /* prepare: the `gale prepare` pipeline, from raw inputs to a dataset folder of shards.
- *   pass 1 (read):  every rank reads its share of the input files (contiguous runs of
- *                   files of about equal bytes), rejects malformed and out-of-bounds
+ *   pass 1 (read):  every rank reads its share of the input (files in order, about equal
+ *                   bytes per rank; a big uncompressed JSONL or lines file is cut into byte
+ *                   ranges at the share boundaries), rejects malformed and out-of-bounds
  *                   records, and computes each document's exact hash, shingle set and LSH
  *                   band keys on all cores; dedup_resolve then decides duplicates globally.
  *   pass 2 (write): the files are read again; kept documents are tokenized on all cores
