@@ -2,7 +2,8 @@
 # test_prepare_cli: the `gale prepare` command line: --help; the shipped fortunes config
 # (configs/prepare-fortunes.yaml) runs, with flags overriding its paths and seq_len; config
 # and flag mistakes are errors naming the file and line or the flag; a missing input is
-# named; progress lines appear when asked for.
+# named; corrupt compressed inputs are counted and named without stopping the run; progress
+# lines appear when asked for.
 set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}" "${GALE_SOURCE:?}"
 work=$(mktemp -d /tmp/gale-test-prepare-cli-XXXXXX)
@@ -32,6 +33,21 @@ echo "some text long enough to keep" > a.txt
 expect_error "input 'missing.txt'" --input a.txt missing.txt --tokenizer "$tok" --out o
 expect_error "missing.model" --input a.txt --tokenizer missing.model --out o
 [ ! -e o ] && [ ! -e o.partial ] || fail "a failed run left o or o.partial behind"
+
+# an unreadable input (corrupt zstd, truncated gzip) is counted and named; the rest goes on
+printf '{"text": "a record that is long enough to keep"}\n' > good.jsonl
+echo "this is not zstd data" > corrupt.jsonl.zst
+for i in $(seq 1 2000); do echo "{\"text\": \"gzip record number $i with some words\"}"; done | gzip > full.jsonl.gz
+head -c 2000 full.jsonl.gz > cut.jsonl.gz
+"$GALE_BIN" prepare --input good.jsonl corrupt.jsonl.zst cut.jsonl.gz --tokenizer "$tok" --out damaged \
+  --progress off 2> damaged.log || { cat damaged.log; fail "a corrupt input stopped the run"; }
+grep -q "corrupt.jsonl.zst" damaged.log && grep -q "cut.jsonl.gz" damaged.log || { cat damaged.log; fail "unreadable inputs not named"; }
+python3 -c '
+import json, sys
+r = json.load(open("damaged/report.json"))
+if r["inputs"]["unreadable_files"] != 2 or r["documents"]["kept"] < 2:
+    sys.exit("FAIL: damaged inputs: %s %s" % (r["inputs"], r["documents"]))
+'
 
 # the shipped config, with the paths and seq_len overridden by flags
 if [ -r /usr/share/games/fortunes/fortunes ]; then
