@@ -286,7 +286,7 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
 }
 
 /* mistral-common's role order (1.13): a tool result follows only an assistant message or
- * another result, and nothing but a system message follows a result. */
+ * another result, and a system message never follows an assistant message or a result. */
 static bool may_follow(enum chat_role prev, enum chat_role cur)
 {
     switch (prev) {
