@@ -39,7 +39,7 @@ void model_init_random(struct model *m, double std, uint64_t seed)
         }
         double s = is_output_projection(t->name) ? std / sqrt(2.0 * cfg->num_layers) : std;
         uint64_t stream = gale_rng_stream(seed, t->name);
-#pragma omp parallel for
+#pragma omp parallel for if (t->numel >= 65536)
         for (size_t j = 0; j < t->numel; j++)
             dst[j] = (float)(s * gale_rng_normal(stream, j));
     }

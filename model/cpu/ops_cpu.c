@@ -32,6 +32,15 @@ static void cpu_copy(void *dst, const void *src, size_t bytes)
         memcpy(dst, src, bytes);
 }
 
+/* Below this much work a kernel runs on the calling thread: waking the team and meeting at
+ * its barrier costs more than the work (on a loaded machine, 5-40x slower for tiny models). */
+#define PARALLEL_MIN_WORK 32768
+
+static inline int parallel_worth(size_t work)
+{
+    return work >= PARALLEL_MIN_WORK;
+}
+
 /* Products are split over the OpenMP threads here, each block a single-threaded BLAS call:
  * letting OpenBLAS's own pthreads run beside the OpenMP threads of the other kernels
  * oversubscribes the cores (each pool spins while the other works), measured 2.5x slower on
@@ -84,7 +93,7 @@ static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alph
 static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tokens, int rows,
                               int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++)
         memcpy(out + (size_t)r * dim, table + (size_t)tokens[r] * dim, sizeof(float) * dim);
 }
@@ -96,7 +105,7 @@ static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tok
 static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int rows,
                               int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
         int c1 = c0 + COLUMN_BLOCK < dim ? c0 + COLUMN_BLOCK : dim;
         for (int r = 0; r < rows; r++) {
@@ -111,7 +120,7 @@ static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *t
 static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows,
                             int dim, float eps)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * dim;
         float *o = out + (size_t)r * dim;
@@ -128,7 +137,7 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float
 static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                             const float *rstd, int rows, int dim)
 {
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth((size_t)rows * dim))
     {
         float *dw_local = gale_xcalloc((size_t)dim, sizeof(float));
 #pragma omp for
@@ -161,7 +170,7 @@ static void rope_rotate(float *x, const int32_t *positions, int rows, int heads,
     double *inv_freq = gale_xmalloc(sizeof(double) * (size_t)half);
     for (int i = 0; i < half; i++)
         inv_freq[i] = pow((double)theta, -2.0 * i / head_dim);
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth((size_t)rows * heads * head_dim))
     {
         float *cs = gale_xmalloc(sizeof(float) * 2 * (size_t)half);
 #pragma omp for
@@ -244,7 +253,7 @@ static void cpu_attention_fwd(float *out, float *lse, const float *q, const floa
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
     blas_single_threaded();
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth((size_t)batch * heads * seq * seq * head_dim))
     {
         float *s = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
 #pragma omp for collapse(2) schedule(dynamic)
@@ -276,7 +285,7 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
     /* One task per (sequence, kv head): the query heads sharing a kv head accumulate into
      * the same dk, dv, so they run in one task. */
     blas_single_threaded();
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth((size_t)batch * heads * seq * seq * head_dim))
     {
         float *p = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
         float *dp = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
@@ -339,7 +348,7 @@ static inline float silu(float x)
 
 static void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         out[i] = silu(gate[i]) * up[i];
 }
@@ -347,7 +356,7 @@ static void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_
 static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                            const float *up, size_t n)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i];
         dup[i] = d * g * sig;
@@ -358,7 +367,7 @@ static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const fl
 static void cpu_router_fwd(float *probs, float *lse, int32_t *topk_idx, float *topk_w,
                            const float *logits, int rows, int experts, int k)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * experts * k))
     for (int r = 0; r < rows; r++) {
         const float *x = logits + (size_t)r * experts;
         float *p = probs + (size_t)r * experts;
@@ -395,7 +404,7 @@ static void cpu_router_bwd(float *dlogits, const float *dtopk_w, const float *pr
                            const float *lse, const int32_t *topk_idx, const float *topk_w,
                            const float *dprobs_const, float z_scale, int rows, int experts, int k)
 {
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth((size_t)rows * experts))
     {
         double *dp = gale_xmalloc(sizeof(double) * (size_t)experts);
 #pragma omp for
@@ -443,7 +452,7 @@ static void cpu_moe_plan(int *counts, int32_t *slot_rows, int32_t *slot_of,
 
 static void cpu_moe_gather(float *xe, const float *x, const int32_t *slot_rows, int slots, int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int s = 0; s < slots; s++)
         memcpy(xe + (size_t)s * dim, x + (size_t)slot_rows[s] * dim, sizeof(float) * dim);
 }
@@ -451,7 +460,7 @@ static void cpu_moe_gather(float *xe, const float *x, const int32_t *slot_rows, 
 static void cpu_moe_combine(float *out, const float *ye, const float *topk_w,
                             const int32_t *slot_of, int rows, int k, int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < k; j++) {
             float w = topk_w[(size_t)r * k + j];
@@ -466,7 +475,7 @@ static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, c
                                 const float *topk_w, const int32_t *slot_of, int rows, int k,
                                 int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < k; j++) {
             size_t s = (size_t)slot_of[(size_t)r * k + j];
@@ -485,7 +494,7 @@ static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, c
 static void cpu_moe_scatter_add(float *dx, const float *dxe, const int32_t *slot_rows, int slots,
                                 int dim)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
         int c1 = c0 + COLUMN_BLOCK < dim ? c0 + COLUMN_BLOCK : dim;
         for (int s = 0; s < slots; s++) {
@@ -502,7 +511,7 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows,
 {
     double total = 0;
     long n = 0;
-#pragma omp parallel for reduction(+ : total, n) schedule(static)
+#pragma omp parallel for if (parallel_worth((size_t)rows * vocab)) reduction(+ : total, n) schedule(static)
     for (int r = 0; r < rows; r++) {
         float *x = logits + (size_t)r * vocab;
         int t = targets[r];
@@ -546,7 +555,7 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t 
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++) {
         float gi = g[i];
         p[i] *= decay;
@@ -559,7 +568,7 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t 
 static double cpu_sumsq(const float *x, size_t n)
 {
     double s = 0;
-#pragma omp parallel for reduction(+ : s)
+#pragma omp parallel for if (parallel_worth(n)) reduction(+ : s)
     for (size_t i = 0; i < n; i++)
         s += (double)x[i] * x[i];
     return s;
@@ -567,14 +576,14 @@ static double cpu_sumsq(const float *x, size_t n)
 
 static void cpu_scale(float *x, size_t n, float s)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         x[i] *= s;
 }
 
 static void cpu_axpy(float *y, const float *x, size_t n, float a)
 {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         y[i] += a * x[i];
 }
