@@ -222,7 +222,8 @@ static void test_ranges(void)
                            : snprintf(line, sizeof line, "{\"text\": \"line %d %.*s\"}\n", i, i % 40, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
         gale_bytes_append(&text, line, (size_t)k);
     }
-    gale_bytes_append(&text, "{\"text\": \"last, no newline\"}", 31);
+    const char *last = "{\"text\": \"last, no newline\"}";
+    gale_bytes_append(&text, last, strlen(last));
     char *path = write_file("ranges.jsonl", text.v, text.n);
     reader_options opt = {.json_key = "text"};
     CHECK(reader_splittable(path, &opt) && !reader_splittable("x.jsonl.gz", &opt));
