@@ -44,14 +44,16 @@ typedef struct piece_table {
 
 /* The merges as integers: a symbol of the BPE loop is a mergeable piece (key: its id) or a
  * single character (key: its id when it is a piece, else a key from char_table), so "is the
- * concatenation of these two symbols a piece" is one probe of a table keyed by two ints. */
-typedef struct pair_slot {
-    uint64_t key; /* left key << 32 | right key */
-    int32_t id;   /* the merged piece; -1: empty */
-} pair_slot;
+ * concatenation of these two symbols a piece" is one probe of a table keyed by two ints. A
+ * slot packs the left key, the right key and the merged piece in 21 bits each: 8 bytes, so
+ * that more of the table stays in the CPU caches. */
+#define KEY_BITS 21
+#define KEY_LIMIT ((1 << KEY_BITS) - 1) /* keys and ids are below this; all ones marks "none" */
+#define PAIR_KEY_MASK ((1ull << (2 * KEY_BITS)) - 1)
+#define PAIR_EMPTY UINT64_MAX
 
 typedef struct pair_table {
-    pair_slot *slots;
+    uint64_t *slots; /* left | right << 21 | id << 42, or PAIR_EMPTY */
     size_t mask;
     int shift;
 } pair_table;
@@ -92,6 +94,16 @@ static uint64_t bytes_hash(const void *p, size_t n)
     return XXH3_64bits(p, n);
 }
 
+/* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call. */
+static int bytes_equal(const void *a, const void *b, size_t n)
+{
+    const uint8_t *x = a, *y = b;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != y[i])
+            return 0;
+    return 1;
+}
+
 static void piece_table_init(piece_table *t, size_t n)
 {
     size_t cap = 16;
@@ -111,7 +123,7 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
         piece_slot s = t->slots[i];
         if (s.id < 0)
             return -1;
-        if (s.tag == tag && m->pieces[s.id].len == n && !memcmp(m->pieces[s.id].piece, p, n))
+        if (s.tag == tag && m->pieces[s.id].len == n && bytes_equal(m->pieces[s.id].piece, p, n))
             return s.id;
     }
 }
@@ -141,32 +153,39 @@ static size_t table_capacity(size_t n)
 
 static uint64_t pair_key(int32_t left, int32_t right)
 {
-    return (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
+    return (uint64_t)left | (uint64_t)right << KEY_BITS;
 }
 
-static size_t pair_slot_index(const pair_table *t, uint64_t key)
+static uint64_t pair_hash(uint64_t key)
 {
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> t->shift);
+    return key * 0x9E3779B97F4A7C15ull;
+}
+
+static int32_t pair_slot_id(uint64_t slot)
+{
+    int32_t id = (int32_t)(slot >> (2 * KEY_BITS) & KEY_LIMIT);
+    return id == KEY_LIMIT ? -1 : id;
 }
 
 static int32_t pair_table_find(const pair_table *t, int32_t left, int32_t right)
 {
     uint64_t key = pair_key(left, right);
-    for (size_t i = pair_slot_index(t, key);; i = (i + 1) & t->mask) {
-        if (t->slots[i].id < 0)
+    for (size_t i = pair_hash(key) >> t->shift;; i = (i + 1) & t->mask) {
+        uint64_t slot = t->slots[i];
+        if (slot == PAIR_EMPTY)
             return -1;
-        if (t->slots[i].key == key)
-            return t->slots[i].id;
+        if ((slot & PAIR_KEY_MASK) == key)
+            return pair_slot_id(slot);
     }
 }
 
 static void pair_table_insert(pair_table *t, int32_t left, int32_t right, int32_t id)
 {
     uint64_t key = pair_key(left, right);
-    size_t i = pair_slot_index(t, key);
-    while (t->slots[i].id >= 0 && t->slots[i].key != key)
+    size_t i = pair_hash(key) >> t->shift;
+    while (t->slots[i] != PAIR_EMPTY && (t->slots[i] & PAIR_KEY_MASK) != key)
         i = (i + 1) & t->mask;
-    t->slots[i] = (pair_slot){key, id};
+    t->slots[i] = key | (uint64_t)id << (2 * KEY_BITS);
 }
 
 /* The slot of a code point: the one holding it, or the empty one where it goes. */
@@ -175,6 +194,32 @@ static char_slot *char_table_slot(const char_table *t, uint32_t codepoint)
     for (size_t i = (codepoint * 0x9E3779B1u) & t->mask;; i = (i + 1) & t->mask)
         if (t->slots[i].key < 0 || t->slots[i].codepoint == codepoint)
             return &t->slots[i];
+}
+
+static void char_table_init(char_table *t, size_t cap)
+{
+    t->slots = gale_xmalloc(cap * sizeof *t->slots);
+    for (size_t i = 0; i < cap; i++)
+        t->slots[i] = (char_slot){0, -1};
+    t->mask = cap - 1;
+}
+
+/* Adds a code point with the next key (keys count up from first_key); keeps the table at
+ * most half full. */
+static int32_t char_table_add(char_table *t, uint32_t codepoint, int32_t first_key)
+{
+    if (2 * (t->n + 1) > t->mask + 1) {
+        char_table old = *t;
+        char_table_init(t, 2 * (old.mask + 1));
+        t->n = old.n;
+        for (size_t i = 0; i <= old.mask; i++)
+            if (old.slots[i].key >= 0)
+                *char_table_slot(t, old.slots[i].codepoint) = old.slots[i];
+        free(old.slots);
+    }
+    int32_t key = first_key + (int32_t)t->n++;
+    *char_table_slot(t, codepoint) = (char_slot){codepoint, key};
+    return key;
 }
 
 /* ---- UTF-8 as sentencepiece reads it ---- */
@@ -398,15 +443,15 @@ static int32_t symbol_key(gale_tokenizer *tok, const uint8_t *s, size_t len, int
     int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
     if (id >= 0 || utf8_char_len(s, len) != len)
         return id;
-    char_slot *slot = char_table_slot(&tok->chars, utf8_codepoint(s, len));
-    if (slot->key < 0 && add) {
-        *slot = (char_slot){utf8_codepoint(s, len), (int32_t)(tok->model.n_pieces + tok->chars.n++)};
-    }
-    return slot->key;
+    uint32_t c = utf8_codepoint(s, len);
+    int32_t key = char_table_slot(&tok->chars, c)->key;
+    if (key < 0 && add)
+        key = char_table_add(&tok->chars, c, (int32_t)tok->model.n_pieces);
+    return key;
 }
 
 /* Every way a mergeable piece splits into two symbols, into the pair table. */
-static void build_merge_tables(gale_tokenizer *tok)
+static int build_merge_tables(gale_tokenizer *tok, gale_error *err)
 {
     const spm_model *m = &tok->model;
     size_t splits = 0; /* an upper bound: one per character after the first */
@@ -415,15 +460,13 @@ static void build_merge_tables(gale_tokenizer *tok)
             splits += ((uint8_t)m->pieces[i].piece[k] & 0xC0) != 0x80;
     size_t cap = table_capacity(splits);
     tok->pairs.slots = gale_xmalloc(cap * sizeof *tok->pairs.slots);
-    for (size_t i = 0; i < cap; i++)
-        tok->pairs.slots[i] = (pair_slot){0, -1};
+    memset(tok->pairs.slots, 0xff, cap * sizeof *tok->pairs.slots); /* PAIR_EMPTY */
     tok->pairs.mask = cap - 1;
     tok->pairs.shift = 64 - __builtin_ctzll(cap);
-    cap = table_capacity(splits);
-    tok->chars.slots = gale_xmalloc(cap * sizeof *tok->chars.slots);
-    for (size_t i = 0; i < cap; i++)
-        tok->chars.slots[i] = (char_slot){0, -1};
-    tok->chars.mask = cap - 1;
+    char_table_init(&tok->chars, 256);
+    if (m->n_pieces >= KEY_LIMIT)
+        return gale_fail(err, "%s: %zu pieces is more than gale's merge table holds (%d)", tok->name, m->n_pieces,
+                         KEY_LIMIT - 1);
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         const uint8_t *s = (const uint8_t *)p->piece;
@@ -434,6 +477,9 @@ static void build_merge_tables(gale_tokenizer *tok)
             continue; /* normalised text is valid UTF-8: no merge can make this piece */
         for (size_t k = utf8_char_len(s, p->len); k < p->len; k += utf8_char_len(s + k, p->len - k)) {
             int32_t left = symbol_key(tok, s, k, 1), right = symbol_key(tok, s + k, p->len - k, 1);
+            if (left >= KEY_LIMIT || right >= KEY_LIMIT)
+                return gale_fail(err, "%s: pieces and characters are more than gale's merge table holds (%d)",
+                                 tok->name, KEY_LIMIT - 1);
             if (left >= 0 && right >= 0)
                 pair_table_insert(&tok->pairs, left, right, (int32_t)i);
         }
@@ -442,6 +488,7 @@ static void build_merge_tables(gale_tokenizer *tok)
         uint8_t c = (uint8_t)b;
         tok->ascii_keys[b] = symbol_key(tok, &c, 1, 0);
     }
+    return 0;
 }
 
 /* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
@@ -456,12 +503,12 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
     if (spm_model_parse(data, len, name, &tok->model, err) < 0 ||
-        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0) {
+        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0 ||
+        build_merge_tables(tok, err) < 0) {
         tokenizer_free(tok);
         return NULL;
     }
     tok->split_words = words_are_independent(tok);
-    build_merge_tables(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     gale_sha256_hex(data, len, tok->sha256);
@@ -550,7 +597,7 @@ static cache_slot *word_cache_slot(word_cache *c, const uint8_t *w, size_t n, ui
 {
     for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
         cache_slot *s = &c->slots[i];
-        if (!s->key_len || (s->tag == (uint32_t)(h >> 32) && s->key_len == n && !memcmp(c->keys.v + s->key_at, w, n)))
+        if (!s->key_len || (s->tag == (uint32_t)(h >> 32) && s->key_len == n && bytes_equal(c->keys.v + s->key_at, w, n)))
             return s;
     }
 }
@@ -598,10 +645,10 @@ struct tokenizer_encoder {
     size_t unused_n, unused_cap;
     gale_ids word_ids;
     word_cache cache; /* slots NULL: no cache */
-    pair_slot *pair_memo; /* recent pair_table answers, direct-mapped; NULL: none */
+    uint64_t *pair_memo; /* recent pair_table answers, as its slots, direct-mapped; NULL: none */
 };
 
-#define PAIR_MEMO_SLOTS 4096 /* 64 KiB: the common merges stay in the nearest caches */
+#define PAIR_MEMO_BITS 13 /* 8192 slots, 64 KiB: the common merges stay in the nearest caches */
 
 /* pair_table_find through the encoder's memo: the pair table is megabytes and each probe of
  * it would miss the CPU caches, while a few thousand pairs make most of the merges of text. */
@@ -610,12 +657,12 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, int32_t left, int32_t rig
     if (!e->pair_memo)
         return pair_table_find(&e->tok->pairs, left, right);
     uint64_t key = pair_key(left, right);
-    pair_slot *m = &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - 12)];
-    if (m->key != key) {
-        m->key = key;
-        m->id = pair_table_find(&e->tok->pairs, left, right);
+    uint64_t *m = &e->pair_memo[pair_hash(key) >> (64 - PAIR_MEMO_BITS)];
+    if ((*m & PAIR_KEY_MASK) != key) {
+        int32_t id = pair_table_find(&e->tok->pairs, left, right);
+        *m = key | (uint64_t)(id < 0 ? KEY_LIMIT : id) << (2 * KEY_BITS);
     }
-    return m->id;
+    return pair_slot_id(*m);
 }
 
 static int pair_before(const bpe_pair *a, const bpe_pair *b)
@@ -1023,9 +1070,9 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
     e->cache.slots = gale_xcalloc(CACHE_SLOTS, sizeof *e->cache.slots);
-    e->pair_memo = gale_xmalloc(PAIR_MEMO_SLOTS * sizeof *e->pair_memo);
-    for (size_t i = 0; i < PAIR_MEMO_SLOTS; i++)
-        e->pair_memo[i] = (pair_slot){UINT64_MAX, -1}; /* no pair has this key: keys are below 2^63 */
+    e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
+    /* all ones: the key of no pair, since keys are below KEY_LIMIT */
+    memset(e->pair_memo, 0xff, sizeof *e->pair_memo << PAIR_MEMO_BITS);
     return e;
 }
 
