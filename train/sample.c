@@ -62,6 +62,9 @@ int sample_generate(struct model *m, const int32_t *prompt, size_t n_prompt, con
     if (n_prompt == 0)
         return gale_fail(err, "the prompt has no tokens");
     size_t limit = (size_t)cfg->max_position_embeddings;
+    if (n_prompt >= limit)
+        return gale_fail(err, "the prompt has %zu tokens: no room before max_position_embeddings (%zu)", n_prompt,
+                         limit);
     gale_ids seq = {0};
     gale_ids_append(&seq, prompt, n_prompt);
     size_t first_new = out->n;

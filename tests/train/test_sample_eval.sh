@@ -36,6 +36,9 @@ cmp "$tmp/s1" "$tmp/s2"
 # [INST] Hi [/INST] with BOS is more than the 2 ids of plain "Hi"
 grep -Eq "^\[([4-9]|[1-9][0-9]) prompt tokens" "$tmp/chat.err"
 
+# the tiny model has 64 positions
+if "$GALE_BIN" sample --checkpoint "$ckpt" --prompt "$(seq 1 80 | tr '\n' ' ')" 2> "$tmp/err"; then exit 1; fi
+grep -q "no room before max_position_embeddings (64)" "$tmp/err"
 if "$GALE_BIN" sample --checkpoint "$tmp/nowhere" --prompt x 2> "$tmp/err"; then exit 1; fi
 grep -q "nowhere" "$tmp/err"
 if "$GALE_BIN" sample --checkpoint "$ckpt" --prompt x --top-p 2 2> "$tmp/err"; then exit 1; fi
