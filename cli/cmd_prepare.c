@@ -21,10 +21,10 @@ static void prepare_usage(FILE *f)
             "and manifest.json into OUT (built as OUT.partial, renamed when complete).\n"
             "\n"
             "Every key of the YAML file is also a flag (underscores as dashes); flags override the file.\n"
-            "--input and --exclude take one or more values. --overwrite alone means --overwrite true.\n"
+            "--input (or --inputs) and --exclude take one or more values. --overwrite alone means\n"
+            "--overwrite true.\n"
             "\n"
-            "keys:\n"
-            "  --input PATH...       (YAML: inputs) files, folders, globs\n");
+            "keys:\n");
     prepare_config_print_keys(f);
 }
 

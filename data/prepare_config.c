@@ -49,7 +49,7 @@ static const key_spec keys[] = {
     K(kind, KEY_ENUM, kind, 0, 0, kind_names, "pretrain (text) or sft (conversations) [pretrain]"),
     K(packing, KEY_ENUM, packing, 0, 0, packing_names, "concat or best_fit [concat for pretrain, best_fit for sft]"),
     K(seq_len, KEY_INT, seq_len, 1, 131072, NULL, "tokens per training sequence; rows hold seq_len+1 [2048]"),
-    K(text_mode, KEY_ENUM, text_mode, 0, 0, text_mode_names, "how text files split into documents [document]"),
+    K(text_mode, KEY_ENUM, text_mode, 0, 0, text_mode_names, "text files: one document each, or per line, per blank-line paragraph, or between separator lines: document, lines, paragraphs, separator [document]"),
     K(separator, KEY_STRING, separator, 0, 0, NULL, "the line between documents in text_mode separator [%]"),
     K(json_key, KEY_STRING, json_key, 0, 0, NULL, "the text's key in JSONL records, dotted when nested [text]"),
     K(chat_template, KEY_STRING, chat_template, 0, 0, NULL, "sft: v1, v3 or llama2 [v3]"),
