@@ -43,8 +43,12 @@ typedef enum {
     REJECT_N
 } reject_reason;
 
-static const char *const reject_names[] = {"",      "bad_json",  "missing_key", "invalid_utf8",
-                                           "empty", "too_short", "too_long",    "invalid_conversation"};
+/* report.json's names: the reader's for malformed records, then the pipeline's own. */
+static const char *reject_name(reject_reason why)
+{
+    static const char *const pipeline_names[] = {"too_short", "too_long", "invalid_conversation"};
+    return why < REJECT_TOO_SHORT ? record_status_name((record_status)why) : pipeline_names[why - REJECT_TOO_SHORT];
+}
 
 enum { SPLIT_TRAIN, SPLIT_VAL, N_SPLITS };
 static const char *const split_names[] = {"train", "val"};
@@ -179,9 +183,9 @@ static void note_rejected(prepare_ctx *c, size_t file, uint64_t line, reject_rea
     if (json_array_size(c->examples) >= (size_t)c->cfg->report_examples)
         return;
     fprintf(stderr, "gale prepare: skipped %s:%llu: %s%s%s\n", c->paths[file], (unsigned long long)line,
-            reject_names[why], detail ? ": " : "", detail ? detail : "");
+            reject_name(why), detail ? ": " : "", detail ? detail : "");
     json_array_append_new(c->examples, json_pack("{s:s, s:I, s:s, s:s*}", "source", c->paths[file], "line",
-                                                 (json_int_t)line, "reason", reject_names[why], "detail", detail));
+                                                 (json_int_t)line, "reason", reject_name(why), "detail", detail));
 }
 
 static void note_unreadable(prepare_ctx *c, size_t file, const char *message)
@@ -737,7 +741,7 @@ static json_t *report_json(const prepare_ctx *c, const prepare_counts *t, json_t
     json_t *rejected = json_object();
     uint64_t n_rejected = 0;
     for (int r = 1; r < REJECT_N; r++) {
-        json_object_set_new(rejected, reject_names[r], json_integer((json_int_t)t->rejected[r]));
+        json_object_set_new(rejected, reject_name((reject_reason)r), json_integer((json_int_t)t->rejected[r]));
         n_rejected += t->rejected[r];
     }
     json_t *splits = json_object();

@@ -47,20 +47,6 @@ struct doc_reader {
     int finished;
 };
 
-const char *text_mode_name(text_mode mode)
-{
-    static const char *const names[] = {"document", "lines", "paragraphs", "separator"};
-    return names[mode];
-}
-
-int text_mode_parse(const char *name)
-{
-    for (int m = TEXT_MODE_DOCUMENT; m <= TEXT_MODE_SEPARATOR; m++)
-        if (!strcmp(name, text_mode_name((text_mode)m)))
-            return m;
-    return -1;
-}
-
 const char *record_status_name(record_status s)
 {
     static const char *const names[] = {"ok", "bad_json", "missing_key", "invalid_utf8", "empty"};

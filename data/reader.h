@@ -26,10 +26,6 @@ typedef enum {
     TEXT_MODE_SEPARATOR,  /* a line equal to the separator separates documents */
 } text_mode;
 
-/* "document", "lines", "paragraphs", "separator", and back (-1 for an unknown name). */
-const char *text_mode_name(text_mode mode);
-int text_mode_parse(const char *name);
-
 typedef struct reader_options {
     text_mode mode;
     const char *separator; /* the separator line of TEXT_MODE_SEPARATOR, e.g. "%" */
