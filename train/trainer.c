@@ -106,21 +106,27 @@ int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, ga
     return rc;
 }
 
-/* The tokenizer the first source was prepared with, when its file is still there and
- * still the same. */
-static char *find_tokenizer(const char *dir)
+/* What the first source's manifest says of its tokenizer: the file to copy into
+ * checkpoints (when it is still there and still the same), and the BOS and EOS ids for a
+ * model config that does not give them (transformers' generation stops at eos_token_id). */
+static void adopt_data_tokenizer(trainer *t)
 {
     gale_manifest man;
     gale_error err;
-    char *path = NULL;
-    if (manifest_read(&man, dir, &err) == 0) {
+    if (manifest_read(&man, t->cfg->data.sources[0].path, &err) == 0) {
         char hex[65];
         if (man.tokenizer.path && gale_sha256_file_hex(man.tokenizer.path, hex, &err) == 0 &&
             !strcmp(hex, man.tokenizer.sha256))
-            path = gale_xstrdup(man.tokenizer.path);
+            t->tokenizer_path = gale_xstrdup(man.tokenizer.path);
+        if (t->mc.bos_token_id < 0)
+            t->mc.bos_token_id = man.tokenizer.bos_id;
+        if (t->mc.eos_token_id < 0)
+            t->mc.eos_token_id = man.tokenizer.eos_id;
     }
     manifest_free(&man);
-    return path;
+    if (!t->tokenizer_path && t->rank == 0)
+        fprintf(stderr, "gale train: note: the tokenizer recorded in %s/manifest.json is not found (or has changed): "
+                        "checkpoints will have no tokenizer.model\n", t->cfg->data.sources[0].path);
 }
 
 static int open_data(trainer *t, gale_error *err)
@@ -160,10 +166,6 @@ static int open_data(trainer *t, gale_error *err)
     for (long i = 0; i < c->data.grad_accum; i++)
         batch_init(&t->micro[i], (int)c->data.micro_batch, seq);
     t->segments = gale_xmalloc((size_t)c->data.micro_batch * seq * sizeof *t->segments);
-    t->tokenizer_path = find_tokenizer(t->dirs[0]);
-    if (!t->tokenizer_path && t->rank == 0)
-        fprintf(stderr, "gale train: note: the tokenizer recorded in %s/manifest.json is not found (or has changed): "
-                        "checkpoints will have no tokenizer.model\n", t->dirs[0]);
     if (c->run.eval_every > 0) {
         lo.split = "val";
         lo.one_pass = 1;
@@ -246,6 +248,7 @@ static int setup(trainer *t, gale_error *err)
         omp_set_num_threads((int)c->backend.threads);
     if (trainer_model_config(c, &t->mc, err))
         return -1;
+    adopt_data_tokenizer(t);
     t->ops = gale_ops_by_name("cpu");
     struct model_options mo = {
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
