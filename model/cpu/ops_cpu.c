@@ -212,37 +212,46 @@ static inline int attends(int i, int j, int window, const int32_t *seg)
     return j <= i && (window <= 0 || i - j < window) && (!seg || seg[i] == seg[j]);
 }
 
-/* The first key query i may see: keys before it are masked, so the products skip them. */
+/* The first key query i may see (causal with a window). */
 static inline int first_key(int i, int window)
 {
     return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
 }
 
-/* s[T,T] <- softmax probabilities of one head (masked entries 0). The forward writes each
- * row's log-sum-exp to lse_out; the backward's recomputation reads it from lse_in instead. */
-static void attention_probs(float *s, float *lse_out, const float *lse_in, int seq, int window,
-                            const int32_t *seg)
+/* Queries are taken in blocks of this many rows: a block sees keys [first_key(i0), i1) only, so
+ * the causal half (and, with a window, all but W keys) is never computed, and the score
+ * buffers are block x seq instead of seq x seq. */
+#define ATTENTION_BLOCK 64
+
+/* s[rows, cols] holds the scaled scores of queries i0.. against keys j0..; turns them into
+ * softmax probabilities (masked entries 0). The forward writes each row's log-sum-exp to
+ * lse_out; the backward's recomputation reads it from lse_in instead. */
+static void attention_probs(float *s, int i0, int rows, int j0, int cols, float *lse_out,
+                            const float *lse_in, int window, const int32_t *seg)
 {
-    for (int i = 0; i < seq; i++) {
-        float *row = s + (size_t)i * seq;
-        int j0 = first_key(i, window);
+    for (int r = 0; r < rows; r++) {
+        int i = i0 + r;
+        float *row = s + (size_t)r * cols;
+        int lo = first_key(i, window);
         float l;
         if (lse_in) {
             l = lse_in[i];
         } else {
             float mx = -INFINITY;
-            for (int j = j0; j <= i; j++)
-                if (attends(i, j, window, seg) && row[j] > mx)
-                    mx = row[j];
+            for (int j = lo; j <= i; j++)
+                if (attends(i, j, window, seg) && row[j - j0] > mx)
+                    mx = row[j - j0];
             double sum = 0;
-            for (int j = j0; j <= i; j++)
+            for (int j = lo; j <= i; j++)
                 if (attends(i, j, window, seg))
-                    sum += exp((double)row[j] - mx);
+                    sum += exp((double)row[j - j0] - mx);
             l = mx + (float)log(sum);
             lse_out[i] = l;
         }
-        for (int j = 0; j < seq; j++)
-            row[j] = j >= j0 && attends(i, j, window, seg) ? expf(row[j] - l) : 0.0f;
+        for (int c = 0; c < cols; c++) {
+            int j = j0 + c;
+            row[c] = j >= lo && attends(i, j, window, seg) ? expf(row[c] - l) : 0.0f;
+        }
     }
 }
 
@@ -255,7 +264,7 @@ static void cpu_attention_fwd(float *out, float *lse, const float *q, const floa
     blas_single_threaded();
 #pragma omp parallel if (parallel_worth((size_t)batch * heads * seq * seq * head_dim))
     {
-        float *s = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
+        float *s = gale_xmalloc(sizeof(float) * ATTENTION_BLOCK * (size_t)seq);
 #pragma omp for collapse(2) schedule(dynamic)
         for (int b = 0; b < batch; b++)
             for (int h = 0; h < heads; h++) {
@@ -263,16 +272,59 @@ static void cpu_attention_fwd(float *out, float *lse, const float *q, const floa
                 const float *qh = q + row0 * dq + (size_t)h * head_dim;
                 const float *kh = k + row0 * dkv + (size_t)(h / group) * head_dim;
                 const float *vh = v + row0 * dkv + (size_t)(h / group) * head_dim;
+                float *oh = out + row0 * dq + (size_t)h * head_dim;
                 const int32_t *seg = segments ? segments + row0 : NULL;
                 float *l = lse + ((size_t)b * heads + h) * seq;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, scale, qh,
-                            dq, kh, dkv, 0.0f, s, seq);
-                attention_probs(s, l, NULL, seq, window, seg);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, seq, head_dim, seq, 1.0f, s,
-                            seq, vh, dkv, 0.0f, out + row0 * dq + (size_t)h * head_dim, dq);
+                for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
+                    int rows = seq - i0 < ATTENTION_BLOCK ? seq - i0 : ATTENTION_BLOCK;
+                    int j0 = first_key(i0, window), cols = i0 + rows - j0;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, head_dim,
+                                scale, qh + (size_t)i0 * dq, dq, kh + (size_t)j0 * dkv, dkv, 0.0f,
+                                s, cols);
+                    attention_probs(s, i0, rows, j0, cols, l, NULL, window, seg);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, cols,
+                                1.0f, s, cols, vh + (size_t)j0 * dkv, dkv, 0.0f,
+                                oh + (size_t)i0 * dq, dq);
+                }
             }
         free(s);
     }
+}
+
+/* The backward of one head over one query block: dq of the block, dk and dv += over its keys.
+ * p and dp are block x seq scratch. */
+static void attention_block_bwd(float *dqh, float *dkh, float *dvh, const float *doh,
+                                const float *oh, const float *l, const float *qh, const float *kh,
+                                const float *vh, int dqw, int dkvw, int head_dim, float scale,
+                                int i0, int rows, int window, const int32_t *seg, float *p,
+                                float *dp)
+{
+    int j0 = first_key(i0, window), cols = i0 + rows - j0;
+    const float *qb = qh + (size_t)i0 * dqw, *dob = doh + (size_t)i0 * dqw;
+    const float *kb = kh + (size_t)j0 * dkvw, *vb = vh + (size_t)j0 * dkvw;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, head_dim, scale, qb, dqw, kb,
+                dkvw, 0.0f, p, cols);
+    attention_probs(p, i0, rows, j0, cols, NULL, l, window, seg);
+    /* dP = dO V^T; delta_i = dO_i . O_i; dS = P (dP - delta) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, head_dim, 1.0f, dob, dqw, vb,
+                dkvw, 0.0f, dp, cols);
+    for (int r = 0; r < rows; r++) {
+        const float *o = oh + (size_t)(i0 + r) * dqw, *d = dob + (size_t)r * dqw;
+        double delta = 0;
+        for (int c = 0; c < head_dim; c++)
+            delta += (double)d[c] * o[c];
+        for (int c = 0; c < cols; c++) {
+            size_t rc = (size_t)r * cols + c;
+            dp[rc] = p[rc] * (dp[rc] - (float)delta);
+        }
+    }
+    /* dV += P^T dO, dQ = scale dS K, dK += scale dS^T Q */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, head_dim, rows, 1.0f, p, cols, dob,
+                dqw, 1.0f, dvh + (size_t)j0 * dkvw, dkvw);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, cols, scale, dp, cols,
+                kb, dkvw, 0.0f, dqh + (size_t)i0 * dqw, dqw);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, head_dim, rows, scale, dp, cols, qb,
+                dqw, 1.0f, dkh + (size_t)j0 * dkvw, dkvw);
 }
 
 static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
@@ -287,9 +339,8 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
     blas_single_threaded();
 #pragma omp parallel if (parallel_worth((size_t)batch * heads * seq * seq * head_dim))
     {
-        float *p = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
-        float *dp = gale_xmalloc(sizeof(float) * (size_t)seq * seq);
-        float *delta = gale_xmalloc(sizeof(float) * (size_t)seq);
+        float *p = gale_xmalloc(sizeof(float) * ATTENTION_BLOCK * (size_t)seq);
+        float *dp = gale_xmalloc(sizeof(float) * ATTENTION_BLOCK * (size_t)seq);
 #pragma omp for collapse(2) schedule(dynamic)
         for (int b = 0; b < batch; b++)
             for (int g = 0; g < kv_heads; g++) {
@@ -305,39 +356,18 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
                 }
                 for (int h = g * group; h < (g + 1) * group; h++) {
                     size_t col = (size_t)h * head_dim;
-                    const float *qh = q + row0 * dqw + col, *oh = out + row0 * dqw + col;
-                    const float *doh = dout + row0 * dqw + col;
-                    float *dqh = dq + row0 * dqw + col;
-                    const float *l = lse + ((size_t)b * heads + h) * seq;
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, scale,
-                                qh, dqw, kh, dkvw, 0.0f, p, seq);
-                    attention_probs(p, NULL, l, seq, window, seg);
-                    /* dP = dO V^T; delta_i = dO_i . O_i; dS = P (dP - delta) */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq, seq, head_dim, 1.0f,
-                                doh, dqw, vh, dkvw, 0.0f, dp, seq);
-                    for (int i = 0; i < seq; i++) {
-                        double d = 0;
-                        for (int c = 0; c < head_dim; c++)
-                            d += (double)doh[(size_t)i * dqw + c] * oh[(size_t)i * dqw + c];
-                        delta[i] = (float)d;
-                    }
-                    for (int i = 0; i < seq; i++)
-                        for (int j = 0; j < seq; j++) {
-                            size_t ij = (size_t)i * seq + j;
-                            dp[ij] = p[ij] * (dp[ij] - delta[i]);
-                        }
-                    /* dV += P^T dO, dQ = scale dS K, dK += scale dS^T Q */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seq, head_dim, seq, 1.0f,
-                                p, seq, doh, dqw, 1.0f, dvh, dkvw);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, seq, head_dim, seq,
-                                scale, dp, seq, kh, dkvw, 0.0f, dqh, dqw);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seq, head_dim, seq, scale,
-                                dp, seq, qh, dqw, 1.0f, dkh, dkvw);
+                    for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK)
+                        attention_block_bwd(dq + row0 * dqw + col, dkh, dvh,
+                                            dout + row0 * dqw + col, out + row0 * dqw + col,
+                                            lse + ((size_t)b * heads + h) * seq,
+                                            q + row0 * dqw + col, kh, vh, dqw, dkvw, head_dim,
+                                            scale, i0,
+                                            seq - i0 < ATTENTION_BLOCK ? seq - i0 : ATTENTION_BLOCK,
+                                            window, seg, p, dp);
                 }
             }
         free(p);
         free(dp);
-        free(delta);
     }
 }
 
