@@ -28,18 +28,19 @@ def clean(symbol):
     return re.sub(r"\._omp_fn\.\d+$", "", symbol)
 
 
+SAMPLE_HEADER = re.compile(r"^\s*\d+\s+(\d+\.\d+):")  # "  tid  seconds:"; frames start with a tab
+
+
 def read_samples(lines):
     """(time, [frame names leaf first], leaf in kernel space) for every sample."""
     time, frames, in_kernel = None, [], False
     for line in lines:
         line = line.rstrip("\n")
-        if not line.strip():
+        header = SAMPLE_HEADER.match(line)
+        if header or not line.strip():
             if time is not None:
                 yield time, frames, in_kernel
-            time, frames, in_kernel = None, [], False
-        elif not line[0].isspace():
-            match = re.search(r"(\d+\.\d+):", line)
-            time = float(match.group(1)) if match else None
+            time, frames, in_kernel = (float(header.group(1)) if header else None), [], False
         else:
             parts = line.split(None, 1)
             if len(parts) == 2:
