@@ -37,13 +37,9 @@ static int is_step_name(const char *name)
     return 1;
 }
 
-static int write_optimizer(const char *path, const struct model_layout *layout, const struct adamw *opt,
+static int write_optimizer(const char *path, const struct model_layout *layout, const gale_moments *mo,
                            gale_error *err)
 {
-    size_t n = opt->end - opt->begin;
-    float *m = gale_xmalloc(n * sizeof *m), *v = gale_xmalloc(n * sizeof *v);
-    opt->ops->download(m, opt->m, n * sizeof *m);
-    opt->ops->download(v, opt->v, n * sizeof *v);
     struct safetensors_entry *entries = gale_xcalloc(2 * layout->n, sizeof *entries);
     char **names = gale_xcalloc(2 * layout->n, sizeof *names);
     for (int i = 0; i < layout->n; i++) {
@@ -52,8 +48,8 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
             size_t len = strlen(t->name) + 16;
             char *name = names[2 * i + which] = gale_xmalloc(len);
             snprintf(name, len, "%s.%s", which ? "exp_avg_sq" : "exp_avg", t->name);
-            entries[2 * i + which] = (struct safetensors_entry){
-                name, ST_F32, t->ndim, t->shape, (which ? v : m) + (t->offset - opt->begin)};
+            entries[2 * i + which] =
+                (struct safetensors_entry){name, ST_F32, t->ndim, t->shape, (which ? mo->v : mo->m) + t->offset};
         }
     }
     int rc = safetensors_write(path, entries, 2 * layout->n, NULL, 0, err);
@@ -61,8 +57,6 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
         free(names[i]);
     free(names);
     free(entries);
-    free(m);
-    free(v);
     return rc;
 }
 
@@ -135,7 +129,7 @@ static int prune(const char *ckpt_root, int keep_last, gale_error *err)
     return rc ? -1 : 0;
 }
 
-int checkpoint_save(const char *run_dir, struct model *m, const struct adamw *opt, const gale_train_state *st,
+int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
                     const char *tokenizer_path, int keep_last, char **out_dir, gale_error *err)
 {
     char name[32], tmp_name[40];
@@ -154,7 +148,7 @@ int checkpoint_save(const char *run_dir, struct model *m, const struct adamw *op
     if (model_save_hf(m, tmp, err))
         goto done;
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
-    if (write_optimizer(files[0], model_get_layout(m), opt, err))
+    if (write_optimizer(files[0], model_get_layout(m), moments, err))
         goto done;
     files[1] = gale_path_join(tmp, "tokenizer.model");
     if (tokenizer_path && copy_file(tokenizer_path, files[1], err))
@@ -279,8 +273,7 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
         free(path);
         return -1;
     }
-    size_t n = opt->end - opt->begin;
-    float *m = gale_xmalloc(n * sizeof *m), *v = gale_xmalloc(n * sizeof *v);
+    float *m = gale_xmalloc(layout->numel * sizeof *m), *v = gale_xmalloc(layout->numel * sizeof *v);
     int rc = 0;
     char name[MODEL_TENSOR_NAME_MAX + 16];
     for (int i = 0; rc == 0 && i < layout->n; i++) {
@@ -296,15 +289,16 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
             else if (st->dtype != ST_F32)
                 rc = gale_fail(err, "%s: %s is %s, expected F32", path, name, safetensors_dtype_name(st->dtype));
             else
-                rc = safetensors_read_f32(st, (which ? v : m) + (t->offset - opt->begin), err);
+                rc = safetensors_read_f32(st, (which ? v : m) + t->offset, err);
         }
     }
     if (rc == 0 && set.n != 2 * layout->n)
         rc = gale_fail(err, "%s: %d tensors, the model has %d parameter tensors (x2 moments)", path, set.n,
                        layout->n);
-    if (rc == 0) {
-        opt->ops->upload(opt->m, m, n * sizeof *m);
-        opt->ops->upload(opt->v, v, n * sizeof *v);
+    if (rc == 0) { /* a shard of the optimizer takes its range of the whole state */
+        size_t n = opt->end - opt->begin;
+        opt->ops->upload(opt->m, m + opt->begin, n * sizeof *m);
+        opt->ops->upload(opt->v, v + opt->begin, n * sizeof *v);
     }
     free(m);
     free(v);

@@ -12,8 +12,8 @@
  * Everything is written into step_XXXXXXXX.tmp/, each file atomically and fsynced, then the
  * folder is renamed and `latest` replaced atomically, so a crash at any moment leaves the
  * previous checkpoint whole and `latest` naming a complete one. The oldest are removed
- * beyond keep_last. Saving is done by one process (rank 0): the optimizer state is not
- * sharded. */
+ * beyond keep_last. One process (rank 0) writes: a sharded optimizer's moments are gathered
+ * to it, so a checkpoint does not depend on the number of ranks. */
 #ifndef GALE_TRAIN_CHECKPOINT_H
 #define GALE_TRAIN_CHECKPOINT_H
 
@@ -41,11 +41,17 @@ typedef struct gale_train_state {
 
 void train_state_clear(gale_train_state *st);
 
+/* AdamW moments of the whole model on the host, layout.numel floats each (a sharded
+ * optimizer gathers them first). */
+typedef struct gale_moments {
+    const float *m, *v;
+} gale_moments;
+
 /* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
  * and removes the oldest beyond keep_last. tokenizer_path may be NULL. When that step's
  * checkpoint already exists (a stop right after a periodic save) it is kept as it is.
  * *out_dir (when not NULL) receives the final folder (caller frees). */
-int checkpoint_save(const char *run_dir, struct model *m, const struct adamw *opt,
+int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments,
                     const gale_train_state *st, const char *tokenizer_path, int keep_last,
                     char **out_dir, gale_error *err);
 
@@ -61,7 +67,8 @@ char *checkpoint_resolve(const char *path, gale_error *err);
 int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err);
 
 /* Loads weights into m and moments into opt (whose layout must match; opt may be NULL)
- * from a checkpoint folder. */
+ * from a checkpoint folder; an optimizer shard takes its range [begin, end) of the saved
+ * state, so a run may resume on another number of ranks. */
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
 
 /* A model on the CPU backend from a checkpoint or any Hugging Face folder (config.json and

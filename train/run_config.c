@@ -45,6 +45,7 @@ static const field fields[] = {
     F(optim, schedule, FIELD_ENUM, schedule, 0, 0, schedule_names),
     F(optim, warmup, FIELD_INT, warmup, 0, 1e12, NULL),
     F(optim, decay, FIELD_INT, decay, 0, 1e12, NULL),
+    F(optim, zero, FIELD_BOOL, zero, 0, 1, NULL),
     F(run, steps, FIELD_INT, steps, 1, 1e12, NULL),
     F(run, tokens, FIELD_INT, tokens, 1, 1e18, NULL),
     F(run, seed, FIELD_U64, seed, 0, 0, NULL),

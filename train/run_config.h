@@ -39,6 +39,7 @@ typedef struct gale_run_config {
         double lr, min_lr, beta1, beta2, eps, weight_decay, clip;
         gale_schedule_kind schedule;
         long warmup, decay;
+        int zero; /* ZeRO-1: each data-parallel rank keeps and updates 1/ranks of the moments */
     } optim;
     struct {
         long steps, tokens; /* one of them; tokens is turned into steps once the batch is known */

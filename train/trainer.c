@@ -74,6 +74,14 @@ static double now_seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Rank r's contiguous share of [0, numel) under ZeRO-1. */
+static void shard_range(size_t numel, int rank, int world, size_t *begin, size_t *end)
+{
+    size_t chunk = (numel + world - 1) / world;
+    *begin = (size_t)rank * chunk < numel ? (size_t)rank * chunk : numel;
+    *end = *begin + chunk < numel ? *begin + chunk : numel;
+}
+
 int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err)
 {
     json_t *base;
@@ -226,8 +234,9 @@ static void print_effective_config(const trainer *t)
     char *run_text = json_dumps(run, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     char *model_text = model_config_to_json(&t->mc);
     printf("gale train: effective config (%s)\n%s\nmodel config.json:\n%s\n", t->cfg->file, run_text, model_text);
-    printf("model: %s, %lld parameters; %d rank(s) x %d thread(s)\n", model_kind_name(t->mc.kind),
-           model_config_num_params(&t->mc), t->world, omp_get_max_threads());
+    printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
+           model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
+           t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
     printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
            t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
            t->sched.total, t->peak_flops / 1e12,
@@ -259,7 +268,10 @@ static int setup(trainer *t, gale_error *err)
         return -1;
     const struct model_layout *layout = model_get_layout(t->model);
     struct adamw_config ac = {c->optim.lr, c->optim.beta1, c->optim.beta2, c->optim.eps, c->optim.weight_decay};
-    adamw_init(&t->opt, &ac, t->ops, 0, layout->numel);
+    size_t begin = 0, end = layout->numel;
+    if (c->optim.zero)
+        shard_range(layout->numel, t->rank, t->world, &begin, &end);
+    adamw_init(&t->opt, &ac, t->ops, begin, end);
     t->opt_ready = 1;
 
     t->tokens_per_step = c->data.micro_batch * c->data.grad_accum * t->world * c->data.seq_len;
@@ -356,13 +368,60 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     free(host);
 }
 
-/* MPI counts are ints: a 7B model's gradient buffer goes in pieces. */
+/* MPI counts are ints: a 7B model's buffers go in pieces. */
+#define MPI_PIECE ((size_t)1 << 28)
+
+static int piece_count(size_t n, size_t at)
+{
+    return (int)(n - at < MPI_PIECE ? n - at : MPI_PIECE);
+}
+
 static void allreduce_sum_floats(float *x, size_t n)
 {
-    const size_t piece = (size_t)1 << 28;
-    for (size_t at = 0; at < n; at += piece)
-        MPI_Allreduce(MPI_IN_PLACE, x + at, (int)(n - at < piece ? n - at : piece), MPI_FLOAT, MPI_SUM,
-                      MPI_COMM_WORLD);
+    for (size_t at = 0; at < n; at += MPI_PIECE)
+        MPI_Allreduce(MPI_IN_PLACE, x + at, piece_count(n, at), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+}
+
+/* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
+static void share_updated_shards(trainer *t)
+{
+    size_t numel = model_get_layout(t->model)->numel;
+    float *params = model_params(t->model);
+    for (int r = 0; r < t->world; r++) {
+        size_t begin, end;
+        shard_range(numel, r, t->world, &begin, &end);
+        for (size_t at = 0; at < end - begin; at += MPI_PIECE)
+            MPI_Bcast(params + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, MPI_COMM_WORLD);
+    }
+}
+
+/* The whole model's moments on rank 0's host (m and v of numel floats there, NULL
+ * elsewhere): its own range, and with ZeRO-1 every other rank's. */
+static void gather_moments(trainer *t, float *m, float *v)
+{
+    size_t numel = model_get_layout(t->model)->numel;
+    const float *device[2] = {t->opt.m, t->opt.v};
+    float *whole[2] = {m, v};
+    size_t n = t->opt.end - t->opt.begin;
+    int sharded = t->opt.begin != 0 || t->opt.end != numel;
+    float *own = t->rank == 0 ? NULL : gale_xmalloc(n * sizeof *own);
+    for (int which = 0; which < 2; which++) {
+        if (t->rank == 0) {
+            t->ops->download(whole[which] + t->opt.begin, device[which], n * sizeof(float));
+            for (int r = 1; sharded && r < t->world; r++) {
+                size_t begin, end;
+                shard_range(numel, r, t->world, &begin, &end);
+                for (size_t at = 0; at < end - begin; at += MPI_PIECE)
+                    MPI_Recv(whole[which] + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, which,
+                             MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            }
+        } else if (sharded) {
+            t->ops->download(own, device[which], n * sizeof(float));
+            for (size_t at = 0; at < n; at += MPI_PIECE)
+                MPI_Send(own + at, piece_count(n, at), MPI_FLOAT, 0, which, MPI_COMM_WORLD);
+        }
+    }
+    free(own);
 }
 
 /* One optimizer step over grad_accum micro-batches on every rank. */
@@ -438,6 +497,8 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         if (factor != 1.0)
             t->ops->scale(grads, layout->numel, (float)factor);
         adamw_step(&t->opt, layout, model_params(t->model), grads, r->lr);
+        if (c->optim.zero && t->world > 1)
+            share_updated_shards(t);
     }
     t->state.step++;
     t->state.optimizer_step = t->opt.step;
@@ -518,19 +579,26 @@ static int run_eval(trainer *t, gale_error *err)
 static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
+    size_t numel = model_get_layout(t->model)->numel;
+    float *m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
+    float *v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
+    gather_moments(t, m, v);
     if (t->rank == 0) {
+        gale_moments moments = {m, v};
         gale_loader_position pos;
         loader_position(t->loader, &pos);
         json_decref(t->state.loader);
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
-        rc = checkpoint_save(t->cfg->run.dir, t->model, &t->opt, &t->state, t->tokenizer_path,
+        rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, t->tokenizer_path,
                              (int)t->cfg->run.keep_last, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);
         free(dir);
     }
+    free(m);
+    free(v);
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (rc && t->rank != 0)
         gale_fail(err, "rank 0 could not write the checkpoint of step %ld", t->state.step);

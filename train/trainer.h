@@ -3,9 +3,11 @@
  * one, and runs the loop: gradient accumulation over micro-batches (the loss of a step is
  * the mean over every target token of the global batch: targets are counted over all
  * micro-batches and ranks first), gradients all-reduced over MPI ranks, clipping, the LR
- * schedule, AdamW; evaluation, checkpoints and metrics on their schedules. SIGINT and
- * SIGTERM save a checkpoint and stop cleanly. A non-finite loss or gradient stops the run
- * with the step and the tensors at fault, or skips the step (run.nan_policy: skip).
+ * schedule, AdamW (its moments optionally sharded over the ranks, ZeRO-1: each rank updates
+ * its share of the weights and broadcasts it); evaluation, checkpoints and metrics on their
+ * schedules. SIGINT and SIGTERM save a checkpoint and stop cleanly. A non-finite loss or
+ * gradient stops the run with the step and the tensors at fault, or skips the step
+ * (run.nan_policy: skip).
  * Call between MPI_Init and MPI_Finalize. */
 #ifndef GALE_TRAIN_TRAINER_H
 #define GALE_TRAIN_TRAINER_H
