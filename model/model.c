@@ -194,10 +194,12 @@ void model_zero_grads(struct model *m)
     m->ops->zero(m->grads, fsz(m->layout.numel));
 }
 
-static size_t head_chunk_rows(const struct model *m)
+/* Rows per head chunk for batches of up to `rows` tokens. */
+static size_t head_chunk_rows(const struct model *m, size_t rows)
 {
-    size_t rows = HEAD_CHUNK_FLOATS / (size_t)m->cfg.vocab_size;
-    return rows ? rows : 1;
+    size_t chunk = HEAD_CHUNK_FLOATS / (size_t)m->cfg.vocab_size;
+    chunk = chunk ? chunk : 1;
+    return chunk < rows ? chunk : rows;
 }
 
 /* Activations and scratch for `rows` tokens (kept when already large enough). */
@@ -254,7 +256,7 @@ static void reserve(struct model *m, int rows)
     m->tmp_a = ops->alloc(fsz(mlp_rows * inter));
     m->tmp_b = ops->alloc(fsz(mlp_rows * inter));
     m->tmp_c = ops->alloc(fsz(mlp_rows * inter));
-    m->head_chunk = ops->alloc(fsz(head_chunk_rows(m) * (size_t)c->vocab_size));
+    m->head_chunk = ops->alloc(fsz(head_chunk_rows(m, n) * (size_t)c->vocab_size));
     if (e) {
         m->xe = ops->alloc(fsz(n * k * h));
         m->dxe = ops->alloc(fsz(n * k * h));
@@ -521,7 +523,7 @@ static double head_forward_backward(struct model *m, double scale, long *count)
 {
     const struct gale_ops *ops = m->ops;
     int n = m->rows, h = m->cfg.hidden_size, vocab = m->cfg.vocab_size;
-    int chunk = (int)head_chunk_rows(m);
+    int chunk = (int)head_chunk_rows(m, (size_t)m->cap_rows);
     float *w = tensor_at(m, m->params, lm_head_index(m));
     float *dw = tensor_at(m, m->grads, lm_head_index(m));
     double total = 0;
