@@ -567,40 +567,27 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 
 /* ---- the word cache ---- */
 
-#define CACHE_SLOTS (1u << 17)
-#define CACHE_MAX_ENTRIES (CACHE_SLOTS / 2)
-#define CACHE_MAX_WORD 96 /* bytes; longer words are rare and not worth keeping */
+/* A direct-mapped cache: each entry is one 64-byte cache line holding the word and its ids,
+ * so a hit reads one line; a new word simply replaces the entry its hash picks, and frequent
+ * words come back at once. Words longer than CACHE_WORD_BYTES or with more ids than
+ * CACHE_WORD_IDS are not kept (few: long runs of spaces, rare long words). */
+#define CACHE_BITS 16 /* 65536 entries, 4 MiB */
+#define CACHE_WORD_BYTES 34
+#define CACHE_WORD_IDS 6
 
-typedef struct cache_slot {
-    uint32_t tag; /* the upper half of the word's hash */
-    uint32_t key_at, ids_at;
-    uint16_t key_len, n_ids; /* key_len 0: empty slot */
-} cache_slot;
+typedef struct cache_entry {
+    uint32_t tag;    /* the upper half of the word's hash */
+    uint8_t len;     /* of the word; 0: empty */
+    uint8_t n_ids;
+    uint8_t word[CACHE_WORD_BYTES];
+    int32_t ids[CACHE_WORD_IDS];
+} cache_entry;
+
+_Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
 
 typedef struct word_cache {
-    cache_slot *slots;
-    size_t n;
-    gale_bytes keys;
-    gale_ids ids;
+    cache_entry *entries; /* 64-byte aligned; NULL: no cache */
 } word_cache;
-
-static void word_cache_clear(word_cache *c)
-{
-    memset(c->slots, 0, CACHE_SLOTS * sizeof *c->slots);
-    c->n = 0;
-    c->keys.n = 0;
-    c->ids.n = 0;
-}
-
-/* The slot of word: the one holding it, or the empty one where it goes. */
-static cache_slot *word_cache_slot(word_cache *c, const uint8_t *w, size_t n, uint64_t h)
-{
-    for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
-        cache_slot *s = &c->slots[i];
-        if (!s->key_len || (s->tag == (uint32_t)(h >> 32) && s->key_len == n && bytes_equal(c->keys.v + s->key_at, w, n)))
-            return s;
-    }
-}
 
 /* ---- the encoder ---- */
 
@@ -881,30 +868,27 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
 
 static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
 {
-    word_cache *c = &e->cache;
-    uint64_t h = 0;
-    cache_slot *s = NULL;
-    if (c->slots && n <= CACHE_MAX_WORD) {
-        h = bytes_hash(w, n);
-        s = word_cache_slot(c, w, n, h);
-        if (s->key_len) {
-            append_word_ids(e, c->ids.v + s->ids_at, s->n_ids, out);
+    cache_entry *c = NULL;
+    uint32_t tag = 0;
+    if (e->cache.entries && n <= CACHE_WORD_BYTES) {
+        uint64_t h = bytes_hash(w, n);
+        tag = (uint32_t)(h >> 32);
+        c = &e->cache.entries[h & ((1u << CACHE_BITS) - 1)];
+        if (c->len == n && c->tag == tag && bytes_equal(c->word, w, n)) {
+            append_word_ids(e, c->ids, c->n_ids, out);
             return;
         }
     }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
     append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
-    if (!s || e->word_ids.n > UINT16_MAX)
-        return;
-    if (c->n == CACHE_MAX_ENTRIES) {
-        word_cache_clear(c);
-        s = word_cache_slot(c, w, n, h);
+    if (c && e->word_ids.n <= CACHE_WORD_IDS) {
+        c->tag = tag;
+        c->len = (uint8_t)n;
+        c->n_ids = (uint8_t)e->word_ids.n;
+        memcpy(c->word, w, n);
+        memcpy(c->ids, e->word_ids.v, e->word_ids.n * sizeof *c->ids);
     }
-    *s = (cache_slot){(uint32_t)(h >> 32), (uint32_t)c->keys.n, (uint32_t)c->ids.n, (uint16_t)n, (uint16_t)e->word_ids.n};
-    gale_bytes_append(&c->keys, w, n);
-    gale_ids_append(&c->ids, e->word_ids.v, e->word_ids.n);
-    c->n++;
 }
 
 static void flush_word(tokenizer_encoder *e, gale_ids *out)
@@ -1059,17 +1043,20 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->heap);
     free(e->unused);
     gale_ids_free(&e->word_ids);
-    free(e->cache.slots);
+    free(e->cache.entries);
     free(e->pair_memo);
-    gale_bytes_free(&e->cache.keys);
-    gale_ids_free(&e->cache.ids);
 }
 
 tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
 {
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
-    e->cache.slots = gale_xcalloc(CACHE_SLOTS, sizeof *e->cache.slots);
+    size_t bytes = sizeof *e->cache.entries << CACHE_BITS;
+    void *entries = NULL;
+    if (posix_memalign(&entries, 64, bytes))
+        entries = gale_xmalloc(bytes); /* alignment is for speed only */
+    memset(entries, 0, bytes);
+    e->cache.entries = entries;
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     /* all ones: the key of no pair, since keys are below KEY_LIMIT */
     memset(e->pair_memo, 0xff, sizeof *e->pair_memo << PAIR_MEMO_BITS);
