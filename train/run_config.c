@@ -298,7 +298,7 @@ static int read_source(gale_run_config *c, const yaml_ctx *y, yaml_node_t *item,
 {
     char where[512];
     where_of(y, item, where, sizeof where);
-    gale_data_source src = {NULL, 1.0};
+    gale_data_source src = {NULL, 0};
     if (item->type == YAML_SCALAR_NODE) {
         src.path = gale_xstrdup(scalar_text(item));
     } else if (item->type == YAML_MAPPING_NODE) {
@@ -414,6 +414,12 @@ static int check_complete(const gale_run_config *c, gale_error *err)
                               "folder) or the shape keys (hidden_size, ...)", name);
     if (c->data.n_sources == 0)
         return gale_fail(err, "%s: data.sources is missing: list the prepared folders to train on", name);
+    int weighted = 0;
+    for (int i = 0; i < c->data.n_sources; i++)
+        weighted += c->data.sources[i].weight > 0;
+    if (weighted && weighted < c->data.n_sources)
+        return gale_fail(err, "%s: give data.sources[].weight to every source or to none (none: in proportion "
+                              "to their rows)", name);
     if (c->data.seq_len == 0)
         return gale_fail(err, "%s: data.seq_len is missing", name);
     if ((c->run.steps > 0) == (c->run.tokens > 0))
@@ -531,7 +537,7 @@ void run_config_print_keys(FILE *out)
         free(def_text);
         json_decref(def);
     }
-    fprintf(out, "  %-24s %-34s\n", "data.sources", "list of {path, weight} or paths");
+    fprintf(out, "  %-24s %-34s\n", "data.sources", "list of {path, weight} or paths (no weights: by rows)");
     fprintf(out, "  %-24s %-34s\n", "model.<config.json key>", "hidden_size, num_local_experts, ...");
     json_decref(defaults.model.shape);
 }
@@ -550,8 +556,9 @@ json_t *run_config_to_json(const gale_run_config *c)
     json_object_update(json_object_get(root, "model"), c->model.shape);
     json_t *sources = json_array();
     for (int i = 0; i < c->data.n_sources; i++)
-        json_array_append_new(sources, json_pack("{s:s, s:f}", "path", c->data.sources[i].path, "weight",
-                                                 c->data.sources[i].weight));
+        json_array_append_new(sources, json_pack("{s:s, s:o}", "path", c->data.sources[i].path, "weight",
+                                                 c->data.sources[i].weight > 0 ? json_real(c->data.sources[i].weight)
+                                                                               : json_null()));
     json_object_set_new(json_object_get(root, "data"), "sources", sources);
     return root;
 }

@@ -15,7 +15,8 @@
 
 typedef struct gale_data_source {
     char *path;    /* a folder made by `gale prepare` */
-    double weight; /* share of the batches drawn from it */
+    double weight; /* share of the rows drawn from it; 0 when no source gives one: in
+                      proportion to their rows */
 } gale_data_source;
 
 typedef enum gale_nan_policy { GALE_NAN_STOP, GALE_NAN_SKIP } gale_nan_policy;

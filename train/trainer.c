@@ -148,7 +148,7 @@ static int open_data(trainer *t, gale_error *err)
     }
     gale_loader_options lo = {
         .dirs = t->dirs,
-        .weights = t->weights,
+        .weights = c->data.sources[0].weight > 0 ? t->weights : NULL, /* none given: by rows */
         .n_dirs = c->data.n_sources,
         .split = "train",
         .batch_rows = (int)c->data.micro_batch,

@@ -22,7 +22,7 @@ static const char good[] = "model:\n"
                            "  sources:\n"
                            "    - path: out/fortunes\n"
                            "      weight: 3\n"
-                           "    - out/other\n"
+                           "    - {path: out/other, weight: 1}\n"
                            "  seq_len: 128\n"
                            "  micro_batch: 4\n"
                            "  grad_accum: 2\n"
@@ -124,6 +124,19 @@ int main(void)
     expect_error(good, "optim.min_lr=5", "optim.min_lr", NULL);
     expect_error(replace_line(20, ""), NULL, "run.dir is missing", NULL);
     expect_error(replace_line(8, "  seqlen: 128"), NULL, "run.yaml:8", "unknown key data.seqlen");
+    expect_error(replace_line(7, "    - out/other"), NULL, "weight to every source or to none", NULL);
+
+    /* no weights at all: the loader mixes in proportion to the sources' rows (weight 0) */
+    static const char unweighted[] = "model:\n  config: m.json\ndata:\n  sources: [out/a, out/b]\n  seq_len: 16\n"
+                                     "run:\n  steps: 1\n  dir: r\n";
+    c = run_config_parse(unweighted, strlen(unweighted), "run.yaml", NULL, 0, &err);
+    if (!c) {
+        fprintf(stderr, "FAIL unweighted sources refused: %s\n", err.msg);
+        failures++;
+    } else {
+        CHECK(c->data.n_sources == 2 && c->data.sources[0].weight == 0 && c->data.sources[1].weight == 0);
+        run_config_free(c);
+    }
     expect_error("", NULL, "run.yaml", NULL);
     expect_error("- 1\n- 2\n", NULL, "run.yaml:1", "mapping of sections");
 
