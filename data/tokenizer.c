@@ -476,11 +476,14 @@ static int build_merge_tables(gale_tokenizer *tok, gale_error *err)
         if (!utf8_valid(p->piece, p->len))
             continue; /* normalised text is valid UTF-8: no merge can make this piece */
         for (size_t k = utf8_char_len(s, p->len); k < p->len; k += utf8_char_len(s + k, p->len - k)) {
-            int32_t left = symbol_key(tok, s, k, 1), right = symbol_key(tok, s + k, p->len - k, 1);
+            int32_t left = symbol_key(tok, s, k, 1);
+            if (left < 0)
+                continue;
+            int32_t right = symbol_key(tok, s + k, p->len - k, 1);
             if (left >= KEY_LIMIT || right >= KEY_LIMIT)
                 return gale_fail(err, "%s: pieces and characters are more than gale's merge table holds (%d)",
                                  tok->name, KEY_LIMIT - 1);
-            if (left >= 0 && right >= 0)
+            if (right >= 0)
                 pair_table_insert(&tok->pairs, left, right, (int32_t)i);
         }
     }
@@ -586,7 +589,8 @@ typedef struct cache_entry {
 _Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
 
 typedef struct word_cache {
-    cache_entry *entries; /* 64-byte aligned; NULL: no cache */
+    cache_entry *entries; /* 64-byte aligned, inside block; NULL: no cache */
+    void *block;
 } word_cache;
 
 /* ---- the encoder ---- */
@@ -1043,7 +1047,7 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->heap);
     free(e->unused);
     gale_ids_free(&e->word_ids);
-    free(e->cache.entries);
+    free(e->cache.block);
     free(e->pair_memo);
 }
 
@@ -1051,12 +1055,10 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
 {
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
-    size_t bytes = sizeof *e->cache.entries << CACHE_BITS;
-    void *entries = NULL;
-    if (posix_memalign(&entries, 64, bytes))
-        entries = gale_xmalloc(bytes); /* alignment is for speed only */
-    memset(entries, 0, bytes);
-    e->cache.entries = entries;
+    /* calloc: a large block comes zeroed from the kernel, so only the pages that words reach
+     * are ever touched; the entries start at the first 64-byte boundary */
+    e->cache.block = gale_xcalloc(((size_t)1 << CACHE_BITS) + 1, sizeof *e->cache.entries);
+    e->cache.entries = (cache_entry *)(((uintptr_t)e->cache.block + 63) & ~(uintptr_t)63);
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     /* all ones: the key of no pair, since keys are below KEY_LIMIT */
     memset(e->pair_memo, 0xff, sizeof *e->pair_memo << PAIR_MEMO_BITS);
