@@ -1,5 +1,9 @@
 /* checkpoint: step_XXXXXXXX.tmp/ → fsync → rename → `latest`, and back. */
+#define _GNU_SOURCE
 #include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <stdio.h>
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -129,6 +133,20 @@ static int prune(const char *ckpt_root, int keep_last, gale_error *err)
     return rc ? -1 : 0;
 }
 
+/* Renames the finished tmp folder to final. A final folder of that step already there
+ * (a run resumed from an older checkpoint, reaching it again) is swapped out atomically
+ * and removed: `latest` never names a missing or partial folder. */
+static int publish(const char *root, const char *tmp, const char *final, gale_error *err)
+{
+    if (!gale_path_exists(final))
+        return gale_rename_durable(tmp, final, err);
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) != 0)
+        return gale_fail_errno(err, "replacing %s by %s", final, tmp);
+    if (gale_fsync_path(root, err))
+        return -1;
+    return gale_remove_tree(tmp, err); /* now the replaced checkpoint */
+}
+
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
                     const char *tokenizer_path, int keep_last, char **out_dir, gale_error *err)
 {
@@ -139,10 +157,6 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     char *final = gale_path_join(root, name), *tmp = gale_path_join(root, tmp_name);
     char *files[4] = {0};
     int rc = -1;
-    if (gale_path_exists(final)) {
-        rc = 0;
-        goto point_latest;
-    }
     if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
         goto done;
     if (model_save_hf(m, tmp, err))
@@ -154,10 +168,9 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     if (tokenizer_path && copy_file(tokenizer_path, files[1], err))
         goto done;
     files[2] = gale_path_join(tmp, "trainer_state.json");
-    if (write_state(files[2], st, m, err) || gale_fsync_path(tmp, err) || gale_rename_durable(tmp, final, err))
+    if (write_state(files[2], st, m, err) || gale_fsync_path(tmp, err) || publish(root, tmp, final, err))
         goto done;
     rc = 0;
-point_latest:
     files[3] = gale_path_join(root, "latest");
     char line[40];
     snprintf(line, sizeof line, "%s\n", name);

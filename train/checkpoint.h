@@ -48,8 +48,8 @@ typedef struct gale_moments {
 } gale_moments;
 
 /* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
- * and removes the oldest beyond keep_last. tokenizer_path may be NULL. When that step's
- * checkpoint already exists (a stop right after a periodic save) it is kept as it is.
+ * and removes the oldest beyond keep_last. tokenizer_path may be NULL. A checkpoint of that
+ * step already there (from a run resumed at an earlier step) is replaced atomically.
  * *out_dir (when not NULL) receives the final folder (caller frees). */
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments,
                     const gale_train_state *st, const char *tokenizer_path, int keep_last,

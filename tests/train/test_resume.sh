@@ -35,6 +35,17 @@ write_config "$tmp/crash.yaml" "$tmp/crash" $steps 4
 "$GALE_BIN" train "$tmp/crash.yaml" > "$tmp/crash.log"
 grep -q "resuming from .*step_00000015: step 15" "$tmp/crash.log"
 
+# rewinding `latest` to step 15 with step 16 still there: the rerun replaces step 16
+cp -r "$tmp/straight" "$tmp/rewind"
+echo step_00000015 > "$tmp/rewind/checkpoints/latest"
+touch "$tmp/rewind/checkpoints/step_00000016/old-marker"
+write_config "$tmp/rewind.yaml" "$tmp/rewind" $steps 4
+"$GALE_BIN" train "$tmp/rewind.yaml" > /dev/null
+[ ! -e "$tmp/rewind/checkpoints/step_00000016/old-marker" ] || { echo "FAIL: step 16 not replaced"; exit 1; }
+[ "$(cat "$tmp/rewind/checkpoints/latest")" = step_00000016 ]
+cmp "$tmp/straight/checkpoints/step_00000016/model.safetensors" "$tmp/rewind/checkpoints/step_00000016/model.safetensors"
+[ -z "$(ls "$tmp/rewind/checkpoints" | grep tmp)" ]
+
 losses "$tmp/straight" > "$tmp/a"
 losses "$tmp/crash" > "$tmp/d"
 diff "$tmp/a" "$tmp/d" || { echo "FAIL: metrics after a crash and resume differ from straight"; exit 1; }
