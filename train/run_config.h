@@ -56,7 +56,7 @@ typedef struct gale_run_config {
     } moe;
     struct {
         gale_device device;
-        long threads;       /* OpenMP threads per process; 0: the OpenMP default */
+        long threads;       /* OpenMP threads per rank; 0: the node's cores shared among its ranks */
         double peak_tflops; /* the machine's peak fp32 rate for the MFU estimate; 0: estimated */
     } backend;
 } gale_run_config;

@@ -253,8 +253,18 @@ static int setup(trainer *t, gale_error *err)
     const gale_run_config *c = t->cfg;
     MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &t->world);
-    if (c->backend.threads > 0)
+    if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
+    } else {
+        /* ranks sharing a node share its cores rather than each taking all of them */
+        MPI_Comm node;
+        int local = 1;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        MPI_Comm_size(node, &local);
+        MPI_Comm_free(&node);
+        if (local > 1)
+            omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
+    }
     if (trainer_model_config(c, &t->mc, err))
         return -1;
     adopt_data_tokenizer(t);
