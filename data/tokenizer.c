@@ -11,9 +11,12 @@
  *               order restricted to one word is the order the word alone gets: so each word is
  *               encoded alone, its ids cached, and memory is bounded by the longest word;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
- *               the highest score merges first, leftmost on ties, through a binary heap;
+ *               the highest score merges first, leftmost on ties (a scan for short words, a
+ *               binary heap for long ones); whether two symbols merge is one probe of an
+ *               integer table built at load (pair_table), behind a small per-encoder memo;
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
- *               character with no piece becomes its <0xNN> byte pieces (or <unk>). */
+ *               character with no piece becomes its <0xNN> byte pieces (or one <unk> for a
+ *               run of them). */
 #include "data/tokenizer.h"
 
 #include <stdlib.h>
