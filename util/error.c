@@ -36,13 +36,20 @@ void gale_error_prefix(gale_error *err, const char *fmt, ...)
 {
     if (!err)
         return;
-    char prefix[1024], old[sizeof err->msg];
+    char old[sizeof err->msg];
+    memcpy(old, err->msg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(err->msg, sizeof err->msg, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    if (n >= 0 && (size_t)n + 2 < sizeof err->msg) {
+        /* prefix, ": ", then as much of the old message as still fits */
+        size_t room = sizeof err->msg - (size_t)n - 2;
+        memcpy(err->msg + n, ": ", 2);
+        size_t len = strnlen(old, room - 1);
+        memcpy(err->msg + n + 2, old, len);
+        err->msg[n + 2 + len] = 0;
+    }
 }
 
 static void out_of_memory(size_t n)
