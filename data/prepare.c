@@ -107,6 +107,8 @@ typedef struct prepare_ctx {
     size_t n_units;
     char *partial_dir;
     gale_tokenizer *tok;
+    tokenizer_encoder **encoders; /* one per OpenMP thread: scratch and word cache kept over batches */
+    int n_encoders;
     enum chat_template chat;
     gale_shard_packing packing;
     reader_options ropt;
@@ -432,19 +434,24 @@ static int drain_rows(prepare_ctx *c, int s, gale_error *err)
 static int pass2_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
 {
     int sft = c->cfg->kind == GALE_SHARD_SFT;
-#pragma omp parallel for schedule(dynamic, 4)
-    for (size_t i = 0; i < b->n; i++) {
-        gale_ids *ids = &b->ids[i];
-        ids->n = 0;
-        b->mask[i].n = 0;
-        if (sft) {
-            gale_error cerr;
-            if (chat_encode(c->tok, c->chat, CHAT_FOR_TRAINING, b->json[i], ids, &b->mask[i], &cerr) < 0)
-                b->chat_error[i] = gale_xstrdup(cerr.msg);
-        } else {
-            gale_ids_push(ids, tokenizer_bos_id(c->tok));
-            tokenizer_encode(c->tok, (const char *)b->text.v + b->offset[i], b->len[i], ids);
-            gale_ids_push(ids, tokenizer_eos_id(c->tok));
+#pragma omp parallel num_threads(c->n_encoders)
+    {
+        tokenizer_encoder *enc = c->encoders[omp_get_thread_num()];
+#pragma omp for schedule(dynamic, 4)
+        for (size_t i = 0; i < b->n; i++) {
+            gale_ids *ids = &b->ids[i];
+            ids->n = 0;
+            b->mask[i].n = 0;
+            if (sft) {
+                gale_error cerr;
+                if (chat_encode_with_encoder(c->tok, enc, c->chat, CHAT_FOR_TRAINING, b->json[i], ids, &b->mask[i],
+                                             &cerr) < 0)
+                    b->chat_error[i] = gale_xstrdup(cerr.msg);
+            } else {
+                gale_ids_push(ids, tokenizer_bos_id(c->tok));
+                tokenizer_encoder_encode(enc, (const char *)b->text.v + b->offset[i], b->len[i], ids);
+                gale_ids_push(ids, tokenizer_eos_id(c->tok));
+            }
         }
     }
     for (size_t i = 0; i < b->n; i++) {
@@ -661,6 +668,9 @@ static void ctx_free(prepare_ctx *c)
     reader_free_paths(c->paths, c->n_paths);
     free(c->file_bytes);
     free(c->units);
+    for (int t = 0; t < c->n_encoders; t++)
+        tokenizer_encoder_free(c->encoders[t]);
+    free(c->encoders);
     tokenizer_free(c->tok);
     dedup_index_free(c->dedup);
     for (int s = 0; s < N_SPLITS; s++) {
@@ -896,6 +906,10 @@ static int run(prepare_ctx *c, gale_error *err)
         return -1;
     if (c->cfg->threads > 0)
         omp_set_num_threads((int)c->cfg->threads);
+    c->n_encoders = omp_get_max_threads();
+    c->encoders = gale_xmalloc((size_t)c->n_encoders * sizeof *c->encoders);
+    for (int t = 0; t < c->n_encoders; t++)
+        c->encoders[t] = tokenizer_encoder_new(c->tok);
     uint64_t my_bytes = 0;
     for (size_t u = 0; u < c->n_units; u++)
         my_bytes += unit_bytes(c, &c->units[u]);
