@@ -9,11 +9,14 @@
 # warm-up), so that load from other processes on a shared machine falls on both alike; the
 # median is over the timed steps of all rounds. The load average is printed before and after.
 # The first step's loss of both sides must agree (they train the same thing), else it fails.
+# Both sides run with OMP_WAIT_POLICY=PASSIVE by default: torch's idle OpenMP workers otherwise
+# spin while OpenBLAS's own threads run its GEMMs, which on 2 shared cores costs torch up to
+# half its speed at 2 threads (--omp-wait-policy default keeps libgomp's default).
 #
 #   bash tests/bench/setup_bench.sh       # once: Debian's python3-torch
 #   bash tests/bench/bench_train_cpu.sh [--build DIR] [--rounds R] [--steps N] [--warmup W]
 #                                       [--threads "1 2"] [--models "mixtral mistral"]
-#                                       [--batch B] [--seq T]
+#                                       [--batch B] [--seq T] [--omp-wait-policy P]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +29,7 @@ thread_counts="1 2"
 models="mixtral mistral"
 batch=4
 seq=256
+wait_policy=PASSIVE
 python=/usr/bin/python3   # Debian's python3-torch lives here, not in a pyenv on PATH
 
 while [ $# -gt 0 ]; do
@@ -38,7 +42,8 @@ while [ $# -gt 0 ]; do
     --models) models="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
     --seq) seq="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --omp-wait-policy) wait_policy="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_train_cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +65,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/gale-bench-train.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "bench_train_cpu: $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -m), $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "bench_train_cpu: batch $batch x seq $seq, fp32, $rounds rounds per side of $warmup warm-up + $steps timed steps, median"
+echo "bench_train_cpu: batch $batch x seq $seq, fp32, $rounds rounds per side of $warmup warm-up + $steps timed steps, median, OMP_WAIT_POLICY $wait_policy"
 echo "bench_train_cpu: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for model in $models; do
   "$python" "$here/bench_torch_step.py" make-inputs --config "$here/configs/bench-$model.json" \
@@ -74,7 +79,9 @@ for model in $models; do
         else
           cmd=("$gale_step" --dir "$work/$model")
         fi
-        OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" \
+        policy=()
+        [ "$wait_policy" = default ] || policy=(OMP_WAIT_POLICY="$wait_policy")
+        env "${policy[@]}" OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" \
           "${cmd[@]}" --steps "$steps" --warmup "$warmup" --threads "$threads" \
           >> "$work/$model.$threads.$side.jsonl"
       done
