@@ -12,8 +12,9 @@
  *               encoded alone, its ids cached, and memory is bounded by the longest word;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
  *               the highest score merges first, leftmost on ties (a scan for short words, a
- *               binary heap for long ones); whether two symbols merge is one probe of an
- *               integer table built at load (pair_table), behind a small per-encoder memo;
+ *               binary heap for long ones); whether two symbols merge is a lookup of their
+ *               concatenation among the pieces, as sentencepiece does, behind a per-encoder
+ *               memo keyed by the two symbols' integer keys (nothing is built at load);
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
  *               character with no piece becomes its <0xNN> byte pieces (or one <unk> for a
  *               run of them). */
@@ -21,6 +22,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define XXH_INLINE_ALL /* the hash of every piece lookup: let the compiler inline it */
 #include <xxhash.h>
@@ -33,43 +35,25 @@
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
 
-/* Open-addressing hash table from piece bytes to id, over the pieces of the model. Each slot
- * keeps the upper half of the hash, so a probe rarely touches a piece it does not match. */
+/* Open-addressing hash table from piece bytes to id, over the pieces of the model. A slot holds
+ * a short piece's bytes (most pieces), so that a lookup, hit or miss, reads one slot and not
+ * the model's piece: this is the lookup of every merge the pair memo has not seen. A longer
+ * piece's slot keeps the upper half of its hash instead, so a probe rarely touches a piece it
+ * does not match. */
+#define PIECE_INLINE_BYTES 11
+
 typedef struct piece_slot {
-    uint32_t tag;
-    int32_t id; /* -1: empty */
+    int32_t id;  /* -1: empty */
+    uint8_t len; /* of the piece; 255 for 255 bytes or more */
+    uint8_t bytes[PIECE_INLINE_BYTES]; /* a piece that fits, else its hash's upper 32 bits */
 } piece_slot;
+
+_Static_assert(sizeof(piece_slot) == 16, "four slots to a cache line");
 
 typedef struct piece_table {
     piece_slot *slots;
     size_t mask;
 } piece_table;
-
-/* The merges as integers: a symbol of the BPE loop is a mergeable piece (key: its id) or a
- * single character (key: its id when it is a piece, else a key from char_table), so "is the
- * concatenation of these two symbols a piece" is one probe of a table keyed by two ints. A
- * slot packs the left key, the right key and the merged piece in 21 bits each: 8 bytes, so
- * that more of the table stays in the CPU caches. */
-#define KEY_BITS 21
-#define KEY_LIMIT ((1 << KEY_BITS) - 1) /* keys and ids are below this; all ones marks "none" */
-#define PAIR_KEY_MASK ((1ull << (2 * KEY_BITS)) - 1)
-#define PAIR_EMPTY UINT64_MAX
-
-typedef struct pair_table {
-    uint64_t *slots; /* left | right << 21 | id << 42, or PAIR_EMPTY */
-    size_t mask;
-    int shift;
-} pair_table;
-
-typedef struct char_slot {
-    uint32_t codepoint;
-    int32_t key; /* -1: empty */
-} char_slot;
-
-typedef struct char_table {
-    char_slot *slots;
-    size_t mask, n;
-} char_table;
 
 struct gale_tokenizer {
     char *name;
@@ -80,9 +64,7 @@ struct gale_tokenizer {
     uint8_t *types;
     int unk_id, bos_id, eos_id;
     int byte_ids[256];
-    pair_table pairs;       /* the merges, by the keys of their two sides */
-    char_table chars;       /* keys of characters that are no piece but a side of a merge */
-    int32_t ascii_keys[128];
+    uint32_t ascii_keys[128]; /* symbol_key of each ASCII character */
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
@@ -107,27 +89,41 @@ static int bytes_equal(const void *a, const void *b, size_t n)
     return 1;
 }
 
+/* A table for n pieces, at most half full. */
 static void piece_table_init(piece_table *t, size_t n)
 {
     size_t cap = 16;
-    while (cap < 4 * n)
+    while (cap < 2 * n)
         cap *= 2;
-    t->slots = gale_xmalloc(cap * sizeof *t->slots);
+    t->slots = gale_xcalloc(cap, sizeof *t->slots);
     for (size_t i = 0; i < cap; i++)
-        t->slots[i] = (piece_slot){0, -1};
+        t->slots[i].id = -1;
     t->mask = cap - 1;
+}
+
+static uint8_t piece_slot_len(size_t n)
+{
+    return n < 255 ? (uint8_t)n : 255;
 }
 
 static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
 {
     uint64_t h = bytes_hash(p, n);
     uint32_t tag = (uint32_t)(h >> 32);
+    uint8_t len = piece_slot_len(n);
     for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
-        piece_slot s = t->slots[i];
-        if (s.id < 0)
+        const piece_slot *s = &t->slots[i];
+        if (s->id < 0)
             return -1;
-        if (s.tag == tag && m->pieces[s.id].len == n && bytes_equal(m->pieces[s.id].piece, p, n))
-            return s.id;
+        if (s->len != len)
+            continue;
+        if (n <= PIECE_INLINE_BYTES) {
+            if (bytes_equal(s->bytes, p, n))
+                return s->id;
+        } else if (!memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
+                   bytes_equal(m->pieces[s->id].piece, p, n)) {
+            return s->id;
+        }
     }
 }
 
@@ -142,87 +138,15 @@ static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id
     size_t i = h & t->mask;
     while (t->slots[i].id >= 0)
         i = (i + 1) & t->mask;
-    t->slots[i] = (piece_slot){(uint32_t)(h >> 32), id};
+    piece_slot *s = &t->slots[i];
+    s->id = id;
+    s->len = piece_slot_len(p->len);
+    uint32_t tag = (uint32_t)(h >> 32);
+    if (p->len <= PIECE_INLINE_BYTES)
+        memcpy(s->bytes, p->piece, p->len);
+    else
+        memcpy(s->bytes, &tag, sizeof tag);
     return -1;
-}
-
-static size_t table_capacity(size_t n)
-{
-    size_t cap = 16;
-    while (cap < 2 * n)
-        cap *= 2;
-    return cap;
-}
-
-static uint64_t pair_key(int32_t left, int32_t right)
-{
-    return (uint64_t)left | (uint64_t)right << KEY_BITS;
-}
-
-static uint64_t pair_hash(uint64_t key)
-{
-    return key * 0x9E3779B97F4A7C15ull;
-}
-
-static int32_t pair_slot_id(uint64_t slot)
-{
-    int32_t id = (int32_t)(slot >> (2 * KEY_BITS) & KEY_LIMIT);
-    return id == KEY_LIMIT ? -1 : id;
-}
-
-static int32_t pair_table_find(const pair_table *t, int32_t left, int32_t right)
-{
-    uint64_t key = pair_key(left, right);
-    for (size_t i = pair_hash(key) >> t->shift;; i = (i + 1) & t->mask) {
-        uint64_t slot = t->slots[i];
-        if (slot == PAIR_EMPTY)
-            return -1;
-        if ((slot & PAIR_KEY_MASK) == key)
-            return pair_slot_id(slot);
-    }
-}
-
-static void pair_table_insert(pair_table *t, int32_t left, int32_t right, int32_t id)
-{
-    uint64_t key = pair_key(left, right);
-    size_t i = pair_hash(key) >> t->shift;
-    while (t->slots[i] != PAIR_EMPTY && (t->slots[i] & PAIR_KEY_MASK) != key)
-        i = (i + 1) & t->mask;
-    t->slots[i] = key | (uint64_t)id << (2 * KEY_BITS);
-}
-
-/* The slot of a code point: the one holding it, or the empty one where it goes. */
-static char_slot *char_table_slot(const char_table *t, uint32_t codepoint)
-{
-    for (size_t i = (codepoint * 0x9E3779B1u) & t->mask;; i = (i + 1) & t->mask)
-        if (t->slots[i].key < 0 || t->slots[i].codepoint == codepoint)
-            return &t->slots[i];
-}
-
-static void char_table_init(char_table *t, size_t cap)
-{
-    t->slots = gale_xmalloc(cap * sizeof *t->slots);
-    for (size_t i = 0; i < cap; i++)
-        t->slots[i] = (char_slot){0, -1};
-    t->mask = cap - 1;
-}
-
-/* Adds a code point with the next key (keys count up from first_key); keeps the table at
- * most half full. */
-static int32_t char_table_add(char_table *t, uint32_t codepoint, int32_t first_key)
-{
-    if (2 * (t->n + 1) > t->mask + 1) {
-        char_table old = *t;
-        char_table_init(t, 2 * (old.mask + 1));
-        t->n = old.n;
-        for (size_t i = 0; i <= old.mask; i++)
-            if (old.slots[i].key >= 0)
-                *char_table_slot(t, old.slots[i].codepoint) = old.slots[i];
-        free(old.slots);
-    }
-    int32_t key = first_key + (int32_t)t->n++;
-    *char_table_slot(t, codepoint) = (char_slot){codepoint, key};
-    return key;
 }
 
 /* ---- UTF-8 as sentencepiece reads it ---- */
@@ -362,12 +286,21 @@ static int byte_piece_value(const spm_piece *p)
     return (int)((hi - hex) * 16 + (lo - hex));
 }
 
+/* The pieces sentencepiece's pieces_ holds (the others are its reserved_id_map_). */
+static int is_mergeable(int type)
+{
+    return type == SPM_PIECE_NORMAL || type == SPM_PIECE_USER_DEFINED || type == SPM_PIECE_UNUSED;
+}
+
 static int index_pieces(gale_tokenizer *tok, gale_error *err)
 {
     const spm_model *m = &tok->model;
     const char *name = tok->name;
-    piece_table_init(&tok->mergeable, m->n_pieces);
-    piece_table_init(&tok->reserved, m->n_pieces);
+    size_t n_mergeable = 0;
+    for (size_t i = 0; i < m->n_pieces; i++)
+        n_mergeable += is_mergeable(m->pieces[i].type);
+    piece_table_init(&tok->mergeable, n_mergeable);
+    piece_table_init(&tok->reserved, m->n_pieces - n_mergeable);
     tok->scores = gale_xmalloc(m->n_pieces * sizeof *tok->scores);
     tok->types = gale_xmalloc(m->n_pieces);
     tok->user_defined = gale_xmalloc(m->n_pieces * sizeof *tok->user_defined);
@@ -380,9 +313,7 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->types[i] = (uint8_t)p->type;
         if (p->len == 0)
             return gale_fail(err, "%s: piece %zu is empty", name, i);
-        int mergeable = p->type == SPM_PIECE_NORMAL || p->type == SPM_PIECE_USER_DEFINED ||
-                        p->type == SPM_PIECE_UNUSED;
-        int32_t dup = piece_table_insert(mergeable ? &tok->mergeable : &tok->reserved, m, (int32_t)i);
+        int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->mergeable : &tok->reserved, m, (int32_t)i);
         if (dup >= 0)
             return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
         if (p->type == SPM_PIECE_USER_DEFINED) {
@@ -439,62 +370,12 @@ static int words_are_independent(const gale_tokenizer *tok)
     return 1;
 }
 
-/* The key of a string that can be a BPE symbol: its id when it is a mergeable piece, else,
- * for one character, its key in the char table (made when add is set); -1 otherwise. */
-static int32_t symbol_key(gale_tokenizer *tok, const uint8_t *s, size_t len, int add)
+/* A symbol's key, for the pair memo: a mergeable piece's id, or for one character that is no
+ * such piece, n_pieces + its code point (keys stay below 2^32 since ids are int32). */
+static uint32_t symbol_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
 {
     int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
-    if (id >= 0 || utf8_char_len(s, len) != len)
-        return id;
-    uint32_t c = utf8_codepoint(s, len);
-    int32_t key = char_table_slot(&tok->chars, c)->key;
-    if (key < 0 && add)
-        key = char_table_add(&tok->chars, c, (int32_t)tok->model.n_pieces);
-    return key;
-}
-
-/* Every way a mergeable piece splits into two symbols, into the pair table. */
-static int build_merge_tables(gale_tokenizer *tok, gale_error *err)
-{
-    const spm_model *m = &tok->model;
-    size_t splits = 0; /* an upper bound: one per character after the first */
-    for (size_t i = 0; i < m->n_pieces; i++)
-        for (size_t k = 1; k < m->pieces[i].len; k++)
-            splits += ((uint8_t)m->pieces[i].piece[k] & 0xC0) != 0x80;
-    size_t cap = table_capacity(splits);
-    tok->pairs.slots = gale_xmalloc(cap * sizeof *tok->pairs.slots);
-    memset(tok->pairs.slots, 0xff, cap * sizeof *tok->pairs.slots); /* PAIR_EMPTY */
-    tok->pairs.mask = cap - 1;
-    tok->pairs.shift = 64 - __builtin_ctzll(cap);
-    char_table_init(&tok->chars, 256);
-    if (m->n_pieces >= KEY_LIMIT)
-        return gale_fail(err, "%s: %zu pieces is more than gale's merge table holds (%d)", tok->name, m->n_pieces,
-                         KEY_LIMIT - 1);
-    for (size_t i = 0; i < m->n_pieces; i++) {
-        const spm_piece *p = &m->pieces[i];
-        const uint8_t *s = (const uint8_t *)p->piece;
-        if (tok->types[i] != SPM_PIECE_NORMAL && tok->types[i] != SPM_PIECE_USER_DEFINED &&
-            tok->types[i] != SPM_PIECE_UNUSED)
-            continue;
-        if (!utf8_valid(p->piece, p->len))
-            continue; /* normalised text is valid UTF-8: no merge can make this piece */
-        for (size_t k = utf8_char_len(s, p->len); k < p->len; k += utf8_char_len(s + k, p->len - k)) {
-            int32_t left = symbol_key(tok, s, k, 1);
-            if (left < 0)
-                continue;
-            int32_t right = symbol_key(tok, s + k, p->len - k, 1);
-            if (left >= KEY_LIMIT || right >= KEY_LIMIT)
-                return gale_fail(err, "%s: pieces and characters are more than gale's merge table holds (%d)",
-                                 tok->name, KEY_LIMIT - 1);
-            if (right >= 0)
-                pair_table_insert(&tok->pairs, left, right, (int32_t)i);
-        }
-    }
-    for (int b = 0; b < 128; b++) {
-        uint8_t c = (uint8_t)b;
-        tok->ascii_keys[b] = symbol_key(tok, &c, 1, 0);
-    }
-    return 0;
+    return id >= 0 ? (uint32_t)id : (uint32_t)tok->model.n_pieces + utf8_codepoint(s, len);
 }
 
 /* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
@@ -509,12 +390,15 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
     if (spm_model_parse(data, len, name, &tok->model, err) < 0 ||
-        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0 ||
-        build_merge_tables(tok, err) < 0) {
+        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0) {
         tokenizer_free(tok);
         return NULL;
     }
     tok->split_words = words_are_independent(tok);
+    for (int b = 0; b < 128; b++) {
+        uint8_t c = (uint8_t)b;
+        tok->ascii_keys[b] = symbol_key(tok, &c, 1);
+    }
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     gale_sha256_hex(data, len, tok->sha256);
@@ -538,8 +422,6 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     free(tok->mergeable.slots);
-    free(tok->pairs.slots);
-    free(tok->chars.slots);
     free(tok->reserved.slots);
     free(tok->scores);
     free(tok->types);
@@ -578,6 +460,7 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
  * words come back at once. Words longer than CACHE_WORD_BYTES or with more ids than
  * CACHE_WORD_IDS are not kept (few: long runs of spaces, rare long words). */
 #define CACHE_BITS 16 /* 65536 entries, 4 MiB */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define CACHE_WORD_BYTES 34
 #define CACHE_WORD_IDS 6
 
@@ -592,7 +475,7 @@ typedef struct cache_entry {
 _Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
 
 typedef struct word_cache {
-    cache_entry *entries; /* 64-byte aligned, inside block; NULL: no cache */
+    cache_entry *entries; /* = block; NULL: no cache (out of memory) */
     void *block;
 } word_cache;
 
@@ -601,8 +484,9 @@ typedef struct word_cache {
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    int32_t key;         /* see pair_table; -1: can merge with nothing */
+    uint32_t key;        /* symbol_key */
     int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
+    float pair_score;    /* and its score */
     int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
 
@@ -620,6 +504,11 @@ typedef struct bpe_pair {
 typedef struct unused_merge {
     uint32_t start, len, left_len;
 } unused_merge;
+
+typedef struct pair_memo_slot {
+    uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
+    int32_t id;   /* the piece they make, or -1 */
+} pair_memo_slot;
 
 struct tokenizer_encoder {
     const gale_tokenizer *tok;
@@ -639,24 +528,28 @@ struct tokenizer_encoder {
     size_t unused_n, unused_cap;
     gale_ids word_ids;
     word_cache cache; /* slots NULL: no cache */
-    uint64_t *pair_memo; /* recent pair_table answers, as its slots, direct-mapped; NULL: none */
+    pair_memo_slot *pair_memo; /* direct-mapped; NULL: none */
 };
 
-#define PAIR_MEMO_BITS 13 /* 8192 slots, 64 KiB: the common merges stay in the nearest caches */
+/* The pieces that pairs of symbols make, by the pair's keys: a few thousand pairs make most of
+ * the merges of text, and a memo hit costs one multiply and one load of nearby memory. */
+#define PAIR_MEMO_BITS 14 /* 16384 slots, 256 KiB */
+#define PAIR_MEMO_EMPTY UINT64_MAX /* no pair: keys are below n_pieces + 0x110000 < 2^32 - 1 */
 
-/* pair_table_find through the encoder's memo: the pair table is megabytes and each probe of
- * it would miss the CPU caches, while a few thousand pairs make most of the merges of text. */
-static int32_t encoder_pair_find(tokenizer_encoder *e, int32_t left, int32_t right)
+/* The piece that symbols l and r of word w make, or -1: the lookup of their concatenation
+ * (adjacent symbols are contiguous in the word), through the memo. */
+static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r)
 {
+    const gale_tokenizer *tok = e->tok;
     if (!e->pair_memo)
-        return pair_table_find(&e->tok->pairs, left, right);
-    uint64_t key = pair_key(left, right);
-    uint64_t *m = &e->pair_memo[pair_hash(key) >> (64 - PAIR_MEMO_BITS)];
-    if ((*m & PAIR_KEY_MASK) != key) {
-        int32_t id = pair_table_find(&e->tok->pairs, left, right);
-        *m = key | (uint64_t)(id < 0 ? KEY_LIMIT : id) << (2 * KEY_BITS);
+        return piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
+    uint64_t key = (uint64_t)l->key | (uint64_t)r->key << 32;
+    pair_memo_slot *m = &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
+    if (m->key != key) {
+        m->key = key;
+        m->id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
     }
-    return pair_slot_id(*m);
+    return m->id;
 }
 
 static int pair_before(const bpe_pair *a, const bpe_pair *b)
@@ -701,24 +594,15 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
     return top;
 }
 
-/* The key of one character of normalised text (valid UTF-8), as symbol_key gives it. */
-static int32_t char_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
-{
-    int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
-    if (id >= 0)
-        return id;
-    return char_table_slot(&tok->chars, utf8_codepoint(s, len))->key;
-}
-
 /* The piece that merging symbols l and r makes, or -1 (none, or a side that cannot merge):
  * the lookup of sentencepiece's MaybeAddNewSymbolPair, which also notes the pair that made an
  * UNUSED piece, the last one winning. */
 static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
-    if (sl->frozen || sr->frozen || sl->key < 0 || sr->key < 0)
+    if (sl->frozen || sr->frozen)
         return -1;
-    int32_t id = encoder_pair_find(e, sl->key, sr->key);
+    int32_t id = encoder_pair_find(e, w, sl, sr);
     if (id >= 0 && e->tok->types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
@@ -744,7 +628,7 @@ static void bpe_merge(tokenizer_encoder *e, int32_t l, int32_t r, int32_t id)
 {
     bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
     sl->len += sr->len;
-    sl->key = id;
+    sl->key = (uint32_t)id;
     sl->next = sr->next;
     if (sr->next >= 0)
         e->symbols[sr->next].prev = l;
@@ -768,28 +652,38 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
     }
 }
 
+/* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
+static void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+{
+    int32_t id = bpe_pair_piece(e, w, l, r);
+    e->symbols[l].pair = id;
+    e->symbols[l].pair_score = id >= 0 ? e->tok->scores[id] : 0;
+}
+
 /* The same merges for a short word: each symbol keeps the piece it makes with its right
  * neighbour, and each step scans them for the highest score, leftmost first. Without the
  * heap's pushes, pops and stale entries this is faster for the few symbols of most words;
  * the lookups, and so the UNUSED bookkeeping, happen in the same order as with the heap. */
 static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count)
 {
-    const float *scores = e->tok->scores;
     bpe_symbol *sym = e->symbols;
     for (size_t i = 1; i < count; i++)
-        sym[i - 1].pair = bpe_pair_piece(e, w, (int32_t)i - 1, (int32_t)i);
+        scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
     sym[count - 1].pair = -1;
     for (;;) {
         int32_t best = -1;
         for (int32_t i = 0; i >= 0; i = sym[i].next)
-            if (sym[i].pair >= 0 && (best < 0 || scores[sym[i].pair] > scores[sym[best].pair]))
+            if (sym[i].pair >= 0 && (best < 0 || sym[i].pair_score > sym[best].pair_score))
                 best = i;
         if (best < 0)
             break;
         bpe_merge(e, best, sym[best].next, sym[best].pair);
         if (sym[best].prev >= 0)
-            sym[sym[best].prev].pair = bpe_pair_piece(e, w, sym[best].prev, best);
-        sym[best].pair = sym[best].next >= 0 ? bpe_pair_piece(e, w, best, sym[best].next) : -1;
+            scan_set_pair(e, w, sym[best].prev, best);
+        if (sym[best].next >= 0)
+            scan_set_pair(e, w, best, sym[best].next);
+        else
+            sym[best].pair = -1;
     }
 }
 
@@ -831,17 +725,18 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
             e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
         }
-        int32_t key = -1;
-        size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &key) : 0;
+        int32_t ud = -1;
+        size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
         int frozen = len > 0;
+        uint32_t key = (uint32_t)ud;
         if (!len) {
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
-            key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : char_key(tok, w + i, len);
+            key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : symbol_key(tok, w + i, len);
         }
         e->symbols[count] =
-            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, frozen};
+            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, 0, frozen};
         i += len;
     }
     if (!count)
@@ -854,7 +749,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         bpe_merge_with_heap(e, w, count);
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
-        if (sym->key >= 0 && (size_t)sym->key < tok->model.n_pieces && tok->types[sym->key] != SPM_PIECE_UNUSED)
+        if (sym->key < tok->model.n_pieces && tok->types[sym->key] != SPM_PIECE_UNUSED)
             gale_ids_push(out, sym->key);
         else
             emit_piece(e, w, sym->start, sym->len, out);
@@ -1060,11 +955,18 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     encoder_init(e, tok);
     /* calloc: a large block comes zeroed from the kernel, so only the pages that words reach
      * are ever touched; the entries start at the first 64-byte boundary */
-    e->cache.block = gale_xcalloc(((size_t)1 << CACHE_BITS) + 1, sizeof *e->cache.entries);
-    e->cache.entries = (cache_entry *)(((uintptr_t)e->cache.block + 63) & ~(uintptr_t)63);
+    /* on 2 MiB pages where the kernel allows (transparent huge pages on madvise): words hit
+     * entries all over the cache, and with 4 KiB pages most probes would also miss the TLB */
+    size_t bytes = sizeof *e->cache.entries << CACHE_BITS;
+    e->cache.block = aligned_alloc(HUGE_PAGE_BYTES, bytes);
+    if (e->cache.block) {
+        madvise(e->cache.block, bytes, MADV_HUGEPAGE);
+        memset(e->cache.block, 0, bytes);
+        e->cache.entries = e->cache.block;
+    }
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
-    /* all ones: the key of no pair, since keys are below KEY_LIMIT */
-    memset(e->pair_memo, 0xff, sizeof *e->pair_memo << PAIR_MEMO_BITS);
+    for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
+        e->pair_memo[i].key = PAIR_MEMO_EMPTY;
     return e;
 }
 
