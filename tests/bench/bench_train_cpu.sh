@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Training step on the CPU, gale vs PyTorch, side by side in one run: the same model shape,
 # the same weights and tokens (written once by bench_torch_step.py make-inputs and loaded by
-# both), fp32, batch 4 x seq 256, the same thread count on both sides (OMP_NUM_THREADS,
-# OPENBLAS_NUM_THREADS, torch.set_num_threads / omp_set_num_threads + openblas_set_num_threads).
+# both), fp32, batch 4 x seq 256, the same thread count K on both sides: OMP_NUM_THREADS=K and
+# OPENBLAS_NUM_THREADS=K in the environment, torch.set_num_threads(K) on the PyTorch side (whose
+# GEMMs run on OpenBLAS's pool of K threads), an OpenMP team of K on gale's side (whose CPU
+# backend splits products over it, each block a single-threaded BLAS call).
 # A step is forward + backward + clip to 1.0 + AdamW; warm-up steps are excluded and the median
 # of the timed steps is reported as tokens per second, with the ratio gale / torch. The sides
 # alternate in rounds (torch, gale, torch, gale, ...: each round a fresh process with its own
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --batch) batch="$2"; shift 2 ;;
     --seq) seq="$2"; shift 2 ;;
     --omp-wait-policy) wait_policy="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_train_cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

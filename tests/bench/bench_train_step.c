@@ -9,7 +9,6 @@
  *
  *   bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K]
  */
-#include <cblas.h>
 #include <getopt.h>
 #include <omp.h>
 #include <stdint.h>
@@ -19,6 +18,7 @@
 #include <time.h>
 
 #include "model/config.h"
+#include "model/cpu/blas_pool.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "model/safetensors.h"
@@ -238,10 +238,11 @@ int main(int argc, char **argv)
     struct bench_options opt;
     if (parse_options(argc, argv, &opt))
         return 2;
-    /* Both thread pools, OpenMP's (gale's kernels) and OpenBLAS's own, get the same count,
-     * as torch.set_num_threads does on the PyTorch side. */
+    /* gale's CPU backend splits its work over OpenMP threads (products included, each block a
+     * single-threaded BLAS call): --threads is the OpenMP team's size, as torch.set_num_threads
+     * is on the PyTorch side, and OpenBLAS's own pool is stopped as `gale` does at start. */
     omp_set_num_threads(opt.threads);
-    openblas_set_num_threads(opt.threads);
+    blas_pool_stop();
     gale_error err;
     if (run(&opt, &err)) {
         fprintf(stderr, "bench_train_step: %s\n", err.msg);
