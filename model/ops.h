@@ -52,6 +52,13 @@ struct gale_ops {
     void (*attention_fwd)(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *segments, int batch, int seq, int heads, int kv_heads,
                           int head_dim, int window);
+    /* Generation's attention, forward only: n_q new queries of one sequence against its
+     * cached keys. q[n_q, heads*hd]; k and v [n_kv, kv_heads*hd] in sequence order, the new
+     * queries' own keys last; out[n_q, heads*hd]. Query r is the sequence's token
+     * n_kv - n_q + r = i and sees key j when j <= i and i - j < window (0 = unlimited). */
+    void (*attention_cached_fwd)(float *out, const float *q, const float *k, const float *v,
+                                 int n_q, int n_kv, int heads, int kv_heads, int head_dim,
+                                 int window);
     /* dq, dk, dv overwritten */
     void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout, const float *out,
                           const float *lse, const float *q, const float *k, const float *v,
