@@ -154,11 +154,13 @@ int cmd_sample(int argc, char **argv)
     printer p = {tok, 0, so.eos_id};
     fputs(prompt, stdout);
     fputs(chat ? "\n" : "", stdout);
-    if (sample_generate(m, ids.v, ids.n, &so, &out, print_new_text, &p, &err))
+    gale_sample_stats stats;
+    if (sample_generate(m, ids.v, ids.n, &so, &out, print_new_text, &p, &stats, &err))
         goto done;
     printf("\n");
-    fprintf(stderr, "[%zu prompt tokens, %zu generated%s]\n", ids.n, out.n,
-            out.n && out.v[out.n - 1] == so.eos_id ? ", stopped at EOS" : "");
+    fprintf(stderr, "[%zu prompt tokens, %zu generated%s; prefill %.3f s, generation %.1f tokens/s]\n", ids.n,
+            out.n, out.n && out.v[out.n - 1] == so.eos_id ? ", stopped at EOS" : "", stats.prefill_s,
+            stats.generate_s > 0 ? (double)out.n / stats.generate_s : 0.0);
     rc = 0;
 done:
     if (rc)

@@ -6,7 +6,11 @@
  * backward needs (inputs of each norm and product, rope'd q and k, attention's output and
  * log-sum-exp, the MLP's gate/up pre-activations, the router's choices); the SwiGLU products
  * and the experts' gathered inputs are recomputed in the backward. In the backward the head is
- * done in row chunks, so full logits are never held. */
+ * done in row chunks, so full logits are never held.
+ *
+ * Generation (model_forward_next) runs the same layer functions over one set of activations
+ * reused by every layer, writes each layer's new keys and values into a KV cache instead, and
+ * attends over the cached keys (ops->attention_cached_fwd); only the last token gets a head. */
 #include "model/model.h"
 
 #include <math.h>
@@ -107,19 +111,22 @@ static void free_buf(const struct gale_ops *ops, void *p)
         ops->free(p);
 }
 
+static void layer_acts_free(const struct gale_ops *ops, struct layer_acts *a)
+{
+    void *bufs[] = {a->x_in, a->h1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->x_mid,
+                    a->h2, a->rstd2, a->gate, a->up, a->probs, a->rlse, a->topk_w, a->ye,
+                    a->topk_idx, a->slot_rows, a->slot_of};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        free_buf(ops, bufs[i]);
+    free(a->counts);
+    memset(a, 0, sizeof *a);
+}
+
 static void free_activations(struct model *m)
 {
     const struct gale_ops *ops = m->ops;
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        struct layer_acts *a = &m->acts[l];
-        void *bufs[] = {a->x_in, a->h1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->x_mid,
-                        a->h2, a->rstd2, a->gate, a->up, a->probs, a->rlse, a->topk_w, a->ye,
-                        a->topk_idx, a->slot_rows, a->slot_of};
-        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-            free_buf(ops, bufs[i]);
-        free(a->counts);
-        memset(a, 0, sizeof *a);
-    }
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        layer_acts_free(ops, &m->acts[l]);
     void *bufs[] = {m->x_final, m->hf, m->rstd_f, m->logits, m->tokens, m->targets, m->positions,
                     m->segments, m->dx, m->dh, m->datt, m->dq, m->dk, m->dv, m->tmp_a, m->tmp_b,
                     m->tmp_c, m->xe, m->dxe, m->dye, m->dtopk_w, m->router_scratch,
@@ -202,6 +209,44 @@ static size_t head_chunk_rows(const struct model *m, size_t rows)
     return chunk < rows ? chunk : rows;
 }
 
+/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral). */
+static size_t mlp_rows(const struct model_config *c, size_t n)
+{
+    return c->num_experts ? n * (size_t)c->num_experts_per_tok : n;
+}
+
+/* One layer's activations for n tokens. */
+static void layer_acts_alloc(const struct gale_ops *ops, const struct model_config *c, size_t n,
+                             struct layer_acts *a)
+{
+    size_t h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
+    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
+    size_t e = c->num_experts, k = c->num_experts_per_tok;
+    a->x_in = ops->alloc(fsz(n * h));
+    a->h1 = ops->alloc(fsz(n * h));
+    a->rstd1 = ops->alloc(fsz(n));
+    a->q = ops->alloc(fsz(n * dq));
+    a->k = ops->alloc(fsz(n * dkv));
+    a->v = ops->alloc(fsz(n * dkv));
+    a->att = ops->alloc(fsz(n * dq));
+    a->lse = ops->alloc(fsz(n * c->num_heads));
+    a->x_mid = ops->alloc(fsz(n * h));
+    a->h2 = ops->alloc(fsz(n * h));
+    a->rstd2 = ops->alloc(fsz(n));
+    a->gate = ops->alloc(fsz(mlp_rows(c, n) * inter));
+    a->up = ops->alloc(fsz(mlp_rows(c, n) * inter));
+    if (e) {
+        a->probs = ops->alloc(fsz(n * e));
+        a->rlse = ops->alloc(fsz(n));
+        a->topk_w = ops->alloc(fsz(n * k));
+        a->ye = ops->alloc(fsz(n * k * h));
+        a->topk_idx = ops->alloc(n * k * sizeof(int32_t));
+        a->slot_rows = ops->alloc(n * k * sizeof(int32_t));
+        a->slot_of = ops->alloc(n * k * sizeof(int32_t));
+        a->counts = gale_xcalloc(e, sizeof(int));
+    }
+}
+
 /* Activations and scratch for `rows` tokens (kept when already large enough). */
 static void reserve(struct model *m, int rows)
 {
@@ -213,33 +258,9 @@ static void reserve(struct model *m, int rows)
     size_t n = (size_t)rows, h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
     size_t e = c->num_experts, k = c->num_experts_per_tok;
-    size_t mlp_rows = e ? n * k : n;
-    for (int l = 0; l < c->num_layers; l++) {
-        struct layer_acts *a = &m->acts[l];
-        a->x_in = ops->alloc(fsz(n * h));
-        a->h1 = ops->alloc(fsz(n * h));
-        a->rstd1 = ops->alloc(fsz(n));
-        a->q = ops->alloc(fsz(n * dq));
-        a->k = ops->alloc(fsz(n * dkv));
-        a->v = ops->alloc(fsz(n * dkv));
-        a->att = ops->alloc(fsz(n * dq));
-        a->lse = ops->alloc(fsz(n * c->num_heads));
-        a->x_mid = ops->alloc(fsz(n * h));
-        a->h2 = ops->alloc(fsz(n * h));
-        a->rstd2 = ops->alloc(fsz(n));
-        a->gate = ops->alloc(fsz(mlp_rows * inter));
-        a->up = ops->alloc(fsz(mlp_rows * inter));
-        if (e) {
-            a->probs = ops->alloc(fsz(n * e));
-            a->rlse = ops->alloc(fsz(n));
-            a->topk_w = ops->alloc(fsz(n * k));
-            a->ye = ops->alloc(fsz(n * k * h));
-            a->topk_idx = ops->alloc(n * k * sizeof(int32_t));
-            a->slot_rows = ops->alloc(n * k * sizeof(int32_t));
-            a->slot_of = ops->alloc(n * k * sizeof(int32_t));
-            a->counts = gale_xcalloc(e, sizeof(int));
-        }
-    }
+    size_t mlp_n = mlp_rows(c, n);
+    for (int l = 0; l < c->num_layers; l++)
+        layer_acts_alloc(ops, c, n, &m->acts[l]);
     m->x_final = ops->alloc(fsz(n * h));
     m->hf = ops->alloc(fsz(n * h));
     m->rstd_f = ops->alloc(fsz(n));
@@ -253,9 +274,9 @@ static void reserve(struct model *m, int rows)
     m->dq = ops->alloc(fsz(n * dq));
     m->dk = ops->alloc(fsz(n * dkv));
     m->dv = ops->alloc(fsz(n * dkv));
-    m->tmp_a = ops->alloc(fsz(mlp_rows * inter));
-    m->tmp_b = ops->alloc(fsz(mlp_rows * inter));
-    m->tmp_c = ops->alloc(fsz(mlp_rows * inter));
+    m->tmp_a = ops->alloc(fsz(mlp_n * inter));
+    m->tmp_b = ops->alloc(fsz(mlp_n * inter));
+    m->tmp_c = ops->alloc(fsz(mlp_n * inter));
     m->head_chunk = ops->alloc(fsz(head_chunk_rows(m, n) * (size_t)c->vocab_size));
     if (e) {
         m->xe = ops->alloc(fsz(n * k * h));
@@ -310,38 +331,64 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     return 0;
 }
 
-static void attention_forward(struct model *m, int l, const float *x)
+/* A layer's attention inputs for n tokens at `positions`: h1 = rmsnorm(x) and the rope'd
+ * queries in a; the rope'd keys and the values into k_out and v_out ([n, kv_heads*hd]: the
+ * layer's activations, or the next rows of a KV cache). */
+static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, const float *x,
+                        float *k_out, float *v_out, const int32_t *positions)
 {
     const struct gale_ops *ops = m->ops;
     const struct model_config *c = &m->cfg;
-    struct layer_acts *a = &m->acts[l];
-    int n = m->rows, h = c->hidden_size, dq = c->num_heads * c->head_dim;
+    int h = c->hidden_size, dq = c->num_heads * c->head_dim;
     int dkv = c->num_kv_heads * c->head_dim;
     ops->rmsnorm_fwd(a->h1, a->rstd1, x, layer_w(m, m->params, l, W_LN1), n, h,
                      (float)c->rms_norm_eps);
     ops->matmul(0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->params, l, W_Q), h, 0, a->q, dq);
-    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_K), h, 0, a->k, dkv);
-    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_V), h, 0, a->v, dkv);
-    ops->rope_fwd(a->q, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
-    ops->rope_fwd(a->k, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
-    ops->attention_fwd(a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
-                       m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
-                       c->sliding_window);
-    ops->copy(a->x_mid, x, fsz((size_t)n * h));
-    ops->matmul(0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->params, l, W_O), dq, 1, a->x_mid, h);
+    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_K), h, 0, k_out, dkv);
+    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_V), h, 0, v_out, dkv);
+    ops->rope_fwd(a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
+    ops->rope_fwd(k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
 }
 
-static void dense_mlp_forward(struct model *m, int l, float *out)
+/* x_mid = x + o_proj(att) over n tokens. */
+static void attention_out_forward(struct model *m, int l, struct layer_acts *a, int n,
+                                  const float *x)
+{
+    int h = m->cfg.hidden_size, dq = m->cfg.num_heads * m->cfg.head_dim;
+    m->ops->copy(a->x_mid, x, fsz((size_t)n * h));
+    m->ops->matmul(0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->params, l, W_O), dq, 1, a->x_mid,
+                   h);
+}
+
+static void attention_forward(struct model *m, int l, const float *x)
+{
+    const struct model_config *c = &m->cfg;
+    struct layer_acts *a = &m->acts[l];
+    qkv_forward(m, l, a, m->rows, x, a->k, a->v, m->positions);
+    m->ops->attention_fwd(a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
+                          m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
+                          c->sliding_window);
+    attention_out_forward(m, l, a, m->rows, x);
+}
+
+/* Scratch that a layer's MLP forward shares with the other layers: the SwiGLU product
+ * [mlp rows, I]; for Mixtral the router's logits [rows, E] and the experts' gathered inputs
+ * [rows*k, H]. */
+struct mlp_scratch {
+    float *act, *router_logits, *xe;
+};
+
+static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int n,
+                              const struct mlp_scratch *s, float *out)
 {
     const struct gale_ops *ops = m->ops;
-    struct layer_acts *a = &m->acts[l];
-    int n = m->rows, h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
+    int h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
     ops->matmul(0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->params, l, W_GATE), h, 0, a->gate,
                 inter);
     ops->matmul(0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->params, l, W_UP), h, 0, a->up, inter);
-    ops->swiglu_fwd(m->tmp_a, a->gate, a->up, (size_t)n * inter);
+    ops->swiglu_fwd(s->act, a->gate, a->up, (size_t)n * inter);
     ops->copy(out, a->x_mid, fsz((size_t)n * h));
-    ops->matmul(0, 1, n, h, inter, 1, m->tmp_a, inter, layer_w(m, m->params, l, W_DOWN), inter, 1,
+    ops->matmul(0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->params, l, W_DOWN), inter, 1,
                 out, h);
 }
 
@@ -350,37 +397,50 @@ static float *expert_w(const struct model *m, float *base, int l, int e, int whi
     return layer_w(m, base, l, W_EXPERT0 + 3 * e + which);
 }
 
-static void moe_forward(struct model *m, int l, float *out)
+static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
+                        const struct mlp_scratch *s, float *out)
 {
     const struct gale_ops *ops = m->ops;
     const struct model_config *c = &m->cfg;
-    struct layer_acts *a = &m->acts[l];
-    int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
+    int h = c->hidden_size, inter = c->intermediate_size;
     int ne = c->num_experts, k = c->num_experts_per_tok;
     ops->matmul(0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->params, l, W_ROUTER), h, 0,
-                m->router_scratch, ne);
-    ops->router_fwd(a->probs, a->rlse, a->topk_idx, a->topk_w, m->router_scratch, n, ne, k);
+                s->router_logits, ne);
+    ops->router_fwd(a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->moe_plan(a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    ops->moe_gather(m->xe, a->h2, a->slot_rows, n * k, h);
+    ops->moe_gather(s->xe, a->h2, a->slot_rows, n * k, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
         int cnt = a->counts[e];
-        ops->matmul(0, 1, cnt, inter, h, 1, m->xe + off * h, h, expert_w(m, m->params, l, e, 0), h,
+        ops->matmul(0, 1, cnt, inter, h, 1, s->xe + off * h, h, expert_w(m, m->params, l, e, 0), h,
                     0, a->gate + off * inter, inter);
-        ops->matmul(0, 1, cnt, inter, h, 1, m->xe + off * h, h, expert_w(m, m->params, l, e, 2), h,
+        ops->matmul(0, 1, cnt, inter, h, 1, s->xe + off * h, h, expert_w(m, m->params, l, e, 2), h,
                     0, a->up + off * inter, inter);
         off += (size_t)cnt;
     }
-    ops->swiglu_fwd(m->tmp_a, a->gate, a->up, (size_t)n * k * inter);
+    ops->swiglu_fwd(s->act, a->gate, a->up, (size_t)n * k * inter);
     off = 0;
     for (int e = 0; e < ne; e++) {
         int cnt = a->counts[e];
-        ops->matmul(0, 1, cnt, h, inter, 1, m->tmp_a + off * inter, inter,
+        ops->matmul(0, 1, cnt, h, inter, 1, s->act + off * inter, inter,
                     expert_w(m, m->params, l, e, 1), inter, 0, a->ye + off * h, h);
         off += (size_t)cnt;
     }
     ops->copy(out, a->x_mid, fsz((size_t)n * h));
     ops->moe_combine(out, a->ye, a->topk_w, a->slot_of, n, k, h);
+}
+
+/* out = x_mid + mlp(rmsnorm(x_mid)) over n tokens (out may be a->x_in). */
+static void mlp_forward(struct model *m, int l, struct layer_acts *a, int n,
+                        const struct mlp_scratch *s, float *out)
+{
+    const struct model_config *c = &m->cfg;
+    m->ops->rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, layer_w(m, m->params, l, W_LN2), n,
+                        c->hidden_size, (float)c->rms_norm_eps);
+    if (c->num_experts > 0)
+        moe_forward(m, l, a, n, s, out);
+    else
+        dense_mlp_forward(m, l, a, n, s, out);
 }
 
 /* Embeddings through the final norm: m->hf holds the head's input afterwards. */
@@ -389,17 +449,13 @@ static void forward_trunk(struct model *m)
     const struct gale_ops *ops = m->ops;
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
+    struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     ops->embedding_fwd(m->acts[0].x_in, tensor_at(m, m->params, embed_index()), m->tokens, n, h);
     for (int l = 0; l < c->num_layers; l++) {
         struct layer_acts *a = &m->acts[l];
         float *out = l + 1 < c->num_layers ? m->acts[l + 1].x_in : m->x_final;
         attention_forward(m, l, a->x_in);
-        ops->rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, layer_w(m, m->params, l, W_LN2), n, h,
-                         (float)c->rms_norm_eps);
-        if (c->num_experts > 0)
-            moe_forward(m, l, out);
-        else
-            dense_mlp_forward(m, l, out);
+        mlp_forward(m, l, a, n, &scratch, out);
     }
     ops->rmsnorm_fwd(m->hf, m->rstd_f, m->x_final, tensor_at(m, m->params, final_norm_index(m)),
                      n, h, (float)c->rms_norm_eps);
@@ -699,6 +755,186 @@ void model_selected_experts_download(struct model *m, int32_t *host)
     size_t per_layer = (size_t)m->rows * m->cfg.num_experts_per_tok;
     for (int l = 0; l < m->cfg.num_layers; l++)
         m->ops->download(host + l * per_layer, m->acts[l].topk_idx, per_layer * sizeof(int32_t));
+}
+
+/* ---- generation: the incremental forward over a KV cache ---- */
+
+/* Most tokens one pass of model_forward_next takes: bounds the activations a cache holds
+ * (a longer prompt is run in chunks). */
+#define KV_CHUNK_ROWS 256
+
+struct model_kv_cache {
+    const struct model *m;
+    int max_len;                 /* most tokens of the sequence; 0: unlimited (sliding window) */
+    int capacity;                /* key rows kept per layer */
+    int chunk;                   /* most tokens per pass */
+    int length;                  /* tokens of the sequence so far */
+    int stored;                  /* keys held: those of the last `stored` tokens, in order */
+    float *k, *v;                /* [layers][capacity][kv_heads * head_dim], rope'd keys */
+    struct layer_acts acts;      /* one set for `chunk` tokens, reused by every layer */
+    struct mlp_scratch scratch;
+    float *hf, *rstd_f, *logits; /* the head over the last token */
+    int32_t *tokens, *positions;
+    int32_t *host_positions;
+};
+
+struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err)
+{
+    const struct model_config *c = &m->cfg;
+    int window = c->sliding_window;
+    if (max_len < 0 || (max_len == 0 && window <= 0)) {
+        gale_fail(err, "KV cache of max_len %d: needs a positive length (0, unlimited, only for a "
+                       "model with a sliding window)", max_len);
+        return NULL;
+    }
+    struct model_kv_cache *kc = gale_xcalloc(1, sizeof *kc);
+    const struct gale_ops *ops = m->ops;
+    kc->m = m;
+    kc->max_len = max_len;
+    kc->chunk = max_len > 0 && max_len < KV_CHUNK_ROWS ? max_len : KV_CHUNK_ROWS;
+    kc->capacity = max_len;
+    if (window > 0) {
+        /* the new queries of a pass see the W - 1 keys before them: 2(W - 1) + chunk rows let
+         * make_room move those to the front without overlap */
+        long long rolling = 2LL * (window - 1) + kc->chunk;
+        if (max_len == 0 || rolling < max_len)
+            kc->capacity = (int)rolling;
+    }
+    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, n = (size_t)kc->chunk;
+    size_t rows = (size_t)c->num_layers * kc->capacity;
+    kc->k = ops->alloc(fsz(rows * dkv));
+    kc->v = ops->alloc(fsz(rows * dkv));
+    layer_acts_alloc(ops, c, n, &kc->acts);
+    kc->scratch.act = ops->alloc(fsz(mlp_rows(c, n) * c->intermediate_size));
+    if (c->num_experts > 0) {
+        kc->scratch.router_logits = ops->alloc(fsz(n * c->num_experts));
+        kc->scratch.xe = ops->alloc(fsz(n * c->num_experts_per_tok * c->hidden_size));
+    }
+    kc->hf = ops->alloc(fsz((size_t)c->hidden_size));
+    kc->rstd_f = ops->alloc(fsz(1));
+    kc->logits = ops->alloc(fsz((size_t)c->vocab_size));
+    kc->tokens = ops->alloc(n * sizeof(int32_t));
+    kc->positions = ops->alloc(n * sizeof(int32_t));
+    kc->host_positions = gale_xmalloc(n * sizeof(int32_t));
+    return kc;
+}
+
+void model_kv_cache_free(struct model_kv_cache *kc)
+{
+    if (!kc)
+        return;
+    const struct gale_ops *ops = kc->m->ops;
+    layer_acts_free(ops, &kc->acts);
+    void *bufs[] = {kc->k, kc->v, kc->scratch.act, kc->scratch.router_logits, kc->scratch.xe,
+                    kc->hf, kc->rstd_f, kc->logits, kc->tokens, kc->positions};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        free_buf(ops, bufs[i]);
+    free(kc->host_positions);
+    free(kc);
+}
+
+int model_kv_cache_length(const struct model_kv_cache *kc)
+{
+    return kc->length;
+}
+
+void model_kv_cache_reset(struct model_kv_cache *kc)
+{
+    kc->length = kc->stored = 0;
+}
+
+static size_t kv_row_floats(const struct model *m)
+{
+    return (size_t)m->cfg.num_kv_heads * m->cfg.head_dim;
+}
+
+/* Layer l's key (or value) rows, from row `row` on. */
+static float *kv_rows(const struct model *m, const struct model_kv_cache *kc, float *base, int l,
+                      int row)
+{
+    return base + ((size_t)l * kc->capacity + row) * kv_row_floats(m);
+}
+
+/* Before n more keys: when they would not fit (only with a sliding window, max_len bounds the
+ * rest), keeps just the last W - 1 keys, the oldest that the new queries can see. */
+static void make_room(struct model *m, struct model_kv_cache *kc, int n)
+{
+    if (kc->stored + n <= kc->capacity)
+        return;
+    int keep = m->cfg.sliding_window - 1, from = kc->stored - keep;
+    size_t bytes = fsz((size_t)keep * kv_row_floats(m));
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        m->ops->copy(kv_rows(m, kc, kc->k, l, 0), kv_rows(m, kc, kc->k, l, from), bytes);
+        m->ops->copy(kv_rows(m, kc, kc->v, l, 0), kv_rows(m, kc, kc->v, l, from), bytes);
+    }
+    kc->stored = keep;
+}
+
+/* The next n <= chunk tokens through every layer: their keys and values join the cache and
+ * acts.x_in holds the last layer's output. */
+static void forward_next_chunk(struct model *m, struct model_kv_cache *kc, const int32_t *tokens,
+                               int n)
+{
+    const struct gale_ops *ops = m->ops;
+    const struct model_config *c = &m->cfg;
+    struct layer_acts *a = &kc->acts;
+    make_room(m, kc, n);
+    for (int i = 0; i < n; i++)
+        kc->host_positions[i] = kc->length + i;
+    ops->upload(kc->positions, kc->host_positions, (size_t)n * sizeof(int32_t));
+    ops->upload(kc->tokens, tokens, (size_t)n * sizeof(int32_t));
+    ops->embedding_fwd(a->x_in, tensor_at(m, m->params, embed_index()), kc->tokens, n,
+                       c->hidden_size);
+    for (int l = 0; l < c->num_layers; l++) {
+        float *k = kv_rows(m, kc, kc->k, l, 0), *v = kv_rows(m, kc, kc->v, l, 0);
+        size_t next = (size_t)kc->stored * kv_row_floats(m);
+        qkv_forward(m, l, a, n, a->x_in, k + next, v + next, kc->positions);
+        ops->attention_cached_fwd(a->att, a->q, k, v, n, kc->stored + n, c->num_heads,
+                                  c->num_kv_heads, c->head_dim, c->sliding_window);
+        attention_out_forward(m, l, a, n, a->x_in);
+        mlp_forward(m, l, a, n, &kc->scratch, a->x_in);
+    }
+    kc->stored += n;
+    kc->length += n;
+}
+
+/* logits (host) = lm_head(rmsnorm(x)) of row `row` of the last chunk's output. */
+static void head_of_row(struct model *m, struct model_kv_cache *kc, int row, float *logits)
+{
+    const struct model_config *c = &m->cfg;
+    int h = c->hidden_size, vocab = c->vocab_size;
+    m->ops->rmsnorm_fwd(kc->hf, kc->rstd_f, kc->acts.x_in + (size_t)row * h,
+                        tensor_at(m, m->params, final_norm_index(m)), 1, h,
+                        (float)c->rms_norm_eps);
+    m->ops->matmul(0, 1, 1, vocab, h, 1, kc->hf, h, tensor_at(m, m->params, lm_head_index(m)), h,
+                   0, kc->logits, vocab);
+    m->ops->download(logits, kc->logits, fsz((size_t)vocab));
+}
+
+int model_forward_next(struct model *m, struct model_kv_cache *kc, const int32_t *tokens, int n,
+                       float *logits, gale_error *err)
+{
+    if (kc->m != m)
+        return gale_fail(err, "the KV cache was made for another model");
+    if (n < 1)
+        return gale_fail(err, "model_forward_next takes at least one token, got %d", n);
+    int vocab = m->cfg.vocab_size;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab)
+            return gale_fail(err, "token %d at position %d is outside the vocabulary (0..%d)",
+                             tokens[i], kc->length + i, vocab - 1);
+    int limit = kc->max_len > 0 ? kc->max_len : INT32_MAX;
+    if (n > limit - kc->length)
+        return gale_fail(err, "%d more tokens after %d would pass the KV cache's max_len of %d", n,
+                         kc->length, limit);
+    int rows = 0;
+    for (int done = 0; done < n; done += rows) {
+        rows = n - done < kc->chunk ? n - done : kc->chunk;
+        forward_next_chunk(m, kc, tokens + done, rows);
+    }
+    if (logits)
+        head_of_row(m, kc, rows - 1, logits);
+    return 0;
 }
 
 void model_targets_from_labels(const int64_t *labels, int batch, int seq, int32_t *targets)

@@ -131,6 +131,29 @@ void model_logits_download(struct model *m, float *host);
 /* After a forward of a Mixtral: the chosen experts [layers][B*T][k] to host. */
 void model_selected_experts_download(struct model *m, int32_t *host);
 
+/* Generation: an incremental forward of one sequence over a KV cache. model_forward_next runs
+ * the sequence's next n tokens (the prompt, then one new token at a time), keeps their rope'd
+ * keys and values, and gives the logits after the last of them: what model_forward gives at
+ * that position for the whole sequence (GQA, positions continuing from the cache's length,
+ * sliding window, Mixtral routing), to fp32 rounding. A model with a sliding window keeps only
+ * the keys the window can see (a rolling buffer of 2(W - 1) + 256 rows per layer). */
+struct model_kv_cache;
+
+/* A cache for a sequence of up to max_len tokens; max_len 0 means unlimited, for a model with
+ * a sliding window only. Holds the activations of up to 256 tokens: a longer prompt is run in
+ * chunks of that many. */
+struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err);
+void model_kv_cache_free(struct model_kv_cache *cache);
+/* Tokens of the sequence so far. */
+int model_kv_cache_length(const struct model_kv_cache *cache);
+/* Empties the cache for a new sequence. */
+void model_kv_cache_reset(struct model_kv_cache *cache);
+/* logits: host [vocab] after the last of the n tokens, or NULL to skip the head (a prefill
+ * whose logits are not needed). Errors, which leave the cache as it was: n < 1, a token outside
+ * the vocabulary, more than max_len tokens in all, a cache made for another model. */
+int model_forward_next(struct model *m, struct model_kv_cache *cache, const int32_t *tokens, int n,
+                       float *logits, gale_error *err);
+
 /* targets[b,t] = labels[b,t+1] (the last position of each row gets -100): the convention of
  * transformers' causal LM labels. */
 void model_targets_from_labels(const int64_t *labels, int batch, int seq, int32_t *targets);

@@ -1,11 +1,12 @@
-/* sample: softmax at a temperature, nucleus cut, inverse-CDF draw; the forward is rerun
- * over the whole sequence for each token. */
+/* sample: softmax at a temperature, nucleus cut, inverse-CDF draw; a KV-cache forward of the
+ * prompt, then of each drawn token. */
 #include "train/sample.h"
 
 #include <math.h>
 #include <stdlib.h>
 
 #include "model/rng.h"
+#include "util/progress.h"
 
 typedef struct scored {
     double p;
@@ -56,7 +57,8 @@ int32_t sample_pick(const float *logits, int vocab, double temperature, double t
 }
 
 int sample_generate(struct model *m, const int32_t *prompt, size_t n_prompt, const gale_sample_options *o,
-                    gale_ids *out, sample_token_fn on_token, void *ctx, gale_error *err)
+                    gale_ids *out, sample_token_fn on_token, void *ctx, gale_sample_stats *stats,
+                    gale_error *err)
 {
     const struct model_config *cfg = model_get_config(m);
     if (n_prompt == 0)
@@ -65,30 +67,35 @@ int sample_generate(struct model *m, const int32_t *prompt, size_t n_prompt, con
     if (n_prompt >= limit)
         return gale_fail(err, "the prompt has %zu tokens: no room before max_position_embeddings (%zu)", n_prompt,
                          limit);
-    gale_ids seq = {0};
-    gale_ids_append(&seq, prompt, n_prompt);
+    if (o->max_new <= 0)
+        return 0;
+    /* the last token drawn is never run: the cache holds at most n_prompt + max_new - 1 */
+    size_t max_len = n_prompt + (size_t)o->max_new - 1 < limit - 1 ? n_prompt + (size_t)o->max_new - 1 : limit - 1;
+    struct model_kv_cache *kc = model_kv_cache_create(m, (int)max_len, err);
+    if (!kc)
+        return -1;
+    float *logits = gale_xmalloc(cfg->vocab_size * sizeof *logits);
     size_t first_new = out->n;
-    float *logits = NULL;
-    int rc = 0;
-    for (int t = 0; t < o->max_new && seq.n < limit; t++) {
-        struct model_batch mb = {.batch = 1, .seq = (int)seq.n, .tokens = seq.v};
-        struct model_loss loss;
-        if (model_forward(m, &mb, 0, &loss, err)) {
-            rc = -1;
-            break;
-        }
-        logits = gale_xrealloc(logits, seq.n * cfg->vocab_size * sizeof *logits);
-        model_logits_download(m, logits);
-        const float *last = logits + (seq.n - 1) * cfg->vocab_size;
-        int32_t id = sample_pick(last, cfg->vocab_size, o->temperature, o->top_p, gale_rng_uniform(o->seed, t));
-        gale_ids_push(&seq, id);
+    double start = progress_now(), in_callbacks = 0;
+    int rc = model_forward_next(m, kc, prompt, (int)n_prompt, logits, err);
+    double prefilled = progress_now();
+    for (int t = 0; rc == 0; t++) {
+        int32_t id = sample_pick(logits, cfg->vocab_size, o->temperature, o->top_p, gale_rng_uniform(o->seed, t));
         gale_ids_push(out, id);
-        if (on_token)
+        if (on_token) {
+            double before = progress_now();
             on_token(out->v + first_new, out->n - first_new, ctx);
-        if (id == o->eos_id)
+            in_callbacks += progress_now() - before;
+        }
+        if (id == o->eos_id || t + 1 == o->max_new || n_prompt + t + 1 >= limit)
             break;
+        rc = model_forward_next(m, kc, &id, 1, logits, err);
+    }
+    if (stats) {
+        stats->prefill_s = prefilled - start;
+        stats->generate_s = progress_now() - prefilled - in_callbacks;
     }
     free(logits);
-    gale_ids_free(&seq);
+    model_kv_cache_free(kc);
     return rc;
 }

@@ -1,7 +1,6 @@
 /* sample: text generation from a trained model: temperature and nucleus (top-p) sampling,
- * or greedy at temperature 0, stopping at EOS or after max_new tokens. The model API has no
- * incremental (KV-cache) forward yet, so each new token runs the forward over the whole
- * sequence so far: quadratic in length, fine for the short generations of checking a run. */
+ * or greedy at temperature 0, stopping at EOS or after max_new tokens. The prompt is run once
+ * into a KV cache (model_forward_next), then each new token alone: linear in length. */
 #ifndef GALE_TRAIN_SAMPLE_H
 #define GALE_TRAIN_SAMPLE_H
 
@@ -20,12 +19,20 @@ typedef struct gale_sample_options {
     int eos_id;         /* stops generation when drawn (< 0: never) */
 } gale_sample_options;
 
+/* Wall time of a generation: the prompt's forward, and the draws and one-token forwards
+ * after it (not the on_token callbacks). */
+typedef struct gale_sample_stats {
+    double prefill_s, generate_s;
+} gale_sample_stats;
+
 /* Called after each new token with every id generated so far. */
 typedef void (*sample_token_fn)(const int32_t *generated, size_t n, void *ctx);
 
-/* Appends the generated ids (the EOS included when drawn) to out. */
+/* Appends the generated ids (the EOS included when drawn) to out; stops before passing the
+ * model's max_position_embeddings. stats may be NULL. */
 int sample_generate(struct model *m, const int32_t *prompt, size_t n_prompt, const gale_sample_options *opts,
-                    gale_ids *out, sample_token_fn on_token, void *ctx, gale_error *err);
+                    gale_ids *out, sample_token_fn on_token, void *ctx, gale_sample_stats *stats,
+                    gale_error *err);
 
 /* The token drawn from logits[vocab] with a uniform number u in [0, 1): among the smallest
  * set of most probable tokens whose mass reaches top_p, at the given temperature, by
