@@ -455,21 +455,21 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 
 /* ---- the word cache ---- */
 
-/* A direct-mapped cache: each entry is one 64-byte cache line holding the word and its ids,
- * so a hit reads one line; a new word simply replaces the entry its hash picks, and frequent
- * words come back at once. Words longer than CACHE_WORD_BYTES or with more ids than
- * CACHE_WORD_IDS are not kept (few: long runs of spaces, rare long words). */
+/* A direct-mapped cache: each entry is one 64-byte cache line holding the word and then its
+ * ids, 16 bits each when the vocabulary allows (Mistral, Llama 2) and 32 otherwise, so a hit
+ * reads one line; a new word simply replaces the entry its hash picks, and frequent words come
+ * back at once. A word whose bytes and ids do not fit in CACHE_DATA_BYTES is not kept (few in
+ * prose: long runs of spaces, rare long words; 16-bit ids keep most words of markup and code,
+ * which split into many ids). */
 #define CACHE_BITS 16 /* 65536 entries, 4 MiB */
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
-#define CACHE_WORD_BYTES 34
-#define CACHE_WORD_IDS 6
+#define CACHE_DATA_BYTES 58
 
 typedef struct cache_entry {
     uint32_t tag;    /* the upper half of the word's hash */
     uint8_t len;     /* of the word; 0: empty */
     uint8_t n_ids;
-    uint8_t word[CACHE_WORD_BYTES];
-    int32_t ids[CACHE_WORD_IDS];
+    uint8_t data[CACHE_DATA_BYTES]; /* the word's bytes, then its ids (unaligned) */
 } cache_entry;
 
 _Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
@@ -505,6 +505,16 @@ typedef struct unused_merge {
     uint32_t start, len, left_len;
 } unused_merge;
 
+/* Complete words wait in a queue of up to WORD_QUEUE before they are encoded, their cache
+ * entries prefetched as they join it: the cache is megabytes, and without the prefetch the
+ * probe of each word that is not among the most frequent ones would wait on memory. */
+#define WORD_QUEUE 16
+
+typedef struct queued_word {
+    uint32_t start, len; /* in the encoder's word buffer */
+    uint64_t hash;       /* bytes_hash of the word when it can be cached */
+} queued_word;
+
 typedef struct pair_memo_slot {
     uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
     int32_t id;   /* the piece they make, or -1 */
@@ -516,8 +526,11 @@ struct tokenizer_encoder {
     gale_bytes pending;  /* raw bytes waiting for enough look-ahead */
     int started;         /* the first unit has been seen (dummy prefix placed) */
     int prev_space;      /* remove_extra_whitespaces: the last unit ended with a space */
-    gale_bytes word;     /* normalised bytes of the current word */
-    int word_ends_ws;    /* it ends with "▁" */
+    gale_bytes word;     /* normalised bytes of the queued words, then of the current word */
+    size_t word_start;   /* where the current word starts in word */
+    int word_ends_ws;    /* the current word ends with "▁" */
+    queued_word queue[WORD_QUEUE];
+    size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
@@ -527,7 +540,8 @@ struct tokenizer_encoder {
     unused_merge *unused;
     size_t unused_n, unused_cap;
     gale_ids word_ids;
-    word_cache cache; /* slots NULL: no cache */
+    word_cache cache; /* entries NULL: no cache */
+    int cache_id_bytes; /* 2 or 4: the width of the ids in the cache */
     pair_memo_slot *pair_memo; /* direct-mapped; NULL: none */
 };
 
@@ -768,36 +782,103 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
     }
 }
 
-static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
+/* The ids of a cache hit, widened to int32. */
+static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_ids *out)
+{
+    int32_t ids[CACHE_DATA_BYTES / 2];
+    const uint8_t *p = c->data + c->len;
+    if (e->cache_id_bytes == 2) {
+        for (size_t i = 0; i < c->n_ids; i++) {
+            uint16_t id;
+            memcpy(&id, p + 2 * i, 2);
+            ids[i] = id;
+        }
+    } else {
+        memcpy(ids, p, 4 * (size_t)c->n_ids);
+    }
+    append_word_ids(e, ids, c->n_ids, out);
+}
+
+/* Keeps word w and its ids in entry c when they fit. */
+static void cache_store(tokenizer_encoder *e, cache_entry *c, uint32_t tag, const uint8_t *w, size_t n,
+                        const gale_ids *ids)
+{
+    if (n + (size_t)e->cache_id_bytes * ids->n > CACHE_DATA_BYTES)
+        return;
+    c->tag = tag;
+    c->len = (uint8_t)n;
+    c->n_ids = (uint8_t)ids->n;
+    memcpy(c->data, w, n);
+    uint8_t *p = c->data + n;
+    if (e->cache_id_bytes == 2) {
+        for (size_t i = 0; i < ids->n; i++) {
+            uint16_t id = (uint16_t)ids->v[i];
+            memcpy(p + 2 * i, &id, 2);
+        }
+    } else {
+        memcpy(p, ids->v, 4 * ids->n);
+    }
+}
+
+static int cacheable(const tokenizer_encoder *e, size_t n)
+{
+    return e->cache.entries && n < CACHE_DATA_BYTES;
+}
+
+/* Encodes word w whose bytes_hash is h (when cacheable). */
+static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64_t h, gale_ids *out)
 {
     cache_entry *c = NULL;
     uint32_t tag = 0;
-    if (e->cache.entries && n <= CACHE_WORD_BYTES) {
-        uint64_t h = bytes_hash(w, n);
+    if (cacheable(e, n)) {
         tag = (uint32_t)(h >> 32);
         c = &e->cache.entries[h & ((1u << CACHE_BITS) - 1)];
-        if (c->len == n && c->tag == tag && bytes_equal(c->word, w, n)) {
-            append_word_ids(e, c->ids, c->n_ids, out);
+        if (c->len == n && c->tag == tag && bytes_equal(c->data, w, n)) {
+            append_cached_ids(e, c, out);
             return;
         }
     }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
     append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
-    if (c && e->word_ids.n <= CACHE_WORD_IDS) {
-        c->tag = tag;
-        c->len = (uint8_t)n;
-        c->n_ids = (uint8_t)e->word_ids.n;
-        memcpy(c->word, w, n);
-        memcpy(c->ids, e->word_ids.v, e->word_ids.n * sizeof *c->ids);
-    }
+    if (c)
+        cache_store(e, c, tag, w, n, &e->word_ids);
 }
 
+static size_t current_word_len(const tokenizer_encoder *e)
+{
+    return e->word.n - e->word_start;
+}
+
+/* Encodes the queued words, in order, and moves the current word to the front. */
+static void encode_queue(tokenizer_encoder *e, gale_ids *out)
+{
+    for (size_t i = 0; i < e->queue_n; i++) {
+        const queued_word *q = &e->queue[i];
+        encode_word(e, e->word.v + q->start, q->len, q->hash, out);
+    }
+    e->queue_n = 0;
+    size_t current = current_word_len(e);
+    memmove(e->word.v, e->word.v + e->word_start, current);
+    e->word.n = current;
+    e->word_start = 0;
+}
+
+/* Ends the current word: it joins the queue. */
 static void flush_word(tokenizer_encoder *e, gale_ids *out)
 {
-    if (e->word.n)
-        encode_word(e, e->word.v, e->word.n, out);
-    e->word.n = 0;
+    size_t n = current_word_len(e);
+    if (n) {
+        queued_word *q = &e->queue[e->queue_n++];
+        *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, 0};
+        if (cacheable(e, n)) {
+            q->hash = bytes_hash(e->word.v + e->word_start, n);
+            __builtin_prefetch(&e->cache.entries[q->hash & ((1u << CACHE_BITS) - 1)]);
+        }
+        e->word_start = e->word.n;
+        if (e->queue_n == WORD_QUEUE)
+            encode_queue(e, out);
+    }
     e->word_ends_ws = 0;
 }
 
@@ -806,7 +887,7 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
 static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
 {
     int starts_ws = u[0] == ' ' || is_ws_at(u, n);
-    if (e->tok->split_words && starts_ws && e->word.n && !e->word_ends_ws)
+    if (e->tok->split_words && starts_ws && current_word_len(e) && !e->word_ends_ws)
         flush_word(e, out);
     if (!memchr(u, ' ', n))
         gale_bytes_append(&e->word, u, n);
@@ -817,7 +898,7 @@ static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids
             else
                 gale_bytes_push(&e->word, u[i]);
         }
-    e->word_ends_ws = e->word.n >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
+    e->word_ends_ws = current_word_len(e) >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
 }
 
 /* sentencepiece's Normalizer::Normalize, one unit at a time (identity normaliser). */
@@ -858,7 +939,7 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
     while (i < n && (final || n - i >= lookahead)) {
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
-            if (tok->split_words && e->word.n && !e->word_ends_ws)
+            if (tok->split_words && current_word_len(e) && !e->word_ends_ws)
                 flush_word(e, out);
             gale_bytes_append(&e->word, WS, WS_LEN);
             e->word_ends_ws = 1;
@@ -898,6 +979,8 @@ static void encoder_reset(tokenizer_encoder *e)
     e->started = 0;
     e->prev_space = 0;
     e->word.n = 0;
+    e->word_start = 0;
+    e->queue_n = 0;
     e->word_ends_ws = 0;
     e->last_was_unk = 0;
 }
@@ -917,9 +1000,10 @@ void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
     if (e->pending.n)
         normalize_run(e, e->pending.v, e->pending.n, 1, out);
     if (e->tok->model.normalizer.remove_extra_whitespaces)
-        while (e->word.n >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN))
+        while (current_word_len(e) >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN))
             e->word.n -= WS_LEN; /* trailing whitespace */
     flush_word(e, out);
+    encode_queue(e, out);
     encoder_reset(e);
 }
 
@@ -964,6 +1048,7 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
         memset(e->cache.block, 0, bytes);
         e->cache.entries = e->cache.block;
     }
+    e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
         e->pair_memo[i].key = PAIR_MEMO_EMPTY;
