@@ -50,9 +50,14 @@ typedef struct piece_slot {
 
 _Static_assert(sizeof(piece_slot) == 16, "four slots to a cache line");
 
+/* In front of the slots, a blocked Bloom filter (two bits of one 64-bit word per piece, about
+ * 16 bits per piece): most lookups of the BPE loop ask for a string that is no piece, and the
+ * filter answers most of those from a few cache-resident kilobytes instead of the table. */
 typedef struct piece_table {
     piece_slot *slots;
     size_t mask;
+    uint64_t *filter;
+    size_t filter_mask;
 } piece_table;
 
 struct gale_tokenizer {
@@ -99,6 +104,25 @@ static void piece_table_init(piece_table *t, size_t n)
     for (size_t i = 0; i < cap; i++)
         t->slots[i].id = -1;
     t->mask = cap - 1;
+    t->filter = gale_xcalloc(cap / 8, sizeof *t->filter);
+    t->filter_mask = cap / 8 - 1;
+}
+
+static void piece_table_free(piece_table *t)
+{
+    free(t->slots);
+    free(t->filter);
+}
+
+/* The filter's word for hash h, and the two bits a piece of that hash sets in it. */
+static uint64_t *filter_word(const piece_table *t, uint64_t h)
+{
+    return &t->filter[(h >> 40) & t->filter_mask];
+}
+
+static uint64_t filter_bits(uint64_t h)
+{
+    return 1ull << (h & 63) | 1ull << (h >> 6 & 63);
 }
 
 static uint8_t piece_slot_len(size_t n)
@@ -111,6 +135,8 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
     uint64_t h = bytes_hash(p, n);
     uint32_t tag = (uint32_t)(h >> 32);
     uint8_t len = piece_slot_len(n);
+    if ((*filter_word(t, h) & filter_bits(h)) != filter_bits(h))
+        return -1;
     for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
         const piece_slot *s = &t->slots[i];
         if (s->id < 0)
@@ -138,6 +164,7 @@ static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id
     size_t i = h & t->mask;
     while (t->slots[i].id >= 0)
         i = (i + 1) & t->mask;
+    *filter_word(t, h) |= filter_bits(h);
     piece_slot *s = &t->slots[i];
     s->id = id;
     s->len = piece_slot_len(p->len);
@@ -421,8 +448,8 @@ void tokenizer_free(gale_tokenizer *tok)
     if (!tok)
         return;
     spm_model_free(&tok->model);
-    free(tok->mergeable.slots);
-    free(tok->reserved.slots);
+    piece_table_free(&tok->mergeable);
+    piece_table_free(&tok->reserved);
     free(tok->scores);
     free(tok->types);
     free(tok->user_defined);
