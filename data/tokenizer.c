@@ -74,6 +74,7 @@ struct gale_tokenizer {
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
+    int has_unused;         /* some piece is UNUSED */
     char sha256[65];
 };
 
@@ -351,6 +352,8 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
             tok->user_defined_first[(uint8_t)p->piece[0]] = 1;
             if (p->len > tok->max_user_defined_len)
                 tok->max_user_defined_len = p->len;
+        } else if (p->type == SPM_PIECE_UNUSED) {
+            tok->has_unused = 1;
         } else if (p->type == SPM_PIECE_UNKNOWN) {
             if (tok->unk_id >= 0)
                 return gale_fail(err, "%s: pieces %d and %zu are both of type UNKNOWN", name, tok->unk_id, i);
@@ -545,6 +548,7 @@ typedef struct queued_word {
 typedef struct pair_memo_slot {
     uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
     int32_t id;   /* the piece they make, or -1 */
+    float score;  /* its score */
 } pair_memo_slot;
 
 struct tokenizer_encoder {
@@ -574,22 +578,28 @@ struct tokenizer_encoder {
 
 /* The pieces that pairs of symbols make, by the pair's keys: a few thousand pairs make most of
  * the merges of text, and a memo hit costs one multiply and one load of nearby memory. */
-#define PAIR_MEMO_BITS 14 /* 16384 slots, 256 KiB */
+#define PAIR_MEMO_BITS 15 /* 32768 slots, 512 KiB */
 #define PAIR_MEMO_EMPTY UINT64_MAX /* no pair: keys are below n_pieces + 0x110000 < 2^32 - 1 */
 
-/* The piece that symbols l and r of word w make, or -1: the lookup of their concatenation
- * (adjacent symbols are contiguous in the word), through the memo. */
-static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r)
+/* The piece that symbols l and r of word w make (its score in *score), or -1: the lookup of
+ * their concatenation (adjacent symbols are contiguous in the word), through the memo. */
+static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
+                                 float *score)
 {
     const gale_tokenizer *tok = e->tok;
-    if (!e->pair_memo)
-        return piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
+    if (!e->pair_memo) {
+        int32_t id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
+        *score = id >= 0 ? tok->scores[id] : 0;
+        return id;
+    }
     uint64_t key = (uint64_t)l->key | (uint64_t)r->key << 32;
     pair_memo_slot *m = &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
     if (m->key != key) {
         m->key = key;
         m->id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
+        m->score = m->id >= 0 ? tok->scores[m->id] : 0;
     }
+    *score = m->score;
     return m->id;
 }
 
@@ -638,13 +648,15 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
 /* The piece that merging symbols l and r makes, or -1 (none, or a side that cannot merge):
  * the lookup of sentencepiece's MaybeAddNewSymbolPair, which also notes the pair that made an
  * UNUSED piece, the last one winning. */
-static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r, float *score)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
-    if (sl->frozen || sr->frozen)
+    if (sl->frozen || sr->frozen) {
+        *score = 0;
         return -1;
-    int32_t id = encoder_pair_find(e, w, sl, sr);
-    if (id >= 0 && e->tok->types[id] == SPM_PIECE_UNUSED) {
+    }
+    int32_t id = encoder_pair_find(e, w, sl, sr, score);
+    if (id >= 0 && e->tok->has_unused && e->tok->types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
             e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
@@ -659,9 +671,10 @@ static void bpe_queue_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, in
 {
     if (l < 0 || r < 0)
         return;
-    int32_t id = bpe_pair_piece(e, w, l, r);
+    float score;
+    int32_t id = bpe_pair_piece(e, w, l, r, &score);
     if (id >= 0)
-        heap_push(e, (bpe_pair){e->tok->scores[id], l, r, e->symbols[l].len + e->symbols[r].len, id});
+        heap_push(e, (bpe_pair){score, l, r, e->symbols[l].len + e->symbols[r].len, id});
 }
 
 /* Symbol l absorbs its right neighbour r into the piece id. */
@@ -696,9 +709,7 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
 /* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
 static void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
 {
-    int32_t id = bpe_pair_piece(e, w, l, r);
-    e->symbols[l].pair = id;
-    e->symbols[l].pair_score = id >= 0 ? e->tok->scores[id] : 0;
+    e->symbols[l].pair = bpe_pair_piece(e, w, l, r, &e->symbols[l].pair_score);
 }
 
 /* The same merges for a short word: each symbol keeps the piece it makes with its right
