@@ -175,44 +175,66 @@ static int reader_failed(const line_reader *r)
 
 /* ---- output ---- */
 
-/* Writes v in decimal at p, two digits at a time; returns the length. */
+/* The decimal digits of u. */
+static size_t decimal_len(uint32_t u)
+{
+    size_t len = 1;
+    while (u >= 10) {
+        u /= 10;
+        len++;
+    }
+    return len;
+}
+
+/* Writes v in decimal at p, two digits at a time from the end; returns the length. */
 static size_t put_int(char *p, int32_t v)
 {
     static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
                                 "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
                                 "8081828384858687888990919293949596979899";
-    char tmp[12];
-    size_t n = sizeof tmp, len = 0;
-    uint32_t u = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
+    size_t sign = v < 0;
+    uint32_t u = sign ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
+    size_t len = sign + decimal_len(u), n = len;
+    if (sign)
+        p[0] = '-';
     while (u >= 100) {
         n -= 2;
-        memcpy(tmp + n, pairs + 2 * (u % 100), 2);
+        memcpy(p + n, pairs + 2 * (u % 100), 2);
         u /= 100;
     }
-    if (u >= 10) {
-        n -= 2;
-        memcpy(tmp + n, pairs + 2 * u, 2);
-    } else {
-        tmp[--n] = (char)('0' + u);
-    }
-    if (v < 0)
-        p[len++] = '-';
-    while (n < sizeof tmp)
-        p[len++] = tmp[n++];
+    if (u >= 10)
+        memcpy(p + n - 2, pairs + 2 * u, 2);
+    else
+        p[n - 1] = (char)('0' + u);
     return len;
 }
 
+#define ID_TEXT_MAX 12 /* " -2147483648" */
+
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
  * first says whether nothing of this line has been printed yet (streamed lines come in parts).
- * Text is gathered in a local block and appended a block at a time: this is the hot loop of
- * printing ids. */
+ * This is the hot loop of printing: ids are written straight into out, made large enough for
+ * all of them first; pieces go through a local block. */
 static void format_ids(const gale_tokenizer *tok, int format, const gale_ids *ids, int first, gale_bytes *out)
 {
+    if (!ids->n)
+        return;
+    if (format == FORMAT_IDS) {
+        gale_bytes_reserve(out, ids->n * ID_TEXT_MAX);
+        char *p = (char *)out->v + out->n;
+        for (size_t i = 0; i < ids->n; i++) {
+            if (!first || i)
+                *p++ = ' ';
+            p += put_int(p, ids->v[i]);
+        }
+        out->n = (size_t)(p - (char *)out->v);
+        return;
+    }
     char block[4096];
     size_t n = 0;
     for (size_t i = 0; i < ids->n; i++) {
-        const char *piece = format == FORMAT_IDS ? NULL : tokenizer_id_piece(tok, ids->v[i]);
-        size_t len = piece ? strlen(piece) : 12;
+        const char *piece = tokenizer_id_piece(tok, ids->v[i]);
+        size_t len = piece ? strlen(piece) : ID_TEXT_MAX;
         if (n + 1 + len > sizeof block) {
             gale_bytes_append(out, block, n);
             n = 0;

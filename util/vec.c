@@ -59,6 +59,11 @@ void gale_bytes_fill(gale_bytes *a, uint8_t x, size_t n)
     a->n += n;
 }
 
+void gale_bytes_reserve(gale_bytes *a, size_t n)
+{
+    a->v = grow(a->v, &a->cap, a->n + n, 1);
+}
+
 void gale_bytes_free(gale_bytes *a)
 {
     free(a->v);

@@ -24,6 +24,8 @@ void gale_bytes_push(gale_bytes *a, uint8_t x);
 void gale_bytes_append(gale_bytes *a, const void *x, size_t n);
 /* Appends n copies of x. */
 void gale_bytes_fill(gale_bytes *a, uint8_t x, size_t n);
+/* Makes room for n more bytes after the a->n in use (to write at a->v + a->n directly). */
+void gale_bytes_reserve(gale_bytes *a, size_t n);
 void gale_bytes_free(gale_bytes *a);
 
 #endif
