@@ -581,6 +581,16 @@ struct tokenizer_encoder {
 #define PAIR_MEMO_BITS 15 /* 32768 slots, 512 KiB */
 #define PAIR_MEMO_EMPTY UINT64_MAX /* no pair: keys are below n_pieces + 0x110000 < 2^32 - 1 */
 
+static uint64_t pair_memo_key(const bpe_symbol *l, const bpe_symbol *r)
+{
+    return (uint64_t)l->key | (uint64_t)r->key << 32;
+}
+
+static pair_memo_slot *pair_memo_slot_of(const tokenizer_encoder *e, uint64_t key)
+{
+    return &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
+}
+
 /* The piece that symbols l and r of word w make (its score in *score), or -1: the lookup of
  * their concatenation (adjacent symbols are contiguous in the word), through the memo. */
 static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
@@ -592,8 +602,8 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
         *score = id >= 0 ? tok->scores[id] : 0;
         return id;
     }
-    uint64_t key = (uint64_t)l->key | (uint64_t)r->key << 32;
-    pair_memo_slot *m = &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
+    uint64_t key = pair_memo_key(l, r);
+    pair_memo_slot *m = pair_memo_slot_of(e, key);
     if (m->key != key) {
         m->key = key;
         m->id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
@@ -795,6 +805,9 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         return;
     e->symbols[count - 1].next = -1;
     e->unused_n = 0;
+    if (e->pair_memo) /* the memo slots of the first lookups, all at once rather than one by one */
+        for (size_t i = 1; i < count; i++)
+            __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(&e->symbols[i - 1], &e->symbols[i])));
     if (count <= BPE_SCAN_MAX_SYMBOLS)
         bpe_merge_by_scan(e, w, count);
     else
