@@ -18,6 +18,8 @@ static void usage(FILE *f)
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
+               "The prompt runs once into a KV cache, then each new token alone; stderr gets the counts,\n"
+               "the prompt's time and the generation's tokens/s.\n"
                "\n"
                "  --chat            wrap the prompt as a user turn of the chat template (default v1)\n"
                "  --max-new N       tokens to generate at most (default 64)\n"
