@@ -153,8 +153,7 @@ static void reader_fill(line_reader *r, size_t want)
     r->pos = 0;
     if (r->eof || unread >= want)
         return;
-    gale_bytes_fill(&r->buf, 0, want - unread); /* room for want bytes */
-    r->buf.n = unread;
+    gale_bytes_reserve(&r->buf, want - unread); /* room for want bytes */
     while (!r->eof && r->buf.n < want) {
         size_t got = fread(r->buf.v + r->buf.n, 1, want - r->buf.n, r->f);
         r->buf.n += got;

@@ -49,6 +49,8 @@ typedef struct spm_normalizer_spec {
 typedef struct spm_model {
     spm_piece *pieces;
     size_t n_pieces;
+    char *piece_bytes; /* one block holding every piece's string (the file's size at most) */
+    size_t piece_bytes_used;
     int model_type; /* enum spm_model_type; UNIGRAM when absent, as in the proto */
     int byte_fallback;
     int treat_whitespace_as_suffix;

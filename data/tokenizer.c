@@ -505,9 +505,34 @@ typedef struct cache_entry {
 _Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
 
 typedef struct word_cache {
-    cache_entry *entries; /* = block; NULL: no cache (out of memory) */
+    cache_entry *entries; /* inside block; NULL: no cache (out of memory) */
     void *block;
+    size_t block_bytes;
 } word_cache;
+
+/* The entries are mapped from the kernel, which gives them zeroed (empty), and on 2 MiB pages
+ * where it allows (transparent huge pages on madvise): words hit entries all over the cache,
+ * and with 4 KiB pages most probes would also miss the TLB. The mapping is one huge page
+ * larger than the cache, so that the cache can start on a huge-page boundary inside it. */
+static void word_cache_init(word_cache *c)
+{
+    size_t bytes = sizeof *c->entries << CACHE_BITS;
+    c->block_bytes = bytes + HUGE_PAGE_BYTES;
+    c->block = mmap(NULL, c->block_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (c->block == MAP_FAILED) {
+        c->block = NULL;
+        c->entries = NULL;
+        return;
+    }
+    c->entries = (cache_entry *)(((uintptr_t)c->block + HUGE_PAGE_BYTES - 1) & ~(uintptr_t)(HUGE_PAGE_BYTES - 1));
+    madvise(c->entries, bytes, MADV_HUGEPAGE);
+}
+
+static void word_cache_free(word_cache *c)
+{
+    if (c->block)
+        munmap(c->block, c->block_bytes);
+}
 
 /* ---- the encoder ---- */
 
@@ -1080,7 +1105,7 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->heap);
     free(e->unused);
     gale_ids_free(&e->word_ids);
-    free(e->cache.block);
+    word_cache_free(&e->cache);
     free(e->pair_memo);
 }
 
@@ -1088,17 +1113,7 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
 {
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
-    /* calloc: a large block comes zeroed from the kernel, so only the pages that words reach
-     * are ever touched; the entries start at the first 64-byte boundary */
-    /* on 2 MiB pages where the kernel allows (transparent huge pages on madvise): words hit
-     * entries all over the cache, and with 4 KiB pages most probes would also miss the TLB */
-    size_t bytes = sizeof *e->cache.entries << CACHE_BITS;
-    e->cache.block = aligned_alloc(HUGE_PAGE_BYTES, bytes);
-    if (e->cache.block) {
-        madvise(e->cache.block, bytes, MADV_HUGEPAGE);
-        memset(e->cache.block, 0, bytes);
-        e->cache.entries = e->cache.block;
-    }
+    word_cache_init(&e->cache);
     e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
