@@ -87,7 +87,8 @@ static void check_one_row_matmul(void)
             }
     CHECK(worst <= 1e-5, "one-row matmul off by %.2e", worst);
     printf("ok   one-row matmul, every transpose, beta 0 and 1: worst %.2e\n", worst);
-    free(a), free(b);
+    free(a);
+    free(b);
 }
 
 /* attention_cached_fwd over keys [0, n_kv) and the last n_q of them as queries equals rows
@@ -125,7 +126,12 @@ static void check_cached_op(int seq, int heads, int kv_heads, int hd, int window
     }
     printf("ok   cached attention op, %d heads / %d kv heads, window %d: worst %.2e\n", heads,
            kv_heads, window, worst);
-    free(q), free(k), free(v), free(full), free(lse), free(out);
+    free(q);
+    free(k);
+    free(v);
+    free(full);
+    free(lse);
+    free(out);
 }
 
 static struct model_config tiny(enum model_kind kind, int window, int experts)
@@ -298,12 +304,17 @@ static void check_fixture(const char *shared, const char *fixture)
                "%.2e of transformers\n", fixture, rows, seq, worst, vs_hf);
         model_kv_cache_free(kc);
     }
-    free(ids), free(want), free(got), free(tokens);
+    free(ids);
+    free(want);
+    free(got);
+    free(tokens);
 done:
     model_free(m);
     safetensors_close(&weights);
     safetensors_close(&expected);
-    free(dir), free(cfg_path), free(exp_path);
+    free(dir);
+    free(cfg_path);
+    free(exp_path);
 }
 
 /* Refused calls name what is wrong and leave the cache as it was. */
