@@ -5,9 +5,10 @@ clip to 1.0, AdamW) of torch_reference.py on the CPU in fp32.
         a random model (DIR/config.json, DIR/model.safetensors) and one batch of B rows of
         T + 1 random tokens (DIR/batch.safetensors, "tokens" I64), which gale's
         bench_train_step loads too, so both sides train the same weights on the same tokens
-    bench_torch_step.py run --dir DIR --steps N --warmup W --threads K [--profile]
+    bench_torch_step.py run --dir DIR --steps N --warmup W --threads K [--profile] [--save OUT]
         times N steps after W warm-up steps at K threads; prints one JSON line (with --profile,
-        also torch.profiler's table of the timed steps' ops, by self CPU time, on stderr)
+        also torch.profiler's table of the timed steps' ops, by self CPU time, on stderr; with
+        --save, writes the trained weights to OUT/model.safetensors)
 """
 
 import argparse
@@ -64,6 +65,10 @@ def run(args):
     profiler.__exit__(None, None, None)
     if args.profile:
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        ref.save_safetensors(os.path.join(args.save, "model.safetensors"),
+                             {name: t.detach().numpy() for name, t in weights.items()})
     median = statistics.median(times)
     print(json.dumps({
         "impl": "torch " + torch.__version__, "threads": torch.get_num_threads(),
@@ -90,6 +95,7 @@ def main(argv):
     timed.add_argument("--warmup", type=int, default=2)
     timed.add_argument("--threads", type=int, default=1)
     timed.add_argument("--profile", action="store_true", help="print torch.profiler's op table on stderr")
+    timed.add_argument("--save", help="folder to write the trained weights to")
     args = parser.parse_args(argv[1:])
     if args.command == "make-inputs":
         make_inputs(args)

@@ -7,7 +7,10 @@
  * the PyTorch side), and the CLOCK_MONOTONIC window of the timed steps (so that a profile
  * recorded with `perf record -k monotonic` can keep only their samples).
  *
- *   bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K]
+ *   bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]
+ *
+ * --save writes the trained weights (config.json, model.safetensors) to OUT afterwards, to
+ * compare them with the PyTorch reference's after the same steps.
  */
 #include <getopt.h>
 #include <omp.h>
@@ -28,6 +31,7 @@
 
 struct bench_options {
     const char *dir;
+    const char *save;      /* NULL: do not save the trained weights */
     int steps, warmup, threads;
 };
 
@@ -70,9 +74,10 @@ static int parse_positive(const char *text, const char *flag, int minimum, int *
 
 static void usage(FILE *to)
 {
-    fprintf(to, "usage: bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K]\n"
+    fprintf(to, "usage: bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]\n"
                 "Times fp32 CPU training steps (forward, backward, clip 1.0, AdamW) of the model in DIR\n"
-                "(config.json, model.safetensors, batch.safetensors from bench_torch_step.py make-inputs).\n");
+                "(config.json, model.safetensors, batch.safetensors from bench_torch_step.py make-inputs);\n"
+                "--save writes the trained weights to OUT afterwards.\n");
 }
 
 static int parse_options(int argc, char **argv, struct bench_options *opt)
@@ -80,14 +85,16 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
     static const struct option longopts[] = {
         {"dir", required_argument, NULL, 'd'},     {"steps", required_argument, NULL, 's'},
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"save", required_argument, NULL, 'o'},    {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    *opt = (struct bench_options){.dir = NULL, .steps = 10, .warmup = 2, .threads = 1};
+    *opt = (struct bench_options){.dir = NULL, .save = NULL, .steps = 10, .warmup = 2, .threads = 1};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int rc = 0;
         switch (c) {
         case 'd': opt->dir = optarg; break;
+        case 'o': opt->save = optarg; break;
         case 's': rc = parse_positive(optarg, "--steps", 1, &opt->steps); break;
         case 'w': rc = parse_positive(optarg, "--warmup", 0, &opt->warmup); break;
         case 't': rc = parse_positive(optarg, "--threads", 1, &opt->threads); break;
@@ -222,6 +229,8 @@ static int run(const struct bench_options *opt, gale_error *err)
         print_series("losses", losses, total);
         print_series("grad_norms", norms, total);
         printf("}\n");
+        if (opt->save && (gale_mkdir_p(opt->save, err) || model_save_hf(m, opt->save, err)))
+            rc = -1;
     }
     free(losses);
     free(norms);

@@ -321,6 +321,12 @@ def train_step(cfg, weights, optimizer, input_ids, targets, clip=1.0):
     logits, router_logits = forward_logits(cfg, weights, input_ids)
     loss, _, _ = loss_from_logits(cfg, logits, router_logits, targets)
     loss.backward()
+    # An expert that no token chose has a zero gradient, not none: transformers keeps all experts
+    # of a layer in one tensor (and gale all weights in one buffer), so AdamW still decays it and
+    # moves it by its momentum, where torch would skip a tensor whose grad is None.
+    for tensor in weights.values():
+        if tensor.grad is None:
+            tensor.grad = torch.zeros_like(tensor)
     norm = torch.nn.utils.clip_grad_norm_(list(weights.values()), clip)
     optimizer.step()
     return loss.detach(), norm
