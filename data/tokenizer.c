@@ -935,7 +935,8 @@ static void encode_queue(tokenizer_encoder *e, gale_ids *out)
     }
     e->queue_n = 0;
     size_t current = current_word_len(e);
-    memmove(e->word.v, e->word.v + e->word_start, current);
+    if (current)
+        memmove(e->word.v, e->word.v + e->word_start, current);
     e->word.n = current;
     e->word_start = 0;
 }
