@@ -485,13 +485,15 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 
 /* ---- the word cache ---- */
 
-/* A direct-mapped cache: each entry is one 64-byte cache line holding the word and then its
- * ids, 16 bits each when the vocabulary allows (Mistral, Llama 2) and 32 otherwise, so a hit
- * reads one line; a new word simply replaces the entry its hash picks, and frequent words come
- * back at once. A word whose bytes and ids do not fit in CACHE_DATA_BYTES is not kept (few in
- * prose: long runs of spaces, rare long words; 16-bit ids keep most words of markup and code,
- * which split into many ids). */
+/* A two-way set-associative cache: each entry is one 64-byte cache line holding the word and
+ * then its ids, 16 bits each when the vocabulary allows (Mistral, Llama 2) and 32 otherwise, so
+ * a hit reads one line (two for the second way, adjacent). A new word goes into the first way
+ * of the set its hash picks, pushing the word there into the second, so that two frequent words
+ * of one set do not evict each other. A word whose bytes and ids do not fit in CACHE_DATA_BYTES
+ * is not kept (few in prose: long runs of spaces, rare long words; 16-bit ids keep most words of
+ * markup and code, which split into many ids). */
 #define CACHE_BITS 16 /* 65536 entries, 4 MiB */
+#define CACHE_SET_MASK ((1u << (CACHE_BITS - 1)) - 1)
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define CACHE_DATA_BYTES 58
 
@@ -875,12 +877,15 @@ static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_i
     append_word_ids(e, ids, c->n_ids, out);
 }
 
-/* Keeps word w and its ids in entry c when they fit. */
-static void cache_store(tokenizer_encoder *e, cache_entry *c, uint32_t tag, const uint8_t *w, size_t n,
+/* Keeps word w and its ids in the first way of set when they fit. */
+static void cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, const uint8_t *w, size_t n,
                         const gale_ids *ids)
 {
     if (n + (size_t)e->cache_id_bytes * ids->n > CACHE_DATA_BYTES)
         return;
+    if (set[0].len)
+        set[1] = set[0];
+    cache_entry *c = &set[0];
     c->tag = tag;
     c->len = (uint8_t)n;
     c->n_ids = (uint8_t)ids->n;
@@ -901,24 +906,36 @@ static int cacheable(const tokenizer_encoder *e, size_t n)
     return e->cache.entries && n < CACHE_DATA_BYTES;
 }
 
+/* The cache set (two entries) of a word of hash h. */
+static cache_entry *cache_set(const tokenizer_encoder *e, uint64_t h)
+{
+    return &e->cache.entries[2 * (h & CACHE_SET_MASK)];
+}
+
+static int cache_entry_holds(const cache_entry *c, uint32_t tag, const uint8_t *w, size_t n)
+{
+    return c->len == n && c->tag == tag && bytes_equal(c->data, w, n);
+}
+
 /* Encodes word w whose bytes_hash is h (when cacheable). */
 static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64_t h, gale_ids *out)
 {
-    cache_entry *c = NULL;
+    cache_entry *set = NULL;
     uint32_t tag = 0;
     if (cacheable(e, n)) {
         tag = (uint32_t)(h >> 32);
-        c = &e->cache.entries[h & ((1u << CACHE_BITS) - 1)];
-        if (c->len == n && c->tag == tag && bytes_equal(c->data, w, n)) {
-            append_cached_ids(e, c, out);
-            return;
-        }
+        set = cache_set(e, h);
+        for (int way = 0; way < 2; way++)
+            if (cache_entry_holds(&set[way], tag, w, n)) {
+                append_cached_ids(e, &set[way], out);
+                return;
+            }
     }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
     append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
-    if (c)
-        cache_store(e, c, tag, w, n, &e->word_ids);
+    if (set)
+        cache_store(e, set, tag, w, n, &e->word_ids);
 }
 
 static size_t current_word_len(const tokenizer_encoder *e)
@@ -950,7 +967,9 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
         *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, 0};
         if (cacheable(e, n)) {
             q->hash = bytes_hash(e->word.v + e->word_start, n);
-            __builtin_prefetch(&e->cache.entries[q->hash & ((1u << CACHE_BITS) - 1)]);
+            cache_entry *set = cache_set(e, q->hash);
+            __builtin_prefetch(&set[0]);
+            __builtin_prefetch(&set[1]);
         }
         e->word_start = e->word.n;
         if (e->queue_n == WORD_QUEUE)
