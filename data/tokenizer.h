@@ -32,9 +32,10 @@ void tokenizer_encoder_free(tokenizer_encoder *enc);
 /* tokenizer_encode through enc. */
 void tokenizer_encoder_encode(tokenizer_encoder *enc, const char *text, size_t len, gale_ids *out);
 /* One text given in consecutive chunks of any size (cut anywhere, even inside a character):
- * feed appends the ids of the words that are already complete, finish those of the rest and
- * makes enc ready for the next text. The ids are those of tokenizer_encode over the whole
- * text, and the memory used stays bounded by the longest word, not the text. */
+ * feed appends the ids of the words that are already complete (the last few, up to 16, may
+ * wait for the next feed), finish those of the rest and makes enc ready for the next text.
+ * The ids are those of tokenizer_encode over the whole text, and the memory used stays
+ * bounded by the longest words, not the text. */
 void tokenizer_encoder_feed(tokenizer_encoder *enc, const char *chunk, size_t len, gale_ids *out);
 void tokenizer_encoder_finish(tokenizer_encoder *enc, gale_ids *out);
 
