@@ -9,7 +9,8 @@
  *               other than "▁". When no piece the merges can produce holds such a pair (checked
  *               when the model is loaded), no merge can cross a cut, and sentencepiece's merge
  *               order restricted to one word is the order the word alone gets: so each word is
- *               encoded alone, its ids cached, and memory is bounded by the longest word;
+ *               encoded alone, its ids cached (complete words queue up, 16 at most, while
+ *               their cache lines are fetched), and memory is bounded by the longest words;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
  *               the highest score merges first, leftmost on ties (a scan for short words, a
  *               binary heap for long ones); whether two symbols merge is a lookup of their
