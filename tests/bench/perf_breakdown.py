@@ -4,7 +4,8 @@ records one). Reads `perf script -F tid,time,ip,sym` on stdin and bench_train_st
 (--bench FILE), keeps only the samples inside the timed steps, and attributes each one to:
 
   op:    the ops-table kernel it ran in (the outermost cpu_* frame: cpu_matmul, cpu_attention_fwd,
-         cpu_cross_entropy, ...), or "(outside the ops table)" with its leaf function
+         cpu_cross_entropy, ...; BLAS frames count as cpu_matmul), or "(outside the ops table)"
+         with its leaf function
   stage: the model function that called that kernel (attention_forward, moe_backward,
          head_forward_backward, adamw_step, ...)
 
@@ -51,18 +52,23 @@ def read_samples(lines):
         yield time, frames, in_kernel
 
 
+# Frames of the ops table's matmul: its BLAS calls (cpu_matmul itself may be a tail call away).
+MATMUL_FRAME = re.compile(r"^(cblas_s|sgemm|sgemv|blas_product$)")
+
+
 def attribute(frames, in_kernel):
     """(stage, op) of one sample."""
-    outer_op = None
+    outer_op, op = None, None
     for i, name in enumerate(frames):
         if name.startswith("cpu_"):
-            outer_op = i
+            outer_op, op = i, name
+        elif MATMUL_FRAME.match(name):
+            outer_op, op = i, op or "cpu_matmul"
     if outer_op is None:
         leaf = next((f for f in frames if not f.startswith(("asm_", "exc_"))), "?")
         stage = next((f for f in frames[1:] if f and not PASS_THROUGH.match(f)), "?")
         return stage, f"(outside the ops table: {'kernel, ' if in_kernel else ''}{leaf})"
-    op = frames[outer_op]
-    stage = next((f for f in frames[outer_op + 1:] if not PASS_THROUGH.match(f)), "?")
+    stage = next((f for f in frames[outer_op + 1:] if not PASS_THROUGH.match(f)), "(caller not unwound)")
     return stage, op
 
 

@@ -52,7 +52,7 @@ fi
 "$python" "$here/bench_torch_step.py" make-inputs --config "$config" --batch "$batch" --seq "$seq" --out "$work/inputs"
 # -k monotonic: sample times on CLOCK_MONOTONIC, the clock of the bench's timed window
 OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" \
-  perf record -q -k monotonic -F "$freq" --call-graph dwarf,32768 -o "$work/perf.data" \
+  perf record -q -k monotonic -F "$freq" --call-graph dwarf,65528 -o "$work/perf.data" \
   "$gale_step" --dir "$work/inputs" --steps "$steps" --warmup "$warmup" --threads "$threads" > "$work/bench.json"
 echo "profile_train_step: $model, batch $batch x seq $seq, $threads thread(s); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 perf script -i "$work/perf.data" -F tid,time,ip,sym 2> /dev/null | "$python" "$here/perf_breakdown.py" --bench "$work/bench.json"
