@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every system package gale needs to build, test and run its quick start.
 # Idempotent: apt-get skips what is already installed. Run as root (or with sudo).
+# Extra Debian package names given as arguments are installed too (tests/bench/setup_bench.sh).
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,7 @@ packages=(
   manpages manpages-de manpages-es manpages-it manpages-pl manpages-ru manpages-ja manpages-zh
   # plots
   gnuplot-nox
+  "$@"
 )
 
 sudo=""
