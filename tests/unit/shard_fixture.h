@@ -9,38 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "data/shard.h"
 #include "util/file.h"
-
-static int failures;
-
-#define CHECK(cond)                                                                                                    \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                            \
-            failures++;                                                                                                \
-        }                                                                                                              \
-    } while (0)
-
-/* Expects rc to be an error whose message contains want. */
-#define CHECK_ERROR(rc_is_error, err, want)                                                                            \
-    do {                                                                                                               \
-        if (!(rc_is_error)) {                                                                                          \
-            fprintf(stderr, "FAIL %s:%d: expected an error containing '%s'\n", __FILE__, __LINE__, want);              \
-            failures++;                                                                                                \
-        } else if (!strstr((err).msg, want)) {                                                                         \
-            fprintf(stderr, "FAIL %s:%d: error '%s' lacks '%s'\n", __FILE__, __LINE__, (err).msg, want);              \
-            failures++;                                                                                                \
-        }                                                                                                              \
-    } while (0)
-
-#define CHECK_OK(rc, err)                                                                                              \
-    do {                                                                                                               \
-        if ((rc) != 0) {                                                                                               \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, (err).msg);                                        \
-            failures++;                                                                                                \
-        }                                                                                                              \
-    } while (0)
 
 static const char fixture_sha[65] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -6,20 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model/rng.h"
 #include "optim/adamw.h"
-
-static int failures;
-
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static struct model_config tiny(void)
 {
@@ -77,8 +66,8 @@ int main(void)
     double worst = 0;
     for (size_t i = 0; i < n; i++)
         worst = fmax(worst, fabs(p[i] - pd[i]) / fmax(1e-3, fabs(pd[i])));
-    EXPECT(worst < 1e-5, "AdamW differs from torch's update by %.2e", worst);
-    EXPECT(memcmp(p, p2, n * 4) == 0, "two shards differ from one optimizer");
+    CHECK_MSG(worst < 1e-5, "AdamW differs from torch's update by %.2e", worst);
+    CHECK_MSG(memcmp(p, p2, n * 4) == 0, "two shards differ from one optimizer");
     /* norms (1-D) are not decayed: with zero gradients only 2-D weights shrink */
     memset(g, 0, n * 4);
     struct adamw fresh;
@@ -87,26 +76,23 @@ int main(void)
     adamw_step(&fresh, &layout, p2, g, ac.lr);
     const struct model_tensor *norm = model_layout_find(&layout, "model.norm.weight");
     const struct model_tensor *emb = model_layout_find(&layout, "model.embed_tokens.weight");
-    EXPECT(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");
-    EXPECT(fabsf(p2[emb->offset] - p[emb->offset] * (float)(1 - ac.lr * ac.weight_decay)) < 1e-7,
+    CHECK_MSG(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");
+    CHECK_MSG(fabsf(p2[emb->offset] - p[emb->offset] * (float)(1 - ac.lr * ac.weight_decay)) < 1e-7,
            "a 2-D weight was not decayed");
 
     /* clipping: clip_grad_norm_ multiplies by max / (norm + 1e-6) when that is below 1 */
     float grads[4] = {3, 4, 0, 0};
     double norm_before = grad_clip_global_norm(ops, grads, 4, 1.0);
-    EXPECT(fabs(norm_before - 5) < 1e-12, "pre-clip norm %g", norm_before);
-    EXPECT(fabsf(grads[0] - (float)(3 / (5 + 1e-6))) < 1e-7 && fabsf(grads[1] - (float)(4 / (5 + 1e-6))) < 1e-7,
+    CHECK_MSG(fabs(norm_before - 5) < 1e-12, "pre-clip norm %g", norm_before);
+    CHECK_MSG(fabsf(grads[0] - (float)(3 / (5 + 1e-6))) < 1e-7 && fabsf(grads[1] - (float)(4 / (5 + 1e-6))) < 1e-7,
            "clipped grads %g %g", grads[0], grads[1]);
     float small[2] = {0.3f, 0.4f};
     grad_clip_global_norm(ops, small, 2, 1.0);
-    EXPECT(small[0] == 0.3f && small[1] == 0.4f, "a gradient under the limit was scaled");
-    EXPECT(grad_clip_factor(10, 0) == 1.0, "max_norm 0 must not clip");
+    CHECK_MSG(small[0] == 0.3f && small[1] == 0.4f, "a gradient under the limit was scaled");
+    CHECK_MSG(grad_clip_factor(10, 0) == 1.0, "max_norm 0 must not clip");
     adamw_free(&whole), adamw_free(&lo), adamw_free(&hi), adamw_free(&fresh);
     model_layout_free(&layout);
     free(p), free(p2), free(g), free(pd), free(md), free(vd);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    else
-        printf("AdamW and clipping checks passed (worst rel diff %.2e)\n", worst);
-    return failures ? 1 : 0;
+    printf("AdamW and clipping: worst rel diff %.2e\n", worst);
+    return check_report("test_adamw");
 }

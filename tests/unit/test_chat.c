@@ -8,12 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data/chat.h"
 #include "data/pyjson.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
-
-static int failures;
 
 /* JSON written with ' for " so that conversations read naturally here. */
 static json_t *conv(const char *text)
@@ -70,19 +69,18 @@ static void expect_encoding_of(const char *name, enum chat_template tmpl,
     gale_bytes mask = {0};
     gale_error err;
     if (chat_encode(want->tok, tmpl, purpose, c, &ids, &mask, &err)) {
-        fprintf(stderr, "FAIL %s: %s\n", name, err.msg);
-        failures++;
+        FAIL("%s: %s", name, err.msg);
     } else if (ids.n != want->ids.n || mask.n != ids.n ||
                memcmp(ids.v, want->ids.v, ids.n * sizeof *ids.v) ||
                memcmp(mask.v, want->mask.v, mask.n)) {
-        fprintf(stderr, "FAIL %s:\n  got  ", name);
+        FAIL("%s: ids or mask differ", name);
+        fprintf(stderr, "  got  ");
         for (size_t i = 0; i < ids.n; i++)
             fprintf(stderr, "%d%s ", ids.v[i], i < mask.n && mask.v[i] ? "*" : "");
         fprintf(stderr, "\n  want ");
         for (size_t i = 0; i < want->ids.n; i++)
             fprintf(stderr, "%d%s ", want->ids.v[i], want->mask.v[i] ? "*" : "");
         fprintf(stderr, "\n");
-        failures++;
     }
     gale_ids_free(&ids);
     gale_bytes_free(&mask);
@@ -108,13 +106,11 @@ static void expect_error(const char *name, const gale_tokenizer *tok, enum chat_
     gale_error err = {{0}};
     int rc = chat_encode(tok, tmpl, purpose, c, &ids, &mask, &err);
     if (rc != -1 || !strstr(err.msg, want)) {
-        fprintf(stderr, "FAIL %s: rc %d, message \"%s\", want one containing \"%s\"\n", name, rc,
+        FAIL("%s: rc %d, message \"%s\", want one containing \"%s\"", name, rc,
                 err.msg, want);
-        failures++;
     } else if (ids.n != 1 || mask.n != 1) {
-        fprintf(stderr, "FAIL %s: a failed encoding left %zu ids, %zu mask bytes (want 1, 1)\n",
+        FAIL("%s: a failed encoding left %zu ids, %zu mask bytes (want 1, 1)",
                 name, ids.n, mask.n);
-        failures++;
     }
     gale_ids_free(&ids);
     gale_bytes_free(&mask);
@@ -453,10 +449,8 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
 
     gale_error err;
     enum chat_template tmpl;
-    if (chat_template_from_name("v2", &tmpl, &err) != -1 || !strstr(err.msg, "'v2' (expected v1, v3 or llama2)")) {
-        fprintf(stderr, "FAIL template name v2 accepted or unclear: %s\n", err.msg);
-        failures++;
-    }
+    CHECK_MSG(chat_template_from_name("v2", &tmpl, &err) == -1 && strstr(err.msg, "'v2' (expected v1, v3 or llama2)"),
+              "template name v2 accepted or unclear: %s", err.msg);
 }
 
 static void expect_pyjson(const char *input, const char *want)
@@ -465,10 +459,7 @@ static void expect_pyjson(const char *input, const char *want)
     gale_bytes out = {0};
     pyjson_dump(v, &out);
     gale_bytes_push(&out, 0);
-    if (strcmp((char *)out.v, want)) {
-        fprintf(stderr, "FAIL pyjson %s:\n  got  %s\n  want %s\n", input, out.v, want);
-        failures++;
-    }
+    CHECK_MSG(!strcmp((char *)out.v, want), "pyjson %s:\n  got  %s\n  want %s", input, out.v, want);
     gale_bytes_free(&out);
     json_decref(v);
 }
@@ -492,8 +483,7 @@ static void test_pyjson(void)
     json_t *s = pyjson_parse(" [1,2] ", 7), *t = pyjson_parse("{oops", 5);
     if (!json_is_array(s) || json_array_size(s) != 2 || !json_is_string(t) ||
         strcmp(json_string_value(t), "{oops")) {
-        fprintf(stderr, "FAIL pyjson_parse: JSON parsed, other text kept as a string\n");
-        failures++;
+        FAIL("pyjson_parse: JSON parsed, other text kept as a string");
     }
     json_decref(s);
     json_decref(t);
@@ -517,8 +507,7 @@ static void test_training_prefix(const char *shared, const gale_tokenizer *tok,
     free(path);
     free(dir);
     if (!vector || !sample) {
-        fprintf(stderr, "FAIL cannot read the %s vector\n", folder);
-        failures++;
+        FAIL("cannot read the %s vector", folder);
         return;
     }
     json_t *messages = json_object_get(sample, "messages");
@@ -581,6 +570,5 @@ int main(void)
     test_training_prefix(shared, v3, CHAT_MISTRAL_V3, "several_calls", 8, 4);
     tokenizer_free(v1);
     tokenizer_free(v3);
-    printf("%d failures\n", failures);
-    return failures ? 1 : 0;
+    return check_report("test_chat");
 }

@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data/chat.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
 
-static int failures;
 static int checked;
 
 /* The Mistral tokenizers by template, loaded once. */
@@ -84,10 +84,8 @@ static void check_mask(const char *name, const gale_tokenizer *tok, enum chat_te
         while (pos < ids->n && !mask->v[pos])
             pos++;
         if (msg == json_array_size(messages) || pos == ids->n) {
-            if (msg != json_array_size(messages) || pos != ids->n) {
-                fprintf(stderr, "FAIL %s: mask runs and assistant messages differ in number\n", name);
-                failures++;
-            }
+            CHECK_MSG(msg == json_array_size(messages) && pos == ids->n,
+                      "%s: mask runs and assistant messages differ in number", name);
             break;
         }
         size_t end = pos;
@@ -95,10 +93,10 @@ static void check_mask(const char *name, const gale_tokenizer *tok, enum chat_te
             end++;
         json_t *calls;
         expected_answer(messages, &msg, tmpl, &want, &calls);
-        int bad = ids->v[end - 1] != tokenizer_eos_id(tok);
+        CHECK_MSG(ids->v[end - 1] == tokenizer_eos_id(tok), "%s: a masked answer does not end with EOS", name);
         size_t start = pos;
         if (json_array_size(calls)) {
-            bad |= ids->v[start++] != tokenizer_piece_id(tok, "[TOOL_CALLS]");
+            int bad = ids->v[start++] != tokenizer_piece_id(tok, "[TOOL_CALLS]");
             char *text = decode(tok, ids->v + start, end - 1 - start);
             json_t *got = json_loads(text, 0, NULL);
             bad |= !got || json_array_size(got) != json_array_size(calls);
@@ -111,19 +109,14 @@ static void check_mask(const char *name, const gale_tokenizer *tok, enum chat_te
                        !json_equal(json_object_get(got_call, "arguments"), args);
                 json_decref(args);
             }
-            if (bad)
-                fprintf(stderr, "FAIL %s: masked tool calls %s do not match the sample's\n", name, text);
+            CHECK_MSG(!bad, "%s: masked tool calls %s do not match the sample's", name, text);
             json_decref(got);
             free(text);
         } else {
             char *text = decode(tok, ids->v + start, end - 1 - start);
-            if (strcmp(text, (char *)want.v)) {
-                fprintf(stderr, "FAIL %s: masked answer \"%s\", want \"%s\"\n", name, text, want.v);
-                bad = 1;
-            }
+            CHECK_MSG(!strcmp(text, (char *)want.v), "%s: masked answer \"%s\", want \"%s\"", name, text, want.v);
             free(text);
         }
-        failures += bad;
         json_decref(calls);
         pos = end;
     }
@@ -141,8 +134,7 @@ static void check_vector(const char *folder, const char *name, const char *token
     snprintf(label, sizeof label, "%s/%s", name, version);
     enum chat_template tmpl;
     if (chat_template_from_name(version, &tmpl, &err)) {
-        fprintf(stderr, "FAIL %s: %s\n", label, err.msg);
-        failures++;
+        FAIL("%s: %s", label, err.msg);
         return;
     }
     char *path = gale_path_join(folder, "sample.json");
@@ -153,8 +145,7 @@ static void check_vector(const char *folder, const char *name, const char *token
     free(path);
     const json_t *want = json_object_get(vector, "tokens");
     if (!sample || !json_is_array(want)) {
-        fprintf(stderr, "FAIL %s: cannot read sample.json or %s\n", label, tokens_file);
-        failures++;
+        FAIL("%s: cannot read sample.json or %s", label, tokens_file);
         json_decref(sample);
         json_decref(vector);
         return;
@@ -164,15 +155,13 @@ static void check_vector(const char *folder, const char *name, const char *token
     gale_bytes mask = {0};
     checked++;
     if (chat_encode(tok, tmpl, CHAT_FOR_PROMPT, sample, &ids, &mask, &err)) {
-        fprintf(stderr, "FAIL %s: %s\n", label, err.msg);
-        failures++;
+        FAIL("%s: %s", label, err.msg);
     } else {
         size_t n = json_array_size(want), at = 0;
         while (at < n && at < ids.n && ids.v[at] == json_integer_value(json_array_get(want, at)))
             at++;
         if (at != n || ids.n != n || mask.n != n) {
-            fprintf(stderr, "FAIL %s: %zu ids, want %zu; first difference at %zu\n", label, ids.n, n, at);
-            failures++;
+            FAIL("%s: %zu ids, want %zu; first difference at %zu", label, ids.n, n, at);
         } else {
             check_mask(label, tok, tmpl, sample, &ids, &mask);
         }
@@ -183,8 +172,7 @@ static void check_vector(const char *folder, const char *name, const char *token
         if (chat_encode_with_encoder(tok, enc, tmpl, CHAT_FOR_PROMPT, sample, &again, &again_mask, &err) ||
             again.n != ids.n || memcmp(again.v, ids.v, ids.n * sizeof *ids.v) ||
             memcmp(again_mask.v, mask.v, mask.n)) {
-            fprintf(stderr, "FAIL %s: chat_encode_with_encoder differs from chat_encode\n", label);
-            failures++;
+            FAIL("%s: chat_encode_with_encoder differs from chat_encode", label);
         }
         gale_ids_free(&again);
         gale_bytes_free(&again_mask);
@@ -238,12 +226,9 @@ int main(void)
     free(folders);
     for (int t = 0; t < 3; t++)
         tokenizer_free(toks.by_template[t]);
-    if (checked == 0) {
-        fprintf(stderr, "FAIL no tokens_*.json found under %s\n", vectors);
-        failures++;
-    }
+    CHECK_MSG(checked > 0, "no tokens_*.json found under %s", vectors);
     free(vectors);
     free(dir);
-    printf("%d vectors, %d failures\n", checked, failures);
-    return failures ? 1 : 0;
+    printf("%d vectors\n", checked);
+    return check_report("test_chat_vectors");
 }

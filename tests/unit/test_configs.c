@@ -6,11 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "model/config.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
-
-static int failures;
 
 static void check(const char *yaml, long long want_params, enum model_kind want_kind)
 {
@@ -18,17 +17,13 @@ static void check(const char *yaml, long long want_params, enum model_kind want_
     gale_run_config *cfg = run_config_load(yaml, NULL, 0, &err);
     struct model_config mc;
     if (!cfg || trainer_model_config(cfg, &mc, &err)) {
-        fprintf(stderr, "FAIL %s: %s\n", yaml, err.msg);
-        failures++;
+        FAIL("%s: %s", yaml, err.msg);
         run_config_free(cfg);
         return;
     }
     long long params = model_config_num_params(&mc);
-    if ((want_params && params != want_params) || mc.kind != want_kind) {
-        fprintf(stderr, "FAIL %s: %lld parameters (want %lld), kind %s\n", yaml, params, want_params,
-                model_kind_name(mc.kind));
-        failures++;
-    }
+    CHECK_MSG((!want_params || params == want_params) && mc.kind == want_kind,
+              "%s: %lld parameters (want %lld), kind %s", yaml, params, want_params, model_kind_name(mc.kind));
     printf("%-34s %-8s %15lld parameters\n", yaml, model_kind_name(mc.kind), params);
     run_config_free(cfg);
 }
@@ -43,5 +38,5 @@ int main(void)
     check("configs/mixtral-tiny-fortunes.yaml", 0, MODEL_MIXTRAL);
     check("configs/sft-mistral-7b.yaml", 7241732096LL, MODEL_MISTRAL);
     check("configs/cpt-mixtral-8x7b.yaml", 46702792704LL, MODEL_MIXTRAL);
-    return failures ? 1 : 0;
+    return check_report("test_configs");
 }

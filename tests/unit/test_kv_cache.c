@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model/model.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
@@ -19,18 +20,6 @@
 #include "util/file.h"
 
 #define TOL 1e-5
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                               \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-            fprintf(stderr, "\n");                                                             \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
 
 /* ||x - ref|| / ||ref|| */
 static double rel_err(const float *x, const float *ref, size_t n)
@@ -85,7 +74,7 @@ static void check_one_row_matmul(void)
                     worst = e > worst || e != e ? e : worst;
                 }
             }
-    CHECK(worst <= 1e-5, "one-row matmul off by %.2e", worst);
+    CHECK_MSG(worst <= 1e-5, "one-row matmul off by %.2e", worst);
     printf("ok   one-row matmul, every transpose, beta 0 and 1: worst %.2e\n", worst);
     free(a);
     free(b);
@@ -119,7 +108,7 @@ static void check_cached_op(int seq, int heads, int kv_heads, int hd, int window
             for (int r = 0; r < n_q; r++) {
                 double e = rel_err(out + (size_t)r * dq, full + first + (size_t)r * dq, (size_t)dq);
                 worst = e > worst ? e : worst;
-                CHECK(e <= TOL, "cached attention (window %d) of %d queries over %d keys: query %d "
+                CHECK_MSG(e <= TOL, "cached attention (window %d) of %d queries over %d keys: query %d "
                       "off by %.2e", window, n_q, n_kv, r, e);
             }
         }
@@ -187,15 +176,15 @@ static double run_chunks(struct model *m, struct model_kv_cache *kc, const int32
         int n = sizes[i < n_sizes ? i : n_sizes - 1];
         n = n < seq - at ? n : seq - at;
         if (model_forward_next(m, kc, tokens + at, n, logits, &err)) {
-            CHECK(0, "%s: forward_next of %d tokens at %d: %s", name, n, at, err.msg);
+            CHECK_MSG(0, "%s: forward_next of %d tokens at %d: %s", name, n, at, err.msg);
             break;
         }
         at += n;
-        CHECK(model_kv_cache_length(kc) == at, "%s: cache length %d, want %d", name,
+        CHECK_MSG(model_kv_cache_length(kc) == at, "%s: cache length %d, want %d", name,
               model_kv_cache_length(kc), at);
         double e = rel_err(logits, ref + (size_t)(at - 1) * vocab, (size_t)vocab);
         worst = e > worst ? e : worst;
-        CHECK(e <= TOL, "%s: chunks of %d..: logits at position %d off by %.2e", name, sizes[0],
+        CHECK_MSG(e <= TOL, "%s: chunks of %d..: logits at position %d off by %.2e", name, sizes[0],
               at - 1, e);
         if (all_logits)
             memcpy(all_logits + (size_t)(at - 1) * vocab, logits, sizeof(float) * vocab);
@@ -213,7 +202,7 @@ static void check_model(struct model *m, const int32_t *tokens, int seq, int max
     float *ref = full_logits(m, tokens, seq);
     struct model_kv_cache *kc = model_kv_cache_create(m, max_len, &err);
     if (!kc) {
-        CHECK(0, "%s: cache: %s", name, err.msg);
+        CHECK_MSG(0, "%s: cache: %s", name, err.msg);
         free(ref);
         return;
     }
@@ -242,7 +231,7 @@ static void check_random_model(const char *name, struct model_config cfg, int se
     gale_error err;
     struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
     if (!m) {
-        CHECK(0, "%s: %s", name, err.msg);
+        CHECK_MSG(0, "%s: %s", name, err.msg);
         return;
     }
     /* weights larger than a real init: peaked attention and distinct router choices */
@@ -269,13 +258,13 @@ static void check_fixture(const char *shared, const char *fixture)
         safetensors_open(exp_path, &expected, &err) ||
         !(m = model_create(&cfg, gale_ops_cpu(), NULL, &err)) ||
         model_load_tensors(m, &weights, &err)) {
-        CHECK(0, "%s: %s", fixture, err.msg);
+        CHECK_MSG(0, "%s: %s", fixture, err.msg);
         goto done;
     }
     const struct safetensors_tensor *ids_t = safetensors_find(&expected, "input_ids");
     const struct safetensors_tensor *logits_t = safetensors_find(&expected, "logits");
     if (!ids_t || !logits_t || ids_t->ndim != 2) {
-        CHECK(0, "%s: expected.safetensors lacks input_ids [B,T] or logits", fixture);
+        CHECK_MSG(0, "%s: expected.safetensors lacks input_ids [B,T] or logits", fixture);
         goto done;
     }
     int rows = (int)ids_t->shape[0], seq = (int)ids_t->shape[1], vocab = cfg.vocab_size;
@@ -284,7 +273,7 @@ static void check_fixture(const char *shared, const char *fixture)
     float *got = gale_xmalloc(sizeof(float) * logits_t->numel);
     int32_t *tokens = gale_xmalloc(sizeof(int32_t) * seq);
     if (safetensors_read_i64(ids_t, ids, &err) || safetensors_read_f32(logits_t, want, &err)) {
-        CHECK(0, "%s: %s", fixture, err.msg);
+        CHECK_MSG(0, "%s: %s", fixture, err.msg);
     } else {
         struct model_kv_cache *kc = model_kv_cache_create(m, seq, &err);
         const int one[] = {1};
@@ -299,7 +288,7 @@ static void check_fixture(const char *shared, const char *fixture)
             free(ref);
         }
         double vs_hf = rel_err(got, want, logits_t->numel);
-        CHECK(vs_hf <= TOL, "%s: step-by-step logits off transformers' by %.2e", fixture, vs_hf);
+        CHECK_MSG(vs_hf <= TOL, "%s: step-by-step logits off transformers' by %.2e", fixture, vs_hf);
         printf("ok   %s: %d rows of %d tokens step by step: within %.2e of the full forward, "
                "%.2e of transformers\n", fixture, rows, seq, worst, vs_hf);
         model_kv_cache_free(kc);
@@ -330,27 +319,27 @@ static void check_errors(void)
     float *ref = full_logits(m, tokens, 8);
     float logits[61];
 
-    CHECK(!model_kv_cache_create(m, 0, &err) && strstr(err.msg, "sliding window"),
+    CHECK_MSG(!model_kv_cache_create(m, 0, &err) && strstr(err.msg, "sliding window"),
           "max_len 0 without a window: '%s'", err.msg);
-    CHECK(!model_kv_cache_create(m, -3, &err) && strstr(err.msg, "-3"), "max_len -3: '%s'",
+    CHECK_MSG(!model_kv_cache_create(m, -3, &err) && strstr(err.msg, "-3"), "max_len -3: '%s'",
           err.msg);
     struct model_kv_cache *kc = model_kv_cache_create(m, 8, &err);
-    CHECK(model_forward_next(m, kc, tokens, 5, logits, &err) == 0, "prefill: %s", err.msg);
-    CHECK(model_forward_next(m, kc, tokens + 5, 4, logits, &err) != 0 &&
+    CHECK_MSG(model_forward_next(m, kc, tokens, 5, logits, &err) == 0, "prefill: %s", err.msg);
+    CHECK_MSG(model_forward_next(m, kc, tokens + 5, 4, logits, &err) != 0 &&
               strstr(err.msg, "max_len of 8"), "past max_len: '%s'", err.msg);
     int32_t bad[2] = {tokens[5], 61};
-    CHECK(model_forward_next(m, kc, bad, 2, logits, &err) != 0 && strstr(err.msg, "token 61") &&
+    CHECK_MSG(model_forward_next(m, kc, bad, 2, logits, &err) != 0 && strstr(err.msg, "token 61") &&
               strstr(err.msg, "position 6"), "token outside the vocabulary: '%s'", err.msg);
-    CHECK(model_forward_next(m, kc, tokens + 5, 0, logits, &err) != 0 && strstr(err.msg, "got 0"),
+    CHECK_MSG(model_forward_next(m, kc, tokens + 5, 0, logits, &err) != 0 && strstr(err.msg, "got 0"),
           "no tokens: '%s'", err.msg);
-    CHECK(model_forward_next(other, kc, tokens + 5, 1, logits, &err) != 0 &&
+    CHECK_MSG(model_forward_next(other, kc, tokens + 5, 1, logits, &err) != 0 &&
               strstr(err.msg, "another model"), "another model's cache: '%s'", err.msg);
-    CHECK(model_kv_cache_length(kc) == 5, "length after refused calls: %d", model_kv_cache_length(kc));
+    CHECK_MSG(model_kv_cache_length(kc) == 5, "length after refused calls: %d", model_kv_cache_length(kc));
     /* the refusals changed nothing: the sequence goes on to its last token; NULL logits */
-    CHECK(model_forward_next(m, kc, tokens + 5, 2, NULL, &err) == 0, "%s", err.msg);
-    CHECK(model_forward_next(m, kc, tokens + 7, 1, logits, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_forward_next(m, kc, tokens + 5, 2, NULL, &err) == 0, "%s", err.msg);
+    CHECK_MSG(model_forward_next(m, kc, tokens + 7, 1, logits, &err) == 0, "%s", err.msg);
     double e = rel_err(logits, ref + 7 * cfg.vocab_size, (size_t)cfg.vocab_size);
-    CHECK(e <= TOL, "logits after the refused calls off by %.2e", e);
+    CHECK_MSG(e <= TOL, "logits after the refused calls off by %.2e", e);
     printf("ok   refused calls: max_len, vocabulary, no tokens, another model's cache\n");
     model_kv_cache_free(kc);
     free(ref);
@@ -394,9 +383,9 @@ static void check_sample_generate(void)
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         gale_ids got = {0}, want = {0};
-        CHECK(sample_generate(m, prompt, 5, &cases[c], &got, NULL, NULL, NULL, &err) == 0, "%s", err.msg);
+        CHECK_MSG(sample_generate(m, prompt, 5, &cases[c], &got, NULL, NULL, NULL, &err) == 0, "%s", err.msg);
         generate_by_full_forward(m, prompt, 5, &cases[c], &want);
-        CHECK(got.n == want.n && !memcmp(got.v, want.v, sizeof(int32_t) * got.n),
+        CHECK_MSG(got.n == want.n && !memcmp(got.v, want.v, sizeof(int32_t) * got.n),
               "sample_generate case %zu: %zu tokens, the full forward's %zu, or different ids", c,
               got.n, want.n);
         printf("ok   sample_generate (temperature %g, seed %llu): %zu tokens, as the full forward "
@@ -433,10 +422,5 @@ int main(void)
 
     check_errors();
     check_sample_generate();
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("kv_cache: the incremental forward equals the full forward\n");
-    return 0;
+    return check_report("test_kv_cache");
 }

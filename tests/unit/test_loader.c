@@ -83,11 +83,7 @@ static long identify_and_check(const gale_batch *b, int i, gale_shard_kind kind)
         bad += b->inputs[at] != tok[t] || b->targets[at] != tok[t + 1] || b->segments[at] != seg[t];
         bad += b->loss_mask[at] != target_is_trained || b->positions[at] != position;
     }
-    if (bad) {
-        fprintf(stderr, "FAIL batch row %d (tag %d row %lld): %d fields differ from the shard\n", i, tag,
-                (long long)row, bad);
-        failures++;
-    }
+    CHECK_MSG(!bad, "batch row %d (tag %d row %lld): %d fields differ from the shard", i, tag, (long long)row, bad);
     return tag * 100000L + (long)row;
 }
 
@@ -163,10 +159,8 @@ static void test_epochs_over_ranks(const char *dir_a)
         int64_t n = (int64_t)R * B[R - 1] * steps;
         slots = R == 1 ? n : slots < n ? slots : n;
         for (int e = 0; e < 3; e++)
-            if (!is_permutation_of(streams[R - 1] + e * 123, 123, all_rows)) {
-                fprintf(stderr, "FAIL R=%d: epoch %d does not serve every row exactly once\n", R, e);
-                failures++;
-            }
+            CHECK_MSG(is_permutation_of(streams[R - 1] + e * 123, 123, all_rows),
+                      "R=%d: epoch %d does not serve every row exactly once", R, e);
     }
     /* the stream is the same whatever R, B and prefetch */
     for (int R = 2; R <= 3; R++)
@@ -201,9 +195,8 @@ static void test_mixing(const char *dir_a, const char *dir_b)
             a_rows[na++] = stream[g];
         double want = 0.25 * (double)(g + 1);
         if (fabs((double)from_b - want) > 1.0) {
-            fprintf(stderr, "FAIL mixing: after %lld slots %lld rows from B, want %.2f\n", (long long)g + 1,
+            FAIL("mixing: after %lld slots %lld rows from B, want %.2f", (long long)g + 1,
                     (long long)from_b, want);
-            failures++;
             break;
         }
     }
@@ -271,8 +264,7 @@ static void test_resume(const char *dir_a, const char *dir_b)
         CHECK(loader_next(l1, &b1, &err) == 1);
         CHECK(loader_next(l2, &b2, &err) == 1);
         if (!batches_equal(&b1, &b2)) {
-            fprintf(stderr, "FAIL resume: batch %d after the resume differs\n", k);
-            failures++;
+            FAIL("resume: batch %d after the resume differs", k);
             break;
         }
     }
@@ -475,10 +467,5 @@ int main(void)
     test_refusals(root, dir_a);
     fixture_remove_tree(root);
     free(dir_a), free(dir_b), free(root);
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("test_loader: all passed\n");
-    return 0;
+    return check_report("test_loader");
 }

@@ -184,10 +184,5 @@ int main(void)
     test_refusals(dir);
     fixture_remove_tree(dir);
     free(dir);
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("test_manifest: all passed\n");
-    return 0;
+    return check_report("test_manifest");
 }

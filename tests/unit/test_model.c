@@ -9,25 +9,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "model/model.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
 #include "util/file.h"
 
-static int failures;
-
 static void check(int ok, const char *fmt, const char *what, double value, double limit)
 {
-    if (!ok) {
-        fprintf(stderr, "FAIL ");
-        fprintf(stderr, fmt, what, value, limit);
-        fprintf(stderr, "\n");
-        failures++;
-    } else {
-        printf("ok   ");
-        printf(fmt, what, value, limit);
-        printf("\n");
-    }
+    char line[512];
+    snprintf(line, sizeof line, fmt, what, value, limit);
+    if (!ok)
+        FAIL("%s", line);
+    else
+        printf("ok   %s\n", line);
 }
 
 static struct model_config tiny_mixtral(void)
@@ -310,8 +305,7 @@ static void save_load_init(void)
     if (c)
         rc = model_load_hf(c, dir, &err);
     if (rc || !c) {
-        fprintf(stderr, "FAIL save/load: %s\n", err.msg);
-        failures++;
+        FAIL("save/load: %s", err.msg);
     } else {
         model_params_download(c, pb);
         check(memcmp(pa, pb, np * 4) == 0 && cfg2.sliding_window == cfg.sliding_window &&
@@ -369,7 +363,5 @@ int main(void)
     accumulation();
     save_load_init();
     bad_batches();
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    return failures ? 1 : 0;
+    return check_report("test_model");
 }

@@ -5,20 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model/config.h"
 #include "util/file.h"
-
-static int failures;
-
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static struct model_config load(const char *shared, const char *rel)
 {
@@ -27,8 +16,7 @@ static struct model_config load(const char *shared, const char *rel)
     struct model_config c;
     gale_error err;
     if (model_config_load(path, &c, &err)) {
-        fprintf(stderr, "FAIL %s: %s\n", rel, err.msg);
-        failures++;
+        FAIL("%s: %s", rel, err.msg);
         memset(&c, 0, sizeof c);
     }
     return c;
@@ -40,11 +28,10 @@ static void round_trip(const struct model_config *c, const char *name)
     struct model_config back;
     gale_error err;
     if (model_config_parse(json, name, &back, &err)) {
-        fprintf(stderr, "FAIL round trip of %s: %s\n", name, err.msg);
-        failures++;
+        FAIL("round trip of %s: %s", name, err.msg);
     } else {
         back.head_dim_explicit = c->head_dim_explicit;  /* always written as a number */
-        EXPECT(memcmp(&back, c, sizeof back) == 0, "round trip of %s changed the config", name);
+        CHECK_MSG(memcmp(&back, c, sizeof back) == 0, "round trip of %s changed the config", name);
     }
     free(json);
 }
@@ -52,32 +39,32 @@ static void round_trip(const struct model_config *c, const char *name)
 static void good_configs(const char *shared)
 {
     struct model_config c = load(shared, "golden/llama-tiny/config.json");
-    EXPECT(c.kind == MODEL_LLAMA && c.head_dim == 10 && c.head_dim_explicit && c.sliding_window == 0 &&
+    CHECK_MSG(c.kind == MODEL_LLAMA && c.head_dim == 10 && c.head_dim_explicit && c.sliding_window == 0 &&
                c.rope_theta == 10000 && c.num_kv_heads == 2 && c.rms_norm_eps == 1e-6,
            "llama-tiny fields");
     round_trip(&c, "llama-tiny");
     c = load(shared, "golden/mistral-tiny/config.json");
-    EXPECT(c.kind == MODEL_MISTRAL && c.sliding_window == 5 && c.head_dim == 8 && !c.head_dim_explicit &&
+    CHECK_MSG(c.kind == MODEL_MISTRAL && c.sliding_window == 5 && c.head_dim == 8 && !c.head_dim_explicit &&
                c.vocab_size == 101, "mistral-tiny fields");
     round_trip(&c, "mistral-tiny");
     c = load(shared, "golden/mixtral-tiny/config.json");
-    EXPECT(c.kind == MODEL_MIXTRAL && c.rope_theta == 1e6 && c.head_dim == 8 && c.sliding_window == 0 &&
+    CHECK_MSG(c.kind == MODEL_MIXTRAL && c.rope_theta == 1e6 && c.head_dim == 8 && c.sliding_window == 0 &&
                c.num_experts == 4 && c.num_experts_per_tok == 2 && c.router_aux_loss_coef == 0.02,
            "mixtral-tiny fields");
     round_trip(&c, "mixtral-tiny");
     c = load(shared, "hub-configs/mistral-7b-v0.1.json");
-    EXPECT(c.sliding_window == 4096 && c.head_dim == 128 && c.num_kv_heads == 8, "mistral 7b fields");
-    EXPECT(model_config_num_params(&c) == 7241732096LL, "Mistral 7B has %lld parameters, the hub 7241732096",
+    CHECK_MSG(c.sliding_window == 4096 && c.head_dim == 128 && c.num_kv_heads == 8, "mistral 7b fields");
+    CHECK_MSG(model_config_num_params(&c) == 7241732096LL, "Mistral 7B has %lld parameters, the hub 7241732096",
            model_config_num_params(&c));
     round_trip(&c, "mistral-7b");
     c = load(shared, "hub-configs/mixtral-8x7b-v0.1.json");
-    EXPECT(c.num_experts == 8 && c.num_experts_per_tok == 2 && c.rope_theta == 1e6 && c.sliding_window == 0,
+    CHECK_MSG(c.num_experts == 8 && c.num_experts_per_tok == 2 && c.rope_theta == 1e6 && c.sliding_window == 0,
            "mixtral 8x7b fields");
-    EXPECT(model_config_num_params(&c) == 46702792704LL,
+    CHECK_MSG(model_config_num_params(&c) == 46702792704LL,
            "Mixtral 8x7B has %lld parameters, the hub 46702792704", model_config_num_params(&c));
     round_trip(&c, "mixtral-8x7b");
     c = load(shared, "hub-configs/mistral-nemo-shape.json");
-    EXPECT(c.head_dim == 128 && c.head_dim_explicit && c.hidden_size == 5120 && c.num_heads == 32 &&
+    CHECK_MSG(c.head_dim == 128 && c.head_dim_explicit && c.hidden_size == 5120 && c.num_heads == 32 &&
                c.vocab_size == 131072 && c.sliding_window == 0, "mistral nemo fields (head_dim != hidden/heads)");
     round_trip(&c, "mistral-nemo");
 }
@@ -104,9 +91,9 @@ static void bad_configs(void)
         struct model_config c;
         int rc = model_config_parse(text, "bad.json", &c, &err);
         if (!cases[i].key)
-            EXPECT(rc == 0, "base config refused: %s", err.msg);
+            CHECK_MSG(rc == 0, "base config refused: %s", err.msg);
         else
-            EXPECT(rc != 0 && strstr(err.msg, "bad.json"), "case %zu accepted or unnamed", i);
+            CHECK_MSG(rc != 0 && strstr(err.msg, "bad.json"), "case %zu accepted or unnamed", i);
     }
     static const struct {
         const char *from, *to, *key;
@@ -136,31 +123,30 @@ static void bad_configs(void)
         snprintf(good, sizeof good, base, "");
         char *at = strstr(good, edits[i].from);
         if (!at) {
-            fprintf(stderr, "FAIL edit %zu: '%s' not in the base config\n", i, edits[i].from);
-            failures++;
+            FAIL("edit %zu: '%s' not in the base config", i, edits[i].from);
             continue;
         }
         snprintf(text, sizeof text, "%.*s%s%s", (int)(at - good), good, edits[i].to,
                  at + strlen(edits[i].from));
         struct model_config c;
         int rc = model_config_parse(text, "bad.json", &c, &err);
-        EXPECT(rc != 0, "edit %s -> %s accepted", edits[i].from, edits[i].to);
+        CHECK_MSG(rc != 0, "edit %s -> %s accepted", edits[i].from, edits[i].to);
         if (rc != 0)
-            EXPECT(strstr(err.msg, edits[i].key) && strstr(err.msg, "bad.json"),
+            CHECK_MSG(strstr(err.msg, edits[i].key) && strstr(err.msg, "bad.json"),
                    "message for %s does not name the key and file: %s", edits[i].key, err.msg);
     }
     struct model_config c;
-    EXPECT(model_config_parse("{\"model_type\": ", "trunc.json", &c, &err) != 0 &&
+    CHECK_MSG(model_config_parse("{\"model_type\": ", "trunc.json", &c, &err) != 0 &&
                strstr(err.msg, "trunc.json:1:"), "truncated JSON: %s", err.msg);
-    EXPECT(model_config_parse("[1, 2]", "arr.json", &c, &err) != 0 && strstr(err.msg, "arr.json"),
+    CHECK_MSG(model_config_parse("[1, 2]", "arr.json", &c, &err) != 0 && strstr(err.msg, "arr.json"),
            "a JSON array accepted");
-    EXPECT(model_config_load("/nonexistent/config.json", &c, &err) != 0 &&
+    CHECK_MSG(model_config_load("/nonexistent/config.json", &c, &err) != 0 &&
                strstr(err.msg, "/nonexistent/config.json"), "missing file: %s", err.msg);
     /* a mistral without the key gets transformers' default window */
     snprintf(text, sizeof text, base, "");
     char *w = strstr(text, ", \"sliding_window\": null");
     memmove(w, w + strlen(", \"sliding_window\": null"), strlen(w + strlen(", \"sliding_window\": null")) + 1);
-    EXPECT(model_config_parse(text, "nowindow.json", &c, &err) == 0 && c.sliding_window == 4096,
+    CHECK_MSG(model_config_parse(text, "nowindow.json", &c, &err) == 0 && c.sliding_window == 4096,
            "mistral without sliding_window: %d", c.sliding_window);
 }
 
@@ -173,9 +159,5 @@ int main(void)
     }
     good_configs(shared);
     bad_configs();
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    else
-        printf("all config checks passed\n");
-    return failures ? 1 : 0;
+    return check_report("test_model_config");
 }

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model/ops.h"
 #include "model/rng.h"
 #include "util/error.h"
 
-static int failures;
 static uint64_t counter;
 
 static void fill(float *x, size_t n, double scale)
@@ -39,8 +39,7 @@ static void expect_close(const char *what, const float *got, const double *want,
     }
     double rel = r > 0 ? sqrt(d / r) : sqrt(d);
     if (!(rel <= tol)) {
-        fprintf(stderr, "FAIL %s: relative error %.3e > %.1e\n", what, rel, tol);
-        failures++;
+        FAIL("%s: relative error %.3e > %.1e", what, rel, tol);
     } else {
         printf("ok   %-40s rel err %.2e\n", what, rel);
     }
@@ -374,10 +373,7 @@ static void test_router(const struct gale_ops *ops)
         }
         bad += fabs(sum - 1) > 1e-6;
     }
-    if (bad) {
-        fprintf(stderr, "FAIL router top-k: %d wrong choices or weights\n", bad);
-        failures++;
-    }
+    CHECK_MSG(!bad, "router top-k: %d wrong choices or weights", bad);
     float z = 0.05f;
     struct router_ctx c = {to_double(logits, n), to_double(gw, rows * k), to_double(cst, experts),
                            idx, rows, experts, k, z};
@@ -423,11 +419,8 @@ static void test_cross_entropy(const struct gale_ops *ops)
     long count = 0;
     double sum = ops->cross_entropy(x, t, rows, vocab, 0, &count);
     double want = ce_loss(&c);
-    if (count != 4 || fabs(sum - want) > 1e-6 * fabs(want)) {
-        fprintf(stderr, "FAIL cross-entropy: sum %.9g count %ld, want %.9g and 4\n", sum, count,
-                want);
-        failures++;
-    }
+    CHECK_MSG(count == 4 && fabs(sum - want) <= 1e-6 * fabs(want),
+              "cross-entropy: sum %.9g count %ld, want %.9g and 4", sum, count, want);
     ops->cross_entropy(x, t, rows, vocab, 0.25f, &count);
     double *g = finite_diff(ce_loss, &c, c.x, n);
     for (size_t i = 0; i < n; i++)
@@ -477,8 +470,7 @@ static void test_moe_routing(const struct gale_ops *ops)
         bad += fabs(dw[s] - d) > 1e-5;
     }
     if (bad) {
-        fprintf(stderr, "FAIL moe plan/gather/combine: %d mismatches\n", bad);
-        failures++;
+        FAIL("moe plan/gather/combine: %d mismatches", bad);
     } else {
         printf("ok   moe plan, gather, combine, scatter\n");
     }
@@ -576,7 +568,5 @@ int main(void)
     test_cross_entropy(ops);
     test_moe_routing(ops);
     test_adamw(ops);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    return failures ? 1 : 0;
+    return check_report("test_model_ops");
 }

@@ -12,20 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data/dedup.h"
 #include "data/normalize.h"
 #include "data/reader.h"
 #include "util/file.h"
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 #define MAX_BASE 1500
 #define N_EXACT 150
@@ -350,10 +341,5 @@ int main(int argc, char **argv)
     test_jaccard();
     test_planted();
     MPI_Finalize();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_prepare_dedup: all checks passed\n");
-    return 0;
+    return check_report("test_prepare_dedup");
 }

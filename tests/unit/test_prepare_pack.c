@@ -6,17 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data/pack.h"
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 static void test_concat(void)
 {
@@ -136,10 +127,5 @@ int main(void)
     test_concat();
     test_best_fit(0);
     test_best_fit(1);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_prepare_pack: all checks passed\n");
-    return 0;
+    return check_report("test_prepare_pack");
 }

@@ -16,22 +16,13 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "check.h"
 #include "data/chat.h"
 #include "data/manifest.h"
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 static char dir[] = "/tmp/gale-test-pipeline-XXXXXX";
 static char tokenizer_path[1024];
@@ -167,10 +158,7 @@ static void check_removed(const char *path)
             snprintf(got + k, sizeof got - (size_t)k, " -> %s:%lld",
                      strrchr(json_string_value(json_object_get(dup, "source")), '/') + 1,
                      (long long)json_integer_value(json_object_get(dup, "line")));
-        if (n < n_want && strcmp(got, want[n])) {
-            fprintf(stderr, "FAIL removed line %zu: got '%s', want '%s'\n", n + 1, got, want[n]);
-            failures++;
-        }
+        CHECK_MSG(n >= n_want || !strcmp(got, want[n]), "removed line %zu: got '%s', want '%s'", n + 1, got, want[n]);
         n++;
         json_decref(o);
     }
@@ -298,10 +286,7 @@ static void test_pretrain(const gale_tokenizer *tok)
     qsort(sorted_kept, 5, sizeof *sorted_kept, cmp_str);
     qsort(decoded, n, sizeof *decoded, cmp_str);
     for (size_t i = 0; i < n && n == 5; i++)
-        if (strcmp(decoded[i], sorted_kept[i])) {
-            fprintf(stderr, "FAIL decoded '%s' != kept '%s'\n", decoded[i], sorted_kept[i]);
-            failures++;
-        }
+        CHECK_MSG(!strcmp(decoded[i], sorted_kept[i]), "decoded '%s' != kept '%s'", decoded[i], sorted_kept[i]);
     for (size_t i = 0; i < n; i++)
         free(decoded[i]);
 
@@ -428,10 +413,5 @@ int main(int argc, char **argv)
     }
     gale_remove_tree(dir, NULL);
     MPI_Finalize();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_prepare_pipeline: all checks passed\n");
-    return 0;
+    return check_report("test_prepare_pipeline");
 }

@@ -11,20 +11,11 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "check.h"
 #include "data/normalize.h"
 #include "data/prepare_config.h"
 #include "data/reader.h"
 #include "util/file.h"
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 #define N_LINES 20000
 
@@ -280,10 +271,9 @@ static void test_ranges(void)
         CHECK(got == n_whole);
         for (int i = 0; i < got && got == n_whole; i++)
             if (part[i].line != whole[i].line || strcmp(part[i].text, whole[i].text)) {
-                fprintf(stderr, "FAIL trial %d record %d: line %llu '%s' vs %llu '%s'\n", trial, i,
+                FAIL("trial %d record %d: line %llu '%s' vs %llu '%s'", trial, i,
                         (unsigned long long)part[i].line, part[i].text, (unsigned long long)whole[i].line,
                         whole[i].text);
-                failures++;
                 break;
             }
     }
@@ -380,10 +370,7 @@ static void test_config(void)
         prepare_config_init(&b);
         int rc = prepare_config_parse_yaml(&b, bad[i].yaml, strlen(bad[i].yaml), "bad.yaml", &err);
         CHECK(rc < 0);
-        if (rc < 0 && !strstr(err.msg, bad[i].expect)) {
-            fprintf(stderr, "FAIL: expected '%s' in '%s'\n", bad[i].expect, err.msg);
-            failures++;
-        }
+        CHECK_MSG(rc >= 0 || strstr(err.msg, bad[i].expect), "expected '%s' in '%s'", bad[i].expect, err.msg);
         prepare_config_free(&b);
     }
     prepare_config_free(&c);
@@ -403,10 +390,5 @@ int main(void)
     test_normalize();
     test_config();
     gale_remove_tree(dir, NULL);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_prepare_reader: all checks passed\n");
-    return 0;
+    return check_report("test_prepare_reader");
 }

@@ -4,17 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "train/run_config.h"
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 static const char good[] = "model:\n"
                            "  config: configs/models/mixtral-tiny.json\n"
@@ -48,15 +39,12 @@ static void expect_error(const char *text, const char *override, const char *nee
     char *ov[1] = {(char *)override};
     gale_run_config *c = run_config_parse(text, strlen(text), "run.yaml", ov, override ? 1 : 0, &err);
     if (c) {
-        fprintf(stderr, "FAIL accepted: %s / %s\n", text, override ? override : "");
-        failures++;
+        FAIL("accepted: %s / %s", text, override ? override : "");
         run_config_free(c);
         return;
     }
-    if (!strstr(err.msg, needle1) || (needle2 && !strstr(err.msg, needle2))) {
-        fprintf(stderr, "FAIL message '%s' lacks '%s' / '%s'\n", err.msg, needle1, needle2 ? needle2 : "");
-        failures++;
-    }
+    CHECK_MSG(strstr(err.msg, needle1) && (!needle2 || strstr(err.msg, needle2)),
+              "message '%s' lacks '%s' / '%s'", err.msg, needle1, needle2 ? needle2 : "");
 }
 
 /* good with line `line` (1-based) replaced */
@@ -131,8 +119,7 @@ int main(void)
                                      "run:\n  steps: 1\n  dir: r\n";
     c = run_config_parse(unweighted, strlen(unweighted), "run.yaml", NULL, 0, &err);
     if (!c) {
-        fprintf(stderr, "FAIL unweighted sources refused: %s\n", err.msg);
-        failures++;
+        FAIL("unweighted sources refused: %s", err.msg);
     } else {
         CHECK(c->data.n_sources == 2 && c->data.sources[0].weight == 0 && c->data.sources[1].weight == 0);
         run_config_free(c);
@@ -140,8 +127,5 @@ int main(void)
     expect_error("", NULL, "run.yaml", NULL);
     expect_error("- 1\n- 2\n", NULL, "run.yaml:1", "mapping of sections");
 
-    if (failures)
-        return 1;
-    printf("run_config: all checks pass\n");
-    return 0;
+    return check_report("test_run_config");
 }

@@ -6,20 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model/safetensors.h"
 #include "util/file.h"
-
-static int failures;
-
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static char dir[] = "/tmp/gale-test-st-XXXXXX";
 
@@ -36,34 +25,34 @@ static void round_trip(void)
     const char *meta[] = {"producer", "gale"};
     gale_error err;
     char *path = gale_path_join(dir, "rt.safetensors");
-    EXPECT(safetensors_write(path, e, 4, meta, 1, &err) == 0, "write: %s", err.msg);
+    CHECK_MSG(safetensors_write(path, e, 4, meta, 1, &err) == 0, "write: %s", err.msg);
     size_t len;
     char *raw = gale_read_file(path, &len, &err);
     uint64_t hlen = 0;
     memcpy(&hlen, raw, 8);
-    EXPECT(hlen % 8 == 0 && strstr(raw + 8, "\"format\":\"pt\"") && strstr(raw + 8, "\"producer\":\"gale\""),
+    CHECK_MSG(hlen % 8 == 0 && strstr(raw + 8, "\"format\":\"pt\"") && strstr(raw + 8, "\"producer\":\"gale\""),
            "header not padded or metadata missing");
-    EXPECT(len == 8 + hlen + sizeof a + sizeof b + sizeof c, "file size %zu", len);
+    CHECK_MSG(len == 8 + hlen + sizeof a + sizeof b + sizeof c, "file size %zu", len);
     free(raw);
     struct safetensors_set set;
-    EXPECT(safetensors_open(path, &set, &err) == 0, "open: %s", err.msg);
+    CHECK_MSG(safetensors_open(path, &set, &err) == 0, "open: %s", err.msg);
     const struct safetensors_tensor *ta = safetensors_find(&set, "a.weight");
     const struct safetensors_tensor *tb = safetensors_find(&set, "b");
     const struct safetensors_tensor *tc = safetensors_find(&set, "c");
-    EXPECT(set.n == 4 && ta && tb && tc && safetensors_find(&set, "empty")->numel == 0, "tensors");
+    CHECK_MSG(set.n == 4 && ta && tb && tc && safetensors_find(&set, "empty")->numel == 0, "tensors");
     float ra[6];
     double rb[3];
     int64_t rc[2];
-    EXPECT(ta->ndim == 2 && ta->shape[0] == 2 && ta->shape[1] == 3 && ta->dtype == ST_F32, "shape of a");
+    CHECK_MSG(ta->ndim == 2 && ta->shape[0] == 2 && ta->shape[1] == 3 && ta->dtype == ST_F32, "shape of a");
     safetensors_read_f32(ta, ra, &err);
     safetensors_read_f64(tb, rb, &err);
     safetensors_read_i64(tc, rc, &err);
-    EXPECT(!memcmp(ra, a, sizeof a) && !memcmp(rb, b, sizeof b) && !memcmp(rc, c, sizeof c), "values");
-    EXPECT(safetensors_read_f32(tc, ra, &err) != 0 && strstr(err.msg, "\"c\""), "I64 read as float");
+    CHECK_MSG(!memcmp(ra, a, sizeof a) && !memcmp(rb, b, sizeof b) && !memcmp(rc, c, sizeof c), "values");
+    CHECK_MSG(safetensors_read_f32(tc, ra, &err) != 0 && strstr(err.msg, "\"c\""), "I64 read as float");
     safetensors_close(&set);
     /* a tensor named twice is refused at write time */
     struct safetensors_entry twice[] = {{"x", ST_F32, 1, sb, a}, {"x", ST_F32, 1, sb, a}};
-    EXPECT(safetensors_write(path, twice, 2, NULL, 0, &err) != 0 && strstr(err.msg, "\"x\""), "twice");
+    CHECK_MSG(safetensors_write(path, twice, 2, NULL, 0, &err) != 0 && strstr(err.msg, "\"x\""), "twice");
     free(path);
 }
 
@@ -95,12 +84,12 @@ static void conversions(void)
                          data, sizeof data, &len);
     struct safetensors_set set;
     gale_error err;
-    EXPECT(safetensors_parse(buf, len, "conv", &set, &err) == 0, "parse: %s", err.msg);
+    CHECK_MSG(safetensors_parse(buf, len, "conv", &set, &err) == 0, "parse: %s", err.msg);
     float b[4], h[5];
     safetensors_read_f32(safetensors_find(&set, "b"), b, &err);
     safetensors_read_f32(safetensors_find(&set, "h"), h, &err);
-    EXPECT(b[0] == 1 && b[1] == -3 && b[2] == 0 && isinf(b[3]), "bf16 values %g %g %g %g", b[0], b[1], b[2], b[3]);
-    EXPECT(h[0] == 1 && h[1] == -2 && h[2] == ldexpf(1, -24) && h[3] == 65504 && h[4] == 0.333251953125f,
+    CHECK_MSG(b[0] == 1 && b[1] == -3 && b[2] == 0 && isinf(b[3]), "bf16 values %g %g %g %g", b[0], b[1], b[2], b[3]);
+    CHECK_MSG(h[0] == 1 && h[1] == -2 && h[2] == ldexpf(1, -24) && h[3] == 65504 && h[4] == 0.333251953125f,
            "f16 values %g %g %g %g %g", h[0], h[1], h[2], h[3], h[4]);
     safetensors_close(&set);
     free(buf);
@@ -135,9 +124,9 @@ static void hostile(void)
         uint8_t *buf = image(cases[i].header, zeros, cases[i].data_len, &len);
         struct safetensors_set set;
         int rc = safetensors_parse(buf, len, "hostile.safetensors", &set, &err);
-        EXPECT(rc != 0, "case %zu (%s) accepted", i, cases[i].why);
+        CHECK_MSG(rc != 0, "case %zu (%s) accepted", i, cases[i].why);
         if (rc != 0)
-            EXPECT(strstr(err.msg, cases[i].why) && strstr(err.msg, "hostile.safetensors"),
+            CHECK_MSG(strstr(err.msg, cases[i].why) && strstr(err.msg, "hostile.safetensors"),
                    "case %zu: message '%s' lacks '%s'", i, err.msg, cases[i].why);
         else
             safetensors_close(&set);
@@ -146,9 +135,9 @@ static void hostile(void)
     /* header length larger than the file, and a file shorter than 8 bytes */
     uint8_t huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}'};
     struct safetensors_set set;
-    EXPECT(safetensors_parse(huge, sizeof huge, "huge", &set, &err) != 0 && strstr(err.msg, "header length"),
+    CHECK_MSG(safetensors_parse(huge, sizeof huge, "huge", &set, &err) != 0 && strstr(err.msg, "header length"),
            "huge header length: %s", err.msg);
-    EXPECT(safetensors_parse(huge, 5, "short", &set, &err) != 0 && strstr(err.msg, "too short"), "short file");
+    CHECK_MSG(safetensors_parse(huge, 5, "short", &set, &err) != 0 && strstr(err.msg, "too short"), "short file");
     /* truncating a good file anywhere is an error, never a crash */
     char *path = gale_path_join(dir, "rt.safetensors");
     size_t len;
@@ -159,7 +148,7 @@ static void hostile(void)
             accepted++;
             safetensors_close(&set);
         }
-    EXPECT(accepted == 0, "%d truncations of a %zu-byte file accepted", accepted, len);
+    CHECK_MSG(accepted == 0, "%d truncations of a %zu-byte file accepted", accepted, len);
     free(raw);
     free(path);
 }
@@ -168,10 +157,7 @@ static void write_text(const char *name, const char *text)
 {
     gale_error err;
     char *p = gale_path_join(dir, name);
-    if (gale_write_file_atomic(p, text, strlen(text), &err)) {
-        fprintf(stderr, "FAIL %s\n", err.msg);
-        failures++;
-    }
+    CHECK_MSG(gale_write_file_atomic(p, text, strlen(text), &err) == 0, "%s", err.msg);
     free(p);
 }
 
@@ -191,28 +177,28 @@ static void sharded(void)
                "{\"metadata\": {}, \"weight_map\": {\"x\": \"model-00001-of-00002.safetensors\", "
                "\"y\": \"model-00002-of-00002.safetensors\"}}");
     struct safetensors_set set;
-    EXPECT(safetensors_open_dir(sub, &set, &err) == 0, "sharded open: %s", err.msg);
+    CHECK_MSG(safetensors_open_dir(sub, &set, &err) == 0, "sharded open: %s", err.msg);
     float got[3];
     if (set.n == 2) {
         safetensors_read_f32(safetensors_find(&set, "y"), got, &err);
-        EXPECT(got[2] == 5 && set.nfiles == 2, "sharded values");
+        CHECK_MSG(got[2] == 5 && set.nfiles == 2, "sharded values");
         safetensors_close(&set);
     }
     write_text("sharded/model.safetensors.index.json",
                "{\"weight_map\": {\"x\": \"model-00001-of-00002.safetensors\", \"y\": \"missing.safetensors\"}}");
-    EXPECT(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "missing.safetensors"),
+    CHECK_MSG(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "missing.safetensors"),
            "missing shard: %s", err.msg);
     write_text("sharded/model.safetensors.index.json",
                "{\"weight_map\": {\"x\": \"model-00002-of-00002.safetensors\", \"y\": \"model-00002-of-00002.safetensors\"}}");
-    EXPECT(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "\"x\""), "misplaced tensor: %s", err.msg);
+    CHECK_MSG(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "\"x\""), "misplaced tensor: %s", err.msg);
     write_text("sharded/model.safetensors.index.json", "{\"weight_map\": {\"x\": \"../rt.safetensors\"}}");
-    EXPECT(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "not a file name"), "escape: %s", err.msg);
+    CHECK_MSG(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "not a file name"), "escape: %s", err.msg);
     /* the same tensor in two shards */
     safetensors_write(p2, &a, 1, NULL, 0, &err);
     write_text("sharded/model.safetensors.index.json",
                "{\"weight_map\": {\"x\": \"model-00001-of-00002.safetensors\", \"z\": \"model-00002-of-00002.safetensors\"}}");
-    EXPECT(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "also in"), "duplicate: %s", err.msg);
-    EXPECT(safetensors_open_dir("/nonexistent", &set, &err) != 0 && strstr(err.msg, "/nonexistent"),
+    CHECK_MSG(safetensors_open_dir(sub, &set, &err) != 0 && strstr(err.msg, "also in"), "duplicate: %s", err.msg);
+    CHECK_MSG(safetensors_open_dir("/nonexistent", &set, &err) != 0 && strstr(err.msg, "/nonexistent"),
            "empty folder");
     free(p1), free(p2), free(sub);
 }
@@ -229,9 +215,5 @@ int main(void)
     sharded();
     gale_error err;
     gale_remove_tree(dir, &err);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    else
-        printf("all safetensors checks passed\n");
-    return failures ? 1 : 0;
+    return check_report("test_safetensors");
 }

@@ -4,17 +4,13 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "check.h"
 #include "train/sample.h"
-
-static int failures;
 
 static void expect_pick(const float *logits, int vocab, double temp, double top_p, double u, int want)
 {
     int got = sample_pick(logits, vocab, temp, top_p, u);
-    if (got != want) {
-        fprintf(stderr, "FAIL temperature %g top_p %g u %g: picked %d, want %d\n", temp, top_p, u, got, want);
-        failures++;
-    }
+    CHECK_MSG(got == want, "temperature %g top_p %g u %g: picked %d, want %d", temp, top_p, u, got, want);
 }
 
 int main(void)
@@ -43,8 +39,5 @@ int main(void)
     float flat[3] = {1, 1, 1};
     expect_pick(flat, 3, 0, 1, 0.5, 0);
     expect_pick(flat, 3, 1, 1, 0.5, 1);
-    if (failures)
-        return 1;
-    printf("sample: every draw matches\n");
-    return 0;
+    return check_report("test_sample");
 }

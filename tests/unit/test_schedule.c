@@ -3,17 +3,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "optim/schedule.h"
-
-static int failures;
 
 static void expect_lr(const gale_schedule *s, long step, double want)
 {
     double got = schedule_lr(s, step);
-    if (fabs(got - want) > 1e-15 * fmax(1.0, fabs(want))) {
-        fprintf(stderr, "FAIL %s step %ld: lr %.17g, want %.17g\n", schedule_kind_name(s->kind), step, got, want);
-        failures++;
-    }
+    CHECK_MSG(fabs(got - want) <= 1e-15 * fmax(1.0, fabs(want)), "%s step %ld: lr %.17g, want %.17g",
+              schedule_kind_name(s->kind), step, got, want);
 }
 
 int main(void)
@@ -61,25 +58,18 @@ int main(void)
     expect_lr(&all_warmup, 5, 0);
 
     gale_schedule_kind kind;
-    if (schedule_kind_parse("wsd", &kind) || kind != GALE_SCHEDULE_WSD || schedule_kind_parse("step", &kind) != -1) {
-        fprintf(stderr, "FAIL schedule_kind_parse\n");
-        failures++;
-    }
+    CHECK_MSG(!schedule_kind_parse("wsd", &kind) && kind == GALE_SCHEDULE_WSD &&
+                  schedule_kind_parse("step", &kind) == -1,
+              "schedule_kind_parse");
     gale_schedule bad_warmup = {GALE_SCHEDULE_COSINE, 1e-3, 0, 200, 100, 0};
     gale_schedule bad_floor = {GALE_SCHEDULE_COSINE, 1e-3, 2e-3, 0, 100, 0};
     gale_schedule bad_decay = {GALE_SCHEDULE_WSD, 1e-3, 0, 10, 100, 95};
-    if (schedule_validate(&cosine, &err) || schedule_validate(&wsd, &err)) {
-        fprintf(stderr, "FAIL valid schedule refused: %s\n", err.msg);
-        failures++;
-    }
+    CHECK_MSG(!schedule_validate(&cosine, &err) && !schedule_validate(&wsd, &err),
+              "valid schedule refused: %s", err.msg);
     if (schedule_validate(&bad_warmup, &err) != -1 || !strstr(err.msg, "optim.warmup") ||
         schedule_validate(&bad_floor, &err) != -1 || !strstr(err.msg, "optim.min_lr") ||
         schedule_validate(&bad_decay, &err) != -1 || !strstr(err.msg, "optim.decay")) {
-        fprintf(stderr, "FAIL invalid schedule accepted or message without the key\n");
-        failures++;
+        FAIL("invalid schedule accepted or message without the key");
     }
-    if (failures)
-        return 1;
-    printf("schedule: all values match\n");
-    return 0;
+    return check_report("test_schedule");
 }

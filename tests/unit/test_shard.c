@@ -285,10 +285,7 @@ static void test_zstd_frames(const char *dir)
         d = H5Dopen2(f, "x", H5P_DEFAULT);
         memset(back, 0, sizeof back);
         herr_t rc = H5Dread(d, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, back);
-        if (rc < 0 || memcmp(back, data, sizeof data) != 0) {
-            fprintf(stderr, "FAIL zstd filter: %s not decoded\n", cases[c].name);
-            failures++;
-        }
+        CHECK_MSG(rc >= 0 && memcmp(back, data, sizeof data) == 0, "zstd filter: %s not decoded", cases[c].name);
         H5Dclose(d), H5Fclose(f);
     }
 
@@ -367,10 +364,5 @@ int main(void)
     test_full_disk(dir);
     fixture_remove_tree(dir);
     free(dir);
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("test_shard: all passed\n");
-    return 0;
+    return check_report("test_shard");
 }

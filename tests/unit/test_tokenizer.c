@@ -10,21 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
 #include "util/hash.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            failures++;                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
 
 /* xorshift64*: the tests' own deterministic random numbers. */
 static uint64_t rng_next(uint64_t *s)
@@ -66,20 +55,20 @@ static int ids_equal(const gale_ids *a, const int32_t *b, size_t n)
 
 static void test_known(const gale_tokenizer *v1, const gale_tokenizer *v3)
 {
-    CHECK(tokenizer_vocab_size(v1) == 32000, "v1 vocab %d", tokenizer_vocab_size(v1));
-    CHECK(tokenizer_vocab_size(v3) == 32768, "v3 vocab %d", tokenizer_vocab_size(v3));
-    CHECK(tokenizer_bos_id(v1) == 1 && tokenizer_eos_id(v1) == 2 && tokenizer_unk_id(v1) == 0, "v1 specials");
-    CHECK(tokenizer_bos_id(v3) == 1 && tokenizer_eos_id(v3) == 2 && tokenizer_unk_id(v3) == 0, "v3 specials");
-    CHECK(tokenizer_piece_id(v3, "[INST]") == 3 && tokenizer_piece_id(v3, "[/INST]") == 4, "v3 [INST]");
-    CHECK(tokenizer_piece_id(v1, "[INST]") == -1, "v1 has no [INST]");
-    CHECK(tokenizer_piece_id(v1, "<0x0A>") == 13, "v1 <0x0A> is %d", tokenizer_piece_id(v1, "<0x0A>"));
-    CHECK(!strcmp(tokenizer_id_piece(v1, 1), "<s>"), "id 1 is <s>");
-    CHECK(!tokenizer_id_piece(v1, -1) && !tokenizer_id_piece(v1, 32000), "out of range pieces");
+    CHECK_MSG(tokenizer_vocab_size(v1) == 32000, "v1 vocab %d", tokenizer_vocab_size(v1));
+    CHECK_MSG(tokenizer_vocab_size(v3) == 32768, "v3 vocab %d", tokenizer_vocab_size(v3));
+    CHECK_MSG(tokenizer_bos_id(v1) == 1 && tokenizer_eos_id(v1) == 2 && tokenizer_unk_id(v1) == 0, "v1 specials");
+    CHECK_MSG(tokenizer_bos_id(v3) == 1 && tokenizer_eos_id(v3) == 2 && tokenizer_unk_id(v3) == 0, "v3 specials");
+    CHECK_MSG(tokenizer_piece_id(v3, "[INST]") == 3 && tokenizer_piece_id(v3, "[/INST]") == 4, "v3 [INST]");
+    CHECK_MSG(tokenizer_piece_id(v1, "[INST]") == -1, "v1 has no [INST]");
+    CHECK_MSG(tokenizer_piece_id(v1, "<0x0A>") == 13, "v1 <0x0A> is %d", tokenizer_piece_id(v1, "<0x0A>"));
+    CHECK_MSG(!strcmp(tokenizer_id_piece(v1, 1), "<s>"), "id 1 is <s>");
+    CHECK_MSG(!tokenizer_id_piece(v1, -1) && !tokenizer_id_piece(v1, 32000), "out of range pieces");
 
     char hex[65];
     gale_error err;
     char *path = shared_path("mistral-v1.model");
-    CHECK(gale_sha256_file_hex(path, hex, &err) == 0 && !strcmp(hex, tokenizer_sha256(v1)), "sha256");
+    CHECK_MSG(gale_sha256_file_hex(path, hex, &err) == 0 && !strcmp(hex, tokenizer_sha256(v1)), "sha256");
     free(path);
 
     /* ids from spm_encode 0.1.97 */
@@ -89,19 +78,19 @@ static void test_known(const gale_tokenizer *v1, const gale_tokenizer *v3)
     static const int32_t space[] = {1027};
     gale_ids ids = {0};
     tokenizer_encode(v1, "Hello world", 11, &ids);
-    CHECK(ids_equal(&ids, hello, 2), "v1 'Hello world'");
+    CHECK_MSG(ids_equal(&ids, hello, 2), "v1 'Hello world'");
     ids.n = 0;
     tokenizer_encode(v3, "[INST] hi", 9, &ids);
-    CHECK(ids_equal(&ids, inst_text, 4), "v3 '[INST] hi'");
+    CHECK_MSG(ids_equal(&ids, inst_text, 4), "v3 '[INST] hi'");
     ids.n = 0;
     tokenizer_encode(v3, "[REFERENCE_DOC_3]", 17, &ids);
-    CHECK(ids_equal(&ids, ref_doc, 2), "v3 user-defined piece");
+    CHECK_MSG(ids_equal(&ids, ref_doc, 2), "v3 user-defined piece");
     ids.n = 0;
     tokenizer_encode(v3, " ", 1, &ids);
-    CHECK(ids_equal(&ids, space, 1), "v3 ' '");
+    CHECK_MSG(ids_equal(&ids, space, 1), "v3 ' '");
     ids.n = 0;
     tokenizer_encode(v3, "", 0, &ids);
-    CHECK(ids.n == 0, "empty text gives no ids");
+    CHECK_MSG(ids.n == 0, "empty text gives no ids");
 
     /* decode(encode(text)) is text for valid UTF-8 */
     static const char *texts[] = {"Hello world", "  two leading spaces", "trailing  ", "日本語 😀 e\xCC\x81",
@@ -113,14 +102,14 @@ static void test_known(const gale_tokenizer *v1, const gale_tokenizer *v3)
         tokenizer_decode(v3, ids.v, ids.n, &text);
         /* sentencepiece decodes a literal U+2581 as a space */
         const char *want = i == 5 ? " literal" : texts[i];
-        CHECK(text.n == strlen(want) && !memcmp(text.v, want, text.n), "round trip of '%s'", texts[i]);
+        CHECK_MSG(text.n == strlen(want) && !memcmp(text.v, want, text.n), "round trip of '%s'", texts[i]);
         gale_bytes_free(&text);
     }
     /* an id outside the vocabulary decodes as the unknown surface */
     int32_t bad[] = {-1, 99999};
     gale_bytes text = {0};
     tokenizer_decode(v1, bad, 2, &text);
-    CHECK(text.n == 10 && !memcmp(text.v, " \xE2\x81\x87  \xE2\x81\x87 ", 10), "bad ids decode as unk");
+    CHECK_MSG(text.n == 10 && !memcmp(text.v, " \xE2\x81\x87  \xE2\x81\x87 ", 10), "bad ids decode as unk");
     gale_bytes_free(&text);
     gale_ids_free(&ids);
 }
@@ -168,7 +157,7 @@ static void test_streaming(const gale_tokenizer *tok)
         if (!ids_equal(&cached, whole.v, whole.n) || !ids_equal(&streamed, whole.v, whole.n))
             bad++;
     }
-    CHECK(bad == 0, "%d of 3000 texts encode differently streamed or cached", bad);
+    CHECK_MSG(bad == 0, "%d of 3000 texts encode differently streamed or cached", bad);
     tokenizer_encoder_free(enc);
     gale_ids_free(&whole);
     gale_ids_free(&cached);
@@ -214,7 +203,7 @@ static void test_threads(const gale_tokenizer *tok)
         pthread_create(&th[i], NULL, encode_job, &jobs[i]);
     for (int i = 0; i < 2; i++) {
         pthread_join(th[i], NULL);
-        CHECK(ids_equal(&jobs[i].out, want.v, want.n), "thread %d ids differ", i);
+        CHECK_MSG(ids_equal(&jobs[i].out, want.v, want.n), "thread %d ids differ", i);
         gale_ids_free(&jobs[i].out);
     }
     gale_ids_free(&want);
@@ -229,13 +218,13 @@ static void expect_refused(const void *data, size_t len, const char *what, const
     gale_error err;
     err.msg[0] = 0;
     gale_tokenizer *tok = tokenizer_load_bytes(data, len, "bad.model", &err);
-    CHECK(!tok, "%s: loaded", what);
+    CHECK_MSG(!tok, "%s: loaded", what);
     if (tok) {
         tokenizer_free(tok);
         return;
     }
-    CHECK(strstr(err.msg, "bad.model") != NULL, "%s: message does not name the file: %s", what, err.msg);
-    CHECK(!must_say || strstr(err.msg, must_say), "%s: message lacks '%s': %s", what, must_say, err.msg);
+    CHECK_MSG(strstr(err.msg, "bad.model") != NULL, "%s: message does not name the file: %s", what, err.msg);
+    CHECK_MSG(!must_say || strstr(err.msg, must_say), "%s: message lacks '%s': %s", what, must_say, err.msg);
 }
 
 /* A tiny protobuf writer for hand-made models. */
@@ -312,14 +301,14 @@ static void test_hand_made_models(void)
     tiny_model_bytes(&ok, &b);
     gale_error err;
     gale_tokenizer *tok = tokenizer_load_bytes(b.v, b.n, "tiny.model", &err);
-    CHECK(tok != NULL, "tiny model: %s", tok ? "" : err.msg);
+    CHECK_MSG(tok != NULL, "tiny model: %s", tok ? "" : err.msg);
     if (tok) {
         /* " abc" -> "▁▁abc": ab (score -3) merges before ▁a (-4), then ▁ab (-5); "c" has no
          * piece, so byte fallback gives <0x63> */
         gale_ids ids = {0};
         tokenizer_encode(tok, " abc", 4, &ids);
         int32_t want[] = {259, 264, 3 + 0x63};
-        CHECK(ids_equal(&ids, want, 3), "tiny model ' abc' -> %zu ids", ids.n);
+        CHECK_MSG(ids_equal(&ids, want, 3), "tiny model ' abc' -> %zu ids", ids.n);
         gale_ids_free(&ids);
         tokenizer_free(tok);
     }
@@ -338,7 +327,7 @@ static void test_hand_made_models(void)
         tiny_model_bytes(&bad[i].m, &b);
         if (!bad[i].says) {
             tok = tokenizer_load_bytes(b.v, b.n, "tiny.model", &err);
-            CHECK(tok != NULL, "%s: %s", bad[i].what, tok ? "" : err.msg);
+            CHECK_MSG(tok != NULL, "%s: %s", bad[i].what, tok ? "" : err.msg);
             tokenizer_free(tok);
         } else {
             expect_refused(b.v, b.n, bad[i].what, bad[i].says);
@@ -372,7 +361,7 @@ static void test_bad_files(void)
     expect_refused("\x1f\x8b\x08\x00\x00\x00\x00\x00", 8, "gzip header", NULL);
 
     gale_error err;
-    CHECK(!tokenizer_load("/nonexistent/x.model", &err) && strstr(err.msg, "/nonexistent/x.model"),
+    CHECK_MSG(!tokenizer_load("/nonexistent/x.model", &err) && strstr(err.msg, "/nonexistent/x.model"),
           "missing file: %s", err.msg);
 
     char *path = shared_path("mistral-v1.model");
@@ -380,7 +369,7 @@ static void test_bad_files(void)
     char *model = gale_read_file(path, &len, &err);
     free(path);
     if (!model) {
-        CHECK(0, "%s", err.msg);
+        CHECK_MSG(0, "%s", err.msg);
         return;
     }
     /* truncated: every offset of the first 600 bytes, the last 300, and 300 random ones */
@@ -393,10 +382,10 @@ static void test_bad_files(void)
             truncated_loaded++;
             tokenizer_free(tok);
         } else {
-            CHECK(strstr(err.msg, "bad.model") != NULL, "truncated at %zu: %s", at, err.msg);
+            CHECK_MSG(strstr(err.msg, "bad.model") != NULL, "truncated at %zu: %s", at, err.msg);
         }
     }
-    CHECK(truncated_loaded == 0, "%d truncated models loaded", truncated_loaded);
+    CHECK_MSG(truncated_loaded == 0, "%d truncated models loaded", truncated_loaded);
 
     /* random bytes */
     uint8_t junk[4096];
@@ -424,7 +413,7 @@ static void test_bad_files(void)
             gale_bytes_free(&text);
             tokenizer_free(tok);
         } else {
-            CHECK(strstr(err.msg, "flipped.model") != NULL, "bit flips: %s", err.msg);
+            CHECK_MSG(strstr(err.msg, "flipped.model") != NULL, "bit flips: %s", err.msg);
         }
     }
     free(copy);
@@ -443,10 +432,5 @@ int main(void)
     test_bad_files();
     tokenizer_free(v1);
     tokenizer_free(v3);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("tokenizer: all checks passed\n");
-    return 0;
+    return check_report("test_tokenizer");
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "data/manifest.h"
 #include "data/shard.h"
 #include "train/checkpoint.h"
@@ -28,16 +29,6 @@
 
 #define SEQ_LEN 16
 #define VOCAB 32000
-
-static int failures;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 static void die(const char *what, const gale_error *err)
 {
@@ -227,14 +218,9 @@ int main(int argc, char **argv)
     CHECK(read_losses(whole, w, 8, &eval_w, NULL) == 8);
     CHECK(eval_a == 2 && eval_c == 2);
     for (int s = 0; s < 8; s++) {
-        if (a[s] != b[s]) {
-            fprintf(stderr, "FAIL resume: step %d loss %.17g straight, %.17g resumed\n", s + 1, a[s], b[s]);
-            failures++;
-        }
-        if (fabs(w[s] - c[s]) > 1e-5 * fabs(w[s])) {
-            fprintf(stderr, "FAIL accumulation: step %d loss %.9g with 1x4 rows, %.9g with 2x2\n", s + 1, w[s], c[s]);
-            failures++;
-        }
+        CHECK_MSG(a[s] == b[s], "resume: step %d loss %.17g straight, %.17g resumed", s + 1, a[s], b[s]);
+        CHECK_MSG(fabs(w[s] - c[s]) <= 1e-5 * fabs(w[s]),
+                  "accumulation: step %d loss %.9g with 1x4 rows, %.9g with 2x2", s + 1, w[s], c[s]);
     }
     printf("losses: first %.4f last %.4f\n", a[0], a[7]);
     CHECK(a[7] < a[0] - 1.0); /* it learns */
@@ -244,10 +230,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 4; i++) {
         char *x = join3(straight, "checkpoints/step_00000008", files[i]);
         char *y = join3(resumed, "checkpoints/step_00000008", files[i]);
-        if (!files_equal(x, y)) {
-            fprintf(stderr, "FAIL %s differs between the straight and resumed runs\n", files[i]);
-            failures++;
-        }
+        CHECK_MSG(files_equal(x, y), "%s differs between the straight and resumed runs", files[i]);
         free(x);
         free(y);
     }
@@ -290,8 +273,5 @@ int main(int argc, char **argv)
     free(accum);
     free(whole);
     MPI_Finalize();
-    if (failures)
-        return 1;
-    printf("trainer: resume exact, accumulation equivalent, checkpoints as designed\n");
-    return 0;
+    return check_report("test_trainer");
 }
