@@ -172,6 +172,31 @@ static int reader_failed(const line_reader *r)
     return 1;
 }
 
+/* Hands out the next line of r, without its newline, in *line and *len; refills only when no whole
+ * line is left, since a refill moves the unread bytes. Returns 1 with a line, 0 at the end of the
+ * input, -1 when reading failed or line line_no (a `what`) is longer than BATCH_BYTES. */
+static int reader_next_line(line_reader *r, const char *what, size_t line_no, const uint8_t **line, size_t *len)
+{
+    const uint8_t *nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
+    if (!nl && !r->eof) {
+        reader_fill(r, BATCH_BYTES);
+        if (reader_failed(r))
+            return -1;
+        nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
+    }
+    size_t avail = r->buf.n - r->pos;
+    if (!avail)
+        return 0;
+    if (!nl && !r->eof) {
+        fprintf(stderr, "gale tokenize: %s:%zu: %s longer than %u bytes\n", r->name, line_no, what, BATCH_BYTES);
+        return -1;
+    }
+    *line = r->buf.v + r->pos;
+    *len = nl ? (size_t)(nl - *line) : avail;
+    r->pos += *len + (nl ? 1 : 0);
+    return 1;
+}
+
 /* ---- output ---- */
 
 /* The decimal digits of u. */
@@ -447,37 +472,17 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
     gale_bytes out = {0};
     size_t line_no = 0;
     int rc = 0;
-    for (;;) {
-        /* refill only when no whole line is left: a refill moves the unread bytes */
-        const uint8_t *nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
-        if (!nl && !r->eof) {
-            reader_fill(r, BATCH_BYTES);
-            if (reader_failed(r)) {
-                rc = -1;
-                break;
-            }
-            nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
-        }
-        size_t avail = r->buf.n - r->pos;
-        if (!avail)
-            break;
-        const uint8_t *base = r->buf.v + r->pos;
-        if (!nl && !r->eof) {
-            fprintf(stderr, "gale tokenize: %s:%zu: a line of ids longer than %u bytes\n", r->name, line_no + 1,
-                    BATCH_BYTES);
-            rc = -1;
-            break;
-        }
-        size_t len = nl ? (size_t)(nl - base) : avail;
+    const uint8_t *line;
+    size_t len;
+    while ((rc = reader_next_line(r, "a line of ids", ++line_no, &line, &len)) > 0) {
         ids.n = 0;
-        if (parse_id_line(tok, r->name, ++line_no, base, len, &ids) < 0) {
+        if (parse_id_line(tok, r->name, line_no, line, len, &ids) < 0) {
             rc = -1;
             break;
         }
-        r->pos += len + (nl ? 1 : 0);
         tokenizer_decode(tok, ids.v, ids.n, &out);
         gale_bytes_push(&out, '\n');
-        if (out.n >= BATCH_BYTES || !nl) {
+        if (out.n >= BATCH_BYTES) {
             if (write_out(&out) < 0) {
                 rc = -1;
                 break;
@@ -528,36 +533,15 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
     gale_bytes mask = {0}, out = {0};
     size_t line_no = 0;
     int rc = 0;
-    for (;;) {
-        /* refill only when no whole line is left: a refill moves the unread bytes */
-        const uint8_t *nl = r->buf.n > r->pos ? memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos) : NULL;
-        if (!nl && !r->eof) {
-            reader_fill(r, BATCH_BYTES);
-            if (reader_failed(r)) {
-                rc = -1;
-                break;
-            }
-            nl = memchr(r->buf.v + r->pos, '\n', r->buf.n - r->pos);
-        }
-        size_t avail = r->buf.n - r->pos;
-        if (!avail)
-            break;
-        const uint8_t *base = r->buf.v + r->pos;
-        line_no++;
-        if (!nl && !r->eof) {
-            fprintf(stderr, "gale tokenize: %s:%zu: a conversation longer than %u bytes\n", r->name, line_no,
-                    BATCH_BYTES);
-            rc = -1;
-            break;
-        }
-        size_t len = nl ? (size_t)(nl - base) : avail;
+    const uint8_t *line;
+    size_t len;
+    while ((rc = reader_next_line(r, "a conversation", ++line_no, &line, &len)) > 0) {
         ids.n = mask.n = 0;
-        if (!is_blank(base, len) && encode_conversation(tok, enc, tmpl, purpose, base, len, &ids, &mask, &err) < 0) {
+        if (!is_blank(line, len) && encode_conversation(tok, enc, tmpl, purpose, line, len, &ids, &mask, &err) < 0) {
             fprintf(stderr, "gale tokenize: %s:%zu: %s\n", r->name, line_no, err.msg);
             rc = -1;
             break;
         }
-        r->pos += len + (nl ? 1 : 0);
         format_ids(tok, o->format, &ids, 1, &out);
         if (o->mask) {
             gale_bytes_push(&out, '\t');
