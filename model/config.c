@@ -18,16 +18,26 @@ const char *model_kind_name(enum model_kind kind)
     return "?";
 }
 
+/* The value of key in *v, NULL when it is absent or null: an error only when it is required. */
+static int get_value(json_t *root, const char *key, int required, json_t **v, const char *source, gale_error *err)
+{
+    *v = json_object_get(root, key);
+    if (*v && json_is_null(*v))
+        *v = NULL;
+    if (!*v && required)
+        return gale_fail(err, "%s: missing key \"%s\"", source, key);
+    return 0;
+}
+
 /* A key that is absent or null leaves *out untouched; anything but an integer is an error. */
 static int get_int(json_t *root, const char *key, int required, int *out, const char *source,
                    gale_error *err)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
-        if (required)
-            return gale_fail(err, "%s: missing key \"%s\"", source, key);
+    json_t *v;
+    if (get_value(root, key, required, &v, source, err))
+        return -1;
+    if (!v)
         return 0;
-    }
     double d;
     if (json_is_integer(v))
         d = (double)json_integer_value(v);
@@ -44,12 +54,11 @@ static int get_int(json_t *root, const char *key, int required, int *out, const 
 static int get_real(json_t *root, const char *key, int required, double *out, const char *source,
                     gale_error *err)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
-        if (required)
-            return gale_fail(err, "%s: missing key \"%s\"", source, key);
+    json_t *v;
+    if (get_value(root, key, required, &v, source, err))
+        return -1;
+    if (!v)
         return 0;
-    }
     if (!json_is_number(v))
         return gale_fail(err, "%s: key \"%s\" must be a number", source, key);
     *out = json_number_value(v);
@@ -60,8 +69,9 @@ static int get_real(json_t *root, const char *key, int required, double *out, co
 
 static int get_bool(json_t *root, const char *key, int *out, const char *source, gale_error *err)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v))
+    json_t *v;
+    get_value(root, key, 0, &v, source, err);
+    if (!v)
         return 0;
     if (!json_is_boolean(v))
         return gale_fail(err, "%s: key \"%s\" must be true or false", source, key);
