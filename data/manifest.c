@@ -296,6 +296,18 @@ static int parse_header(const char *file, json_t *root, gale_manifest *m, gale_e
     return 0;
 }
 
+/* Element i of the array under key, which must be an object; its name ("key[i]") goes to where. */
+static json_t *get_element(const char *file, json_t *array, const char *key, size_t i, char where[64], gale_error *err)
+{
+    snprintf(where, 64, "%s[%zu]", key, i);
+    json_t *e = json_array_get(array, i);
+    if (!json_is_object(e)) {
+        gale_fail(err, "%s: '%s' must be an object", file, where);
+        return NULL;
+    }
+    return e;
+}
+
 static int parse_inputs(const char *file, json_t *root, gale_manifest *m, gale_error *err)
 {
     json_t *inputs = get_key(file, root, "", "inputs", JSON_ARRAY, err);
@@ -305,10 +317,9 @@ static int parse_inputs(const char *file, json_t *root, gale_manifest *m, gale_e
     m->inputs = gale_xcalloc(m->n_inputs ? m->n_inputs : 1, sizeof *m->inputs);
     for (size_t i = 0; i < m->n_inputs; i++) {
         char where[64];
-        snprintf(where, sizeof where, "inputs[%zu]", i);
-        json_t *e = json_array_get(inputs, i);
-        if (!json_is_object(e))
-            return gale_fail(err, "%s: '%s' must be an object", file, where);
+        json_t *e = get_element(file, inputs, "inputs", i, where, err);
+        if (!e)
+            return -1;
         gale_manifest_input *in = &m->inputs[i];
         const char *path = get_string(file, e, where, "path", err);
         if (!path || get_int(file, e, where, "bytes", -1, INT64_MAX, &in->bytes, err) != 0 ||
@@ -328,10 +339,9 @@ static int parse_shards(const char *file, json_t *root, gale_manifest *m, gale_e
     m->shards = gale_xcalloc(n ? n : 1, sizeof *m->shards);
     for (size_t i = 0; i < n; i++) {
         char where[64];
-        snprintf(where, sizeof where, "shards[%zu]", i);
-        json_t *e = json_array_get(shards, i);
-        if (!json_is_object(e))
-            return gale_fail(err, "%s: '%s' must be an object", file, where);
+        json_t *e = get_element(file, shards, "shards", i, where, err);
+        if (!e)
+            return -1;
         gale_manifest_shard *s = &m->shards[i];
         const char *name = get_string(file, e, where, "file", err);
         const char *split = name ? get_string(file, e, where, "split", err) : NULL;

@@ -168,6 +168,9 @@ static void test_refusals(const char *root)
     edit_manifest(dir, "\"file\": \"../val-00000.h5\"", "\"file\": \"val-00000.h5\"");
     CHECK_OK(manifest_load(&got, dir, 1, &err), err);
     manifest_free(&got);
+    edit_manifest(dir, "\"shards\": [", "\"shards\": [1, ");
+    CHECK_ERROR(manifest_load(&got, dir, 0, &err) != 0, err, "manifest.json: 'shards[0]' must be an object");
+    edit_manifest(dir, "\"shards\": [1, ", "\"shards\": [");
     edit_manifest(dir, "\"shards\": [", "\"shards\": [,");
     CHECK_ERROR(manifest_load(&got, dir, 0, &err) != 0, err, "manifest.json:");
     write_text(dir, GALE_MANIFEST_FILE, "[1, 2]");
