@@ -19,9 +19,8 @@ static void check(int ok, const char *fmt, const char *what, double value, doubl
 {
     char line[512];
     snprintf(line, sizeof line, fmt, what, value, limit);
-    if (!ok)
-        FAIL("%s", line);
-    else
+    CHECK_MSG(ok, "%s", line);
+    if (ok)
         printf("ok   %s\n", line);
 }
 

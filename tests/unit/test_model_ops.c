@@ -38,29 +38,32 @@ static void expect_close(const char *what, const float *got, const double *want,
         r += want[i] * want[i];
     }
     double rel = r > 0 ? sqrt(d / r) : sqrt(d);
-    if (!(rel <= tol)) {
-        FAIL("%s: relative error %.3e > %.1e", what, rel, tol);
-    } else {
+    CHECK_MSG(rel <= tol, "%s: relative error %.3e > %.1e", what, rel, tol);
+    if (rel <= tol)
         printf("ok   %-40s rel err %.2e\n", what, rel);
-    }
 }
 
 /* A scalar loss of double inputs, for finite differences. */
 typedef double (*loss_fn)(void *ctx);
 
+/* d loss / d x[i] by a central difference; x[i] is left as it was. */
+static double central_diff(loss_fn f, void *ctx, double *x, size_t i)
+{
+    double keep = x[i], h = 1e-6 * fmax(1.0, fabs(keep));
+    x[i] = keep + h;
+    double up = f(ctx);
+    x[i] = keep - h;
+    double down = f(ctx);
+    x[i] = keep;
+    return (up - down) / (2 * h);
+}
+
 /* d loss / d x[i] for every i by central differences. */
 static double *finite_diff(loss_fn f, void *ctx, double *x, size_t n)
 {
     double *g = gale_xmalloc(n * sizeof *g);
-    for (size_t i = 0; i < n; i++) {
-        double keep = x[i], h = 1e-6 * fmax(1.0, fabs(keep));
-        x[i] = keep + h;
-        double up = f(ctx);
-        x[i] = keep - h;
-        double down = f(ctx);
-        x[i] = keep;
-        g[i] = (up - down) / (2 * h);
-    }
+    for (size_t i = 0; i < n; i++)
+        g[i] = central_diff(f, ctx, x, i);
     return g;
 }
 
@@ -72,13 +75,7 @@ static void expect_grad(const char *what, loss_fn f, void *ctx, double *x, const
     float *got = gale_xmalloc(m * sizeof *got);
     double *want = gale_xmalloc(m * sizeof *want);
     for (size_t i = 0, j = 0; i < n; i += stride, j++) {
-        double keep = x[i], h = 1e-6 * fmax(1.0, fabs(keep));
-        x[i] = keep + h;
-        double up = f(ctx);
-        x[i] = keep - h;
-        double down = f(ctx);
-        x[i] = keep;
-        want[j] = (up - down) / (2 * h);
+        want[j] = central_diff(f, ctx, x, i);
         got[j] = analytic[i];
     }
     expect_close(what, got, want, m, tol);
@@ -469,11 +466,9 @@ static void test_moe_routing(const struct gale_ops *ops)
             d += dout[(s / k) * dim + c] * ye[slot_of[s] * dim + c];
         bad += fabs(dw[s] - d) > 1e-5;
     }
-    if (bad) {
-        FAIL("moe plan/gather/combine: %d mismatches", bad);
-    } else {
+    CHECK_MSG(!bad, "moe plan/gather/combine: %d mismatches", bad);
+    if (!bad)
         printf("ok   moe plan, gather, combine, scatter\n");
-    }
 }
 
 /* ---- matmul (all transposes, leading dimensions), embeddings, AdamW ---- */
