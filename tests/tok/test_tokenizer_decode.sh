@@ -4,15 +4,7 @@
 # valid and invalid UTF-8, control ids, <unk>, leading-space pieces). Then the errors of bad
 # id lines, which must name the line.
 set -euo pipefail
-: "${GALE_BIN:?}" "${GALE_SHARED:?}" "${GALE_SOURCE:?}"
-if ! command -v spm_decode >/dev/null; then
-    echo "SKIP: spm_decode (Debian package sentencepiece) is not installed"
-    exit 0
-fi
-here="$GALE_SOURCE/tests/tok"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-/usr/bin/python3 "$here/gen_tokenizer_corpus.py" --shared "$GALE_SHARED" --out "$tmp"
+source "${GALE_SOURCE:?}/tests/tok/setup_corpus.sh" spm_decode
 fail=0
 
 # check LABEL MODEL IDS

@@ -4,15 +4,7 @@
 # pieces, no byte fallback, user-defined pieces), over real multilingual text and generated
 # stress text (see gen_tokenizer_corpus.py). Zero mismatches is the only pass.
 set -euo pipefail
-: "${GALE_BIN:?}" "${GALE_SHARED:?}" "${GALE_SOURCE:?}"
-if ! command -v spm_encode >/dev/null; then
-    echo "SKIP: spm_encode (Debian package sentencepiece) is not installed"
-    exit 0
-fi
-here="$GALE_SOURCE/tests/tok"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-/usr/bin/python3 "$here/gen_tokenizer_corpus.py" --shared "$GALE_SHARED" --out "$tmp"
+source "${GALE_SOURCE:?}/tests/tok/setup_corpus.sh" spm_encode
 v1="$GALE_SHARED/tokenizers/mistral-v1.model"
 v3="$GALE_SHARED/tokenizers/mistral-v3.model"
 fail=0
