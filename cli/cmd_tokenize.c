@@ -288,6 +288,17 @@ static int write_out(const gale_bytes *b)
     return 0;
 }
 
+/* Writes out and empties b once it holds a batch, so that output goes in large writes. */
+static int write_out_when_full(gale_bytes *b)
+{
+    if (b->n < BATCH_BYTES)
+        return 0;
+    if (write_out(b) < 0)
+        return -1;
+    b->n = 0;
+    return 0;
+}
+
 /* ---- encode mode ---- */
 
 typedef struct line_span {
@@ -482,12 +493,9 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
         }
         tokenizer_decode(tok, ids.v, ids.n, &out);
         gale_bytes_push(&out, '\n');
-        if (out.n >= BATCH_BYTES) {
-            if (write_out(&out) < 0) {
-                rc = -1;
-                break;
-            }
-            out.n = 0;
+        if (write_out_when_full(&out) < 0) {
+            rc = -1;
+            break;
         }
     }
     if (!rc && write_out(&out) < 0)
@@ -552,12 +560,9 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
             }
         }
         gale_bytes_push(&out, '\n');
-        if (out.n >= BATCH_BYTES) {
-            if (write_out(&out) < 0) {
-                rc = -1;
-                break;
-            }
-            out.n = 0;
+        if (write_out_when_full(&out) < 0) {
+            rc = -1;
+            break;
         }
     }
     if (!rc && write_out(&out) < 0)
