@@ -56,6 +56,12 @@ static void piece(struct seq *s, const char *p, int m)
     gale_bytes_push(&s->mask, (uint8_t)m);
 }
 
+/* A v3 user turn: [INST], its text, [/INST], none of them trained. */
+static void inst(struct seq *s, const char *t)
+{
+    piece(s, "[INST]", 0), text(s, t, 0), piece(s, "[/INST]", 0);
+}
+
 static void seq_free(struct seq *s)
 {
     gale_ids_free(&s->ids);
@@ -68,12 +74,13 @@ static void expect_encoding_of(const char *name, enum chat_template tmpl,
     gale_ids ids = {0};
     gale_bytes mask = {0};
     gale_error err;
-    if (chat_encode(want->tok, tmpl, purpose, c, &ids, &mask, &err)) {
-        FAIL("%s: %s", name, err.msg);
-    } else if (ids.n != want->ids.n || mask.n != ids.n ||
-               memcmp(ids.v, want->ids.v, ids.n * sizeof *ids.v) ||
-               memcmp(mask.v, want->mask.v, mask.n)) {
-        FAIL("%s: ids or mask differ", name);
+    int rc = chat_encode(want->tok, tmpl, purpose, c, &ids, &mask, &err);
+    CHECK_MSG(rc == 0, "%s: %s", name, err.msg);
+    int same = rc == 0 && ids.n == want->ids.n && mask.n == ids.n &&
+               !memcmp(ids.v, want->ids.v, ids.n * sizeof *ids.v) && !memcmp(mask.v, want->mask.v, mask.n);
+    if (rc == 0)
+        CHECK_MSG(same, "%s: ids or mask differ", name);
+    if (rc == 0 && !same) {
         fprintf(stderr, "  got  ");
         for (size_t i = 0; i < ids.n; i++)
             fprintf(stderr, "%d%s ", ids.v[i], i < mask.n && mask.v[i] ? "*" : "");
@@ -105,13 +112,10 @@ static void expect_error(const char *name, const gale_tokenizer *tok, enum chat_
     gale_bytes_push(&mask, 1);
     gale_error err = {{0}};
     int rc = chat_encode(tok, tmpl, purpose, c, &ids, &mask, &err);
-    if (rc != -1 || !strstr(err.msg, want)) {
-        FAIL("%s: rc %d, message \"%s\", want one containing \"%s\"", name, rc,
-                err.msg, want);
-    } else if (ids.n != 1 || mask.n != 1) {
-        FAIL("%s: a failed encoding left %zu ids, %zu mask bytes (want 1, 1)",
-                name, ids.n, mask.n);
-    }
+    CHECK_MSG(rc == -1 && strstr(err.msg, want), "%s: rc %d, message \"%s\", want one containing \"%s\"", name, rc,
+              err.msg, want);
+    CHECK_MSG(ids.n == 1 && mask.n == 1, "%s: a failed encoding left %zu ids, %zu mask bytes (want 1, 1)", name, ids.n,
+              mask.n);
     gale_ids_free(&ids);
     gale_bytes_free(&mask);
     json_decref(c);
@@ -138,11 +142,11 @@ static void test_v3_system_merging_and_masks(const gale_tokenizer *v3)
      * answer is stripped; weight 0 leaves an answer untrained, </s> included */
     struct seq s = {.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "Hi", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "Hi");
     text(&s, "Hello!", 1), piece(&s, "</s>", 1);
-    piece(&s, "[INST]", 0), text(&s, "2+2?", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "2+2?");
     text(&s, "4", 0), piece(&s, "</s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "Be brief.\n\nAnd exact.\n\n3+3?", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "Be brief.\n\nAnd exact.\n\n3+3?");
     text(&s, "6", 1), piece(&s, "</s>", 1);
     expect_encoding("v3 system prompt, weight 0", CHAT_MISTRAL_V3, CHAT_FOR_TRAINING,
                     "{'messages': [{'role': 'system', 'content': 'Be brief.'},"
@@ -155,9 +159,9 @@ static void test_v3_system_merging_and_masks(const gale_tokenizer *v3)
     /* only_last: earlier answers are context, not targets */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "Hi", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "Hi");
     text(&s, "Hello!", 0), piece(&s, "</s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "2+2?", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "2+2?");
     text(&s, "4", 1), piece(&s, "</s>", 1);
     expect_encoding("v3 only_last", CHAT_MISTRAL_V3, CHAT_FOR_TRAINING,
                     "{'only_last': true, 'messages': [{'role': 'user', 'content': 'Hi'},"
@@ -168,8 +172,8 @@ static void test_v3_system_merging_and_masks(const gale_tokenizer *v3)
      * between two user messages splits them; an empty content is skipped in the join */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "a\n\nb", 0), piece(&s, "[/INST]", 0);
-    piece(&s, "[INST]", 0), text(&s, "S\n\nc", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "a\n\nb");
+    inst(&s, "S\n\nc");
     text(&s, "x\n\ny", 1), piece(&s, "</s>", 1);
     expect_encoding("v3 merging runs", CHAT_MISTRAL_V3, CHAT_FOR_TRAINING,
                     "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'user', 'content': ''},"
@@ -180,7 +184,7 @@ static void test_v3_system_merging_and_masks(const gale_tokenizer *v3)
     /* assistant messages of different weights stay apart, each with its </s> */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "q", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "q");
     text(&s, "x", 0), piece(&s, "</s>", 0);
     text(&s, "y", 1), piece(&s, "</s>", 1);
     expect_encoding("v3 weights split runs", CHAT_MISTRAL_V3, CHAT_FOR_TRAINING,
@@ -191,7 +195,7 @@ static void test_v3_system_merging_and_masks(const gale_tokenizer *v3)
     /* no user message first: an empty one is put in front, and takes the system prompt */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "S\n\n", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "S\n\n");
     text(&s, "hello", 1), piece(&s, "</s>", 1);
     expect_encoding("v3 leading empty user", CHAT_MISTRAL_V3, CHAT_FOR_TRAINING,
                     "{'messages': [{'role': 'system', 'content': 'S'},"
@@ -211,7 +215,7 @@ static void test_v3_tools(const gale_tokenizer *v3)
              "{\"type\": \"function\", \"function\": {\"name\": \"g-2\", \"description\": \"G\", "
              "\"parameters\": {}}}]", 0);
     piece(&s, "[/AVAILABLE_TOOLS]", 0);
-    piece(&s, "[INST]", 0), text(&s, "go", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "go");
     piece(&s, "[TOOL_CALLS]", 1);
     text(&s, "[{\"name\": \"f\", \"arguments\": {\"a\": 1.5, \"b\": [1, 2], \"c\": \"\xc3\xa9\\n\"}, "
              "\"id\": \"abcDEF123\"}, {\"name\": \"g-2\", \"arguments\": {}, \"id\": \"zzzzzzzz9\"}]", 1);
@@ -238,14 +242,14 @@ static void test_v3_tools(const gale_tokenizer *v3)
     /* a user message may follow a tool result; the mask stays on the calls in a prompt */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "go", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "go");
     piece(&s, "[TOOL_CALLS]", 1);
     text(&s, "[{\"name\": \"f\", \"arguments\": {}, \"id\": \"abcDEF123\"}]", 1);
     piece(&s, "</s>", 1);
     piece(&s, "[TOOL_RESULTS]", 0);
     text(&s, "{\"content\": \"r\", \"call_id\": \"abcDEF123\"}", 0);
     piece(&s, "[/TOOL_RESULTS]", 0);
-    piece(&s, "[INST]", 0), text(&s, "next", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "next");
     expect_encoding("v3 user after a tool result", CHAT_MISTRAL_V3, CHAT_FOR_PROMPT,
                     "{'messages': [{'role': 'user', 'content': 'go'}, {'role': 'assistant', 'tool_calls':"
                     " [{'id': 'abcDEF123', 'function': {'name': 'f', 'arguments': '{}'}}]},"
@@ -255,14 +259,14 @@ static void test_v3_tools(const gale_tokenizer *v3)
     /* a prompt may end with a system message: it joins the system prompt */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "S\n\na", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "S\n\na");
     expect_encoding("v3 prompt ending with a system message", CHAT_MISTRAL_V3, CHAT_FOR_PROMPT,
                     "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'system', 'content': 'S'}]}", &s);
 
     /* arguments given as an object, a final call without id (allowed in training) */
     s = (struct seq){.tok = v3};
     piece(&s, "<s>", 0);
-    piece(&s, "[INST]", 0), text(&s, "go", 0), piece(&s, "[/INST]", 0);
+    inst(&s, "go");
     piece(&s, "[TOOL_CALLS]", 1);
     text(&s, "[{\"name\": \"f\", \"arguments\": {\"k\": [true, false]}}]", 1);
     piece(&s, "</s>", 1);

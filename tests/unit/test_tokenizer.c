@@ -51,6 +51,15 @@ static int ids_equal(const gale_ids *a, const int32_t *b, size_t n)
     return a->n == n && (n == 0 || !memcmp(a->v, b, n * sizeof *b));
 }
 
+/* tok must encode text as want[0..n). */
+static void expect_ids(const gale_tokenizer *tok, const char *text, const int32_t *want, size_t n, const char *label)
+{
+    gale_ids ids = {0};
+    tokenizer_encode(tok, text, strlen(text), &ids);
+    CHECK_MSG(ids_equal(&ids, want, n), "%s", label);
+    gale_ids_free(&ids);
+}
+
 /* ---- accessors and known encodings ---- */
 
 static void test_known(const gale_tokenizer *v1, const gale_tokenizer *v3)
@@ -76,21 +85,12 @@ static void test_known(const gale_tokenizer *v1, const gale_tokenizer *v3)
     static const int32_t inst_text[] = {1501, 17057, 29561, 12782}; /* "[INST] hi": never the control id */
     static const int32_t ref_doc[] = {29473, 767};                  /* a user-defined piece, whole */
     static const int32_t space[] = {1027};
+    expect_ids(v1, "Hello world", hello, 2, "v1 'Hello world'");
+    expect_ids(v3, "[INST] hi", inst_text, 4, "v3 '[INST] hi'");
+    expect_ids(v3, "[REFERENCE_DOC_3]", ref_doc, 2, "v3 user-defined piece");
+    expect_ids(v3, " ", space, 1, "v3 ' '");
+    expect_ids(v3, "", NULL, 0, "empty text gives no ids");
     gale_ids ids = {0};
-    tokenizer_encode(v1, "Hello world", 11, &ids);
-    CHECK_MSG(ids_equal(&ids, hello, 2), "v1 'Hello world'");
-    ids.n = 0;
-    tokenizer_encode(v3, "[INST] hi", 9, &ids);
-    CHECK_MSG(ids_equal(&ids, inst_text, 4), "v3 '[INST] hi'");
-    ids.n = 0;
-    tokenizer_encode(v3, "[REFERENCE_DOC_3]", 17, &ids);
-    CHECK_MSG(ids_equal(&ids, ref_doc, 2), "v3 user-defined piece");
-    ids.n = 0;
-    tokenizer_encode(v3, " ", 1, &ids);
-    CHECK_MSG(ids_equal(&ids, space, 1), "v3 ' '");
-    ids.n = 0;
-    tokenizer_encode(v3, "", 0, &ids);
-    CHECK_MSG(ids.n == 0, "empty text gives no ids");
 
     /* decode(encode(text)) is text for valid UTF-8 */
     static const char *texts[] = {"Hello world", "  two leading spaces", "trailing  ", "日本語 😀 e\xCC\x81",
