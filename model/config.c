@@ -18,15 +18,14 @@ const char *model_kind_name(enum model_kind kind)
     return "?";
 }
 
-/* The value of key in *v, NULL when it is absent or null: an error only when it is required. */
+/* 1 with the value of key in *v; 0 when it is absent or null, which is an error (-1) when it is
+ * required. */
 static int get_value(json_t *root, const char *key, int required, json_t **v, const char *source, gale_error *err)
 {
     *v = json_object_get(root, key);
-    if (*v && json_is_null(*v))
-        *v = NULL;
-    if (!*v && required)
-        return gale_fail(err, "%s: missing key \"%s\"", source, key);
-    return 0;
+    if (*v && !json_is_null(*v))
+        return 1;
+    return required ? gale_fail(err, "%s: missing key \"%s\"", source, key) : 0;
 }
 
 /* A key that is absent or null leaves *out untouched; anything but an integer is an error. */
@@ -34,10 +33,9 @@ static int get_int(json_t *root, const char *key, int required, int *out, const 
                    gale_error *err)
 {
     json_t *v;
-    if (get_value(root, key, required, &v, source, err))
-        return -1;
-    if (!v)
-        return 0;
+    int present = get_value(root, key, required, &v, source, err);
+    if (present <= 0)
+        return present;
     double d;
     if (json_is_integer(v))
         d = (double)json_integer_value(v);
@@ -55,10 +53,9 @@ static int get_real(json_t *root, const char *key, int required, double *out, co
                     gale_error *err)
 {
     json_t *v;
-    if (get_value(root, key, required, &v, source, err))
-        return -1;
-    if (!v)
-        return 0;
+    int present = get_value(root, key, required, &v, source, err);
+    if (present <= 0)
+        return present;
     if (!json_is_number(v))
         return gale_fail(err, "%s: key \"%s\" must be a number", source, key);
     *out = json_number_value(v);
@@ -70,8 +67,7 @@ static int get_real(json_t *root, const char *key, int required, double *out, co
 static int get_bool(json_t *root, const char *key, int *out, const char *source, gale_error *err)
 {
     json_t *v;
-    get_value(root, key, 0, &v, source, err);
-    if (!v)
+    if (!get_value(root, key, 0, &v, source, err))
         return 0;
     if (!json_is_boolean(v))
         return gale_fail(err, "%s: key \"%s\" must be true or false", source, key);
