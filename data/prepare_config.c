@@ -2,27 +2,17 @@
  * both are checked alike. */
 #include "data/prepare_config.h"
 
-#include <errno.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <yaml.h>
-
 #include "util/file.h"
+#include "util/yaml_config.h"
 
-typedef enum {
-    KEY_STRING,
-    KEY_LIST,
-    KEY_INT,
-    KEY_U64,
-    KEY_DOUBLE,
-    KEY_BOOL,
-    KEY_ENUM,  /* int index into choices */
-    KEY_DEDUP, /* "exact,near", "exact", "near" or "none" */
-} key_type;
+/* Most keys are one typed value; two are not: a list of strings, and dedup, which sets two
+ * switches from one word. */
+typedef enum { KEY_VALUE, KEY_LIST, KEY_DEDUP } key_kind;
 
 static const char *const kind_names[] = {"pretrain", "sft", NULL};
 static const char *const packing_names[] = {"concat", "best_fit", NULL};
@@ -32,47 +22,49 @@ static const char *const progress_names[] = {"off", "on", NULL};
 
 typedef struct key_spec {
     const char *key;
-    key_type type;
+    key_kind kind;
+    config_value value; /* KEY_VALUE */
     size_t offset;
-    double min, max;
-    const char *const *choices;
     const char *help;
 } key_spec;
 
-#define K(name, type, member, lo, hi, choices, help) {#name, type, offsetof(prepare_config, member), lo, hi, choices, help}
+#define K(name, kind, type, member, lo, hi, choices, help) \
+    {#name, kind, {type, lo, hi, choices}, offsetof(prepare_config, member), help}
+#define V(name, type, member, lo, hi, choices, help) K(name, KEY_VALUE, type, member, lo, hi, choices, help)
 static const key_spec keys[] = {
-    K(inputs, KEY_LIST, inputs, 0, 0, NULL, "files, folders (walked) and globs; .gz and .zst are decompressed"),
-    K(exclude, KEY_LIST, exclude, 0, 0, NULL, "fnmatch patterns of base names or paths to leave out"),
-    K(tokenizer, KEY_STRING, tokenizer, 0, 0, NULL, "SentencePiece .model file"),
-    K(out, KEY_STRING, out, 0, 0, NULL, "the dataset folder to write"),
-    K(removed, KEY_STRING, removed, 0, 0, NULL, "write one JSON line per removed document here"),
-    K(kind, KEY_ENUM, kind, 0, 0, kind_names, "pretrain (text) or sft (conversations) [pretrain]"),
-    K(packing, KEY_ENUM, packing, 0, 0, packing_names, "concat or best_fit [concat for pretrain, best_fit for sft]"),
-    K(seq_len, KEY_INT, seq_len, 1, 131072, NULL, "tokens per training sequence; rows hold seq_len+1 [2048]"),
-    K(text_mode, KEY_ENUM, text_mode, 0, 0, text_mode_names, "text files: one document each, or per line, per blank-line paragraph, or between separator lines: document, lines, paragraphs, separator [document]"),
-    K(separator, KEY_STRING, separator, 0, 0, NULL, "the line between documents in text_mode separator [%]"),
-    K(json_key, KEY_STRING, json_key, 0, 0, NULL, "the text's key in JSONL records, dotted when nested [text]"),
-    K(chat_template, KEY_STRING, chat_template, 0, 0, NULL, "sft: v1, v3 or llama2 [v3]"),
-    K(min_chars, KEY_INT, min_chars, 0, 1e15, NULL, "documents shorter (in characters) are filtered [1]"),
-    K(max_chars, KEY_INT, max_chars, 0, 1e15, NULL, "documents longer are filtered; 0: no bound [0]"),
-    K(dedup, KEY_DEDUP, dedup_exact, 0, 0, NULL, "exact,near | exact | near | none [exact,near]"),
-    K(near_threshold, KEY_DOUBLE, near_threshold, 0.01, 1, NULL, "Jaccard similarity of near duplicates [0.8]"),
-    K(minhash_bands, KEY_INT, minhash_bands, 1, 1024, NULL, "LSH bands [14]"),
-    K(minhash_rows, KEY_INT, minhash_rows, 1, 1024, NULL, "MinHash values per band [8]"),
-    K(ngram, KEY_INT, ngram, 1, 32, NULL, "words per shingle [5]"),
-    K(max_shingles, KEY_INT, max_shingles, 16, 1 << 24, NULL, "shingle hashes kept per document [16384]"),
-    K(dedup_memory_mb, KEY_INT, dedup_memory_mb, 0, 1 << 24, NULL, "band keys and shingle sets kept in memory per rank before spilling to disk [1024]"),
-    K(seed, KEY_U64, seed, 0, 0, NULL, "MinHash and split seed [1]"),
-    K(val_fraction, KEY_DOUBLE, val_fraction, 0, 1, NULL, "share of documents in the validation split [0.01]"),
-    K(shard_rows, KEY_INT, shard_rows, 1, 1 << 30, NULL, "rows per shard [8192]"),
-    K(zstd_level, KEY_INT, zstd_level, 1, 19, NULL, "zstd level of the shards [3]"),
-    K(overlong, KEY_ENUM, drop_overlong, 0, 0, overlong_names, "best_fit: documents longer than a row are truncated or dropped [truncate]"),
-    K(pack_window, KEY_INT, pack_window, 1, 1 << 24, NULL, "best_fit: documents sorted and placed together [4096]"),
-    K(threads, KEY_INT, threads, 0, 4096, NULL, "tokenizer threads per rank; 0: all cores [0]"),
-    K(report_examples, KEY_INT, report_examples, 0, 1 << 20, NULL, "rejected records reported with file:line [10]"),
-    K(overwrite, KEY_BOOL, overwrite, 0, 1, NULL, "replace an existing prepared folder [false]"),
-    K(progress, KEY_ENUM, progress, 0, 0, progress_names, "progress on stderr: off or on [on a terminal]"),
+    K(inputs, KEY_LIST, CONFIG_STRING, inputs, 0, 0, NULL, "files, folders (walked) and globs; .gz and .zst are decompressed"),
+    K(exclude, KEY_LIST, CONFIG_STRING, exclude, 0, 0, NULL, "fnmatch patterns of base names or paths to leave out"),
+    V(tokenizer, CONFIG_STRING, tokenizer, 0, 0, NULL, "SentencePiece .model file"),
+    V(out, CONFIG_STRING, out, 0, 0, NULL, "the dataset folder to write"),
+    V(removed, CONFIG_STRING, removed, 0, 0, NULL, "write one JSON line per removed document here"),
+    V(kind, CONFIG_ENUM, kind, 0, 0, kind_names, "pretrain (text) or sft (conversations) [pretrain]"),
+    V(packing, CONFIG_ENUM, packing, 0, 0, packing_names, "concat or best_fit [concat for pretrain, best_fit for sft]"),
+    V(seq_len, CONFIG_INT, seq_len, 1, 131072, NULL, "tokens per training sequence; rows hold seq_len+1 [2048]"),
+    V(text_mode, CONFIG_ENUM, text_mode, 0, 0, text_mode_names, "text files: one document each, or per line, per blank-line paragraph, or between separator lines: document, lines, paragraphs, separator [document]"),
+    V(separator, CONFIG_STRING, separator, 0, 0, NULL, "the line between documents in text_mode separator [%]"),
+    V(json_key, CONFIG_STRING, json_key, 0, 0, NULL, "the text's key in JSONL records, dotted when nested [text]"),
+    V(chat_template, CONFIG_STRING, chat_template, 0, 0, NULL, "sft: v1, v3 or llama2 [v3]"),
+    V(min_chars, CONFIG_INT, min_chars, 0, 1e15, NULL, "documents shorter (in characters) are filtered [1]"),
+    V(max_chars, CONFIG_INT, max_chars, 0, 1e15, NULL, "documents longer are filtered; 0: no bound [0]"),
+    K(dedup, KEY_DEDUP, CONFIG_STRING, dedup_exact, 0, 0, NULL, "exact,near | exact | near | none [exact,near]"),
+    V(near_threshold, CONFIG_DOUBLE, near_threshold, 0.01, 1, NULL, "Jaccard similarity of near duplicates [0.8]"),
+    V(minhash_bands, CONFIG_INT, minhash_bands, 1, 1024, NULL, "LSH bands [14]"),
+    V(minhash_rows, CONFIG_INT, minhash_rows, 1, 1024, NULL, "MinHash values per band [8]"),
+    V(ngram, CONFIG_INT, ngram, 1, 32, NULL, "words per shingle [5]"),
+    V(max_shingles, CONFIG_INT, max_shingles, 16, 1 << 24, NULL, "shingle hashes kept per document [16384]"),
+    V(dedup_memory_mb, CONFIG_INT, dedup_memory_mb, 0, 1 << 24, NULL, "band keys and shingle sets kept in memory per rank before spilling to disk [1024]"),
+    V(seed, CONFIG_U64, seed, 0, 0, NULL, "MinHash and split seed [1]"),
+    V(val_fraction, CONFIG_DOUBLE, val_fraction, 0, 1, NULL, "share of documents in the validation split [0.01]"),
+    V(shard_rows, CONFIG_INT, shard_rows, 1, 1 << 30, NULL, "rows per shard [8192]"),
+    V(zstd_level, CONFIG_INT, zstd_level, 1, 19, NULL, "zstd level of the shards [3]"),
+    V(overlong, CONFIG_ENUM, drop_overlong, 0, 0, overlong_names, "best_fit: documents longer than a row are truncated or dropped [truncate]"),
+    V(pack_window, CONFIG_INT, pack_window, 1, 1 << 24, NULL, "best_fit: documents sorted and placed together [4096]"),
+    V(threads, CONFIG_INT, threads, 0, 4096, NULL, "tokenizer threads per rank; 0: all cores [0]"),
+    V(report_examples, CONFIG_INT, report_examples, 0, 1 << 20, NULL, "rejected records reported with file:line [10]"),
+    V(overwrite, CONFIG_BOOL, overwrite, 0, 1, NULL, "replace an existing prepared folder [false]"),
+    V(progress, CONFIG_ENUM, progress, 0, 0, progress_names, "progress on stderr: off or on [on a terminal]"),
 };
+#undef V
 #undef K
 #define N_KEYS (sizeof keys / sizeof *keys)
 
@@ -123,7 +115,7 @@ void prepare_config_free(prepare_config *c)
     list_clear(&c->inputs);
     list_clear(&c->exclude);
     for (size_t i = 0; i < N_KEYS; i++)
-        if (keys[i].type == KEY_STRING) {
+        if (keys[i].kind == KEY_VALUE && keys[i].value.type == CONFIG_STRING) {
             char **slot = (char **)((char *)c + keys[i].offset);
             free(*slot);
             *slot = NULL;
@@ -141,78 +133,19 @@ static const key_spec *find_key(const char *key)
 int prepare_config_is_list(const char *key)
 {
     const key_spec *k = find_key(key);
-    return k && k->type == KEY_LIST;
-}
-
-static int parse_integer(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double d = strtod(s, &end); /* 1e6 as well as 1000000 */
-    if (errno || end == s || *end || d != floor(d) || !isfinite(d))
-        return -1;
-    *out = d;
-    return 0;
+    return k && k->kind == KEY_LIST;
 }
 
 static int set_key(prepare_config *c, const key_spec *k, const char *v, const char *where, gale_error *err)
 {
     void *slot = (char *)c + k->offset;
-    double d;
-    char *end;
-    switch (k->type) {
-    case KEY_STRING:
-        if (!*v)
-            return gale_fail(err, "%s: %s must not be empty", where, k->key);
-        free(*(char **)slot);
-        *(char **)slot = gale_xstrdup(v);
-        return 0;
+    switch (k->kind) {
+    case KEY_VALUE:
+        return config_value_set(&k->value, slot, k->key, v, where, err);
     case KEY_LIST:
         list_clear(slot);
         list_push(slot, v);
         return 0;
-    case KEY_INT:
-        if (parse_integer(v, &d))
-            return gale_fail(err, "%s: %s must be an integer, got '%s'", where, k->key, v);
-        if (d < k->min || d > k->max)
-            return gale_fail(err, "%s: %s = %s is out of range [%.0f, %.0f]", where, k->key, v, k->min, k->max);
-        *(long *)slot = (long)d;
-        return 0;
-    case KEY_U64:
-        errno = 0;
-        *(uint64_t *)slot = strtoull(v, &end, 10);
-        if (errno || end == v || *end || v[0] == '-')
-            return gale_fail(err, "%s: %s must be a non-negative integer, got '%s'", where, k->key, v);
-        return 0;
-    case KEY_DOUBLE:
-        errno = 0;
-        d = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(d))
-            return gale_fail(err, "%s: %s must be a number, got '%s'", where, k->key, v);
-        if (d < k->min || d > k->max)
-            return gale_fail(err, "%s: %s = %s is out of range [%g, %g]", where, k->key, v, k->min, k->max);
-        *(double *)slot = d;
-        return 0;
-    case KEY_BOOL:
-        if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on") || !strcmp(v, "1"))
-            *(int *)slot = 1;
-        else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off") || !strcmp(v, "0"))
-            *(int *)slot = 0;
-        else
-            return gale_fail(err, "%s: %s must be true or false, got '%s'", where, k->key, v);
-        return 0;
-    case KEY_ENUM:
-        for (int i = 0; k->choices[i]; i++)
-            if (!strcmp(v, k->choices[i])) {
-                *(int *)slot = i;
-                return 0;
-            }
-        {
-            char list[256] = "";
-            for (int i = 0; k->choices[i]; i++)
-                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", k->choices[i]);
-            return gale_fail(err, "%s: %s must be one of %s, got '%s'", where, k->key, list, v);
-        }
     case KEY_DEDUP:
         if (!strcmp(v, "exact,near") || !strcmp(v, "near,exact"))
             c->dedup_exact = 1, c->dedup_near = 1;
@@ -242,18 +175,13 @@ int prepare_config_append(prepare_config *c, const char *key, const char *value,
                           gale_error *err)
 {
     const key_spec *k = find_key(key);
-    if (!k || k->type != KEY_LIST)
+    if (!k || k->kind != KEY_LIST)
         return gale_fail(err, "%s: '%s' is not a list key", where, key);
     list_push((string_list *)((char *)c + k->offset), value);
     return 0;
 }
 
 /* ---- YAML ---- */
-
-static void where_of(const char *name, const yaml_node_t *node, char *buf, size_t size)
-{
-    snprintf(buf, size, "%s:%zu", name, node->start_mark.line + 1);
-}
 
 static int read_mapping(prepare_config *c, yaml_document_t *doc, const char *name, gale_error *err)
 {
@@ -262,12 +190,12 @@ static int read_mapping(prepare_config *c, yaml_document_t *doc, const char *nam
         return 0; /* an empty file sets nothing */
     char where[1200];
     if (root->type != YAML_MAPPING_NODE) {
-        where_of(name, root, where, sizeof where);
+        config_yaml_where(name, root, where, sizeof where);
         return gale_fail(err, "%s: the config must be a mapping of keys to values", where);
     }
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(doc, p->key), *vn = yaml_document_get_node(doc, p->value);
-        where_of(name, kn, where, sizeof where);
+        config_yaml_where(name, kn, where, sizeof where);
         if (kn->type != YAML_SCALAR_NODE)
             return gale_fail(err, "%s: keys must be plain names", where);
         const char *key = (const char *)kn->data.scalar.value;
@@ -277,18 +205,18 @@ static int read_mapping(prepare_config *c, yaml_document_t *doc, const char *nam
         if (vn->type == YAML_SCALAR_NODE) {
             if (set_key(c, k, (const char *)vn->data.scalar.value, where, err) < 0)
                 return -1;
-        } else if (vn->type == YAML_SEQUENCE_NODE && k->type == KEY_LIST) {
+        } else if (vn->type == YAML_SEQUENCE_NODE && k->kind == KEY_LIST) {
             list_clear((string_list *)((char *)c + k->offset));
             for (yaml_node_item_t *it = vn->data.sequence.items.start; it < vn->data.sequence.items.top; it++) {
                 yaml_node_t *item = yaml_document_get_node(doc, *it);
-                where_of(name, item, where, sizeof where);
+                config_yaml_where(name, item, where, sizeof where);
                 if (item->type != YAML_SCALAR_NODE)
                     return gale_fail(err, "%s: %s must be a list of strings", where, key);
                 list_push((string_list *)((char *)c + k->offset), (const char *)item->data.scalar.value);
             }
         } else {
             return gale_fail(err, "%s: %s must be %s", where, key,
-                             k->type == KEY_LIST ? "a string or a list of strings" : "a single value");
+                             k->kind == KEY_LIST ? "a string or a list of strings" : "a single value");
         }
     }
     return 0;
@@ -297,19 +225,11 @@ static int read_mapping(prepare_config *c, yaml_document_t *doc, const char *nam
 int prepare_config_parse_yaml(prepare_config *c, const char *yaml, size_t len, const char *name,
                               gale_error *err)
 {
-    yaml_parser_t parser;
     yaml_document_t doc;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        int rc = gale_fail(err, "%s:%zu: YAML error: %s", name, parser.problem_mark.line + 1,
-                           parser.problem ? parser.problem : "unreadable");
-        yaml_parser_delete(&parser);
-        return rc;
-    }
+    if (config_yaml_load(&doc, yaml, len, name, err) < 0)
+        return -1;
     int rc = read_mapping(c, &doc, name, err);
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     return rc;
 }
 
@@ -357,30 +277,13 @@ json_t *prepare_config_to_json(const prepare_config *c)
         const key_spec *k = &keys[i];
         const void *slot = (const char *)c + k->offset;
         json_t *v = NULL;
-        switch (k->type) {
-        case KEY_STRING:
-            v = *(char *const *)slot ? json_string(*(char *const *)slot) : json_null();
+        switch (k->kind) {
+        case KEY_VALUE:
+            v = config_value_json(&k->value, slot);
             break;
         case KEY_LIST:
             v = list_json(slot);
             break;
-        case KEY_INT:
-            v = json_integer(*(const long *)slot);
-            break;
-        case KEY_U64:
-            v = json_integer((json_int_t) * (const uint64_t *)slot);
-            break;
-        case KEY_DOUBLE:
-            v = json_real(*(const double *)slot);
-            break;
-        case KEY_BOOL:
-            v = json_boolean(*(const int *)slot);
-            break;
-        case KEY_ENUM: {
-            int e = *(const int *)slot;
-            v = e >= 0 ? json_string(k->choices[e]) : json_string("auto");
-            break;
-        }
         case KEY_DEDUP:
             v = json_string(c->dedup_exact && c->dedup_near ? "exact,near"
                             : c->dedup_exact               ? "exact"

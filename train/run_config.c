@@ -2,17 +2,13 @@
  * setters, so a --set value is checked exactly as a YAML value is. */
 #include "train/run_config.h"
 
-#include <errno.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yaml.h>
 
 #include "util/file.h"
-
-typedef enum field_type { FIELD_INT, FIELD_U64, FIELD_DOUBLE, FIELD_BOOL, FIELD_STRING, FIELD_ENUM } field_type;
+#include "util/yaml_config.h"
 
 static const char *const schedule_names[] = {"constant", "cosine", "linear", "wsd", NULL};
 static const char *const nan_names[] = {"stop", "skip", NULL};
@@ -21,47 +17,45 @@ static const char *const device_names[] = {"cpu", NULL};
 
 typedef struct field {
     const char *section, *key;
-    field_type type;
+    config_value value;
     size_t offset;
-    double min, max;           /* inclusive range of numbers */
-    const char *const *choices; /* FIELD_ENUM: the names, index = value */
 } field;
 
-#define F(sec, k, t, member, lo, hi, ch) {#sec, #k, t, offsetof(gale_run_config, sec.member), lo, hi, ch}
+#define F(sec, k, t, member, lo, hi, ch) {#sec, #k, {t, lo, hi, ch}, offsetof(gale_run_config, sec.member)}
 static const field fields[] = {
-    F(model, config, FIELD_STRING, config, 0, 0, NULL),
-    F(model, from, FIELD_STRING, from, 0, 0, NULL),
-    F(data, seq_len, FIELD_INT, seq_len, 1, 1 << 20, NULL),
-    F(data, micro_batch, FIELD_INT, micro_batch, 1, 1 << 16, NULL),
-    F(data, grad_accum, FIELD_INT, grad_accum, 1, 1 << 16, NULL),
-    F(data, doc_mask, FIELD_BOOL, doc_mask, 0, 1, NULL),
-    F(optim, lr, FIELD_DOUBLE, lr, 1e-12, 10, NULL),
-    F(optim, min_lr, FIELD_DOUBLE, min_lr, 0, 10, NULL),
-    F(optim, beta1, FIELD_DOUBLE, beta1, 0, 0.999999, NULL),
-    F(optim, beta2, FIELD_DOUBLE, beta2, 0, 0.999999999, NULL),
-    F(optim, eps, FIELD_DOUBLE, eps, 1e-30, 1, NULL),
-    F(optim, weight_decay, FIELD_DOUBLE, weight_decay, 0, 10, NULL),
-    F(optim, clip, FIELD_DOUBLE, clip, 0, 1e9, NULL),
-    F(optim, schedule, FIELD_ENUM, schedule, 0, 0, schedule_names),
-    F(optim, warmup, FIELD_INT, warmup, 0, 1e12, NULL),
-    F(optim, decay, FIELD_INT, decay, 0, 1e12, NULL),
-    F(optim, zero, FIELD_BOOL, zero, 0, 1, NULL),
-    F(run, steps, FIELD_INT, steps, 1, 1e12, NULL),
-    F(run, tokens, FIELD_INT, tokens, 1, 1e18, NULL),
-    F(run, seed, FIELD_U64, seed, 0, 0, NULL),
-    F(run, eval_every, FIELD_INT, eval_every, 0, 1e12, NULL),
-    F(run, eval_batches, FIELD_INT, eval_batches, 1, 1e9, NULL),
-    F(run, checkpoint_every, FIELD_INT, checkpoint_every, 0, 1e12, NULL),
-    F(run, keep_last, FIELD_INT, keep_last, 1, 1e6, NULL),
-    F(run, log_every, FIELD_INT, log_every, 1, 1e9, NULL),
-    F(run, dir, FIELD_STRING, dir, 0, 0, NULL),
-    F(run, nan_policy, FIELD_ENUM, nan_policy, 0, 0, nan_names),
-    F(moe, aux_loss, FIELD_ENUM, aux_loss, 0, 0, aux_names),
-    F(moe, aux_coef, FIELD_DOUBLE, aux_coef, 0, 1e3, NULL),
-    F(moe, z_loss, FIELD_DOUBLE, z_loss, 0, 1e3, NULL),
-    F(backend, device, FIELD_ENUM, device, 0, 0, device_names),
-    F(backend, threads, FIELD_INT, threads, 0, 4096, NULL),
-    F(backend, peak_tflops, FIELD_DOUBLE, peak_tflops, 0, 1e6, NULL),
+    F(model, config, CONFIG_STRING, config, 0, 0, NULL),
+    F(model, from, CONFIG_STRING, from, 0, 0, NULL),
+    F(data, seq_len, CONFIG_INT, seq_len, 1, 1 << 20, NULL),
+    F(data, micro_batch, CONFIG_INT, micro_batch, 1, 1 << 16, NULL),
+    F(data, grad_accum, CONFIG_INT, grad_accum, 1, 1 << 16, NULL),
+    F(data, doc_mask, CONFIG_BOOL, doc_mask, 0, 1, NULL),
+    F(optim, lr, CONFIG_DOUBLE, lr, 1e-12, 10, NULL),
+    F(optim, min_lr, CONFIG_DOUBLE, min_lr, 0, 10, NULL),
+    F(optim, beta1, CONFIG_DOUBLE, beta1, 0, 0.999999, NULL),
+    F(optim, beta2, CONFIG_DOUBLE, beta2, 0, 0.999999999, NULL),
+    F(optim, eps, CONFIG_DOUBLE, eps, 1e-30, 1, NULL),
+    F(optim, weight_decay, CONFIG_DOUBLE, weight_decay, 0, 10, NULL),
+    F(optim, clip, CONFIG_DOUBLE, clip, 0, 1e9, NULL),
+    F(optim, schedule, CONFIG_ENUM, schedule, 0, 0, schedule_names),
+    F(optim, warmup, CONFIG_INT, warmup, 0, 1e12, NULL),
+    F(optim, decay, CONFIG_INT, decay, 0, 1e12, NULL),
+    F(optim, zero, CONFIG_BOOL, zero, 0, 1, NULL),
+    F(run, steps, CONFIG_INT, steps, 1, 1e12, NULL),
+    F(run, tokens, CONFIG_INT, tokens, 1, 1e18, NULL),
+    F(run, seed, CONFIG_U64, seed, 0, 0, NULL),
+    F(run, eval_every, CONFIG_INT, eval_every, 0, 1e12, NULL),
+    F(run, eval_batches, CONFIG_INT, eval_batches, 1, 1e9, NULL),
+    F(run, checkpoint_every, CONFIG_INT, checkpoint_every, 0, 1e12, NULL),
+    F(run, keep_last, CONFIG_INT, keep_last, 1, 1e6, NULL),
+    F(run, log_every, CONFIG_INT, log_every, 1, 1e9, NULL),
+    F(run, dir, CONFIG_STRING, dir, 0, 0, NULL),
+    F(run, nan_policy, CONFIG_ENUM, nan_policy, 0, 0, nan_names),
+    F(moe, aux_loss, CONFIG_ENUM, aux_loss, 0, 0, aux_names),
+    F(moe, aux_coef, CONFIG_DOUBLE, aux_coef, 0, 1e3, NULL),
+    F(moe, z_loss, CONFIG_DOUBLE, z_loss, 0, 1e3, NULL),
+    F(backend, device, CONFIG_ENUM, device, 0, 0, device_names),
+    F(backend, threads, CONFIG_INT, threads, 0, 4096, NULL),
+    F(backend, peak_tflops, CONFIG_DOUBLE, peak_tflops, 0, 1e6, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -125,101 +119,12 @@ static int is_section(const char *name)
     return 0;
 }
 
-static int parse_long(const char *s, long *out)
-{
-    char *end;
-    errno = 0;
-    double d = strtod(s, &end); /* accepts 1e6 as well as 1000000 */
-    if (errno || end == s || *end || d != floor(d) || fabs(d) > 9.2e18)
-        return -1;
-    *out = (long)d;
-    return 0;
-}
-
-static int parse_double(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    *out = strtod(s, &end);
-    return (errno || end == s || *end || !isfinite(*out)) ? -1 : 0;
-}
-
-static int parse_bool(const char *s, int *out)
-{
-    if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")) {
-        *out = 1;
-        return 0;
-    }
-    if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")) {
-        *out = 0;
-        return 0;
-    }
-    return -1;
-}
-
-static int out_of_range(const char *where, const field *f, double v, gale_error *err)
-{
-    if (v < f->min || v > f->max)
-        return gale_fail(err, "%s: %s.%s = %g is out of range [%g, %g]", where, f->section, f->key, v, f->min,
-                         f->max);
-    return 0;
-}
-
 /* Sets one field from its scalar text; `where` is "file:line" or "--set ...". */
 static int set_field(gale_run_config *c, const field *f, const char *text, const char *where, gale_error *err)
 {
-    char *slot = (char *)c + f->offset;
-    switch (f->type) {
-    case FIELD_INT: {
-        long v;
-        if (parse_long(text, &v))
-            return gale_fail(err, "%s: %s.%s must be an integer, got '%s'", where, f->section, f->key, text);
-        if (out_of_range(where, f, (double)v, err))
-            return -1;
-        *(long *)slot = v;
-        return 0;
-    }
-    case FIELD_U64: {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(text, &end, 10);
-        if (errno || end == text || *end || text[0] == '-')
-            return gale_fail(err, "%s: %s.%s must be a non-negative integer, got '%s'", where, f->section, f->key,
-                             text);
-        *(uint64_t *)slot = v;
-        return 0;
-    }
-    case FIELD_DOUBLE: {
-        double v;
-        if (parse_double(text, &v))
-            return gale_fail(err, "%s: %s.%s must be a number, got '%s'", where, f->section, f->key, text);
-        if (out_of_range(where, f, v, err))
-            return -1;
-        *(double *)slot = v;
-        return 0;
-    }
-    case FIELD_BOOL:
-        if (parse_bool(text, (int *)slot))
-            return gale_fail(err, "%s: %s.%s must be true or false, got '%s'", where, f->section, f->key, text);
-        return 0;
-    case FIELD_STRING:
-        if (!*text)
-            return gale_fail(err, "%s: %s.%s must not be empty", where, f->section, f->key);
-        free(*(char **)slot);
-        *(char **)slot = gale_xstrdup(text);
-        return 0;
-    case FIELD_ENUM:
-        for (int i = 0; f->choices[i]; i++)
-            if (!strcmp(text, f->choices[i])) {
-                *(int *)slot = i;
-                return 0;
-            }
-        char list[256] = "";
-        for (int i = 0; f->choices[i]; i++)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", f->choices[i]);
-        return gale_fail(err, "%s: %s.%s must be one of %s, got '%s'", where, f->section, f->key, list, text);
-    }
-    return 0;
+    char key[64];
+    snprintf(key, sizeof key, "%s.%s", f->section, f->key);
+    return config_value_set(&f->value, (char *)c + f->offset, key, text, where, err);
 }
 
 static int set_shape_key(gale_run_config *c, const char *key, const char *text, const char *where, gale_error *err)
@@ -239,17 +144,17 @@ static int set_shape_key(gale_run_config *c, const char *key, const char *text, 
             }
             /* fall through */
         case SHAPE_INT:
-            if (parse_long(text, &n) || n < 0)
+            if (config_parse_long(text, &n) || n < 0)
                 return gale_fail(err, "%s: model.%s must be a non-negative integer, got '%s'", where, key, text);
             v = json_integer(n);
             break;
         case SHAPE_NUMBER:
-            if (parse_double(text, &d) || d < 0)
+            if (config_parse_double(text, &d) || d < 0)
                 return gale_fail(err, "%s: model.%s must be a non-negative number, got '%s'", where, key, text);
             v = json_real(d);
             break;
         case SHAPE_BOOL:
-            if (parse_bool(text, &b))
+            if (config_parse_bool(text, &b))
                 return gale_fail(err, "%s: model.%s must be true or false, got '%s'", where, key, text);
             v = json_boolean(b);
             break;
@@ -286,7 +191,7 @@ typedef struct yaml_ctx {
 
 static void where_of(const yaml_ctx *y, const yaml_node_t *node, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s:%zu", y->name, node->start_mark.line + 1);
+    config_yaml_where(y->name, node, buf, size);
 }
 
 static const char *scalar_text(const yaml_node_t *n)
@@ -315,7 +220,7 @@ static int read_source(gale_run_config *c, const yaml_ctx *y, yaml_node_t *item,
                 free(src.path);
                 src.path = gale_xstrdup(scalar_text(v));
             } else if (!strcmp(key, "weight")) {
-                if (parse_double(scalar_text(v), &src.weight) || src.weight <= 0) {
+                if (config_parse_double(scalar_text(v), &src.weight) || src.weight <= 0) {
                     free(src.path);
                     return gale_fail(err, "%s: data.sources[].weight must be a number > 0, got '%s'", vwhere,
                                      scalar_text(v));
@@ -437,20 +342,13 @@ gale_run_config *run_config_parse(const char *yaml, size_t len, const char *name
     gale_run_config *c = gale_xcalloc(1, sizeof *c);
     c->file = gale_xstrdup(name);
     set_defaults(c);
-    yaml_parser_t parser;
     yaml_document_t doc;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        gale_fail(err, "%s:%zu: YAML syntax: %s", name, parser.problem_mark.line + 1,
-                  parser.problem ? parser.problem : "unreadable");
-        yaml_parser_delete(&parser);
+    if (config_yaml_load(&doc, yaml, len, name, err) < 0) {
         run_config_free(c);
         return NULL;
     }
     int rc = read_document(c, &doc, name, err);
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     for (int i = 0; rc == 0 && i < n_overrides; i++)
         rc = apply_override(c, overrides[i], err);
     if (rc == 0)
@@ -490,48 +388,34 @@ void run_config_free(gale_run_config *c)
 
 static json_t *field_json(const gale_run_config *c, const field *f)
 {
-    const char *slot = (const char *)c + f->offset;
-    switch (f->type) {
-    case FIELD_INT:
-        return json_integer(*(const long *)slot);
-    case FIELD_U64:
-        return json_integer((json_int_t) * (const uint64_t *)slot);
-    case FIELD_DOUBLE:
-        return json_real(*(const double *)slot);
-    case FIELD_BOOL:
-        return json_boolean(*(const int *)slot);
-    case FIELD_STRING:
-        return *(char *const *)slot ? json_string(*(char *const *)slot) : json_null();
-    case FIELD_ENUM:
-        return json_string(f->choices[*(const int *)slot]);
-    }
-    return json_null();
+    return config_value_json(&f->value, (const char *)c + f->offset);
 }
 
 void run_config_print_keys(FILE *out)
 {
-    static const char *const type_names[] = {[FIELD_INT] = "integer", [FIELD_U64] = "integer",
-                                             [FIELD_DOUBLE] = "number", [FIELD_BOOL] = "true|false",
-                                             [FIELD_STRING] = "string", [FIELD_ENUM] = "choice"};
+    static const char *const type_names[] = {[CONFIG_INT] = "integer", [CONFIG_U64] = "integer",
+                                             [CONFIG_DOUBLE] = "number", [CONFIG_BOOL] = "true|false",
+                                             [CONFIG_STRING] = "string", [CONFIG_ENUM] = "choice"};
     gale_run_config defaults = {0};
     set_defaults(&defaults);
     for (size_t i = 0; i < N_FIELDS; i++) {
         const field *f = &fields[i];
+        const config_value *v = &f->value;
         char key[64], kind[160] = "";
         snprintf(key, sizeof key, "%s.%s", f->section, f->key);
-        if (f->type == FIELD_INT)
-            snprintf(kind, sizeof kind, "%s in [%.0f, %.0f]", type_names[f->type], f->min, f->max);
-        else if (f->type == FIELD_DOUBLE)
-            snprintf(kind, sizeof kind, "%s in [%g, %g]", type_names[f->type], f->min, f->max);
-        else if (f->type == FIELD_ENUM)
-            for (int c = 0; f->choices[c]; c++)
-                snprintf(kind + strlen(kind), sizeof kind - strlen(kind), "%s%s", c ? "|" : "", f->choices[c]);
+        if (v->type == CONFIG_INT)
+            snprintf(kind, sizeof kind, "%s in [%.0f, %.0f]", type_names[v->type], v->min, v->max);
+        else if (v->type == CONFIG_DOUBLE)
+            snprintf(kind, sizeof kind, "%s in [%g, %g]", type_names[v->type], v->min, v->max);
+        else if (v->type == CONFIG_ENUM)
+            for (int c = 0; v->choices[c]; c++)
+                snprintf(kind + strlen(kind), sizeof kind - strlen(kind), "%s%s", c ? "|" : "", v->choices[c]);
         else
-            snprintf(kind, sizeof kind, "%s", type_names[f->type]);
+            snprintf(kind, sizeof kind, "%s", type_names[v->type]);
         json_t *def = field_json(&defaults, f);
         /* a key with no default: a null string, a 0 below the range, aux_coef's -1 */
-        int unset = json_is_null(def) || (json_is_integer(def) && json_integer_value(def) < f->min) ||
-                    (json_is_real(def) && json_real_value(def) < f->min);
+        int unset = json_is_null(def) || (json_is_integer(def) && json_integer_value(def) < v->min) ||
+                    (json_is_real(def) && json_real_value(def) < v->min);
         char *def_text = json_dumps(def, JSON_ENCODE_ANY | JSON_REAL_PRECISION(6));
         fprintf(out, "  %-24s %-34s %s%s\n", key, kind, unset ? "" : "default ", unset ? "(none)" : def_text);
         free(def_text);
