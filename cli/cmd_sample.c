@@ -160,6 +160,7 @@ int cmd_sample(int argc, char **argv)
     if (sample_generate(m, ids.v, ids.n, &so, &out, print_new_text, &p, &stats, &err))
         goto done;
     printf("\n");
+    fflush(stdout); /* the text before the statistics when both go to one file */
     fprintf(stderr, "[%zu prompt tokens, %zu generated%s; prefill %.3f s, generation %.1f tokens/s]\n", ids.n,
             out.n, out.n && out.v[out.n - 1] == so.eos_id ? ", stopped at EOS" : "", stats.prefill_s,
             stats.generate_s > 0 ? (double)out.n / stats.generate_s : 0.0);
