@@ -288,9 +288,11 @@ static int write_out(const gale_bytes *b)
     return 0;
 }
 
-/* Writes out and empties b once it holds a batch, so that output goes in large writes. */
-static int write_out_when_full(gale_bytes *b)
+/* Ends an output line; writes out and empties b once it holds a batch, so that output goes
+ * in large writes. */
+static int end_line(gale_bytes *b)
 {
+    gale_bytes_push(b, '\n');
     if (b->n < BATCH_BYTES)
         return 0;
     if (write_out(b) < 0)
@@ -492,8 +494,7 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
             break;
         }
         tokenizer_decode(tok, ids.v, ids.n, &out);
-        gale_bytes_push(&out, '\n');
-        if (write_out_when_full(&out) < 0) {
+        if (end_line(&out) < 0) {
             rc = -1;
             break;
         }
@@ -559,8 +560,7 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
                 gale_bytes_push(&out, (uint8_t)('0' + mask.v[i]));
             }
         }
-        gale_bytes_push(&out, '\n');
-        if (write_out_when_full(&out) < 0) {
+        if (end_line(&out) < 0) {
             rc = -1;
             break;
         }
