@@ -889,6 +889,10 @@ static void print_summary(const prepare_ctx *c, const prepare_counts *t, double 
                                  : 0.0);
     fprintf(stderr, "gale prepare: %s written in %.1fs (%.1f MB/s)\n", c->cfg->out, seconds,
             (double)t->bytes / 1e6 / (seconds > 0 ? seconds : 1e-9));
+    /* An empty dataset is a valid result, but rarely the one that was meant. */
+    if (t->split[0].rows == 0)
+        fprintf(stderr, "gale prepare: warning: the train split is empty (%llu documents kept): "
+                        "gale train will refuse this folder\n", (unsigned long long)t->kept);
 }
 
 /* ---- the pipeline ---- */
