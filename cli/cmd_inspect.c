@@ -33,7 +33,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: gale inspect DIR|SHARD.h5 [--shards] [--verify] [--json]\n"
-            "       gale inspect DIR|SHARD.h5 --decode N [--split train|val] [--tokenizer PATH]\n"
+            "       gale inspect DIR|SHARD.h5 --decode N [--split train|val] [--tokenizer M]\n"
             "       gale inspect DIR|SHARD.h5 --ids N [--split train|val]\n"
             "\n"
             "Summarises a folder made by `gale prepare` (its manifest, shards and report.json) or one\n"
@@ -50,7 +50,7 @@ static void usage(FILE *f)
             "  --ids N           print row N as JSON: its tokens, segments and loss mask (for a\n"
             "                    pretraining shard, the mask of every non-padding token)\n"
             "  --split S         train (default) or val\n"
-            "  --tokenizer PATH  the SentencePiece model to decode with (default: the manifest's)\n"
+            "  --tokenizer M     the SentencePiece model (file or name) to decode with (default: the manifest's)\n"
             "  --help            this message\n");
 }
 
@@ -438,7 +438,7 @@ static gale_tokenizer *decode_tokenizer(const inspect_options *o, const char *di
     char *beside = NULL;
     if (!path && m && m->tokenizer.path && m->tokenizer.path[0]) {
         path = m->tokenizer.path;
-        if (!gale_path_exists(path) && path[0] != '/')
+        if (!gale_path_exists(path) && path[0] != '/' && strchr(path, '/'))
             path = beside = gale_path_join(dir, path);
     }
     if (!path) {

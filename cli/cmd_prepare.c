@@ -12,7 +12,7 @@
 static void prepare_usage(FILE *f)
 {
     fprintf(f,
-            "usage: gale prepare [CONFIG.yaml] [--input PATH...] [--tokenizer PATH] [--out DIR] [--KEY VALUE...]\n"
+            "usage: gale prepare [CONFIG.yaml] [--input PATH...] [--tokenizer M] [--out DIR] [--KEY VALUE...]\n"
             "       mpirun -np N gale prepare ...   (inputs split over ranks; dedup stays global)\n"
             "\n"
             "Reads text and JSONL inputs (.gz and .zst too), drops malformed records and those outside\n"

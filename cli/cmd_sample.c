@@ -14,7 +14,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|llama2]\n"
-               "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n"
+               "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer M]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
@@ -26,7 +26,7 @@ static void usage(FILE *f)
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model)\n");
+               "  --tokenizer M     SentencePiece model file, or mistral-v1 / mistral-v3 (default DIR/tokenizer.model)\n");
 }
 
 typedef struct printer {
@@ -132,7 +132,7 @@ int cmd_sample(int argc, char **argv)
     }
     tok_path = tok_path_arg ? gale_xstrdup(tok_path_arg) : gale_path_join(dir, "tokenizer.model");
     if (!tok_path_arg && !gale_path_exists(tok_path)) {
-        gale_fail(&err, "%s has no tokenizer.model: give --tokenizer FILE", dir);
+        gale_fail(&err, "%s has no tokenizer.model: give --tokenizer M", dir);
         goto done;
     }
     if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, &err)))

@@ -29,14 +29,15 @@ typedef struct tokenize_options {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gale tokenize --tokenizer PATH [--input FILE] [--format ids|pieces] [--threads N] [--decode]\n"
-            "       gale tokenize --tokenizer PATH --chat v1|v3|llama2 [--prompt] [--mask] [--input FILE.jsonl]\n"
+            "usage: gale tokenize --tokenizer M [--input FILE] [--format ids|pieces] [--threads N] [--decode]\n"
+            "       gale tokenize --tokenizer M --chat v1|v3|llama2 [--prompt] [--mask] [--input FILE.jsonl]\n"
             "\n"
             "Encodes text with a SentencePiece BPE model (.model), one text per line, and prints one\n"
             "line per input line: token ids separated by spaces, exactly as\n"
             "`spm_encode --model=PATH --output_format=id` does (no BOS/EOS added).\n"
             "\n"
-            "  --tokenizer PATH   the SentencePiece .model file (Mistral v1/v3, Llama 2)\n"
+            "  --tokenizer M      the SentencePiece .model file (Mistral v1/v3, Llama 2), or mistral-v1 / mistral-v3\n"
+            "                     (found in $GALE_TOKENIZERS or the mistral-common package's data)\n"
             "  --input FILE       read FILE instead of standard input\n"
             "  --format ids       print token ids (default); `pieces` prints the pieces instead\n"
             "  --threads N        encode with N threads (default 1); output order is kept\n"
@@ -113,7 +114,7 @@ static int parse_options(int argc, char **argv, tokenize_options *o)
         }
     }
     if (!o->tokenizer) {
-        fprintf(stderr, "gale tokenize: --tokenizer PATH is required (see gale tokenize --help)\n");
+        fprintf(stderr, "gale tokenize: --tokenizer M is required (see gale tokenize --help)\n");
         return 2;
     }
     enum chat_template tmpl;

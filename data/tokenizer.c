@@ -29,6 +29,7 @@
 #include <xxhash.h>
 
 #include "data/sentencepiece_model.h"
+#include "data/tokenizer_find.h"
 #include "util/file.h"
 #include "util/hash.h"
 
@@ -436,14 +437,20 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     return tok;
 }
 
-gale_tokenizer *tokenizer_load(const char *path, gale_error *err)
+gale_tokenizer *tokenizer_load(const char *name_or_path, gale_error *err)
 {
-    size_t len;
-    char *data = gale_read_file(path, &len, err);
-    if (!data)
+    char *path = tokenizer_find(name_or_path, err);
+    if (!path)
         return NULL;
-    gale_tokenizer *tok = tokenizer_load_bytes(data, len, path, err);
+    size_t len;
+    gale_tokenizer *tok = NULL;
+    char *data = gale_read_file(path, &len, err);
+    if (data)
+        tok = tokenizer_load_bytes(data, len, path, err);
+    else if (!gale_path_exists(path))
+        gale_error_prefix(err, "tokenizer (a .model file or one of %s)", tokenizer_known_names());
     free(data);
+    free(path);
     return tok;
 }
 

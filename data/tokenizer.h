@@ -13,8 +13,9 @@
 
 typedef struct gale_tokenizer gale_tokenizer;
 
-/* Loads a SentencePiece model file; NULL and a message naming the file on any problem. */
-gale_tokenizer *tokenizer_load(const char *path, gale_error *err);
+/* Loads a SentencePiece model file, given by path or by name (tokenizer_find.h); NULL and a
+ * message naming the file on any problem. */
+gale_tokenizer *tokenizer_load(const char *name_or_path, gale_error *err);
 /* The same from bytes in memory (name is used in messages). */
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err);
 void tokenizer_free(gale_tokenizer *tok);

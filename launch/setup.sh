@@ -36,4 +36,10 @@ fi
 if ! /usr/bin/python3 -c "import hdf5plugin" 2>/dev/null; then
   $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps hdf5plugin==7.1.0
 fi
+# mistral-common (PyPI): Mistral's own tokenizer files (tokenizer.model.v1, the v3 one),
+# which gale finds by name (`tokenizer: mistral-v1`). --no-deps: gale reads only its data
+# files, and its dependencies would replace Debian's numpy and sentencepiece.
+if ! /usr/bin/python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('mistral_common') is None)" 2>/dev/null; then
+  $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps mistral-common==1.13.1
+fi
 echo "setup: all packages present"

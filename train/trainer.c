@@ -13,6 +13,7 @@
 
 #include "data/loader.h"
 #include "data/manifest.h"
+#include "data/tokenizer_find.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -123,9 +124,11 @@ static void adopt_data_tokenizer(trainer *t)
     gale_error err;
     if (manifest_read(&man, t->cfg->data.sources[0].path, &err) == 0) {
         char hex[65];
-        if (man.tokenizer.path && gale_sha256_file_hex(man.tokenizer.path, hex, &err) == 0 &&
-            !strcmp(hex, man.tokenizer.sha256))
-            t->tokenizer_path = gale_xstrdup(man.tokenizer.path);
+        char *path = man.tokenizer.path ? tokenizer_find(man.tokenizer.path, &err) : NULL;
+        if (path && gale_sha256_file_hex(path, hex, &err) == 0 && !strcmp(hex, man.tokenizer.sha256))
+            t->tokenizer_path = path;
+        else
+            free(path);
         if (t->mc.bos_token_id < 0)
             t->mc.bos_token_id = man.tokenizer.bos_id;
         if (t->mc.eos_token_id < 0)

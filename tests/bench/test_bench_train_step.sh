@@ -13,7 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${GALE_BUILD:?GALE_BUILD must name the build folder}"
 if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "SKIP: /usr/bin/python3 has no torch (tests/bench/setup_bench.sh installs it)"
-  exit 0
+  exit 77
 fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/gale-bench-check.XXXXXX")"
 trap 'rm -rf "$work"' EXIT

@@ -8,7 +8,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${GALE_SHARED:?GALE_SHARED must name the shared folder}"
 if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "SKIP: /usr/bin/python3 has no torch (tests/bench/setup_bench.sh installs it)"
-  exit 0
+  exit 77
 fi
 fixtures=("$GALE_SHARED"/golden/*/)
 [ -d "${fixtures[0]}" ] || { echo "no fixtures under $GALE_SHARED/golden" >&2; exit 1; }

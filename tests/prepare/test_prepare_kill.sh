@@ -6,7 +6,7 @@
 set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}"
 F=/usr/share/games/fortunes
-[ -r "$F/fortunes" ] || { echo "SKIP: $F not installed (fortunes package)"; exit 0; }
+[ -r "$F/fortunes" ] || { echo "SKIP: $F not installed (fortunes package)"; exit 77; }
 
 work=$(mktemp -d /tmp/gale-test-kill-XXXXXX)
 pid=

@@ -11,9 +11,9 @@ set -euo pipefail
 : "${GALE_BIN:?}" "${GALE_SHARED:?}"
 F=/usr/share/games/fortunes
 for f in computers cookie fortunes linux linuxcookie people; do
-  [ -r "$F/$f" ] || { echo "SKIP: $F/$f not installed (fortunes package)"; exit 0; }
+  [ -r "$F/$f" ] || { echo "SKIP: $F/$f not installed (fortunes package)"; exit 77; }
 done
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 0; }
+command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
 
 work=$(mktemp -d /tmp/gale-test-mpi-XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -8,7 +8,7 @@ source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_
 py=/usr/bin/python3
 if ! $py -c "import torch, transformers, h5py, hdf5plugin" 2>/dev/null; then
   echo "SKIP: /usr/bin/python3 lacks torch, transformers, h5py or hdf5plugin"
-  exit 0
+  exit 77
 fi
 write_config "$tmp/run.yaml" "$tmp/run" 6 4
 "$GALE_BIN" train "$tmp/run.yaml" > /dev/null

@@ -11,7 +11,7 @@ set -euo pipefail
 py=/usr/bin/python3
 if ! $py -c "import torch, transformers" 2>/dev/null; then
   echo "SKIP: /usr/bin/python3 lacks torch or transformers"
-  exit 0
+  exit 77
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

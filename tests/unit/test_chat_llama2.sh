@@ -10,7 +10,7 @@ set -euo pipefail
 py=/usr/bin/python3
 if ! "$py" -c "import sentencepiece" 2>/dev/null; then
     echo "SKIP: $py has no sentencepiece module"
-    exit 0
+    exit 77
 fi
 model="$GALE_SHARED/tokenizers/mistral-v1.model"
 data="$GALE_SOURCE/tests/data/chat/llama2.jsonl"

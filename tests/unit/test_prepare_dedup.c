@@ -196,7 +196,7 @@ static void test_planted(void)
     minhasher *m = minhasher_create(&mp);
     corpus c = {0};
     if (load_base(&c, m) < 0) {
-        printf("SKIP: fewer than 600 fortunes of 40+ words under /usr/share/games/fortunes\n");
+        check_skip("fewer than 600 fortunes of 40+ words under /usr/share/games/fortunes");
         minhasher_free(m);
         return;
     }

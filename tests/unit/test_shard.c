@@ -314,7 +314,7 @@ static void test_full_disk(const char *dir)
     gale_error err;
     CHECK_OK(gale_mkdir_p(mnt, &err), err);
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
-        printf("SKIP full-disk case: cannot mount a tmpfs (%s)\n", strerror(errno));
+        check_skip("full-disk case: cannot mount a tmpfs (%s)", strerror(errno));
         rmdir(mnt);
         free(mnt);
         return;
