@@ -120,16 +120,8 @@ int cmd_sample(int argc, char **argv)
     enum chat_template tmpl;
     if (chat && chat_template_from_name(template_name, &tmpl, &err))
         goto done;
-    /* a plain Hugging Face folder has no trainer_state.json: take it as it is */
-    dir = checkpoint_resolve(ckpt_arg, &err);
-    if (!dir) {
-        char *cfg = gale_path_join(ckpt_arg, "config.json");
-        int hf = gale_path_exists(cfg);
-        free(cfg);
-        if (!hf)
-            goto done;
-        dir = gale_xstrdup(ckpt_arg);
-    }
+    if (!(dir = checkpoint_resolve(ckpt_arg, &err)))
+        goto done;
     tok_path = tok_path_arg ? gale_xstrdup(tok_path_arg) : gale_path_join(dir, "tokenizer.model");
     if (!tok_path_arg && !gale_path_exists(tok_path)) {
         gale_fail(&err, "%s has no tokenizer.model: give --tokenizer M", dir);

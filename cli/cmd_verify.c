@@ -11,7 +11,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: gale verify --fixture DIR [--backend cpu]\n\n"
             "Runs the model on a reference fixture (config.json, model.safetensors,\n"
-            "expected.safetensors, expected.json; see shared/golden/README.md) and compares\n"
+            "expected.safetensors, expected.json; see docs/math.md in the source) and compares\n"
             "logits, losses, every gradient, the router's choices and three AdamW steps with\n"
             "the reference, printing each relative error against its tolerance.\n\n"
             "  --fixture DIR    the fixture folder (may be given more than once)\n"

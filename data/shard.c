@@ -1,4 +1,4 @@
-/* shard: HDF5 shard writer and reader (format in DESIGN.md, "Shards: HDF5 with zstd"). */
+/* shard: HDF5 shard writer and reader (format in docs/formats.md, "Shards (HDF5)"). */
 #define _GNU_SOURCE
 #include "data/shard.h"
 

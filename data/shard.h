@@ -3,7 +3,7 @@
  * (uint16, 65535 = padding) and, in SFT shards, /loss_mask (uint8), all [N, S] with
  * S = seq_len + 1, chunked by rows, byte-shuffled and compressed with the Zstandard filter
  * under its registered id 32015, so h5py with hdf5plugin reads them as they are. Root
- * attributes are listed in DESIGN.md ("Shards: HDF5 with zstd"). gale registers the zstd
+ * attributes are listed in docs/formats.md ("Shards (HDF5)"). gale registers the zstd
  * filter itself; a shard is written under a temporary name and renamed when complete. */
 #ifndef GALE_DATA_SHARD_H
 #define GALE_DATA_SHARD_H

@@ -224,14 +224,18 @@ done:
 
 char *checkpoint_resolve(const char *path, gale_error *err)
 {
-    char *state = gale_path_join(path, "trainer_state.json");
-    int direct = gale_path_exists(state);
+    /* a plain Hugging Face folder has config.json and no trainer_state.json: taken as it is */
+    char *state = gale_path_join(path, "trainer_state.json"), *config = gale_path_join(path, "config.json");
+    int direct = gale_path_exists(state) || gale_path_exists(config);
     free(state);
+    free(config);
     if (direct)
         return gale_xstrdup(path);
     char *dir = checkpoint_latest(path, err);
     if (!dir && !err->msg[0])
-        gale_fail(err, "%s: not a checkpoint (no trainer_state.json) nor a run folder with checkpoints/latest",
+        gale_fail(err,
+                  "%s: not a checkpoint or Hugging Face folder (no trainer_state.json, no config.json) nor a run "
+                  "folder with checkpoints/latest",
                   path);
     return dir;
 }

@@ -1,4 +1,4 @@
-/* checkpoint: saving and loading a training run's state, as DESIGN.md "Checkpoints" says.
+/* checkpoint: saving and loading a training run's state, as docs/formats.md ("A run folder") says.
  *
  *   RUN/checkpoints/step_00001000/
  *     config.json, model.safetensors   Hugging Face names and layout (fp32)
@@ -59,8 +59,9 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
  * empty when the run has no checkpoint yet, NULL with a message when `latest` is broken. */
 char *checkpoint_latest(const char *run_dir, gale_error *err);
 
-/* A checkpoint folder from what the user gave: the folder itself, or a run folder whose
- * `latest` names one (caller frees). */
+/* A model folder from what the user gave: the folder itself when it is a checkpoint or a
+ * plain Hugging Face folder (config.json + safetensors), or the checkpoint a run folder's
+ * `latest` names (caller frees). */
 char *checkpoint_resolve(const char *path, gale_error *err);
 
 /* Reads trainer_state.json of a checkpoint folder (st owns new references). */

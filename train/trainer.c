@@ -622,6 +622,9 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
 {
     const gale_run_config *c = t->cfg;
     long first = t->state.step;
+    /* the baseline: the validation loss before any training (a resumed run has it already) */
+    if (t->eval_on && first == 0 && run_eval(t, err))
+        return -1;
     double started = now_seconds();
     while (t->state.step < t->sched.total) {
         if (opts->stop_at > 0 && t->state.step >= opts->stop_at) {

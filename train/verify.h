@@ -1,5 +1,5 @@
 /* verify: checks a backend against a reference fixture folder in the format of
- * shared/golden/README.md (config.json, model.safetensors, expected.safetensors,
+ * docs/math.md (config.json, model.safetensors, expected.safetensors,
  * expected.json): logits, the losses, every gradient, the router's choices and three AdamW
  * steps, each printed as a relative error against its tolerance. Nothing in it is specific
  * to one fixture: any folder in that format is a test. */

@@ -1,7 +1,7 @@
 """Proves torch_reference.py right before it is trusted as the benchmark's peer: for each fixture
 folder (default: every folder of $GALE_SHARED/golden, or ../shared/golden), run the reference in
 float64 and compare logits, losses, every gradient and every weight after three AdamW steps with
-expected.safetensors / expected.json, within the tolerances of shared/golden/README.md.
+expected.safetensors / expected.json, within the tolerances of docs/math.md.
 
     /usr/bin/python3 tests/bench/check_torch_reference.py [--dtype float32] [FIXTURE_DIR ...]
 

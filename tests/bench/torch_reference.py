@@ -1,5 +1,5 @@
 """A hand-written PyTorch implementation of the Llama 2 / Mistral / Mixtral math contract in
-shared/golden/README.md: the peer that gale's CPU training step is benchmarked against, and
+docs/math.md: the peer that gale's CPU training step is benchmarked against, and
 (checked by check_torch_reference.py) a second, independent reading of that contract.
 
 It uses only torch tensor ops, never transformers: embeddings, RMSNorm, rotate-half RoPE,

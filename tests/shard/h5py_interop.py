@@ -1,7 +1,7 @@
 """Shards between gale and the standard HDF5 zstd plugin (h5py + hdf5plugin), both ways.
 
 gale -> h5py: folders made by `gale prepare` (pretraining and SFT) read with h5py: attributes
-exactly as DESIGN.md lists them, dataset types, shapes, chunking and the filter pipeline
+exactly as docs/formats.md lists them, dataset types, shapes, chunking and the filter pipeline
 (shuffle, then zstd 32015), values identical to what gale reads (`gale inspect --ids`),
 n_real_tokens equal to the non-padding count, manifest rows and SHA-256 equal to the files.
 
