@@ -50,6 +50,10 @@ enum chat_purpose { CHAT_FOR_TRAINING, CHAT_FOR_PROMPT };
 int chat_template_from_name(const char *name, enum chat_template *out, gale_error *err);
 const char *chat_template_name(enum chat_template tmpl);
 
+/* The template as a Jinja string for transformers' apply_chat_template (tokenizer_config.json's
+ * "chat_template"): the same ids as chat_encode for conversations without tools. */
+const char *chat_template_jinja(enum chat_template tmpl);
+
 /* Appends the ids of one conversation (BOS first) to ids and, when loss_mask is not NULL,
  * one mask byte per id to loss_mask. On error returns -1 with a message naming the message
  * index and key at fault ("messages[3].tool_calls[0].function.name: ..."), and leaves ids

@@ -491,6 +491,12 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
     return id >= 0 && (size_t)id < tok->model.n_pieces ? tok->model.pieces[id].piece : NULL;
 }
 
+int tokenizer_is_special(const gale_tokenizer *tok, int id)
+{
+    return id >= 0 && (size_t)id < tok->model.n_pieces &&
+           (tok->types[id] == SPM_PIECE_CONTROL || tok->types[id] == SPM_PIECE_UNKNOWN);
+}
+
 /* ---- the word cache ---- */
 
 /* A two-way set-associative cache: each entry is one 64-byte cache line holding the word and

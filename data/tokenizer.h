@@ -53,6 +53,9 @@ int tokenizer_unk_id(const gale_tokenizer *tok);
 int tokenizer_piece_id(const gale_tokenizer *tok, const char *piece);
 /* The piece of an id (NUL-terminated), or NULL when out of range. */
 const char *tokenizer_id_piece(const gale_tokenizer *tok, int id);
+/* 1 when id is a control or the unknown piece (<s>, </s>, <unk>, [INST], ...): what
+ * transformers calls a special token; 0 otherwise. */
+int tokenizer_is_special(const gale_tokenizer *tok, int id);
 /* SHA-256 of the model file's bytes, 64 hex digits. */
 const char *tokenizer_sha256(const gale_tokenizer *tok);
 

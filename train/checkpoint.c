@@ -64,17 +64,6 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
     return rc;
 }
 
-static int copy_file(const char *from, const char *to, gale_error *err)
-{
-    size_t len;
-    char *data = gale_read_file(from, &len, err);
-    if (!data)
-        return -1;
-    int rc = gale_write_file_atomic(to, data, len, err);
-    free(data);
-    return rc;
-}
-
 static int write_state(const char *path, const gale_train_state *st, const struct model *m, gale_error *err)
 {
     json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:I, s:{s:I}, s:O?, s:{s:i, s:i, s:i}, s:I, s:O?}", "format",
@@ -148,7 +137,7 @@ static int publish(const char *root, const char *tmp, const char *final, gale_er
 }
 
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
-                    const char *tokenizer_path, int keep_last, char **out_dir, gale_error *err)
+                    const gale_hf_files *hf, int keep_last, char **out_dir, gale_error *err)
 {
     char name[32], tmp_name[40];
     step_name(st->step, name);
@@ -164,8 +153,7 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
     if (write_optimizer(files[0], model_get_layout(m), moments, err))
         goto done;
-    files[1] = gale_path_join(tmp, "tokenizer.model");
-    if (tokenizer_path && copy_file(tokenizer_path, files[1], err))
+    if (hf_files_write(tmp, hf, err))
         goto done;
     files[2] = gale_path_join(tmp, "trainer_state.json");
     if (write_state(files[2], st, m, err) || gale_fsync_path(tmp, err) || publish(root, tmp, final, err))

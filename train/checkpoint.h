@@ -2,7 +2,8 @@
  *
  *   RUN/checkpoints/step_00001000/
  *     config.json, model.safetensors   Hugging Face names and layout (fp32)
- *     tokenizer.model                  copied from the data's tokenizer, when known
+ *     tokenizer.model, tokenizer_config.json, special_tokens_map.json, generation_config.json
+ *                                      for transformers (train/hf_files.h), when the tokenizer is known
  *     optimizer.safetensors            AdamW moments: exp_avg.NAME and exp_avg_sq.NAME per
  *                                      parameter tensor
  *     trainer_state.json               step, tokens seen, loader position, RNG seed, run
@@ -23,6 +24,7 @@
 
 #include "model/model.h"
 #include "optim/adamw.h"
+#include "train/hf_files.h"
 #include "util/error.h"
 
 #define GALE_TRAINER_STATE_FORMAT "gale-trainer-state"
@@ -48,11 +50,11 @@ typedef struct gale_moments {
 } gale_moments;
 
 /* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
- * and removes the oldest beyond keep_last. tokenizer_path may be NULL. A checkpoint of that
+ * and removes the oldest beyond keep_last, with the tokenizer files hf describes (may be NULL). A checkpoint of that
  * step already there (from a run resumed at an earlier step) is replaced atomically.
  * *out_dir (when not NULL) receives the final folder (caller frees). */
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments,
-                    const gale_train_state *st, const char *tokenizer_path, int keep_last,
+                    const gale_train_state *st, const gale_hf_files *hf, int keep_last,
                     char **out_dir, gale_error *err);
 
 /* The folder `latest` names under run_dir/checkpoints (caller frees); NULL with err->msg

@@ -54,6 +54,7 @@ typedef struct trainer {
     gale_schedule sched;
     gale_train_state state;
     char *tokenizer_path;  /* copied into checkpoints; NULL when unknown */
+    char *chat_template;   /* the SFT data's template, for the checkpoints' tokenizer_config.json */
     FILE *metrics;
     int eval_on;
     double flops_per_token, peak_flops;
@@ -129,6 +130,11 @@ static void adopt_data_tokenizer(trainer *t)
             t->tokenizer_path = path;
         else
             free(path);
+        json_t *prep = man.kind == GALE_SHARD_SFT && man.config_json ? json_loads(man.config_json, 0, NULL) : NULL;
+        const char *tmpl = json_string_value(json_object_get(prep, "chat_template"));
+        if (tmpl)
+            t->chat_template = gale_xstrdup(tmpl);
+        json_decref(prep);
         if (t->mc.bos_token_id < 0)
             t->mc.bos_token_id = man.tokenizer.bos_id;
         if (t->mc.eos_token_id < 0)
@@ -335,6 +341,7 @@ static void teardown(trainer *t)
     free(t->dirs);
     free(t->weights);
     free(t->tokenizer_path);
+    free(t->chat_template);
     free(t->expert_counts);
     free(t->selected);
     train_state_clear(&t->state);
@@ -603,7 +610,8 @@ static int save_checkpoint(trainer *t, gale_error *err)
         json_decref(t->state.loader);
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
-        rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, t->tokenizer_path,
+        gale_hf_files hf = {t->tokenizer_path, t->chat_template, t->cfg->model.from};
+        rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, &hf,
                              (int)t->cfg->run.keep_last, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
