@@ -20,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/metrics.h"
+#include "train/tensorboard.h"
 #include "util/file.h"
 #include "util/hash.h"
 
@@ -56,6 +57,7 @@ typedef struct trainer {
     char *tokenizer_path;  /* copied into checkpoints; NULL when unknown */
     char *chat_template;   /* the SFT data's template, for the checkpoints' tokenizer_config.json */
     FILE *metrics;
+    tb_writer *tb;         /* the same records as TensorBoard events */
     int eval_on;
     double flops_per_token, peak_flops;
     long tokens_per_step;  /* input positions of a global batch */
@@ -315,7 +317,7 @@ static int setup(trainer *t, gale_error *err)
         if (gale_mkdir_p(c->run.dir, err))
             return -1;
         t->metrics = metrics_open(c->run.dir, t->state.step, err);
-        if (!t->metrics)
+        if (!t->metrics || !(t->tb = tb_open(c->run.dir, err)))
             return -1;
         print_effective_config(t);
     }
@@ -330,6 +332,7 @@ static void teardown(trainer *t)
 {
     if (t->metrics)
         fclose(t->metrics);
+    tb_close(t->tb);
     if (t->opt_ready)
         adamw_free(&t->opt);
     model_free(t->model);
@@ -562,7 +565,7 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
         }
         json_object_set_new(rec, "experts", layers);
     }
-    if (metrics_append(t->metrics, rec, err))
+    if (metrics_append(t->metrics, rec, err) || tb_write_record(t->tb, rec, err))
         fprintf(stderr, "gale train: warning: %s\n", err->msg);
     json_decref(rec);
 }
@@ -588,7 +591,7 @@ static int run_eval(trainer *t, gale_error *err)
         fflush(stdout);
         json_t *rec = json_pack("{s:s, s:I, s:f, s:f, s:I}", "kind", "eval", "step", (json_int_t)t->state.step,
                                 "val_loss", res.loss, "val_ppl", res.ppl, "val_targets", (json_int_t)res.n_targets);
-        int rc = metrics_append(t->metrics, rec, err);
+        int rc = metrics_append(t->metrics, rec, err) || tb_write_record(t->tb, rec, err) ? -1 : 0;
         json_decref(rec);
         return rc;
     }

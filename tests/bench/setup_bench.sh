@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # python3-protobuf and python3-jinja2: transformers' AutoTokenizer on a SentencePiece model and
 # its apply_chat_template (tests/train/test_hf_tokenizer.sh).
-bash "$root/launch/setup.sh" python3-torch linux-perf python3-protobuf python3-jinja2
+bash "$root/launch/setup.sh" python3-torch linux-perf python3-protobuf python3-jinja2 python3-venv
 /usr/bin/python3 -c "import torch" || { echo "setup_bench: /usr/bin/python3 cannot import torch" >&2; exit 1; }
 # transformers (PyPI), the version that runs on Debian's torch 1.13: the peer that loads gale's
 # checkpoints in tests/train/test_hf_load.sh and generates beside gale sample.
@@ -16,5 +16,11 @@ if ! /usr/bin/python3 -c "import transformers" 2>/dev/null; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages "transformers==4.40.2"
+fi
+# tensorboard (PyPI), whose reader checks gale's event files (tests/train/test_tensorboard.sh):
+# in its own virtual environment, .bench/tb, because it would replace Debian's protobuf.
+if ! "$root/.bench/tb/bin/python" -c "import tensorboard" 2>/dev/null; then
+  /usr/bin/python3 -m venv "$root/.bench/tb"
+  "$root/.bench/tb/bin/python" -m pip install --quiet tensorboard==2.21.0
 fi
 echo "setup_bench: all packages present"
