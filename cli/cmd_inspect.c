@@ -429,8 +429,8 @@ static void print_segment(const gale_tokenizer *tok, const gale_shard_meta *m, c
         fputs(TRAINED_CLOSE, stdout);
 }
 
-/* The tokenizer to decode with: --tokenizer, else the manifest's path (as given, then
- * beside the folder); it must be the one the shard was made with. */
+/* The tokenizer to decode with: --tokenizer, else the manifest's (as given, then beside the
+ * folder, then as a name such as mistral-v1); it must be the one the shard was made with. */
 static gale_tokenizer *decode_tokenizer(const inspect_options *o, const char *dir, const gale_manifest *m,
                                         const gale_shard_meta *meta, gale_error *err)
 {
@@ -438,8 +438,11 @@ static gale_tokenizer *decode_tokenizer(const inspect_options *o, const char *di
     char *beside = NULL;
     if (!path && m && m->tokenizer.path && m->tokenizer.path[0]) {
         path = m->tokenizer.path;
-        if (!gale_path_exists(path) && path[0] != '/' && strchr(path, '/'))
-            path = beside = gale_path_join(dir, path);
+        if (!gale_path_exists(path) && path[0] != '/') {
+            beside = gale_path_join(dir, path);
+            if (gale_path_exists(beside))
+                path = beside;
+        }
     }
     if (!path) {
         gale_fail(err, "--decode needs --tokenizer PATH (a shard does not record where its tokenizer is)");

@@ -30,11 +30,12 @@ cp "$GALE_SHARED/tokenizers/mistral-v3.model" "$tmp/toks/mistral-v1.model"
 GALE_TOKENIZERS="/nonexistent:$tmp/toks" "$GALE_BIN" tokenize --tokenizer mistral-v1 --input "$tmp/text" > "$tmp/override"
 cmp "$tmp/override" "$tmp/by-path"
 
-# prepare records the name; train copies the file it names into the checkpoint
+# prepare records the name; inspect decodes with it; train copies the file into the checkpoint
 printf '{"text": "%s"}\n' "one fortune of some length" "another fortune, longer than the first" > "$tmp/docs.jsonl"
 "$GALE_BIN" prepare --input "$tmp/docs.jsonl" --tokenizer mistral-v1 --out "$tmp/data" --seq_len 16 \
   --val_fraction 0 --dedup none 2> /dev/null
 grep -q '"path": "mistral-v1"' "$tmp/data/manifest.json"
+"$GALE_BIN" inspect "$tmp/data" --decode 0 | grep -q "one fortune of some length"
 cat > "$tmp/run.yaml" <<YAML
 model: {model_type: mistral, vocab_size: 32000, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
         num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 32}
