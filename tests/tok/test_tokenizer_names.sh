@@ -44,6 +44,8 @@ run: {steps: 1, eval_every: 0, checkpoint_every: 1, dir: $tmp/run}
 YAML
 "$GALE_BIN" train "$tmp/run.yaml" > /dev/null
 cmp "$tmp/run/checkpoints/step_00000001/tokenizer.model" "$GALE_SHARED/tokenizers/mistral-v1.model"
+"$GALE_BIN" sample --checkpoint "$tmp/run" --tokenizer mistral-v1 --prompt "one" --max-new 2 --temperature 0 \
+  2> /dev/null | grep -q "^one"
 
 # errors name what was asked for
 if "$GALE_BIN" tokenize --tokenizer mistral-v9 < "$tmp/text" 2> "$tmp/err"; then echo "FAIL: accepted mistral-v9"; exit 1; fi
