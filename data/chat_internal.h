@@ -58,4 +58,7 @@ void chat_encode_text(const struct chat_sink *s, const void *text, size_t len, g
 void chat_emit_text(const struct chat_sink *s, const void *text, size_t len, uint8_t m);
 void chat_emit_id(const struct chat_sink *s, int32_t id, uint8_t m);
 
+/* "an object", "a string", "a number", ...: a JSON value's type in an error message. */
+const char *chat_json_type(const json_t *v);
+
 #endif
