@@ -222,7 +222,7 @@ static int read_message(struct reading *r, const json_t *in, size_t i, json_t *m
     if (sharegpt ? find_speaker(name, from_names, sizeof from_names / sizeof *from_names, &who)
                  : find_speaker(name, role_names, sizeof role_names / sizeof *role_names, &who))
         return gale_fail(err, "%s[%zu].%s: unknown %s \"%.40s\" (expected %s)", r->key, i, role_key,
-                         role_key, json_string_value(name),
+                         sharegpt ? "speaker" : "role", json_string_value(name),
                          sharegpt ? "human, gpt, system, function_call, observation, tool, user or assistant"
                                   : "system, developer, user, assistant or tool");
 
