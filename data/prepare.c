@@ -918,16 +918,16 @@ static int check_rejected(const prepare_ctx *c, const prepare_counts *t, gale_er
         return 0;
     if (malformed + filtered == t->records)
         return gale_fail(err,
-                         "every record was rejected (%llu malformed, %llu outside the length bounds): nothing to "
-                         "prepare; the first reasons are listed above", (unsigned long long)malformed,
-                         (unsigned long long)filtered);
+                         "every record was rejected (%llu malformed or untrained, %llu outside the length "
+                         "bounds): nothing to prepare; the first reasons are listed above",
+                         (unsigned long long)malformed, (unsigned long long)filtered);
     if ((double)malformed > c->cfg->max_rejected_share * (double)t->records)
         return gale_fail(err,
-                         "%llu of %llu records (%.1f%%) were rejected as malformed, more than max_rejected_share "
-                         "(%g): check the input format and key (gale prepare --help) against the reasons listed "
-                         "above, or raise max_rejected_share", (unsigned long long)malformed,
-                         (unsigned long long)t->records, 100.0 * (double)malformed / (double)t->records,
-                         c->cfg->max_rejected_share);
+                         "%llu of %llu records (%.1f%%) were rejected as malformed or untrained, more than "
+                         "max_rejected_share (%g): check the input format and key (gale prepare --help) against "
+                         "the reasons listed above, or raise max_rejected_share",
+                         (unsigned long long)malformed, (unsigned long long)t->records,
+                         100.0 * (double)malformed / (double)t->records, c->cfg->max_rejected_share);
     return 0;
 }
 
