@@ -66,12 +66,10 @@ const char *chat_json_type(const json_t *v)
     return "?";
 }
 
-/* A JSON string of min to max bytes, every one an ASCII letter or digit (or '_' and '-' when
- * dashes): its length is checked, not strlen, so an embedded NUL is refused too. */
-static bool is_word(const json_t *s, size_t min, size_t max, bool dashes)
+/* min to max bytes, every one an ASCII letter or digit (or '_' and '-' when dashes): the
+ * length is given, not strlen, so an embedded NUL is refused too. */
+static bool is_word(const char *v, size_t n, size_t min, size_t max, bool dashes)
 {
-    size_t n = json_string_length(s);
-    const char *v = json_string_value(s);
     if (!v || n < min || n > max)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -87,13 +85,18 @@ static bool is_word(const json_t *s, size_t min, size_t max, bool dashes)
 /* mistral-common's ^[a-zA-Z0-9_-]{1,64}$ for function and tool names. */
 static bool is_function_name(const json_t *s)
 {
-    return is_word(s, 1, 64, true);
+    return is_word(json_string_value(s), json_string_length(s), 1, 64, true);
+}
+
+bool chat_is_call_id(const char *s, size_t n)
+{
+    return is_word(s, n, 9, 9, false);
 }
 
 /* mistral-common's v3 call ids: ^[a-zA-Z0-9]{9}$. */
 static bool is_call_id(const json_t *s)
 {
-    return is_word(s, 9, 9, false);
+    return chat_is_call_id(json_string_value(s), json_string_length(s));
 }
 
 /* One entry of "messages", checked on its own but not yet merged with its neighbours. */

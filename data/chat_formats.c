@@ -45,18 +45,6 @@ struct reading {
     json_t *ids;     /* mapped id -> original, to refuse two ids that map alike */
 };
 
-static bool is_v3_id(const char *s, size_t n)
-{
-    if (n != 9)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
-            return false;
-    }
-    return true;
-}
-
 /* 9 base-62 digits of the hash of text. */
 static void hashed_id(const void *text, size_t len, char out[10])
 {
@@ -73,7 +61,7 @@ static json_t *map_id(struct reading *r, const json_t *id, const char *where, ga
 {
     const char *s = json_string_value(id);
     size_t n = json_string_length(id);
-    if ((n == 4 && !memcmp(s, "null", 4)) || is_v3_id(s, n))
+    if ((n == 4 && !memcmp(s, "null", 4)) || chat_is_call_id(s, n))
         return json_incref((json_t *)id);
     char mapped[10];
     hashed_id(s, n, mapped);
