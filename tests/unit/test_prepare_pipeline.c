@@ -6,7 +6,8 @@
  * and that the shards, read back through the shard reader and decoded, hold exactly the
  * kept documents between BOS and EOS with the right segments. An SFT run checks that a
  * conversation the chat template refuses is counted and that rows carry the template's ids
- * and loss mask. */
+ * and loss mask, a ShareGPT record's those of the same messages; 50 conversations sharing a
+ * long system prompt are not near duplicates of each other. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -323,8 +324,11 @@ static void test_sft(const gale_tokenizer *tok)
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour of the sky.\"}, "
         "{\"role\": \"assistant\", \"content\": \"Blue, on a clear day.\"}]}",
     };
+    /* the third conversation as ShareGPT writes it: its rows must be those of convs[2] */
+    const char *sharegpt = "{\"conversations\": [{\"from\": \"human\", \"value\": \"Name a colour of the sky.\"}, "
+                           "{\"from\": \"gpt\", \"value\": \"Blue, on a clear day.\"}]}";
     char text[2048];
-    snprintf(text, sizeof text, "%s\n%s\n%s\n", convs[0], convs[1], convs[2]);
+    snprintf(text, sizeof text, "%s\n%s\n%s\n", convs[0], convs[1], sharegpt);
     write_plain("chat.jsonl", text);
     prepare_config c;
     base_config(&c, "sft");
