@@ -97,8 +97,10 @@ static int read_content(const json_t *content, const char *where, json_t **out, 
         if (!json_is_object(part))
             rc = gale_fail(err, "%s[%zu]: expected a text part {\"type\": \"text\", \"text\": ...}, got %s", where,
                            k, chat_json_type(part));
-        else if (!json_is_string(type))
+        else if (!type)
             rc = gale_fail(err, "%s[%zu]: missing key \"type\"", where, k);
+        else if (!json_is_string(type))
+            rc = gale_fail(err, "%s[%zu].type: expected a string, got %s", where, k, chat_json_type(type));
         else if (strcmp(json_string_value(type), "text"))
             rc = gale_fail(err, "%s[%zu]: a \"%.40s\" part: only text parts can be trained (images and audio are "
                                 "not supported)", where, k, json_string_value(type));
@@ -172,7 +174,8 @@ static int sharegpt_calls(struct reading *r, const json_t *value, size_t i, json
         gale_bytes position = {0};
         char at[64];
         gale_bytes_append(&position, at, (size_t)snprintf(at, sizeof at, "[%zu][%zu]", i, k));
-        gale_bytes_append(&position, call, strlen(call));
+        if (call)
+            gale_bytes_append(&position, call, strlen(call));
         free(call);
         char id[10];
         hashed_id(position.v, position.n, id);
