@@ -14,9 +14,9 @@
 /* The keys searched, in order, when no chat_key is given. */
 static const char *const default_keys[] = {"messages", "conversations", "conversation"};
 
-/* Where the canonical conversation remembers its origin: "source": {"key": K, "first": F}
+/* Where the canonical conversation remembers its origin: "gale_source": {"key": K, "first": F}
  * means messages[i] is K[i - F] of the record, and messages[i < F] its top-level "system". */
-#define SOURCE "source"
+#define SOURCE "gale_source"
 
 enum speaker { SPEAKER_SYSTEM, SPEAKER_USER, SPEAKER_ASSISTANT, SPEAKER_TOOL, SPEAKER_CALL };
 static const char *const speaker_roles[] = {"system", "user", "assistant", "tool", "assistant"};
@@ -306,6 +306,45 @@ static const char *find_key(const json_t *record, const char *chat_key, const js
     return NULL;
 }
 
+/* An id chat.c reads as it is: absent or not a string (chat.c refuses those), "null", or 9
+ * letters or digits. */
+static bool is_kept_id(const json_t *id)
+{
+    const char *s = json_string_value(id);
+    size_t n = json_string_length(id);
+    return !s || (n == 4 && !memcmp(s, "null", 4)) || chat_is_call_id(s, n);
+}
+
+/* A record that is already chat.c's conversation: "messages" of OpenAI's roles but developer,
+ * string contents, v3 call ids, tools in OpenAI's shape. Most records are, and are used as
+ * they are rather than copied. */
+static bool is_canonical(const json_t *record, const char *key, const json_t *messages)
+{
+    if (strcmp(key, "messages") || json_object_get(record, SOURCE))
+        return false;
+    const json_t *tools = json_object_get(record, "tools"), *t, *m, *call;
+    if (tools && !json_is_null(tools) && !json_is_array(tools))
+        return false;
+    size_t i, k;
+    json_array_foreach(tools, i, t)
+        if (json_is_object(t) && !json_object_get(t, "function") && json_object_get(t, "name"))
+            return false;
+    json_array_foreach(messages, i, m) {
+        const json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        enum speaker who;
+        if (find_speaker(role, role_names, sizeof role_names / sizeof *role_names, &who) ||
+            !strcmp(json_string_value(role), "developer"))
+            return false;
+        if ((content && !json_is_string(content) && !json_is_null(content)) ||
+            !is_kept_id(json_object_get(m, "tool_call_id")))
+            return false;
+        json_array_foreach(json_object_get(m, "tool_calls"), k, call)
+            if (!is_kept_id(json_object_get(call, "id")))
+                return false;
+    }
+    return true;
+}
+
 int chat_conversation_from_record(const json_t *record, const char *chat_key, json_t **out,
                                   gale_error *err)
 {
@@ -323,6 +362,10 @@ int chat_conversation_from_record(const json_t *record, const char *chat_key, js
     }
     if (!json_is_array(in))
         return gale_fail(err, "%s: expected an array of messages, got %s", key, chat_json_type(in));
+    if (is_canonical(record, key, in)) {
+        *out = json_incref((json_t *)record);
+        return 0;
+    }
 
     struct reading r = {key, json_array(), json_object()};
     json_t *conv = json_object(), *messages = json_array();
