@@ -2,7 +2,7 @@
 # test_prepare_chat_formats: `gale prepare --kind sft` on one file mixing the chat formats
 # (OpenAI messages, ShareGPT, content parts with the developer role, OpenAI call ids): the
 # readable ones are kept; each rejected record is reported with file:line, its reason and the
-# key at fault, and counted in report.json (untrained apart); --chat-key reads another key;
+# key at fault, and counted in report.json and --removed (untrained apart); --chat-key reads another key;
 # a run rejecting more than max_rejected_share of its records as malformed, or every record,
 # exits 1 and leaves no output. The ids themselves are test_chat_formats' and
 # test_chat_formats_mistral_common's to check.
@@ -26,7 +26,8 @@ cat > mixed.jsonl <<'EOF'
 EOF
 
 "$GALE_BIN" prepare --input mixed.jsonl --tokenizer "$tok" --kind sft --chat-template v3 --out mixed \
-  --seq-len 256 --val-fraction 0 --progress off 2> run.log || { cat run.log; fail "the mixed run failed"; }
+  --seq-len 256 --val-fraction 0 --progress off --removed removed.jsonl 2> run.log ||
+  { cat run.log; fail "the mixed run failed"; }
 expect_line() { grep -qF -- "$1" run.log || { cat run.log; fail "no line '$1'"; }; }
 expect_line "mixed.jsonl:5: invalid_conversation: messages[3].content: expected a string or text parts, got a number"
 expect_line "mixed.jsonl:6: untrained: no assistant message is trained"
@@ -38,6 +39,9 @@ d = json.load(open("mixed/report.json"))["documents"]
 want = {"read": 8, "kept": 4, "rejected_total": 4}
 if any(d[k] != v for k, v in want.items()) or d["rejected"]["invalid_conversation"] != 3 or d["rejected"]["untrained"] != 1:
     sys.exit(f"FAIL: counts {d}")
+removed = {json.loads(line)["line"]: json.loads(line)["reason"] for line in open("removed.jsonl")}
+if removed != {5: "malformed", 6: "untrained", 7: "malformed", 8: "malformed"}:
+    sys.exit(f"FAIL: removed lines {removed}")
 EOF
 
 # --chat-key: the messages under another key
