@@ -218,6 +218,8 @@ static int read_message(struct reading *r, const json_t *in, size_t i, json_t *m
                                   : "system, developer, user, assistant or tool");
 
     const char *content_key = sharegpt && json_object_get(in, "value") ? "value" : "content";
+    if (sharegpt && !json_object_get(in, content_key))
+        return gale_fail(err, "%s[%zu]: missing key \"value\"", r->key, i);
     json_t *msg = json_pack("{s:s}", "role", speaker_roles[who]);
     json_array_append_new(messages, msg);
     static const char *const kept[] = {"weight", "name"};

@@ -254,6 +254,8 @@ static void test_refusals(void)
     expect_refusal("{'conversations': [{'from': 'human', 'value': 'x'}, {'from': 'bot', 'value': 'y'}]}",
                    "conversations[1].from: unknown speaker \"bot\" (expected human, gpt, system, function_call, "
                    "observation, tool, user or assistant)");
+    expect_refusal("{'conversations': [{'from': 'human', 'value': 'x'}, {'from': 'gpt'}]}",
+                   "conversations[1]: missing key \"value\"");
     expect_refusal("{'conversations': [{'from': 'human', 'value': 'x'}, {'from': 'gpt', 'value': 2}]}",
                    "conversations[1].value: expected a string or text parts, got a number");
     expect_refusal("{'conversations': [{'from': 'human', 'value': 'x'}, {'from': 'observation', 'value': '2'}]}",
