@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "data/chat.h"
+#include "data/chat_formats.h"
 #include "data/tokenizer.h"
 
 #define BATCH_BYTES (4u << 20)   /* text encoded per parallel batch */
@@ -42,7 +43,8 @@ static void usage(FILE *f)
             "  --format ids       print token ids (default); `pieces` prints the pieces instead\n"
             "  --threads N        encode with N threads (default 1); output order is kept\n"
             "  --decode           read lines of ids and print their text, as spm_decode does\n"
-            "  --chat TEMPLATE    lines are JSON conversations ({\"messages\": [...], \"tools\": [...]}),\n"
+            "  --chat TEMPLATE    lines are JSON conversations ({\"messages\": [...], \"tools\": [...]}, or\n"
+            "                     any format gale prepare --kind sft reads: ShareGPT, OpenAI content parts),\n"
             "                     encoded with the chat template v1, v3 (Mistral) or llama2 as training\n"
             "                     data (ending with an assistant message), BOS and EOS included\n"
             "  --prompt           with --chat: conversations are prompts for generation (ending with\n"
@@ -514,11 +516,15 @@ static int encode_conversation(const gale_tokenizer *tok, tokenizer_encoder *enc
                                gale_bytes *mask, gale_error *err)
 {
     json_error_t jerr;
-    json_t *conversation = json_loadb((const char *)text, len, JSON_ALLOW_NUL, &jerr);
-    if (!conversation)
+    json_t *record = json_loadb((const char *)text, len, JSON_ALLOW_NUL, &jerr);
+    if (!record)
         return gale_fail(err, "not valid JSON: %s (column %d)", jerr.text, jerr.column);
-    int rc = chat_encode_with_encoder(tok, enc, tmpl, purpose, conversation, ids, mask, err);
+    json_t *conversation;
+    int rc = chat_conversation_from_record(record, NULL, &conversation, err) < 0 ? -1 : 0;
+    if (rc == 0)
+        rc = chat_conversation_encode(tok, enc, tmpl, purpose, conversation, ids, mask, err);
     json_decref(conversation);
+    json_decref(record);
     return rc;
 }
 

@@ -51,7 +51,7 @@ void chat_emit_id(const struct chat_sink *s, int32_t id, uint8_t m)
         gale_bytes_push(s->mask, m);
 }
 
-static const char *type_name(const json_t *v)
+const char *chat_json_type(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
@@ -66,12 +66,10 @@ static const char *type_name(const json_t *v)
     return "?";
 }
 
-/* A JSON string of min to max bytes, every one an ASCII letter or digit (or '_' and '-' when
- * dashes): its length is checked, not strlen, so an embedded NUL is refused too. */
-static bool is_word(const json_t *s, size_t min, size_t max, bool dashes)
+/* min to max bytes, every one an ASCII letter or digit (or '_' and '-' when dashes): the
+ * length is given, not strlen, so an embedded NUL is refused too. */
+static bool is_word(const char *v, size_t n, size_t min, size_t max, bool dashes)
 {
-    size_t n = json_string_length(s);
-    const char *v = json_string_value(s);
     if (!v || n < min || n > max)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -87,13 +85,18 @@ static bool is_word(const json_t *s, size_t min, size_t max, bool dashes)
 /* mistral-common's ^[a-zA-Z0-9_-]{1,64}$ for function and tool names. */
 static bool is_function_name(const json_t *s)
 {
-    return is_word(s, 1, 64, true);
+    return is_word(json_string_value(s), json_string_length(s), 1, 64, true);
+}
+
+bool chat_is_call_id(const char *s, size_t n)
+{
+    return is_word(s, n, 9, 9, false);
 }
 
 /* mistral-common's v3 call ids: ^[a-zA-Z0-9]{9}$. */
 static bool is_call_id(const json_t *s)
 {
-    return is_word(s, 9, 9, false);
+    return chat_is_call_id(json_string_value(s), json_string_length(s));
 }
 
 /* One entry of "messages", checked on its own but not yet merged with its neighbours. */
@@ -127,7 +130,7 @@ static int parse_call(const json_t *call, size_t i, size_t k, struct chat_call *
 {
     if (!json_is_object(call))
         return gale_fail(err, "messages[%zu].tool_calls[%zu]: expected an object, got %s", i, k,
-                         type_name(call));
+                         chat_json_type(call));
     const json_t *type = json_object_get(call, "type");
     if (type && !json_is_null(type) &&
         !(json_is_string(type) && !strcmp(json_string_value(type), "function")))
@@ -137,13 +140,13 @@ static int parse_call(const json_t *call, size_t i, size_t k, struct chat_call *
         return gale_fail(err, "messages[%zu].tool_calls[%zu]: missing key \"function\"", i, k);
     if (!json_is_object(fn))
         return gale_fail(err, "messages[%zu].tool_calls[%zu].function: expected an object, got %s",
-                         i, k, type_name(fn));
+                         i, k, chat_json_type(fn));
     const json_t *name = json_object_get(fn, "name");
     if (!name)
         return gale_fail(err, "messages[%zu].tool_calls[%zu].function: missing key \"name\"", i, k);
     if (!json_is_string(name))
         return gale_fail(err, "messages[%zu].tool_calls[%zu].function.name: expected a string, got %s",
-                         i, k, type_name(name));
+                         i, k, chat_json_type(name));
     if (!is_function_name(name))
         return gale_fail(err,
                          "messages[%zu].tool_calls[%zu].function.name: \"%.80s\" is not 1 to 64 "
@@ -155,13 +158,13 @@ static int parse_call(const json_t *call, size_t i, size_t k, struct chat_call *
     if (!json_is_string(args) && !json_is_object(args) && !json_is_null(args))
         return gale_fail(err,
                          "messages[%zu].tool_calls[%zu].function.arguments: expected a JSON string "
-                         "or an object, got %s", i, k, type_name(args));
+                         "or an object, got %s", i, k, chat_json_type(args));
     const json_t *id = json_object_get(call, "id");
     const char *id_text = NULL;
     if (id && !json_is_null(id)) {
         if (!json_is_string(id))
             return gale_fail(err, "messages[%zu].tool_calls[%zu].id: expected a string, got %s", i,
-                             k, type_name(id));
+                             k, chat_json_type(id));
         id_text = json_string_value(id);
         if (json_string_length(id) == 4 && !strcmp(id_text, "null"))
             id_text = NULL;  /* mistral-common's spelling of "no id" */
@@ -195,7 +198,7 @@ static int parse_role(const json_t *msg, size_t i, enum chat_role *role, gale_er
     if (!r)
         return gale_fail(err, "messages[%zu]: missing key \"role\"", i);
     if (!json_is_string(r))
-        return gale_fail(err, "messages[%zu].role: expected a string, got %s", i, type_name(r));
+        return gale_fail(err, "messages[%zu].role: expected a string, got %s", i, chat_json_type(r));
     for (size_t k = 0; k < sizeof role_names / sizeof *role_names; k++)
         if (!strcmp(json_string_value(r), role_names[k])) {
             *role = (enum chat_role)k;
@@ -214,7 +217,7 @@ static int parse_tool_message(const json_t *msg, size_t i, struct chat_message *
         return gale_fail(err, "messages[%zu]: missing key \"tool_call_id\"", i);
     if (!json_is_string(id))
         return gale_fail(err, "messages[%zu].tool_call_id: expected a string, got %s", i,
-                         type_name(id));
+                         chat_json_type(id));
     if (!is_call_id(id))
         return gale_fail(err,
                          "messages[%zu].tool_call_id: \"%.80s\" is not a v3 call id (9 letters "
@@ -235,7 +238,7 @@ static int parse_assistant_calls(const json_t *msg, size_t i, enum chat_template
         return 0;
     if (!json_is_array(calls))
         return gale_fail(err, "messages[%zu].tool_calls: expected an array, got %s", i,
-                         type_name(calls));
+                         chat_json_type(calls));
     size_t n = json_array_size(calls);
     if (n && tmpl != CHAT_MISTRAL_V3)
         return gale_fail(err, "messages[%zu].tool_calls: the %s template has no tool calls (use v3)",
@@ -253,7 +256,7 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
                          struct chat_message *out, gale_error *err)
 {
     if (!json_is_object(msg))
-        return gale_fail(err, "messages[%zu]: expected an object, got %s", i, type_name(msg));
+        return gale_fail(err, "messages[%zu]: expected an object, got %s", i, chat_json_type(msg));
     if (parse_role(msg, i, &out->role, err) || parse_weight(msg, i, &out->weight, err))
         return -1;
     if (out->role != CHAT_ROLE_ASSISTANT)
@@ -261,7 +264,7 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
     const json_t *content = json_object_get(msg, "content");
     if (content && !json_is_null(content) && !json_is_string(content))
         return gale_fail(err, "messages[%zu].content: expected a string, got %s", i,
-                         type_name(content));
+                         chat_json_type(content));
     out->content = json_is_string(content) ? content : NULL;
     if (!out->content && out->role != CHAT_ROLE_ASSISTANT)
         return gale_fail(err, "messages[%zu]: %s message needs a string \"content\"", i,
@@ -388,7 +391,7 @@ static int check_llama2_structure(const struct chat_message *m, size_t n,
 static int parse_tool(const json_t *tool, size_t k, json_t *list, gale_error *err)
 {
     if (!json_is_object(tool))
-        return gale_fail(err, "tools[%zu]: expected an object, got %s", k, type_name(tool));
+        return gale_fail(err, "tools[%zu]: expected an object, got %s", k, chat_json_type(tool));
     const json_t *type = json_object_get(tool, "type");
     if (type && !(json_is_string(type) && !strcmp(json_string_value(type), "function")))
         return gale_fail(err, "tools[%zu].type: expected \"function\"", k);
@@ -396,7 +399,7 @@ static int parse_tool(const json_t *tool, size_t k, json_t *list, gale_error *er
     if (!fn)
         return gale_fail(err, "tools[%zu]: missing key \"function\"", k);
     if (!json_is_object(fn))
-        return gale_fail(err, "tools[%zu].function: expected an object, got %s", k, type_name(fn));
+        return gale_fail(err, "tools[%zu].function: expected an object, got %s", k, chat_json_type(fn));
     const json_t *name = json_object_get(fn, "name");
     if (!name)
         return gale_fail(err, "tools[%zu].function: missing key \"name\"", k);
@@ -405,11 +408,11 @@ static int parse_tool(const json_t *tool, size_t k, json_t *list, gale_error *er
     const json_t *desc = json_object_get(fn, "description");
     if (desc && !json_is_null(desc) && !json_is_string(desc))
         return gale_fail(err, "tools[%zu].function.description: expected a string, got %s", k,
-                         type_name(desc));
+                         chat_json_type(desc));
     const json_t *params = json_object_get(fn, "parameters");
     if (params && !json_is_null(params) && !json_is_object(params))
         return gale_fail(err, "tools[%zu].function.parameters: expected an object, got %s", k,
-                         type_name(params));
+                         chat_json_type(params));
 
     json_t *f = json_object();
     json_object_set(f, "name", (json_t *)name);
@@ -432,7 +435,7 @@ static int parse_tools(const json_t *conversation, enum chat_template tmpl, json
     if (!tools || json_is_null(tools))
         return 0;
     if (!json_is_array(tools))
-        return gale_fail(err, "tools: expected an array, got %s", type_name(tools));
+        return gale_fail(err, "tools: expected an array, got %s", chat_json_type(tools));
     if (json_array_size(tools) == 0)
         return 0;
     if (tmpl != CHAT_MISTRAL_V3)
@@ -531,7 +534,7 @@ static int read_only_last(const json_t *conversation, bool *only_last, gale_erro
 {
     const json_t *v = json_object_get(conversation, "only_last");
     if (v && !json_is_boolean(v) && !json_is_null(v))
-        return gale_fail(err, "only_last: expected true or false, got %s", type_name(v));
+        return gale_fail(err, "only_last: expected true or false, got %s", chat_json_type(v));
     *only_last = json_is_true(v);
     return 0;
 }
@@ -541,12 +544,12 @@ static int read_conversation(const json_t *conversation, enum chat_template tmpl
                              gale_error *err)
 {
     if (!json_is_object(conversation))
-        return gale_fail(err, "conversation: expected an object, got %s", type_name(conversation));
+        return gale_fail(err, "conversation: expected an object, got %s", chat_json_type(conversation));
     const json_t *messages = json_object_get(conversation, "messages");
     if (!messages)
         return gale_fail(err, "conversation: missing key \"messages\"");
     if (!json_is_array(messages))
-        return gale_fail(err, "messages: expected an array, got %s", type_name(messages));
+        return gale_fail(err, "messages: expected an array, got %s", chat_json_type(messages));
     size_t n = json_array_size(messages);
     if (n == 0)
         return gale_fail(err, "messages: the conversation has no messages");

@@ -11,7 +11,8 @@
  *           <s> "[INST] {user} [/INST] {answer} " </s>, the system prompt inside the first
  *           user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n"; no tools.
  *
- * The conversation is {"messages": [...], "tools": [...], "only_last": bool}; a message is
+ * The conversation is {"messages": [...], "tools": [...], "only_last": bool} (data/chat_formats.h
+ * turns ShareGPT records, OpenAI content parts and call ids into it); a message is
  * {"role": "system"|"user"|"assistant"|"tool", "content": string, ...}: an assistant message
  * has "content" or "tool_calls" ([{"id", "function": {"name", "arguments"}}], arguments a
  * JSON string or object), a tool message has "tool_call_id", "weight": 0 or 1 marks whether

@@ -5,6 +5,7 @@
 #define GALE_DATA_CHAT_INTERNAL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,5 +58,11 @@ void chat_encode_text(const struct chat_sink *s, const void *text, size_t len, g
 /* Appends the ids of text to the sink, each with mask byte m. */
 void chat_emit_text(const struct chat_sink *s, const void *text, size_t len, uint8_t m);
 void chat_emit_id(const struct chat_sink *s, int32_t id, uint8_t m);
+
+/* mistral-common's v3 call ids: 9 ASCII letters or digits (n bytes at s). */
+bool chat_is_call_id(const char *s, size_t n);
+
+/* "an object", "a string", "a number", ...: a JSON value's type in an error message. */
+const char *chat_json_type(const json_t *v);
 
 #endif

@@ -107,7 +107,7 @@ void dedup_pair_counts(const dedup_index *d, uint64_t *candidates, uint64_t *con
 }
 
 void dedup_features_compute(const dedup_options *opt, const minhasher *m, const char *text, size_t len,
-                            gale_bytes *scratch, dedup_features *f)
+                            size_t near_from, gale_bytes *scratch, dedup_features *f)
 {
     if (opt->exact) {
         normalize_exact(text, len, scratch);
@@ -118,7 +118,7 @@ void dedup_features_compute(const dedup_options *opt, const minhasher *m, const 
     f->shingles.n = 0;
     if (!opt->near)
         return;
-    normalize_near(text, len, scratch);
+    normalize_near(text + near_from, len - near_from, scratch);
     minhash_shingles(m, (const char *)scratch->v, scratch->n, &f->shingles);
     if (f->shingles.n == 0)
         return;

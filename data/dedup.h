@@ -43,14 +43,16 @@ typedef struct dedup_index dedup_index;
 dedup_index *dedup_index_create(const dedup_options *opt, gale_error *err);
 void dedup_index_free(dedup_index *d);
 
-/* The per-document features, computed without the index (thread-safe, for worker threads). */
+/* The per-document features, computed without the index (thread-safe, for worker threads):
+ * the exact hash of text[0, len), the shingles and band keys of text[near_from, len) (a
+ * conversation's turns without the system prompt that many share). */
 typedef struct dedup_features {
     uint64_t exact_hash[2];
     uint64_t *band_keys;     /* bands values, or NULL when the near text is empty */
     shingle_set shingles;
 } dedup_features;
 void dedup_features_compute(const dedup_options *opt, const minhasher *m, const char *text, size_t len,
-                            gale_bytes *scratch, dedup_features *f);
+                            size_t near_from, gale_bytes *scratch, dedup_features *f);
 void dedup_features_free(dedup_features *f);
 const minhasher *dedup_index_minhasher(const dedup_index *d);
 

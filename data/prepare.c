@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "data/chat.h"
+#include "data/chat_formats.h"
 #include "data/dedup.h"
 #include "data/manifest.h"
 #include "data/normalize.h"
@@ -30,24 +31,27 @@
 #define ORDER_LINE_BITS 40
 #define ORDER_MAX_FILES (1u << 24)
 
-/* Why a record is not used; the first four mirror record_status. */
+/* Why a record is not used; those before REJECT_TOO_SHORT mirror record_status (malformed
+ * records), the length filters come after. A conversation the chat template refuses in
+ * pass 2 is REJECT_INVALID_CONVERSATION too. */
 typedef enum {
     REJECT_NONE,
     REJECT_BAD_JSON,
     REJECT_MISSING_KEY,
     REJECT_INVALID_UTF8,
     REJECT_EMPTY,
+    REJECT_INVALID_CONVERSATION,
+    REJECT_UNTRAINED,
     REJECT_TOO_SHORT,
     REJECT_TOO_LONG,
-    REJECT_INVALID_CONVERSATION,
     REJECT_N
 } reject_reason;
 
-/* report.json's names: the reader's for malformed records, then the pipeline's own. */
+/* report.json's names: the reader's for malformed records, then the filters'. */
 static const char *reject_name(reject_reason why)
 {
-    static const char *const pipeline_names[] = {"too_short", "too_long", "invalid_conversation"};
-    return why < REJECT_TOO_SHORT ? record_status_name((record_status)why) : pipeline_names[why - REJECT_TOO_SHORT];
+    static const char *const filter_names[] = {"too_short", "too_long"};
+    return why < REJECT_TOO_SHORT ? record_status_name((record_status)why) : filter_names[why - REJECT_TOO_SHORT];
 }
 
 enum { SPLIT_TRAIN, SPLIT_VAL, N_SPLITS };
@@ -77,7 +81,7 @@ typedef struct split_output {
 /* Documents gathered for one parallel step. */
 typedef struct doc_batch {
     gale_bytes text;
-    size_t *offset, *len;
+    size_t *offset, *len, *near_from;
     uint64_t *order;
     json_t **json;
     gale_ids *ids;
@@ -199,6 +203,12 @@ static void note_unreadable(prepare_ctx *c, size_t file, const char *message)
                                                      "unreadable", "detail", message));
 }
 
+/* The reason a --removed line gives for a rejected record. */
+static const char *removed_reason(reject_reason why)
+{
+    return why >= REJECT_TOO_SHORT ? "filter" : why == REJECT_UNTRAINED ? "untrained" : "malformed";
+}
+
 /* One line of the --removed file. */
 static void write_removed(prepare_ctx *c, uint64_t order, const char *reason, const uint64_t *duplicate_of)
 {
@@ -217,12 +227,13 @@ static void write_removed(prepare_ctx *c, uint64_t order, const char *reason, co
 
 /* ---- batches ---- */
 
-static void doc_batch_add(doc_batch *b, uint64_t order, const char *text, size_t len, json_t *json)
+static void doc_batch_add(doc_batch *b, uint64_t order, const reader_record *rec)
 {
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : BATCH_DOCS;
         b->offset = gale_xrealloc(b->offset, cap * sizeof *b->offset);
         b->len = gale_xrealloc(b->len, cap * sizeof *b->len);
+        b->near_from = gale_xrealloc(b->near_from, cap * sizeof *b->near_from);
         b->order = gale_xrealloc(b->order, cap * sizeof *b->order);
         b->json = gale_xrealloc(b->json, cap * sizeof *b->json);
         b->ids = gale_xrealloc(b->ids, cap * sizeof *b->ids);
@@ -236,10 +247,11 @@ static void doc_batch_add(doc_batch *b, uint64_t order, const char *text, size_t
         b->cap = cap;
     }
     b->offset[b->n] = b->text.n;
-    b->len[b->n] = len;
+    b->len[b->n] = rec->len;
+    b->near_from[b->n] = rec->near_from;
     b->order[b->n] = order;
-    b->json[b->n] = json ? json_incref(json) : NULL;
-    gale_bytes_append(&b->text, text, len);
+    b->json[b->n] = rec->json ? json_incref(rec->json) : NULL;
+    gale_bytes_append(&b->text, rec->text, rec->len);
     b->n++;
 }
 
@@ -270,6 +282,7 @@ static void doc_batch_free(doc_batch *b)
     gale_bytes_free(&b->text);
     free(b->offset);
     free(b->len);
+    free(b->near_from);
     free(b->order);
     free(b->json);
     free(b->ids);
@@ -288,8 +301,8 @@ static int pass1_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
         gale_bytes scratch = {0};
 #pragma omp for schedule(dynamic, 16)
         for (size_t i = 0; i < b->n; i++)
-            dedup_features_compute(&c->dopt, m, (const char *)b->text.v + b->offset[i], b->len[i], &scratch,
-                                   &b->features[i]);
+            dedup_features_compute(&c->dopt, m, (const char *)b->text.v + b->offset[i], b->len[i], b->near_from[i],
+                                   &scratch, &b->features[i]);
         gale_bytes_free(&scratch);
     }
     for (size_t i = 0; i < b->n; i++)
@@ -334,10 +347,9 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
             if (why != REJECT_NONE) {
                 if (count_rejects) {
                     c->counts.records++;
-                    note_rejected(c, f, rec.line, why, NULL);
+                    note_rejected(c, f, rec.line, why, rec.detail);
                 } else {
-                    write_removed(c, order_key(f, rec.line),
-                                  why == REJECT_TOO_SHORT || why == REJECT_TOO_LONG ? "filter" : "malformed", NULL);
+                    write_removed(c, order_key(f, rec.line), removed_reason(why), NULL);
                 }
                 continue;
             }
@@ -361,7 +373,7 @@ static int read_files(prepare_ctx *c, doc_batch *b, int count_rejects, record_vi
 
 static int pass1_visit(prepare_ctx *c, doc_batch *b, size_t file, const reader_record *rec, gale_error *err)
 {
-    doc_batch_add(b, order_key(file, rec->line), rec->text, rec->len, NULL);
+    doc_batch_add(b, order_key(file, rec->line), rec);
     return 0;
 }
 
@@ -444,7 +456,7 @@ static int pass2_flush(prepare_ctx *c, doc_batch *b, gale_error *err)
             b->mask[i].n = 0;
             if (sft) {
                 gale_error cerr;
-                if (chat_encode_with_encoder(c->tok, enc, c->chat, CHAT_FOR_TRAINING, b->json[i], ids, &b->mask[i],
+                if (chat_conversation_encode(c->tok, enc, c->chat, CHAT_FOR_TRAINING, b->json[i], ids, &b->mask[i],
                                              &cerr) < 0)
                     b->chat_error[i] = gale_xstrdup(cerr.msg);
             } else {
@@ -479,7 +491,7 @@ static int pass2_visit(prepare_ctx *c, doc_batch *b, size_t file, const reader_r
         write_removed(c, order_key(file, rec->line), fate == DEDUP_EXACT ? "exact" : "near", &dup);
         return 0;
     }
-    doc_batch_add(b, order_key(file, rec->line), rec->text, rec->len, rec->json);
+    doc_batch_add(b, order_key(file, rec->line), rec);
     return 0;
 }
 
@@ -624,7 +636,7 @@ static int setup(prepare_ctx *c, gale_error *err)
             c->file_bytes[f] = (uint64_t)st.st_size;
     }
     c->ropt = (reader_options){(text_mode)cfg->text_mode, cfg->separator, cfg->json_key,
-                               cfg->kind == GALE_SHARD_SFT};
+                               cfg->kind == GALE_SHARD_SFT, cfg->chat_key};
     if (assign_units(c, err) < 0)
         return -1;
     c->tok = tokenizer_load(cfg->tokenizer, err);
@@ -895,6 +907,30 @@ static void print_summary(const prepare_ctx *c, const prepare_counts *t, double 
                         "gale train will refuse this folder\n", (unsigned long long)t->kept);
 }
 
+/* Rank 0: refuses a run that rejected every record, or more than max_rejected_share of them
+ * as malformed (a wrong key, format or template, more often than bad data). */
+static int check_rejected(const prepare_ctx *c, const prepare_counts *t, gale_error *err)
+{
+    uint64_t malformed = 0, filtered = 0;
+    for (int r = 1; r < REJECT_N; r++)
+        *(r < REJECT_TOO_SHORT ? &malformed : &filtered) += t->rejected[r];
+    if (t->records == 0)
+        return 0;
+    if (malformed + filtered == t->records)
+        return gale_fail(err,
+                         "every record was rejected (%llu malformed or untrained, %llu outside the length "
+                         "bounds): nothing to prepare; the first reasons are listed above",
+                         (unsigned long long)malformed, (unsigned long long)filtered);
+    if ((double)malformed > c->cfg->max_rejected_share * (double)t->records)
+        return gale_fail(err,
+                         "%llu of %llu records (%.1f%%) were rejected as malformed or untrained, more than "
+                         "max_rejected_share (%g): check the input format and key (gale prepare --help) against "
+                         "the reasons listed above, or raise max_rejected_share",
+                         (unsigned long long)malformed, (unsigned long long)t->records,
+                         100.0 * (double)malformed / (double)t->records, c->cfg->max_rejected_share);
+    return 0;
+}
+
 /* ---- the pipeline ---- */
 
 static int run(prepare_ctx *c, gale_error *err)
@@ -966,7 +1002,9 @@ static int run(prepare_ctx *c, gale_error *err)
     double seconds[3] = {t1 - t0, t2 - t1, 0};
     if (c->rank == 0) {
         seconds[2] = progress_now() - t0;
-        rc = finish_dataset(c, &total, names, examples, seconds, err);
+        rc = check_rejected(c, &total, err);
+        if (rc == 0)
+            rc = finish_dataset(c, &total, names, examples, seconds, err);
         if (rc == 0)
             print_summary(c, &total, seconds[2]);
     }

@@ -44,6 +44,7 @@ static const key_spec keys[] = {
     V(separator, CONFIG_STRING, separator, 0, 0, NULL, "the line between documents in text_mode separator [%]"),
     V(json_key, CONFIG_STRING, json_key, 0, 0, NULL, "the text's key in JSONL records, dotted when nested [text]"),
     V(chat_template, CONFIG_STRING, chat_template, 0, 0, NULL, "sft: v1, v3 or llama2 [v3]"),
+    V(chat_key, CONFIG_STRING, chat_key, 0, 0, NULL, "sft: the record key holding the messages [messages, conversations or conversation, the first present]"),
     V(min_chars, CONFIG_INT, min_chars, 0, 1e15, NULL, "documents shorter (in characters) are filtered [1]"),
     V(max_chars, CONFIG_INT, max_chars, 0, 1e15, NULL, "documents longer are filtered; 0: no bound [0]"),
     K(dedup, KEY_DEDUP, CONFIG_STRING, dedup_exact, 0, 0, NULL, "exact,near | exact | near | none [exact,near]"),
@@ -61,6 +62,7 @@ static const key_spec keys[] = {
     V(pack_window, CONFIG_INT, pack_window, 1, 1 << 24, NULL, "best_fit: documents sorted and placed together [4096]"),
     V(threads, CONFIG_INT, threads, 0, 4096, NULL, "tokenizer threads per rank; 0: all cores [0]"),
     V(report_examples, CONFIG_INT, report_examples, 0, 1 << 20, NULL, "rejected records reported with file:line [10]"),
+    V(max_rejected_share, CONFIG_DOUBLE, max_rejected_share, 0, 1, NULL, "fail the run when more than this share of the records read are malformed (or when every record is rejected) [0.5]"),
     V(overwrite, CONFIG_BOOL, overwrite, 0, 1, NULL, "replace an existing prepared folder [false]"),
     V(progress, CONFIG_ENUM, progress, 0, 0, progress_names, "progress on stderr: off or on [on a terminal]"),
 };
@@ -92,6 +94,7 @@ void prepare_config_init(prepare_config *c)
     c->zstd_level = 3;
     c->pack_window = 4096;
     c->report_examples = 10;
+    c->max_rejected_share = 0.5;
     c->progress = -1;
 }
 

@@ -34,6 +34,7 @@ typedef struct prepare_config {
     char *separator;
     char *json_key;
     char *chat_template;     /* v1, v3, llama2 */
+    char *chat_key;          /* sft: the messages' key, or NULL: messages, conversations, conversation */
     long min_chars, max_chars; /* max 0: no bound */
     int dedup_exact, dedup_near;
     double near_threshold;
@@ -46,6 +47,7 @@ typedef struct prepare_config {
     long pack_window;
     long threads;            /* 0: OpenMP's default */
     long report_examples;    /* malformed/filtered records reported on stderr with file:line */
+    double max_rejected_share; /* more malformed records than this share of those read fail the run */
     int overwrite;           /* replace an existing prepared folder */
     int progress;            /* -1 auto (a terminal), 0 off, 1 on */
 } prepare_config;

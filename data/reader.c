@@ -13,6 +13,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "data/chat_formats.h"
 #include "data/normalize.h"
 #include "util/file.h"
 
@@ -43,13 +44,16 @@ struct doc_reader {
     uint64_t next_line; /* number of the line read_line returns next */
     gale_bytes doc;     /* the record being assembled (text modes) */
     json_t *json;       /* the record last returned (JSONL) */
+    json_t *conversation; /* SFT: its conversation in chat_encode's form */
     gale_bytes sft_text;
+    gale_error detail;  /* why the last record is not a conversation */
     int finished;
 };
 
 const char *record_status_name(record_status s)
 {
-    static const char *const names[] = {"ok", "bad_json", "missing_key", "invalid_utf8", "empty"};
+    static const char *const names[] = {"ok",    "bad_json", "missing_key", "invalid_utf8",
+                                        "empty", "invalid_conversation", "untrained"};
     return names[s];
 }
 
@@ -117,6 +121,7 @@ void reader_close(doc_reader *r)
     gale_bytes_free(&r->doc);
     gale_bytes_free(&r->sft_text);
     json_decref(r->json);
+    json_decref(r->conversation);
     free(r);
 }
 
@@ -248,31 +253,24 @@ static json_t *json_get_dotted(json_t *obj, const char *key)
     return NULL;
 }
 
-/* The dedup text of a conversation: every message's content and tool calls, by line. */
-static int conversation_text(doc_reader *r, json_t *record)
+/* SFT: the record's conversation, its text, or the reason it has none. */
+static void read_conversation(doc_reader *r, reader_record *rec)
 {
-    json_t *messages = json_object_get(record, "messages");
-    if (!json_is_array(messages))
-        return -1;
-    r->sft_text.n = 0;
-    size_t i;
-    json_t *m;
-    json_array_foreach(messages, i, m) {
-        if (!json_is_object(m))
-            return -1;
-        json_t *content = json_object_get(m, "content");
-        if (json_is_string(content))
-            gale_bytes_append(&r->sft_text, json_string_value(content), json_string_length(content));
-        json_t *calls = json_object_get(m, "tool_calls");
-        if (calls) {
-            char *dump = json_dumps(calls, JSON_COMPACT | JSON_SORT_KEYS);
-            if (dump)
-                gale_bytes_append(&r->sft_text, dump, strlen(dump));
-            free(dump);
-        }
-        gale_bytes_push(&r->sft_text, '\n');
+    json_decref(r->conversation);
+    r->conversation = NULL;
+    int rc = chat_conversation_from_record(r->json, r->opt.chat_key, &r->conversation, &r->detail);
+    if (rc < 0) {
+        rec->status = rc == CHAT_NO_MESSAGES ? RECORD_MISSING_KEY : RECORD_INVALID_CONVERSATION;
+        rec->detail = r->detail.msg;
+        return;
     }
-    return 0;
+    rec->json = r->conversation;
+    chat_conversation_text(r->conversation, &r->sft_text, &rec->near_from);
+    record_set_text(rec, (const char *)r->sft_text.v, r->sft_text.n);
+    if (rec->status == RECORD_OK && !chat_conversation_trains(r->conversation)) {
+        rec->status = RECORD_UNTRAINED;
+        rec->detail = "no assistant message is trained (all have \"weight\": 0): nothing to learn";
+    }
 }
 
 static int next_jsonl(doc_reader *r, reader_record *rec, gale_error *err)
@@ -294,12 +292,7 @@ static int next_jsonl(doc_reader *r, reader_record *rec, gale_error *err)
         return 1;
     }
     if (r->opt.conversations) {
-        if (conversation_text(r, r->json) < 0) {
-            rec->status = RECORD_MISSING_KEY;
-            return 1;
-        }
-        rec->json = r->json;
-        record_set_text(rec, (const char *)r->sft_text.v, r->sft_text.n);
+        read_conversation(r, rec);
         return 1;
     }
     json_t *value = json_get_dotted(r->json, r->opt.json_key);

@@ -30,7 +30,8 @@ typedef struct reader_options {
     text_mode mode;
     const char *separator; /* the separator line of TEXT_MODE_SEPARATOR, e.g. "%" */
     const char *json_key;  /* the text's key in JSONL records, dotted for nesting ("meta.body") */
-    int conversations;     /* records are {"messages": [...]} (SFT): json_key is not used */
+    int conversations;     /* records are conversations (SFT, data/chat_formats.h): json_key is not used */
+    const char *chat_key;  /* SFT: the messages' key; NULL: messages, conversations or conversation */
 } reader_options;
 
 typedef enum {
@@ -39,18 +40,24 @@ typedef enum {
     RECORD_MISSING_KEY,   /* the key is absent or not a string; for SFT, no "messages" array */
     RECORD_INVALID_UTF8,
     RECORD_EMPTY,         /* nothing but white space */
+    RECORD_INVALID_CONVERSATION, /* SFT: messages that no chat format reads (detail says why) */
+    RECORD_UNTRAINED,     /* SFT: every assistant message has weight 0: nothing to learn */
     RECORD_N_STATUS
 } record_status;
 
-/* "ok", "bad_json", "missing_key", "invalid_utf8", "empty": the names report.json uses. */
+/* "ok", "bad_json", "missing_key", "invalid_utf8", "empty", "invalid_conversation",
+ * "untrained": the names report.json uses. */
 const char *record_status_name(record_status s);
 
 typedef struct reader_record {
     record_status status;
     uint64_t line;     /* 1-based line of the record's first byte in the (decompressed) file */
-    const char *text;  /* the document's text (SFT: every message's content, joined by '\n'); */
+    const char *text;  /* the document's text (SFT: chat_conversation_text's); */
     size_t len;        /* valid until the next reader_next */
-    json_t *json;      /* SFT: the record object (borrowed, valid until the next reader_next) */
+    size_t near_from;  /* near dedup reads text[near_from, len) (SFT: not the system prompt) */
+    json_t *json;      /* SFT: the conversation in chat_encode's form (chat_formats.h; borrowed,
+                        * valid until the next reader_next) */
+    const char *detail; /* why the record is malformed, when there is more to say, or NULL */
 } reader_record;
 
 typedef struct doc_reader doc_reader;

@@ -1,6 +1,7 @@
 /* fuzz_prepare_reader: any bytes as a `gale prepare` input: as JSONL (plain key, nested key,
- * conversations), as text in every text mode, and as .gz and .zst data. Every record comes
- * back with a status, an OK record is well-formed UTF-8 with its line inside the file, and
+ * conversations in any chat format, under their own keys or --chat-key's), as text in every
+ * text mode, and as .gz and .zst data. Every record comes back with a status (a rejected
+ * conversation with its reason), an OK record is well-formed UTF-8 with its line inside the file, and
  * its normal forms and shingles are computed without fault; a corrupt stream ends with an
  * error message. The first byte of the input picks the mode. Also feeds the bytes to the
  * prepare config's YAML parser. Run e.g.
@@ -37,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     reader_options opt = {.mode = (text_mode)(pick >= 3 && pick <= 6 ? pick - 3 : TEXT_MODE_LINES),
                           .separator = "%",
                           .json_key = pick == 1 ? "meta.body" : "text",
-                          .conversations = pick == 2};
+                          .conversations = pick == 2,
+                          .chat_key = data[0] / 9 % 2 ? "dialog" : NULL};
     gale_error err;
     doc_reader *r = reader_open(path, &opt, &err);
     if (r) {
@@ -50,8 +52,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         while ((got = reader_next(r, &rec, &err)) == 1) {
             if (rec.line < 1 || (pick < 7 && rec.line > size + 1))
                 abort();
+            if ((rec.status == RECORD_INVALID_CONVERSATION || rec.status == RECORD_UNTRAINED) && !rec.detail)
+                abort();
             if (rec.status != RECORD_OK)
                 continue;
+            if (rec.near_from > rec.len || (opt.conversations && !rec.json))
+                abort();
             if (!utf8_valid(rec.text, rec.len))
                 abort();
             normalize_exact(rec.text, rec.len, &norm);

@@ -114,7 +114,7 @@ expect_refusal() {
 }
 printf '%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' \
     '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 3}]}' > "$tmp/bad_content.jsonl"
-expect_refusal "bad_content.jsonl:2: messages[1].content: expected a string, got a number" \
+expect_refusal "bad_content.jsonl:2: messages[1].content: expected a string or text parts, got a number" \
     tokenize --tokenizer "$model" --chat llama2 --input "$tmp/bad_content.jsonl"
 printf '%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' '' \
     '{"messages": [' > "$tmp/bad_json.jsonl"

@@ -177,7 +177,7 @@ static void run_dedup(const corpus *c, const dedup_options *opt, dedup_fate *fat
     dedup_features f = {0};
     gale_bytes scratch = {0};
     for (size_t i = 0; i < c->n; i++) {
-        dedup_features_compute(opt, dedup_index_minhasher(d), c->text[i], strlen(c->text[i]), &scratch, &f);
+        dedup_features_compute(opt, dedup_index_minhasher(d), c->text[i], strlen(c->text[i]), 0, &scratch, &f);
         CHECK(dedup_index_add(d, i, &f, &err) == (int64_t)i);
     }
     CHECK(dedup_resolve(d, MPI_COMM_WORLD, &err) == 0);

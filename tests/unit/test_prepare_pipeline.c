@@ -6,7 +6,8 @@
  * and that the shards, read back through the shard reader and decoded, hold exactly the
  * kept documents between BOS and EOS with the right segments. An SFT run checks that a
  * conversation the chat template refuses is counted and that rows carry the template's ids
- * and loss mask. */
+ * and loss mask, a ShareGPT record's those of the same messages; 50 conversations sharing a
+ * long system prompt are not near duplicates of each other. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,11 +42,16 @@ static char *path_in(const char *name)
     return gale_path_join(dir, name);
 }
 
-static void write_plain(const char *name, const char *text)
+static void write_plain_n(const char *name, const char *text, size_t len)
 {
     char *p = path_in(name);
-    gale_write_file_atomic(p, text, strlen(text), NULL);
+    gale_write_file_atomic(p, text, len, NULL);
     free(p);
+}
+
+static void write_plain(const char *name, const char *text)
+{
+    write_plain_n(name, text, strlen(text));
 }
 
 static void write_corpus(void)
@@ -318,8 +324,11 @@ static void test_sft(const gale_tokenizer *tok)
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour of the sky.\"}, "
         "{\"role\": \"assistant\", \"content\": \"Blue, on a clear day.\"}]}",
     };
+    /* the third conversation as ShareGPT writes it: its rows must be those of convs[2] */
+    const char *sharegpt = "{\"conversations\": [{\"from\": \"human\", \"value\": \"Name a colour of the sky.\"}, "
+                           "{\"from\": \"gpt\", \"value\": \"Blue, on a clear day.\"}]}";
     char text[2048];
-    snprintf(text, sizeof text, "%s\n%s\n%s\n", convs[0], convs[1], convs[2]);
+    snprintf(text, sizeof text, "%s\n%s\n%s\n", convs[0], convs[1], sharegpt);
     write_plain("chat.jsonl", text);
     prepare_config c;
     base_config(&c, "sft");
@@ -389,6 +398,89 @@ static void test_sft(const gale_tokenizer *tok)
     prepare_config_free(&c);
 }
 
+/* A word from a fixed list, by a small LCG: texts made of them share no 5-word shingles. */
+static const char *random_word(uint64_t *state)
+{
+    static const char *const words[] = {
+        "apple", "river", "stone", "cloud", "engine", "garden", "violet", "harbor", "silver", "candle",
+        "forest", "mirror", "pepper", "rocket", "saddle", "timber", "velvet", "window", "yellow", "zebra",
+        "anchor", "bridge", "castle", "desert", "falcon", "glacier", "hollow", "island", "jungle", "kettle",
+        "lantern", "meadow", "nickel", "orchard", "pillow", "quarry", "ribbon", "shadow", "tunnel", "umbrella"};
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return words[(*state >> 33) % (sizeof words / sizeof *words)];
+}
+
+static void append_str(gale_bytes *b, const char *s)
+{
+    gale_bytes_append(b, s, strlen(s));
+}
+
+static void append_words(gale_bytes *b, uint64_t *state, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const char *w = random_word(state);
+        if (i)
+            gale_bytes_push(b, ' ');
+        gale_bytes_append(b, w, strlen(w));
+    }
+}
+
+/* 50 distinct conversations under one long system prompt are all kept by the default dedup
+ * (near dedup looks at the turns, not the shared system prompt), while an exact copy and a
+ * copy whose turns differ only in punctuation are still removed. */
+static void test_sft_shared_system_prompt(void)
+{
+    gale_bytes system = {0}, text = {0}, first = {0};
+    uint64_t state = 7;
+    append_words(&system, &state, 400);
+    for (int k = 0; k < 50; k++) {
+        gale_bytes line = {0};
+        append_str(&line, "{\"messages\": [{\"role\": \"system\", \"content\": \"");
+        gale_bytes_append(&line, system.v, system.n);
+        append_str(&line, "\"}, {\"role\": \"user\", \"content\": \"");
+        append_words(&line, &state, 12);
+        append_str(&line, "\"}, {\"role\": \"assistant\", \"content\": \"");
+        append_words(&line, &state, 30);
+        append_str(&line, "\"}]}\n");
+        if (k == 0)
+            gale_bytes_append(&first, line.v, line.n);
+        gale_bytes_append(&text, line.v, line.n);
+        gale_bytes_free(&line);
+    }
+    gale_bytes_append(&text, first.v, first.n); /* an exact copy */
+    /* the first conversation again with a full stop after its answer: a near duplicate */
+    gale_bytes_append(&text, first.v, first.n - 5);
+    append_str(&text, ".\"}]}\n");
+    write_plain_n("shared-system.jsonl", (const char *)text.v, text.n);
+
+    prepare_config c;
+    base_config(&c, "shared-system");
+    char *in = path_in("shared-system.jsonl");
+    prepare_config_set(&c, "inputs", in, "test", NULL);
+    free(in);
+    prepare_config_set(&c, "kind", "sft", "test", NULL);
+    prepare_config_set(&c, "chat_template", "v1", "test", NULL);
+    prepare_config_set(&c, "seq_len", "1024", "test", NULL);
+    prepare_config_set(&c, "max_chars", "0", "test", NULL);
+    gale_error err;
+    int rc = prepare_run(&c, MPI_COMM_WORLD, &err);
+    CHECK_MSG(rc == 0, "prepare_run: %s", err.msg);
+    char *out = path_in("shared-system");
+    char *report_path = gale_path_join(out, "report.json");
+    json_t *report = json_load_file(report_path, 0, NULL);
+    CHECK_MSG(report_int(report, "documents", "kept", NULL) == 50, "kept %lld of 50 distinct conversations",
+              (long long)report_int(report, "documents", "kept", NULL));
+    CHECK(report_int(report, "documents", "exact_duplicates", NULL) == 1);
+    CHECK(report_int(report, "documents", "near_duplicates", NULL) == 1);
+    json_decref(report);
+    free(report_path);
+    free(out);
+    prepare_config_free(&c);
+    gale_bytes_free(&system);
+    gale_bytes_free(&text);
+    gale_bytes_free(&first);
+}
+
 int main(int argc, char **argv)
 {
     const char *shared = getenv("GALE_SHARED");
@@ -409,6 +501,7 @@ int main(int argc, char **argv)
         write_corpus();
         test_pretrain(tok);
         test_sft(tok);
+        test_sft_shared_system_prompt();
         tokenizer_free(tok);
     }
     gale_remove_tree(dir, NULL);

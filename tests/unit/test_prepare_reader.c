@@ -34,6 +34,8 @@ typedef struct got_record {
     record_status status;
     uint64_t line;
     char text[128];
+    char detail[160];
+    size_t near_from;
 } got_record;
 
 /* Reads every record of path; returns the count (-1 when the file could not be opened or
@@ -54,6 +56,8 @@ static int read_all(const char *path, const reader_options *opt, got_record *out
             len = 127;
         memcpy(out[n].text, rec.text ? rec.text : "", len);
         out[n].text[len] = 0;
+        snprintf(out[n].detail, sizeof out[n].detail, "%s", rec.detail ? rec.detail : "");
+        out[n].near_from = rec.near_from;
         n++;
     }
     if (read_error) {
@@ -134,13 +138,31 @@ static void test_jsonl(void)
     CHECK(g[7].status == RECORD_MISSING_KEY);
     free(path);
 
-    const char chat[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
-                        "\"content\": \"hello\"}]}\n{\"messages\": 3}\n";
+    /* conversations: the text puts the system prompt first and near dedup starts after it */
+    const char chat[] =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
+        "\"content\": \"hello\"}]}\n"
+        "{\"messages\": 3}\n"
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}, "
+        "{\"from\": \"system\", \"value\": \"be brief\"}]}\n"
+        "{\"text\": \"not a chat\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
+        "\"content\": \"hello\", \"weight\": 0}]}\n"
+        "{\"turns\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n";
     path = write_file("chat.jsonl", chat, strlen(chat));
     opt.conversations = 1;
     n = read_all(path, &opt, g, 16, NULL);
-    CHECK(n == 2 && g[0].status == RECORD_OK && !strcmp(g[0].text, "hi\nhello\n"));
-    CHECK(g[1].status == RECORD_MISSING_KEY && g[1].line == 2);
+    CHECK(n == 6 && g[0].status == RECORD_OK && !strcmp(g[0].text, "hi\nhello\n") && g[0].near_from == 0);
+    CHECK(g[1].status == RECORD_INVALID_CONVERSATION && g[1].line == 2 &&
+          !strcmp(g[1].detail, "messages: expected an array of messages, got a number"));
+    CHECK(g[2].status == RECORD_OK && !strcmp(g[2].text, "be brief\nhi\nyo\n") && g[2].near_from == 9);
+    CHECK(g[3].status == RECORD_MISSING_KEY && strstr(g[3].detail, "--chat-key"));
+    CHECK(g[4].status == RECORD_UNTRAINED && strstr(g[4].detail, "nothing to learn"));
+    CHECK(g[5].status == RECORD_MISSING_KEY);
+    opt.chat_key = "turns";
+    n = read_all(path, &opt, g, 16, NULL);
+    CHECK(n == 6 && g[5].status == RECORD_OK && !strcmp(g[5].text, "a\nb\n"));
+    CHECK(g[0].status == RECORD_MISSING_KEY && !strcmp(g[0].detail, "missing key \"turns\""));
     free(path);
 }
 
