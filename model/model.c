@@ -214,8 +214,19 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
     size_t e = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
     size_t mlp_n = mlp_rows(c, n);
-    for (size_t l = 0; l < layers; l++)
-        carve_layer(act, c, n, wb, &m->acts[l]);
+    if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
+        /* each layer keeps its input; one set of the rest serves every layer, the forward's
+         * and the backward's recomputation */
+        struct layer_acts work;
+        carve_layer(act, c, n, wb, &work);
+        for (size_t l = 0; l < layers; l++) {
+            m->acts[l] = work;
+            m->acts[l].x_in = l == 0 ? work.x_in : take(act, n * h * wb);
+        }
+    } else {
+        for (size_t l = 0; l < layers; l++)
+            carve_layer(act, c, n, wb, &m->acts[l]);
+    }
     m->x_final = take(act, n * h * wb);
     m->hf = take(act, n * h * wb);
     m->rstd_f = take(act, fsz(n));
@@ -245,6 +256,62 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         for (size_t l = 0; l < layers; l++)
             m->acts[l].rstats = m->rstats ? m->rstats + l * (e + 1) : NULL;
     }
+}
+
+const char *model_plan_arena_name(enum model_plan_arena a)
+{
+    static const char *const names[PLAN_ARENAS] = {"weights (compute copy)", "master weights",
+                                                   "gradients", "AdamW moments", "activations",
+                                                   "scratch"};
+    return a < PLAN_ARENAS ? names[a] : "?";
+}
+
+int model_plan(const struct model_config *cfg, const struct model_plan_layout *lay,
+               struct model_plan *out, gale_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (model_config_validate(cfg, "model config", err))
+        return -1;
+    int ne = cfg->num_experts, ep = lay->ep_size > 0 ? lay->ep_size : 1;
+    if (lay->micro_batch <= 0 || lay->seq_len <= 0)
+        return gale_fail(err, "memory plan: micro-batch %d x seq_len %d must be positive",
+                         lay->micro_batch, lay->seq_len);
+    if (ep > 1 && (ne == 0 || ne % ep))
+        return gale_fail(err, "memory plan: %d experts do not split over %d expert-parallel "
+                              "ranks", ne, ep);
+    if (lay->ep_rank < 0 || lay->ep_rank >= ep)
+        return gale_fail(err, "memory plan: expert-parallel rank %d outside 0..%d", lay->ep_rank,
+                         ep - 1);
+    struct model tmp = {0};
+    tmp.cfg = *cfg;
+    tmp.opts.recompute = lay->recompute;
+    tmp.w_bytes = lay->compute_bytes ? lay->compute_bytes : gale_dtype_size(lay->compute);
+    tmp.acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *tmp.acts);
+    size_t rows = (size_t)lay->micro_batch * lay->seq_len;
+    struct carve act = {0}, scr = {0};
+    carve_pass(&tmp, rows, &act, &scr);
+    free(tmp.acts);
+    struct model_layout layout;
+    model_layout_build(cfg, &layout);
+    size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
+                          (size_t)cfg->hidden_size;
+    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
+    size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    model_layout_free(&layout);
+    int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
+    out->params = numel;
+    out->bytes[PLAN_WEIGHTS] = lay->compute == GALE_F32 ? 0 : numel * tmp.w_bytes;
+    out->bytes[PLAN_MASTER] = fsz(numel);
+    out->bytes[PLAN_GRADS] = fsz(numel);
+    out->bytes[PLAN_MOMENTS] = 2 * fsz((numel + dp - 1) / dp);
+    out->bytes[PLAN_ACTIVATIONS] = act.used;
+    /* expert parallelism adds the all-to-all's send and receive buffers of the routed rows
+     * (balanced routing: each rank receives as many slots as it sends) */
+    size_t a2a = ep > 1 ? 2 * rows * cfg->num_experts_per_tok * cfg->hidden_size * tmp.w_bytes : 0;
+    out->bytes[PLAN_SCRATCH] = scr.used + a2a + ST_COUNT * sizeof(double);
+    for (int a = 0; a < PLAN_ARENAS; a++)
+        out->total += out->bytes[a];
+    return 0;
 }
 
 struct model *model_create(const struct model_config *cfg, struct gale_backend *be,
@@ -876,8 +943,16 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     int fn = final_norm_index(m);
     ops->rmsnorm_bwd(be, m->dx, tensor_at(m, m->grads, fn), m->dh, m->x_final,
                      tensor_at(m, m->weights, fn), m->rstd_f, n, h);
+    struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     for (int l = c->num_layers - 1; l >= 0; l--) {
         struct layer_acts *a = &m->acts[l];
+        if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
+            /* the layer's forward again from its kept input: the same ops on the same values,
+             * so the same activations; its output rewrites the next input identically */
+            attention_forward(m, l, a->x_in);
+            mlp_forward(m, l, a, n, &scratch, l + 1 < c->num_layers ? m->acts[l + 1].x_in
+                                                                      : m->x_final);
+        }
         if (c->num_experts > 0)
             moe_backward(m, l, aux_weight);
         else

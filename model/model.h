@@ -57,9 +57,15 @@ enum model_aux_form {
     MODEL_AUX_PER_LAYER    /* mean over layers of E * sum_e f_e * P_e, f over all top-k slots */
 };
 
+/* Activation recomputation: none keeps every layer's activations for the backward; layer
+ * keeps each layer's input only and runs the layer's forward again in the backward (about a
+ * third more compute for a fraction of the memory; see model_plan). */
+enum model_recompute { MODEL_RECOMPUTE_NONE, MODEL_RECOMPUTE_LAYER };
+
 struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
+    enum model_recompute recompute;
 };
 
 /* One micro-batch. Position t of row b is token tokens[b*T + t]; it is trained to predict
@@ -91,6 +97,35 @@ struct model_stats {
     const int64_t *expert_load;  /* [layers][E] routing slots per expert (NULL when dense);
                                     valid until the next pass */
 };
+
+/* The memory plan: every device buffer of a training run, sized from the model, the shape of a
+ * micro-batch, the precision, recomputation and the parallel layout before anything is
+ * allocated, by the same code that carves the model's arenas (so the plan is the allocation). */
+enum model_plan_arena {
+    PLAN_WEIGHTS, PLAN_MASTER, PLAN_GRADS, PLAN_MOMENTS, PLAN_ACTIVATIONS, PLAN_SCRATCH,
+    PLAN_ARENAS
+};
+
+struct model_plan_layout {
+    int micro_batch, seq_len;
+    enum gale_dtype compute;       /* the compute dtype of weights' copy and activations */
+    size_t compute_bytes;          /* bytes per compute element; 0: the dtype's own size (the
+                                      CPU's bf16 mode keeps 4-byte containers) */
+    enum model_recompute recompute;
+    int ep_size, ep_rank;          /* expert parallelism: the rank holds experts
+                                      [E*rank/ep, E*(rank+1)/ep) of each layer (1, 0: all) */
+    int dp_size, zero;             /* with zero, the moments are split over dp_size ranks */
+};
+
+struct model_plan {
+    size_t bytes[PLAN_ARENAS];     /* per arena, on one rank */
+    size_t total;
+    size_t params;                 /* parameters held by the rank */
+};
+
+int model_plan(const struct model_config *cfg, const struct model_plan_layout *layout,
+               struct model_plan *out, gale_error *err);
+const char *model_plan_arena_name(enum model_plan_arena a);
 
 struct model;
 

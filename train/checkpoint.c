@@ -343,7 +343,7 @@ struct model *checkpoint_open_model(const char *dir, gale_error *err)
     free(cfg_path);
     if (rc)
         return NULL;
-    struct model_options opts = {MODEL_AUX_HF, 0};
+    struct model_options opts = {.aux_form = MODEL_AUX_HF};
     struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
     struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
     if (m)

@@ -274,6 +274,7 @@ static int setup(trainer *t, gale_error *err)
     struct model_options mo = {
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
+        .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
     };
     t->model = model_create(&t->mc, t->be, &mo, err);
     if (!t->model || open_data(t, err))

@@ -1,6 +1,8 @@
 /* test_engine: the engine's rules that the fixtures do not see. Host transfers in a training
  * step, counted by a wrapper around the CPU backend: none per layer but a Mixtral layer's expert
- * counts, the statistics read once per step. */
+ * counts, the statistics read once per step. Recomputation per layer: the same losses and
+ * gradients, to the bit, as keeping the activations, for less memory in the plan. */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +78,7 @@ struct transfers {
 static struct transfers step_transfers(struct gale_backend *be, int experts, int layers)
 {
     struct model_config cfg = tiny(experts, layers);
-    struct model_options opts = {MODEL_AUX_HF, 1e-3};
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3};
     gale_error err;
     struct model *m = model_create(&cfg, be, &opts, &err);
     CHECK_MSG(m != NULL, "model_create: %s", m ? "" : err.msg);
@@ -136,9 +138,90 @@ static void test_transfers(void)
     free(be);
 }
 
+/* Losses and gradients of two micro-batches (documents, z-loss) with opts. */
+static int run_step(const struct model_config *cfg, const struct model_options *opts,
+                    double *loss, float **grads, size_t *numel)
+{
+    gale_error err;
+    struct model *m = model_create(cfg, cpu_backend(), opts, &err);
+    if (!m) {
+        FAIL("model_create: %s", err.msg);
+        return -1;
+    }
+    model_init_random(m, 0.05, 11);
+    int32_t tokens[B * T], targets[B * T], seg[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (i * 11 + 5) % cfg->vocab_size;
+        targets[i] = i % 7 == 3 ? -100 : (i * 3 + 2) % cfg->vocab_size;
+        seg[i] = (i % T) < 4 ? 0 : 1;
+    }
+    struct model_batch batch = {.batch = B, .seq = T, .tokens = tokens, .targets = targets,
+                                .segments = seg};
+    model_zero_grads(m);
+    model_stats_reset(m);
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        tokens[i] = (tokens[i] + 1) % cfg->vocab_size;
+        rc = model_forward_backward(m, &batch, 2 * B * T, 0.5, NULL, &err);
+    }
+    struct model_stats st;
+    if (rc == 0)
+        rc = model_stats_read(m, &st, &err);
+    if (rc) {
+        FAIL("step: %s", err.msg);
+        model_free(m);
+        return -1;
+    }
+    loss[0] = st.ce_sum;
+    loss[1] = st.aux_sum;
+    loss[2] = st.z_sum;
+    *numel = model_get_layout(m)->numel;
+    *grads = malloc(*numel * sizeof(float));
+    model_grads_download(m, *grads);
+    model_free(m);
+    return 0;
+}
+
+static void test_recompute(void)
+{
+    omp_set_num_threads(1);  /* rmsnorm_bwd's per-thread sums meet in any order otherwise */
+    for (int experts = 0; experts <= 4; experts += 4) {
+        struct model_config cfg = tiny(experts, 3);
+        cfg.sliding_window = 5;
+        struct model_options keep = {.aux_form = MODEL_AUX_PER_LAYER, .router_z_loss_coef = 1e-2};
+        struct model_options again = keep;
+        again.recompute = MODEL_RECOMPUTE_LAYER;
+        double la[3], lb[3];
+        float *ga = NULL, *gb = NULL;
+        size_t n = 0;
+        if (run_step(&cfg, &keep, la, &ga, &n) == 0 && run_step(&cfg, &again, lb, &gb, &n) == 0) {
+            CHECK_MSG(memcmp(la, lb, sizeof la) == 0, "%s: losses %.17g %.17g %.17g with "
+                      "recomputation, %.17g %.17g %.17g without", experts ? "mixtral" : "dense",
+                      lb[0], lb[1], lb[2], la[0], la[1], la[2]);
+            CHECK_MSG(memcmp(ga, gb, n * sizeof *ga) == 0,
+                      "%s: gradients differ with recomputation", experts ? "mixtral" : "dense");
+        }
+        free(ga);
+        free(gb);
+        struct model_plan_layout lay = {.micro_batch = 4, .seq_len = 256, .compute = GALE_F32,
+                                        .ep_size = 1};
+        struct model_plan none, layer;
+        gale_error err;
+        CHECK(model_plan(&cfg, &lay, &none, &err) == 0);
+        lay.recompute = MODEL_RECOMPUTE_LAYER;
+        CHECK(model_plan(&cfg, &lay, &layer, &err) == 0);
+        /* 3 layers: the kept activations of 2 of them go, but for their inputs */
+        CHECK_MSG(layer.bytes[PLAN_ACTIVATIONS] < none.bytes[PLAN_ACTIVATIONS] / 2,
+                  "recomputation plans %zu bytes of activations, keeping them %zu",
+                  layer.bytes[PLAN_ACTIVATIONS], none.bytes[PLAN_ACTIVATIONS]);
+    }
+    omp_set_num_threads(omp_get_num_procs());
+}
+
 int main(void)
 {
     test_transfers();
+    test_recompute();
     gale_backend_free(cpu_backend());
     return check_report("test_engine");
 }

@@ -353,8 +353,8 @@ int main(void)
 {
     struct model_config mixtral = tiny_mixtral(), llama = tiny_llama_mqa();
     int32_t seg[20] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2};
-    struct model_options per_layer = {MODEL_AUX_PER_LAYER, 1e-2};
-    struct model_options hf = {MODEL_AUX_HF, 0};
+    struct model_options per_layer = {.aux_form = MODEL_AUX_PER_LAYER, .router_z_loss_coef = 1e-2};
+    struct model_options hf = {.aux_form = MODEL_AUX_HF};
     gradient_check("mixtral hf aux, window, tied", &mixtral, &hf, NULL);
     gradient_check("mixtral per_layer aux + z, documents", &mixtral, &per_layer, seg);
     gradient_check("llama MQA head_dim 6, documents", &llama, NULL, seg);
