@@ -1,7 +1,8 @@
 /* test_engine: the engine's rules that the fixtures do not see. Host transfers in a training
  * step, counted by a wrapper around the CPU backend: none per layer but a Mixtral layer's expert
  * counts, the statistics read once per step. Recomputation per layer: the same losses and
- * gradients, to the bit, as keeping the activations, for less memory in the plan. */
+ * gradients, to the bit, as keeping the activations, for less memory in the plan. The memory
+ * plan against the peak resident memory of a real training step. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include "check.h"
 #include "cpu_backend.h"
 #include "model/model.h"
+#include "optim/adamw.h"
 
 /* ---- a backend that counts its host transfers ---- */
 
@@ -218,8 +220,89 @@ static void test_recompute(void)
     omp_set_num_threads(omp_get_num_procs());
 }
 
+/* kB of the line `key` of /proc/self/status (VmRSS, VmHWM). */
+static long proc_status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':')
+            kb = atol(line + n + 1);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* One training step (forward, backward, AdamW) of cfg over batch x seq tokens. */
+static void train_one_step(const struct model_config *cfg, int batch, int seq)
+{
+    gale_error err;
+    struct gale_backend *be = cpu_backend();
+    struct model *m = model_create(cfg, be, NULL, &err);
+    struct adamw opt;
+    struct adamw_config ac = adamw_config_default();
+    if (!m || adamw_init(&opt, &ac, be, 0, model_get_layout(m)->numel, &err)) {
+        FAIL("set-up: %s", err.msg);
+        model_free(m);
+        return;
+    }
+    model_init_random(m, 0.02, 3);
+    int n = batch * seq;
+    int32_t *tokens = malloc(sizeof(int32_t) * n), *targets = malloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) {
+        tokens[i] = (i * 131 + 7) % cfg->vocab_size;
+        targets[i] = (i * 37 + 1) % cfg->vocab_size;
+    }
+    struct model_batch b = {.batch = batch, .seq = seq, .tokens = tokens, .targets = targets};
+    struct model_loss loss;
+    model_zero_grads(m);
+    CHECK_MSG(model_forward_backward(m, &b, 0, 1, &loss, &err) == 0, "step: %s", err.msg);
+    adamw_step(&opt, model_get_layout(m), model_params(m), model_weights(m), model_grads(m),
+               ac.lr);
+    free(tokens);
+    free(targets);
+    adamw_free(&opt);
+    model_free(m);
+}
+
+/* The plan of a model whose arenas dominate the process (about 0.7 GB) against the peak
+ * resident memory a step adds to the process: within 10%. */
+static void test_plan_rss(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    printf("plan against peak RSS: skipped under AddressSanitizer (its shadow memory and "
+           "quarantine are resident too)\n");
+    return;
+#endif
+    struct model_config small = tiny(0, 2), cfg = tiny(0, 4);
+    cfg.vocab_size = 32000;
+    cfg.hidden_size = 512;
+    cfg.intermediate_size = 1024;
+    cfg.num_heads = cfg.num_kv_heads = 8;
+    cfg.head_dim = 64;
+    int batch = 2, seq = 64;
+    train_one_step(&small, batch, seq);  /* BLAS's and OpenMP's buffers join the baseline */
+    long base_kb = proc_status_kb("VmRSS");
+    struct model_plan_layout lay = {.micro_batch = batch, .seq_len = seq, .compute = GALE_F32,
+                                    .ep_size = 1};
+    struct model_plan plan;
+    gale_error err;
+    CHECK(model_plan(&cfg, &lay, &plan, &err) == 0);
+    train_one_step(&cfg, batch, seq);
+    long peak_kb = proc_status_kb("VmHWM");
+    double measured = (peak_kb - base_kb) * 1024.0, planned = (double)plan.total;
+    printf("plan %.1f MB, measured peak %.1f MB above a baseline of %.1f MB: %+.1f%%\n",
+           planned / 1e6, measured / 1e6, base_kb * 1024.0 / 1e6,
+           100 * (measured - planned) / planned);
+    CHECK_MSG(base_kb > 0 && peak_kb > 0 && measured > 0.9 * planned && measured < 1.1 * planned,
+              "peak RSS grew by %.1f MB, the plan says %.1f MB", measured / 1e6, planned / 1e6);
+}
+
 int main(void)
 {
+    test_plan_rss();
     test_transfers();
     test_recompute();
     gale_backend_free(cpu_backend());
