@@ -17,8 +17,9 @@ int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_ba
     opt->be = be;
     opt->begin = begin;
     opt->end = end;
-    opt->m = be->ops->alloc(be, (end - begin) * sizeof(float));
-    opt->v = be->ops->alloc(be, (end - begin) * sizeof(float));
+    /* one arena: v follows m */
+    opt->m = be->ops->alloc(be, 2 * (end - begin) * sizeof(float));
+    opt->v = opt->m ? opt->m + (end - begin) : NULL;
     opt->step = 0;
     if (gale_backend_sync(be, err)) {
         adamw_free(opt);
@@ -32,8 +33,6 @@ void adamw_free(struct adamw *opt)
 {
     if (opt->m)
         opt->be->ops->free(opt->be, opt->m);
-    if (opt->v)
-        opt->be->ops->free(opt->be, opt->v);
     opt->m = opt->v = NULL;
 }
 

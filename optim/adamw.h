@@ -27,7 +27,7 @@ struct adamw {
     struct adamw_config cfg;
     struct gale_backend *be;
     size_t begin, end;     /* range of the flat buffer these moments cover */
-    float *m, *v;          /* device buffers of end - begin floats */
+    float *m, *v;          /* device: one arena of 2 x (end - begin) floats, v after m */
     long step;             /* steps taken */
 };
 
