@@ -82,9 +82,15 @@ void gale_backend_free(struct gale_backend *be)
     free(be);
 }
 
-int gale_backend_sync(struct gale_backend *be, gale_error *err)
+void gale_backend_wait(struct gale_backend *be)
 {
     be->ops->synchronize(be);
+    be->waits++;
+}
+
+int gale_backend_sync(struct gale_backend *be, gale_error *err)
+{
+    gale_backend_wait(be);
     if (!be->failed)
         return 0;
     be->failed = 0;

@@ -69,6 +69,7 @@ struct model {
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
+    unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
 };
 
 static size_t fsz(size_t n)
@@ -435,20 +436,20 @@ void model_weights_refresh(struct model *m)
 void model_params_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->params, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_params_upload(struct model *m, const float *host)
 {
     m->be->ops->upload(m->be, m->params, host, fsz(m->layout.numel));
     model_weights_refresh(m);
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_grads_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->grads, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_zero_grads(struct model *m)
@@ -512,6 +513,9 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     struct gale_backend *be = m->be;
     size_t bytes = sizeof(int32_t) * (size_t)n;
     m->stage_half ^= 1;
+    if (m->stage_wait[m->stage_half] == be->waits)
+        gale_backend_wait(be);  /* the half's last uploads may still read it */
+    m->stage_wait[m->stage_half] = be->waits;
     int32_t *tokens = m->stage + (size_t)m->stage_half * 4 * m->cap_rows;
     int32_t *positions = tokens + n, *targets = positions + n, *segments = targets + n;
     memcpy(tokens, b->tokens, bytes);
@@ -618,7 +622,7 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     /* the one host transfer of a layer: the expert counts size the products below */
     const int32_t *counts = m->host_counts + (size_t)l * ne;
     ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
-    ops->synchronize(be);
+    gale_backend_wait(be);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
@@ -711,6 +715,8 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
         zl[ne] = 1.0 / rows_all;
     }
     free(pooled_f);
+    /* router_host is rewritten each micro-batch: its last uploads are done, the forward waited
+     * for every layer's expert counts since */
     be->ops->upload(be, m->router_coef, aux_coef, 2 * lstat * sizeof(double));
     if (for_backward)
         be->ops->upload(be, m->dprobs_const, dprobs, fsz(le));
@@ -970,7 +976,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
 void model_logits_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->logits, fsz((size_t)m->rows * m->cfg.vocab_size));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_selected_experts_download(struct model *m, int32_t *host)
@@ -979,7 +985,7 @@ void model_selected_experts_download(struct model *m, int32_t *host)
     for (int l = 0; l < m->cfg.num_layers; l++)
         m->be->ops->download(m->be, host + l * per_layer, m->acts[l].topk_idx,
                              per_layer * sizeof(int32_t));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 /* ---- generation: the incremental forward over a KV cache ---- */
@@ -1001,7 +1007,8 @@ struct model_kv_cache {
     struct mlp_scratch scratch;
     float *hf, *rstd_f, *logits; /* the head over the last token */
     int32_t *tokens, *positions;
-    int32_t *host_positions;
+    int32_t *host_positions;     /* host staging: positions, then tokens */
+    unsigned long stage_wait;    /* be->waits at its last uploads */
 };
 
 struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err)
@@ -1118,6 +1125,9 @@ static void forward_next_chunk(struct model *m, struct model_kv_cache *kc, const
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &kc->acts;
     make_room(m, kc, n);
+    if (kc->stage_wait == be->waits)
+        gale_backend_wait(be);  /* the last chunk's uploads may still read the staging */
+    kc->stage_wait = be->waits;
     int32_t *staged_tokens = kc->host_positions + kc->chunk;
     for (int i = 0; i < n; i++) {
         kc->host_positions[i] = kc->length + i;
