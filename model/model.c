@@ -321,6 +321,14 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     if (model_config_validate(cfg, "model config", err))
         return NULL;
     const struct gale_ops *ops = be->ops;
+    for (int op = 0; op < GALE_OP_COUNT; op++) {
+        int needed = cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
+            gale_fail(err, "backend %s does not run %s in %s", ops->name,
+                      gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
+            return NULL;
+        }
+    }
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)

@@ -25,6 +25,8 @@ enum gale_op {
     GALE_OP_ADAMW, GALE_OP_REDUCE, GALE_OP_COUNT
 };
 
+const char *gale_op_name(enum gale_op op);
+
 /* The dtypes of a product's operands: the policy gives A and B in the compute dtype, except
  * the head's fp32 logit gradients; C is fp32 for weight gradients, logits and router logits. */
 struct gale_gemm_types {

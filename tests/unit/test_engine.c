@@ -300,8 +300,34 @@ static void test_plan_rss(void)
               "peak RSS grew by %.1f MB, the plan says %.1f MB", measured / 1e6, planned / 1e6);
 }
 
+static int no_moe(const struct gale_backend *be, enum gale_op op, enum gale_dtype dtype)
+{
+    return op != GALE_OP_MOE && inner->supports_op(be, op, dtype);
+}
+
+/* A model asks its backend for the ops it runs: one without experts cannot run a Mixtral. */
+static void test_supports_op(void)
+{
+    static struct gale_ops ops;
+    struct gale_backend *cpu = cpu_backend(), be = *cpu;
+    inner = cpu->ops;
+    ops = *cpu->ops;
+    ops.supports_op = no_moe;
+    be.ops = &ops;
+    struct model_config dense = tiny(0, 2), moe = tiny(4, 2);
+    gale_error err;
+    struct model *m = model_create(&dense, &be, NULL, &err);
+    CHECK_MSG(m != NULL, "a dense model on a backend without experts: %s", m ? "" : err.msg);
+    model_free(m);
+    m = model_create(&moe, &be, NULL, &err);
+    CHECK_MSG(!m && strstr(err.msg, "does not run moe in fp32"),
+              "a Mixtral on a backend without experts: %s", m ? "created" : err.msg);
+    model_free(m);
+}
+
 int main(void)
 {
+    test_supports_op();
     test_plan_rss();
     test_transfers();
     test_recompute();
