@@ -100,7 +100,8 @@ static struct transfers step_transfers(struct gale_backend *be, int experts, int
         model_zero_grads(m);
         model_stats_reset(m);
         for (int i = 0; i < MICRO; i++)
-            CHECK_MSG(model_forward_backward(m, &batch, B * T * MICRO, 1.0 / MICRO, NULL, &err) == 0,
+            CHECK_MSG(model_forward_backward(m, &batch, B * T * MICRO, 1.0 / MICRO, NULL,
+                                             &err) == 0,
                       "forward_backward: %s", err.msg);
         CHECK_MSG(model_stats_read(m, &st, &err) == 0, "stats: %s", err.msg);
     }
@@ -124,8 +125,8 @@ static void test_transfers(void)
                "%ld and %ld with 5: %.0f and %.0f per layer and micro-batch\n",
                experts ? "mixtral" : "dense", MICRO, two.up, two.down, five.up, five.down, up,
                down);
-        CHECK_MSG(up == 0, "%s: %.2f uploads per layer and micro-batch", experts ? "mixtral" : "dense",
-                  up);
+        CHECK_MSG(up == 0, "%s: %.2f uploads per layer and micro-batch",
+                  experts ? "mixtral" : "dense", up);
         CHECK_MSG(down == (experts ? 1 : 0), "%s: %.2f downloads per layer and micro-batch, only "
                   "a Mixtral layer's expert counts may come back", experts ? "mixtral" : "dense",
                   down);
