@@ -9,20 +9,23 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gale verify --fixture DIR [--backend cpu]\n\n"
+            "usage: gale verify --fixture DIR [--backend cpu] [--precision fp32|bf16]\n\n"
             "Runs the model on a reference fixture (config.json, model.safetensors,\n"
             "expected.safetensors, expected.json; see docs/math.md in the source) and compares\n"
             "logits, losses, every gradient, the router's choices and three AdamW steps with\n"
             "the reference, printing each relative error against its tolerance.\n\n"
             "  --fixture DIR    the fixture folder (may be given more than once)\n"
-            "  --backend NAME   kernels to check (default cpu)\n\n"
+            "  --backend NAME   kernels to check (default cpu)\n"
+            "  --precision P    compute dtype, fp32 (default: the contract's tolerances) or bf16\n"
+            "                   (tolerances derived from bf16's 8 bits and the model's depth;\n"
+            "                   docs/engine.md)\n\n"
             "Exit status: 0 when every check is within tolerance, 1 when one is not,\n"
             "2 on a usage error or an unreadable fixture.\n");
 }
 
 int cmd_verify(int argc, char **argv)
 {
-    const char *backend = "cpu";
+    const char *backend = "cpu", *precision = "fp32";
     const char *fixtures[64];
     int nfixtures = 0;
     for (int i = 1; i < argc; i++) {
@@ -37,6 +40,8 @@ int cmd_verify(int argc, char **argv)
             fixtures[nfixtures++] = argv[++i];
         } else if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
             backend = argv[++i];
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            precision = argv[++i];
         } else {
             fprintf(stderr, "gale verify: unknown or incomplete option '%s'\n", argv[i]);
             usage(stderr);
@@ -48,22 +53,29 @@ int cmd_verify(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    const struct gale_ops *ops = gale_ops_by_name(backend);
-    if (!ops) {
-        fprintf(stderr, "gale verify: backend '%s' is not built in (available: cpu)\n", backend);
+    enum gale_dtype compute;
+    if (gale_dtype_parse(precision, &compute) || (compute != GALE_F32 && compute != GALE_BF16)) {
+        fprintf(stderr, "gale verify: --precision '%s': expected fp32 or bf16\n", precision);
+        return 2;
+    }
+    gale_error err;
+    struct gale_backend *be = gale_backend_create(backend, compute, &err);
+    if (!be) {
+        fprintf(stderr, "gale verify: %s\n", err.msg);
         return 2;
     }
     int failed = 0;
     for (int i = 0; i < nfixtures; i++) {
         struct verify_result res;
-        gale_error err;
-        if (verify_fixture(fixtures[i], ops, stdout, &res, &err)) {
+        if (verify_fixture(fixtures[i], be, stdout, &res, &err)) {
             fprintf(stderr, "gale verify: %s\n", err.msg);
+            gale_backend_free(be);
             return 2;
         }
         printf("%s: %d checks, %d failed: %s\n", fixtures[i], res.checks, res.failed,
                res.failed ? "FAIL" : "ok");
         failed += res.failed > 0;
     }
+    gale_backend_free(be);
     return failed ? 1 : 0;
 }

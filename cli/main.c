@@ -16,6 +16,7 @@ static const struct command commands[] = {
     {"tokenize", cmd_tokenize, "text or chat JSONL to token ids (SentencePiece BPE), and back"},
     {"train", cmd_train, "train or fine-tune a model from a run YAML (resumes; MPI data parallel)"},
     {"plot", cmd_plot, "loss and learning-rate curves of a run (PNG via gnuplot, or SVG)"},
+    {"plan", cmd_plan, "the memory plan of a run per rank (GiB per arena, fits a device or not)"},
     {"verify", cmd_verify, "check a backend against a reference fixture (logits, gradients, AdamW)"},
     {"sample", cmd_sample, "generate text from a checkpoint (temperature, top-p, chat template)"},
     {"eval", cmd_eval, "loss and perplexity of a checkpoint over a split of prepared data"},

@@ -29,29 +29,47 @@ struct layer_acts {
     float *gate, *up;                   /* [rows, I]: dense, or [rows*k, I] per expert slot */
     float *probs, *rlse, *topk_w, *ye;  /* router (Mixtral) and expert outputs [rows*k, H] */
     int32_t *topk_idx, *slot_rows, *slot_of;
-    int *counts;                        /* host: slots per expert */
+    int32_t *counts;                    /* device: slots per expert [E] */
+    double *rstats;                     /* device: router_stats [E + 1] */
 };
+
+/* Indices of the step statistics (device fp64, model_stats_read). */
+enum { ST_CE_SUM, ST_TARGETS, ST_AUX, ST_Z, ST_COUNT };
 
 struct model {
     struct model_config cfg;
     struct model_options opts;
-    const struct gale_ops *ops;
+    struct gale_backend *be;
+    int owns_be;                        /* model_free frees be */
     struct model_layout layout;
     int *layer_first;                   /* index in the layout of each layer's first tensor */
-    float *params, *grads;
+    size_t w_bytes;                     /* bytes of a compute-dtype element on the device */
+    float *params;                      /* fp32 master weights */
+    float *weights;                     /* their compute copy; params itself in fp32 */
+    float *grads;                       /* fp32 */
 
-    /* activations for up to cap_rows tokens */
+    /* activations and scratch for up to cap_rows tokens, carved from two arenas */
+    void *act_arena, *scratch_arena;
     int cap_rows, rows, batch, seq;
     struct layer_acts *acts;
     float *x_final, *hf, *rstd_f;
-    float *logits;                      /* [rows, V] after model_forward */
+    float *logits;                      /* [rows, V] after model_forward (own buffer) */
     int32_t *tokens, *targets, *positions, *segments;
     int has_segments;
-
-    /* backward scratch */
     float *dx, *dh, *datt, *dq, *dk, *dv, *tmp_a, *tmp_b, *tmp_c, *xe, *dxe, *dye, *dtopk_w;
-    float *router_scratch, *dprobs_const, *head_chunk;
-    float *host_probs, *host_rlse;      /* host copies for the aux and z losses */
+    float *router_scratch, *head_chunk;
+    float *dprobs_const;                /* [layers][E]: d(router losses)/d(probs) */
+    double *router_coef;                /* [2][layers][E + 1]: weights of rstats for aux, z */
+    double *rstats;                     /* [layers][E + 1]: each layer's router_stats */
+    void *router_host;                  /* host staging of router_coef and dprobs_const */
+
+    /* the step's statistics: device sums, host expert load (from the per-layer counts) */
+    double *stats, *stats_host;
+    int32_t *host_counts;               /* [layers][E] of the last forward */
+    int64_t *load;                      /* [layers][E] summed since model_stats_reset */
+    int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
+    int stage_half;
+    unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
 };
 
 static size_t fsz(size_t n)
@@ -59,9 +77,22 @@ static size_t fsz(size_t n)
     return n * sizeof(float);
 }
 
+/* Compute-dtype buffers are indexed through the backend's element size: a bf16 device holds
+ * 2 bytes per element behind the float * handle. */
+static float *act_at(const struct model *m, const float *p, size_t elems)
+{
+    return (float *)((char *)p + elems * m->w_bytes);
+}
+
+static size_t wsz(const struct model *m, size_t n)
+{
+    return n * m->w_bytes;
+}
+
 static float *tensor_at(const struct model *m, float *base, int index)
 {
-    return base + m->layout.tensors[index].offset;
+    size_t offset = m->layout.tensors[index].offset;
+    return base == m->weights ? act_at(m, base, offset) : base + offset;
 }
 
 static float *layer_w(const struct model *m, float *base, int layer, int slot)
@@ -84,62 +115,266 @@ static int lm_head_index(const struct model *m)
     return m->cfg.tie_word_embeddings ? embed_index() : m->layout.n - 1;
 }
 
-struct model *model_create(const struct model_config *cfg, const struct gale_ops *ops,
+/* The operand dtypes of the graph's products (B is always a compute-dtype weight or
+ * activation): activations out, fp32 out (weight gradients, logits, router logits), and the
+ * same with the fp32 logits' or router's gradient as A. */
+static struct gale_gemm_types gemm_types(const struct model *m, int a_f32, int c_f32)
+{
+    enum gale_dtype w = m->be->compute;
+    return (struct gale_gemm_types){a_f32 ? GALE_F32 : w, w, c_f32 ? GALE_F32 : w};
+}
+
+static struct gale_gemm_types act_types(const struct model *m)
+{
+    return gemm_types(m, 0, 0);
+}
+
+static struct gale_gemm_types to_f32_types(const struct model *m)
+{
+    return gemm_types(m, 0, 1);
+}
+
+static struct gale_gemm_types f32_to_f32_types(const struct model *m)
+{
+    return gemm_types(m, 1, 1);
+}
+
+static struct gale_gemm_types f32_to_act_types(const struct model *m)
+{
+    return gemm_types(m, 1, 0);
+}
+
+/* Buffers are carved from an arena at this alignment (a GPU's widest vector load). */
+#define CARVE_ALIGN 256
+
+/* Bump allocation in an arena; with a NULL base it only measures. */
+struct carve {
+    char *base;
+    size_t used;
+};
+
+static void *take(struct carve *c, size_t bytes)
+{
+    size_t at = (c->used + CARVE_ALIGN - 1) / CARVE_ALIGN * CARVE_ALIGN;
+    c->used = at + bytes;
+    return c->base ? c->base + at : NULL;
+}
+
+/* Rows per head chunk for batches of up to `rows` tokens. */
+static size_t head_chunk_rows(const struct model_config *c, size_t rows)
+{
+    size_t chunk = HEAD_CHUNK_FLOATS / (size_t)c->vocab_size;
+    chunk = chunk ? chunk : 1;
+    return chunk < rows ? chunk : rows;
+}
+
+/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral). */
+static size_t mlp_rows(const struct model_config *c, size_t n)
+{
+    return c->num_experts ? n * (size_t)c->num_experts_per_tok : n;
+}
+
+/* One layer's activations for n tokens; wb bytes per compute-dtype element. */
+static void carve_layer(struct carve *cv, const struct model_config *c, size_t n, size_t wb,
+                        struct layer_acts *a)
+{
+    size_t h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
+    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
+    size_t e = c->num_experts, k = c->num_experts_per_tok;
+    a->x_in = take(cv, n * h * wb);
+    a->h1 = take(cv, n * h * wb);
+    a->rstd1 = take(cv, fsz(n));
+    a->q = take(cv, n * dq * wb);
+    a->k = take(cv, n * dkv * wb);
+    a->v = take(cv, n * dkv * wb);
+    a->att = take(cv, n * dq * wb);
+    a->lse = take(cv, fsz(n * c->num_heads));
+    a->x_mid = take(cv, n * h * wb);
+    a->h2 = take(cv, n * h * wb);
+    a->rstd2 = take(cv, fsz(n));
+    a->gate = take(cv, mlp_rows(c, n) * inter * wb);
+    a->up = take(cv, mlp_rows(c, n) * inter * wb);
+    if (e) {
+        a->probs = take(cv, fsz(n * e));
+        a->rlse = take(cv, fsz(n));
+        a->topk_w = take(cv, fsz(n * k));
+        a->ye = take(cv, n * k * h * wb);
+        a->topk_idx = take(cv, n * k * sizeof(int32_t));
+        a->slot_rows = take(cv, n * k * sizeof(int32_t));
+        a->slot_of = take(cv, n * k * sizeof(int32_t));
+        a->counts = take(cv, e * sizeof(int32_t));
+    }
+}
+
+/* The activations kept for the backward (act) and the scratch (scr) of a training pass over
+ * n tokens, carved into m's pointers; with NULL bases, only measured. */
+static void carve_pass(struct model *m, size_t n, struct carve *act, struct carve *scr)
+{
+    const struct model_config *c = &m->cfg;
+    size_t wb = m->w_bytes, h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
+    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
+    size_t e = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
+    size_t mlp_n = mlp_rows(c, n);
+    if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
+        /* each layer keeps its input; one set of the rest serves every layer, the forward's
+         * and the backward's recomputation */
+        struct layer_acts work;
+        carve_layer(act, c, n, wb, &work);
+        for (size_t l = 0; l < layers; l++) {
+            m->acts[l] = work;
+            m->acts[l].x_in = l == 0 ? work.x_in : take(act, n * h * wb);
+        }
+    } else {
+        for (size_t l = 0; l < layers; l++)
+            carve_layer(act, c, n, wb, &m->acts[l]);
+    }
+    m->x_final = take(act, n * h * wb);
+    m->hf = take(act, n * h * wb);
+    m->rstd_f = take(act, fsz(n));
+    m->tokens = take(scr, n * sizeof(int32_t));
+    m->targets = take(scr, n * sizeof(int32_t));
+    m->positions = take(scr, n * sizeof(int32_t));
+    m->segments = take(scr, n * sizeof(int32_t));
+    m->dx = take(scr, n * h * wb);
+    m->dh = take(scr, n * h * wb);
+    m->datt = take(scr, n * dq * wb);
+    m->dq = take(scr, n * dq * wb);
+    m->dk = take(scr, n * dkv * wb);
+    m->dv = take(scr, n * dkv * wb);
+    m->tmp_a = take(scr, mlp_n * inter * wb);
+    m->tmp_b = take(scr, mlp_n * inter * wb);
+    m->tmp_c = take(scr, mlp_n * inter * wb);
+    m->head_chunk = take(scr, fsz(head_chunk_rows(c, n) * (size_t)c->vocab_size));
+    if (e) {
+        m->xe = take(scr, n * k * h * wb);
+        m->dxe = take(scr, n * k * h * wb);
+        m->dye = take(scr, n * k * h * wb);
+        m->dtopk_w = take(scr, fsz(n * k));
+        m->router_scratch = take(scr, fsz(n * e));
+        m->dprobs_const = take(scr, fsz(layers * e));
+        m->router_coef = take(scr, 2 * layers * (e + 1) * sizeof(double));
+        m->rstats = take(act, layers * (e + 1) * sizeof(double));
+        for (size_t l = 0; l < layers; l++)
+            m->acts[l].rstats = m->rstats ? m->rstats + l * (e + 1) : NULL;
+    }
+}
+
+const char *model_plan_arena_name(enum model_plan_arena a)
+{
+    static const char *const names[PLAN_ARENAS] = {"weights (compute copy)", "master weights",
+                                                   "gradients", "AdamW moments", "activations",
+                                                   "scratch"};
+    return a < PLAN_ARENAS ? names[a] : "?";
+}
+
+int model_plan(const struct model_config *cfg, const struct model_plan_layout *lay,
+               struct model_plan *out, gale_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (model_config_validate(cfg, "model config", err))
+        return -1;
+    int ne = cfg->num_experts, ep = lay->ep_size > 0 ? lay->ep_size : 1;
+    if (lay->micro_batch <= 0 || lay->seq_len <= 0)
+        return gale_fail(err, "memory plan: micro-batch %d x seq_len %d must be positive",
+                         lay->micro_batch, lay->seq_len);
+    if (ep > 1 && (ne == 0 || ne % ep))
+        return gale_fail(err, "memory plan: %d experts do not split over %d expert-parallel "
+                              "ranks", ne, ep);
+    if (lay->ep_rank < 0 || lay->ep_rank >= ep)
+        return gale_fail(err, "memory plan: expert-parallel rank %d outside 0..%d", lay->ep_rank,
+                         ep - 1);
+    struct model tmp = {0};
+    tmp.cfg = *cfg;
+    tmp.opts.recompute = lay->recompute;
+    tmp.w_bytes = lay->compute_bytes ? lay->compute_bytes : gale_dtype_size(lay->compute);
+    tmp.acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *tmp.acts);
+    size_t rows = (size_t)lay->micro_batch * lay->seq_len;
+    struct carve act = {0}, scr = {0};
+    carve_pass(&tmp, rows, &act, &scr);
+    free(tmp.acts);
+    struct model_layout layout;
+    model_layout_build(cfg, &layout);
+    size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
+                          (size_t)cfg->hidden_size;
+    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
+    size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    model_layout_free(&layout);
+    int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
+    out->params = numel;
+    out->bytes[PLAN_WEIGHTS] = lay->compute == GALE_F32 ? 0 : numel * tmp.w_bytes;
+    out->bytes[PLAN_MASTER] = fsz(numel);
+    out->bytes[PLAN_GRADS] = fsz(numel);
+    out->bytes[PLAN_MOMENTS] = 2 * fsz((numel + dp - 1) / dp);
+    out->bytes[PLAN_ACTIVATIONS] = act.used;
+    /* expert parallelism adds the all-to-all's send and receive buffers of the routed rows
+     * (balanced routing: each rank receives as many slots as it sends) */
+    size_t a2a = ep > 1 ? 2 * rows * cfg->num_experts_per_tok * cfg->hidden_size * tmp.w_bytes : 0;
+    out->bytes[PLAN_SCRATCH] = scr.used + a2a + ST_COUNT * sizeof(double);
+    for (int a = 0; a < PLAN_ARENAS; a++)
+        out->total += out->bytes[a];
+    return 0;
+}
+
+struct model *model_create(const struct model_config *cfg, struct gale_backend *be,
                            const struct model_options *opts, gale_error *err)
 {
     if (model_config_validate(cfg, "model config", err))
         return NULL;
+    const struct gale_ops *ops = be->ops;
+    for (int op = 0; op < GALE_OP_COUNT; op++) {
+        int needed = cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
+            gale_fail(err, "backend %s does not run %s in %s", ops->name,
+                      gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
+            return NULL;
+        }
+    }
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)
         m->opts = *opts;
-    m->ops = ops;
+    m->be = be;
+    m->w_bytes = ops->dtype_bytes(be, be->compute);
     model_layout_build(cfg, &m->layout);
     m->layer_first = gale_xcalloc((size_t)cfg->num_layers, sizeof(int));
     int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts : W_DOWN + 1;
     for (int l = 0; l < cfg->num_layers; l++)
         m->layer_first[l] = 1 + l * per_layer;
-    m->params = ops->alloc(fsz(m->layout.numel));
-    m->grads = ops->alloc(fsz(m->layout.numel));
     m->acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *m->acts);
+    size_t le = (size_t)cfg->num_layers * cfg->num_experts;
+    m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
+    m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
+    m->params = ops->alloc(be, fsz(m->layout.numel));
+    m->weights = be->compute == GALE_F32 ? m->params : ops->alloc(be, wsz(m, m->layout.numel));
+    m->grads = ops->alloc(be, fsz(m->layout.numel));
+    m->stats = ops->alloc(be, ST_COUNT * sizeof(double));
+    m->stats_host = ops->host_alloc(be, ST_COUNT * sizeof(double));
+    if (gale_backend_sync(be, err)) {
+        gale_error_prefix(err, "model of %zu parameters", m->layout.numel);
+        model_free(m);
+        return NULL;
+    }
     return m;
 }
 
-static void free_buf(const struct gale_ops *ops, void *p)
+static void free_buf(struct gale_backend *be, void *p)
 {
     if (p)
-        ops->free(p);
-}
-
-static void layer_acts_free(const struct gale_ops *ops, struct layer_acts *a)
-{
-    void *bufs[] = {a->x_in, a->h1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->x_mid,
-                    a->h2, a->rstd2, a->gate, a->up, a->probs, a->rlse, a->topk_w, a->ye,
-                    a->topk_idx, a->slot_rows, a->slot_of};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        free_buf(ops, bufs[i]);
-    free(a->counts);
-    memset(a, 0, sizeof *a);
+        be->ops->free(be, p);
 }
 
 static void free_activations(struct model *m)
 {
-    const struct gale_ops *ops = m->ops;
-    for (int l = 0; l < m->cfg.num_layers; l++)
-        layer_acts_free(ops, &m->acts[l]);
-    void *bufs[] = {m->x_final, m->hf, m->rstd_f, m->logits, m->tokens, m->targets, m->positions,
-                    m->segments, m->dx, m->dh, m->datt, m->dq, m->dk, m->dv, m->tmp_a, m->tmp_b,
-                    m->tmp_c, m->xe, m->dxe, m->dye, m->dtopk_w, m->router_scratch,
-                    m->dprobs_const, m->head_chunk};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        free_buf(ops, bufs[i]);
-    free(m->host_probs);
-    free(m->host_rlse);
-    m->x_final = m->hf = m->rstd_f = m->logits = NULL;
-    m->tokens = m->targets = m->positions = m->segments = NULL;
-    m->dx = m->dh = m->datt = m->dq = m->dk = m->dv = m->tmp_a = m->tmp_b = m->tmp_c = NULL;
-    m->xe = m->dxe = m->dye = m->dtopk_w = m->router_scratch = m->dprobs_const = NULL;
-    m->head_chunk = m->host_probs = m->host_rlse = NULL;
+    struct gale_backend *be = m->be;
+    free_buf(be, m->act_arena);
+    free_buf(be, m->scratch_arena);
+    free_buf(be, m->logits);
+    if (m->stage)
+        be->ops->host_free(be, m->stage);
+    if (m->router_host)
+        be->ops->host_free(be, m->router_host);
+    m->act_arena = m->scratch_arena = m->logits = NULL;
+    m->stage = m->router_host = NULL;
     m->cap_rows = 0;
 }
 
@@ -148,12 +383,26 @@ void model_free(struct model *m)
     if (!m)
         return;
     free_activations(m);
-    m->ops->free(m->params);
-    m->ops->free(m->grads);
+    if (m->weights != m->params)
+        free_buf(m->be, m->weights);
+    free_buf(m->be, m->params);
+    free_buf(m->be, m->grads);
+    free_buf(m->be, m->stats);
+    if (m->stats_host)
+        m->be->ops->host_free(m->be, m->stats_host);
     free(m->acts);
+    free(m->host_counts);
+    free(m->load);
     free(m->layer_first);
     model_layout_free(&m->layout);
+    if (m->owns_be)
+        gale_backend_free(m->be);
     free(m);
+}
+
+void model_own_backend(struct model *m)
+{
+    m->owns_be = 1;
 }
 
 const struct model_config *model_get_config(const struct model *m)
@@ -166,9 +415,9 @@ const struct model_layout *model_get_layout(const struct model *m)
     return &m->layout;
 }
 
-const struct gale_ops *model_get_ops(const struct model *m)
+struct gale_backend *model_get_backend(const struct model *m)
 {
-    return m->ops;
+    return m->be;
 }
 
 float *model_params(struct model *m)
@@ -176,122 +425,79 @@ float *model_params(struct model *m)
     return m->params;
 }
 
+float *model_weights(struct model *m)
+{
+    return m->weights == m->params ? NULL : m->weights;
+}
+
 float *model_grads(struct model *m)
 {
     return m->grads;
 }
 
+void model_weights_refresh(struct model *m)
+{
+    if (m->weights != m->params)
+        m->be->ops->convert(m->be, m->weights, m->be->compute, m->params, m->layout.numel);
+}
+
 void model_params_download(struct model *m, float *host)
 {
-    m->ops->download(host, m->params, fsz(m->layout.numel));
+    m->be->ops->download(m->be, host, m->params, fsz(m->layout.numel));
+    gale_backend_wait(m->be);
 }
 
 void model_params_upload(struct model *m, const float *host)
 {
-    m->ops->upload(m->params, host, fsz(m->layout.numel));
+    m->be->ops->upload(m->be, m->params, host, fsz(m->layout.numel));
+    model_weights_refresh(m);
+    gale_backend_wait(m->be);
 }
 
 void model_grads_download(struct model *m, float *host)
 {
-    m->ops->download(host, m->grads, fsz(m->layout.numel));
+    m->be->ops->download(m->be, host, m->grads, fsz(m->layout.numel));
+    gale_backend_wait(m->be);
 }
 
 void model_zero_grads(struct model *m)
 {
-    m->ops->zero(m->grads, fsz(m->layout.numel));
+    m->be->ops->zero(m->be, m->grads, fsz(m->layout.numel));
 }
 
-/* Rows per head chunk for batches of up to `rows` tokens. */
-static size_t head_chunk_rows(const struct model *m, size_t rows)
-{
-    size_t chunk = HEAD_CHUNK_FLOATS / (size_t)m->cfg.vocab_size;
-    chunk = chunk ? chunk : 1;
-    return chunk < rows ? chunk : rows;
-}
-
-/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral). */
-static size_t mlp_rows(const struct model_config *c, size_t n)
-{
-    return c->num_experts ? n * (size_t)c->num_experts_per_tok : n;
-}
-
-/* One layer's activations for n tokens. */
-static void layer_acts_alloc(const struct gale_ops *ops, const struct model_config *c, size_t n,
-                             struct layer_acts *a)
-{
-    size_t h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
-    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
-    size_t e = c->num_experts, k = c->num_experts_per_tok;
-    a->x_in = ops->alloc(fsz(n * h));
-    a->h1 = ops->alloc(fsz(n * h));
-    a->rstd1 = ops->alloc(fsz(n));
-    a->q = ops->alloc(fsz(n * dq));
-    a->k = ops->alloc(fsz(n * dkv));
-    a->v = ops->alloc(fsz(n * dkv));
-    a->att = ops->alloc(fsz(n * dq));
-    a->lse = ops->alloc(fsz(n * c->num_heads));
-    a->x_mid = ops->alloc(fsz(n * h));
-    a->h2 = ops->alloc(fsz(n * h));
-    a->rstd2 = ops->alloc(fsz(n));
-    a->gate = ops->alloc(fsz(mlp_rows(c, n) * inter));
-    a->up = ops->alloc(fsz(mlp_rows(c, n) * inter));
-    if (e) {
-        a->probs = ops->alloc(fsz(n * e));
-        a->rlse = ops->alloc(fsz(n));
-        a->topk_w = ops->alloc(fsz(n * k));
-        a->ye = ops->alloc(fsz(n * k * h));
-        a->topk_idx = ops->alloc(n * k * sizeof(int32_t));
-        a->slot_rows = ops->alloc(n * k * sizeof(int32_t));
-        a->slot_of = ops->alloc(n * k * sizeof(int32_t));
-        a->counts = gale_xcalloc(e, sizeof(int));
-    }
-}
-
-/* Activations and scratch for `rows` tokens (kept when already large enough). */
-static void reserve(struct model *m, int rows)
+/* Activations and scratch for `rows` tokens (kept when already large enough): two arenas. */
+static int reserve(struct model *m, int rows, gale_error *err)
 {
     if (rows <= m->cap_rows)
-        return;
+        return 0;
     free_activations(m);
-    const struct gale_ops *ops = m->ops;
-    const struct model_config *c = &m->cfg;
-    size_t n = (size_t)rows, h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
-    size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
-    size_t e = c->num_experts, k = c->num_experts_per_tok;
-    size_t mlp_n = mlp_rows(c, n);
-    for (int l = 0; l < c->num_layers; l++)
-        layer_acts_alloc(ops, c, n, &m->acts[l]);
-    m->x_final = ops->alloc(fsz(n * h));
-    m->hf = ops->alloc(fsz(n * h));
-    m->rstd_f = ops->alloc(fsz(n));
-    m->tokens = ops->alloc(n * sizeof(int32_t));
-    m->targets = ops->alloc(n * sizeof(int32_t));
-    m->positions = ops->alloc(n * sizeof(int32_t));
-    m->segments = ops->alloc(n * sizeof(int32_t));
-    m->dx = ops->alloc(fsz(n * h));
-    m->dh = ops->alloc(fsz(n * h));
-    m->datt = ops->alloc(fsz(n * dq));
-    m->dq = ops->alloc(fsz(n * dq));
-    m->dk = ops->alloc(fsz(n * dkv));
-    m->dv = ops->alloc(fsz(n * dkv));
-    m->tmp_a = ops->alloc(fsz(mlp_n * inter));
-    m->tmp_b = ops->alloc(fsz(mlp_n * inter));
-    m->tmp_c = ops->alloc(fsz(mlp_n * inter));
-    m->head_chunk = ops->alloc(fsz(head_chunk_rows(m, n) * (size_t)c->vocab_size));
-    if (e) {
-        m->xe = ops->alloc(fsz(n * k * h));
-        m->dxe = ops->alloc(fsz(n * k * h));
-        m->dye = ops->alloc(fsz(n * k * h));
-        m->dtopk_w = ops->alloc(fsz(n * k));
-        m->router_scratch = ops->alloc(fsz(n * e));
-        m->dprobs_const = ops->alloc(fsz(e));
-        m->host_probs = gale_xmalloc(fsz(n * e));
-        m->host_rlse = gale_xmalloc(fsz(n));
+    struct gale_backend *be = m->be;
+    struct carve act = {0}, scr = {0};
+    carve_pass(m, (size_t)rows, &act, &scr);
+    act.base = be->ops->alloc(be, act.used);
+    scr.base = be->ops->alloc(be, scr.used);
+    m->stage = be->ops->host_alloc(be, 8 * (size_t)rows * sizeof(int32_t));
+    size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
+    if (le)
+        m->router_host = be->ops->host_alloc(be, 2 * (le + m->cfg.num_layers) * sizeof(double) +
+                                                     fsz(le));
+    m->act_arena = act.base;
+    m->scratch_arena = scr.base;
+    if (gale_backend_sync(be, err)) {
+        free_activations(m);
+        gale_error_prefix(err, "activations for %d tokens", rows);
+        return -1;
     }
+    act.used = scr.used = 0;
+    carve_pass(m, (size_t)rows, &act, &scr);
     m->cap_rows = rows;
+    return 0;
 }
 
-/* Checks the batch and uploads tokens, positions, segments and targets (mask applied). */
+/* Checks the batch and uploads tokens, positions, segments and targets (mask applied). The
+ * uploads are asynchronous: they go through one half of the host staging buffer, the other
+ * half from the micro-batch before, so a backend with a copy engine can overlap the upload
+ * with that micro-batch's work. */
 static int upload_batch(struct model *m, const struct model_batch *b, gale_error *err)
 {
     if (b->batch <= 0 || b->seq <= 0)
@@ -307,27 +513,36 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
             return gale_fail(err, "target %d at row %d position %d is outside the vocabulary "
                                   "(0..%d)", b->targets[i], i / b->seq, i % b->seq, vocab - 1);
     }
-    reserve(m, n);
+    if (reserve(m, n, err))
+        return -1;
     m->rows = n;
     m->batch = b->batch;
     m->seq = b->seq;
-    int32_t *host = gale_xmalloc(sizeof(int32_t) * (size_t)n);
+    struct gale_backend *be = m->be;
+    size_t bytes = sizeof(int32_t) * (size_t)n;
+    m->stage_half ^= 1;
+    if (m->stage_wait[m->stage_half] == be->waits)
+        gale_backend_wait(be);  /* the half's last uploads may still read it */
+    m->stage_wait[m->stage_half] = be->waits;
+    int32_t *tokens = m->stage + (size_t)m->stage_half * 4 * m->cap_rows;
+    int32_t *positions = tokens + n, *targets = positions + n, *segments = targets + n;
+    memcpy(tokens, b->tokens, bytes);
     for (int i = 0; i < n; i++) {
         int t = i % b->seq;
         int start = t == 0 || (b->segments && b->segments[i] != b->segments[i - 1]);
-        host[i] = start ? 0 : host[i - 1] + 1;
+        positions[i] = start ? 0 : positions[i - 1] + 1;
+        targets[i] = !b->targets || (b->loss_mask && !b->loss_mask[i]) || b->targets[i] < 0
+                         ? -100
+                         : b->targets[i];
     }
-    m->ops->upload(m->positions, host, sizeof(int32_t) * (size_t)n);
+    be->ops->upload(be, m->tokens, tokens, bytes);
+    be->ops->upload(be, m->positions, positions, bytes);
+    be->ops->upload(be, m->targets, targets, bytes);
     m->has_segments = b->segments != NULL;
-    if (b->segments)
-        m->ops->upload(m->segments, b->segments, sizeof(int32_t) * (size_t)n);
-    m->ops->upload(m->tokens, b->tokens, sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++)
-        host[i] = !b->targets || (b->loss_mask && !b->loss_mask[i]) || b->targets[i] < 0
-                      ? -100
-                      : b->targets[i];
-    m->ops->upload(m->targets, host, sizeof(int32_t) * (size_t)n);
-    free(host);
+    if (b->segments) {
+        memcpy(segments, b->segments, bytes);
+        be->ops->upload(be, m->segments, segments, bytes);
+    }
     return 0;
 }
 
@@ -337,17 +552,21 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
 static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, const float *x,
                         float *k_out, float *v_out, const int32_t *positions)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, dq = c->num_heads * c->head_dim;
     int dkv = c->num_kv_heads * c->head_dim;
-    ops->rmsnorm_fwd(a->h1, a->rstd1, x, layer_w(m, m->params, l, W_LN1), n, h,
+    ops->rmsnorm_fwd(be, a->h1, a->rstd1, x, layer_w(m, m->weights, l, W_LN1), n, h,
                      (float)c->rms_norm_eps);
-    ops->matmul(0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->params, l, W_Q), h, 0, a->q, dq);
-    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_K), h, 0, k_out, dkv);
-    ops->matmul(0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->params, l, W_V), h, 0, v_out, dkv);
-    ops->rope_fwd(a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
-    ops->rope_fwd(k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
+    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv,
+                act_types(m));
+    ops->rope_fwd(be, a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
+    ops->rope_fwd(be, k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
 }
 
 /* x_mid = x + o_proj(att) over n tokens. */
@@ -355,9 +574,9 @@ static void attention_out_forward(struct model *m, int l, struct layer_acts *a, 
                                   const float *x)
 {
     int h = m->cfg.hidden_size, dq = m->cfg.num_heads * m->cfg.head_dim;
-    m->ops->copy(a->x_mid, x, fsz((size_t)n * h));
-    m->ops->matmul(0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->params, l, W_O), dq, 1, a->x_mid,
-                   h);
+    m->be->ops->copy(m->be, a->x_mid, x, wsz(m, (size_t)n * h));
+    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1,
+                       a->x_mid, h, act_types(m));
 }
 
 static void attention_forward(struct model *m, int l, const float *x)
@@ -365,9 +584,9 @@ static void attention_forward(struct model *m, int l, const float *x)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     qkv_forward(m, l, a, m->rows, x, a->k, a->v, m->positions);
-    m->ops->attention_fwd(a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
-                          m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
-                          c->sliding_window);
+    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v,
+                              m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
+                              c->num_kv_heads, c->head_dim, c->sliding_window);
     attention_out_forward(m, l, a, m->rows, x);
 }
 
@@ -381,15 +600,17 @@ struct mlp_scratch {
 static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int n,
                               const struct mlp_scratch *s, float *out)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     int h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    ops->matmul(0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->params, l, W_GATE), h, 0, a->gate,
-                inter);
-    ops->matmul(0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->params, l, W_UP), h, 0, a->up, inter);
-    ops->swiglu_fwd(s->act, a->gate, a->up, (size_t)n * inter);
-    ops->copy(out, a->x_mid, fsz((size_t)n * h));
-    ops->matmul(0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->params, l, W_DOWN), inter, 1,
-                out, h);
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0,
+                a->gate, inter, act_types(m));
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up,
+                inter, act_types(m));
+    ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * inter);
+    ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
+    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter,
+                1, out, h, act_types(m));
 }
 
 static float *expert_w(const struct model *m, float *base, int l, int e, int which)
@@ -400,34 +621,43 @@ static float *expert_w(const struct model *m, float *base, int l, int e, int whi
 static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
                         const struct mlp_scratch *s, float *out)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, inter = c->intermediate_size;
     int ne = c->num_experts, k = c->num_experts_per_tok;
-    ops->matmul(0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->params, l, W_ROUTER), h, 0,
-                s->router_logits, ne);
-    ops->router_fwd(a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
-    ops->moe_plan(a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    ops->moe_gather(s->xe, a->h2, a->slot_rows, n * k, h);
+    ops->matmul(be, 0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->weights, l, W_ROUTER), h, 0,
+                s->router_logits, ne, to_f32_types(m));
+    ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
+    ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
+    ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
+    /* the one host transfer of a layer: the expert counts size the products below */
+    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
+    gale_backend_wait(be);
+    ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
-        int cnt = a->counts[e];
-        ops->matmul(0, 1, cnt, inter, h, 1, s->xe + off * h, h, expert_w(m, m->params, l, e, 0), h,
-                    0, a->gate + off * inter, inter);
-        ops->matmul(0, 1, cnt, inter, h, 1, s->xe + off * h, h, expert_w(m, m->params, l, e, 2), h,
-                    0, a->up + off * inter, inter);
+        int cnt = counts[e];
+        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
+                    expert_w(m, m->weights, l, e, 0), h, 0, act_at(m, a->gate, off * inter),
+                    inter, act_types(m));
+        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
+                    expert_w(m, m->weights, l, e, 2), h, 0, act_at(m, a->up, off * inter), inter,
+                    act_types(m));
         off += (size_t)cnt;
     }
-    ops->swiglu_fwd(s->act, a->gate, a->up, (size_t)n * k * inter);
+    ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * k * inter);
     off = 0;
     for (int e = 0; e < ne; e++) {
-        int cnt = a->counts[e];
-        ops->matmul(0, 1, cnt, h, inter, 1, s->act + off * inter, inter,
-                    expert_w(m, m->params, l, e, 1), inter, 0, a->ye + off * h, h);
+        int cnt = counts[e];
+        ops->matmul(be, 0, 1, cnt, h, inter, 1, act_at(m, s->act, off * inter), inter,
+                    expert_w(m, m->weights, l, e, 1), inter, 0, act_at(m, a->ye, off * h), h,
+                    act_types(m));
         off += (size_t)cnt;
     }
-    ops->copy(out, a->x_mid, fsz((size_t)n * h));
-    ops->moe_combine(out, a->ye, a->topk_w, a->slot_of, n, k, h);
+    ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
+    ops->moe_combine(be, out, a->ye, a->topk_w, a->slot_of, n, k, h);
 }
 
 /* out = x_mid + mlp(rmsnorm(x_mid)) over n tokens (out may be a->x_in). */
@@ -435,7 +665,7 @@ static void mlp_forward(struct model *m, int l, struct layer_acts *a, int n,
                         const struct mlp_scratch *s, float *out)
 {
     const struct model_config *c = &m->cfg;
-    m->ops->rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, layer_w(m, m->params, l, W_LN2), n,
+    m->be->ops->rmsnorm_fwd(m->be, a->h2, a->rstd2, a->x_mid, layer_w(m, m->weights, l, W_LN2), n,
                         c->hidden_size, (float)c->rms_norm_eps);
     if (c->num_experts > 0)
         moe_forward(m, l, a, n, s, out);
@@ -446,89 +676,104 @@ static void mlp_forward(struct model *m, int l, struct layer_acts *a, int n,
 /* Embeddings through the final norm: m->hf holds the head's input afterwards. */
 static void forward_trunk(struct model *m)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
-    ops->embedding_fwd(m->acts[0].x_in, tensor_at(m, m->params, embed_index()), m->tokens, n, h);
+    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n,
+                       h);
     for (int l = 0; l < c->num_layers; l++) {
         struct layer_acts *a = &m->acts[l];
         float *out = l + 1 < c->num_layers ? m->acts[l + 1].x_in : m->x_final;
         attention_forward(m, l, a->x_in);
         mlp_forward(m, l, a, n, &scratch, out);
     }
-    ops->rmsnorm_fwd(m->hf, m->rstd_f, m->x_final, tensor_at(m, m->params, final_norm_index(m)),
-                     n, h, (float)c->rms_norm_eps);
+    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final,
+                     tensor_at(m, m->weights, final_norm_index(m)), n, h, (float)c->rms_norm_eps);
 }
 
-/* The router losses of the last forward, and (when grad_weight != 0) what their gradient
- * needs: for the hf form one per-expert constant shared by all layers, computed here. */
-struct router_losses {
-    double aux, z;
-    double *layer_f;     /* [layers][E]: per-layer slot fractions (per_layer form) */
-    double *pooled_f;    /* [E]: sum over k of f[k][e] pooled over layers (hf form) */
-};
-
-static void router_losses_compute(struct model *m, struct router_losses *rl)
+/* After a forward over a Mixtral, from the expert counts on the host: the router losses'
+ * weights. dprobs_const[l][e] (the load-balancing loss's gradient w.r.t. the probabilities,
+ * weighted by aux_weight) for a backward, and the coefficients that turn each layer's
+ * router_stats into the aux and z losses; both go up in one upload, the losses accumulate into
+ * the device statistics. The aux loss is E * sum_e f_e * P_e with f the slot fractions per
+ * layer (per_layer form, averaged over layers) or pooled over layers (hf form). */
+static void router_losses(struct model *m, double aux_weight, int for_backward)
 {
+    struct gale_backend *be = m->be;
     const struct model_config *c = &m->cfg;
     int n = m->rows, ne = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
+    size_t le = (size_t)layers * ne, lstat = (size_t)layers * (ne + 1);
     double rows_all = (double)n * layers;
-    double *p_sum = gale_xcalloc((size_t)layers * ne, sizeof(double));
-    rl->layer_f = gale_xcalloc((size_t)layers * ne, sizeof(double));
-    rl->pooled_f = gale_xcalloc((size_t)ne, sizeof(double));
-    rl->aux = rl->z = 0;
-    double z_sum = 0;
+    double *aux_coef = m->router_host, *z_coef = aux_coef + lstat;
+    float *dprobs = (float *)(z_coef + lstat);
+    double *pooled_f = gale_xcalloc((size_t)ne, sizeof(double));
+    for (size_t i = 0; i < le; i++) {
+        m->load[i] += m->host_counts[i];
+        pooled_f[i % ne] += m->host_counts[i] / rows_all;
+    }
+    int per_layer = m->opts.aux_form == MODEL_AUX_PER_LAYER;
+    double coef = aux_weight * c->router_aux_loss_coef;
     for (int l = 0; l < layers; l++) {
-        struct layer_acts *a = &m->acts[l];
-        m->ops->download(m->host_probs, a->probs, fsz((size_t)n * ne));
-        m->ops->download(m->host_rlse, a->rlse, fsz((size_t)n));
-        for (int r = 0; r < n; r++) {
-            for (int e = 0; e < ne; e++)
-                p_sum[(size_t)l * ne + e] += m->host_probs[(size_t)r * ne + e];
-            z_sum += (double)m->host_rlse[r] * m->host_rlse[r];
-        }
+        double *al = aux_coef + (size_t)l * (ne + 1), *zl = z_coef + (size_t)l * (ne + 1);
         for (int e = 0; e < ne; e++) {
-            rl->layer_f[(size_t)l * ne + e] = a->counts[e] / ((double)n * k);
-            rl->pooled_f[e] += a->counts[e] / rows_all;
+            double layer_f = m->host_counts[(size_t)l * ne + e] / ((double)n * k);
+            double f = per_layer ? layer_f : pooled_f[e];
+            al[e] = per_layer ? ne * layer_f / ((double)n * layers) : ne * pooled_f[e] / rows_all;
+            zl[e] = 0;
+            dprobs[(size_t)l * ne + e] = (float)(coef * ne * f / rows_all);
         }
+        al[ne] = 0;
+        zl[ne] = 1.0 / rows_all;
     }
-    if (m->opts.aux_form == MODEL_AUX_PER_LAYER) {
-        for (int l = 0; l < layers; l++)
-            for (int e = 0; e < ne; e++)
-                rl->aux += ne * rl->layer_f[(size_t)l * ne + e] * p_sum[(size_t)l * ne + e] / n;
-        rl->aux /= layers;
-    } else {
-        for (int e = 0; e < ne; e++) {
-            double p = 0;
-            for (int l = 0; l < layers; l++)
-                p += p_sum[(size_t)l * ne + e];
-            rl->aux += ne * rl->pooled_f[e] * p / rows_all;
-        }
-    }
-    rl->z = z_sum / rows_all;
-    free(p_sum);
+    free(pooled_f);
+    /* router_host is rewritten each micro-batch: its last uploads are done, the forward waited
+     * for every layer's expert counts since */
+    be->ops->upload(be, m->router_coef, aux_coef, 2 * lstat * sizeof(double));
+    if (for_backward)
+        be->ops->upload(be, m->dprobs_const, dprobs, fsz(le));
+    be->ops->dot_f64(be, m->stats + ST_AUX, m->rstats, m->router_coef, lstat);
+    be->ops->dot_f64(be, m->stats + ST_Z, m->rstats, m->router_coef + lstat, lstat);
 }
 
-static void router_losses_free(struct router_losses *rl)
+void model_stats_reset(struct model *m)
 {
-    free(rl->layer_f);
-    free(rl->pooled_f);
+    m->be->ops->zero(m->be, m->stats, ST_COUNT * sizeof(double));
+    memset(m->load, 0, (size_t)m->cfg.num_layers * m->cfg.num_experts * sizeof *m->load);
 }
 
-static void fill_loss(const struct model *m, struct model_loss *out, double ce_sum, long count,
-                      double denominator, const struct router_losses *rl)
+int model_stats_read(struct model *m, struct model_stats *out, gale_error *err)
 {
+    struct gale_backend *be = m->be;
+    be->ops->download(be, m->stats_host, m->stats, ST_COUNT * sizeof(double));
+    if (gale_backend_sync(be, err))
+        return -1;
+    out->ce_sum = m->stats_host[ST_CE_SUM];
+    out->n_targets = (long)m->stats_host[ST_TARGETS];
+    out->aux_sum = m->stats_host[ST_AUX];
+    out->z_sum = m->stats_host[ST_Z];
+    out->expert_load = m->cfg.num_experts ? m->load : NULL;
+    return 0;
+}
+
+/* A stand-alone pass's losses: the statistics since the reset that began it. */
+static int fill_loss(struct model *m, struct model_loss *out, double denominator, gale_error *err)
+{
+    struct model_stats st;
+    if (model_stats_read(m, &st, err))
+        return -1;
     memset(out, 0, sizeof *out);
-    out->ce_sum = ce_sum;
-    out->n_targets = count;
-    if (rl) {
-        out->aux_loss = rl->aux;
+    out->ce_sum = st.ce_sum;
+    out->n_targets = st.n_targets;
+    if (m->cfg.num_experts) {
+        out->aux_loss = st.aux_sum;
         if (m->opts.router_z_loss_coef != 0)
-            out->z_loss = rl->z;
+            out->z_loss = st.z_sum;
     }
-    out->loss = ce_sum / denominator + m->cfg.router_aux_loss_coef * out->aux_loss +
+    out->loss = out->ce_sum / denominator + m->cfg.router_aux_loss_coef * out->aux_loss +
                 m->opts.router_z_loss_coef * out->z_loss;
+    return 0;
 }
 
 long model_batch_count_targets(const struct model_batch *b)
@@ -552,158 +797,154 @@ static double resolve_denominator(const struct model_batch *b, double denominato
 int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
                   struct model_loss *out, gale_error *err)
 {
+    if (out)
+        model_stats_reset(m);
     if (upload_batch(m, batch, err))
         return -1;
+    struct gale_backend *be = m->be;
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size, vocab = c->vocab_size;
     if (!m->logits)
-        m->logits = m->ops->alloc(fsz((size_t)m->cap_rows * vocab));
+        m->logits = be->ops->alloc(be, fsz((size_t)m->cap_rows * vocab));
+    if (gale_backend_sync(be, err))
+        return -1;
     forward_trunk(m);
-    m->ops->matmul(0, 1, n, vocab, h, 1, m->hf, h, tensor_at(m, m->params, lm_head_index(m)), h, 0,
-                   m->logits, vocab);
-    long count = 0;
-    double ce_sum = batch->targets ? m->ops->cross_entropy(m->logits, m->targets, n, vocab, 0, &count)
-                                   : 0;
-    struct router_losses rl = {0};
+    be->ops->matmul(be, 0, 1, n, vocab, h, 1, m->hf, h, tensor_at(m, m->weights, lm_head_index(m)),
+                    h, 0, m->logits, vocab, to_f32_types(m));
+    if (batch->targets)
+        be->ops->cross_entropy(be, m->logits, m->targets, n, vocab, 0, m->stats + ST_CE_SUM);
     if (c->num_experts > 0)
-        router_losses_compute(m, &rl);
+        router_losses(m, 1.0, 0);
     if (out)
-        fill_loss(m, out, ce_sum, count, resolve_denominator(batch, ce_denominator),
-                  c->num_experts > 0 ? &rl : NULL);
-    router_losses_free(&rl);
-    return 0;
+        return fill_loss(m, out, resolve_denominator(batch, ce_denominator), err);
+    return be->failed ? gale_backend_sync(be, err) : 0;
 }
 
 /* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh. */
-static double head_forward_backward(struct model *m, double scale, long *count)
+static void head_forward_backward(struct model *m, double scale)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     int n = m->rows, h = m->cfg.hidden_size, vocab = m->cfg.vocab_size;
-    int chunk = (int)head_chunk_rows(m, (size_t)m->cap_rows);
-    float *w = tensor_at(m, m->params, lm_head_index(m));
+    int chunk = (int)head_chunk_rows(&m->cfg, (size_t)m->cap_rows);
+    float *w = tensor_at(m, m->weights, lm_head_index(m));
     float *dw = tensor_at(m, m->grads, lm_head_index(m));
-    double total = 0;
-    *count = 0;
     for (int r0 = 0; r0 < n; r0 += chunk) {
         int rows = n - r0 < chunk ? n - r0 : chunk;
-        const float *x = m->hf + (size_t)r0 * h;
-        ops->matmul(0, 1, rows, vocab, h, 1, x, h, w, h, 0, m->head_chunk, vocab);
-        long c = 0;
-        total += ops->cross_entropy(m->head_chunk, m->targets + r0, rows, vocab, (float)scale, &c);
-        *count += c;
-        ops->matmul(1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h);
-        ops->matmul(0, 0, rows, h, vocab, 1, m->head_chunk, vocab, w, h, 0, m->dh + (size_t)r0 * h,
-                    h);
+        const float *x = act_at(m, m->hf, (size_t)r0 * h);
+        ops->matmul(be, 0, 1, rows, vocab, h, 1, x, h, w, h, 0, m->head_chunk, vocab,
+                    to_f32_types(m));
+        ops->cross_entropy(be, m->head_chunk, m->targets + r0, rows, vocab, (float)scale,
+                           m->stats + ST_CE_SUM);
+        ops->matmul(be, 1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h,
+                    f32_to_f32_types(m));
+        ops->matmul(be, 0, 0, rows, h, vocab, 1, m->head_chunk, vocab, w, h, 0,
+                    act_at(m, m->dh, (size_t)r0 * h), h, f32_to_act_types(m));
     }
-    return total;
 }
 
 static void dense_mlp_backward(struct model *m, int l)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    float *wg = layer_w(m, m->params, l, W_GATE), *wu = layer_w(m, m->params, l, W_UP);
-    float *wd = layer_w(m, m->params, l, W_DOWN);
-    ops->swiglu_fwd(m->tmp_a, a->gate, a->up, (size_t)n * inter);
-    ops->matmul(1, 0, h, inter, n, 1, m->dx, h, m->tmp_a, inter, 1,
-                layer_w(m, m->grads, l, W_DOWN), inter);
-    ops->matmul(0, 0, n, inter, h, 1, m->dx, h, wd, inter, 0, m->tmp_b, inter);
-    ops->swiglu_bwd(m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)n * inter);
-    ops->matmul(1, 0, inter, h, n, 1, m->tmp_b, inter, a->h2, h, 1,
-                layer_w(m, m->grads, l, W_GATE), h);
-    ops->matmul(1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1, layer_w(m, m->grads, l, W_UP),
-                h);
-    ops->matmul(0, 0, n, h, inter, 1, m->tmp_b, inter, wg, h, 0, m->dh, h);
-    ops->matmul(0, 0, n, h, inter, 1, m->tmp_c, inter, wu, h, 1, m->dh, h);
+    float *wg = layer_w(m, m->weights, l, W_GATE), *wu = layer_w(m, m->weights, l, W_UP);
+    float *wd = layer_w(m, m->weights, l, W_DOWN);
+    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, (size_t)n * inter);
+    ops->matmul(be, 1, 0, h, inter, n, 1, m->dx, h, m->tmp_a, inter, 1,
+                layer_w(m, m->grads, l, W_DOWN), inter, to_f32_types(m));
+    ops->matmul(be, 0, 0, n, inter, h, 1, m->dx, h, wd, inter, 0, m->tmp_b, inter, act_types(m));
+    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)n * inter);
+    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_b, inter, a->h2, h, 1,
+                layer_w(m, m->grads, l, W_GATE), h, to_f32_types(m));
+    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1,
+                layer_w(m, m->grads, l, W_UP), h, to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_b, inter, wg, h, 0, m->dh, h, act_types(m));
+    ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_c, inter, wu, h, 1, m->dh, h, act_types(m));
 }
 
-/* Per-expert d(router losses)/d(probs) of layer l, and the z-loss scale. */
-static float moe_router_loss_grads(struct model *m, int l, const struct router_losses *rl,
-                                   double aux_weight)
+static void moe_backward(struct model *m, int l, double aux_weight)
 {
-    const struct model_config *c = &m->cfg;
-    int ne = c->num_experts, layers = c->num_layers;
-    double rows_all = (double)m->rows * layers;
-    float *host = gale_xmalloc(fsz((size_t)ne));
-    double coef = aux_weight * c->router_aux_loss_coef;
-    for (int e = 0; e < ne; e++) {
-        double f = m->opts.aux_form == MODEL_AUX_PER_LAYER ? rl->layer_f[(size_t)l * ne + e]
-                                                           : rl->pooled_f[e];
-        host[e] = (float)(coef * ne * f / rows_all);
-    }
-    m->ops->upload(m->dprobs_const, host, fsz((size_t)ne));
-    free(host);
-    return (float)(aux_weight * m->opts.router_z_loss_coef / rows_all);
-}
-
-static void moe_backward(struct model *m, int l, const struct router_losses *rl,
-                         double aux_weight)
-{
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
     int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k;
-    ops->moe_combine_bwd(m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);
-    ops->swiglu_fwd(m->tmp_a, a->gate, a->up, (size_t)slots * inter);
-    ops->moe_gather(m->xe, a->h2, a->slot_rows, slots, h);
+    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    ops->moe_combine_bwd(be, m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);
+    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, (size_t)slots * inter);
+    ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
-        int cnt = a->counts[e];
-        ops->matmul(1, 0, h, inter, cnt, 1, m->dye + off * h, h, m->tmp_a + off * inter, inter, 1,
-                    expert_w(m, m->grads, l, e, 1), inter);
-        ops->matmul(0, 0, cnt, inter, h, 1, m->dye + off * h, h, expert_w(m, m->params, l, e, 1),
-                    inter, 0, m->tmp_b + off * inter, inter);
+        int cnt = counts[e];
+        const float *dy = act_at(m, m->dye, off * h);
+        ops->matmul(be, 1, 0, h, inter, cnt, 1, dy, h, act_at(m, m->tmp_a, off * inter), inter, 1,
+                    expert_w(m, m->grads, l, e, 1), inter, to_f32_types(m));
+        ops->matmul(be, 0, 0, cnt, inter, h, 1, dy, h, expert_w(m, m->weights, l, e, 1), inter, 0,
+                    act_at(m, m->tmp_b, off * inter), inter, act_types(m));
         off += (size_t)cnt;
     }
-    ops->swiglu_bwd(m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)slots * inter);
+    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)slots * inter);
     off = 0;
     for (int e = 0; e < ne; e++) {
-        int cnt = a->counts[e];
-        const float *dg = m->tmp_b + off * inter, *du = m->tmp_c + off * inter;
-        const float *xe = m->xe + off * h;
-        ops->matmul(1, 0, inter, h, cnt, 1, dg, inter, xe, h, 1, expert_w(m, m->grads, l, e, 0), h);
-        ops->matmul(1, 0, inter, h, cnt, 1, du, inter, xe, h, 1, expert_w(m, m->grads, l, e, 2), h);
-        ops->matmul(0, 0, cnt, h, inter, 1, dg, inter, expert_w(m, m->params, l, e, 0), h, 0,
-                    m->dxe + off * h, h);
-        ops->matmul(0, 0, cnt, h, inter, 1, du, inter, expert_w(m, m->params, l, e, 2), h, 1,
-                    m->dxe + off * h, h);
+        int cnt = counts[e];
+        const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
+        const float *xe = act_at(m, m->xe, off * h);
+        float *dxe = act_at(m, m->dxe, off * h);
+        ops->matmul(be, 1, 0, inter, h, cnt, 1, dg, inter, xe, h, 1,
+                    expert_w(m, m->grads, l, e, 0), h, to_f32_types(m));
+        ops->matmul(be, 1, 0, inter, h, cnt, 1, du, inter, xe, h, 1,
+                    expert_w(m, m->grads, l, e, 2), h, to_f32_types(m));
+        ops->matmul(be, 0, 0, cnt, h, inter, 1, dg, inter, expert_w(m, m->weights, l, e, 0), h, 0,
+                    dxe, h, act_types(m));
+        ops->matmul(be, 0, 0, cnt, h, inter, 1, du, inter, expert_w(m, m->weights, l, e, 2), h, 1,
+                    dxe, h, act_types(m));
         off += (size_t)cnt;
     }
-    ops->zero(m->dh, fsz((size_t)n * h));
-    ops->moe_scatter_add(m->dh, m->dxe, a->slot_rows, slots, h);
-    float z_scale = moe_router_loss_grads(m, l, rl, aux_weight);
-    ops->router_bwd(m->router_scratch, m->dtopk_w, a->probs, a->rlse, a->topk_idx, a->topk_w,
-                    m->dprobs_const, z_scale, n, ne, k);
-    ops->matmul(1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1,
-                layer_w(m, m->grads, l, W_ROUTER), h);
-    ops->matmul(0, 0, n, h, ne, 1, m->router_scratch, ne, layer_w(m, m->params, l, W_ROUTER), h, 1,
-                m->dh, h);
+    ops->zero(be, m->dh, wsz(m, (size_t)n * h));
+    ops->moe_scatter_add(be, m->dh, m->dxe, a->slot_rows, slots, h);
+    float z_scale = (float)(aux_weight * m->opts.router_z_loss_coef / ((double)n * c->num_layers));
+    ops->router_bwd(be, m->router_scratch, m->dtopk_w, a->probs, a->rlse, a->topk_idx, a->topk_w,
+                    m->dprobs_const + (size_t)l * ne, z_scale, n, ne, k);
+    ops->matmul(be, 1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1,
+                layer_w(m, m->grads, l, W_ROUTER), h, f32_to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, ne, 1, m->router_scratch, ne, layer_w(m, m->weights, l, W_ROUTER),
+                h, 1, m->dh, h, f32_to_act_types(m));
 }
 
 static void attention_backward(struct model *m, int l)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, dq = c->num_heads * c->head_dim;
     int dkv = c->num_kv_heads * c->head_dim;
-    ops->matmul(1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq);
-    ops->matmul(0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->params, l, W_O), dq, 0, m->datt, dq);
-    ops->attention_bwd(m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v,
+    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq,
+                act_types(m));
+    ops->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v,
                        m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
                        c->num_kv_heads, c->head_dim, c->sliding_window);
-    ops->rope_bwd(m->dq, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
-    ops->rope_bwd(m->dk, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
-    ops->matmul(1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h);
-    ops->matmul(1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h);
-    ops->matmul(1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h);
-    ops->matmul(0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->params, l, W_Q), h, 0, m->dh, h);
-    ops->matmul(0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->params, l, W_K), h, 1, m->dh, h);
-    ops->matmul(0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->params, l, W_V), h, 1, m->dh, h);
-    ops->rmsnorm_bwd(m->dx, layer_w(m, m->grads, l, W_LN1), m->dh, a->x_in,
-                     layer_w(m, m->params, l, W_LN1), a->rstd1, n, h);
+    ops->rope_bwd(be, m->dq, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
+    ops->rope_bwd(be, m->dk, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
+    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h,
+                act_types(m));
+    ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN1), m->dh, a->x_in,
+                     layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
 
 int model_forward_backward(struct model *m, const struct model_batch *batch,
@@ -712,49 +953,60 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
 {
     if (!batch->targets)
         return gale_fail(err, "a backward pass needs targets");
+    if (out)
+        model_stats_reset(m);
     if (upload_batch(m, batch, err))
         return -1;
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     double denominator = resolve_denominator(batch, ce_denominator);
     forward_trunk(m);
-    struct router_losses rl = {0};
     if (c->num_experts > 0)
-        router_losses_compute(m, &rl);
-    long count = 0;
-    double ce_sum = head_forward_backward(m, 1.0 / denominator, &count);
-    ops->zero(m->dx, fsz((size_t)n * h));
+        router_losses(m, aux_weight, 1);
+    head_forward_backward(m, 1.0 / denominator);
+    ops->zero(be, m->dx, wsz(m, (size_t)n * h));
     int fn = final_norm_index(m);
-    ops->rmsnorm_bwd(m->dx, tensor_at(m, m->grads, fn), m->dh, m->x_final,
-                     tensor_at(m, m->params, fn), m->rstd_f, n, h);
+    ops->rmsnorm_bwd(be, m->dx, tensor_at(m, m->grads, fn), m->dh, m->x_final,
+                     tensor_at(m, m->weights, fn), m->rstd_f, n, h);
+    struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     for (int l = c->num_layers - 1; l >= 0; l--) {
         struct layer_acts *a = &m->acts[l];
+        if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
+            /* the layer's forward again from its kept input: the same ops on the same values,
+             * so the same activations; its output rewrites the next input identically */
+            attention_forward(m, l, a->x_in);
+            mlp_forward(m, l, a, n, &scratch, l + 1 < c->num_layers ? m->acts[l + 1].x_in
+                                                                      : m->x_final);
+        }
         if (c->num_experts > 0)
-            moe_backward(m, l, &rl, aux_weight);
+            moe_backward(m, l, aux_weight);
         else
             dense_mlp_backward(m, l);
-        ops->rmsnorm_bwd(m->dx, layer_w(m, m->grads, l, W_LN2), m->dh, a->x_mid,
-                         layer_w(m, m->params, l, W_LN2), a->rstd2, n, h);
+        ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN2), m->dh, a->x_mid,
+                         layer_w(m, m->weights, l, W_LN2), a->rstd2, n, h);
         attention_backward(m, l);
     }
-    ops->embedding_bwd(tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
     if (out)
-        fill_loss(m, out, ce_sum, count, denominator, c->num_experts > 0 ? &rl : NULL);
-    router_losses_free(&rl);
-    return 0;
+        return fill_loss(m, out, denominator, err);
+    return be->failed ? gale_backend_sync(be, err) : 0;  /* no wait: errors show at the read */
 }
 
 void model_logits_download(struct model *m, float *host)
 {
-    m->ops->download(host, m->logits, fsz((size_t)m->rows * m->cfg.vocab_size));
+    m->be->ops->download(m->be, host, m->logits, fsz((size_t)m->rows * m->cfg.vocab_size));
+    gale_backend_wait(m->be);
 }
 
 void model_selected_experts_download(struct model *m, int32_t *host)
 {
     size_t per_layer = (size_t)m->rows * m->cfg.num_experts_per_tok;
     for (int l = 0; l < m->cfg.num_layers; l++)
-        m->ops->download(host + l * per_layer, m->acts[l].topk_idx, per_layer * sizeof(int32_t));
+        m->be->ops->download(m->be, host + l * per_layer, m->acts[l].topk_idx,
+                             per_layer * sizeof(int32_t));
+    gale_backend_wait(m->be);
 }
 
 /* ---- generation: the incremental forward over a KV cache ---- */
@@ -770,12 +1022,14 @@ struct model_kv_cache {
     int chunk;                   /* most tokens per pass */
     int length;                  /* tokens of the sequence so far */
     int stored;                  /* keys held: those of the last `stored` tokens, in order */
+    void *arena;                 /* everything below on the device, in one allocation */
     float *k, *v;                /* [layers][capacity][kv_heads * head_dim], rope'd keys */
     struct layer_acts acts;      /* one set for `chunk` tokens, reused by every layer */
     struct mlp_scratch scratch;
     float *hf, *rstd_f, *logits; /* the head over the last token */
     int32_t *tokens, *positions;
-    int32_t *host_positions;
+    int32_t *host_positions;     /* host staging: positions, then tokens */
+    unsigned long stage_wait;    /* be->waits at its last uploads */
 };
 
 struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err)
@@ -788,7 +1042,8 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
         return NULL;
     }
     struct model_kv_cache *kc = gale_xcalloc(1, sizeof *kc);
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     kc->m = m;
     kc->max_len = max_len;
     kc->chunk = max_len > 0 && max_len < KV_CHUNK_ROWS ? max_len : KV_CHUNK_ROWS;
@@ -802,20 +1057,34 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
     }
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, n = (size_t)kc->chunk;
     size_t rows = (size_t)c->num_layers * kc->capacity;
-    kc->k = ops->alloc(fsz(rows * dkv));
-    kc->v = ops->alloc(fsz(rows * dkv));
-    layer_acts_alloc(ops, c, n, &kc->acts);
-    kc->scratch.act = ops->alloc(fsz(mlp_rows(c, n) * c->intermediate_size));
-    if (c->num_experts > 0) {
-        kc->scratch.router_logits = ops->alloc(fsz(n * c->num_experts));
-        kc->scratch.xe = ops->alloc(fsz(n * c->num_experts_per_tok * c->hidden_size));
+    struct carve cv = {0};
+    for (int pass = 0; pass < 2; pass++) {  /* measure, then carve */
+        size_t wb = m->w_bytes;
+        kc->k = take(&cv, rows * dkv * wb);
+        kc->v = take(&cv, rows * dkv * wb);
+        carve_layer(&cv, c, n, wb, &kc->acts);
+        kc->scratch.act = take(&cv, mlp_rows(c, n) * c->intermediate_size * wb);
+        if (c->num_experts > 0) {
+            kc->scratch.router_logits = take(&cv, fsz(n * c->num_experts));
+            kc->scratch.xe = take(&cv, n * c->num_experts_per_tok * c->hidden_size * wb);
+            kc->acts.rstats = take(&cv, ((size_t)c->num_experts + 1) * sizeof(double));
+        }
+        kc->hf = take(&cv, (size_t)c->hidden_size * wb);
+        kc->rstd_f = take(&cv, fsz(1));
+        kc->logits = take(&cv, fsz((size_t)c->vocab_size));
+        kc->tokens = take(&cv, n * sizeof(int32_t));
+        kc->positions = take(&cv, n * sizeof(int32_t));
+        if (pass == 0) {
+            kc->arena = cv.base = ops->alloc(be, cv.used);
+            cv.used = 0;
+        }
     }
-    kc->hf = ops->alloc(fsz((size_t)c->hidden_size));
-    kc->rstd_f = ops->alloc(fsz(1));
-    kc->logits = ops->alloc(fsz((size_t)c->vocab_size));
-    kc->tokens = ops->alloc(n * sizeof(int32_t));
-    kc->positions = ops->alloc(n * sizeof(int32_t));
-    kc->host_positions = gale_xmalloc(n * sizeof(int32_t));
+    kc->host_positions = ops->host_alloc(be, 2 * n * sizeof(int32_t));
+    if (gale_backend_sync(be, err)) {
+        gale_error_prefix(err, "KV cache of %zu rows", rows);
+        model_kv_cache_free(kc);
+        return NULL;
+    }
     return kc;
 }
 
@@ -823,13 +1092,10 @@ void model_kv_cache_free(struct model_kv_cache *kc)
 {
     if (!kc)
         return;
-    const struct gale_ops *ops = kc->m->ops;
-    layer_acts_free(ops, &kc->acts);
-    void *bufs[] = {kc->k, kc->v, kc->scratch.act, kc->scratch.router_logits, kc->scratch.xe,
-                    kc->hf, kc->rstd_f, kc->logits, kc->tokens, kc->positions};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        free_buf(ops, bufs[i]);
-    free(kc->host_positions);
+    struct gale_backend *be = kc->m->be;
+    free_buf(be, kc->arena);
+    if (kc->host_positions)
+        be->ops->host_free(be, kc->host_positions);
     free(kc);
 }
 
@@ -852,7 +1118,7 @@ static size_t kv_row_floats(const struct model *m)
 static float *kv_rows(const struct model *m, const struct model_kv_cache *kc, float *base, int l,
                       int row)
 {
-    return base + ((size_t)l * kc->capacity + row) * kv_row_floats(m);
+    return act_at(m, base, ((size_t)l * kc->capacity + row) * kv_row_floats(m));
 }
 
 /* Before n more keys: when they would not fit (only with a sliding window, max_len bounds the
@@ -862,10 +1128,10 @@ static void make_room(struct model *m, struct model_kv_cache *kc, int n)
     if (kc->stored + n <= kc->capacity)
         return;
     int keep = m->cfg.sliding_window - 1, from = kc->stored - keep;
-    size_t bytes = fsz((size_t)keep * kv_row_floats(m));
+    size_t bytes = wsz(m, (size_t)keep * kv_row_floats(m));
     for (int l = 0; l < m->cfg.num_layers; l++) {
-        m->ops->copy(kv_rows(m, kc, kc->k, l, 0), kv_rows(m, kc, kc->k, l, from), bytes);
-        m->ops->copy(kv_rows(m, kc, kc->v, l, 0), kv_rows(m, kc, kc->v, l, from), bytes);
+        m->be->ops->copy(m->be, kv_rows(m, kc, kc->k, l, 0), kv_rows(m, kc, kc->k, l, from), bytes);
+        m->be->ops->copy(m->be, kv_rows(m, kc, kc->v, l, 0), kv_rows(m, kc, kc->v, l, from), bytes);
     }
     kc->stored = keep;
 }
@@ -875,21 +1141,28 @@ static void make_room(struct model *m, struct model_kv_cache *kc, int n)
 static void forward_next_chunk(struct model *m, struct model_kv_cache *kc, const int32_t *tokens,
                                int n)
 {
-    const struct gale_ops *ops = m->ops;
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &kc->acts;
     make_room(m, kc, n);
-    for (int i = 0; i < n; i++)
+    if (kc->stage_wait == be->waits)
+        gale_backend_wait(be);  /* the last chunk's uploads may still read the staging */
+    kc->stage_wait = be->waits;
+    int32_t *staged_tokens = kc->host_positions + kc->chunk;
+    for (int i = 0; i < n; i++) {
         kc->host_positions[i] = kc->length + i;
-    ops->upload(kc->positions, kc->host_positions, (size_t)n * sizeof(int32_t));
-    ops->upload(kc->tokens, tokens, (size_t)n * sizeof(int32_t));
-    ops->embedding_fwd(a->x_in, tensor_at(m, m->params, embed_index()), kc->tokens, n,
+        staged_tokens[i] = tokens[i];
+    }
+    ops->upload(be, kc->positions, kc->host_positions, (size_t)n * sizeof(int32_t));
+    ops->upload(be, kc->tokens, staged_tokens, (size_t)n * sizeof(int32_t));
+    ops->embedding_fwd(be, a->x_in, tensor_at(m, m->weights, embed_index()), kc->tokens, n,
                        c->hidden_size);
     for (int l = 0; l < c->num_layers; l++) {
         float *k = kv_rows(m, kc, kc->k, l, 0), *v = kv_rows(m, kc, kc->v, l, 0);
-        size_t next = (size_t)kc->stored * kv_row_floats(m);
-        qkv_forward(m, l, a, n, a->x_in, k + next, v + next, kc->positions);
-        ops->attention_cached_fwd(a->att, a->q, k, v, n, kc->stored + n, c->num_heads,
+        qkv_forward(m, l, a, n, a->x_in, kv_rows(m, kc, kc->k, l, kc->stored),
+                    kv_rows(m, kc, kc->v, l, kc->stored), kc->positions);
+        ops->attention_cached_fwd(be, a->att, a->q, k, v, n, kc->stored + n, c->num_heads,
                                   c->num_kv_heads, c->head_dim, c->sliding_window);
         attention_out_forward(m, l, a, n, a->x_in);
         mlp_forward(m, l, a, n, &kc->scratch, a->x_in);
@@ -903,12 +1176,13 @@ static void head_of_row(struct model *m, struct model_kv_cache *kc, int row, flo
 {
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, vocab = c->vocab_size;
-    m->ops->rmsnorm_fwd(kc->hf, kc->rstd_f, kc->acts.x_in + (size_t)row * h,
-                        tensor_at(m, m->params, final_norm_index(m)), 1, h,
+    m->be->ops->rmsnorm_fwd(m->be, kc->hf, kc->rstd_f, act_at(m, kc->acts.x_in, (size_t)row * h),
+                        tensor_at(m, m->weights, final_norm_index(m)), 1, h,
                         (float)c->rms_norm_eps);
-    m->ops->matmul(0, 1, 1, vocab, h, 1, kc->hf, h, tensor_at(m, m->params, lm_head_index(m)), h,
-                   0, kc->logits, vocab);
-    m->ops->download(logits, kc->logits, fsz((size_t)vocab));
+    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h,
+                       tensor_at(m, m->weights, lm_head_index(m)), h, 0, kc->logits, vocab,
+                       to_f32_types(m));
+    m->be->ops->download(m->be, logits, kc->logits, fsz((size_t)vocab));
 }
 
 int model_forward_next(struct model *m, struct model_kv_cache *kc, const int32_t *tokens, int n,
@@ -934,7 +1208,7 @@ int model_forward_next(struct model *m, struct model_kv_cache *kc, const int32_t
     }
     if (logits)
         head_of_row(m, kc, rows - 1, logits);
-    return 0;
+    return gale_backend_sync(m->be, err);
 }
 
 void model_targets_from_labels(const int64_t *labels, int batch, int seq, int32_t *targets)

@@ -1,10 +1,16 @@
 /* model: the Llama 2 / Mistral / Mixtral decoder, its weights and its forward and backward
- * pass, written once over a backend's ops table (model/ops.h).
+ * pass, written once over a backend's ops table (model/ops.h, model/backend.h).
  *
- * Parameters live in ONE contiguous fp32 buffer (on the backend's device), described by a
- * layout: a table of tensor views under Hugging Face names. Gradients use the same layout in a
- * second buffer, and optimizer moments can too, so all-reduce, clipping and checkpointing are
- * flat operations over [0, layout.numel).
+ * Parameters live in ONE contiguous fp32 buffer (on the backend's device: the master weights),
+ * described by a layout: a table of tensor views under Hugging Face names. Gradients use the
+ * same layout in a second fp32 buffer, and optimizer moments can too, so all-reduce, clipping
+ * and checkpointing are flat operations over [0, layout.numel). The graph reads a compute copy
+ * of the weights in the backend's compute dtype: the master buffer itself in fp32, a third
+ * buffer otherwise, refreshed whenever the master changes (model_weights_refresh).
+ *
+ * A pass's statistics (cross-entropy sum, target count, router losses) accumulate on the
+ * device and come back once, in model_stats_read; the only host transfer per layer is a
+ * Mixtral layer's expert counts. See docs/engine.md.
  *
  * The loss of a step is the mean over every target token of the global batch: the caller
  * passes the number of target tokens to divide the summed cross-entropy by (all micro-batches,
@@ -51,9 +57,15 @@ enum model_aux_form {
     MODEL_AUX_PER_LAYER    /* mean over layers of E * sum_e f_e * P_e, f over all top-k slots */
 };
 
+/* Activation recomputation: none keeps every layer's activations for the backward; layer
+ * keeps each layer's input only and runs the layer's forward again in the backward (about a
+ * third more compute for a fraction of the memory; see model_plan). */
+enum model_recompute { MODEL_RECOMPUTE_NONE, MODEL_RECOMPUTE_LAYER };
+
 struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
+    enum model_recompute recompute;
 };
 
 /* One micro-batch. Position t of row b is token tokens[b*T + t]; it is trained to predict
@@ -77,19 +89,72 @@ struct model_loss {
     double z_loss;      /* router z-loss (0 unless enabled) */
 };
 
+/* What model_stats_read gives: sums since model_stats_reset over the passes run. */
+struct model_stats {
+    double ce_sum;               /* summed cross-entropy */
+    long n_targets;              /* targets counted */
+    double aux_sum, z_sum;       /* router aux and z losses, summed over the passes */
+    const int64_t *expert_load;  /* [layers][E] routing slots per expert (NULL when dense);
+                                    valid until the next pass */
+};
+
+/* The memory plan: every device buffer of a training run, sized from the model, the shape of a
+ * micro-batch, the precision, recomputation and the parallel layout before anything is
+ * allocated, by the same code that carves the model's arenas (so the plan is the allocation). */
+enum model_plan_arena {
+    PLAN_WEIGHTS, PLAN_MASTER, PLAN_GRADS, PLAN_MOMENTS, PLAN_ACTIVATIONS, PLAN_SCRATCH,
+    PLAN_ARENAS
+};
+
+struct model_plan_layout {
+    int micro_batch, seq_len;
+    enum gale_dtype compute;       /* the compute dtype of weights' copy and activations */
+    size_t compute_bytes;          /* bytes per compute element; 0: the dtype's own size (the
+                                      CPU's bf16 mode keeps 4-byte containers) */
+    enum model_recompute recompute;
+    int ep_size, ep_rank;          /* expert parallelism: the rank holds experts
+                                      [E*rank/ep, E*(rank+1)/ep) of each layer (1, 0: all) */
+    int dp_size, zero;             /* with zero, the moments are split over dp_size ranks */
+};
+
+struct model_plan {
+    size_t bytes[PLAN_ARENAS];     /* per arena, on one rank */
+    size_t total;
+    size_t params;                 /* parameters held by the rank */
+};
+
+int model_plan(const struct model_config *cfg, const struct model_plan_layout *layout,
+               struct model_plan *out, gale_error *err);
+const char *model_plan_arena_name(enum model_plan_arena a);
+
 struct model;
 
-/* A model with zeroed parameters and gradients on the backend ops. */
-struct model *model_create(const struct model_config *cfg, const struct gale_ops *ops,
+/* A model with zeroed parameters and gradients on backend be (not owned; it must outlive the
+ * model). Fails, naming the sizes, when the device cannot hold them. */
+struct model *model_create(const struct model_config *cfg, struct gale_backend *be,
                            const struct model_options *opts, gale_error *err);
 void model_free(struct model *m);
+/* Hands be to the model: model_free frees it too. */
+void model_own_backend(struct model *m);
 
 const struct model_config *model_get_config(const struct model *m);
 const struct model_layout *model_get_layout(const struct model *m);
-const struct gale_ops *model_get_ops(const struct model *m);
-/* The flat device buffers, layout.numel floats each. */
+struct gale_backend *model_get_backend(const struct model *m);
+/* The flat device buffers, layout.numel fp32 elements each: master weights and gradients. */
 float *model_params(struct model *m);
 float *model_grads(struct model *m);
+/* The compute copy of the weights (layout.numel elements of the compute dtype), or NULL when
+ * it is model_params itself (fp32). */
+float *model_weights(struct model *m);
+/* Rewrites the compute copy from the master weights: after anything but model_params_upload
+ * or an AdamW step given model_weights wrote them (e.g. a broadcast into model_params). */
+void model_weights_refresh(struct model *m);
+
+/* Zeroes the device statistics and the expert load. */
+void model_stats_reset(struct model *m);
+/* Waits for the queued work and reads the statistics (one transfer); -1 with the backend's
+ * first failure since the last check. */
+int model_stats_read(struct model *m, struct model_stats *out, gale_error *err);
 
 /* From scratch: every weight ~ N(0, std^2), the output projections (o_proj, down_proj, w2)
  * scaled by 1/sqrt(2 * layers), norms at 1. Deterministic in seed (counter-based RNG). */
@@ -112,15 +177,18 @@ void model_grads_download(struct model *m, float *host);
 
 void model_zero_grads(struct model *m);
 
-/* Forward only. With targets, fills out (ce divided by ce_denominator; <= 0 means by this
- * micro-batch's own target count). Afterwards model_logits_download gives the logits. */
+/* Forward only. The pass's statistics add to the device's (model_stats_read). With out, the
+ * pass stands alone: the statistics are reset before and read into out after (ce divided by
+ * ce_denominator; <= 0 means by this micro-batch's own target count). Afterwards
+ * model_logits_download gives the logits. */
 int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
                   struct model_loss *out, gale_error *err);
 
 /* Forward and backward: gradients += d(loss)/d(params) where
  * loss = ce_sum / ce_denominator + aux_weight * (coef * aux + z_coef * z).
  * ce_denominator <= 0 means this micro-batch's own target count; aux_weight is typically
- * 1 / (micro-batches * data-parallel ranks). Logits are not kept. */
+ * 1 / (micro-batches * data-parallel ranks). Logits are not kept. out as for model_forward:
+ * NULL to accumulate the statistics over a step's micro-batches without waiting. */
 int model_forward_backward(struct model *m, const struct model_batch *batch,
                            double ce_denominator, double aux_weight, struct model_loss *out,
                            gale_error *err);

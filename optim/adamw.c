@@ -10,30 +10,37 @@ struct adamw_config adamw_config_default(void)
                                  .weight_decay = 0.1};
 }
 
-void adamw_init(struct adamw *opt, const struct adamw_config *cfg, const struct gale_ops *ops,
-                size_t begin, size_t end)
+int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_backend *be,
+               size_t begin, size_t end, gale_error *err)
 {
     opt->cfg = *cfg;
-    opt->ops = ops;
+    opt->be = be;
     opt->begin = begin;
     opt->end = end;
-    opt->m = ops->alloc((end - begin) * sizeof(float));
-    opt->v = ops->alloc((end - begin) * sizeof(float));
+    /* one arena: v follows m */
+    opt->m = be->ops->alloc(be, 2 * (end - begin) * sizeof(float));
+    opt->v = opt->m ? opt->m + (end - begin) : NULL;
     opt->step = 0;
+    if (gale_backend_sync(be, err)) {
+        adamw_free(opt);
+        gale_error_prefix(err, "AdamW moments of %zu parameters", end - begin);
+        return -1;
+    }
+    return 0;
 }
 
 void adamw_free(struct adamw *opt)
 {
     if (opt->m)
-        opt->ops->free(opt->m);
-    if (opt->v)
-        opt->ops->free(opt->v);
+        opt->be->ops->free(opt->be, opt->m);
     opt->m = opt->v = NULL;
 }
 
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                const float *grads, double lr)
+                float *weights, const float *grads, double lr)
 {
+    struct gale_backend *be = opt->be;
+    size_t w_bytes = be->ops->dtype_bytes(be, be->compute);
     opt->step++;
     const struct adamw_config *c = &opt->cfg;
     for (int i = 0; i < layout->n; i++) {
@@ -43,15 +50,16 @@ void adamw_step(struct adamw *opt, const struct model_layout *layout, float *par
         if (lo >= hi)
             continue;
         size_t moment = lo - opt->begin;
-        opt->ops->adamw_step(params + lo, grads + lo, opt->m + moment, opt->v + moment, hi - lo,
-                             (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                             t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
+        float *copy = weights ? (float *)((char *)weights + lo * w_bytes) : NULL;
+        be->ops->adamw_step(be, params + lo, copy, grads + lo, opt->m + moment, opt->v + moment,
+                            hi - lo, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                            t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
     }
 }
 
-double grad_sumsq(const struct gale_ops *ops, const float *grads, size_t begin, size_t end)
+double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end)
 {
-    return ops->sumsq(grads + begin, end - begin);
+    return be->ops->sumsq(be, grads + begin, end - begin);
 }
 
 double grad_clip_factor(double norm, double max_norm)
@@ -62,11 +70,11 @@ double grad_clip_factor(double norm, double max_norm)
     return factor < 1.0 ? factor : 1.0;
 }
 
-double grad_clip_global_norm(const struct gale_ops *ops, float *grads, size_t n, double max_norm)
+double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n, double max_norm)
 {
-    double norm = sqrt(grad_sumsq(ops, grads, 0, n));
+    double norm = sqrt(grad_sumsq(be, grads, 0, n));
     double factor = grad_clip_factor(norm, max_norm);
     if (factor < 1.0)
-        ops->scale(grads, n, (float)factor);
+        be->ops->scale(be, grads, n, (float)factor);
     return norm;
 }

@@ -1,7 +1,9 @@
 /* adamw: torch.optim.AdamW over the model's flat parameter buffer, and global-norm gradient
  * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a contiguous range
  * [begin, end) of the flat buffer, so an optimizer shard (ZeRO-1) is the same code as the
- * whole model. Weight decay applies to the tensors whose view says decay (2-D weights). */
+ * whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
+ * As in mixed-precision training (llm.c's adamw(params, master, grads, m, v, stream)): the
+ * update runs on the fp32 master weights and moments and writes the compute copy too. */
 #ifndef GALE_OPTIM_ADAMW_H
 #define GALE_OPTIM_ADAMW_H
 
@@ -23,31 +25,32 @@ struct adamw_config adamw_config_default(void);
 
 struct adamw {
     struct adamw_config cfg;
-    const struct gale_ops *ops;
+    struct gale_backend *be;
     size_t begin, end;     /* range of the flat buffer these moments cover */
-    float *m, *v;          /* device buffers of end - begin floats */
+    float *m, *v;          /* device: one arena of 2 x (end - begin) floats, v after m */
     long step;             /* steps taken */
 };
 
-/* Zeroed moments for [begin, end) of the flat buffer. */
-void adamw_init(struct adamw *opt, const struct adamw_config *cfg, const struct gale_ops *ops,
-                size_t begin, size_t end);
+/* Zeroed moments for [begin, end) of the flat buffer; -1 when the device cannot hold them. */
+int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_backend *be,
+               size_t begin, size_t end, gale_error *err);
 void adamw_free(struct adamw *opt);
 
-/* One step at rate lr on params[begin, end) with grads[begin, end) (both full flat
- * buffers of the layout); decay per tensor view as the layout says. */
+/* One step at rate lr on the master weights params[begin, end) with grads[begin, end) (both
+ * full flat buffers of the layout), also writing weights[begin, end) in the backend's compute
+ * dtype when weights is not NULL (model_weights); decay per tensor view as the layout says. */
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                const float *grads, double lr);
+                float *weights, const float *grads, double lr);
 
 /* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
-double grad_sumsq(const struct gale_ops *ops, const float *grads, size_t begin, size_t end);
+double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end);
 
 /* The factor clip_grad_norm_ multiplies by: max_norm / (norm + 1e-6) when norm > max_norm,
  * else 1 (max_norm <= 0: no clipping). */
 double grad_clip_factor(double norm, double max_norm);
 
 /* Single-process clip of grads[0, n): returns the norm before clipping. */
-double grad_clip_global_norm(const struct gale_ops *ops, float *grads, size_t n,
+double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n,
                              double max_norm);
 
 #endif

@@ -302,8 +302,9 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
                        layout->n);
     if (rc == 0) { /* a shard of the optimizer takes its range of the whole state */
         size_t n = opt->end - opt->begin;
-        opt->ops->upload(opt->m, m + opt->begin, n * sizeof *m);
-        opt->ops->upload(opt->v, v + opt->begin, n * sizeof *v);
+        opt->be->ops->upload(opt->be, opt->m, m + opt->begin, n * sizeof *m);
+        opt->be->ops->upload(opt->be, opt->v, v + opt->begin, n * sizeof *v);
+        rc = gale_backend_sync(opt->be, err);
     }
     free(m);
     free(v);
@@ -334,8 +335,13 @@ struct model *checkpoint_open_model(const char *dir, gale_error *err)
     free(cfg_path);
     if (rc)
         return NULL;
-    struct model_options opts = {MODEL_AUX_HF, 0};
-    struct model *m = model_create(&mc, gale_ops_by_name("cpu"), &opts, err);
+    struct model_options opts = {.aux_form = MODEL_AUX_HF};
+    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
+    struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
+    if (m)
+        model_own_backend(m);
+    else
+        gale_backend_free(be);
     if (m && model_load_hf(m, dir, err)) {
         model_free(m);
         return NULL;

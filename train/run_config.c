@@ -14,6 +14,8 @@ static const char *const schedule_names[] = {"constant", "cosine", "linear", "ws
 static const char *const nan_names[] = {"stop", "skip", NULL};
 static const char *const aux_names[] = {"hf", "per_layer", NULL};
 static const char *const device_names[] = {"cpu", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
+static const char *const recompute_names[] = {"none", "layer", NULL};
 
 typedef struct field {
     const char *section, *key;
@@ -54,6 +56,8 @@ static const field fields[] = {
     F(moe, aux_coef, CONFIG_DOUBLE, aux_coef, 0, 1e3, NULL),
     F(moe, z_loss, CONFIG_DOUBLE, z_loss, 0, 1e3, NULL),
     F(backend, device, CONFIG_ENUM, device, 0, 0, device_names),
+    F(backend, precision, CONFIG_ENUM, precision, 0, 0, precision_names),
+    F(backend, recompute, CONFIG_ENUM, recompute, 0, 0, recompute_names),
     F(backend, threads, CONFIG_INT, threads, 0, 4096, NULL),
     F(backend, peak_tflops, CONFIG_DOUBLE, peak_tflops, 0, 1e6, NULL),
 };

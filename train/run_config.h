@@ -22,6 +22,8 @@ typedef struct gale_data_source {
 typedef enum gale_nan_policy { GALE_NAN_STOP, GALE_NAN_SKIP } gale_nan_policy;
 typedef enum gale_aux_loss_form { GALE_AUX_HF, GALE_AUX_PER_LAYER } gale_aux_loss_form;
 typedef enum gale_device { GALE_DEVICE_CPU } gale_device;
+typedef enum gale_precision { GALE_PRECISION_FP32, GALE_PRECISION_BF16 } gale_precision;
+typedef enum gale_recompute { GALE_RECOMPUTE_NONE, GALE_RECOMPUTE_LAYER } gale_recompute;
 
 typedef struct gale_run_config {
     char *file; /* the YAML it was read from */
@@ -56,6 +58,8 @@ typedef struct gale_run_config {
     } moe;
     struct {
         gale_device device;
+        gale_precision precision; /* compute dtype: fp32, or bf16 with fp32 master weights */
+        gale_recompute recompute; /* none, or layer: each layer's activations again in the backward */
         long threads;       /* OpenMP threads per rank; 0: the node's cores shared among its ranks */
         double peak_tflops; /* the machine's peak fp32 rate for the MFU estimate; 0: estimated */
     } backend;

@@ -44,7 +44,7 @@ typedef struct trainer {
     int rank, world;
     struct model_config mc;
     struct model *model;
-    const struct gale_ops *ops;
+    struct gale_backend *be;
     struct adamw opt;
     int opt_ready;
     gale_loader *loader;
@@ -62,7 +62,6 @@ typedef struct trainer {
     double flops_per_token, peak_flops;
     long tokens_per_step;  /* input positions of a global batch */
     int64_t *expert_counts; /* [layers * experts] of the current step */
-    int32_t *selected;      /* one micro-batch's chosen experts */
 } trainer;
 
 typedef struct step_result {
@@ -279,12 +278,16 @@ static int setup(trainer *t, gale_error *err)
     if (trainer_model_config(c, &t->mc, err))
         return -1;
     adopt_data_tokenizer(t);
-    t->ops = gale_ops_by_name("cpu");
+    t->be = gale_backend_create("cpu", c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
+                                err);
+    if (!t->be)
+        return -1;
     struct model_options mo = {
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
+        .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
     };
-    t->model = model_create(&t->mc, t->ops, &mo, err);
+    t->model = model_create(&t->mc, t->be, &mo, err);
     if (!t->model || open_data(t, err))
         return -1;
     const struct model_layout *layout = model_get_layout(t->model);
@@ -292,7 +295,8 @@ static int setup(trainer *t, gale_error *err)
     size_t begin = 0, end = layout->numel;
     if (c->optim.zero)
         shard_range(layout->numel, t->rank, t->world, &begin, &end);
-    adamw_init(&t->opt, &ac, t->ops, begin, end);
+    if (adamw_init(&t->opt, &ac, t->be, begin, end, err))
+        return -1;
     t->opt_ready = 1;
 
     t->tokens_per_step = c->data.micro_batch * c->data.grad_accum * t->world * c->data.seq_len;
@@ -306,11 +310,8 @@ static int setup(trainer *t, gale_error *err)
     t->flops_per_token = train_flops_per_token(&t->mc, layout, (int)c->data.seq_len);
     t->peak_flops = c->backend.peak_tflops > 0 ? c->backend.peak_tflops * 1e12
                                                : ASSUMED_CORE_FLOPS * omp_get_max_threads() * t->world;
-    if (t->mc.num_experts) {
-        size_t rows = (size_t)c->data.micro_batch * c->data.seq_len;
+    if (t->mc.num_experts)
         t->expert_counts = gale_xcalloc((size_t)t->mc.num_layers * t->mc.num_experts, sizeof *t->expert_counts);
-        t->selected = gale_xmalloc((size_t)t->mc.num_layers * rows * t->mc.num_experts_per_tok * sizeof *t->selected);
-    }
     if (start_state(t, err))
         return -1;
     if (t->rank == 0) {
@@ -336,6 +337,7 @@ static void teardown(trainer *t)
     if (t->opt_ready)
         adamw_free(&t->opt);
     model_free(t->model);
+    gale_backend_free(t->be);
     loader_close(t->loader);
     for (long i = 0; t->micro && i < t->cfg->data.grad_accum; i++)
         batch_free(&t->micro[i]);
@@ -346,7 +348,6 @@ static void teardown(trainer *t)
     free(t->tokenizer_path);
     free(t->chat_template);
     free(t->expert_counts);
-    free(t->selected);
     train_state_clear(&t->state);
 }
 
@@ -430,7 +431,8 @@ static void gather_moments(trainer *t, float *m, float *v)
     float *own = t->rank == 0 ? NULL : gale_xmalloc(n * sizeof *own);
     for (int which = 0; which < 2; which++) {
         if (t->rank == 0) {
-            t->ops->download(whole[which] + t->opt.begin, device[which], n * sizeof(float));
+            t->be->ops->download(t->be, whole[which] + t->opt.begin, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             for (int r = 1; sharded && r < t->world; r++) {
                 size_t begin, end;
                 shard_range(numel, r, t->world, &begin, &end);
@@ -439,7 +441,8 @@ static void gather_moments(trainer *t, float *m, float *v)
                              MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             }
         } else if (sharded) {
-            t->ops->download(own, device[which], n * sizeof(float));
+            t->be->ops->download(t->be, own, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             for (size_t at = 0; at < n; at += MPI_PIECE)
                 MPI_Send(own + at, piece_count(n, at), MPI_FLOAT, 0, which, MPI_COMM_WORLD);
         }
@@ -465,27 +468,28 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     double aux_weight = 1.0 / ((double)accum * t->world);
 
     model_zero_grads(t->model);
-    if (t->expert_counts)
-        memset(t->expert_counts, 0, (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
-    double sums[4] = {0, 0, 0, 0}; /* ce_sum, router part of the loss, aux, z (weighted) */
+    model_stats_reset(t->model);
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
-        struct model_loss out;
         eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
-        if (model_forward_backward(t->model, &mb, denominator, aux_weight, &out, err)) {
+        if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;
         }
-        sums[0] += out.ce_sum;
-        sums[1] += (out.loss - out.ce_sum / denominator) * aux_weight;
-        sums[2] += out.aux_loss * aux_weight;
-        sums[3] += out.z_loss * aux_weight;
-        if (t->expert_counts) {
-            model_selected_experts_download(t->model, t->selected);
-            expert_load_count(t->selected, t->mc.num_layers, mb.batch * mb.seq, t->mc.num_experts_per_tok,
-                              t->mc.num_experts, t->expert_counts);
-        }
     }
+    /* the step's statistics come back once, after its micro-batches */
+    struct model_stats st;
+    if (model_stats_read(t->model, &st, err)) {
+        gale_error_prefix(err, "step %ld", t->state.step + 1);
+        return -1;
+    }
+    double z_sum = c->moe.z_loss != 0 ? st.z_sum : 0;
+    double sums[4] = {st.ce_sum, /* ce_sum, router part of the loss, aux, z (weighted) */
+                      (t->mc.router_aux_loss_coef * st.aux_sum + c->moe.z_loss * z_sum) * aux_weight,
+                      st.aux_sum * aux_weight, z_sum * aux_weight};
+    if (t->expert_counts)
+        memcpy(t->expert_counts, st.expert_load,
+               (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
     const struct model_layout *layout = model_get_layout(t->model);
     float *grads = model_grads(t->model);
     if (t->world > 1) {
@@ -501,7 +505,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(grad_sumsq(t->ops, grads, 0, layout->numel));
+    r->grad_norm = sqrt(grad_sumsq(t->be, grads, 0, layout->numel));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
@@ -518,10 +522,12 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     } else {
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
         if (factor != 1.0)
-            t->ops->scale(grads, layout->numel, (float)factor);
-        adamw_step(&t->opt, layout, model_params(t->model), grads, r->lr);
-        if (c->optim.zero && t->world > 1)
+            t->be->ops->scale(t->be, grads, layout->numel, (float)factor);
+        adamw_step(&t->opt, layout, model_params(t->model), model_weights(t->model), grads, r->lr);
+        if (c->optim.zero && t->world > 1) {
             share_updated_shards(t);
+            model_weights_refresh(t->model);
+        }
     }
     t->state.step++;
     t->state.optimizer_step = t->opt.step;

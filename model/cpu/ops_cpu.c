@@ -1,6 +1,7 @@
 /* ops_cpu: the fp32 reference backend. Dense products go to OpenBLAS (cblas_sgemm), including
  * attention's per-head QK^T and PV; everything else is OpenMP loops over rows. Host memory is
- * the device memory. */
+ * the device memory, so transfers are copies that are done when they return. Its context is
+ * its thread team: the OpenMP threads it splits work over (OpenBLAS itself stays at one). */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -11,25 +12,87 @@
 #include "model/ops.h"
 #include "util/error.h"
 
-static void *cpu_alloc(size_t bytes)
+struct cpu_ctx {
+    int threads;    /* the team's size */
+};
+
+static int cpu_threads(const struct gale_backend *be)
 {
-    return gale_xcalloc(1, bytes ? bytes : 1);
+    return ((const struct cpu_ctx *)be->ctx)->threads;
 }
 
-static void cpu_free(void *p)
+static int cpu_init(struct gale_backend *be, gale_error *err)
+{
+    if (be->compute != GALE_F32 && be->compute != GALE_BF16)
+        return gale_fail(err, "the cpu backend computes in fp32 or bf16, not %s",
+                         gale_dtype_name(be->compute));
+    struct cpu_ctx *ctx = gale_xcalloc(1, sizeof *ctx);
+    ctx->threads = omp_get_max_threads();
+    be->ctx = ctx;
+    return 0;
+}
+
+static void cpu_destroy(struct gale_backend *be)
+{
+    free(be->ctx);
+    be->ctx = NULL;
+}
+
+static void cpu_synchronize(struct gale_backend *be)
+{
+}
+
+static int cpu_supports_op(const struct gale_backend *be, enum gale_op op, enum gale_dtype dtype)
+{
+    return op < GALE_OP_COUNT && (dtype == GALE_F32 || dtype == GALE_BF16);
+}
+
+static size_t cpu_dtype_bytes(const struct gale_backend *be, enum gale_dtype dtype)
+{
+    return sizeof(float);  /* every dtype in an fp32 container */
+}
+
+static void *cpu_alloc(struct gale_backend *be, size_t bytes)
+{
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p)
+        gale_backend_fail(be, "alloc: out of memory for %zu bytes (%.2f GiB)", bytes,
+                          bytes / (double)(1u << 30));
+    return p;
+}
+
+static void cpu_free(struct gale_backend *be, void *p)
 {
     free(p);
 }
 
-static void cpu_zero(void *p, size_t bytes)
+static void cpu_zero(struct gale_backend *be, void *p, size_t bytes)
 {
     memset(p, 0, bytes);
 }
 
-static void cpu_copy(void *dst, const void *src, size_t bytes)
+static void cpu_copy(struct gale_backend *be, void *dst, const void *src, size_t bytes)
 {
     if (bytes)
         memcpy(dst, src, bytes);
+}
+
+static void cpu_convert(struct gale_backend *be, void *dst, enum gale_dtype dtype, const float *src,
+                        size_t n)
+{
+    float *d = dst;
+    if (dtype == GALE_F32) {
+        cpu_copy(be, dst, src, n * sizeof(float));
+        return;
+    }
+    if (dtype != GALE_BF16) {
+        gale_backend_fail(be, "convert: %zu elements to %s: not supported by the cpu backend", n,
+                          gale_dtype_name(dtype));
+        return;
+    }
+#pragma omp parallel for if (n >= 32768)
+    for (size_t i = 0; i < n; i++)
+        d[i] = gale_round_bf16(src[i]);
 }
 
 /* Below this much work a kernel runs on the calling thread: waking the team and meeting at
@@ -72,8 +135,9 @@ static void blas_product(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, i
         cblas_sgemv(CblasRowMajor, CblasTrans, k, n, alpha, b, ldb, a, incx, beta, c, 1);
 }
 
-static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
-                       int lda, const float *b, int ldb, float beta, float *c, int ldc)
+static void cpu_matmul(struct gale_backend *be, int trans_a, int trans_b, int m, int n, int k,
+                       float alpha, const float *a, int lda, const float *b, int ldb, float beta,
+                       float *c, int ldc, struct gale_gemm_types types)
 {
     if (m == 0 || n == 0)
         return;
@@ -85,7 +149,7 @@ static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alph
     }
     blas_single_threaded();
     CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int threads = omp_in_parallel() ? 1 : cpu_threads(be);
     if ((double)m * n * k < MATMUL_SPLIT_MIN || threads == 1) {
         blas_product(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
@@ -107,8 +171,8 @@ static void cpu_matmul(int trans_a, int trans_b, int m, int n, int k, float alph
     }
 }
 
-static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tokens, int rows,
-                              int dim)
+static void cpu_embedding_fwd(struct gale_backend *be, float *out, const float *table,
+                              const int32_t *tokens, int rows, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++)
@@ -119,8 +183,8 @@ static void cpu_embedding_fwd(float *out, const float *table, const int32_t *tok
  * a block is long enough for contiguous, vectorised inner loops. */
 #define COLUMN_BLOCK 64
 
-static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int rows,
-                              int dim)
+static void cpu_embedding_bwd(struct gale_backend *be, float *dtable, const float *dout,
+                              const int32_t *tokens, int rows, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
@@ -134,8 +198,8 @@ static void cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *t
     }
 }
 
-static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int rows,
-                            int dim, float eps)
+static void cpu_rmsnorm_fwd(struct gale_backend *be, float *out, float *rstd, const float *x,
+                            const float *w, int rows, int dim, float eps)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++) {
@@ -151,8 +215,8 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float
     }
 }
 
-static void cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                            const float *rstd, int rows, int dim)
+static void cpu_rmsnorm_bwd(struct gale_backend *be, float *dx, float *dw, const float *dout,
+                            const float *x, const float *w, const float *rstd, int rows, int dim)
 {
 #pragma omp parallel if (parallel_worth((size_t)rows * dim))
     {
@@ -211,14 +275,14 @@ static void rope_rotate(float *x, const int32_t *positions, int rows, int heads,
     free(inv_freq);
 }
 
-static void cpu_rope_fwd(float *x, const int32_t *positions, int rows, int heads, int head_dim,
-                         float theta)
+static void cpu_rope_fwd(struct gale_backend *be, float *x, const int32_t *positions, int rows,
+                         int heads, int head_dim, float theta)
 {
     rope_rotate(x, positions, rows, heads, head_dim, theta, 1.0);
 }
 
-static void cpu_rope_bwd(float *dx, const int32_t *positions, int rows, int heads, int head_dim,
-                         float theta)
+static void cpu_rope_bwd(struct gale_backend *be, float *dx, const int32_t *positions, int rows,
+                         int heads, int head_dim, float theta)
 {
     rope_rotate(dx, positions, rows, heads, head_dim, theta, -1.0);
 }
@@ -287,9 +351,9 @@ static void attention_block_fwd(float *ob, float *lse, const float *qb, const fl
                 vh + (size_t)j0 * dkvw, dkvw, 0.0f, ob, dqw);
 }
 
-static void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int32_t *segments, int batch, int seq,
-                              int heads, int kv_heads, int head_dim, int window)
+static void cpu_attention_fwd(struct gale_backend *be, float *out, float *lse, const float *q,
+                              const float *k, const float *v, const int32_t *segments, int batch,
+                              int seq, int heads, int kv_heads, int head_dim, int window)
 {
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -317,9 +381,9 @@ static void cpu_attention_fwd(float *out, float *lse, const float *q, const floa
     }
 }
 
-static void cpu_attention_cached_fwd(float *out, const float *q, const float *k, const float *v,
-                                     int n_q, int n_kv, int heads, int kv_heads, int head_dim,
-                                     int window)
+static void cpu_attention_cached_fwd(struct gale_backend *be, float *out, const float *q,
+                                     const float *k, const float *v, int n_q, int n_kv, int heads,
+                                     int kv_heads, int head_dim, int window)
 {
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     int first = n_kv - n_q;  /* the sequence index of query 0 */
@@ -380,10 +444,10 @@ static void attention_block_bwd(float *dqh, float *dkh, float *dvh, const float 
                 dqw, 1.0f, dkh + (size_t)j0 * dkvw, dkvw);
 }
 
-static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                              const float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *segments, int batch, int seq, int heads, int kv_heads,
-                              int head_dim, int window)
+static void cpu_attention_bwd(struct gale_backend *be, float *dq, float *dk, float *dv,
+                              const float *dout, const float *out, const float *lse, const float *q,
+                              const float *k, const float *v, const int32_t *segments, int batch,
+                              int seq, int heads, int kv_heads, int head_dim, int window)
 {
     int dqw = heads * head_dim, dkvw = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -429,15 +493,16 @@ static inline float silu(float x)
     return x / (1.0f + expf(-x));
 }
 
-static void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n)
+static void cpu_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up,
+                           size_t n)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         out[i] = silu(gate[i]) * up[i];
 }
 
-static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
-                           const float *up, size_t n)
+static void cpu_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const float *dout,
+                           const float *gate, const float *up, size_t n)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++) {
@@ -447,8 +512,8 @@ static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const fl
     }
 }
 
-static void cpu_router_fwd(float *probs, float *lse, int32_t *topk_idx, float *topk_w,
-                           const float *logits, int rows, int experts, int k)
+static void cpu_router_fwd(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx,
+                           float *topk_w, const float *logits, int rows, int experts, int k)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * experts * k))
     for (int r = 0; r < rows; r++) {
@@ -483,9 +548,10 @@ static void cpu_router_fwd(float *probs, float *lse, int32_t *topk_idx, float *t
     }
 }
 
-static void cpu_router_bwd(float *dlogits, const float *dtopk_w, const float *probs,
-                           const float *lse, const int32_t *topk_idx, const float *topk_w,
-                           const float *dprobs_const, float z_scale, int rows, int experts, int k)
+static void cpu_router_bwd(struct gale_backend *be, float *dlogits, const float *dtopk_w,
+                           const float *probs, const float *lse, const int32_t *topk_idx,
+                           const float *topk_w, const float *dprobs_const, float z_scale, int rows,
+                           int experts, int k)
 {
 #pragma omp parallel if (parallel_worth((size_t)rows * experts))
     {
@@ -516,11 +582,11 @@ static void cpu_router_bwd(float *dlogits, const float *dtopk_w, const float *pr
     }
 }
 
-static void cpu_moe_plan(int *counts, int32_t *slot_rows, int32_t *slot_of,
-                         const int32_t *topk_idx, int rows, int experts, int k)
+static void cpu_moe_plan(struct gale_backend *be, int32_t *counts, int32_t *slot_rows,
+                         int32_t *slot_of, const int32_t *topk_idx, int rows, int experts, int k)
 {
     int *next = gale_xcalloc((size_t)experts + 1, sizeof(int));
-    memset(counts, 0, sizeof(int) * (size_t)experts);
+    memset(counts, 0, sizeof(int32_t) * (size_t)experts);
     for (size_t s = 0; s < (size_t)rows * k; s++)
         counts[topk_idx[s]]++;
     for (int e = 1; e <= experts; e++)
@@ -533,15 +599,27 @@ static void cpu_moe_plan(int *counts, int32_t *slot_rows, int32_t *slot_of,
     free(next);
 }
 
-static void cpu_moe_gather(float *xe, const float *x, const int32_t *slot_rows, int slots, int dim)
+static void cpu_router_stats(struct gale_backend *be, double *stats, const float *probs,
+                             const float *lse, int rows, int experts)
+{
+    memset(stats, 0, sizeof(double) * ((size_t)experts + 1));
+    for (int r = 0; r < rows; r++) {
+        for (int e = 0; e < experts; e++)
+            stats[e] += probs[(size_t)r * experts + e];
+        stats[experts] += (double)lse[r] * lse[r];
+    }
+}
+
+static void cpu_moe_gather(struct gale_backend *be, float *xe, const float *x,
+                           const int32_t *slot_rows, int slots, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int s = 0; s < slots; s++)
         memcpy(xe + (size_t)s * dim, x + (size_t)slot_rows[s] * dim, sizeof(float) * dim);
 }
 
-static void cpu_moe_combine(float *out, const float *ye, const float *topk_w,
-                            const int32_t *slot_of, int rows, int k, int dim)
+static void cpu_moe_combine(struct gale_backend *be, float *out, const float *ye,
+                            const float *topk_w, const int32_t *slot_of, int rows, int k, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
@@ -554,9 +632,9 @@ static void cpu_moe_combine(float *out, const float *ye, const float *topk_w,
         }
 }
 
-static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, const float *ye,
-                                const float *topk_w, const int32_t *slot_of, int rows, int k,
-                                int dim)
+static void cpu_moe_combine_bwd(struct gale_backend *be, float *dye, float *dtopk_w,
+                                const float *dout, const float *ye, const float *topk_w,
+                                const int32_t *slot_of, int rows, int k, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
@@ -574,8 +652,8 @@ static void cpu_moe_combine_bwd(float *dye, float *dtopk_w, const float *dout, c
         }
 }
 
-static void cpu_moe_scatter_add(float *dx, const float *dxe, const int32_t *slot_rows, int slots,
-                                int dim)
+static void cpu_moe_scatter_add(struct gale_backend *be, float *dx, const float *dxe,
+                                const int32_t *slot_rows, int slots, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
@@ -589,8 +667,8 @@ static void cpu_moe_scatter_add(float *dx, const float *dxe, const int32_t *slot
     }
 }
 
-static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows, int vocab,
-                                float grad_scale, long *count)
+static void cpu_cross_entropy(struct gale_backend *be, float *logits, const int32_t *targets,
+                              int rows, int vocab, float grad_scale, double *sums)
 {
     double total = 0;
     long n = 0;
@@ -628,12 +706,13 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows,
             x[v] *= scale;
         x[t] -= grad_scale;
     }
-    *count = n;
-    return total;
+    sums[0] += total;
+    sums[1] += (double)n;
 }
 
-static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr,
-                           float beta1, float beta2, float eps, float weight_decay, int step)
+static void cpu_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g,
+                           float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                           float eps, float weight_decay, int step)
 {
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
@@ -646,9 +725,11 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t 
         v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
     }
+    if (p_compute)
+        cpu_convert(be, p_compute, be->compute, p, n);
 }
 
-static double cpu_sumsq(const float *x, size_t n)
+static double cpu_sumsq(struct gale_backend *be, const float *x, size_t n)
 {
     double s = 0;
 #pragma omp parallel for if (parallel_worth(n)) reduction(+ : s)
@@ -657,28 +738,45 @@ static double cpu_sumsq(const float *x, size_t n)
     return s;
 }
 
-static void cpu_scale(float *x, size_t n, float s)
+static void cpu_scale(struct gale_backend *be, float *x, size_t n, float s)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         x[i] *= s;
 }
 
-static void cpu_axpy(float *y, const float *x, size_t n, float a)
+static void cpu_axpy(struct gale_backend *be, float *y, const float *x, size_t n, float a)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         y[i] += a * x[i];
 }
 
+static void cpu_dot_f64(struct gale_backend *be, double *acc, const double *x, const double *w,
+                        size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * w[i];
+    acc[0] += s;
+}
+
 static const struct gale_ops cpu_ops = {
     .name = "cpu",
+    .init = cpu_init,
+    .destroy = cpu_destroy,
+    .synchronize = cpu_synchronize,
+    .supports_op = cpu_supports_op,
+    .dtype_bytes = cpu_dtype_bytes,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
     .zero = cpu_zero,
     .upload = cpu_copy,
     .download = cpu_copy,
     .copy = cpu_copy,
+    .convert = cpu_convert,
     .matmul = cpu_matmul,
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_bwd = cpu_embedding_bwd,
@@ -694,6 +792,7 @@ static const struct gale_ops cpu_ops = {
     .router_fwd = cpu_router_fwd,
     .router_bwd = cpu_router_bwd,
     .moe_plan = cpu_moe_plan,
+    .router_stats = cpu_router_stats,
     .moe_gather = cpu_moe_gather,
     .moe_combine = cpu_moe_combine,
     .moe_combine_bwd = cpu_moe_combine_bwd,
@@ -703,6 +802,7 @@ static const struct gale_ops cpu_ops = {
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .axpy = cpu_axpy,
+    .dot_f64 = cpu_dot_f64,
 };
 
 const struct gale_ops *gale_ops_cpu(void)

@@ -58,7 +58,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, &err);
+    struct model *m = be ? model_create(&cfg, be, NULL, &err) : NULL;
+    if (!m) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    model_own_backend(m);
     model_init_random(m, cfg.initializer_range, 1);
     int n = batch * seq;
     int32_t *tokens = malloc(sizeof(int32_t) * n), *targets = malloc(sizeof(int32_t) * n);

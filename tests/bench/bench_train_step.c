@@ -178,9 +178,13 @@ static int run(const struct bench_options *opt, gale_error *err)
     struct bench_batch data;
     if (load_batch(opt->dir, cfg.vocab_size, &data, err))
         return -1;
-    const struct gale_ops *ops = gale_ops_cpu();
+    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
     const struct model_options model_opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 0.0};
-    struct model *m = model_create(&cfg, ops, &model_opts, err);
+    struct model *m = be ? model_create(&cfg, be, &model_opts, err) : NULL;
+    if (m)
+        model_own_backend(m);
+    else
+        gale_backend_free(be);
     if (!m || model_load_hf(m, opt->dir, err)) {
         model_free(m);
         free(data.tokens);
@@ -190,7 +194,12 @@ static int run(const struct bench_options *opt, gale_error *err)
     const struct model_layout *layout = model_get_layout(m);
     struct adamw_config adamw_cfg = adamw_config_default();
     struct adamw adamw;
-    adamw_init(&adamw, &adamw_cfg, ops, 0, layout->numel);
+    if (adamw_init(&adamw, &adamw_cfg, be, 0, layout->numel, err)) {
+        model_free(m);
+        free(data.tokens);
+        free(data.targets);
+        return -1;
+    }
     const struct model_batch batch = {.batch = data.batch, .seq = data.seq, .tokens = data.tokens,
                                       .targets = data.targets};
 
@@ -207,8 +216,8 @@ static int run(const struct bench_options *opt, gale_error *err)
         rc = model_forward_backward(m, &batch, 0.0, 1.0, &loss, err);
         if (rc)
             break;
-        norms[step] = grad_clip_global_norm(ops, model_grads(m), layout->numel, 1.0);
-        adamw_step(&adamw, layout, model_params(m), model_grads(m), adamw_cfg.lr);
+        norms[step] = grad_clip_global_norm(be, model_grads(m), layout->numel, 1.0);
+        adamw_step(&adamw, layout, model_params(m), model_weights(m), model_grads(m), adamw_cfg.lr);
         double end = now_seconds();
         losses[step] = loss.loss;
         if (step == opt->warmup)
@@ -220,7 +229,7 @@ static int run(const struct bench_options *opt, gale_error *err)
     if (rc == 0) {
         printf("{\"impl\": \"gale %s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, \"warmup\": %d, "
                "\"steps\": %d, \"timed_from\": %.9f, \"timed_to\": %.9f",
-               ops->name, omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
+               be->ops->name, omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
                timed_from, timed_to);
         print_series("step_times", times, opt->steps);
         double median_step = median(times, opt->steps);  /* sorts times: printed before */

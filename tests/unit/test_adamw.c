@@ -30,7 +30,7 @@ static struct model_config tiny(void)
 
 int main(void)
 {
-    const struct gale_ops *ops = gale_ops_cpu();
+    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, NULL);
     struct model_config cfg = tiny();
     struct model_layout layout;
     model_layout_build(&cfg, &layout);
@@ -42,15 +42,15 @@ int main(void)
     struct adamw_config ac = {.lr = 3e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
     struct adamw whole, lo, hi;
     size_t cut = layout.tensors[1].offset + 3;  /* inside the first norm weight */
-    adamw_init(&whole, &ac, ops, 0, n);
-    adamw_init(&lo, &ac, ops, 0, cut);
-    adamw_init(&hi, &ac, ops, cut, n);
+    adamw_init(&whole, &ac, be, 0, n, NULL);
+    adamw_init(&lo, &ac, be, 0, cut, NULL);
+    adamw_init(&hi, &ac, be, cut, n, NULL);
     for (int step = 1; step <= 4; step++) {
         for (size_t i = 0; i < n; i++)
             g[i] = (float)gale_rng_normal(2 + step, i);
-        adamw_step(&whole, &layout, p, g, ac.lr);
-        adamw_step(&lo, &layout, p2, g, ac.lr);
-        adamw_step(&hi, &layout, p2, g, ac.lr);
+        adamw_step(&whole, &layout, p, NULL, g, ac.lr);
+        adamw_step(&lo, &layout, p2, NULL, g, ac.lr);
+        adamw_step(&hi, &layout, p2, NULL, g, ac.lr);
         for (int t = 0; t < layout.n; t++) {
             const struct model_tensor *v = &layout.tensors[t];
             double wd = v->ndim == 2 ? ac.weight_decay : 0;
@@ -71,9 +71,9 @@ int main(void)
     /* norms (1-D) are not decayed: with zero gradients only 2-D weights shrink */
     memset(g, 0, n * 4);
     struct adamw fresh;
-    adamw_init(&fresh, &ac, ops, 0, n);
+    adamw_init(&fresh, &ac, be, 0, n, NULL);
     memcpy(p2, p, n * 4);
-    adamw_step(&fresh, &layout, p2, g, ac.lr);
+    adamw_step(&fresh, &layout, p2, NULL, g, ac.lr);
     const struct model_tensor *norm = model_layout_find(&layout, "model.norm.weight");
     const struct model_tensor *emb = model_layout_find(&layout, "model.embed_tokens.weight");
     CHECK_MSG(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");
@@ -82,16 +82,17 @@ int main(void)
 
     /* clipping: clip_grad_norm_ multiplies by max / (norm + 1e-6) when that is below 1 */
     float grads[4] = {3, 4, 0, 0};
-    double norm_before = grad_clip_global_norm(ops, grads, 4, 1.0);
+    double norm_before = grad_clip_global_norm(be, grads, 4, 1.0);
     CHECK_MSG(fabs(norm_before - 5) < 1e-12, "pre-clip norm %g", norm_before);
     CHECK_MSG(fabsf(grads[0] - (float)(3 / (5 + 1e-6))) < 1e-7 && fabsf(grads[1] - (float)(4 / (5 + 1e-6))) < 1e-7,
            "clipped grads %g %g", grads[0], grads[1]);
     float small[2] = {0.3f, 0.4f};
-    grad_clip_global_norm(ops, small, 2, 1.0);
+    grad_clip_global_norm(be, small, 2, 1.0);
     CHECK_MSG(small[0] == 0.3f && small[1] == 0.4f, "a gradient under the limit was scaled");
     CHECK_MSG(grad_clip_factor(10, 0) == 1.0, "max_norm 0 must not clip");
     adamw_free(&whole), adamw_free(&lo), adamw_free(&hi), adamw_free(&fresh);
     model_layout_free(&layout);
+    gale_backend_free(be);
     free(p), free(p2), free(g), free(pd), free(md), free(vd);
     printf("AdamW and clipping: worst rel diff %.2e\n", worst);
     return check_report("test_adamw");

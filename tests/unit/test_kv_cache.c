@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "cpu_backend.h"
 #include "model/model.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
@@ -48,7 +49,8 @@ static void random_tokens(int32_t *x, int n, int vocab, uint64_t seed)
  * for each transpose, with padded leading dimensions and beta 0 (over NaN) and 1. */
 static void check_one_row_matmul(void)
 {
-    const struct gale_ops *ops = gale_ops_cpu();
+    struct gale_backend *be = cpu_backend();
+    const struct gale_ops *ops = be->ops;
     enum { N = 700, K = 300, PAD = 3 };
     float *a = gale_xmalloc(sizeof(float) * K * (1 + PAD));
     float *b = gale_xmalloc(sizeof(float) * (N + PAD) * (K + PAD));
@@ -64,7 +66,8 @@ static void check_one_row_matmul(void)
                 memcpy(c, c0, sizeof c);
                 if (!beta)
                     c[5] = NAN;
-                ops->matmul(ta, tb, 1, N, K, 0.5f, a, lda, b, ldb, (float)beta, c, N + PAD);
+                ops->matmul(be, ta, tb, 1, N, K, 0.5f, a, lda, b, ldb, (float)beta, c, N + PAD,
+                            F32_GEMM);
                 for (int j = 0; j < N; j++) {
                     double want = beta ? c0[j] : 0;
                     for (int i = 0; i < K; i++)
@@ -84,7 +87,8 @@ static void check_one_row_matmul(void)
  * n_kv - n_q .. n_kv - 1 of attention_fwd over the first n_kv rows. */
 static void check_cached_op(int seq, int heads, int kv_heads, int hd, int window)
 {
-    const struct gale_ops *ops = gale_ops_cpu();
+    struct gale_backend *be = cpu_backend();
+    const struct gale_ops *ops = be->ops;
     int dq = heads * hd, dkv = kv_heads * hd;
     float *q = gale_xmalloc(sizeof(float) * seq * dq), *k = gale_xmalloc(sizeof(float) * seq * dkv);
     float *v = gale_xmalloc(sizeof(float) * seq * dkv), *full = gale_xmalloc(sizeof(float) * seq * dq);
@@ -98,13 +102,14 @@ static void check_cached_op(int seq, int heads, int kv_heads, int hd, int window
     for (size_t a = 0; a < sizeof n_kvs / sizeof *n_kvs; a++) {
         int n_kv = n_kvs[a];
         /* the full attention over a prefix is the prefix of the full attention: causal */
-        ops->attention_fwd(full, lse, q, k, v, NULL, 1, n_kv, heads, kv_heads, hd, window);
+        ops->attention_fwd(be, full, lse, q, k, v, NULL, 1, n_kv, heads, kv_heads, hd, window);
         for (size_t b = 0; b < sizeof n_qs / sizeof *n_qs; b++) {
             int n_q = n_qs[b];
             if (n_q > n_kv)
                 continue;
             size_t first = (size_t)(n_kv - n_q) * dq;
-            ops->attention_cached_fwd(out, q + first, k, v, n_q, n_kv, heads, kv_heads, hd, window);
+            ops->attention_cached_fwd(be, out, q + first, k, v, n_q, n_kv, heads, kv_heads, hd,
+                                      window);
             for (int r = 0; r < n_q; r++) {
                 double e = rel_err(out + (size_t)r * dq, full + first + (size_t)r * dq, (size_t)dq);
                 worst = e > worst ? e : worst;
@@ -229,7 +234,7 @@ static void check_model(struct model *m, const int32_t *tokens, int seq, int max
 static void check_random_model(const char *name, struct model_config cfg, int seq, int max_len)
 {
     gale_error err;
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(&cfg, cpu_backend(), NULL, &err);
     if (!m) {
         CHECK_MSG(0, "%s: %s", name, err.msg);
         return;
@@ -256,7 +261,7 @@ static void check_fixture(const char *shared, const char *fixture)
     struct model *m = NULL;
     if (model_config_load(cfg_path, &cfg, &err) || safetensors_open_dir(dir, &weights, &err) ||
         safetensors_open(exp_path, &expected, &err) ||
-        !(m = model_create(&cfg, gale_ops_cpu(), NULL, &err)) ||
+        !(m = model_create(&cfg, cpu_backend(), NULL, &err)) ||
         model_load_tensors(m, &weights, &err)) {
         CHECK_MSG(0, "%s: %s", fixture, err.msg);
         goto done;
@@ -311,8 +316,8 @@ static void check_errors(void)
 {
     gale_error err;
     struct model_config cfg = tiny(MODEL_LLAMA, 0, 0);
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
-    struct model *other = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(&cfg, cpu_backend(), NULL, &err);
+    struct model *other = model_create(&cfg, cpu_backend(), NULL, &err);
     model_init_random(m, 0.2, 3);
     int32_t tokens[9];
     random_tokens(tokens, 9, cfg.vocab_size, 4);
@@ -372,7 +377,7 @@ static void check_sample_generate(void)
 {
     gale_error err;
     struct model_config cfg = tiny(MODEL_MIXTRAL, 6, 4);
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(&cfg, cpu_backend(), NULL, &err);
     model_init_random(m, 0.2, 21);
     int32_t prompt[5];
     random_tokens(prompt, 5, cfg.vocab_size, 22);

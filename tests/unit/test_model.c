@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpu_backend.h"
 #include "model/model.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
@@ -90,7 +91,7 @@ static void gradient_check(const char *name, const struct model_config *cfg,
                            const struct model_options *opts, const int32_t *segments)
 {
     gale_error err;
-    struct model *m = model_create(cfg, gale_ops_cpu(), opts, &err);
+    struct model *m = model_create(cfg, cpu_backend(), opts, &err);
     model_init_random(m, 0.3, 7);
     int B = 2, T = 10, n = B * T;
     int32_t tokens[20], targets[20];
@@ -174,7 +175,7 @@ static void gradient_check(const char *name, const struct model_config *cfg,
 static void document_masking(const struct model_config *cfg, const char *name)
 {
     gale_error err;
-    struct model *m = model_create(cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(cfg, cpu_backend(), NULL, &err);
     model_init_random(m, 0.3, 11);
     int la = 5, lb = 7, T = la + lb, V = cfg->vocab_size;
     int32_t packed[12], seg[12];
@@ -219,7 +220,7 @@ static void accumulation(void)
 {
     gale_error err;
     struct model_config cfg = tiny_llama_mqa();
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(&cfg, cpu_backend(), NULL, &err);
     model_init_random(m, 0.1, 3);
     int B = 2, T = 8, n = B * T;
     int32_t tokens[16], targets[16];
@@ -263,8 +264,8 @@ static void save_load_init(void)
 {
     gale_error err;
     struct model_config cfg = tiny_mixtral();
-    struct model *a = model_create(&cfg, gale_ops_cpu(), NULL, &err);
-    struct model *b = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *a = model_create(&cfg, cpu_backend(), NULL, &err);
+    struct model *b = model_create(&cfg, cpu_backend(), NULL, &err);
     model_init_random(a, 0.02, 5);
     model_init_random(b, 0.02, 5);
     size_t np = model_get_layout(a)->numel;
@@ -300,7 +301,7 @@ static void save_load_init(void)
     char *config = gale_path_join(dir, "config.json");
     if (rc == 0)
         rc = model_config_load(config, &cfg2, &err);
-    struct model *c = rc == 0 ? model_create(&cfg2, gale_ops_cpu(), NULL, &err) : NULL;
+    struct model *c = rc == 0 ? model_create(&cfg2, cpu_backend(), NULL, &err) : NULL;
     if (c)
         rc = model_load_hf(c, dir, &err);
     if (rc || !c) {
@@ -314,14 +315,14 @@ static void save_load_init(void)
     /* a missing tensor is named */
     struct model_config other = cfg;
     other.tie_word_embeddings = 0;
-    struct model *d = model_create(&other, gale_ops_cpu(), NULL, &err);
+    struct model *d = model_create(&other, cpu_backend(), NULL, &err);
     rc = model_load_hf(d, dir, &err);
     check(rc != 0 && strstr(err.msg, "lm_head.weight") != NULL, "%-60s %g %g",
           "loading a tied checkpoint into an untied config names lm_head.weight", 0, 0);
     other = cfg;
     other.intermediate_size = 8;
     model_free(d);
-    d = model_create(&other, gale_ops_cpu(), NULL, &err);
+    d = model_create(&other, cpu_backend(), NULL, &err);
     rc = model_load_hf(d, dir, &err);
     check(rc != 0 && strstr(err.msg, "experts.0.w1.weight") && strstr(err.msg, "shape"),
           "%-60s %g %g", "a misshapen tensor is named with both shapes", 0, 0);
@@ -336,7 +337,7 @@ static void bad_batches(void)
 {
     gale_error err;
     struct model_config cfg = tiny_llama_mqa();
-    struct model *m = model_create(&cfg, gale_ops_cpu(), NULL, &err);
+    struct model *m = model_create(&cfg, cpu_backend(), NULL, &err);
     int32_t tokens[4] = {1, 2, 37, 3}, targets[4] = {1, 2, 3, 4};
     struct model_batch b = {1, 4, tokens, targets, NULL, NULL};
     int rc = model_forward(m, &b, 0, NULL, &err);
@@ -352,8 +353,8 @@ int main(void)
 {
     struct model_config mixtral = tiny_mixtral(), llama = tiny_llama_mqa();
     int32_t seg[20] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2};
-    struct model_options per_layer = {MODEL_AUX_PER_LAYER, 1e-2};
-    struct model_options hf = {MODEL_AUX_HF, 0};
+    struct model_options per_layer = {.aux_form = MODEL_AUX_PER_LAYER, .router_z_loss_coef = 1e-2};
+    struct model_options hf = {.aux_form = MODEL_AUX_HF};
     gradient_check("mixtral hf aux, window, tied", &mixtral, &hf, NULL);
     gradient_check("mixtral per_layer aux + z, documents", &mixtral, &per_layer, seg);
     gradient_check("llama MQA head_dim 6, documents", &llama, NULL, seg);

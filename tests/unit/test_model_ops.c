@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "cpu_backend.h"
 #include "model/ops.h"
 #include "model/rng.h"
 #include "util/error.h"
@@ -104,8 +105,9 @@ static double rms_loss(void *p)
     return loss;
 }
 
-static void test_rmsnorm(const struct gale_ops *ops)
+static void test_rmsnorm(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int rows = 5, dim = 12;
     size_t n = (size_t)rows * dim;
     float *x = gale_xmalloc(n * 4), *w = gale_xmalloc(dim * 4), *g = gale_xmalloc(n * 4);
@@ -113,7 +115,7 @@ static void test_rmsnorm(const struct gale_ops *ops)
     fill(x, n, 1.5);
     fill(w, dim, 1.0);
     fill(g, n, 1.0);
-    ops->rmsnorm_fwd(out, rstd, x, w, rows, dim, 1e-5f);
+    ops->rmsnorm_fwd(be, out, rstd, x, w, rows, dim, 1e-5f);
     struct rms_ctx c = {to_double(x, n), to_double(w, dim), to_double(g, n), rows, dim, 1e-5};
     /* forward: loss with g = one-hot would be tedious; compare the whole output instead */
     double *want = gale_xmalloc(n * sizeof *want);
@@ -131,7 +133,7 @@ static void test_rmsnorm(const struct gale_ops *ops)
         dx[i] = 1;
     for (int i = 0; i < dim; i++)
         dw[i] = 1;
-    ops->rmsnorm_bwd(dx, dw, g, x, w, rstd, rows, dim);
+    ops->rmsnorm_bwd(be, dx, dw, g, x, w, rstd, rows, dim);
     for (size_t i = 0; i < n; i++)
         dx[i] -= 1;
     for (int i = 0; i < dim; i++)
@@ -159,8 +161,9 @@ static void rope_ref(double *y, const double *x, const int32_t *pos, int rows, i
             }
 }
 
-static void test_rope(const struct gale_ops *ops)
+static void test_rope(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int rows = 6, heads = 3, hd = 8;
     size_t n = (size_t)rows * heads * hd;
     int32_t pos[] = {0, 1, 2, 7, 0, 1000};
@@ -169,7 +172,7 @@ static void test_rope(const struct gale_ops *ops)
     fill(g, n, 1.0);
     double *xd = to_double(x, n), *want = gale_xmalloc(n * sizeof *want);
     rope_ref(want, xd, pos, rows, heads, hd, 10000.0);
-    ops->rope_fwd(x, pos, rows, heads, hd, 10000.0f);
+    ops->rope_fwd(be, x, pos, rows, heads, hd, 10000.0f);
     expect_close("rope forward", x, want, n, 1e-6);
     /* the map is linear and orthogonal: its gradient is the transpose, the inverse rotation */
     double *gd = to_double(g, n), *gt = gale_xmalloc(n * sizeof *gt);
@@ -182,7 +185,7 @@ static void test_rope(const struct gale_ops *ops)
             gt[i] += gd[j] * y[j];
         free(e), free(y);
     }
-    ops->rope_bwd(g, pos, rows, heads, hd, 10000.0f);
+    ops->rope_bwd(be, g, pos, rows, heads, hd, 10000.0f);
     expect_close("rope backward", g, gt, n, 1e-6);
     free(x), free(g), free(xd), free(want), free(gd), free(gt);
 }
@@ -245,9 +248,10 @@ static double att_loss(void *p)
     return loss;
 }
 
-static void test_attention(const struct gale_ops *ops, const char *name, int seq, int window,
+static void test_attention(struct gale_backend *be, const char *name, int seq, int window,
                            const int32_t *seg, int heads, int kv, size_t stride)
 {
+    const struct gale_ops *ops = be->ops;
     int batch = 2, hd = 4;
     size_t nq = (size_t)batch * seq * heads * hd, nkv = (size_t)batch * seq * kv * hd;
     float *q = gale_xmalloc(nq * 4), *k = gale_xmalloc(nkv * 4), *v = gale_xmalloc(nkv * 4);
@@ -258,12 +262,13 @@ static void test_attention(const struct gale_ops *ops, const char *name, int seq
                         seg, batch, seq, heads, kv, hd, window};
     double *want = gale_xmalloc(nq * sizeof *want);
     att_ref(&c, want);
-    ops->attention_fwd(out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
+    ops->attention_fwd(be, out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
     char what[128];
     snprintf(what, sizeof what, "attention forward (%s)", name);
     expect_close(what, out, want, nq, 1e-6);
     float *dq = gale_xmalloc(nq * 4), *dk = gale_xmalloc(nkv * 4), *dv = gale_xmalloc(nkv * 4);
-    ops->attention_bwd(dq, dk, dv, g, out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
+    ops->attention_bwd(be, dq, dk, dv, g, out, lse, q, k, v, seg, batch, seq, heads, kv, hd,
+                       window);
     snprintf(what, sizeof what, "attention dq (%s)", name);
     expect_grad(what, att_loss, &c, c.q, dq, nq, stride, 1e-5);
     snprintf(what, sizeof what, "attention dk (%s)", name);
@@ -289,8 +294,9 @@ static double swiglu_loss(void *p)
     return loss;
 }
 
-static void test_swiglu(const struct gale_ops *ops)
+static void test_swiglu(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     size_t n = 40;
     float *gate = gale_xmalloc(n * 4), *up = gale_xmalloc(n * 4), *g = gale_xmalloc(n * 4);
     float *out = gale_xmalloc(n * 4), *dgate = gale_xmalloc(n * 4), *dup = gale_xmalloc(n * 4);
@@ -299,11 +305,11 @@ static void test_swiglu(const struct gale_ops *ops)
     double *want = gale_xmalloc(n * sizeof *want);
     for (size_t i = 0; i < n; i++)
         want[i] = c.gate[i] / (1 + exp(-c.gate[i])) * c.up[i];
-    ops->swiglu_fwd(out, gate, up, n);
+    ops->swiglu_fwd(be, out, gate, up, n);
     expect_close("swiglu forward", out, want, n, 1e-6);
     /* dgate aliasing dout is allowed */
     memcpy(dgate, g, n * 4);
-    ops->swiglu_bwd(dgate, dup, dgate, gate, up, n);
+    ops->swiglu_bwd(be, dgate, dup, dgate, gate, up, n);
     double *gg = finite_diff(swiglu_loss, &c, c.gate, n), *gu = finite_diff(swiglu_loss, &c, c.up, n);
     expect_close("swiglu dgate", dgate, gg, n, 1e-5);
     expect_close("swiglu dup", dup, gu, n, 1e-5);
@@ -342,8 +348,9 @@ static double router_loss(void *p)
     return loss;
 }
 
-static void test_router(const struct gale_ops *ops)
+static void test_router(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int rows = 7, experts = 5, k = 2;
     size_t n = (size_t)rows * experts;
     float *logits = gale_xmalloc(n * 4), *probs = gale_xmalloc(n * 4), *lse = gale_xmalloc(rows * 4);
@@ -351,7 +358,7 @@ static void test_router(const struct gale_ops *ops)
     float *cst = gale_xmalloc(experts * 4), *dl = gale_xmalloc(n * 4);
     int32_t *idx = gale_xmalloc(rows * k * 4);
     fill(logits, n, 2.0), fill(gw, rows * k, 1.0), fill(cst, experts, 0.3);
-    ops->router_fwd(probs, lse, idx, w, logits, rows, experts, k);
+    ops->router_fwd(be, probs, lse, idx, w, logits, rows, experts, k);
     /* each choice is the most probable expert not chosen before it; weights sum to 1 */
     int bad = 0;
     for (int r = 0; r < rows; r++) {
@@ -374,7 +381,7 @@ static void test_router(const struct gale_ops *ops)
     float z = 0.05f;
     struct router_ctx c = {to_double(logits, n), to_double(gw, rows * k), to_double(cst, experts),
                            idx, rows, experts, k, z};
-    ops->router_bwd(dl, gw, probs, lse, idx, w, cst, z, rows, experts, k);
+    ops->router_bwd(be, dl, gw, probs, lse, idx, w, cst, z, rows, experts, k);
     double *gl = finite_diff(router_loss, &c, c.logits, n);
     expect_close("router backward (top-k, aux, z)", dl, gl, n, 1e-5);
     free(logits), free(probs), free(lse), free(w), free(gw), free(cst), free(dl), free(idx);
@@ -405,20 +412,24 @@ static double ce_loss(void *p)
     return loss;
 }
 
-static void test_cross_entropy(const struct gale_ops *ops)
+static void test_cross_entropy(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int rows = 6, vocab = 11;
     size_t n = (size_t)rows * vocab;
     int32_t t[] = {3, -100, 0, 10, -1, 5};
     float *x = gale_xmalloc(n * 4);
     fill(x, n, 3.0);
     struct ce_ctx c = {to_double(x, n), t, rows, vocab};
-    long count = 0;
-    double sum = ops->cross_entropy(x, t, rows, vocab, 0, &count);
+    double sums[2] = {0, 0};
+    ops->cross_entropy(be, x, t, rows, vocab, 0, sums);
     double want = ce_loss(&c);
-    CHECK_MSG(count == 4 && fabs(sum - want) <= 1e-6 * fabs(want),
-              "cross-entropy: sum %.9g count %ld, want %.9g and 4", sum, count, want);
-    ops->cross_entropy(x, t, rows, vocab, 0.25f, &count);
+    CHECK_MSG(sums[1] == 4 && fabs(sums[0] - want) <= 1e-6 * fabs(want),
+              "cross-entropy: sum %.9g count %g, want %.9g and 4", sums[0], sums[1], want);
+    ops->cross_entropy(be, x, t, rows, vocab, 0.25f, sums);
+    CHECK_MSG(sums[1] == 8 && fabs(sums[0] - 2 * want) <= 2e-6 * fabs(want),
+              "cross-entropy accumulates: sum %.9g count %g, want %.9g and 8", sums[0], sums[1],
+              2 * want);
     double *g = finite_diff(ce_loss, &c, c.x, n);
     for (size_t i = 0; i < n; i++)
         g[i] *= 0.25;
@@ -427,13 +438,14 @@ static void test_cross_entropy(const struct gale_ops *ops)
 }
 
 /* ---- experts: plan, gather, combine and their backwards ---- */
-static void test_moe_routing(const struct gale_ops *ops)
+static void test_moe_routing(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int rows = 6, k = 2, experts = 3, dim = 4, slots = rows * k;
     int32_t idx[] = {0, 2, 2, 1, 1, 0, 0, 1, 2, 0, 1, 2};
-    int counts[3];
+    int32_t counts[3];
     int32_t slot_rows[12], slot_of[12];
-    ops->moe_plan(counts, slot_rows, slot_of, idx, rows, experts, k);
+    ops->moe_plan(be, counts, slot_rows, slot_of, idx, rows, experts, k);
     int bad = counts[0] != 4 || counts[1] != 4 || counts[2] != 4;
     for (int s = 0; s < slots; s++) {
         int pos = slot_of[s];
@@ -442,15 +454,15 @@ static void test_moe_routing(const struct gale_ops *ops)
     }
     float x[24], xe[48], ye[48], w[12], out[24], dout[24], dye[48], dw[12], dx[24];
     fill(x, 24, 1), fill(ye, 48, 1), fill(w, 12, 1), fill(dout, 24, 1);
-    ops->moe_gather(xe, x, slot_rows, slots, dim);
+    ops->moe_gather(be, xe, x, slot_rows, slots, dim);
     for (int s = 0; s < slots; s++)
         for (int c = 0; c < dim; c++)
             bad += xe[slot_of[s] * dim + c] != x[(s / k) * dim + c];
     memset(out, 0, sizeof out);
-    ops->moe_combine(out, ye, w, slot_of, rows, k, dim);
-    ops->moe_combine_bwd(dye, dw, dout, ye, w, slot_of, rows, k, dim);
+    ops->moe_combine(be, out, ye, w, slot_of, rows, k, dim);
+    ops->moe_combine_bwd(be, dye, dw, dout, ye, w, slot_of, rows, k, dim);
     memset(dx, 0, sizeof dx);
-    ops->moe_scatter_add(dx, dye, slot_rows, slots, dim);
+    ops->moe_scatter_add(be, dx, dye, slot_rows, slots, dim);
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < dim; c++) {
             double o = 0, d = 0;
@@ -472,8 +484,9 @@ static void test_moe_routing(const struct gale_ops *ops)
 }
 
 /* ---- matmul (all transposes, leading dimensions), embeddings, AdamW ---- */
-static void test_matmul(const struct gale_ops *ops)
+static void test_matmul(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int m = 5, n = 7, k = 3;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
@@ -488,7 +501,7 @@ static void test_matmul(const struct gale_ops *ops)
                         s += (ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
                     want[i * n + j] = 0.5 * s + 2.0 * c[i * ldc + j];
                 }
-            ops->matmul(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c, ldc);
+            ops->matmul(be, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c, ldc, F32_GEMM);
             float got[64];
             for (int i = 0; i < m; i++)
                 for (int j = 0; j < n; j++)
@@ -499,13 +512,14 @@ static void test_matmul(const struct gale_ops *ops)
         }
 }
 
-static void test_embedding(const struct gale_ops *ops)
+static void test_embedding(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     int32_t tokens[] = {2, 0, 2, 3};
     float table[20], out[20], dout[20], dtable[20] = {0};
     fill(table, 20, 1), fill(dout, 20, 1);
-    ops->embedding_fwd(out, table, tokens, 4, 5);
-    ops->embedding_bwd(dtable, dout, tokens, 4, 5);
+    ops->embedding_fwd(be, out, table, tokens, 4, 5);
+    ops->embedding_bwd(be, dtable, dout, tokens, 4, 5);
     double want_out[20], want_d[20] = {0};
     for (int r = 0; r < 4; r++)
         for (int c = 0; c < 5; c++) {
@@ -516,8 +530,9 @@ static void test_embedding(const struct gale_ops *ops)
     expect_close("embedding backward (repeated token)", dtable, want_d, 20, 1e-7);
 }
 
-static void test_adamw(const struct gale_ops *ops)
+static void test_adamw(struct gale_backend *be)
 {
+    const struct gale_ops *ops = be->ops;
     size_t n = 9;
     float p[9], g[9], m[9] = {0}, v[9] = {0};
     double pd[9], md[9] = {0}, vd[9] = {0};
@@ -527,7 +542,8 @@ static void test_adamw(const struct gale_ops *ops)
     double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
     for (int step = 1; step <= 3; step++) {
         fill(g, n, 1);
-        ops->adamw_step(p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
+        ops->adamw_step(be, p, NULL, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps,
+                        (float)wd, step);
         for (size_t i = 0; i < n; i++) {  /* torch.optim.AdamW, written out */
             pd[i] *= 1 - lr * wd;
             md[i] = b1 * md[i] + (1 - b1) * g[i];
@@ -539,29 +555,98 @@ static void test_adamw(const struct gale_ops *ops)
     expect_close("adamw 3 steps", p, pd, n, 1e-6);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+/* ASan aborts on an allocation too large to make unless told to fail it as calloc does: the
+ * failed allocation below must come back as an error */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+    return "allocator_may_return_null=1";
+}
+#endif
+
+/* bf16 rounding is to nearest, ties to even, on the 8 significant bits */
+static void test_bf16_rounding(void)
+{
+    float one = 1.0f, ulp = 1.0f / 128;  /* bf16's spacing at 1 */
+    CHECK(gale_round_bf16(one + ulp / 2) == one);              /* tie: to the even 1.0 */
+    CHECK(gale_round_bf16(one + 3 * ulp / 2) == one + 2 * ulp); /* tie: to the even 1 + 2ulp */
+    CHECK(gale_round_bf16(one + ulp / 2 + ulp / 64) == one + ulp);
+    CHECK(gale_round_bf16(-(one + ulp / 4)) == -one);
+    CHECK(isnan(gale_round_bf16(NAN)) && isinf(gale_round_bf16(INFINITY)));
+    float x = 0.1f, r = gale_round_bf16(x);
+    CHECK_MSG(fabsf(r - x) <= x / 256, "round_bf16(0.1) = %.9g is off by more than 2^-8", r);
+}
+
+/* The bf16 mode: outputs the policy keeps in bf16 are rounded, fp32 ones are not; AdamW
+ * writes the rounded compute copy beside the fp32 master weights. */
+static void test_bf16_mode(void)
+{
+    gale_error err;
+    struct gale_backend *be = gale_backend_create("cpu", GALE_BF16, &err);
+    CHECK_MSG(be != NULL, "bf16 backend: %s", be ? "" : err.msg);
+    if (!be)
+        return;
+    CHECK(be->ops->supports_op(be, GALE_OP_MATMUL, GALE_BF16));
+    CHECK(!be->ops->supports_op(be, GALE_OP_MATMUL, GALE_FP8_E4M3));
+    float a[6], b[6], c[4], c32[4];
+    fill(a, 6, 1), fill(b, 6, 1);
+    struct gale_gemm_types to_bf16 = {GALE_BF16, GALE_BF16, GALE_BF16};
+    be->ops->matmul(be, 0, 1, 2, 2, 3, 1, a, 3, b, 3, 0, c, 2, to_bf16);
+    be->ops->matmul(be, 0, 1, 2, 2, 3, 1, a, 3, b, 3, 0, c32, 2, F32_GEMM);
+    int bad = 0;
+    for (int i = 0; i < 4; i++)
+        bad += c[i] != gale_round_bf16(c32[i]);
+    CHECK_MSG(bad == 0, "bf16 product outputs are not the rounded fp32 ones");
+    float p[5] = {0.1f, -0.2f, 0.3f, 1.7f, -2.9f}, g[5] = {1, -1, 0.5f, 0.25f, 2};
+    float m[5] = {0}, v[5] = {0}, copy[5];
+    be->ops->adamw_step(be, p, copy, g, m, v, 5, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
+    for (int i = 0; i < 5; i++)
+        bad += copy[i] != gale_round_bf16(p[i]) || p[i] == gale_round_bf16(p[i]);
+    CHECK_MSG(bad == 0, "AdamW's compute copy is not the rounded master (or the master is)");
+    double stats[3], probs_rows[2] = {0};
+    float probs[4] = {0.25f, 0.75f, 0.5f, 0.5f}, lse[2] = {1.5f, -2};
+    be->ops->router_stats(be, stats, probs, lse, 2, 2);
+    CHECK_MSG(stats[0] == 0.75 && stats[1] == 1.25 && stats[2] == 6.25,
+              "router_stats %g %g %g", stats[0], stats[1], stats[2]);
+    double w[3] = {2, 0, 1};
+    be->ops->dot_f64(be, probs_rows, stats, w, 3);
+    CHECK_MSG(probs_rows[0] == 7.75, "dot_f64 %g", probs_rows[0]);
+    CHECK(gale_backend_sync(be, &err) == 0);
+    CHECK(be->ops->alloc(be, (size_t)1 << 62) == NULL);
+    CHECK_MSG(gale_backend_sync(be, &err) == -1 && strstr(err.msg, "alloc") &&
+                  strstr(err.msg, "4611686018427387904 bytes"),
+              "a failed allocation names the op and the size: %s", err.msg);
+    CHECK(gale_backend_sync(be, &err) == 0);  /* reported once */
+    gale_backend_free(be);
+}
+
 int main(void)
 {
-    const struct gale_ops *ops = gale_ops_cpu();
-    test_matmul(ops);
-    test_embedding(ops);
-    test_rmsnorm(ops);
-    test_rope(ops);
+    struct gale_backend *be = cpu_backend();
+    test_matmul(be);
+    test_bf16_rounding();
+    test_bf16_mode();
+    test_embedding(be);
+    test_rmsnorm(be);
+    test_rope(be);
     int32_t seg[18] = {0, 0, 0, 1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 3, 3, 3};
-    test_attention(ops, "causal, GQA 4/2", 9, 0, NULL, 4, 2, 1);
-    test_attention(ops, "window 3, GQA 4/2", 9, 3, NULL, 4, 2, 1);
-    test_attention(ops, "documents, MQA 3/1", 9, 0, seg, 3, 1, 1);
-    test_attention(ops, "window 4 + documents, MHA", 9, 4, seg, 2, 2, 1);
+    test_attention(be, "causal, GQA 4/2", 9, 0, NULL, 4, 2, 1);
+    test_attention(be, "window 3, GQA 4/2", 9, 3, NULL, 4, 2, 1);
+    test_attention(be, "documents, MQA 3/1", 9, 0, seg, 3, 1, 1);
+    test_attention(be, "window 4 + documents, MHA", 9, 4, seg, 2, 2, 1);
     /* longer than the kernel's query blocks: several blocks, windows reaching across them */
     int32_t long_seg[2 * 150];
     for (int i = 0; i < 300; i++)
         long_seg[i] = i < 150 ? (i < 70 ? 0 : 1) : (i - 150) / 50;
-    test_attention(ops, "150 tokens, causal, GQA 4/2", 150, 0, NULL, 4, 2, 61);
-    test_attention(ops, "150 tokens, window 80 + documents", 150, 80, long_seg, 2, 1, 61);
-    test_attention(ops, "150 tokens, window 5", 150, 5, NULL, 2, 2, 61);
-    test_swiglu(ops);
-    test_router(ops);
-    test_cross_entropy(ops);
-    test_moe_routing(ops);
-    test_adamw(ops);
+    test_attention(be, "150 tokens, causal, GQA 4/2", 150, 0, NULL, 4, 2, 61);
+    test_attention(be, "150 tokens, window 80 + documents", 150, 80, long_seg, 2, 1, 61);
+    test_attention(be, "150 tokens, window 5", 150, 5, NULL, 2, 2, 61);
+    test_swiglu(be);
+    test_router(be);
+    test_cross_entropy(be);
+    test_moe_routing(be);
+    test_adamw(be);
+    gale_backend_free(be);
     return check_report("test_model_ops");
 }
