@@ -29,6 +29,7 @@
 #include <xxhash.h>
 
 #include "data/sentencepiece_model.h"
+#include "data/tekken.h"
 #include "util/file.h"
 #include "util/hash.h"
 
@@ -76,6 +77,8 @@ struct gale_tokenizer {
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
     int has_unused;         /* some piece is UNUSED */
+    tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
+    size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
     char sha256[65];
 };
 
@@ -416,16 +419,37 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
     return id >= 0 && tok->types[id] == type ? id : -1;
 }
 
+/* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
+static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+{
+    tekken_file f;
+    if (tekken_parse(data, len, tok->name, &f, err) < 0)
+        return -1;
+    tok->model = f.vocab;
+    tok->n_special = f.n_special;
+    tok->splitter = tekken_splitter_new(f.pattern, tok->name, err);
+    tekken_file_free_pattern(&f);
+    if (!tok->splitter || index_pieces(tok, err) < 0)
+        return -1;
+    tok->split_words = 1;
+    return 0;
+}
+
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err)
 {
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
-    if (spm_model_parse(data, len, name, &tok->model, err) < 0 ||
-        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0) {
+    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
+             : spm_model_parse(data, len, name, &tok->model, err) < 0 || check_model_settings(&tok->model, name, err) < 0 ||
+                     index_pieces(tok, err) < 0
+                 ? -1
+                 : 0;
+    if (rc < 0) {
         tokenizer_free(tok);
         return NULL;
     }
-    tok->split_words = words_are_independent(tok);
+    if (!tok->splitter)
+        tok->split_words = words_are_independent(tok);
     for (int b = 0; b < 128; b++) {
         uint8_t c = (uint8_t)b;
         tok->ascii_keys[b] = symbol_key(tok, &c, 1);
@@ -452,6 +476,7 @@ void tokenizer_free(gale_tokenizer *tok)
     if (!tok)
         return;
     spm_model_free(&tok->model);
+    tekken_splitter_free(tok->splitter);
     piece_table_free(&tok->mergeable);
     piece_table_free(&tok->reserved);
     free(tok->scores);
@@ -467,9 +492,14 @@ int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
 int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
 const char *tokenizer_sha256(const gale_tokenizer *tok) { return tok->sha256; }
 
-/* sentencepiece's PieceToId without the fallback to <unk>. */
+/* sentencepiece's PieceToId without the fallback to <unk>; for Tekken, a special token's name
+ * is found before the same bytes in the vocabulary, as mistral-common's get_special_token does. */
 static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
 {
+    if (tok->splitter) {
+        int id = piece_table_find(&tok->reserved, &tok->model, piece, n);
+        return id >= 0 ? id : piece_table_find(&tok->mergeable, &tok->model, piece, n);
+    }
     int id = piece_table_find(&tok->mergeable, &tok->model, piece, n);
     return id >= 0 ? id : piece_table_find(&tok->reserved, &tok->model, piece, n);
 }
@@ -591,6 +621,8 @@ struct tokenizer_encoder {
     queued_word queue[WORD_QUEUE];
     size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
+    tekken_matcher *matcher; /* Tekken: the pre-tokenizer's state */
+    gale_bytes text;     /* Tekken: valid UTF-8 not yet cut into words */
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
     size_t symbols_cap;
@@ -809,11 +841,24 @@ static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, u
 static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
 {
     const gale_tokenizer *tok = e->tok;
+    if (tok->splitter) { /* tiktoken: a word that is a piece is that piece, whatever the merges */
+        int32_t id = piece_table_find(&tok->mergeable, &tok->model, w, n);
+        if (id >= 0) {
+            gale_ids_push(out, id);
+            return;
+        }
+    }
     size_t count = 0;
     for (size_t i = 0; i < n; count++) {
         if (count == e->symbols_cap) {
             e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
             e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
+        }
+        if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
+            e->symbols[count] = (bpe_symbol){(uint32_t)i, 1, (int32_t)count - 1, (int32_t)count + 1,
+                                             (uint32_t)(tok->n_special + w[i]), -1, 0, 0};
+            i++;
+            continue;
         }
         int32_t ud = -1;
         size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
@@ -1073,6 +1118,7 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
 static void encoder_reset(tokenizer_encoder *e)
 {
     e->pending.n = 0;
+    e->text.n = 0;
     e->started = 0;
     e->prev_space = 0;
     e->word.n = 0;
@@ -1082,10 +1128,37 @@ static void encoder_reset(tokenizer_encoder *e)
     e->last_was_unk = 0;
 }
 
+/* Tekken: s (the pending bytes or a new text) made valid UTF-8, then each word the regex
+ * finds in it encoded; unless final, what more text could change waits. Returns the bytes of s
+ * used. */
+static size_t tekken_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int final, gale_ids *out)
+{
+    size_t used = tekken_utf8_repair(s, n, final, &e->text);
+    size_t done = 0, start, end;
+    int rc;
+    while ((rc = tekken_next_word(e->matcher, e->text.v, e->text.n, done, final, &start, &end)) > 0) {
+        gale_bytes_append(&e->word, e->text.v + start, end - start);
+        flush_word(e, out);
+        done = end;
+    }
+    if (rc == 0)
+        done = e->text.n; /* no word in the rest: tiktoken skips it */
+    memmove(e->text.v, e->text.v + done, e->text.n - done);
+    e->text.n -= done;
+    return used;
+}
+
 void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len, gale_ids *out)
 {
     if (!len)
         return;
+    if (e->matcher) {
+        gale_bytes_append(&e->pending, chunk, len);
+        size_t used = tekken_run(e, e->pending.v, e->pending.n, 0, out);
+        memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
+        e->pending.n -= used;
+        return;
+    }
     gale_bytes_append(&e->pending, chunk, len);
     size_t used = normalize_run(e, e->pending.v, e->pending.n, 0, out);
     memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
@@ -1094,6 +1167,12 @@ void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len,
 
 void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
 {
+    if (e->matcher) {
+        tekken_run(e, e->pending.v, e->pending.n, 1, out);
+        encode_queue(e, out);
+        encoder_reset(e);
+        return;
+    }
     if (e->pending.n)
         normalize_run(e, e->pending.v, e->pending.n, 1, out);
     if (e->tok->model.normalizer.remove_extra_whitespaces)
@@ -1106,8 +1185,14 @@ void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
 
 void tokenizer_encoder_encode(tokenizer_encoder *e, const char *text, size_t len, gale_ids *out)
 {
-    if (e->pending.n || e->started)
+    if (e->pending.n || e->started || e->text.n)
         tokenizer_encoder_finish(e, out);
+    if (e->matcher) {
+        tekken_run(e, (const uint8_t *)text, len, 1, out);
+        encode_queue(e, out);
+        encoder_reset(e);
+        return;
+    }
     normalize_run(e, (const uint8_t *)text, len, 1, out);
     tokenizer_encoder_finish(e, out);
 }
@@ -1116,11 +1201,15 @@ static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
 {
     memset(e, 0, sizeof *e);
     e->tok = tok;
+    if (tok->splitter)
+        e->matcher = tekken_matcher_new(tok->splitter);
 }
 
 static void encoder_release(tokenizer_encoder *e)
 {
     gale_bytes_free(&e->pending);
+    gale_bytes_free(&e->text);
+    tekken_matcher_free(e->matcher);
     gale_bytes_free(&e->word);
     free(e->symbols);
     free(e->heap);
@@ -1189,8 +1278,29 @@ static void append_unescaped(gale_bytes *out, const uint8_t *s, size_t n)
     }
 }
 
+/* mistral-common's Tekkenizer.decode: the bytes of the vocabulary's ids, each run between
+ * special tokens (which it leaves out) decoded as UTF-8 on its own, ill-formed bytes as U+FFFD. */
+static void tekken_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out)
+{
+    gale_bytes bytes = {0};
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && ids[i] >= (int32_t)tok->n_special && (size_t)ids[i] < tok->model.n_pieces) {
+            const spm_piece *p = &tok->model.pieces[ids[i]];
+            gale_bytes_append(&bytes, p->piece, p->len);
+        } else {
+            tekken_utf8_repair(bytes.v, bytes.n, 1, out);
+            bytes.n = 0;
+        }
+    }
+    gale_bytes_free(&bytes);
+}
+
 void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out)
 {
+    if (tok->splitter) {
+        tekken_decode(tok, ids, n, out);
+        return;
+    }
     const spm_model *m = &tok->model;
     const size_t text_start = out->n;
     gale_bytes bytes = {0};
