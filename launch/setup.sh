@@ -36,4 +36,12 @@ fi
 if ! /usr/bin/python3 -c "import hdf5plugin" 2>/dev/null; then
   $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps hdf5plugin==7.1.0
 fi
+# mistral-common (PyPI): the reference of the Tekken tokenizer and chat template tests, and
+# tiktoken (its BPE) for the tokenizer benchmark. --no-deps for mistral-common, whose metadata
+# asks for numpy >= 1.25: its tokenizers run on Debian's numpy, which must stay.
+if ! /usr/bin/python3 -c "import mistral_common.tokens.tokenizers.tekken, tiktoken" 2>/dev/null; then
+  $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps mistral-common==1.13.1
+  $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages tiktoken==0.14.0 pydantic==2.14.4 \
+    pydantic-extra-types==2.11.1 pycountry==26.2.16 jsonschema==4.26.0 pillow==13.0.0
+fi
 echo "setup: all packages present"
