@@ -76,6 +76,13 @@ struct gale_tokenizer {
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
+    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): pairs of
+     * ASCII characters and "▁" in a bitmap, the others in a hash set of a << 32 | b, 0 empty.
+     * cut_pairs is 0 when words are not independent or a piece is not valid UTF-8. */
+    int cut_pairs;
+    uint64_t small_pairs[256 * 256 / 64];
+    uint64_t *pair_set;
+    size_t pair_mask;
     int has_unused;         /* some piece is UNUSED */
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
@@ -419,6 +426,97 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
     return id >= 0 && tok->types[id] == type ? id : -1;
 }
 
+/* ---- the pairs of characters that merges can join ---- */
+
+#define WS_CP 0x2581u
+#define NO_CHAR UINT32_MAX /* the last character of an empty word */
+
+/* The index of an ASCII character or "▁" in the bitmap, else 256. */
+static uint32_t small_index(uint32_t c)
+{
+    return c < 128 ? c : c == WS_CP ? 128 : 256;
+}
+
+static uint64_t pair_set_key(uint32_t a, uint32_t b)
+{
+    return ((uint64_t)a << 32 | b) + 1;
+}
+
+static size_t pair_set_slot(const gale_tokenizer *tok, uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & tok->pair_mask;
+}
+
+/* 1 when characters a then b lie next to each other inside some mergeable piece. */
+static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
+{
+    uint32_t x = small_index(a), y = small_index(b);
+    if (x < 256 && y < 256) {
+        uint32_t bit = x << 8 | y;
+        return (int)(tok->small_pairs[bit >> 6] >> (bit & 63) & 1);
+    }
+    uint64_t key = pair_set_key(a, b);
+    for (size_t i = pair_set_slot(tok, key);; i = (i + 1) & tok->pair_mask) {
+        if (tok->pair_set[i] == key)
+            return 1;
+        if (!tok->pair_set[i])
+            return 0;
+    }
+}
+
+static void pair_add(gale_tokenizer *tok, uint32_t a, uint32_t b)
+{
+    uint32_t x = small_index(a), y = small_index(b);
+    if (x < 256 && y < 256) {
+        uint32_t bit = x << 8 | y;
+        tok->small_pairs[bit >> 6] |= 1ull << (bit & 63);
+        return;
+    }
+    uint64_t key = pair_set_key(a, b);
+    size_t i = pair_set_slot(tok, key);
+    while (tok->pair_set[i] && tok->pair_set[i] != key)
+        i = (i + 1) & tok->pair_mask;
+    tok->pair_set[i] = key;
+}
+
+/* The pairs of adjacent characters of every mergeable piece. No merge joins two characters
+ * that are no such pair (its piece would hold them side by side), so a word can be cut there
+ * and its parts encoded one by one, as words are at "▁": long runs of CJK, paths and base64
+ * become short words that the cache keeps. Only where words are independent at all. */
+static void index_pairs(gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    if (!tok->split_words || tok->splitter)
+        return;
+    size_t bytes = 0;
+    for (size_t i = 0; i < m->n_pieces; i++)
+        bytes += m->pieces[i].len;
+    size_t cap = 64;
+    while (cap < 2 * bytes)
+        cap *= 2;
+    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
+    tok->pair_mask = cap - 1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
+            continue;
+        const uint8_t *s = (const uint8_t *)p->piece;
+        uint32_t prev = NO_CHAR;
+        for (size_t k = 0; k < p->len;) {
+            size_t len = utf8_char_len(s + k, p->len - k);
+            if (!len)
+                return; /* a piece that is not UTF-8: no cuts (cut_pairs stays 0) */
+            uint32_t c = utf8_codepoint(s + k, len);
+            if (prev != NO_CHAR)
+                pair_add(tok, prev, c);
+            prev = c;
+            k += len;
+        }
+    }
+    /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
+    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, WS_CP, WS_CP);
+}
+
 /* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
 static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
 {
@@ -450,6 +548,7 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     }
     if (!tok->splitter)
         tok->split_words = words_are_independent(tok);
+    index_pairs(tok);
     for (int b = 0; b < 128; b++) {
         uint8_t c = (uint8_t)b;
         tok->ascii_keys[b] = symbol_key(tok, &c, 1);
@@ -477,6 +576,7 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     tekken_splitter_free(tok->splitter);
+    free(tok->pair_set);
     piece_table_free(&tok->mergeable);
     piece_table_free(&tok->reserved);
     free(tok->scores);
@@ -617,7 +717,7 @@ struct tokenizer_encoder {
     int prev_space;      /* remove_extra_whitespaces: the last unit ended with a space */
     gale_bytes word;     /* normalised bytes of the queued words, then of the current word */
     size_t word_start;   /* where the current word starts in word */
-    int word_ends_ws;    /* the current word ends with "▁" */
+    uint32_t last_char;  /* the current word's last character, NO_CHAR when it is empty */
     queued_word queue[WORD_QUEUE];
     size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
@@ -1021,16 +1121,36 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
         if (e->queue_n == WORD_QUEUE)
             encode_queue(e, out);
     }
-    e->word_ends_ws = 0;
+    e->last_char = NO_CHAR;
+}
+
+/* Ends the current word in front of character c where no merge can join c to it: where the
+ * pair is in no mergeable piece (cut_pairs), or else at "▁" after another character. */
+static void join_or_cut(tokenizer_encoder *e, uint32_t c, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    if (e->last_char == NO_CHAR)
+        return;
+    if (tok->cut_pairs ? !pair_joins(tok, e->last_char, c)
+                       : tok->split_words && c == WS_CP && e->last_char != WS_CP)
+        flush_word(e, out);
+}
+
+/* The character of a normalised unit that starts at u (a space as "▁"). */
+static uint32_t unit_char(const uint8_t *u, size_t n)
+{
+    return u[0] == ' ' ? WS_CP : utf8_codepoint(u, utf8_char_len(u, n));
 }
 
 /* Appends one normalised unit (spaces not yet escaped) to the current word, first ending the
- * word when the unit starts with whitespace that follows something else. */
+ * word where the unit cannot join it (join_or_cut). */
 static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
 {
-    int starts_ws = u[0] == ' ' || is_ws_at(u, n);
-    if (e->tok->split_words && starts_ws && current_word_len(e) && !e->word_ends_ws)
-        flush_word(e, out);
+    join_or_cut(e, unit_char(u, n), out);
+    size_t last = n - 1;
+    while (last > 0 && is_trail(u[last]))
+        last--;
+    e->last_char = unit_char(u + last, n - last);
     if (!memchr(u, ' ', n))
         gale_bytes_append(&e->word, u, n);
     else
@@ -1040,7 +1160,6 @@ static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids
             else
                 gale_bytes_push(&e->word, u[i]);
         }
-    e->word_ends_ws = current_word_len(e) >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
 }
 
 /* sentencepiece's Normalizer::Normalize, one unit at a time (identity normaliser). */
@@ -1081,10 +1200,9 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
     while (i < n && (final || n - i >= lookahead)) {
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
-            if (tok->split_words && current_word_len(e) && !e->word_ends_ws)
-                flush_word(e, out);
+            join_or_cut(e, WS_CP, out);
             gale_bytes_append(&e->word, WS, WS_LEN);
-            e->word_ends_ws = 1;
+            e->last_char = WS_CP;
             i++;
             continue;
         }
@@ -1094,8 +1212,17 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             size_t j = i + 1, stop = final ? n : n - lookahead + 1;
             while (j < stop && plain_byte(tok, s[j]))
                 j++;
+            if (tok->cut_pairs) /* the cuts inside the run */
+                for (size_t k = i; k < j; k++) {
+                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_char, s[k])) {
+                        gale_bytes_append(&e->word, s + i, k - i);
+                        flush_word(e, out);
+                        i = k;
+                    }
+                    e->last_char = s[k];
+                }
             gale_bytes_append(&e->word, s + i, j - i);
-            e->word_ends_ws = 0;
+            e->last_char = s[j - 1];
             e->prev_space = 0;
             i = j;
             continue;
@@ -1124,7 +1251,7 @@ static void encoder_reset(tokenizer_encoder *e)
     e->word.n = 0;
     e->word_start = 0;
     e->queue_n = 0;
-    e->word_ends_ws = 0;
+    e->last_char = NO_CHAR;
     e->last_was_unk = 0;
 }
 
@@ -1201,6 +1328,7 @@ static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
 {
     memset(e, 0, sizeof *e);
     e->tok = tok;
+    e->last_char = NO_CHAR;
     if (tok->splitter)
         e->matcher = tekken_matcher_new(tok->splitter);
 }
