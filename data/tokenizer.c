@@ -37,6 +37,10 @@
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
 
+/* Characters below this have a bit that says whether they start any pair (see index_pairs):
+ * most CJK characters start none, and the bit answers for them without the pair set. */
+#define PAIR_LEFT_LIMIT 0x30000u
+
 /* Open-addressing hash table from piece bytes to id, over the pieces of the model. A slot holds
  * a short piece's bytes (most pieces), so that a lookup, hit or miss, reads one slot and not
  * the model's piece: this is the lookup of every merge the pair memo has not seen. A longer
@@ -82,7 +86,8 @@ struct gale_tokenizer {
     int cut_pairs;
     uint64_t small_pairs[256 * 256 / 64];
     uint64_t *pair_set;
-    size_t pair_mask;
+    size_t pair_mask, pair_count;
+    uint64_t pair_lefts[PAIR_LEFT_LIMIT / 64]; /* 1 for a character below the limit that starts a pair */
     int has_unused;         /* some piece is UNUSED */
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
@@ -455,6 +460,8 @@ static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
         uint32_t bit = x << 8 | y;
         return (int)(tok->small_pairs[bit >> 6] >> (bit & 63) & 1);
     }
+    if (a < PAIR_LEFT_LIMIT && !(tok->pair_lefts[a >> 6] >> (a & 63) & 1))
+        return 0;
     uint64_t key = pair_set_key(a, b);
     for (size_t i = pair_set_slot(tok, key);; i = (i + 1) & tok->pair_mask) {
         if (tok->pair_set[i] == key)
@@ -472,11 +479,35 @@ static void pair_add(gale_tokenizer *tok, uint32_t a, uint32_t b)
         tok->small_pairs[bit >> 6] |= 1ull << (bit & 63);
         return;
     }
+    if (a < PAIR_LEFT_LIMIT)
+        tok->pair_lefts[a >> 6] |= 1ull << (a & 63);
     uint64_t key = pair_set_key(a, b);
     size_t i = pair_set_slot(tok, key);
     while (tok->pair_set[i] && tok->pair_set[i] != key)
         i = (i + 1) & tok->pair_mask;
+    if (!tok->pair_set[i])
+        tok->pair_count++;
     tok->pair_set[i] = key;
+}
+
+/* Rebuilds the pair set at most a quarter full of its pairs: a few thousand, a table that
+ * stays in cache. */
+static void pair_set_compact(gale_tokenizer *tok)
+{
+    uint64_t *old = tok->pair_set;
+    size_t old_cap = tok->pair_mask + 1, cap = 64;
+    while (cap < 4 * tok->pair_count)
+        cap *= 2;
+    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
+    tok->pair_mask = cap - 1;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i]) {
+            size_t k = pair_set_slot(tok, old[i]);
+            while (tok->pair_set[k])
+                k = (k + 1) & tok->pair_mask;
+            tok->pair_set[k] = old[i];
+        }
+    free(old);
 }
 
 /* The pairs of adjacent characters of every mergeable piece. No merge joins two characters
@@ -513,6 +544,7 @@ static void index_pairs(gale_tokenizer *tok)
             k += len;
         }
     }
+    pair_set_compact(tok);
     /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
     tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, WS_CP, WS_CP);
 }
@@ -1227,8 +1259,20 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             i = j;
             continue;
         }
+        size_t len;
+        if (e->started && s[i] >= 0x80 && !tok->user_defined_first[s[i]] && (len = utf8_char_len(s + i, n - i))) {
+            /* a valid character that starts no user-defined piece: what normalize_unit and
+             * push_unit do with it, without the calls */
+            uint32_t c = utf8_codepoint(s + i, len);
+            join_or_cut(e, c, out);
+            gale_bytes_append(&e->word, s + i, len);
+            e->last_char = c;
+            e->prev_space = 0;
+            i += len;
+            continue;
+        }
         int32_t ud;
-        size_t len = user_defined_match(tok, s + i, n - i, &ud);
+        len = user_defined_match(tok, s + i, n - i, &ud);
         if (len) {
             normalize_unit(e, s + i, len, out);
         } else if ((len = utf8_char_len(s + i, n - i))) {
