@@ -26,7 +26,7 @@ static void usage(FILE *f)
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model)\n");
+               "  --tokenizer FILE  SentencePiece .model or Tekken .json (default DIR/tokenizer.model)\n");
 }
 
 typedef struct printer {
