@@ -2,9 +2,7 @@
  *   even  the rest is a Tekken file for tokenizer_load_bytes; when it loads, a text and the
  *         input are encoded and decoded (every id inside the vocabulary);
  *   odd   the rest is text for a small Tekken file built here (the 256 bytes, a few merges,
- *         Tekken's own pattern): tokenizer_encode, an encoder with its word cache and the same
- *         encoder fed two chunks cut where the input says must give the same ids, and decoding
- *         them and ids made from the input bytes must not fault. Run e.g.
+ *         Tekken's own pattern), checked as fuzz_encode_check.h says. Run e.g.
  *   ./fuzz_tekken -max_total_time=60 */
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -13,6 +11,7 @@
 #include <string.h>
 
 #include "data/tokenizer.h"
+#include "tests/fuzz/fuzz_encode_check.h"
 
 static const char *const merges[] = {"he", "ll", "llo", "hello", " w", "or", "ld", " world", "in", "ing",
                                      " t", "th", " the", "日本", "\xC3\xA9", "  ", "\n\n", "12", "!!", "\xE6\x9C\xAC"};
@@ -59,11 +58,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static int same(const gale_ids *a, const gale_ids *b)
-{
-    return a->n == b->n && (a->n == 0 || !memcmp(a->v, b->v, a->n * sizeof *a->v));
-}
-
 static void check_ids(const gale_tokenizer *tok, const gale_ids *ids)
 {
     for (size_t i = 0; i < ids->n; i++)
@@ -89,39 +83,12 @@ static void fuzz_file(const uint8_t *data, size_t size)
     tokenizer_free(tok);
 }
 
-static void fuzz_text(const uint8_t *data, size_t size)
-{
-    const char *text = (const char *)data;
-    gale_ids whole = {0}, cached = {0}, streamed = {0};
-    tokenizer_encode(small, text, size, &whole);
-    tokenizer_encoder_encode(enc, text, size, &cached);
-    size_t cut = size ? data[0] % (size + 1) : 0;
-    tokenizer_encoder_feed(enc, text, cut, &streamed);
-    tokenizer_encoder_feed(enc, text + cut, size - cut, &streamed);
-    tokenizer_encoder_finish(enc, &streamed);
-    if (!same(&whole, &cached) || !same(&whole, &streamed))
-        __builtin_trap();
-    check_ids(small, &whole);
-    gale_bytes out = {0};
-    tokenizer_decode(small, whole.v, whole.n, &out);
-    gale_ids raw = {0};
-    for (size_t i = 0; i + 1 < size; i += 2)
-        gale_ids_push(&raw, (int32_t)((data[i] << 8 | data[i + 1]) % 400) - 50);
-    out.n = 0;
-    tokenizer_decode(small, raw.v, raw.n, &out);
-    gale_ids_free(&raw);
-    gale_bytes_free(&out);
-    gale_ids_free(&whole);
-    gale_ids_free(&cached);
-    gale_ids_free(&streamed);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!size)
         return 0;
     if (data[0] & 1)
-        fuzz_text(data + 1, size - 1);
+        fuzz_encode_check(small, enc, data + 1, size - 1);
     else
         fuzz_file(data + 1, size - 1);
     return 0;
