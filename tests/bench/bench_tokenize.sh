@@ -146,6 +146,10 @@ for corpus in $corpora; do
         "$(rate "$bytes" "$tt_cpu")" "$(rate "$bytes" "$gt_cpu")" "$(ratio "$tt_cpu" "$gt_cpu")" "$same"
 done
 
+read -r load_cpu _ <<< "$(best_of "$tmp/empty.ids" "$gale" tokenize --tokenizer "$tekken" --input /dev/null)"
+echo
+echo "gale's fixed cost with the Tekken file (loading its 19 MB of JSON, no text): $load_cpu CPU s"
+
 if [ -f "$texts/mixed.txt" ]; then
     text=$texts/mixed.txt
     bytes=$(wc -c < "$text")
