@@ -1,6 +1,7 @@
-/* tokenizer: SentencePiece BPE encoding and decoding, id for id as sentencepiece 0.1.97 does.
+/* tokenizer: SentencePiece BPE encoding and decoding, id for id as sentencepiece 0.1.97 does,
+ * and Tekken's (mistral-common's Tekkenizer, tiktoken's BPE) through the same core.
  *
- * Encoding is a pipeline over the input bytes:
+ * SentencePiece encoding is a pipeline over the input bytes:
  *   normaliser  one unit at a time: a user-defined piece, a valid UTF-8 character, or U+FFFD
  *               for each byte that starts no valid character; spaces become U+2581 ("▁"), a
  *               dummy "▁" goes in front, and with remove_extra_whitespaces runs of spaces
@@ -10,7 +11,9 @@
  *               when the model is loaded), no merge can cross a cut, and sentencepiece's merge
  *               order restricted to one word is the order the word alone gets: so each word is
  *               encoded alone, its ids cached (complete words queue up, 16 at most, while
- *               their cache lines are fetched), and memory is bounded by the longest words;
+ *               their cache lines are fetched), and memory is bounded by the longest words.
+ *               Words are also cut between two characters that no mergeable piece holds side
+ *               by side (index_pairs), for the same reason;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
  *               the highest score merges first, leftmost on ties (a scan for short words, a
  *               binary heap for long ones); whether two symbols merge is a lookup of their
@@ -18,7 +21,10 @@
  *               memo keyed by the two symbols' integer keys (nothing is built at load);
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
  *               character with no piece becomes its <0xNN> byte pieces (or one <unk> for a
- *               run of them). */
+ *               run of them).
+ * Tekken: the text made valid UTF-8 (U+FFFD as Python decodes), cut into words by the
+ * file's regex (PCRE2), each word its piece when it is one (tiktoken's shortcut), else BPE
+ * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
 #include <stdlib.h>
@@ -1314,8 +1320,10 @@ static size_t tekken_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int f
     }
     if (rc == 0)
         done = e->text.n; /* no word in the rest: tiktoken skips it */
-    memmove(e->text.v, e->text.v + done, e->text.n - done);
-    e->text.n -= done;
+    if (done) {
+        memmove(e->text.v, e->text.v + done, e->text.n - done);
+        e->text.n -= done;
+    }
     return used;
 }
 
@@ -1326,8 +1334,10 @@ void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len,
     if (e->matcher) {
         gale_bytes_append(&e->pending, chunk, len);
         size_t used = tekken_run(e, e->pending.v, e->pending.n, 0, out);
-        memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
-        e->pending.n -= used;
+        if (used) {
+            memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
+            e->pending.n -= used;
+        }
         return;
     }
     gale_bytes_append(&e->pending, chunk, len);
