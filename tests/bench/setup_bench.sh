@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-bash "$root/launch/setup.sh" python3-torch linux-perf
+bash "$root/launch/setup.sh" python3-torch linux-perf iso-codes
 /usr/bin/python3 -c "import torch" || { echo "setup_bench: /usr/bin/python3 cannot import torch" >&2; exit 1; }
 # transformers (PyPI), the version that runs on Debian's torch 1.13: the peer that loads gale's
 # checkpoints in tests/train/test_hf_load.sh and generates beside gale sample.
