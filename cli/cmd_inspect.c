@@ -50,7 +50,7 @@ static void usage(FILE *f)
             "  --ids N           print row N as JSON: its tokens, segments and loss mask (for a\n"
             "                    pretraining shard, the mask of every non-padding token)\n"
             "  --split S         train (default) or val\n"
-            "  --tokenizer M     the SentencePiece model (file or name) to decode with (default: the manifest's)\n"
+            "  --tokenizer M     the tokenizer (file or name) to decode with (default: the manifest's)\n"
             "  --help            this message\n");
 }
 

@@ -13,7 +13,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|llama2]\n"
+    fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|v7|llama2]\n"
                "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer M]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
@@ -26,7 +26,8 @@ static void usage(FILE *f)
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer M     SentencePiece model file, or mistral-v1 / mistral-v3 (default DIR/tokenizer.model)\n");
+               "  --tokenizer M     SentencePiece .model or Tekken .json file, or mistral-v1 / mistral-v3\n"
+               "                    (default DIR/tokenizer.model)\n");
 }
 
 typedef struct printer {

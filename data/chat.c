@@ -9,7 +9,7 @@
 #include "data/chat_internal.h"
 #include "data/pyjson.h"
 
-static const char *const template_names[] = {"v1", "v3", "llama2"};
+static const char *const template_names[] = {"v1", "v3", "llama2", "v7"};
 static const char *const role_names[] = {"system", "user", "assistant", "tool"};
 static const char *const role_with_article[] = {"a system", "a user", "an assistant", "a tool"};
 
@@ -20,12 +20,17 @@ int chat_template_from_name(const char *name, enum chat_template *out, gale_erro
             *out = (enum chat_template)i;
             return 0;
         }
-    return gale_fail(err, "unknown chat template '%s' (expected v1, v3 or llama2)", name);
+    return gale_fail(err, "unknown chat template '%s' (expected v1, v3, v7 or llama2)", name);
 }
 
 const char *chat_template_name(enum chat_template tmpl)
 {
     return template_names[tmpl];
+}
+
+int chat_has_tools(enum chat_template tmpl)
+{
+    return tmpl == CHAT_MISTRAL_V3 || tmpl == CHAT_MISTRAL_V7;
 }
 
 void chat_encode_text(const struct chat_sink *s, const void *text, size_t len, gale_ids *to)
@@ -240,8 +245,8 @@ static int parse_assistant_calls(const json_t *msg, size_t i, enum chat_template
         return gale_fail(err, "messages[%zu].tool_calls: expected an array, got %s", i,
                          chat_json_type(calls));
     size_t n = json_array_size(calls);
-    if (n && tmpl != CHAT_MISTRAL_V3)
-        return gale_fail(err, "messages[%zu].tool_calls: the %s template has no tool calls (use v3)",
+    if (n && !chat_has_tools(tmpl))
+        return gale_fail(err, "messages[%zu].tool_calls: the %s template has no tool calls (use v3 or v7)",
                          i, chat_template_name(tmpl));
     out->calls = gale_xcalloc(n, sizeof *out->calls);
     for (size_t k = 0; k < n; k++) {
@@ -271,8 +276,8 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
                          role_with_article[out->role]);
 
     if (out->role == CHAT_ROLE_TOOL) {
-        if (tmpl != CHAT_MISTRAL_V3)
-            return gale_fail(err, "messages[%zu]: the %s template has no tool messages (use v3)", i,
+        if (!chat_has_tools(tmpl))
+            return gale_fail(err, "messages[%zu]: the %s template has no tool messages (use v3 or v7)", i,
                              chat_template_name(tmpl));
         return parse_tool_message(msg, i, out, err);
     }
@@ -281,7 +286,7 @@ static int parse_message(const json_t *msg, size_t i, enum chat_template tmpl,
     if (parse_assistant_calls(msg, i, tmpl, out, err))
         return -1;
     bool has_text = out->content && json_string_length(out->content) > 0;
-    if (has_text == (out->n_calls > 0))
+    if (tmpl != CHAT_MISTRAL_V7 && has_text == (out->n_calls > 0)) /* v7 checks the merged turn */
         return gale_fail(err,
                          "messages[%zu]: an assistant message needs a non-empty \"content\" or "
                          "\"tool_calls\", %s", i, has_text ? "not both" : "and has neither");
@@ -438,8 +443,8 @@ static int parse_tools(const json_t *conversation, enum chat_template tmpl, json
         return gale_fail(err, "tools: expected an array, got %s", chat_json_type(tools));
     if (json_array_size(tools) == 0)
         return 0;
-    if (tmpl != CHAT_MISTRAL_V3)
-        return gale_fail(err, "tools: the %s template has no tools (use v3)", chat_template_name(tmpl));
+    if (!chat_has_tools(tmpl))
+        return gale_fail(err, "tools: the %s template has no tools (use v3 or v7)", chat_template_name(tmpl));
     *out = json_array();
     for (size_t k = 0; k < json_array_size(tools); k++)
         if (parse_tool(json_array_get(tools, k), k, *out, err))
@@ -468,28 +473,30 @@ static struct chat_turn *new_turn(struct chat_conversation *conv, enum chat_role
     return t;
 }
 
-/* mistral-common's normaliser: system messages make the system prompt (and split runs),
- * tool messages stay one per turn, runs of user or assistant messages of one weight merge
- * into one turn. */
-static int merge_turns(const struct chat_message *m, size_t n, bool only_last,
+/* mistral-common's normaliser: system messages make the system prompt (and split runs;
+ * v7's: each stays a turn of its own), tool messages stay one per turn, runs of user or
+ * assistant messages of one weight merge into one turn. */
+static int merge_turns(const struct chat_message *m, size_t n, enum chat_template tmpl, bool only_last,
                        struct chat_conversation *conv, gale_error *err)
 {
+    bool v7 = tmpl == CHAT_MISTRAL_V7;
     for (size_t i = 0; i < n; i++) {
         const struct chat_message *msg = &m[i];
-        if (msg->role == CHAT_ROLE_SYSTEM) {
+        if (msg->role == CHAT_ROLE_SYSTEM && !v7) {
             conv->has_system = 1;
             append_joined(&conv->system_prompt, msg->content);
             continue;
         }
         struct chat_turn *t = conv->n_turns ? &conv->turns[conv->n_turns - 1] : NULL;
         bool same_run = i > 0 && t && m[i - 1].role == msg->role && msg->role != CHAT_ROLE_TOOL &&
-                        m[i - 1].weight == msg->weight;
+                        msg->role != CHAT_ROLE_SYSTEM && m[i - 1].weight == msg->weight;
         if (!same_run)
             t = new_turn(conv, msg->role, i);
         append_joined(&t->text, msg->content);
         if (msg->role == CHAT_ROLE_TOOL) {
             t->call_id = msg->call_id;
-            t->tool_result = normalized_json_text(msg->content);
+            if (!v7) /* v7 renders the content as it is */
+                t->tool_result = normalized_json_text(msg->content);
         }
         if (msg->n_calls) {
             t->calls = gale_xrealloc(t->calls, (t->n_calls + msg->n_calls) * sizeof *t->calls);
@@ -498,14 +505,19 @@ static int merge_turns(const struct chat_message *m, size_t n, bool only_last,
                 json_incref(t->calls[t->n_calls++].arguments);
             }
         }
-        if (t->n_calls && t->text.n)
+        if (t->n_calls && t->text.n && !v7)
             return gale_fail(err,
                              "messages[%zu]: merged with the assistant message messages[%zu], it "
                              "makes one turn with both content and tool calls, which v3 cannot "
                              "render", i, t->message);
         t->trained = msg->role == CHAT_ROLE_ASSISTANT && msg->weight != 0;
     }
-    if (!conv->n_turns || conv->turns[0].role != CHAT_ROLE_USER) {
+    for (size_t k = 0; v7 && k < conv->n_turns; k++)
+        if (conv->turns[k].role == CHAT_ROLE_ASSISTANT && !conv->turns[k].text.n && !conv->turns[k].n_calls)
+            return gale_fail(err, "messages[%zu]: an assistant message needs a non-empty \"content\" or "
+                             "\"tool_calls\", and has neither", conv->turns[k].message);
+    /* an empty user turn in front, where v3 needs one; v7 opens with whatever comes first */
+    if (!conv->n_turns || (!v7 && conv->turns[0].role != CHAT_ROLE_USER)) {
         new_turn(conv, CHAT_ROLE_USER, 0);
         memmove(conv->turns + 1, conv->turns, (conv->n_turns - 1) * sizeof *conv->turns);
         memset(&conv->turns[0], 0, sizeof conv->turns[0]);
@@ -565,7 +577,7 @@ static int read_conversation(const json_t *conversation, enum chat_template tmpl
         rc = tmpl == CHAT_LLAMA2 ? check_llama2_structure(m, n, purpose, err)
                                  : check_mistral_structure(m, n, purpose, err);
     if (!rc)
-        rc = merge_turns(m, n, only_last, conv, err);
+        rc = merge_turns(m, n, tmpl, only_last, conv, err);
     for (size_t i = 0; i < n; i++)
         calls_free(m[i].calls, m[i].n_calls);
     free(m);

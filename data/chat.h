@@ -7,6 +7,11 @@
  *           tokens [INST] [/INST] [AVAILABLE_TOOLS] [TOOL_CALLS] [TOOL_RESULTS]..., the system
  *           prompt and the tool list in front of the last user message, tool calls and
  *           results as Python-serialised JSON with their 9-character call ids.
+ *   v7      Mistral Small 3 and later (InstructTokenizerV7, with a Tekken or v7 SentencePiece
+ *           tokenizer): as v3, but each system message stays where it is as
+ *           [SYSTEM_PROMPT] {text} [/SYSTEM_PROMPT], an answer may hold text then tool calls,
+ *           and a tool result is [TOOL_RESULTS] {call id} [TOOL_CONTENT] {content}
+ *           [/TOOL_RESULTS] with the content as it is.
  *   llama2  Llama 2-Chat (Meta's chat_completion): each (user, answer) pair is
  *           <s> "[INST] {user} [/INST] {answer} " </s>, the system prompt inside the first
  *           user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n"; no tools.
@@ -43,11 +48,11 @@
 #include "util/error.h"
 #include "util/vec.h"
 
-enum chat_template { CHAT_MISTRAL_V1, CHAT_MISTRAL_V3, CHAT_LLAMA2 };
+enum chat_template { CHAT_MISTRAL_V1, CHAT_MISTRAL_V3, CHAT_LLAMA2, CHAT_MISTRAL_V7 };
 
 enum chat_purpose { CHAT_FOR_TRAINING, CHAT_FOR_PROMPT };
 
-/* "v1", "v3" or "llama2"; -1 and a message listing them otherwise. */
+/* "v1", "v3", "llama2" or "v7"; -1 and a message listing them otherwise. */
 int chat_template_from_name(const char *name, enum chat_template *out, gale_error *err);
 const char *chat_template_name(enum chat_template tmpl);
 

@@ -21,12 +21,12 @@ struct chat_call {
 
 /* One turn: consecutive messages of one role (and weight) merged, as mistral-common does. */
 struct chat_turn {
-    enum chat_role role;     /* never CHAT_ROLE_SYSTEM: system text is in system_prompt */
+    enum chat_role role;     /* CHAT_ROLE_SYSTEM in v7 only; else system text is in system_prompt */
     size_t message;          /* index in "messages" of the turn's first message */
     gale_bytes text;         /* contents joined with "\n\n" */
     struct chat_call *calls; /* assistant only */
     size_t n_calls;
-    json_t *tool_result;     /* tool only, owned: the content parsed as JSON, or the string */
+    json_t *tool_result;     /* tool only, owned (v3): the content parsed as JSON, or the string */
     const char *call_id;     /* tool only */
     int trained;             /* assistant only: its ids are training targets */
 };
@@ -34,7 +34,7 @@ struct chat_turn {
 struct chat_conversation {
     int has_system;          /* any system message, even an empty one (llama2 wraps it anyway) */
     gale_bytes system_prompt; /* the non-empty system contents joined with "\n\n" */
-    json_t *tools;           /* owned, v3 only: the tool list in mistral-common's shape, or NULL */
+    json_t *tools;           /* owned, v3 and v7: the tool list in mistral-common's shape, or NULL */
     struct chat_turn *turns;
     size_t n_turns;
 };
@@ -47,6 +47,9 @@ struct chat_sink {
     gale_ids *ids;
     gale_bytes *mask;
 };
+
+/* v3 and v7 have tools, tool calls and tool results; v1 and llama2 do not. */
+int chat_has_tools(enum chat_template tmpl);
 
 int chat_render_mistral(const struct chat_sink *s, enum chat_template tmpl,
                         const struct chat_conversation *conv, gale_error *err);

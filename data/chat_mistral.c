@@ -1,35 +1,45 @@
-/* chat_mistral: the v1 and v3 templates, as mistral-common's InstructTokenizerV1 and V3
- * encode a normalised request. */
+/* chat_mistral: the v1, v3 and v7 templates, as mistral-common's InstructTokenizerV1, V3 and
+ * V7 encode a normalised request. */
 #include <string.h>
 
 #include "data/chat_internal.h"
 #include "data/pyjson.h"
 
-/* The v3 control tokens, looked up by piece so that a v1 model is refused by name. */
+/* The v3 and v7 control tokens, looked up by piece so that a v1 model is refused by name. */
 struct v3_tokens {
     int32_t inst, end_inst, tools, end_tools, tool_calls, results, end_results;
+    int32_t system, end_system, tool_content; /* v7 */
 };
 
-static int control_id(const gale_tokenizer *tok, const char *piece, int32_t *out, gale_error *err)
+static int control_id(const gale_tokenizer *tok, enum chat_template tmpl, const char *piece, int32_t *out,
+                      gale_error *err)
 {
     int id = tokenizer_piece_id(tok, piece);
     if (id < 0)
         return gale_fail(err,
-                         "the v3 chat template needs the control token %s, which this tokenizer "
-                         "lacks (use a Mistral v3 tokenizer such as mistral-v3.model)", piece);
+                         "the %s chat template needs the control token %s, which this tokenizer "
+                         "lacks (use a Mistral %s tokenizer such as %s)", chat_template_name(tmpl), piece,
+                         chat_template_name(tmpl), tmpl == CHAT_MISTRAL_V3 ? "mistral-v3.model" : "a Tekken file");
     *out = id;
     return 0;
 }
 
-static int v3_tokens_find(const gale_tokenizer *tok, struct v3_tokens *t, gale_error *err)
+static int v3_tokens_find(const gale_tokenizer *tok, enum chat_template tmpl, struct v3_tokens *t, gale_error *err)
 {
-    return control_id(tok, "[INST]", &t->inst, err) ||
-           control_id(tok, "[/INST]", &t->end_inst, err) ||
-           control_id(tok, "[AVAILABLE_TOOLS]", &t->tools, err) ||
-           control_id(tok, "[/AVAILABLE_TOOLS]", &t->end_tools, err) ||
-           control_id(tok, "[TOOL_CALLS]", &t->tool_calls, err) ||
-           control_id(tok, "[TOOL_RESULTS]", &t->results, err) ||
-           control_id(tok, "[/TOOL_RESULTS]", &t->end_results, err) ? -1 : 0;
+    if (control_id(tok, tmpl, "[INST]", &t->inst, err) || control_id(tok, tmpl, "[/INST]", &t->end_inst, err) ||
+        control_id(tok, tmpl, "[AVAILABLE_TOOLS]", &t->tools, err) ||
+        control_id(tok, tmpl, "[/AVAILABLE_TOOLS]", &t->end_tools, err) ||
+        control_id(tok, tmpl, "[TOOL_CALLS]", &t->tool_calls, err) ||
+        control_id(tok, tmpl, "[TOOL_RESULTS]", &t->results, err) ||
+        control_id(tok, tmpl, "[/TOOL_RESULTS]", &t->end_results, err))
+        return -1;
+    if (tmpl != CHAT_MISTRAL_V7)
+        return 0;
+    return control_id(tok, tmpl, "[SYSTEM_PROMPT]", &t->system, err) ||
+                   control_id(tok, tmpl, "[/SYSTEM_PROMPT]", &t->end_system, err) ||
+                   control_id(tok, tmpl, "[TOOL_CONTENT]", &t->tool_content, err)
+               ? -1
+               : 0;
 }
 
 static void emit_json(const struct chat_sink *s, const json_t *value, uint8_t m, gale_bytes *buf)
@@ -41,13 +51,14 @@ static void emit_json(const struct chat_sink *s, const json_t *value, uint8_t m,
 
 /* v1: the text "[INST] {system}\n\n{user} [/INST]", the system prompt on the first user turn.
  * v3: [AVAILABLE_TOOLS] tools [/AVAILABLE_TOOLS] before the last user turn, then
- * [INST] {system}\n\n{user} [/INST], the system prompt on the last user turn. */
+ * [INST] {system}\n\n{user} [/INST], the system prompt on the last user turn.
+ * v7: as v3 without the system prompt, which has turns of its own. */
 static void emit_user(const struct chat_sink *s, enum chat_template tmpl, const struct v3_tokens *t,
                       const struct chat_conversation *conv, const struct chat_turn *turn,
                       int first, int last, gale_bytes *buf)
 {
     int with_system = conv->system_prompt.n && (tmpl == CHAT_MISTRAL_V1 ? first : last);
-    if (tmpl == CHAT_MISTRAL_V3 && last && conv->tools) {
+    if (tmpl != CHAT_MISTRAL_V1 && last && conv->tools) {
         chat_emit_id(s, t->tools, 0);
         emit_json(s, conv->tools, 0, buf);
         chat_emit_id(s, t->end_tools, 0);
@@ -70,12 +81,18 @@ static void emit_user(const struct chat_sink *s, enum chat_template tmpl, const 
     }
 }
 
-/* [TOOL_CALLS] [{"name": ..., "arguments": ..., "id": ...}, ...] or the text (v3 strips
- * trailing spaces, v1 does not), then </s>; all of it is the answer. */
+/* The text (v3 and v7 strip trailing spaces, v1 does not) and/or [TOOL_CALLS] [{"name": ...,
+ * "arguments": ..., "id": ...}, ...] (v7 may have both), then </s>; all of it is the answer. */
 static void emit_assistant(const struct chat_sink *s, enum chat_template tmpl,
                            const struct v3_tokens *t, const struct chat_turn *turn, gale_bytes *buf)
 {
     uint8_t m = turn->trained ? 1 : 0;
+    size_t len = turn->text.n;
+    if (tmpl != CHAT_MISTRAL_V1)
+        while (len && turn->text.v[len - 1] == ' ')
+            len--;
+    if (len || !turn->n_calls)
+        chat_emit_text(s, turn->text.v, len, m);
     if (turn->n_calls) {
         json_t *calls = json_array();
         for (size_t k = 0; k < turn->n_calls; k++) {
@@ -89,20 +106,23 @@ static void emit_assistant(const struct chat_sink *s, enum chat_template tmpl,
         chat_emit_id(s, t->tool_calls, m);
         emit_json(s, calls, m, buf);
         json_decref(calls);
-    } else {
-        size_t len = turn->text.n;
-        if (tmpl == CHAT_MISTRAL_V3)
-            while (len && turn->text.v[len - 1] == ' ')
-                len--;
-        chat_emit_text(s, turn->text.v, len, m);
     }
     chat_emit_id(s, tokenizer_eos_id(s->tok), m);
 }
 
-/* [TOOL_RESULTS] {"content": ..., "call_id": ...} [/TOOL_RESULTS] */
-static void emit_tool_result(const struct chat_sink *s, const struct v3_tokens *t,
+/* v3: [TOOL_RESULTS] {"content": ..., "call_id": ...} [/TOOL_RESULTS]
+ * v7: [TOOL_RESULTS] {call id} [TOOL_CONTENT] {content} [/TOOL_RESULTS] */
+static void emit_tool_result(const struct chat_sink *s, enum chat_template tmpl, const struct v3_tokens *t,
                              const struct chat_turn *turn, gale_bytes *buf)
 {
+    if (tmpl == CHAT_MISTRAL_V7) {
+        chat_emit_id(s, t->results, 0);
+        chat_emit_text(s, turn->call_id, strlen(turn->call_id), 0);
+        chat_emit_id(s, t->tool_content, 0);
+        chat_emit_text(s, turn->text.v, turn->text.n, 0);
+        chat_emit_id(s, t->end_results, 0);
+        return;
+    }
     json_t *result = json_object();
     json_object_set(result, "content", turn->tool_result);
     json_object_set_new(result, "call_id", json_string(turn->call_id));
@@ -116,7 +136,7 @@ int chat_render_mistral(const struct chat_sink *s, enum chat_template tmpl,
                         const struct chat_conversation *conv, gale_error *err)
 {
     struct v3_tokens t = {0};
-    if (tmpl == CHAT_MISTRAL_V3 && v3_tokens_find(s->tok, &t, err))
+    if (tmpl != CHAT_MISTRAL_V1 && v3_tokens_find(s->tok, tmpl, &t, err))
         return -1;
     size_t first_user = conv->n_turns, last_user = 0;
     for (size_t i = 0; i < conv->n_turns; i++)
@@ -138,10 +158,13 @@ int chat_render_mistral(const struct chat_sink *s, enum chat_template tmpl,
             emit_assistant(s, tmpl, &t, turn, &buf);
             break;
         case CHAT_ROLE_TOOL:
-            emit_tool_result(s, &t, turn, &buf);
+            emit_tool_result(s, tmpl, &t, turn, &buf);
             break;
-        case CHAT_ROLE_SYSTEM:
-            break;  /* merged into the system prompt by chat.c */
+        case CHAT_ROLE_SYSTEM: /* v7; the others merge it into the system prompt (chat.c) */
+            chat_emit_id(s, t.system, 0);
+            chat_emit_text(s, turn->text.v, turn->text.n, 0);
+            chat_emit_id(s, t.end_system, 0);
+            break;
         }
     }
     gale_bytes_free(&buf);

@@ -1,6 +1,7 @@
-/* tokenizer: SentencePiece BPE encoding and decoding, id for id as sentencepiece 0.1.97 does.
+/* tokenizer: SentencePiece BPE encoding and decoding, id for id as sentencepiece 0.1.97 does,
+ * and Tekken's (mistral-common's Tekkenizer, tiktoken's BPE) through the same core.
  *
- * Encoding is a pipeline over the input bytes:
+ * SentencePiece encoding is a pipeline over the input bytes:
  *   normaliser  one unit at a time: a user-defined piece, a valid UTF-8 character, or U+FFFD
  *               for each byte that starts no valid character; spaces become U+2581 ("▁"), a
  *               dummy "▁" goes in front, and with remove_extra_whitespaces runs of spaces
@@ -10,7 +11,9 @@
  *               when the model is loaded), no merge can cross a cut, and sentencepiece's merge
  *               order restricted to one word is the order the word alone gets: so each word is
  *               encoded alone, its ids cached (complete words queue up, 16 at most, while
- *               their cache lines are fetched), and memory is bounded by the longest words;
+ *               their cache lines are fetched), and memory is bounded by the longest words.
+ *               Words are also cut between two characters that no mergeable piece holds side
+ *               by side (index_pairs), for the same reason;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
  *               the highest score merges first, leftmost on ties (a scan for short words, a
  *               binary heap for long ones); whether two symbols merge is a lookup of their
@@ -18,7 +21,10 @@
  *               memo keyed by the two symbols' integer keys (nothing is built at load);
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
  *               character with no piece becomes its <0xNN> byte pieces (or one <unk> for a
- *               run of them). */
+ *               run of them).
+ * Tekken: the text made valid UTF-8 (U+FFFD as Python decodes), cut into words by the
+ * file's regex (PCRE2), each word its piece when it is one (tiktoken's shortcut), else BPE
+ * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
 #include <stdlib.h>
@@ -29,6 +35,7 @@
 #include <xxhash.h>
 
 #include "data/sentencepiece_model.h"
+#include "data/tekken.h"
 #include "data/tokenizer_find.h"
 #include "util/file.h"
 #include "util/hash.h"
@@ -36,6 +43,10 @@
 #define WS "\xE2\x96\x81" /* U+2581, sentencepiece's whitespace symbol */
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
+
+/* Characters below this have a bit that says whether they start any pair (see index_pairs):
+ * most CJK characters start none, and the bit answers for them without the pair set. */
+#define PAIR_LEFT_LIMIT 0x30000u
 
 /* Open-addressing hash table from piece bytes to id, over the pieces of the model. A slot holds
  * a short piece's bytes (most pieces), so that a lookup, hit or miss, reads one slot and not
@@ -76,7 +87,17 @@ struct gale_tokenizer {
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
+    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): pairs of
+     * ASCII characters and "▁" in a bitmap, the others in a hash set of a << 32 | b, 0 empty.
+     * cut_pairs is 0 when words are not independent or a piece is not valid UTF-8. */
+    int cut_pairs;
+    uint64_t small_pairs[256 * 256 / 64];
+    uint64_t *pair_set;
+    size_t pair_mask, pair_count;
+    uint64_t pair_lefts[PAIR_LEFT_LIMIT / 64]; /* 1 for a character below the limit that starts a pair */
     int has_unused;         /* some piece is UNUSED */
+    tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
+    size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
     char sha256[65];
 };
 
@@ -417,16 +438,156 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
     return id >= 0 && tok->types[id] == type ? id : -1;
 }
 
+/* ---- the pairs of characters that merges can join ---- */
+
+#define WS_CP 0x2581u
+#define NO_CHAR UINT32_MAX /* the last character of an empty word */
+
+/* The index of an ASCII character or "▁" in the bitmap, else 256. */
+static uint32_t small_index(uint32_t c)
+{
+    return c < 128 ? c : c == WS_CP ? 128 : 256;
+}
+
+static uint64_t pair_set_key(uint32_t a, uint32_t b)
+{
+    return ((uint64_t)a << 32 | b) + 1;
+}
+
+static size_t pair_set_slot(const gale_tokenizer *tok, uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & tok->pair_mask;
+}
+
+/* 1 when characters a then b lie next to each other inside some mergeable piece. */
+static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
+{
+    uint32_t x = small_index(a), y = small_index(b);
+    if (x < 256 && y < 256) {
+        uint32_t bit = x << 8 | y;
+        return (int)(tok->small_pairs[bit >> 6] >> (bit & 63) & 1);
+    }
+    if (a < PAIR_LEFT_LIMIT && !(tok->pair_lefts[a >> 6] >> (a & 63) & 1))
+        return 0;
+    uint64_t key = pair_set_key(a, b);
+    for (size_t i = pair_set_slot(tok, key);; i = (i + 1) & tok->pair_mask) {
+        if (tok->pair_set[i] == key)
+            return 1;
+        if (!tok->pair_set[i])
+            return 0;
+    }
+}
+
+static void pair_add(gale_tokenizer *tok, uint32_t a, uint32_t b)
+{
+    uint32_t x = small_index(a), y = small_index(b);
+    if (x < 256 && y < 256) {
+        uint32_t bit = x << 8 | y;
+        tok->small_pairs[bit >> 6] |= 1ull << (bit & 63);
+        return;
+    }
+    if (a < PAIR_LEFT_LIMIT)
+        tok->pair_lefts[a >> 6] |= 1ull << (a & 63);
+    uint64_t key = pair_set_key(a, b);
+    size_t i = pair_set_slot(tok, key);
+    while (tok->pair_set[i] && tok->pair_set[i] != key)
+        i = (i + 1) & tok->pair_mask;
+    if (!tok->pair_set[i])
+        tok->pair_count++;
+    tok->pair_set[i] = key;
+}
+
+/* Rebuilds the pair set at most a quarter full of its pairs: a few thousand, a table that
+ * stays in cache. */
+static void pair_set_compact(gale_tokenizer *tok)
+{
+    uint64_t *old = tok->pair_set;
+    size_t old_cap = tok->pair_mask + 1, cap = 64;
+    while (cap < 4 * tok->pair_count)
+        cap *= 2;
+    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
+    tok->pair_mask = cap - 1;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i]) {
+            size_t k = pair_set_slot(tok, old[i]);
+            while (tok->pair_set[k])
+                k = (k + 1) & tok->pair_mask;
+            tok->pair_set[k] = old[i];
+        }
+    free(old);
+}
+
+/* The pairs of adjacent characters of every mergeable piece. No merge joins two characters
+ * that are no such pair (its piece would hold them side by side), so a word can be cut there
+ * and its parts encoded one by one, as words are at "▁": long runs of CJK, paths and base64
+ * become short words that the cache keeps. Only where words are independent at all. */
+static void index_pairs(gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    if (!tok->split_words || tok->splitter)
+        return;
+    size_t bytes = 0;
+    for (size_t i = 0; i < m->n_pieces; i++)
+        bytes += m->pieces[i].len;
+    size_t cap = 64;
+    while (cap < 2 * bytes)
+        cap *= 2;
+    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
+    tok->pair_mask = cap - 1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
+            continue;
+        const uint8_t *s = (const uint8_t *)p->piece;
+        uint32_t prev = NO_CHAR;
+        for (size_t k = 0; k < p->len;) {
+            size_t len = utf8_char_len(s + k, p->len - k);
+            if (!len)
+                return; /* a piece that is not UTF-8: no cuts (cut_pairs stays 0) */
+            uint32_t c = utf8_codepoint(s + k, len);
+            if (prev != NO_CHAR)
+                pair_add(tok, prev, c);
+            prev = c;
+            k += len;
+        }
+    }
+    pair_set_compact(tok);
+    /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
+    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, WS_CP, WS_CP);
+}
+
+/* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
+static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+{
+    tekken_file f;
+    if (tekken_parse(data, len, tok->name, &f, err) < 0)
+        return -1;
+    tok->model = f.vocab;
+    tok->n_special = f.n_special;
+    tok->splitter = tekken_splitter_new(f.pattern, tok->name, err);
+    tekken_file_free_pattern(&f);
+    if (!tok->splitter || index_pieces(tok, err) < 0)
+        return -1;
+    tok->split_words = 1;
+    return 0;
+}
+
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err)
 {
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
-    if (spm_model_parse(data, len, name, &tok->model, err) < 0 ||
-        check_model_settings(&tok->model, name, err) < 0 || index_pieces(tok, err) < 0) {
+    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
+             : spm_model_parse(data, len, name, &tok->model, err) < 0 || check_model_settings(&tok->model, name, err) < 0 ||
+                     index_pieces(tok, err) < 0
+                 ? -1
+                 : 0;
+    if (rc < 0) {
         tokenizer_free(tok);
         return NULL;
     }
-    tok->split_words = words_are_independent(tok);
+    if (!tok->splitter)
+        tok->split_words = words_are_independent(tok);
+    index_pairs(tok);
     for (int b = 0; b < 128; b++) {
         uint8_t c = (uint8_t)b;
         tok->ascii_keys[b] = symbol_key(tok, &c, 1);
@@ -459,6 +620,8 @@ void tokenizer_free(gale_tokenizer *tok)
     if (!tok)
         return;
     spm_model_free(&tok->model);
+    tekken_splitter_free(tok->splitter);
+    free(tok->pair_set);
     piece_table_free(&tok->mergeable);
     piece_table_free(&tok->reserved);
     free(tok->scores);
@@ -474,9 +637,14 @@ int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
 int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
 const char *tokenizer_sha256(const gale_tokenizer *tok) { return tok->sha256; }
 
-/* sentencepiece's PieceToId without the fallback to <unk>. */
+/* sentencepiece's PieceToId without the fallback to <unk>; for Tekken, a special token's name
+ * is found before the same bytes in the vocabulary, as mistral-common's get_special_token does. */
 static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
 {
+    if (tok->splitter) {
+        int id = piece_table_find(&tok->reserved, &tok->model, piece, n);
+        return id >= 0 ? id : piece_table_find(&tok->mergeable, &tok->model, piece, n);
+    }
     int id = piece_table_find(&tok->mergeable, &tok->model, piece, n);
     return id >= 0 ? id : piece_table_find(&tok->reserved, &tok->model, piece, n);
 }
@@ -600,10 +768,12 @@ struct tokenizer_encoder {
     int prev_space;      /* remove_extra_whitespaces: the last unit ended with a space */
     gale_bytes word;     /* normalised bytes of the queued words, then of the current word */
     size_t word_start;   /* where the current word starts in word */
-    int word_ends_ws;    /* the current word ends with "▁" */
+    uint32_t last_char;  /* the current word's last character, NO_CHAR when it is empty */
     queued_word queue[WORD_QUEUE];
     size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
+    tekken_matcher *matcher; /* Tekken: the pre-tokenizer's state */
+    gale_bytes text;     /* Tekken: valid UTF-8 not yet cut into words */
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
     size_t symbols_cap;
@@ -822,11 +992,24 @@ static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, u
 static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, gale_ids *out)
 {
     const gale_tokenizer *tok = e->tok;
+    if (tok->splitter) { /* tiktoken: a word that is a piece is that piece, whatever the merges */
+        int32_t id = piece_table_find(&tok->mergeable, &tok->model, w, n);
+        if (id >= 0) {
+            gale_ids_push(out, id);
+            return;
+        }
+    }
     size_t count = 0;
     for (size_t i = 0; i < n; count++) {
         if (count == e->symbols_cap) {
             e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
             e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
+        }
+        if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
+            e->symbols[count] = (bpe_symbol){(uint32_t)i, 1, (int32_t)count - 1, (int32_t)count + 1,
+                                             (uint32_t)(tok->n_special + w[i]), -1, 0, 0};
+            i++;
+            continue;
         }
         int32_t ud = -1;
         size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
@@ -989,16 +1172,36 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
         if (e->queue_n == WORD_QUEUE)
             encode_queue(e, out);
     }
-    e->word_ends_ws = 0;
+    e->last_char = NO_CHAR;
+}
+
+/* Ends the current word in front of character c where no merge can join c to it: where the
+ * pair is in no mergeable piece (cut_pairs), or else at "▁" after another character. */
+static void join_or_cut(tokenizer_encoder *e, uint32_t c, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    if (e->last_char == NO_CHAR)
+        return;
+    if (tok->cut_pairs ? !pair_joins(tok, e->last_char, c)
+                       : tok->split_words && c == WS_CP && e->last_char != WS_CP)
+        flush_word(e, out);
+}
+
+/* The character of a normalised unit that starts at u (a space as "▁"). */
+static uint32_t unit_char(const uint8_t *u, size_t n)
+{
+    return u[0] == ' ' ? WS_CP : utf8_codepoint(u, utf8_char_len(u, n));
 }
 
 /* Appends one normalised unit (spaces not yet escaped) to the current word, first ending the
- * word when the unit starts with whitespace that follows something else. */
+ * word where the unit cannot join it (join_or_cut). */
 static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
 {
-    int starts_ws = u[0] == ' ' || is_ws_at(u, n);
-    if (e->tok->split_words && starts_ws && current_word_len(e) && !e->word_ends_ws)
-        flush_word(e, out);
+    join_or_cut(e, unit_char(u, n), out);
+    size_t last = n - 1;
+    while (last > 0 && is_trail(u[last]))
+        last--;
+    e->last_char = unit_char(u + last, n - last);
     if (!memchr(u, ' ', n))
         gale_bytes_append(&e->word, u, n);
     else
@@ -1008,7 +1211,6 @@ static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids
             else
                 gale_bytes_push(&e->word, u[i]);
         }
-    e->word_ends_ws = current_word_len(e) >= WS_LEN && !memcmp(e->word.v + e->word.n - WS_LEN, WS, WS_LEN);
 }
 
 /* sentencepiece's Normalizer::Normalize, one unit at a time (identity normaliser). */
@@ -1049,10 +1251,9 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
     while (i < n && (final || n - i >= lookahead)) {
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
-            if (tok->split_words && current_word_len(e) && !e->word_ends_ws)
-                flush_word(e, out);
+            join_or_cut(e, WS_CP, out);
             gale_bytes_append(&e->word, WS, WS_LEN);
-            e->word_ends_ws = 1;
+            e->last_char = WS_CP;
             i++;
             continue;
         }
@@ -1062,14 +1263,35 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             size_t j = i + 1, stop = final ? n : n - lookahead + 1;
             while (j < stop && plain_byte(tok, s[j]))
                 j++;
+            if (tok->cut_pairs) /* the cuts inside the run */
+                for (size_t k = i; k < j; k++) {
+                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_char, s[k])) {
+                        gale_bytes_append(&e->word, s + i, k - i);
+                        flush_word(e, out);
+                        i = k;
+                    }
+                    e->last_char = s[k];
+                }
             gale_bytes_append(&e->word, s + i, j - i);
-            e->word_ends_ws = 0;
+            e->last_char = s[j - 1];
             e->prev_space = 0;
             i = j;
             continue;
         }
+        size_t len;
+        if (e->started && s[i] >= 0x80 && !tok->user_defined_first[s[i]] && (len = utf8_char_len(s + i, n - i))) {
+            /* a valid character that starts no user-defined piece: what normalize_unit and
+             * push_unit do with it, without the calls */
+            uint32_t c = utf8_codepoint(s + i, len);
+            join_or_cut(e, c, out);
+            gale_bytes_append(&e->word, s + i, len);
+            e->last_char = c;
+            e->prev_space = 0;
+            i += len;
+            continue;
+        }
         int32_t ud;
-        size_t len = user_defined_match(tok, s + i, n - i, &ud);
+        len = user_defined_match(tok, s + i, n - i, &ud);
         if (len) {
             normalize_unit(e, s + i, len, out);
         } else if ((len = utf8_char_len(s + i, n - i))) {
@@ -1086,19 +1308,51 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
 static void encoder_reset(tokenizer_encoder *e)
 {
     e->pending.n = 0;
+    e->text.n = 0;
     e->started = 0;
     e->prev_space = 0;
     e->word.n = 0;
     e->word_start = 0;
     e->queue_n = 0;
-    e->word_ends_ws = 0;
+    e->last_char = NO_CHAR;
     e->last_was_unk = 0;
+}
+
+/* Tekken: s (the pending bytes or a new text) made valid UTF-8, then each word the regex
+ * finds in it encoded; unless final, what more text could change waits. Returns the bytes of s
+ * used. */
+static size_t tekken_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int final, gale_ids *out)
+{
+    size_t used = tekken_utf8_repair(s, n, final, &e->text);
+    size_t done = 0, start, end;
+    int rc;
+    while ((rc = tekken_next_word(e->matcher, e->text.v, e->text.n, done, final, &start, &end)) > 0) {
+        gale_bytes_append(&e->word, e->text.v + start, end - start);
+        flush_word(e, out);
+        done = end;
+    }
+    if (rc == 0)
+        done = e->text.n; /* no word in the rest: tiktoken skips it */
+    if (done) {
+        memmove(e->text.v, e->text.v + done, e->text.n - done);
+        e->text.n -= done;
+    }
+    return used;
 }
 
 void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len, gale_ids *out)
 {
     if (!len)
         return;
+    if (e->matcher) {
+        gale_bytes_append(&e->pending, chunk, len);
+        size_t used = tekken_run(e, e->pending.v, e->pending.n, 0, out);
+        if (used) {
+            memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
+            e->pending.n -= used;
+        }
+        return;
+    }
     gale_bytes_append(&e->pending, chunk, len);
     size_t used = normalize_run(e, e->pending.v, e->pending.n, 0, out);
     memmove(e->pending.v, e->pending.v + used, e->pending.n - used);
@@ -1107,6 +1361,12 @@ void tokenizer_encoder_feed(tokenizer_encoder *e, const char *chunk, size_t len,
 
 void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
 {
+    if (e->matcher) {
+        tekken_run(e, e->pending.v, e->pending.n, 1, out);
+        encode_queue(e, out);
+        encoder_reset(e);
+        return;
+    }
     if (e->pending.n)
         normalize_run(e, e->pending.v, e->pending.n, 1, out);
     if (e->tok->model.normalizer.remove_extra_whitespaces)
@@ -1119,8 +1379,14 @@ void tokenizer_encoder_finish(tokenizer_encoder *e, gale_ids *out)
 
 void tokenizer_encoder_encode(tokenizer_encoder *e, const char *text, size_t len, gale_ids *out)
 {
-    if (e->pending.n || e->started)
+    if (e->pending.n || e->started || e->text.n)
         tokenizer_encoder_finish(e, out);
+    if (e->matcher) {
+        tekken_run(e, (const uint8_t *)text, len, 1, out);
+        encode_queue(e, out);
+        encoder_reset(e);
+        return;
+    }
     normalize_run(e, (const uint8_t *)text, len, 1, out);
     tokenizer_encoder_finish(e, out);
 }
@@ -1129,11 +1395,16 @@ static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
 {
     memset(e, 0, sizeof *e);
     e->tok = tok;
+    e->last_char = NO_CHAR;
+    if (tok->splitter)
+        e->matcher = tekken_matcher_new(tok->splitter);
 }
 
 static void encoder_release(tokenizer_encoder *e)
 {
     gale_bytes_free(&e->pending);
+    gale_bytes_free(&e->text);
+    tekken_matcher_free(e->matcher);
     gale_bytes_free(&e->word);
     free(e->symbols);
     free(e->heap);
@@ -1202,8 +1473,29 @@ static void append_unescaped(gale_bytes *out, const uint8_t *s, size_t n)
     }
 }
 
+/* mistral-common's Tekkenizer.decode: the bytes of the vocabulary's ids, each run between
+ * special tokens (which it leaves out) decoded as UTF-8 on its own, ill-formed bytes as U+FFFD. */
+static void tekken_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out)
+{
+    gale_bytes bytes = {0};
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && ids[i] >= (int32_t)tok->n_special && (size_t)ids[i] < tok->model.n_pieces) {
+            const spm_piece *p = &tok->model.pieces[ids[i]];
+            gale_bytes_append(&bytes, p->piece, p->len);
+        } else {
+            tekken_utf8_repair(bytes.v, bytes.n, 1, out);
+            bytes.n = 0;
+        }
+    }
+    gale_bytes_free(&bytes);
+}
+
 void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, gale_bytes *out)
 {
+    if (tok->splitter) {
+        tekken_decode(tok, ids, n, out);
+        return;
+    }
     const spm_model *m = &tok->model;
     const size_t text_start = out->n;
     gale_bytes bytes = {0};

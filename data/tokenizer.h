@@ -1,7 +1,10 @@
 /* tokenizer: SentencePiece BPE models (Mistral v1 and v3, Llama 2) loaded from their
  * `.model` protobuf, encoding id-for-id as sentencepiece does (identity normaliser, dummy
  * prefix, whitespace as U+2581, merges by piece score, user-defined pieces, byte fallback)
- * and decoding back to text. A unigram model or another normaliser is refused by name. */
+ * and decoding back to text; and Mistral's Tekken files (tekken_*.json: byte-level BPE by
+ * rank after a regex pre-tokenizer, special tokens first), id-for-id as mistral-common's
+ * Tekkenizer, through the same API and BPE core (data/tekken.h reads the file). The format is
+ * told by content. A unigram model or another normaliser is refused by name. */
 #ifndef GALE_DATA_TOKENIZER_H
 #define GALE_DATA_TOKENIZER_H
 
@@ -13,8 +16,8 @@
 
 typedef struct gale_tokenizer gale_tokenizer;
 
-/* Loads a SentencePiece model file, given by path or by name (tokenizer_find.h); NULL and a
- * message naming the file on any problem. */
+/* Loads a SentencePiece model or Tekken file, given by path or by name (tokenizer_find.h); NULL
+ * and a message naming the file on any problem. */
 gale_tokenizer *tokenizer_load(const char *name_or_path, gale_error *err);
 /* The same from bytes in memory (name is used in messages). */
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err);

@@ -1,97 +1,173 @@
 #!/usr/bin/env bash
-# bench_tokenize: gale tokenize against spm_encode (sentencepiece 0.1.97), side by side in one
-# run, on two real corpora, each file once (a repeated corpus would flatter gale's word cache):
-#   fortunes  every English fortune file of the fortunes packages, ~2.6 MB: small enough that
-#             gale's fixed costs (process start, model load) weigh on it;
-#   man       the roff sources of the English man pages (sections 1-8, without the ~17,000
-#             generated gcloud pages), ~34 MB: the steady-state throughput.
-# For each corpus: spm_encode and gale on one thread, outputs checked identical (cmp), MB/s and
-# the ratio in wall and in CPU (user + sys) seconds; gale --threads 1 vs 2 in wall and CPU, with
-# the same output. Then gale's peak RSS on one 100 MB line (encoded as a stream: memory stays flat).
+# bench_tokenize: gale tokenize against the tokenizers people use, per language and script,
+# side by side in one run, outputs compared id for id:
+#   SentencePiece (mistral-v3.model): spm_encode 0.1.97 (Debian, whole process) and
+#     sentencepiece 0.2.3 from PyPI (encode(lines, num_threads=1): the encode call only);
+#   Tekken (tekken_240911.json from mistral-common): tiktoken from PyPI with the same vocabulary
+#     and pattern (encode_ordinary_batch(lines, num_threads=1): the encode call only);
+#   gale: its whole process, one thread, loading the tokenizer, reading and printing included.
+# CPU seconds (user + sys, from rusage), the least of REPS runs: the machine is shared with other
+# jobs, and CPU time is what they disturb least. Corpora, each at most CAP bytes of whole lines,
+# made valid UTF-8 (U+FFFD for ill-formed bytes) so that the Python peers read the same text:
+#   en      English fortunes (fortunes, fortunes-min)        code   C headers in /usr/include
+#   paths   dpkg's lists of installed files                  de fr ru ja zh   man pages (and
+#           fortunes-ru, the Chinese fortunes)               json   iso-codes' JSON, minified
+#   base64  base64 of shared libraries                       chat   generated: fortune lines
+#           with emoji, ZWJ sequences and flags between words, as chat messages (seeded)
+#   mixed   all of the above, concatenated
+# Then gale's thread scaling on mixed (2 threads on this 2-core machine), and its peak RSS on
+# one 100 MB line (a stream: memory stays flat).
 #
-# usage: tests/bench/bench_tokenize.sh [GALE_BIN] [MODEL]     (not run by ctest)
-# env: REPS (default 3): each timing is the least wall and the least CPU over REPS runs, since
-# the dev machine is shared; CORPORA (default "fortunes man").
+# usage: tests/bench/bench_tokenize.sh [GALE_BIN] [MODEL] [TEKKEN]     (not run by ctest)
+# env: REPS (default 3), CAP (default 4000000 bytes), CORPORA (default: all), TOK_VENV (the venv
+# of sentencepiece 0.2.3 and tiktoken, made on first use; default .bench/venv-tok), CORPUS_DIR
+# (keep the corpora there and reuse them, e.g. for profiling).
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 gale=${1:-${GALE_BIN:-$src/build/gale}}
 model=${2:-${GALE_SHARED:-$src/../shared}/tokenizers/mistral-v3.model}
+tekken=${3:-$(/usr/bin/python3 "$src/tests/tok/tekken_reference.py" files | tail -1)}
 reps=${REPS:-3}
-corpora=${CORPORA:-fortunes man}
+cap=${CAP:-4000000}
+corpora=${CORPORA:-en code paths de fr ru ja zh json base64 chat mixed}
+venv=${TOK_VENV:-$src/.bench/venv-tok}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+texts=${CORPUS_DIR:-$tmp}
+mkdir -p "$texts"
 
-make_corpus() { # NAME > text
+if ! "$venv/bin/python" -c "import sentencepiece, tiktoken" 2>/dev/null; then
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet sentencepiece==0.2.3 tiktoken==0.14.0
+fi
+
+raw_corpus() { # NAME > bytes
+    local man=/usr/share/man fort=/usr/share/games/fortunes
     case $1 in
-    fortunes) # top-level files (the per-language folders and Italian symlinks aside), without
-        # the three Chinese collections and the .dat/.u8 companions
-        for f in /usr/share/games/fortunes/*; do
+    en) for f in "$fort"/*; do
             case $(basename "$f") in *.dat | *.u8 | chinese | tang300 | song100) continue ;; esac
             [ -f "$f" ] && [ ! -L "$f" ] && cat "$f"
         done ;;
-    man)
-        find /usr/share/man/man[1-8] -type f -name '*.gz' ! -name 'gcloud*' | LC_ALL=C sort | xargs zcat ;;
+    code) find /usr/include -name '*.h' | LC_ALL=C sort | xargs cat ;;
+    paths) cat /var/lib/dpkg/info/*.list ;;
+    de | fr | ja) find "$man/$1" -name '*.gz' | LC_ALL=C sort | xargs zcat ;;
+    ru) cat "$fort"/ru/* 2>/dev/null || true; find "$man/ru" -name '*.gz' | LC_ALL=C sort | xargs zcat ;;
+    zh) cat "$fort"/chinese "$fort"/tang300 "$fort"/song100 2>/dev/null || true
+        find "$man/zh_CN" -name '*.gz' | LC_ALL=C sort | xargs zcat ;;
+    json) /usr/bin/python3 -c '
+import glob, json
+for p in sorted(glob.glob("/usr/share/iso-codes/json/*.json")):
+    print(json.dumps(json.load(open(p, encoding="utf-8")), ensure_ascii=False, separators=(",", ":")))' ;;
+    base64) find /usr/lib/x86_64-linux-gnu -maxdepth 1 -name 'lib*.so.*' -type f | LC_ALL=C sort | head -40 |
+            xargs cat | base64 -w 76 ;;
+    chat) { raw_corpus en 2>/dev/null || true; } | /usr/bin/python3 -c '
+import json, random, sys
+rng = random.Random(9)
+emoji = ["\U0001F600", "\U0001F602", "\U0001F44D", "\u2764\ufe0f", "\U0001F525", "\U0001F389", "\U0001F914",
+         "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\U0001F1EB\U0001F1F7", "\U0001F44B\U0001F3FD", "\u2728",
+         "\U0001F680", "\U0001F64F", "\U0001F60D\U0001F60D\U0001F60D", ":)", "!!!"]
+for line in sys.stdin.read().split("\n"):
+    words = line.split()
+    if not words:
+        continue
+    out = []
+    for w in words:
+        out.append(w)
+        if rng.random() < 0.25:
+            out.append(rng.choice(emoji))
+    role = rng.choice(["user", "assistant"])
+    print(json.dumps({"role": role, "content": " ".join(out)}, ensure_ascii=False))' ;;
     *) echo "bench_tokenize: unknown corpus '$1'" >&2; exit 2 ;;
     esac
 }
 
-# best_of OUT CMD...: runs CMD REPS times, stdout to OUT; prints "least-wall least-cpu" in seconds.
-# Timed in Python around each child (wall clock and the child's rusage, to the microsecond:
-# /usr/bin/time rounds to 10 ms, a tenth of gale's time on the small corpus).
+# make_corpus NAME OUT: valid UTF-8, whole lines, at most CAP bytes
+make_corpus() {
+    if [ "$1" = mixed ]; then
+        for c in en code paths de fr ru ja zh json base64 chat; do
+            [ -f "$texts/$c.txt" ] || make_corpus "$c" "$texts/$c.txt"
+            cat "$texts/$c.txt"
+        done > "$2"
+        return
+    fi
+    { raw_corpus "$1" 2>/dev/null || true; } | head -c $((cap * 2)) | /usr/bin/python3 -c '
+import sys
+cap = int(sys.argv[1])
+text = sys.stdin.buffer.read().decode("utf-8", "replace").encode("utf-8")[:cap]
+sys.stdout.buffer.write(text[:text.rfind(b"\n") + 1])' "$cap" > "$2"
+}
+
+# best_of OUT CMD...: runs CMD REPS times, stdout to OUT; prints the least CPU seconds
+# (the child's rusage) and the least wall seconds.
 best_of() {
-    python3 - "$reps" "$@" << 'EOF'
+    /usr/bin/python3 - "$reps" "$@" << 'PY'
 import resource, subprocess, sys, time
 reps, out, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-best_wall = best_cpu = float("inf")
+best_cpu = best_wall = float("inf")
 for _ in range(reps):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(out, "wb") as f:
         subprocess.run(cmd, stdout=f, check=True)
-    wall = time.perf_counter() - t0
+    best_wall = min(best_wall, time.perf_counter() - t0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
-print(f"{best_wall:.4f} {best_cpu:.4f}")
-EOF
+    best_cpu = min(best_cpu, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+print(f"{best_cpu:.4f} {best_wall:.4f}")
+PY
 }
 rate() { awk "BEGIN{printf \"%.1f\", $1 / 1e6 / ($2 > 0 ? $2 : 1e-6)}"; }
-ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
+ratio() { awk "BEGIN{printf \"%.1f\", $1 / $2}"; }
+peers() { "$venv/bin/python" "$src/tests/bench/bench_tokenize_peers.py" "$@" "$reps"; }
 
-echo "model $(basename "$model"); best of $reps; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "gale $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'); $(basename "$model") and $(basename "$tekken");" \
+     "best of $reps CPU seconds; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs));" \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "MB/s of CPU time; ratios are gale's speed over the peer's"
+printf "%-7s %6s | %9s %9s %9s %8s %8s | %9s %9s %8s | %s\n" corpus MB spm_encode "sp 0.2.3" gale \
+    "/sp0.2.3" "/spm_enc" tiktoken "gale tek" /tiktoken "ids"
 status=0
 for corpus in $corpora; do
-    make_corpus "$corpus" > "$tmp/$corpus.txt"
-    text=$tmp/$corpus.txt
+    text=$texts/$corpus.txt
+    [ -f "$text" ] || make_corpus "$corpus" "$text"
     bytes=$(wc -c < "$text")
-    echo
-    echo "corpus $corpus: $bytes bytes, $(wc -l < "$text") lines"
-    read -r spm_wall spm_cpu <<< "$(best_of "$tmp/spm.ids" spm_encode --model="$model" --output_format=id "$text")"
-    read -r g1_wall g1_cpu <<< "$(best_of "$tmp/g1.ids" "$gale" tokenize --tokenizer "$model" --threads 1 --input "$text")"
-    read -r g2_wall g2_cpu <<< "$(best_of "$tmp/g2.ids" "$gale" tokenize --tokenizer "$model" --threads 2 --input "$text")"
-    same="identical"
-    cmp -s "$tmp/spm.ids" "$tmp/g1.ids" || same="DIFFERENT (1 thread)"
-    cmp -s "$tmp/spm.ids" "$tmp/g2.ids" || same="$same, DIFFERENT (2 threads)"
+    read -r spm_cpu _ <<< "$(best_of "$tmp/spm.ids" spm_encode --model="$model" --output_format=id "$text")"
+    sp_cpu=$(peers sentencepiece "$model" "$text" "$tmp/sp.ids")
+    read -r g_cpu _ <<< "$(best_of "$tmp/g.ids" "$gale" tokenize --tokenizer "$model" --threads 1 --input "$text")"
+    tt_cpu=$(peers tiktoken "$tekken" "$text" "$tmp/tt.ids")
+    read -r gt_cpu _ <<< "$(best_of "$tmp/gt.ids" "$gale" tokenize --tokenizer "$tekken" --threads 1 --input "$text")"
+    same=identical
+    cmp -s "$tmp/spm.ids" "$tmp/g.ids" || same="DIFFERENT(spm_encode)"
+    cmp -s "$tmp/sp.ids" "$tmp/g.ids" || same="$same DIFFERENT(sp 0.2.3)"
+    cmp -s "$tmp/tt.ids" "$tmp/gt.ids" || same="$same DIFFERENT(tiktoken)"
     [ "$same" = identical ] || status=1
-    printf "  %-30s %8s %8s %11s %10s\n" "" "wall s" "cpu s" "MB/s wall" "MB/s cpu"
-    printf "  %-30s %8s %8s %11s %10s\n" "spm_encode --output_format=id" "$spm_wall" "$spm_cpu" \
-        "$(rate "$bytes" "$spm_wall")" "$(rate "$bytes" "$spm_cpu")"
-    printf "  %-30s %8s %8s %11s %10s\n" "gale tokenize --threads 1" "$g1_wall" "$g1_cpu" \
-        "$(rate "$bytes" "$g1_wall")" "$(rate "$bytes" "$g1_cpu")"
-    printf "  %-30s %8s %8s %11s %10s\n" "gale tokenize --threads 2" "$g2_wall" "$g2_cpu" \
-        "$(rate "$bytes" "$g2_wall")" "$(rate "$bytes" "$g2_cpu")"
-    echo "  outputs (ids of all three): $same"
-    echo "  gale/spm, one thread: $(ratio "$spm_wall" "$g1_wall")x wall, $(ratio "$spm_cpu" "$g1_cpu")x cpu"
-    echo "  gale 2 threads vs 1: $(ratio "$g1_wall" "$g2_wall")x wall, $(ratio "$g2_cpu" "$g1_cpu")x the cpu"
+    printf "%-7s %6.1f | %9s %9s %9s %7sx %7sx | %9s %9s %7sx | %s\n" "$corpus" "$(awk "BEGIN{print $bytes/1e6}")" \
+        "$(rate "$bytes" "$spm_cpu")" "$(rate "$bytes" "$sp_cpu")" "$(rate "$bytes" "$g_cpu")" \
+        "$(ratio "$sp_cpu" "$g_cpu")" "$(ratio "$spm_cpu" "$g_cpu")" \
+        "$(rate "$bytes" "$tt_cpu")" "$(rate "$bytes" "$gt_cpu")" "$(ratio "$tt_cpu" "$gt_cpu")" "$same"
 done
 
-# one 100 MB line: the fortunes with newlines as spaces, repeated
-make_corpus fortunes | tr '\n' ' ' > "$tmp/unit.txt"
+read -r load_cpu _ <<< "$(best_of "$tmp/empty.ids" "$gale" tokenize --tokenizer "$tekken" --input /dev/null)"
+echo
+echo "gale's fixed cost with the Tekken file (loading its 19 MB of JSON, no text): $load_cpu CPU s"
+
+if [ -f "$texts/mixed.txt" ]; then
+    text=$texts/mixed.txt
+    bytes=$(wc -c < "$text")
+    read -r c1 w1 <<< "$(best_of "$tmp/t1.ids" "$gale" tokenize --tokenizer "$model" --threads 1 --input "$text")"
+    read -r c2 w2 <<< "$(best_of "$tmp/t2.ids" "$gale" tokenize --tokenizer "$model" --threads 2 --input "$text")"
+    cmp -s "$tmp/t1.ids" "$tmp/t2.ids" || { echo "threads: DIFFERENT ids"; status=1; }
+    echo
+    echo "threads (mixed, $(basename "$model")): 1 thread $(rate "$bytes" "$w1") MB/s wall, 2 threads" \
+         "$(rate "$bytes" "$w2") MB/s wall ($(ratio "$w1" "$w2")x, $(ratio "$c2" "$c1")x the CPU), ids identical;" \
+         "the 2 cores are shared with other jobs"
+fi
+
+# one 100 MB line: the English fortunes with newlines as spaces, repeated
+{ raw_corpus en 2>/dev/null || true; } | tr '\n' ' ' > "$tmp/unit.txt"
 : > "$tmp/line.txt"
 while [ "$(stat -c %s "$tmp/line.txt")" -lt 100000000 ]; do cat "$tmp/unit.txt" >> "$tmp/line.txt"; done
 echo >> "$tmp/line.txt"
 /usr/bin/time -o "$tmp/time" -f "%e %M" "$gale" tokenize --tokenizer "$model" --input "$tmp/line.txt" > "$tmp/line.ids"
 read -r line_wall line_rss < "$tmp/time"
-echo
 echo "one line of $(stat -c %s "$tmp/line.txt") bytes: $line_wall s, $(wc -w < "$tmp/line.ids") ids, peak RSS $((line_rss / 1024)) MiB"
 exit $status

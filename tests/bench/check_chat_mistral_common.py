@@ -9,11 +9,13 @@ mistral-common's MistralTokenizer (test mode for prompts, finetuning mode for tr
 data) and by `gale tokenize --chat vN [--prompt]`; the ids must be equal, and a
 conversation mistral-common refuses must be refused by gale too.
 
-Needs mistral-common and sentencepiece, which are not Debian packages; once:
-    python3 -m venv .bench/mc && .bench/mc/bin/pip install mistral-common sentencepiece
-then:
-    .bench/mc/bin/python tests/bench/check_chat_mistral_common.py --gale build/gale \
-        --shared ../shared [--count 300] [--seed 1]
+Templates (--templates): v1 and v3 with the SentencePiece models of ../shared, v3-tekken
+(tekken_240718.json, Mistral NeMo's) and v7-tekken (tekken_240911.json as a v7 file, Mistral
+Small 3's format), the Tekken files from mistral-common's data folder. Needs mistral-common
+(launch/setup.sh installs it; exits 77 without it):
+    /usr/bin/python3 tests/bench/check_chat_mistral_common.py --gale build/gale \
+        --shared ../shared [--count 300] [--seed 1] [--templates v1,v3,v3-tekken,v7-tekken]
+tests/tok/test_chat_tekken_vs_mistral_common.sh runs it on the Tekken templates.
 """
 import argparse
 import json
@@ -25,9 +27,13 @@ import subprocess
 import sys
 import tempfile
 
-from mistral_common.protocol.instruct.request import ChatCompletionRequest
-from mistral_common.protocol.instruct.validator import ValidationMode
-from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+try:
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+except ImportError:
+    print("SKIP: mistral-common is not installed (launch/setup.sh installs it)")
+    sys.exit(77)
 
 TEXTS = ["Hello", "What's the weather like in Paris?", "  padded  ", "trailing spaces   ",
          "multi\nline\n\ntext", "ünïcödé 日本語 😀", "tab\there", "", " ", "[INST] not a control",
@@ -164,28 +170,48 @@ def run_gale(gale, model, template, training, lines):
     return subprocess.run(cmd, input="".join(lines), capture_output=True, text=True)
 
 
+def tokenizer_files(template, shared, tmp):
+    """The tokenizer gale reads and the copy mistral-common reads (it tells the version from the
+    name of a .model file, and from config.version of a Tekken file), for a --templates entry."""
+    if template in ("v1", "v3"):
+        model = os.path.join(shared, "tokenizers", f"mistral-{template}.model")
+        named = os.path.join(tmp, f"tokenizer.model.{template}")
+        shutil.copy(model, named)
+        return model, named
+    import mistral_common
+    data = os.path.join(os.path.dirname(mistral_common.__file__), "data")
+    if template == "v3-tekken":
+        tekken = os.path.join(data, "tekken_240718.json")
+        return tekken, tekken
+    # v7-tekken: the same vocabulary with the v7 instruct format (Mistral Small 3's)
+    d = json.load(open(os.path.join(data, "tekken_240911.json")))
+    d["config"]["version"] = "v7"
+    tekken = os.path.join(tmp, "tekken_v7.json")
+    json.dump(d, open(tekken, "w"))
+    return tekken, tekken
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gale", required=True)
     ap.add_argument("--shared", required=True)
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--templates", default="v1,v3,v3-tekken,v7-tekken")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     tmp = tempfile.mkdtemp()
     failures = 0
     try:
-        for template in ["v1", "v3"]:
-            model = os.path.join(a.shared, "tokenizers", f"mistral-{template}.model")
-            # mistral-common tells the version from the file name
-            named = os.path.join(tmp, f"tokenizer.model.{template}")
-            shutil.copy(model, named)
+        for name in a.templates.split(","):
+            template = name.split("-")[0]
+            model, named = tokenizer_files(name, a.shared, tmp)
             for training in [False, True]:
                 mode = ValidationMode.finetuning if training else ValidationMode.test
                 tokenizer = MistralTokenizer.from_file(named, mode=mode)
                 accepted, expected, refused = [], [], []
                 for _ in range(a.count):
-                    conversation = rand_conversation(rng, template == "v3", training)
+                    conversation = rand_conversation(rng, template != "v1", training)
                     if rng.random() < 0.3:
                         mutate(rng, conversation)
                     line = json.dumps(conversation, ensure_ascii=False) + "\n"
@@ -199,7 +225,7 @@ def main():
                     # "gale tokenize: <stdin>:N: why": drop line N, a refusal where mistral-common accepts
                     n = int(out.stderr.split("<stdin>:")[1].split(":")[0]) - 1
                     failures += 1
-                    print(f"FAIL {template} training={training}: gale refuses ({out.stderr.strip()}), "
+                    print(f"FAIL {name} training={training}: gale refuses ({out.stderr.strip()}), "
                           f"mistral-common accepts: {accepted[n].strip()}")
                     del accepted[n], expected[n]
                     out = run_gale(a.gale, model, template, training, accepted)
@@ -208,13 +234,13 @@ def main():
                     ids = [int(x) for x in got[n].split()] if n < len(got) else None
                     if ids != want:
                         failures += 1
-                        print(f"FAIL {template} training={training}: {line.strip()}\n  gale  {ids}\n  mc    {want}")
+                        print(f"FAIL {name} training={training}: {line.strip()}\n  gale  {ids}\n  mc    {want}")
                 for line, why in refused:
                     if run_gale(a.gale, model, template, training, [line]).returncode == 0:
                         failures += 1
-                        print(f"FAIL {template} training={training}: mistral-common refuses ({why}), "
+                        print(f"FAIL {name} training={training}: mistral-common refuses ({why}), "
                               f"gale accepts: {line.strip()}")
-                print(f"{template} {'training' if training else 'prompt'}: {len(accepted)} equal-checked, "
+                print(f"{name} {'training' if training else 'prompt'}: {len(accepted)} equal-checked, "
                       f"{len(refused)} refused by both checked")
     finally:
         shutil.rmtree(tmp)

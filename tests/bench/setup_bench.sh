@@ -7,8 +7,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # python3-protobuf and python3-jinja2: transformers' AutoTokenizer on a SentencePiece model and
-# its apply_chat_template (tests/train/test_hf_tokenizer.sh).
-bash "$root/launch/setup.sh" python3-torch linux-perf python3-protobuf python3-jinja2 python3-venv
+# its apply_chat_template (tests/train/test_hf_tokenizer.sh); iso-codes: mistral-common's pycountry.
+bash "$root/launch/setup.sh" python3-torch linux-perf python3-protobuf python3-jinja2 python3-venv iso-codes
+# mistral-common's runtime (setup.sh installs the package alone, for its tokenizer files): the
+# reference of the Tekken tokenizer and chat template tests; tiktoken for the tokenizer benchmark.
+if ! /usr/bin/python3 -c "import mistral_common.tokens.tokenizers.tekken, tiktoken" 2>/dev/null; then
+  /usr/bin/python3 -m pip install --quiet --break-system-packages tiktoken==0.14.0 pydantic==2.14.4 \
+    pydantic-extra-types==2.11.1 pycountry==26.2.16 jsonschema==4.26.0 pillow==13.0.0
+fi
 /usr/bin/python3 -c "import torch" || { echo "setup_bench: /usr/bin/python3 cannot import torch" >&2; exit 1; }
 # transformers (PyPI), the version that runs on Debian's torch 1.13: the peer that loads gale's
 # checkpoints in tests/train/test_hf_load.sh and generates beside gale sample.

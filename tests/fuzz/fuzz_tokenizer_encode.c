@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "data/tokenizer.h"
+#include "tests/fuzz/fuzz_encode_check.h"
 #include "util/file.h"
 
 #ifndef GALE_FUZZ_SHARED_DIR
@@ -36,39 +37,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static int same(const gale_ids *a, const gale_ids *b)
-{
-    return a->n == b->n && (a->n == 0 || !memcmp(a->v, b->v, a->n * sizeof *a->v));
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *text = (const char *)data;
-    gale_ids whole = {0}, cached = {0}, streamed = {0};
-    tokenizer_encode(tok, text, size, &whole);
-    tokenizer_encoder_encode(enc, text, size, &cached);
-    size_t cut = size ? data[0] % (size + 1) : 0;
-    tokenizer_encoder_feed(enc, text, cut, &streamed);
-    tokenizer_encoder_feed(enc, text + cut, size - cut, &streamed);
-    tokenizer_encoder_finish(enc, &streamed);
-    if (!same(&whole, &cached) || !same(&whole, &streamed))
-        __builtin_trap();
-    int vocab = tokenizer_vocab_size(tok);
-    for (size_t i = 0; i < whole.n; i++)
-        if (whole.v[i] < 0 || whole.v[i] >= vocab)
-            __builtin_trap();
-    gale_bytes out = {0};
-    tokenizer_decode(tok, whole.v, whole.n, &out);
-    /* ids from the bytes themselves, outside the vocabulary included */
-    gale_ids raw = {0};
-    for (size_t i = 0; i + 1 < size; i += 2)
-        gale_ids_push(&raw, (int32_t)((data[i] << 8 | data[i + 1]) - 256));
-    out.n = 0;
-    tokenizer_decode(tok, raw.v, raw.n, &out);
-    gale_ids_free(&raw);
-    gale_bytes_free(&out);
-    gale_ids_free(&whole);
-    gale_ids_free(&cached);
-    gale_ids_free(&streamed);
+    fuzz_encode_check(tok, enc, data, size);
     return 0;
 }

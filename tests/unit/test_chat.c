@@ -430,12 +430,12 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
     expect_error("v1 with tools", v1, V1, T,
                  "{'tools': [{'function': {'name': 'f'}}], 'messages': [{'role': 'user', 'content': 'a'},"
                  " {'role': 'assistant', 'content': 'b'}]}",
-                 "tools: the v1 template has no tools (use v3)");
+                 "tools: the v1 template has no tools (use v3 or v7)");
     expect_error("v1 with a tool call", v1, V1, P,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'assistant',"
                  " 'tool_calls': [{'id': 'abcdefghi', 'function': {'name': 'f', 'arguments': '{}'}}]},"
                  " {'role': 'user', 'content': 'c'}]}",
-                 "messages[1].tool_calls: the v1 template has no tool calls (use v3)");
+                 "messages[1].tool_calls: the v1 template has no tool calls (use v3 or v7)");
     expect_error("llama2 two users", v1, L2, T,
                  "{'messages': [{'role': 'user', 'content': 'a'}, {'role': 'user', 'content': 'b'},"
                  " {'role': 'assistant', 'content': 'c'}]}",
@@ -453,7 +453,7 @@ static void test_errors(const gale_tokenizer *v1, const gale_tokenizer *v3)
 
     gale_error err;
     enum chat_template tmpl;
-    CHECK_MSG(chat_template_from_name("v2", &tmpl, &err) == -1 && strstr(err.msg, "'v2' (expected v1, v3 or llama2)"),
+    CHECK_MSG(chat_template_from_name("v2", &tmpl, &err) == -1 && strstr(err.msg, "'v2' (expected v1, v3, v7 or llama2)"),
               "template name v2 accepted or unclear: %s", err.msg);
 }
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# gale tokenize with Mistral's Tekken files (the ones mistral-common ships) against
+# mistral-common's Tekkenizer, id for id, over the real multilingual and generated stress text
+# of the SentencePiece tests (gen_tokenizer_corpus.py); one line longer than gale's batch
+# (the streaming encoder); decoding of the ids and of random id lines. Zero mismatches is the
+# only pass; skipped (77) when mistral-common is not installed.
+set -euo pipefail
+here="${GALE_SOURCE:?}/tests/tok"
+ref="$here/tekken_reference.py"
+files=$(/usr/bin/python3 "$ref" files) || exit $?
+[ -n "$files" ] || { echo "SKIP: mistral-common ships no tekken_*.json"; exit 77; }
+source "$here/setup_corpus.sh" /usr/bin/python3
+fail=0
+
+# compare LABEL TEKKEN CORPUS GALE_ARGS...
+compare() {
+    local label=$1 tekken=$2 corpus=$3
+    shift 3
+    /usr/bin/python3 "$ref" encode "$tekken" "$corpus" > "$tmp/expected"
+    "$GALE_BIN" tokenize --tokenizer "$tekken" --input "$corpus" "$@" > "$tmp/actual"
+    /usr/bin/python3 "$here/compare_lines.py" "$label" "$corpus" "$tmp/expected" "$tmp/actual" || fail=1
+}
+
+# decode LABEL TEKKEN IDS: gale --decode against Tekkenizer.decode
+decode() {
+    /usr/bin/python3 "$ref" decode "$2" "$3" > "$tmp/expected"
+    "$GALE_BIN" tokenize --tokenizer "$2" --decode --input "$3" > "$tmp/actual"
+    /usr/bin/python3 "$here/compare_lines.py" "$1" "$3" "$tmp/expected" "$tmp/actual" || fail=1
+}
+
+for tekken in $files; do
+    t=$(basename "$tekken" .json)
+    compare "$t real ids" "$tekken" "$tmp/real.txt"
+    compare "$t stress ids, 2 threads" "$tekken" "$tmp/stress.txt" --threads 2
+done
+tekken=$(echo "$files" | tail -1)
+t=$(basename "$tekken" .json)
+"$GALE_BIN" tokenize --tokenizer "$tekken" --input "$tmp/real.txt" > "$tmp/real.ids"
+decode "$t real round trip" "$tekken" "$tmp/real.ids"
+/usr/bin/python3 "$ref" ids "$tekken" "$tmp/random.ids" 2000
+decode "$t random ids" "$tekken" "$tmp/random.ids"
+
+# one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin, and a
+# last line without a newline
+{ for i in $(seq 12); do tr '\n' ' ' < "$tmp/real.txt"; done; echo; printf 'no newline at the end'; } > "$tmp/long.txt"
+/usr/bin/python3 "$ref" encode "$tekken" "$tmp/long.txt" > "$tmp/expected"
+"$GALE_BIN" tokenize --tokenizer "$tekken" < "$tmp/long.txt" > "$tmp/actual"
+/usr/bin/python3 "$here/compare_lines.py" "$t one line of $(wc -c < "$tmp/long.txt") bytes, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+exit $fail
