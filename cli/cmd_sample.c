@@ -27,7 +27,7 @@ static void usage(FILE *f)
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
                "  --tokenizer M     SentencePiece .model or Tekken .json file, or mistral-v1 / mistral-v3\n"
-               "                    (default DIR/tokenizer.model)\n");
+               "                    (default DIR/tokenizer.model or DIR/tekken.json)\n");
 }
 
 typedef struct printer {
@@ -123,9 +123,17 @@ int cmd_sample(int argc, char **argv)
         goto done;
     if (!(dir = checkpoint_resolve(ckpt_arg, &err)))
         goto done;
-    tok_path = tok_path_arg ? gale_xstrdup(tok_path_arg) : gale_path_join(dir, "tokenizer.model");
-    if (!tok_path_arg && !gale_path_exists(tok_path)) {
-        gale_fail(&err, "%s has no tokenizer.model: give --tokenizer M", dir);
+    for (int i = 0; !tok_path_arg && i < 2 && !tok_path; i++) {
+        char *file = gale_path_join(dir, tokenizer_file_names[i]);
+        if (gale_path_exists(file))
+            tok_path = file;
+        else
+            free(file);
+    }
+    if (tok_path_arg)
+        tok_path = gale_xstrdup(tok_path_arg);
+    else if (!tok_path) {
+        gale_fail(&err, "%s has no tokenizer.model or tekken.json: give --tokenizer M", dir);
         goto done;
     }
     if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, &err)))

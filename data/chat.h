@@ -57,7 +57,8 @@ int chat_template_from_name(const char *name, enum chat_template *out, gale_erro
 const char *chat_template_name(enum chat_template tmpl);
 
 /* The template as a Jinja string for transformers' apply_chat_template (tokenizer_config.json's
- * "chat_template"): the same ids as chat_encode for conversations without tools. */
+ * "chat_template"): the same ids as chat_encode for conversations without tools. NULL for v7,
+ * which has no Jinja form here yet. */
 const char *chat_template_jinja(enum chat_template tmpl);
 
 /* Appends the ids of one conversation (BOS first) to ids and, when loss_mask is not NULL,

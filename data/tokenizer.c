@@ -649,6 +649,13 @@ static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
     return id >= 0 ? id : piece_table_find(&tok->reserved, &tok->model, piece, n);
 }
 
+const char *const tokenizer_file_names[2] = {"tokenizer.model", "tekken.json"};
+
+const char *tokenizer_file_name(const gale_tokenizer *tok)
+{
+    return tokenizer_file_names[tok->splitter != NULL];
+}
+
 int tokenizer_piece_id(const gale_tokenizer *tok, const char *piece)
 {
     return piece_id_n(tok, piece, strlen(piece));

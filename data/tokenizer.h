@@ -61,5 +61,10 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id);
 int tokenizer_is_special(const gale_tokenizer *tok, int id);
 /* SHA-256 of the model file's bytes, 64 hex digits. */
 const char *tokenizer_sha256(const gale_tokenizer *tok);
+/* The name a model folder keeps this tokenizer's file under, as Mistral's own folders do:
+ * "tokenizer.model" (SentencePiece) or "tekken.json" (Tekken). */
+const char *tokenizer_file_name(const gale_tokenizer *tok);
+/* Both names, for looking a folder's tokenizer up. */
+extern const char *const tokenizer_file_names[2];
 
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "data/tokenizer.h"
 #include "model/safetensors.h"
 #include "util/file.h"
 
@@ -359,7 +360,13 @@ int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
     int rc = model_config_load(cfg_path, &mc, err);
     free(cfg_path);
     if (rc == 0) {
-        char *tok = gale_path_join(dir, "tokenizer.model");
+        const char *tok_name = "(none)";
+        for (int i = 0; i < 2; i++) {
+            char *file = gale_path_join(dir, tokenizer_file_names[i]);
+            if (gale_path_exists(file))
+                tok_name = tokenizer_file_names[i];
+            free(file);
+        }
         fprintf(out, "checkpoint   %s\n", dir);
         fprintf(out, "step         %ld\n", st.step);
         fprintf(out, "tokens seen  %lld\n", (long long)st.tokens_seen);
@@ -369,13 +376,12 @@ int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
         if (mc.num_experts)
             fprintf(out, ", %d experts top-%d", mc.num_experts, mc.num_experts_per_tok);
         fprintf(out, "\nparameters   %lld\n", model_config_num_params(&mc));
-        fprintf(out, "tokenizer    %s\n", gale_path_exists(tok) ? "tokenizer.model" : "(none)");
+        fprintf(out, "tokenizer    %s\n", tok_name);
         if (st.config) {
             char *text = json_dumps(st.config, JSON_INDENT(2) | JSON_SORT_KEYS);
             fprintf(out, "run config   %s\n", text);
             free(text);
         }
-        free(tok);
     }
     train_state_clear(&st);
     return rc;

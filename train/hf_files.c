@@ -11,8 +11,8 @@
 #include "util/hash.h"
 
 /* The files of a Hugging Face folder that describe its tokenizer: carried over from model.from. */
-static const char *const carried[] = {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                                      "generation_config.json", "tokenizer.json"};
+static const char *const carried[] = {"tokenizer.model",         "tekken.json",           "tokenizer_config.json",
+                                      "special_tokens_map.json", "generation_config.json", "tokenizer.json"};
 
 static int copy_file(const char *from, const char *to, gale_error *err)
 {
@@ -57,13 +57,15 @@ static int write_tokenizer_config(const char *dir, const gale_tokenizer *tok, en
             json_object_set_new(added, key, added_token(tokenizer_id_piece(tok, id)));
         }
     const char *unk = tokenizer_id_piece(tok, tokenizer_unk_id(tok));
-    json_t *cfg = json_pack("{s:b, s:b, s:o, s:s, s:s, s:s, s:n, s:s, s:b, s:b, s:b, s:s}", "add_bos_token", 1,
+    json_t *cfg = json_pack("{s:b, s:b, s:o, s:s, s:s, s:s, s:n, s:s, s:b, s:b, s:b}", "add_bos_token", 1,
                             "add_eos_token", 0, "added_tokens_decoder", added, "bos_token",
                             tokenizer_id_piece(tok, tokenizer_bos_id(tok)), "eos_token",
                             tokenizer_id_piece(tok, tokenizer_eos_id(tok)), "unk_token", unk ? unk : "<unk>",
                             "pad_token", "tokenizer_class", "LlamaTokenizer", "legacy", 1,
-                            "clean_up_tokenization_spaces", 0, "spaces_between_special_tokens", 0, "chat_template",
-                            chat_template_jinja(tmpl));
+                            "clean_up_tokenization_spaces", 0, "spaces_between_special_tokens", 0);
+    const char *jinja = chat_template_jinja(tmpl);
+    if (jinja)
+        json_object_set_new(cfg, "chat_template", json_string(jinja));
     return write_json(dir, "tokenizer_config.json", cfg, err);
 }
 
@@ -75,14 +77,19 @@ static int write_ours(const char *dir, const gale_hf_files *hf, gale_error *err)
     enum chat_template tmpl = tokenizer_is_special(tok, tokenizer_piece_id(tok, "[INST]")) ? CHAT_MISTRAL_V3
                                                                                             : CHAT_MISTRAL_V1;
     const char *unk = tokenizer_id_piece(tok, tokenizer_unk_id(tok));
-    char *model = gale_path_join(dir, "tokenizer.model");
+    char *model = gale_path_join(dir, tokenizer_file_name(tok));
+    /* A Tekken file is kept as tekken.json, as Mistral's folders do; transformers' slow
+     * LlamaTokenizer cannot read it, so no tokenizer_config.json claims it can. */
+    int sentencepiece = !strcmp(tokenizer_file_name(tok), "tokenizer.model");
     int rc = (hf->chat_template && chat_template_from_name(hf->chat_template, &tmpl, err)) ||
-             copy_file(hf->tokenizer_path, model, err) || write_tokenizer_config(dir, tok, tmpl, err) ||
-             write_json(dir, "special_tokens_map.json",
-                        json_pack("{s:s, s:s, s:s}", "bos_token", tokenizer_id_piece(tok, tokenizer_bos_id(tok)),
-                                  "eos_token", tokenizer_id_piece(tok, tokenizer_eos_id(tok)), "unk_token",
-                                  unk ? unk : "<unk>"),
-                        err) ||
+             copy_file(hf->tokenizer_path, model, err) ||
+             (sentencepiece && write_tokenizer_config(dir, tok, tmpl, err)) ||
+             (sentencepiece &&
+              write_json(dir, "special_tokens_map.json",
+                         json_pack("{s:s, s:s, s:s}", "bos_token", tokenizer_id_piece(tok, tokenizer_bos_id(tok)),
+                                   "eos_token", tokenizer_id_piece(tok, tokenizer_eos_id(tok)), "unk_token",
+                                   unk ? unk : "<unk>"),
+                         err)) ||
              write_json(dir, "generation_config.json",
                         json_pack("{s:i, s:i}", "bos_token_id", tokenizer_bos_id(tok), "eos_token_id",
                                   tokenizer_eos_id(tok)),
@@ -95,15 +102,21 @@ static int write_ours(const char *dir, const gale_hf_files *hf, gale_error *err)
 }
 
 /* Whether model.from's tokenizer files describe the run's tokenizer: it has a tokenizer.model
- * equal to the run's, or the run has none of its own. */
+ * or tekken.json equal to the run's, or the run has none of its own. */
 static int from_matches(const gale_hf_files *hf)
 {
-    char *model = gale_path_join(hf->from_dir, "tokenizer.model");
-    char a[65], b[65];
+    if (!hf->tokenizer_path)
+        return 1;
+    char ours[65], theirs[65];
     gale_error ignored;
-    int same = !hf->tokenizer_path || (gale_sha256_file_hex(model, a, &ignored) == 0 &&
-                                       gale_sha256_file_hex(hf->tokenizer_path, b, &ignored) == 0 && !strcmp(a, b));
-    free(model);
+    if (gale_sha256_file_hex(hf->tokenizer_path, ours, &ignored))
+        return 0;
+    int same = 0;
+    for (int i = 0; i < 2 && !same; i++) {
+        char *file = gale_path_join(hf->from_dir, tokenizer_file_names[i]);
+        same = gale_sha256_file_hex(file, theirs, &ignored) == 0 && !strcmp(ours, theirs);
+        free(file);
+    }
     return same;
 }
 

@@ -85,7 +85,8 @@ assert abs(train[0]["loss"] - math.log(131072)) < 0.5, "FAIL: the first loss is 
 assert train[-1]["loss"] < train[0]["loss"] - 0.5, "FAIL: the loss did not fall"
 PY
 ckpt="$tmp/run/checkpoints/step_00000006"
-cmp "$ckpt/tokenizer.model" "$tekken"
+cmp "$ckpt/tekken.json" "$tekken"
+[ ! -e "$ckpt/tokenizer_config.json" ] || { echo "FAIL: a Tekken checkpoint claims a LlamaTokenizer"; exit 1; }
 "$GALE_BIN" sample --checkpoint "$ckpt" --prompt "The" --max-new 8 --seed 1 > "$tmp/sample.txt"
 grep -q "^The" "$tmp/sample.txt" || { echo "FAIL: the sample does not start with its prompt"; cat "$tmp/sample.txt"; exit 1; }
 echo "tekken end to end: ok"
