@@ -26,7 +26,8 @@ static void usage(FILE *f)
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer M     SentencePiece .model or Tekken .json file, or mistral-v1 / mistral-v3\n"
+               "  --tokenizer M     SentencePiece .model or Tekken .json file, or a name: mistral-v1,\n"
+               "                    mistral-v3, tekken-240718, tekken-240911\n"
                "                    (default DIR/tokenizer.model or DIR/tekken.json)\n");
 }
 

@@ -34,7 +34,7 @@ typedef struct key_spec {
 static const key_spec keys[] = {
     K(inputs, KEY_LIST, CONFIG_STRING, inputs, 0, 0, NULL, "files, folders (walked) and globs; .gz and .zst are decompressed"),
     K(exclude, KEY_LIST, CONFIG_STRING, exclude, 0, 0, NULL, "fnmatch patterns of base names or paths to leave out"),
-    V(tokenizer, CONFIG_STRING, tokenizer, 0, 0, NULL, "SentencePiece .model or Tekken .json file, or mistral-v1 / mistral-v3 (found in $GALE_TOKENIZERS or mistral-common's data)"),
+    V(tokenizer, CONFIG_STRING, tokenizer, 0, 0, NULL, "SentencePiece .model or Tekken .json file, or mistral-v1, mistral-v3, tekken-240718, tekken-240911 (found in $GALE_TOKENIZERS or mistral-common's data)"),
     V(out, CONFIG_STRING, out, 0, 0, NULL, "the dataset folder to write"),
     V(removed, CONFIG_STRING, removed, 0, 0, NULL, "write one JSON line per removed document here"),
     V(kind, CONFIG_ENUM, kind, 0, 0, kind_names, "pretrain (text) or sft (conversations) [pretrain]"),

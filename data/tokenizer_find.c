@@ -11,13 +11,17 @@
 
 typedef struct {
     const char *name;
+    const char *own_file;            /* its name in a $GALE_TOKENIZERS folder */
     const char *mistral_common_file; /* its name in mistral_common/data */
 } known_tokenizer;
 
-/* Mistral 7B v0.1 and Mixtral 8x7B use v1; Mistral 7B v0.3 and Mixtral 8x22B use v3. */
+/* Mistral 7B v0.1 and Mixtral 8x7B use v1; Mistral 7B v0.3 and Mixtral 8x22B use v3; Mistral
+ * NeMo uses Tekken 240718, Ministral and Pixtral 240911. */
 static const known_tokenizer known[] = {
-    {"mistral-v1", "tokenizer.model.v1"},
-    {"mistral-v3", "mistral_instruct_tokenizer_240323.model.v3"},
+    {"mistral-v1", "mistral-v1.model", "tokenizer.model.v1"},
+    {"mistral-v3", "mistral-v3.model", "mistral_instruct_tokenizer_240323.model.v3"},
+    {"tekken-240718", "tekken-240718.json", "tekken_240718.json"},
+    {"tekken-240911", "tekken-240911.json", "tekken_240911.json"},
 };
 
 /* Where pip installs mistral_common, as glob patterns (python3.N differs by system). */
@@ -32,7 +36,7 @@ static const char *const python_roots[] = {
 
 const char *tokenizer_known_names(void)
 {
-    return "mistral-v1, mistral-v3";
+    return "mistral-v1, mistral-v3, tekken-240718, tekken-240911";
 }
 
 /* pattern with a leading $VAR replaced by the variable's value; NULL when it is unset. */
@@ -82,10 +86,8 @@ static char *find_known(const known_tokenizer *k, gale_bytes *looked)
     const char *env = getenv("GALE_TOKENIZERS");
     if (env && env[0]) {
         char *dirs = gale_xstrdup(env), *save = NULL;
-        char own[64];
-        snprintf(own, sizeof own, "%s.model", k->name);
         for (char *d = strtok_r(dirs, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
-            found = find_in(d, own, looked);
+            found = find_in(d, k->own_file, looked);
             if (!found)
                 found = find_in(d, k->mistral_common_file, looked);
         }
@@ -120,8 +122,8 @@ char *tokenizer_find(const char *name_or_path, gale_error *err)
         gale_fail(err,
                   "tokenizer %s: not found; looked in:%s\n"
                   "install the mistral-common Python package (launch/setup.sh does: pip install --no-deps "
-                  "mistral-common), set GALE_TOKENIZERS to a folder holding %s.model, or give the .model file's path",
-                  name_or_path, (const char *)looked.v, name_or_path);
+                  "mistral-common), set GALE_TOKENIZERS to a folder holding %s, or give the file's path",
+                  name_or_path, (const char *)looked.v, k->own_file);
     }
     gale_bytes_free(&looked);
     return found;

@@ -47,6 +47,13 @@ cmp "$tmp/run/checkpoints/step_00000001/tokenizer.model" "$GALE_SHARED/tokenizer
 "$GALE_BIN" sample --checkpoint "$tmp/run" --tokenizer mistral-v1 --prompt "one" --max-new 2 --temperature 0 \
   2> /dev/null | grep -q "^one"
 
+# Tekken files by name, as mistral-common ships them
+for v in 240718 240911; do
+  "$GALE_BIN" tokenize --tokenizer "tekken-$v" < "$tmp/text" > "$tmp/by_name"
+  "$GALE_BIN" tokenize --tokenizer "$data/tekken_$v.json" < "$tmp/text" > "$tmp/by_path"
+  cmp "$tmp/by_name" "$tmp/by_path"
+done
+
 # errors name what was asked for
 if "$GALE_BIN" tokenize --tokenizer mistral-v9 < "$tmp/text" 2> "$tmp/err"; then echo "FAIL: accepted mistral-v9"; exit 1; fi
 grep -q "mistral-v9" "$tmp/err" && grep -q "mistral-v1, mistral-v3" "$tmp/err" || { cat "$tmp/err"; exit 1; }
