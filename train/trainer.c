@@ -156,6 +156,7 @@ static int open_data(trainer *t, gale_error *err)
         .world = t->world,
         .seed = c->run.seed,
         .prefetch = 2,
+        .skip_bad_shards = c->data.on_bad_shard,
     };
     t->loader = loader_open(&lo, err);
     if (!t->loader)
@@ -568,6 +569,7 @@ static int run_eval(trainer *t, gale_error *err)
         .doc_mask = t->cfg->data.doc_mask,
         .rank = t->rank,
         .world = t->world,
+        .skip_bad_shards = t->cfg->data.on_bad_shard,
     };
     gale_eval_result res;
     if (eval_split(t->model, &eo, &res, err))
