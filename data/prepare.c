@@ -21,6 +21,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
+#include "util/lock.h"
 #include "util/progress.h"
 
 /* A batch is processed on all cores when it holds this many documents or bytes. */
@@ -106,6 +107,7 @@ typedef struct prepare_ctx {
     input_unit *units; /* this rank's share of the input, in input order */
     size_t n_units;
     char *partial_dir;
+    gale_lock out_lock; /* rank 0: OUT.lock, one prepare per output */
     gale_tokenizer *tok;
     tokenizer_encoder **encoders; /* one per OpenMP thread: scratch and word cache kept over batches */
     int n_encoders;
@@ -595,9 +597,31 @@ static char *partial_path(const char *out)
     return p;
 }
 
+/* Rank 0: OUT.lock beside OUT (OUT itself appears only at the end, by rename), held until
+ * prepare_run returns, so a second prepare into OUT fails before touching OUT.partial. */
+static int take_output_lock(prepare_ctx *c, gale_error *err)
+{
+    char *parent = gale_xstrdup(c->cfg->out);
+    char *slash = strrchr(parent, '/');
+    int rc = 0;
+    if (slash && slash != parent) {
+        *slash = 0;
+        rc = gale_mkdir_p(parent, err);
+    }
+    free(parent);
+    char *lock = gale_xmalloc(strlen(c->cfg->out) + 8);
+    sprintf(lock, "%s.lock", c->cfg->out);
+    if (rc == 0)
+        rc = gale_lock_take(&c->out_lock, lock, "gale prepare", err);
+    free(lock);
+    return rc;
+}
+
 /* Rank 0: refuses an existing output unless overwrite, and makes a fresh OUT.partial. */
 static int make_partial_dir(prepare_ctx *c, gale_error *err)
 {
+    if (take_output_lock(c, err) < 0)
+        return -1;
     if (gale_path_exists(c->cfg->out) && !c->cfg->overwrite)
         return gale_fail(err, "%s already exists; give --overwrite (or overwrite: true) to replace it",
                          c->cfg->out);
@@ -991,9 +1015,10 @@ int prepare_run(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
     if (rc < 0) {
         /* a clean failure leaves nothing behind (a killed run leaves OUT.partial) */
         MPI_Barrier(comm);
-        if (c.rank == 0 && gale_path_exists(c.partial_dir))
+        if (c.rank == 0 && c.out_lock.path && gale_path_exists(c.partial_dir)) /* ours only */
             gale_remove_tree(c.partial_dir, NULL);
     }
+    gale_lock_release(&c.out_lock);
     free(c.partial_dir);
     return rc;
 }

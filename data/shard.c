@@ -461,9 +461,10 @@ gale_shard_writer *shard_writer_create(const char *path, const gale_shard_meta *
     if (fapl >= 0)
         H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
     w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (w->file < 0)
+        fail_hdf5(err, w->path, "cannot create the shard file"); /* before H5Pclose clears the stack */
     H5Pclose(fapl);
     if (w->file < 0) {
-        fail_hdf5(err, w->path, "cannot create the shard file");
         w->file = 0;
         unlink(w->tmp_path);
         writer_free(w);
@@ -772,10 +773,11 @@ gale_shard *shard_open(const char *path, gale_error *err)
     }
     hid_t fapl = unlocked_file_access();
     s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (s->file < 0)
+        fail_hdf5(err, path, "cannot open as HDF5 (truncated or damaged?)");
     H5Pclose(fapl);
     if (s->file < 0) {
         s->file = 0;
-        fail_hdf5(err, path, "cannot open as HDF5 (truncated or damaged?)");
         shard_close(s);
         return NULL;
     }

@@ -21,6 +21,7 @@
 #include "train/metrics.h"
 #include "util/file.h"
 #include "util/hash.h"
+#include "util/lock.h"
 
 /* Assumed peak of one core when backend.peak_tflops is not given: 2.5 GHz × 32 fp32
  * FLOP/cycle (two 8-wide AVX2 FMA units). */
@@ -37,6 +38,9 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
 }
 
+/* In run.dir while a job trains there (util/lock.h). */
+#define RUN_LOCK_FILE "gale.lock"
+
 typedef struct trainer {
     const gale_run_config *cfg;
     int rank, world;
@@ -45,6 +49,7 @@ typedef struct trainer {
     const struct gale_ops *ops;
     struct adamw opt;
     int opt_ready;
+    gale_lock run_lock;          /* rank 0: run.dir is this job's */
     gale_loader *loader;
     gale_batch *micro;     /* the grad_accum micro-batches of a step */
     int32_t *segments;     /* one micro-batch of segment ids for the model */
@@ -254,6 +259,14 @@ static int setup(trainer *t, gale_error *err)
     const gale_run_config *c = t->cfg;
     MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+    if (t->rank == 0) {
+        /* before anything reads or writes run.dir: a second job on it fails here at once */
+        char *lock = gale_path_join(c->run.dir, RUN_LOCK_FILE);
+        int rc = gale_mkdir_p(c->run.dir, err) || gale_lock_take(&t->run_lock, lock, "gale train", err) ? -1 : 0;
+        free(lock);
+        if (rc)
+            return -1;
+    }
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
     } else {
@@ -336,6 +349,7 @@ static void teardown(trainer *t)
     free(t->expert_counts);
     free(t->selected);
     train_state_clear(&t->state);
+    gale_lock_release(&t->run_lock);
 }
 
 /* Appends "TENSOR (n of m values), ..." for the tensors of values (a host copy of a flat
