@@ -23,6 +23,7 @@
 #include "util/file.h"
 #include "util/lock.h"
 #include "util/progress.h"
+#include "util/rank_agreement.h"
 
 /* A batch is processed on all cores when it holds this many documents or bytes. */
 #define BATCH_DOCS 2048
@@ -1002,9 +1003,21 @@ static int run(prepare_ctx *c, gale_error *err)
     return rc;
 }
 
+/* Every rank must prepare with rank 0's settings (util/rank_agreement.h). */
+static int settings_agree(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
+{
+    char *text = NULL;
+    json_t *settings = prepare_config_to_json(cfg);
+    rank_agreement_lines(&text, "", settings);
+    json_decref(settings);
+    int rc = rank_agreement_check(comm, "the prepare settings", text ? text : "", err);
+    free(text);
+    return rc;
+}
+
 int prepare_run(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
 {
-    if (prepare_config_check(cfg, err) < 0)
+    if (settings_agree(cfg, comm, err) < 0 || prepare_config_check(cfg, err) < 0)
         return -1;
     prepare_ctx c = {.cfg = cfg, .comm = comm, .examples = json_array()};
     MPI_Comm_rank(comm, &c.rank);

@@ -19,6 +19,7 @@
 #include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/metrics.h"
+#include "train/run_agreement.h"
 #include "util/file.h"
 #include "util/hash.h"
 #include "util/lock.h"
@@ -267,6 +268,12 @@ static int setup(trainer *t, gale_error *err)
         if (rc)
             return -1;
     }
+    if (trainer_model_config(c, &t->mc, err))
+        return -1;
+    adopt_data_tokenizer(t);
+    /* before the first collective, which ranks that disagree could wait in for ever */
+    if (t->world > 1 && run_agreement_check(c, &t->mc, err))
+        return -1;
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
     } else {
@@ -279,9 +286,6 @@ static int setup(trainer *t, gale_error *err)
         if (local > 1)
             omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
     }
-    if (trainer_model_config(c, &t->mc, err))
-        return -1;
-    adopt_data_tokenizer(t);
     t->ops = gale_ops_by_name("cpu");
     struct model_options mo = {
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
