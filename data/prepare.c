@@ -1,6 +1,7 @@
 /* prepare: read → filter → dedup (global) → tokenize → pack → shards, over MPI ranks. */
 #include "data/prepare.h"
 
+#include <fcntl.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -618,10 +619,29 @@ static int take_output_lock(prepare_ctx *c, gale_error *err)
     return rc;
 }
 
+/* Rank 0: the --removed file is written at the end, through REMOVED.tmp.PID: a place it cannot
+ * be written fails now, before the work, by writing that temporary. */
+static int check_removed_writable(const prepare_ctx *c, gale_error *err)
+{
+    struct stat st;
+    if (stat(c->cfg->removed, &st) == 0 && !S_ISREG(st.st_mode))
+        return gale_fail(err, "--removed %s: not a regular file", c->cfg->removed);
+    char *tmp = gale_xmalloc(strlen(c->cfg->removed) + 32);
+    sprintf(tmp, "%s.tmp.%d", c->cfg->removed, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int rc = fd < 0 ? gale_fail_errno(err, "--removed %s: cannot be written", c->cfg->removed) : 0;
+    if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+    }
+    free(tmp);
+    return rc;
+}
+
 /* Rank 0: refuses an existing output unless overwrite, and makes a fresh OUT.partial. */
 static int make_partial_dir(prepare_ctx *c, gale_error *err)
 {
-    if (take_output_lock(c, err) < 0)
+    if (take_output_lock(c, err) < 0 || (c->cfg->removed && check_removed_writable(c, err) < 0))
         return -1;
     if (gale_path_exists(c->cfg->out) && !c->cfg->overwrite)
         return gale_fail(err, "%s already exists; give --overwrite (or overwrite: true) to replace it",
@@ -649,7 +669,7 @@ static int setup(prepare_ctx *c, gale_error *err)
             c->file_bytes[f] = (uint64_t)st.st_size;
     }
     c->ropt = (reader_options){(text_mode)cfg->text_mode, cfg->separator, cfg->json_key,
-                               cfg->kind == GALE_SHARD_SFT};
+                               cfg->kind == GALE_SHARD_SFT, (size_t)cfg->max_record_bytes};
     if (assign_units(c, err) < 0)
         return -1;
     c->tok = tokenizer_load(cfg->tokenizer, err);

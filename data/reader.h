@@ -31,6 +31,7 @@ typedef struct reader_options {
     const char *separator; /* the separator line of TEXT_MODE_SEPARATOR, e.g. "%" */
     const char *json_key;  /* the text's key in JSONL records, dotted for nesting ("meta.body") */
     int conversations;     /* records are {"messages": [...]} (SFT): json_key is not used */
+    size_t max_record_bytes; /* a longer line or record is an error; 0: no bound */
 } reader_options;
 
 typedef enum {
