@@ -270,6 +270,10 @@ static int setup(trainer *t, gale_error *err)
     }
     if (trainer_model_config(c, &t->mc, err))
         return -1;
+    /* fp32 weights and gradients, and the AdamW moments (1/world of them with ZeRO-1) */
+    if (model_config_check_memory(&t->mc, 8.0 + 8.0 / (c->optim.zero ? t->world : 1),
+                                  "training (fp32 weights, gradients and AdamW moments)", err))
+        return -1;
     adopt_data_tokenizer(t);
     /* before the first collective, which ranks that disagree could wait in for ever */
     if (t->world > 1 && run_agreement_check(c, &t->mc, err))
