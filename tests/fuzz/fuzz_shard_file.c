@@ -5,6 +5,7 @@
  * the shard, then each 4 bytes are an offset (24 bits, modulo the file size) and a byte to XOR
  * there. An input that starts with the signature is the file itself. Any file must open and
  * read, or fail with a message: never a crash, an overrun or a hang. */
+#define _GNU_SOURCE
 #include <hdf5.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,10 +33,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             fprintf(stderr, "fuzz_shard_file: %s\n", err.msg);
             abort();
         }
-        unlink(p);
         free(p);
     }
-    rmdir(dir);
+    fixture_remove_tree(dir);
     free(dir);
     snprintf(path, sizeof path, "%s/gale-fuzz-shard-%d.h5", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
              (int)getpid());
