@@ -373,7 +373,7 @@ static int create_datasets(gale_shard_writer *w, int zstd_level)
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     int rc = space < 0 || dcpl < 0 || H5Pset_chunk(dcpl, 2, chunk) < 0 || H5Pset_shuffle(dcpl) < 0 ||
                      H5Pset_filter(dcpl, GALE_H5Z_FILTER_ZSTD, H5Z_FLAG_MANDATORY, 1, &level) < 0 ||
-                     H5Pset_fletcher32(dcpl) < 0
+                     H5Pset_fletcher32(dcpl) < 0 || H5Pset_obj_track_times(dcpl, 0) < 0
                  ? -1
                  : 0;
     for (int ds = 0; rc == 0 && ds < w->n_datasets; ds++) {
@@ -460,9 +460,15 @@ gale_shard_writer *shard_writer_create(const char *path, const gale_shard_meta *
      * and chunk index, so damage to them is a read error rather than a misread. */
     if (fapl >= 0)
         H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
-    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    /* no object times (the 1.10 format stores them): the same rows give the same bytes */
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    if (fcpl >= 0)
+        H5Pset_obj_track_times(fcpl, 0);
+    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, fcpl, fapl);
     if (w->file < 0)
         fail_hdf5(err, w->path, "cannot create the shard file"); /* before H5Pclose clears the stack */
+    if (fcpl >= 0)
+        H5Pclose(fcpl);
     H5Pclose(fapl);
     if (w->file < 0) {
         w->file = 0;
