@@ -427,14 +427,15 @@ int loader_next(gale_loader *l, gale_batch *b, gale_error *err)
 
 /* ---- opening ---- */
 
-/* data.on_bad_shard: skip. Every shard is checked in full (SHA-256 included) before the stream
- * is laid out, so that all ranks leave out the same ones; returns which shards are usable. */
-static int *leave_out_bad_shards(const gale_manifest *m, const char *dir)
+/* data.on_bad_shard: skip. Every shard of the split is checked in full (SHA-256 included)
+ * before the stream is laid out, so that all ranks leave out the same ones; returns which
+ * shards are usable (those of other splits are not looked at). */
+static int *leave_out_bad_shards(const gale_manifest *m, const char *dir, const char *split)
 {
     int *usable = gale_xcalloc(m->n_shards + 1, sizeof *usable);
     for (size_t i = 0; i < m->n_shards; i++) {
         gale_error why;
-        usable[i] = manifest_verify_shard(m, dir, i, 1, &why) == 0;
+        usable[i] = strcmp(m->shards[i].split, split) != 0 || manifest_verify_shard(m, dir, i, 1, &why) == 0;
         if (!usable[i])
             fprintf(stderr, "warning: leaving out a bad shard (data.on_bad_shard: skip): %s\n", why.msg);
     }
@@ -450,7 +451,7 @@ static int open_source(gale_loader *l, size_t s, const char *dir, gale_error *er
     if (l->opts.skip_bad_shards) {
         if (manifest_read(&src->manifest, dir, err) != 0)
             return -1;
-        usable = leave_out_bad_shards(&src->manifest, dir);
+        usable = leave_out_bad_shards(&src->manifest, dir, l->split);
     } else if (manifest_load(&src->manifest, dir, l->opts.verify_checksums, err) != 0) {
         return -1;
     }
