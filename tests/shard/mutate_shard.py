@@ -1,8 +1,8 @@
 """Runs damaged copies of a shard through a gale command and counts how each one ended.
 
 Every mutant is the shard with bytes changed: `random N SEED` XORs one random byte of the
-metadata (the bytes before the first chunk: superblock, object headers, attributes, chunk
-index, global heap) in each of N copies; `heap` XORs each byte of the first objects of every
+first 64 KiB (a small shard's superblock, object headers, attributes, chunk index, global
+heap and chunks) in each of N copies; `heap` XORs each byte of the first objects of every
 global heap collection ("GCOL"), where HDF5 keeps the variable-length string attributes.
 A mutant must end with exit status 0 or 1: a signal or a hang (TIMEOUT seconds) fails.
 
@@ -17,7 +17,6 @@ sep = sys.argv.index("--")
 params, command = sys.argv[5:sep], sys.argv[sep + 1:]
 data = open(shard, "rb").read()
 
-# a small shard's metadata lies in its first few KiB (its chunks after)
 metadata_end = min(len(data), 64 * 1024)
 
 mutants = []
