@@ -58,7 +58,8 @@ static int parse_number(const char *opt, const char *text, double lo, double hi,
 {
     char *end;
     *out = strtod(text, &end);
-    if (end == text || *end || *out < lo || *out > hi) {
+    /* written as "in range" so that NaN, which compares false with everything, fails it */
+    if (end == text || *end || !(*out >= lo && *out <= hi)) {
         fprintf(stderr, "gale sample: %s needs a number in [%g, %g], got '%s'\n", opt, lo, hi, text);
         return -1;
     }

@@ -496,7 +496,8 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
     while ((rc = reader_next_line(r, "a line of ids", ++line_no, &line, &len)) > 0) {
         ids.n = 0;
         if (parse_id_line(tok, r->name, line_no, line, len, &ids) < 0) {
-            rc = -1;
+            /* the lines before a bad one are still printed: nothing valid is lost */
+            rc = write_out(&out) < 0 ? -1 : -2;
             break;
         }
         tokenizer_decode(tok, ids.v, ids.n, &out);
@@ -506,6 +507,8 @@ static int decode_lines(const gale_tokenizer *tok, line_reader *r)
         }
     }
     if (!rc && write_out(&out) < 0)
+        rc = -1;
+    if (rc == -2)
         rc = -1;
     gale_ids_free(&ids);
     gale_bytes_free(&out);

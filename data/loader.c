@@ -4,12 +4,14 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "data/manifest.h"
 #include "data/shard.h"
 #include "util/file.h"
+#include "util/hash.h"
 
 /* Shards kept open at once over all sources: each open shard holds HDF5 chunk caches (a few
  * MB at seq_len 2048), so this bounds the loader's memory. */
@@ -22,6 +24,8 @@ typedef struct source {
     int64_t rows;                /* rows of the split */
     size_t n_shards;             /* shards of the split, in manifest order */
     char **shard_paths;
+    const char **shard_sha256;   /* what the manifest promises for each */
+    int *checked;                /* 1 once a shard's SHA-256 matched */
     int64_t *shard_first;        /* first row of each shard in the source; [n_shards] = rows */
     gale_shard **open;           /* NULL while closed */
     uint64_t *last_use;
@@ -231,6 +235,19 @@ static gale_shard *shard_handle(gale_loader *l, size_t s, size_t k, gale_error *
         lru_src->open[lru] = NULL;
         l->n_open--;
     }
+    /* Checked once per shard, before HDF5 parses it: a changed byte is never trained on. With
+     * prefetch this runs on the producer thread, ahead of the step that needs the shard. */
+    if (!src->checked[k]) {
+        char sha[65];
+        if (gale_sha256_file_hex(src->shard_paths[k], sha, err) != 0)
+            return NULL;
+        if (strcmp(sha, src->shard_sha256[k]) != 0) {
+            gale_fail(err, "%s: SHA-256 %.16s... does not match manifest.json (%.16s...): the file changed",
+                      src->shard_paths[k], sha, src->shard_sha256[k]);
+            return NULL;
+        }
+        src->checked[k] = 1;
+    }
     src->open[k] = shard_open(src->shard_paths[k], err);
     if (!src->open[k])
         return NULL;
@@ -410,28 +427,54 @@ int loader_next(gale_loader *l, gale_batch *b, gale_error *err)
 
 /* ---- opening ---- */
 
+/* data.on_bad_shard: skip. Every shard of the split is checked in full (SHA-256 included)
+ * before the stream is laid out, so that all ranks leave out the same ones; returns which
+ * shards are usable (those of other splits are not looked at). */
+static int *leave_out_bad_shards(const gale_manifest *m, const char *dir, const char *split)
+{
+    int *usable = gale_xcalloc(m->n_shards + 1, sizeof *usable);
+    for (size_t i = 0; i < m->n_shards; i++) {
+        gale_error why;
+        usable[i] = strcmp(m->shards[i].split, split) != 0 || manifest_verify_shard(m, dir, i, 1, &why) == 0;
+        if (!usable[i])
+            fprintf(stderr, "warning: leaving out a bad shard (data.on_bad_shard: skip): %s\n", why.msg);
+    }
+    return usable;
+}
+
 static int open_source(gale_loader *l, size_t s, const char *dir, gale_error *err)
 {
     source *src = &l->sources[s];
     src->dir = gale_xstrdup(dir);
     src->perm_epoch = -1;
-    if (manifest_load(&src->manifest, dir, l->opts.verify_checksums, err) != 0)
+    int *usable = NULL;
+    if (l->opts.skip_bad_shards) {
+        if (manifest_read(&src->manifest, dir, err) != 0)
+            return -1;
+        usable = leave_out_bad_shards(&src->manifest, dir, l->split);
+    } else if (manifest_load(&src->manifest, dir, l->opts.verify_checksums, err) != 0) {
         return -1;
+    }
     const gale_manifest *m = &src->manifest;
     for (size_t i = 0; i < m->n_shards; i++)
-        src->n_shards += !strcmp(m->shards[i].split, l->split);
+        src->n_shards += !strcmp(m->shards[i].split, l->split) && (!usable || usable[i]);
     src->shard_paths = gale_xcalloc(src->n_shards + 1, sizeof *src->shard_paths);
+    src->shard_sha256 = gale_xcalloc(src->n_shards + 1, sizeof *src->shard_sha256);
+    src->checked = gale_xcalloc(src->n_shards + 1, sizeof *src->checked);
     src->shard_first = gale_xcalloc(src->n_shards + 1, sizeof *src->shard_first);
     src->open = gale_xcalloc(src->n_shards + 1, sizeof *src->open);
     src->last_use = gale_xcalloc(src->n_shards + 1, sizeof *src->last_use);
     size_t k = 0;
     for (size_t i = 0; i < m->n_shards; i++) {
-        if (strcmp(m->shards[i].split, l->split) != 0)
+        if (strcmp(m->shards[i].split, l->split) != 0 || (usable && !usable[i]))
             continue;
         src->shard_paths[k] = gale_path_join(dir, m->shards[i].file);
+        src->shard_sha256[k] = m->shards[i].sha256;
+        src->checked[k] = l->opts.verify_checksums || usable;
         src->shard_first[k + 1] = src->shard_first[k] + m->shards[i].rows;
         k++;
     }
+    free(usable);
     src->rows = src->shard_first[src->n_shards];
     /* a training stream draws from every source; a one-pass one just has nothing from it */
     if (src->rows == 0 && !l->opts.one_pass)
@@ -534,6 +577,8 @@ void loader_close(gale_loader *l)
             free(src->shard_paths[k]);
         }
         free(src->shard_paths);
+        free(src->shard_sha256);
+        free(src->checked);
         free(src->shard_first);
         free(src->open);
         free(src->last_use);

@@ -47,7 +47,10 @@ typedef struct gale_loader_options {
     int one_pass;
     int prefetch;                /* batches prepared ahead by the background thread; 0: none
                                   * (and none when HDF5 is not built thread-safe) */
-    int verify_checksums;        /* check every shard's SHA-256 against the manifest */
+    int verify_checksums;        /* check every shard's SHA-256 against the manifest at open;
+                                  * otherwise each shard's is checked when it is first read */
+    int skip_bad_shards;         /* 1: a shard that fails its checks (SHA-256 included, all at
+                                  * open) is left out with a warning; 0: it is an error */
 } gale_loader_options;
 
 typedef struct gale_batch {

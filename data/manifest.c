@@ -93,6 +93,9 @@ int manifest_add_shard(gale_manifest *m, const char *dir, const char *file, cons
     gale_shard *s = shard_open(path, err);
     int rc = s ? check_shard_agrees(m, shard_meta(s), path, err) : -1;
     char sha[65];
+    struct stat st;
+    if (rc == 0 && stat(path, &st) != 0)
+        rc = gale_fail_errno(err, "%s", path);
     if (rc == 0)
         rc = gale_sha256_file_hex(path, sha, err);
     if (rc == 0) {
@@ -104,6 +107,7 @@ int manifest_add_shard(gale_manifest *m, const char *dir, const char *file, cons
         e->rows = shard_rows(s);
         e->n_docs = shard_meta(s)->n_docs;
         e->n_real_tokens = shard_meta(s)->n_real_tokens;
+        e->bytes = (int64_t)st.st_size;
         memcpy(e->sha256, sha, sizeof sha);
     }
     shard_close(s);
@@ -162,9 +166,12 @@ static json_t *manifest_to_json(const gale_manifest *m, gale_error *err)
     json_t *shards = json_array();
     for (size_t i = 0; i < m->n_shards; i++) {
         const gale_manifest_shard *e = &m->shards[i];
-        json_array_append_new(shards, json_pack("{sssssIsIsIss}", "file", e->file, "split", e->split, "rows",
-                                                (json_int_t)e->rows, "n_docs", (json_int_t)e->n_docs,
-                                                "n_real_tokens", (json_int_t)e->n_real_tokens, "sha256", e->sha256));
+        json_t *entry = json_pack("{sssssIsIsIss}", "file", e->file, "split", e->split, "rows", (json_int_t)e->rows,
+                                  "n_docs", (json_int_t)e->n_docs, "n_real_tokens", (json_int_t)e->n_real_tokens,
+                                  "sha256", e->sha256);
+        if (e->bytes >= 0)
+            json_object_set_new(entry, "bytes", json_integer(e->bytes));
+        json_array_append_new(shards, entry);
     }
     json_object_set_new(root, "shards", shards);
     json_object_set_new(root, "totals",
@@ -350,6 +357,9 @@ static int parse_shards(const char *file, json_t *root, gale_manifest *m, gale_e
             get_int(file, e, where, "n_real_tokens", 0, INT64_MAX, &s->n_real_tokens, err) != 0 ||
             get_sha256(file, e, where, "sha256", 0, s->sha256, err) != 0)
             return -1;
+        s->bytes = -1;
+        if (json_object_get(e, "bytes") && get_int(file, e, where, "bytes", 0, INT64_MAX, &s->bytes, err) != 0)
+            return -1;
         if (!is_plain_file_name(name))
             return gale_fail(err, "%s: '%s.file' = '%s' must be a plain file name", file, where, name);
         if (!is_split(split))
@@ -411,6 +421,13 @@ static int verify_shard(const gale_manifest *m, const char *dir, const gale_mani
         free(path);
         return rc;
     }
+    struct stat st;
+    if (e->bytes >= 0 && stat(path, &st) == 0 && (int64_t)st.st_size != e->bytes) {
+        rc = gale_fail(err, "%s: %lld bytes, manifest.json says %lld: the file changed", path, (long long)st.st_size,
+                       (long long)e->bytes);
+        free(path);
+        return rc;
+    }
     gale_shard *s = shard_open(path, err);
     if (!s)
         rc = -1;
@@ -455,6 +472,11 @@ static int check_no_unlisted_shards(const gale_manifest *m, const char *dir, gal
     }
     closedir(d);
     return rc;
+}
+
+int manifest_verify_shard(const gale_manifest *m, const char *dir, size_t i, int verify_checksums, gale_error *err)
+{
+    return verify_shard(m, dir, &m->shards[i], verify_checksums, err);
 }
 
 int manifest_verify(const gale_manifest *m, const char *dir, int verify_checksums, gale_error *err)

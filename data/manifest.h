@@ -26,6 +26,7 @@ typedef struct gale_manifest_shard {
     char split[8];       /* "train" or "val" */
     int64_t rows;
     int64_t n_docs, n_real_tokens;
+    int64_t bytes;       /* size of the file, -1 when not recorded (older manifests) */
     char sha256[65];     /* of the whole file */
 } gale_manifest_shard;
 
@@ -70,6 +71,10 @@ int manifest_read(gale_manifest *m, const char *dir, gale_error *err);
 /* Checks that every shard exists, opens as a gale shard, and agrees with m on row count
  * and attributes; with verify_checksums also that its SHA-256 matches (reads every byte). */
 int manifest_verify(const gale_manifest *m, const char *dir, int verify_checksums, gale_error *err);
+
+/* The checks of manifest_verify for shard i alone (not the unlisted-file check). The file's
+ * size is checked before HDF5 opens it. */
+int manifest_verify_shard(const gale_manifest *m, const char *dir, size_t i, int verify_checksums, gale_error *err);
 
 /* manifest_read followed by manifest_verify. */
 int manifest_load(gale_manifest *m, const char *dir, int verify_checksums, gale_error *err);

@@ -1,6 +1,7 @@
 /* prepare: read → filter → dedup (global) → tokenize → pack → shards, over MPI ranks. */
 #include "data/prepare.h"
 
+#include <fcntl.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,9 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "util/file.h"
+#include "util/lock.h"
 #include "util/progress.h"
+#include "util/rank_agreement.h"
 
 /* A batch is processed on all cores when it holds this many documents or bytes. */
 #define BATCH_DOCS 2048
@@ -110,6 +113,7 @@ typedef struct prepare_ctx {
     input_unit *units; /* this rank's share of the input, in input order */
     size_t n_units;
     char *partial_dir;
+    gale_lock out_lock; /* rank 0: OUT.lock, one prepare per output */
     gale_tokenizer *tok;
     tokenizer_encoder **encoders; /* one per OpenMP thread: scratch and word cache kept over batches */
     int n_encoders;
@@ -607,9 +611,50 @@ static char *partial_path(const char *out)
     return p;
 }
 
+/* Rank 0: OUT.lock beside OUT (OUT itself appears only at the end, by rename), held until
+ * prepare_run returns, so a second prepare into OUT fails before touching OUT.partial. */
+static int take_output_lock(prepare_ctx *c, gale_error *err)
+{
+    char *parent = gale_xstrdup(c->cfg->out);
+    char *slash = strrchr(parent, '/');
+    int rc = 0;
+    if (slash && slash != parent) {
+        *slash = 0;
+        rc = gale_mkdir_p(parent, err);
+    }
+    free(parent);
+    char *lock = gale_xmalloc(strlen(c->cfg->out) + 8);
+    sprintf(lock, "%s.lock", c->cfg->out);
+    if (rc == 0)
+        rc = gale_lock_take(&c->out_lock, lock, "gale prepare", err);
+    free(lock);
+    return rc;
+}
+
+/* Rank 0: the --removed file is written at the end, through REMOVED.tmp.PID: a place it cannot
+ * be written fails now, before the work, by writing that temporary. */
+static int check_removed_writable(const prepare_ctx *c, gale_error *err)
+{
+    struct stat st;
+    if (stat(c->cfg->removed, &st) == 0 && !S_ISREG(st.st_mode))
+        return gale_fail(err, "--removed %s: not a regular file", c->cfg->removed);
+    char *tmp = gale_xmalloc(strlen(c->cfg->removed) + 32);
+    sprintf(tmp, "%s.tmp.%d", c->cfg->removed, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int rc = fd < 0 ? gale_fail_errno(err, "--removed %s: cannot be written", c->cfg->removed) : 0;
+    if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+    }
+    free(tmp);
+    return rc;
+}
+
 /* Rank 0: refuses an existing output unless overwrite, and makes a fresh OUT.partial. */
 static int make_partial_dir(prepare_ctx *c, gale_error *err)
 {
+    if (take_output_lock(c, err) < 0 || (c->cfg->removed && check_removed_writable(c, err) < 0))
+        return -1;
     if (gale_path_exists(c->cfg->out) && !c->cfg->overwrite)
         return gale_fail(err, "%s already exists; give --overwrite (or overwrite: true) to replace it",
                          c->cfg->out);
@@ -636,7 +681,7 @@ static int setup(prepare_ctx *c, gale_error *err)
             c->file_bytes[f] = (uint64_t)st.st_size;
     }
     c->ropt = (reader_options){(text_mode)cfg->text_mode, cfg->separator, cfg->json_key,
-                               cfg->kind == GALE_SHARD_SFT, cfg->chat_key};
+                               cfg->kind == GALE_SHARD_SFT, cfg->chat_key, (size_t)cfg->max_record_bytes};
     if (assign_units(c, err) < 0)
         return -1;
     c->tok = tokenizer_load(cfg->tokenizer, err);
@@ -1016,9 +1061,21 @@ static int run(prepare_ctx *c, gale_error *err)
     return rc;
 }
 
+/* Every rank must prepare with rank 0's settings (util/rank_agreement.h). */
+static int settings_agree(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
+{
+    char *text = NULL;
+    json_t *settings = prepare_config_to_json(cfg);
+    rank_agreement_lines(&text, "", settings);
+    json_decref(settings);
+    int rc = rank_agreement_check(comm, "the prepare settings", text ? text : "", err);
+    free(text);
+    return rc;
+}
+
 int prepare_run(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
 {
-    if (prepare_config_check(cfg, err) < 0)
+    if (settings_agree(cfg, comm, err) < 0 || prepare_config_check(cfg, err) < 0)
         return -1;
     prepare_ctx c = {.cfg = cfg, .comm = comm, .examples = json_array()};
     MPI_Comm_rank(comm, &c.rank);
@@ -1029,9 +1086,10 @@ int prepare_run(const prepare_config *cfg, MPI_Comm comm, gale_error *err)
     if (rc < 0) {
         /* a clean failure leaves nothing behind (a killed run leaves OUT.partial) */
         MPI_Barrier(comm);
-        if (c.rank == 0 && gale_path_exists(c.partial_dir))
+        if (c.rank == 0 && c.out_lock.path && gale_path_exists(c.partial_dir)) /* ours only */
             gale_remove_tree(c.partial_dir, NULL);
     }
+    gale_lock_release(&c.out_lock);
     free(c.partial_dir);
     return rc;
 }

@@ -47,6 +47,7 @@ static const key_spec keys[] = {
     V(chat_key, CONFIG_STRING, chat_key, 0, 0, NULL, "sft: the record key holding the messages [messages, conversations or conversation, the first present]"),
     V(min_chars, CONFIG_INT, min_chars, 0, 1e15, NULL, "documents shorter (in characters) are filtered [1]"),
     V(max_chars, CONFIG_INT, max_chars, 0, 1e15, NULL, "documents longer are filtered; 0: no bound [0]"),
+    V(max_record_bytes, CONFIG_INT, max_record_bytes, 1024, 1e15, NULL, "a longer input line or record is an error (bounds the memory a bad input can take) [67108864]"),
     K(dedup, KEY_DEDUP, CONFIG_STRING, dedup_exact, 0, 0, NULL, "exact,near | exact | near | none [exact,near]"),
     V(near_threshold, CONFIG_DOUBLE, near_threshold, 0.01, 1, NULL, "Jaccard similarity of near duplicates [0.8]"),
     V(minhash_bands, CONFIG_INT, minhash_bands, 1, 1024, NULL, "LSH bands [14]"),
@@ -81,6 +82,7 @@ void prepare_config_init(prepare_config *c)
     c->json_key = gale_xstrdup("text");
     c->chat_template = gale_xstrdup("v3");
     c->min_chars = 1;
+    c->max_record_bytes = 64L << 20;
     c->dedup_exact = c->dedup_near = 1;
     c->near_threshold = 0.8;
     c->minhash_bands = 14;

@@ -36,6 +36,7 @@ typedef struct prepare_config {
     char *chat_template;     /* v1, v3, llama2 */
     char *chat_key;          /* sft: the messages' key, or NULL: messages, conversations, conversation */
     long min_chars, max_chars; /* max 0: no bound */
+    long max_record_bytes;   /* a longer line or record is an error */
     int dedup_exact, dedup_near;
     double near_threshold;
     long minhash_bands, minhash_rows, ngram, max_shingles;

@@ -179,6 +179,14 @@ static long stream_read(doc_reader *r, char *dst, size_t cap, gale_error *err)
     return (long)out.pos;
 }
 
+/* A line or record past max_record_bytes ends the file's reading: /dev/zero or a file
+ * without newlines would otherwise take all memory. */
+static int record_too_long(const doc_reader *r, uint64_t line, gale_error *err)
+{
+    return gale_fail(err, "%s:%llu: a record longer than %zu bytes (max_record_bytes)", r->path,
+                     (unsigned long long)line, r->opt.max_record_bytes);
+}
+
 /* The next line without its '\n' (and '\r' before it) in *line and *len: 1, 0 at the end of
  * the file, -1 on a read error. The line stays valid until the next call. */
 static int read_line(doc_reader *r, const char **line, size_t *len, gale_error *err)
@@ -205,6 +213,8 @@ static int read_line(doc_reader *r, const char **line, size_t *len, gale_error *
             r->buf_offset += r->pos;
             r->pos = 0;
         }
+        if (r->opt.max_record_bytes && r->len > r->opt.max_record_bytes)
+            return record_too_long(r, r->next_line, err);
         if (r->cap - r->len < READ_BLOCK) {
             r->cap = r->cap ? r->cap * 2 : 2 * READ_BLOCK;
             r->buf = gale_xrealloc(r->buf, r->cap);
@@ -340,6 +350,8 @@ static int next_text(doc_reader *r, reader_record *rec, gale_error *err)
         else
             gale_bytes_push(&r->doc, '\n');
         gale_bytes_append(&r->doc, line, len);
+        if (r->opt.max_record_bytes && r->doc.n > r->opt.max_record_bytes)
+            return record_too_long(r, first, err);
         if (mode == TEXT_MODE_LINES)
             break;
     }
@@ -449,8 +461,48 @@ static int excluded(const char *path, const char *const *excludes, size_t n_excl
     return 0;
 }
 
+/* Folders already walked, by device and inode: a symlink back up the tree is walked once. */
+typedef struct walked_set {
+    dev_t *dev;
+    ino_t *ino;
+    size_t n;
+} walked_set;
+
+/* 1 when st's folder was walked already; else records it and returns 0. */
+static int walked_before(walked_set *w, const struct stat *st)
+{
+    for (size_t i = 0; i < w->n; i++)
+        if (w->dev[i] == st->st_dev && w->ino[i] == st->st_ino)
+            return 1;
+    w->dev = gale_xrealloc(w->dev, (w->n + 1) * sizeof *w->dev);
+    w->ino = gale_xrealloc(w->ino, (w->n + 1) * sizeof *w->ino);
+    w->dev[w->n] = st->st_dev;
+    w->ino[w->n++] = st->st_ino;
+    return 0;
+}
+
+/* What an input path is: 1 a regular file to read, 2 a folder to walk, 0 something skipped
+ * with a warning (a FIFO, device or socket: reading one would hang or never end), -1 an
+ * error (a dangling symlink fails here, before any work). */
+static int classify_input(const char *path, struct stat *st, gale_error *err)
+{
+    if (stat(path, st) != 0) {
+        struct stat link;
+        if (lstat(path, &link) == 0 && S_ISLNK(link.st_mode))
+            return gale_fail(err, "input '%s': a symlink to nothing (dangling)", path);
+        return gale_fail_errno(err, "input '%s'", path);
+    }
+    if (S_ISDIR(st->st_mode))
+        return 2;
+    if (S_ISREG(st->st_mode))
+        return 1;
+    fprintf(stderr, "gale prepare: warning: skipping '%s': not a regular file (%s)\n", path,
+            S_ISFIFO(st->st_mode) ? "a FIFO" : S_ISSOCK(st->st_mode) ? "a socket" : "a device");
+    return 0;
+}
+
 static int walk_folder(const char *dir, path_list *out, const char *const *excludes, size_t n_excludes,
-                       gale_error *err)
+                       walked_set *walked, gale_error *err)
 {
     struct dirent **entries;
     int n = scandir(dir, &entries, NULL, alphasort);
@@ -462,13 +514,16 @@ static int walk_folder(const char *dir, path_list *out, const char *const *exclu
         if (rc == 0 && strcmp(name, ".") && strcmp(name, "..")) {
             char *path = gale_path_join(dir, name);
             struct stat st;
-            if (excluded(path, excludes, n_excludes)) {
-                /* skipped by request */
-            } else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-                rc = walk_folder(path, out, excludes, n_excludes, err);
-            } else {
+            int what = excluded(path, excludes, n_excludes) ? 0 : classify_input(path, &st, err);
+            if (what < 0)
+                rc = -1;
+            else if (what == 1)
                 path_list_push(out, path);
-            }
+            else if (what == 2 && walked_before(walked, &st))
+                fprintf(stderr, "gale prepare: warning: skipping '%s': a folder already read (a symlink loop?)\n",
+                        path);
+            else if (what == 2)
+                rc = walk_folder(path, out, excludes, n_excludes, walked, err);
             free(path);
         }
         free(entries[i]);
@@ -481,39 +536,41 @@ int reader_expand_inputs(const char *const *inputs, size_t n_inputs, const char 
                          size_t n_excludes, char ***paths, size_t *n_paths, gale_error *err)
 {
     path_list out = {0};
-    for (size_t i = 0; i < n_inputs; i++) {
+    walked_set walked = {0};
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n_inputs; i++) {
         const char *in = inputs[i];
         size_t before = out.n;
         struct stat st;
         if (strpbrk(in, "*?[")) {
             glob_t g;
-            int rc = glob(in, 0, NULL, &g);
-            if (rc == 0) {
+            int grc = glob(in, 0, NULL, &g);
+            if (grc == 0) {
                 for (size_t k = 0; k < g.gl_pathc; k++)
                     if (stat(g.gl_pathv[k], &st) == 0 && S_ISREG(st.st_mode) &&
                         !excluded(g.gl_pathv[k], excludes, n_excludes))
                         path_list_push(&out, g.gl_pathv[k]);
             }
             globfree(&g);
-            if (rc != 0 && rc != GLOB_NOMATCH) {
-                reader_free_paths(out.v, out.n);
-                return gale_fail(err, "input '%s': cannot expand the pattern", in);
-            }
-        } else if (stat(in, &st) != 0) {
-            reader_free_paths(out.v, out.n);
-            return gale_fail_errno(err, "input '%s'", in);
-        } else if (S_ISDIR(st.st_mode)) {
-            if (walk_folder(in, &out, excludes, n_excludes, err) < 0) {
-                reader_free_paths(out.v, out.n);
-                return -1;
-            }
-        } else if (!excluded(in, excludes, n_excludes)) {
-            path_list_push(&out, in);
+            if (grc != 0 && grc != GLOB_NOMATCH)
+                rc = gale_fail(err, "input '%s': cannot expand the pattern", in);
+        } else {
+            int what = classify_input(in, &st, err);
+            if (what < 0)
+                rc = -1;
+            else if (what == 2 && !walked_before(&walked, &st))
+                rc = walk_folder(in, &out, excludes, n_excludes, &walked, err);
+            else if (what == 1 && !excluded(in, excludes, n_excludes))
+                path_list_push(&out, in);
         }
-        if (out.n == before) {
-            reader_free_paths(out.v, out.n);
-            return gale_fail(err, "input '%s' names no file%s", in, n_excludes ? " (after excludes)" : "");
-        }
+        if (rc == 0 && out.n == before)
+            rc = gale_fail(err, "input '%s' names no file%s", in, n_excludes ? " (after excludes)" : "");
+    }
+    free(walked.dev);
+    free(walked.ino);
+    if (rc != 0) {
+        reader_free_paths(out.v, out.n);
+        return -1;
     }
     *paths = out.v;
     *n_paths = out.n;

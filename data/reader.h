@@ -32,6 +32,7 @@ typedef struct reader_options {
     const char *json_key;  /* the text's key in JSONL records, dotted for nesting ("meta.body") */
     int conversations;     /* records are conversations (SFT, data/chat_formats.h): json_key is not used */
     const char *chat_key;  /* SFT: the messages' key; NULL: messages, conversations or conversation */
+    size_t max_record_bytes; /* a longer line or record is an error; 0: no bound */
 } reader_options;
 
 typedef enum {

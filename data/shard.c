@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "data/hdf5_heap_check.h"
 #include "data/zstd_filter.h"
 #include "util/file.h"
 
@@ -50,6 +51,16 @@ int shard_packing_parse(const char *name)
     if (!strcmp(name, "best_fit"))
         return GALE_SHARD_BEST_FIT;
     return -1;
+}
+
+/* HDF5 1.10 cannot close a file once flushing it has failed (a full disk): the close fails
+ * with "slist already enabled" and the file stays half closed, and the library's exit handler
+ * then crashes closing it again (H5F__close_cb). Without that handler such a file is released
+ * by the kernel at exit; every file gale completes is closed by then. Must run before the
+ * library starts, hence a constructor. */
+__attribute__((constructor)) static void skip_hdf5_exit_handler(void)
+{
+    H5dont_atexit();
 }
 
 /* HDF5 prints its error stack per thread unless told not to; gale reports errors itself. */
@@ -350,6 +361,8 @@ static hid_t dataset_mem_type(const gale_shard_writer *w, int ds)
     return ds == DS_SEGMENTS ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT8;
 }
 
+/* Filters on write: shuffle, zstd, then Fletcher-32 over the stored (compressed) bytes, so a
+ * changed byte in a chunk is caught before the zstd decoder sees it. */
 static int create_datasets(gale_shard_writer *w, int zstd_level)
 {
     hsize_t dims[2] = {0, (hsize_t)w->row_len};
@@ -359,7 +372,8 @@ static int create_datasets(gale_shard_writer *w, int zstd_level)
     hid_t space = H5Screate_simple(2, dims, maxdims);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     int rc = space < 0 || dcpl < 0 || H5Pset_chunk(dcpl, 2, chunk) < 0 || H5Pset_shuffle(dcpl) < 0 ||
-                     H5Pset_filter(dcpl, GALE_H5Z_FILTER_ZSTD, H5Z_FLAG_MANDATORY, 1, &level) < 0
+                     H5Pset_filter(dcpl, GALE_H5Z_FILTER_ZSTD, H5Z_FLAG_MANDATORY, 1, &level) < 0 ||
+                     H5Pset_fletcher32(dcpl) < 0 || H5Pset_obj_track_times(dcpl, 0) < 0
                  ? -1
                  : 0;
     for (int ds = 0; rc == 0 && ds < w->n_datasets; ds++) {
@@ -442,10 +456,21 @@ gale_shard_writer *shard_writer_create(const char *path, const gale_shard_meta *
     if (w->n_datasets == 3)
         w->pending_mask = gale_xmalloc(cells);
     hid_t fapl = unlocked_file_access();
-    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    /* The 1.10 file format checksums the superblock, object headers (attributes included)
+     * and chunk index, so damage to them is a read error rather than a misread. */
+    if (fapl >= 0)
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+    /* no object times (the 1.10 format stores them): the same rows give the same bytes */
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    if (fcpl >= 0)
+        H5Pset_obj_track_times(fcpl, 0);
+    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, fcpl, fapl);
+    if (w->file < 0)
+        fail_hdf5(err, w->path, "cannot create the shard file"); /* before H5Pclose clears the stack */
+    if (fcpl >= 0)
+        H5Pclose(fcpl);
     H5Pclose(fapl);
     if (w->file < 0) {
-        fail_hdf5(err, w->path, "cannot create the shard file");
         w->file = 0;
         unlink(w->tmp_path);
         writer_free(w);
@@ -565,13 +590,19 @@ int shard_writer_finish(gale_shard_writer *w, int64_t n_docs, gale_error *err)
         shard_writer_abort(w);
         return -1;
     }
+    /* Flushing first makes a full disk show while every object is still open; a failed
+     * H5Fclose leaves the library a half-closed file that crashes it at exit. */
+    if (H5Fflush(w->file, H5F_SCOPE_LOCAL) < 0) {
+        fail_hdf5(err, w->path, "cannot complete the shard file");
+        shard_writer_abort(w);
+        return -1;
+    }
     int rc = 0;
     for (int ds = 0; ds < w->n_datasets; ds++) {
         if (H5Dclose(w->datasets[ds]) < 0 && rc == 0)
             rc = fail_hdf5(err, w->path, "cannot write a dataset");
         w->datasets[ds] = 0;
     }
-    /* Closing flushes the chunk cache and metadata: a full disk usually shows here. */
     if (H5Fclose(w->file) < 0 && rc == 0)
         rc = fail_hdf5(err, w->path, "cannot complete the shard file");
     w->file = 0;
@@ -589,6 +620,11 @@ void shard_writer_abort(gale_shard_writer *w)
 {
     if (!w)
         return;
+    /* The file is thrown away: emptying it first gives the closes below room to write what
+     * HDF5 still holds when the disk is full, so every object closes cleanly. */
+    if (truncate(w->tmp_path, 0) != 0) {
+        /* nothing to free: closing can still succeed */
+    }
     for (int ds = 0; ds < N_DATASETS; ds++) {
         if (w->datasets[ds] > 0)
             H5Dclose(w->datasets[ds]);
@@ -737,12 +773,17 @@ gale_shard *shard_open(const char *path, gale_error *err)
         shard_close(s);
         return NULL;
     }
+    if (hdf5_check_global_heaps(path, err) != 0) {
+        shard_close(s);
+        return NULL;
+    }
     hid_t fapl = unlocked_file_access();
     s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (s->file < 0)
+        fail_hdf5(err, path, "cannot open as HDF5 (truncated or damaged?)");
     H5Pclose(fapl);
     if (s->file < 0) {
         s->file = 0;
-        fail_hdf5(err, path, "cannot open as HDF5 (truncated or damaged?)");
         shard_close(s);
         return NULL;
     }

@@ -2,9 +2,11 @@
 #include "model/config.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/file.h"
 
@@ -358,12 +360,27 @@ int model_config_save(const struct model_config *cfg, const char *path, gale_err
 
 long long model_config_num_params(const struct model_config *cfg)
 {
-    long long h = cfg->hidden_size, inter = cfg->intermediate_size, hd = cfg->head_dim;
-    long long attn = h * hd * (2LL * cfg->num_heads + 2LL * cfg->num_kv_heads);
-    long long mlp = cfg->kind == MODEL_MIXTRAL
-                        ? (long long)cfg->num_experts * 3 * h * inter + (long long)cfg->num_experts * h
-                        : 3 * h * inter;
-    long long per_layer = attn + mlp + 2 * h;
-    long long embed = (long long)cfg->vocab_size * h;
-    return embed * (cfg->tie_word_embeddings ? 1 : 2) + h + per_layer * cfg->num_layers;
+    /* 128-bit, saturated: an absurd config (2^30 experts) must not wrap to a small count */
+    __int128 h = cfg->hidden_size, inter = cfg->intermediate_size, hd = cfg->head_dim;
+    __int128 attn = h * hd * (2 * (__int128)cfg->num_heads + 2 * (__int128)cfg->num_kv_heads);
+    __int128 mlp = cfg->kind == MODEL_MIXTRAL ? (__int128)cfg->num_experts * 3 * h * inter + (__int128)cfg->num_experts * h
+                                              : 3 * h * inter;
+    __int128 per_layer = attn + mlp + 2 * h;
+    __int128 embed = (__int128)cfg->vocab_size * h;
+    __int128 n = embed * (cfg->tie_word_embeddings ? 1 : 2) + h + per_layer * cfg->num_layers;
+    return n > LLONG_MAX ? LLONG_MAX : (long long)n;
+}
+
+int model_config_check_memory(const struct model_config *cfg, double bytes_per_param, const char *what,
+                              gale_error *err)
+{
+    double params = (double)model_config_num_params(cfg);
+    double need = params * bytes_per_param;
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (have > 0 && need > have)
+        return gale_fail(err,
+                         "the model has %.4g parameters: %s needs at least %.4g GiB (%g bytes per parameter), "
+                         "more than this machine's %.4g GiB of memory",
+                         params, what, need / (1 << 30), bytes_per_param, have / (1 << 30));
+    return 0;
 }

@@ -2,7 +2,9 @@
 #define _GNU_SOURCE
 #include "train/checkpoint.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include <dirent.h>
@@ -88,7 +90,23 @@ static int compare_step_names(const void *a, const void *b)
     return lx != ly ? (lx < ly ? -1 : 1) : strcmp(x, y);
 }
 
-/* Removes leftover .tmp folders and the oldest complete checkpoints beyond keep_last. */
+/* 1 for what an interrupted save or prune leaves: a step_N.tmp or step_N.deleting folder, or
+ * latest.tmp.PID of a process that is gone (gale_write_file_atomic's temporary). */
+static int is_leftover(const char *name)
+{
+    size_t len = strlen(name);
+    if (!strncmp(name, "step_", 5))
+        return (len > 4 && !strcmp(name + len - 4, ".tmp")) || (len > 9 && !strcmp(name + len - 9, ".deleting"));
+    char *end;
+    if (strncmp(name, "latest.tmp.", 11) || !name[11])
+        return 0;
+    long pid = strtol(name + 11, &end, 10);
+    return !*end && pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Removes leftovers and the oldest complete checkpoints beyond keep_last. An old checkpoint is
+ * first renamed to step_N.deleting, so a prune killed half-way never leaves a partial folder
+ * under a checkpoint's name. */
 static int prune(const char *ckpt_root, int keep_last, gale_error *err)
 {
     DIR *d = opendir(ckpt_root);
@@ -99,8 +117,7 @@ static int prune(const char *ckpt_root, int keep_last, gale_error *err)
     struct dirent *e;
     int rc = 0;
     while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (!strncmp(e->d_name, "step_", 5) && len > 4 && !strcmp(e->d_name + len - 4, ".tmp")) {
+        if (is_leftover(e->d_name)) {
             char *stale = gale_path_join(ckpt_root, e->d_name);
             rc |= gale_remove_tree(stale, err);
             free(stale);
@@ -114,7 +131,13 @@ static int prune(const char *ckpt_root, int keep_last, gale_error *err)
     for (size_t i = 0; i < n; i++) {
         if (i + keep_last < n) {
             char *old = gale_path_join(ckpt_root, names[i]);
-            rc |= gale_remove_tree(old, err);
+            char *doomed = gale_xmalloc(strlen(old) + 16);
+            sprintf(doomed, "%s.deleting", old);
+            if (gale_rename_durable(old, doomed, err) == 0)
+                rc |= gale_remove_tree(doomed, err);
+            else
+                rc = -1;
+            free(doomed);
             free(old);
         }
         free(names[i]);
@@ -350,11 +373,35 @@ struct model *checkpoint_open_model(const char *dir, gale_error *err)
     return m;
 }
 
+/* A checkpoint holds its weights (one file or an index) and its optimizer state (one file or
+ * one per rank) besides config.json and trainer_state.json. */
+static int check_complete(const char *dir, gale_error *err)
+{
+    static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json"};
+    static const char *const moments[] = {"optimizer.safetensors", "optimizer-rank00000.safetensors"};
+    const char *const *needed[] = {weights, moments};
+    for (int k = 0; k < 2; k++) {
+        int found = 0;
+        for (int i = 0; i < 2 && !found; i++) {
+            char *path = gale_path_join(dir, needed[k][i]);
+            found = gale_path_exists(path);
+            free(path);
+        }
+        if (!found)
+            return gale_fail(err, "%s: incomplete checkpoint: no %s (nor %s)", dir, needed[k][0], needed[k][1]);
+    }
+    return 0;
+}
+
 int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
 {
     gale_train_state st;
     if (checkpoint_read_state(dir, &st, err))
         return -1;
+    if (check_complete(dir, err)) {
+        train_state_clear(&st);
+        return -1;
+    }
     char *cfg_path = gale_path_join(dir, "config.json");
     struct model_config mc;
     int rc = model_config_load(cfg_path, &mc, err);

@@ -32,6 +32,7 @@ int eval_split(struct model *m, const gale_eval_options *o, gale_eval_result *ou
         .world = o->world,
         .one_pass = 1,
         .prefetch = 1,
+        .skip_bad_shards = o->skip_bad_shards,
     };
     gale_loader *l = loader_open(&lo, err);
     if (!l)

@@ -26,6 +26,7 @@ typedef struct gale_eval_options {
     long max_batches;    /* 0: the whole split */
     int doc_mask;
     int rank, world;     /* world > 1: sums are all-reduced over MPI_COMM_WORLD */
+    int skip_bad_shards; /* data.on_bad_shard: skip */
 } gale_eval_options;
 
 typedef struct gale_eval_result {

@@ -12,6 +12,7 @@
 
 static const char *const schedule_names[] = {"constant", "cosine", "linear", "wsd", NULL};
 static const char *const nan_names[] = {"stop", "skip", NULL};
+static const char *const bad_shard_names[] = {"error", "skip", NULL};
 static const char *const aux_names[] = {"hf", "per_layer", NULL};
 static const char *const device_names[] = {"cpu", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
@@ -31,6 +32,7 @@ static const field fields[] = {
     F(data, micro_batch, CONFIG_INT, micro_batch, 1, 1 << 16, NULL),
     F(data, grad_accum, CONFIG_INT, grad_accum, 1, 1 << 16, NULL),
     F(data, doc_mask, CONFIG_BOOL, doc_mask, 0, 1, NULL),
+    F(data, on_bad_shard, CONFIG_ENUM, on_bad_shard, 0, 0, bad_shard_names),
     F(optim, lr, CONFIG_DOUBLE, lr, 1e-12, 10, NULL),
     F(optim, min_lr, CONFIG_DOUBLE, min_lr, 0, 10, NULL),
     F(optim, beta1, CONFIG_DOUBLE, beta1, 0, 0.999999, NULL),

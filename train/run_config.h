@@ -37,6 +37,7 @@ typedef struct gale_run_config {
         int n_sources;
         long seq_len, micro_batch, grad_accum;
         int doc_mask; /* attention and positions restart at each document */
+        int on_bad_shard; /* 0 (error): a damaged shard ends the run; 1 (skip): left out, warned */
     } data;
     struct {
         double lr, min_lr, beta1, beta2, eps, weight_decay, clip;

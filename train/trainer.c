@@ -20,9 +20,11 @@
 #include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/metrics.h"
+#include "train/run_agreement.h"
 #include "train/tensorboard.h"
 #include "util/file.h"
 #include "util/hash.h"
+#include "util/lock.h"
 
 /* Assumed peak of one core when backend.peak_tflops is not given: 2.5 GHz × 32 fp32
  * FLOP/cycle (two 8-wide AVX2 FMA units). */
@@ -39,6 +41,9 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
 }
 
+/* In run.dir while a job trains there (util/lock.h). */
+#define RUN_LOCK_FILE "gale.lock"
+
 typedef struct trainer {
     const gale_run_config *cfg;
     int rank, world;
@@ -47,6 +52,7 @@ typedef struct trainer {
     struct gale_backend *be;
     struct adamw opt;
     int opt_ready;
+    gale_lock run_lock;          /* rank 0: run.dir is this job's */
     gale_loader *loader;
     gale_batch *micro;     /* the grad_accum micro-batches of a step */
     int32_t *segments;     /* one micro-batch of segment ids for the model */
@@ -166,6 +172,7 @@ static int open_data(trainer *t, gale_error *err)
         .world = t->world,
         .seed = c->run.seed,
         .prefetch = 2,
+        .skip_bad_shards = c->data.on_bad_shard,
     };
     t->loader = loader_open(&lo, err);
     if (!t->loader)
@@ -263,6 +270,24 @@ static int setup(trainer *t, gale_error *err)
     const gale_run_config *c = t->cfg;
     MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+    if (t->rank == 0) {
+        /* before anything reads or writes run.dir: a second job on it fails here at once */
+        char *lock = gale_path_join(c->run.dir, RUN_LOCK_FILE);
+        int rc = gale_mkdir_p(c->run.dir, err) || gale_lock_take(&t->run_lock, lock, "gale train", err) ? -1 : 0;
+        free(lock);
+        if (rc)
+            return -1;
+    }
+    if (trainer_model_config(c, &t->mc, err))
+        return -1;
+    /* fp32 weights and gradients, and the AdamW moments (1/world of them with ZeRO-1) */
+    if (model_config_check_memory(&t->mc, 8.0 + 8.0 / (c->optim.zero ? t->world : 1),
+                                  "training (fp32 weights, gradients and AdamW moments)", err))
+        return -1;
+    adopt_data_tokenizer(t);
+    /* before the first collective, which ranks that disagree could wait in for ever */
+    if (t->world > 1 && run_agreement_check(c, &t->mc, err))
+        return -1;
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
     } else {
@@ -275,9 +300,6 @@ static int setup(trainer *t, gale_error *err)
         if (local > 1)
             omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
     }
-    if (trainer_model_config(c, &t->mc, err))
-        return -1;
-    adopt_data_tokenizer(t);
     t->be = gale_backend_create("cpu", c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
                                 err);
     if (!t->be)
@@ -349,6 +371,7 @@ static void teardown(trainer *t)
     free(t->chat_template);
     free(t->expert_counts);
     train_state_clear(&t->state);
+    gale_lock_release(&t->run_lock);
 }
 
 /* Appends "TENSOR (n of m values), ..." for the tensors of values (a host copy of a flat
@@ -587,6 +610,7 @@ static int run_eval(trainer *t, gale_error *err)
         .doc_mask = t->cfg->data.doc_mask,
         .rank = t->rank,
         .world = t->world,
+        .skip_bad_shards = t->cfg->data.on_bad_shard,
     };
     gale_eval_result res;
     if (eval_split(t->model, &eo, &res, err))

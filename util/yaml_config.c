@@ -9,15 +9,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* libyaml keeps every pair of a mapping; without this check the last of two equal keys
+ * would silently win. Scalar keys are compared; the nodes of a document are all in its
+ * node table, so one pass over it sees every mapping. */
+static int check_duplicate_keys(yaml_document_t *doc, const char *name, gale_error *err)
+{
+    for (yaml_node_t *n = doc->nodes.start; n < doc->nodes.top; n++) {
+        if (n->type != YAML_MAPPING_NODE)
+            continue;
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+            yaml_node_t *key = yaml_document_get_node(doc, p->key);
+            if (!key || key->type != YAML_SCALAR_NODE)
+                continue;
+            for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+                yaml_node_t *earlier = yaml_document_get_node(doc, q->key);
+                if (earlier && earlier->type == YAML_SCALAR_NODE &&
+                    earlier->data.scalar.length == key->data.scalar.length &&
+                    !memcmp(earlier->data.scalar.value, key->data.scalar.value, key->data.scalar.length))
+                    return gale_fail(err, "%s:%zu: key '%s' is given twice (first at line %zu)", name,
+                                     key->start_mark.line + 1, (const char *)key->data.scalar.value,
+                                     earlier->start_mark.line + 1);
+            }
+        }
+    }
+    return 0;
+}
+
 int config_yaml_load(yaml_document_t *doc, const char *text, size_t len, const char *name, gale_error *err)
 {
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     int rc = 0;
-    if (!yaml_parser_load(&parser, doc))
+    if (!yaml_parser_load(&parser, doc)) {
         rc = gale_fail(err, "%s:%zu: YAML error: %s (invalid YAML syntax)", name, parser.problem_mark.line + 1,
                        parser.problem ? parser.problem : "unreadable");
+    } else if (check_duplicate_keys(doc, name, err) != 0) {
+        yaml_document_delete(doc);
+        rc = -1;
+    }
     yaml_parser_delete(&parser);
     return rc;
 }

@@ -2,7 +2,8 @@
 
 gale -> h5py: folders made by `gale prepare` (pretraining and SFT) read with h5py: attributes
 exactly as docs/formats.md lists them, dataset types, shapes, chunking and the filter pipeline
-(shuffle, then zstd 32015), values identical to what gale reads (`gale inspect --ids`),
+(shuffle, zstd 32015, then Fletcher-32 over the stored bytes), values identical to what gale
+reads (`gale inspect --ids`),
 n_real_tokens equal to the non-padding count, manifest rows and SHA-256 equal to the files.
 
 h5py -> gale: shards written by h5py with hdf5plugin.Zstd (uint16 and uint32 tokens, a loss
@@ -116,7 +117,8 @@ def check_gale_folder(folder, tokenizer, kind):
                       f"{name}/{d.name}: chunks {d.chunks}")
                 filters = d.id.get_create_plist()
                 pipeline = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
-                check(pipeline == [h5py.h5z.FILTER_SHUFFLE, 32015], f"{name}/{d.name}: filters {pipeline}")
+                check(pipeline == [h5py.h5z.FILTER_SHUFFLE, 32015, h5py.h5z.FILTER_FLETCHER32],
+                      f"{name}/{d.name}: filters {pipeline}")
                 check(filters.get_filter(1)[2] == (3,), f"{name}/{d.name}: zstd cd_values {filters.get_filter(1)[2]}")
             t, s = tokens[:], segments[:]
             m = h["loss_mask"][:] if kind == "sft" else (s != 65535).astype(np.uint8)
@@ -150,7 +152,8 @@ def test_gale_to_h5py():
     out = dump.stdout
     check(out.count("PREPROCESSING SHUFFLE") == 2 and out.count("FILTER_ID 32015") == 2,
           "h5dump -pH: shuffle and zstd 32015 on /tokens and /segments")
-    check(out.find("PREPROCESSING SHUFFLE") < out.find("FILTER_ID 32015"), "h5dump -pH: shuffle before zstd")
+    check(out.find("PREPROCESSING SHUFFLE") < out.find("FILTER_ID 32015") < out.find("CHECKSUM FLETCHER32"),
+          "h5dump -pH: shuffle, zstd, then Fletcher-32")
     # and h5dump decodes the values with the standard zstd plugin on HDF5_PLUGIN_PATH
     shard = os.path.join(pre, "train-00000.h5")
     env = dict(os.environ, HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH)

@@ -455,6 +455,65 @@ static void test_refusals(const char *root, const char *dir_a)
     free(dir_long), free(dir_tok), free(dir_noval), free(dir_none);
 }
 
+/* A shard changed after prepare (200 bytes XORed, same size) is never served: the loader
+ * checks its SHA-256 against the manifest when it first opens it (error naming the shard),
+ * or with skip_bad_shards leaves it out at open and serves the others. */
+static void test_damaged_shard(const char *root)
+{
+    static const folder_spec spec = {"damaged", GALE_SHARD_PRETRAIN, SEQ, NULL, 3, {30, 31, 32},
+                                     {20, 20, 20}, {"train", "train", "train"}};
+    char *dir = make_folder(root, &spec);
+    char *path = gale_path_join(dir, "train-00001.h5");
+    gale_error err;
+    size_t len = 0;
+    char *bytes = gale_read_file(path, &len, &err);
+    CHECK_OK(bytes ? 0 : -1, err);
+    for (size_t i = len / 2; bytes && i < len / 2 + 200 && i < len; i++)
+        bytes[i] ^= 0x5a;
+    CHECK_OK(gale_write_file_atomic(path, bytes, len, &err), err);
+    free(bytes);
+    const char *dirs[] = {dir};
+    for (int prefetch = 0; prefetch <= 2; prefetch += 2) {
+        gale_loader *l = open_loader(dirs, NULL, 1, "train", 8, 0, 1, prefetch, 1);
+        gale_batch b;
+        batch_init(&b, 8, SEQ);
+        int rc, served_damaged = 0;
+        while (l && (rc = loader_next(l, &b, &err)) == 1)
+            for (int i = 0; i < b.rows; i++)
+                served_damaged |= b.segments[i * b.seq_len] != GALE_SEGMENT_PAD &&
+                                  identify_and_check(&b, i, GALE_SHARD_PRETRAIN) / 100000 == 31;
+        CHECK(!served_damaged);
+        CHECK_ERROR(l && rc == -1, err, "damaged/train-00001.h5: SHA-256");
+        batch_free(&b);
+        loader_close(l);
+    }
+    gale_loader_options o = {.dirs = dirs, .n_dirs = 1, .split = "train", .batch_rows = 8, .world = 1,
+                             .one_pass = 1, .skip_bad_shards = 1};
+    gale_loader *l = loader_open(&o, &err);
+    CHECK_OK(l ? 0 : -1, err);
+    if (l) {
+        CHECK(loader_total_rows(l) == 40);
+        gale_batch b;
+        batch_init(&b, 8, SEQ);
+        long seen[2] = {0, 0};
+        int rc;
+        while ((rc = loader_next(l, &b, &err)) == 1)
+            for (int i = 0; i < b.rows; i++) {
+                if (b.segments[i * b.seq_len] == GALE_SEGMENT_PAD)
+                    continue;  /* padding past the end of the pass */
+                long tag = identify_and_check(&b, i, GALE_SHARD_PRETRAIN) / 100000;
+                CHECK(tag == 30 || tag == 32);
+                seen[tag == 32]++;
+            }
+        CHECK_OK(rc, err);
+        CHECK(seen[0] == 20 && seen[1] == 20);
+        batch_free(&b);
+        loader_close(l);
+    }
+    free(path);
+    free(dir);
+}
+
 int main(void)
 {
     char *root = fixture_tmpdir("loader");
@@ -465,6 +524,7 @@ int main(void)
     test_one_pass(dir_a, dir_b);
     test_many_shards(root);
     test_refusals(root, dir_a);
+    test_damaged_shard(root);
     fixture_remove_tree(root);
     free(dir_a), free(dir_b), free(root);
     return check_report("test_loader");

@@ -127,10 +127,22 @@ static void test_refusals(const char *root)
     CHECK_OK(manifest_load(&got, dir, 0, &err), err);
     manifest_free(&got);
 
-    /* same rows, other contents: only the checksum tells */
+    /* other contents: the size recorded in the manifest tells at once, before HDF5 reads it */
     gale_shard_meta meta = fixture_meta(31, 32000, GALE_SHARD_PRETRAIN);
     CHECK_OK(fixture_write_shard(shard, &meta, 77, 57, &err), err);
+    CHECK_ERROR(manifest_load(&got, dir, 0, &err) != 0, err, "train-00001.h5: ");
+    CHECK_ERROR(manifest_load(&got, dir, 0, &err) != 0, err, " bytes, manifest.json says ");
+    /* without recorded sizes (older manifests) the other checks remain: same rows, other
+     * contents, only the checksum tells */
+    CHECK_OK(manifest_read(&got, dir, &err), err);
+    for (size_t i = 0; i < got.n_shards; i++) {
+        char bytes[64];
+        snprintf(bytes, sizeof bytes, ",\n      \"bytes\": %lld", (long long)got.shards[i].bytes);
+        edit_manifest(dir, bytes, "");
+    }
+    manifest_free(&got);
     CHECK_OK(manifest_load(&got, dir, 0, &err), err);
+    CHECK(got.shards[0].bytes == -1);
     manifest_free(&got);
     CHECK_ERROR(manifest_load(&got, dir, 1, &err) != 0, err, "train-00001.h5: SHA-256");
     /* fewer rows */

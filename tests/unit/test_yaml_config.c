@@ -86,6 +86,17 @@ static void test_yaml(void)
     yaml_document_delete(&doc);
     const char bad[] = "a: 1\nb: [unclosed\n";
     CHECK_ERROR(config_yaml_load(&doc, bad, strlen(bad), "b.yaml", &err) < 0, err, "b.yaml:3: YAML error");
+    /* a key given twice is refused naming both lines (libyaml keeps both; the last won) */
+    const char twice[] = "optim:\n  lr: 1.0e-3\n  warmup: 10\n  lr: 1.0e-2\n";
+    CHECK_ERROR(config_yaml_load(&doc, twice, strlen(twice), "d.yaml", &err) < 0, err,
+                "d.yaml:4: key 'lr' is given twice (first at line 2)");
+    const char top[] = "run:\n  steps: 3\ndata:\n  seq_len: 8\nrun:\n  steps: 5\n";
+    CHECK_ERROR(config_yaml_load(&doc, top, strlen(top), "t.yaml", &err) < 0, err,
+                "t.yaml:5: key 'run' is given twice (first at line 1)");
+    /* equal keys in different mappings are fine */
+    const char apart[] = "a:\n  x: 1\nb:\n  x: 2\n";
+    CHECK_OK(config_yaml_load(&doc, apart, strlen(apart), "ok.yaml", &err), err);
+    yaml_document_delete(&doc);
 }
 
 int main(void)
