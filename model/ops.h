@@ -73,7 +73,7 @@ struct gale_ops {
     /* out = x * rsqrt(mean(x^2) + eps) * w; rstd[r] saved for the backward */
     void (*rmsnorm_fwd)(struct gale_backend *be, float *out, float *rstd, const float *x, const float *w, int rows, int dim,
                         float eps);
-    /* dx += d/dx, dw += d/dw */
+    /* dx += d/dx, dw += d/dw (dw NULL: a frozen weight) */
     void (*rmsnorm_bwd)(struct gale_backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int rows, int dim);
 

@@ -235,9 +235,11 @@ static void cpu_rmsnorm_bwd(struct gale_backend *be, float *dx, float *dw, const
             for (int i = 0; i < dim; i++)
                 dxr[i] += s * w[i] * dy[i] - c * xr[i];
         }
+        if (dw) {
 #pragma omp critical
-        for (int i = 0; i < dim; i++)
-            dw[i] += dw_local[i];
+            for (int i = 0; i < dim; i++)
+                dw[i] += dw_local[i];
+        }
         free(dw_local);
     }
 }
