@@ -54,6 +54,7 @@ struct model {
     /* LoRA (model/lora.h): adapters in their own layout and buffers */
     struct model_layout adapters;
     int *adapter_of;                    /* [layout.n]: the tensor's lora_A in adapters, or -1 */
+    struct lora_config lora_cfg;
     int lora_rank;                      /* 0: none */
     float lora_scale;
     float *lora_params, *lora_weights, *lora_grads;  /* fp32, compute copy (or params), fp32 */
@@ -383,6 +384,7 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
             model_free(m);
             return NULL;
         }
+        m->lora_cfg = *m->opts.lora;
         m->lora_rank = m->opts.lora->rank;
         m->lora_scale = (float)lora_scale(m->opts.lora);
         m->opts.lora = NULL; /* the caller's; what it says is copied above */
@@ -501,14 +503,9 @@ int model_has_lora(const struct model *m)
     return m->lora_rank > 0;
 }
 
-double model_lora_scale(const struct model *m)
+const struct lora_config *model_lora_config(const struct model *m)
 {
-    return m->lora_scale;
-}
-
-int model_lora_rank(const struct model *m)
-{
-    return m->lora_rank;
+    return m->lora_rank ? &m->lora_cfg : NULL;
 }
 
 void model_lora_upload(struct model *m, const float *host)

@@ -170,9 +170,8 @@ int model_has_lora(const struct model *m);
 void model_lora_upload(struct model *m, const float *host);
 void model_lora_download(struct model *m, float *host);
 void model_lora_grads_download(struct model *m, float *host);
-/* The adapters' scale s (alpha / r, or alpha / sqrt(r)) and rank. */
-double model_lora_scale(const struct model *m);
-int model_lora_rank(const struct model *m);
+/* The adapters' configuration, or NULL without LoRA. */
+const struct lora_config *model_lora_config(const struct model *m);
 
 /* Zeroes the device statistics and the expert load. */
 void model_stats_reset(struct model *m);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "model/lora_io.h"
 #include "model/safetensors.h"
 #include "util/file.h"
 
@@ -147,6 +148,24 @@ static int publish(const char *root, const char *tmp, const char *final, gale_er
     return gale_remove_tree(tmp, err); /* now the replaced checkpoint */
 }
 
+/* The model's, or with LoRA the adapters' layout: what the moments cover. */
+static const struct model_layout *trained_layout(struct model *m)
+{
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    return tr.layout;
+}
+
+/* The weights in Hugging Face's format, or with LoRA the adapters alone in PEFT's (naming the
+ * run's model.from as their base). */
+static int save_weights(struct model *m, const gale_train_state *st, const char *dir, gale_error *err)
+{
+    if (!model_lora_config(m))
+        return model_save_hf(m, dir, err);
+    json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
+    return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
+}
+
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
                     const char *tokenizer_path, int keep_last, char **out_dir, gale_error *err)
 {
@@ -159,10 +178,10 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     int rc = -1;
     if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
         goto done;
-    if (model_save_hf(m, tmp, err))
+    if (save_weights(m, st, tmp, err))
         goto done;
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
-    if (write_optimizer(files[0], model_get_layout(m), moments, err))
+    if (write_optimizer(files[0], trained_layout(m), moments, err))
         goto done;
     files[1] = gale_path_join(tmp, "tokenizer.model");
     if (tokenizer_path && copy_file(tokenizer_path, files[1], err))
@@ -323,7 +342,7 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
 
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err)
 {
-    if (model_load_hf(m, dir, err))
+    if (model_lora_config(m) ? model_lora_load(m, dir, err) : model_load_hf(m, dir, err))
         return -1;
     if (!opt)
         return 0;
@@ -332,7 +351,7 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
         return -1;
     opt->step = st.optimizer_step;
     train_state_clear(&st);
-    return load_moments(dir, model_get_layout(m), opt, err);
+    return load_moments(dir, trained_layout(m), opt, err);
 }
 
 struct model *checkpoint_open_model(const char *dir, gale_error *err)
