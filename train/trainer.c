@@ -83,6 +83,25 @@ static void shard_range(size_t numel, int rank, int world, size_t *begin, size_t
     *end = *begin + chunk < numel ? *begin + chunk : numel;
 }
 
+int trainer_lora_config(const gale_run_config *c, struct lora_config *lc, gale_error *err)
+{
+    memset(lc, 0, sizeof *lc);
+    if (c->lora.from) {
+        if (lora_config_read(c->lora.from, lc, NULL, err)) {
+            gale_error_prefix(err, "%s: lora.from", c->file);
+            return -1;
+        }
+        if (c->lora.rank > 0 && c->lora.rank != lc->rank)
+            return gale_fail(err, "%s: lora.rank is %ld but lora.from's adapters have r = %d", c->file, c->lora.rank,
+                             lc->rank);
+        lc->dropout = c->lora.dropout;
+    } else if (c->lora.rank > 0) {
+        *lc = (struct lora_config){(int)c->lora.rank, c->lora.alpha, c->lora.dropout, c->lora.target_mask,
+                                   c->lora.rslora};
+    }
+    return 0;
+}
+
 int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err)
 {
     json_t *base;
@@ -198,23 +217,6 @@ static struct model_trainable trained(const trainer *t)
     return tr;
 }
 
-/* The LoRA configuration of the run: lora.from's adapter_config.json, else the lora keys. */
-static int lora_setup(trainer *t, gale_error *err)
-{
-    const gale_run_config *c = t->cfg;
-    if (c->lora.from) {
-        if (lora_config_read(c->lora.from, &t->lora, NULL, err))
-            return -1;
-        if (c->lora.rank > 0 && c->lora.rank != t->lora.rank)
-            return gale_fail(err, "%s: lora.rank is %ld but lora.from's adapters have r = %d", c->file, c->lora.rank,
-                             t->lora.rank);
-        t->lora.dropout = c->lora.dropout;
-    } else if (c->lora.rank > 0) {
-        t->lora = (struct lora_config){(int)c->lora.rank, c->lora.alpha, c->lora.dropout, c->lora.target_mask,
-                                       c->lora.rslora};
-    }
-    return 0;
-}
 
 /* The base weights: a Hugging Face folder or a fresh init (deterministic in the seed). */
 static int load_base(trainer *t, gale_error *err)
@@ -316,7 +318,7 @@ static int setup(trainer *t, gale_error *err)
         if (local > 1)
             omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
     }
-    if (trainer_model_config(c, &t->mc, err) || lora_setup(t, err))
+    if (trainer_model_config(c, &t->mc, err) || trainer_lora_config(c, &t->lora, err))
         return -1;
     adopt_data_tokenizer(t);
     t->be = gale_backend_create("cpu", c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
