@@ -13,20 +13,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|llama2]\n"
-               "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n"
+    fprintf(f, "usage: gale sample --checkpoint DIR [--adapter DIR] --prompt TEXT [--chat]\n"
+               "                   [--template v1|v3|llama2] [--max-new N] [--temperature T] [--top-p P]\n"
+               "                   [--seed S] [--tokenizer FILE]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
                "The prompt runs once into a KV cache, then each new token alone; stderr gets the counts,\n"
                "the prompt's time and the generation's tokens/s.\n"
                "\n"
+               "  --adapter DIR     LoRA adapters in PEFT's format (a LoRA run's checkpoint) on the base\n"
                "  --chat            wrap the prompt as a user turn of the chat template (default v1)\n"
                "  --max-new N       tokens to generate at most (default 64)\n"
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model)\n");
+               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model, else the adapter's)\n");
 }
 
 typedef struct printer {
@@ -65,7 +67,7 @@ static int parse_number(const char *opt, const char *text, double lo, double hi,
 
 int cmd_sample(int argc, char **argv)
 {
-    const char *ckpt_arg = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
+    const char *ckpt_arg = NULL, *adapter = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
     int chat = 0;
     double max_new = 64, seed = 0;
     gale_sample_options so = {.temperature = 0.8, .top_p = 0.95};
@@ -80,6 +82,8 @@ int cmd_sample(int argc, char **argv)
             chat = 1;
         } else if (has && !strcmp(a, "--checkpoint")) {
             ckpt_arg = argv[++i];
+        } else if (has && !strcmp(a, "--adapter")) {
+            adapter = argv[++i];
         } else if (has && !strcmp(a, "--prompt")) {
             prompt = argv[++i];
         } else if (has && !strcmp(a, "--tokenizer")) {
@@ -120,22 +124,18 @@ int cmd_sample(int argc, char **argv)
     enum chat_template tmpl;
     if (chat && chat_template_from_name(template_name, &tmpl, &err))
         goto done;
-    /* a plain Hugging Face folder has no trainer_state.json: take it as it is */
-    dir = checkpoint_resolve(ckpt_arg, &err);
-    if (!dir) {
-        char *cfg = gale_path_join(ckpt_arg, "config.json");
-        int hf = gale_path_exists(cfg);
-        free(cfg);
-        if (!hf)
-            goto done;
-        dir = gale_xstrdup(ckpt_arg);
-    }
+    if (!(dir = checkpoint_resolve_model(ckpt_arg, &err)))
+        goto done;
     tok_path = tok_path_arg ? gale_xstrdup(tok_path_arg) : gale_path_join(dir, "tokenizer.model");
+    if (!tok_path_arg && adapter && !gale_path_exists(tok_path)) {
+        free(tok_path);
+        tok_path = gale_path_join(adapter, "tokenizer.model");
+    }
     if (!tok_path_arg && !gale_path_exists(tok_path)) {
         gale_fail(&err, "%s has no tokenizer.model: give --tokenizer FILE", dir);
         goto done;
     }
-    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, &err)))
+    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, adapter, &err)))
         goto done;
     if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
         gale_fail(&err, "%s has %d pieces, more than the model's vocab_size %d", tok_path, tokenizer_vocab_size(tok),

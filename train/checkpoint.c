@@ -255,6 +255,16 @@ char *checkpoint_resolve(const char *path, gale_error *err)
     return dir;
 }
 
+char *checkpoint_resolve_model(const char *path, gale_error *err)
+{
+    char *dir = checkpoint_resolve(path, err);
+    char *cfg = gale_path_join(path, "config.json");
+    if (!dir && gale_path_exists(cfg)) /* a plain Hugging Face folder has no trainer_state.json */
+        dir = gale_xstrdup(path);
+    free(cfg);
+    return dir;
+}
+
 int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err)
 {
     memset(st, 0, sizeof *st);
@@ -354,22 +364,23 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
     return load_moments(dir, trained_layout(m), opt, err);
 }
 
-struct model *checkpoint_open_model(const char *dir, gale_error *err)
+struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_error *err)
 {
     char *cfg_path = gale_path_join(dir, "config.json");
     struct model_config mc;
+    struct lora_config lora;
     int rc = model_config_load(cfg_path, &mc, err);
     free(cfg_path);
-    if (rc)
+    if (rc || (adapter && lora_config_read(adapter, &lora, NULL, err)))
         return NULL;
-    struct model_options opts = {.aux_form = MODEL_AUX_HF};
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .lora = adapter ? &lora : NULL};
     struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
     struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
     if (m)
         model_own_backend(m);
     else
         gale_backend_free(be);
-    if (m && model_load_hf(m, dir, err)) {
+    if (m && (model_load_hf(m, dir, err) || (adapter && model_lora_load(m, adapter, err)))) {
         model_free(m);
         return NULL;
     }
