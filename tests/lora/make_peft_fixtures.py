@@ -5,17 +5,21 @@ computes in float64 from them: logits, the losses, grad.<adapter tensor> for eve
 tensor and after3.<adapter tensor> after three AdamW steps of the adapters (clip 1.0).
 
     python3 make_peft_fixtures.py OUTDIR      # OUTDIR/{llama,mistral,mixtral}-lora
+    python3 make_peft_fixtures.py --from-adapter BASE ADAPTER OUTDIR
+        # the same from a base folder and adapters PEFT loads (e.g. a gale LoRA checkpoint):
+        # PeftModel.from_pretrained computes the expectations of what gale trained
 
 Runs on Debian's torch 1.13 with transformers 4.40.2 and peft 0.10 (tests/bench/setup_bench.sh).
 """
 import json
 import os
+import shutil
 import sys
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers import MixtralConfig, MixtralForCausalLM
 
 COMMON = dict(vocab_size=89, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -67,6 +71,11 @@ def make(outdir, name, seed):
             if "lora_B" in n:
                 p.normal_(0.0, 0.1)
     model.save_pretrained(folder)
+    expect(model, cfg, folder, seed)
+
+
+def expect(model, cfg, folder, seed):
+    """expected.safetensors and expected.json of a PeftModel into folder."""
     model = model.double()
     torch.set_default_dtype(torch.float64)  # transformers 4.40 builds Mistral's mask in the default dtype
     trainable = [(saved_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
@@ -76,7 +85,8 @@ def make(outdir, name, seed):
     labels = ids.clone()
     labels[0, 3] = -100
     labels[1, 6:8] = -100
-    moe = name.startswith("mixtral")
+    moe = cfg.model_type == "mixtral"
+    name = os.path.basename(folder)
     coef = getattr(cfg, "router_aux_loss_coef", 0.0)
 
     out, ce, aux = losses(model, ids, labels, moe, coef)
@@ -85,7 +95,7 @@ def make(outdir, name, seed):
     for n, p in trainable:
         tensors["grad." + n] = p.grad.detach().float().contiguous()
     info = {"case": name, "kind": cfg.model_type, "B": B, "T": T, "torch": torch.__version__,
-            "peft_lora": {"r": rank, "alpha": alpha, "targets": targets, "use_rslora": rslora},
+            "peft_lora": model.peft_config["default"].to_dict(),
             "loss": out.loss.item(), "ce_loss": ce.item(),
             "conventions": {"adamw": {"lr": ADAMW["lr"], "betas": list(ADAMW["betas"]), "eps": ADAMW["eps"],
                                       "weight_decay": ADAMW["weight_decay"], "clip_grad_norm": CLIP,
@@ -110,11 +120,26 @@ def make(outdir, name, seed):
     info["adamw_grad_norms_before_clip"] = norms
     save_file(tensors, os.path.join(folder, "expected.safetensors"))
     with open(os.path.join(folder, "expected.json"), "w") as f:
-        json.dump(info, f, indent=2)
+        json.dump(info, f, indent=2, default=lambda o: sorted(o) if isinstance(o, set) else str(o))
+
+
+def from_adapter(base, adapter, folder):
+    """A fixture of the base folder and the adapters PEFT loads from adapter."""
+    os.makedirs(folder, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(base, name), folder)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(os.path.join(adapter, name), folder)
+    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    expect(model, model.config, folder, 2000)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if sys.argv[1] == "--from-adapter":
+        from_adapter(*sys.argv[2:5])
+        sys.exit(0)
     for i, case in enumerate(CASES):
         torch.set_default_dtype(torch.float32)
         make(sys.argv[1], case, 1000 + i)

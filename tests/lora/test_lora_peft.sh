@@ -27,3 +27,32 @@ if "$GALE_BIN" verify --fixture "$tmp/fx/llama-lora" > "$tmp/nudged.txt"; then
 fi
 grep -q FAIL "$tmp/nudged.txt"
 echo "a nudged adapter is refused, as it should be"
+
+# PEFT loads what gale trains: adapters trained by gale train on a tiny Mixtral base, loaded by
+# PeftModel.from_pretrained, give gale's logits, losses and gradients (a fixture PEFT computes
+# from them, checked by gale verify).
+source "$GALE_SOURCE/tests/lora/lora_run.sh"
+write_lora_config "$tmp/run.yaml" "$tmp/run" 10
+"$GALE_BIN" train "$tmp/run.yaml" > /dev/null
+ckpt="$tmp/run/checkpoints/step_00000010"
+$py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$ckpt" "$tmp/fx/gale-trained" \
+  2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
+"$GALE_BIN" verify --fixture "$tmp/fx/gale-trained" | grep -E "^  logits|checks|FAIL"
+
+# gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype
+"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged" > /dev/null
+$py - "$base" "$ckpt" "$tmp/merged" <<'PY'
+import sys, torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+base, adapter, merged = sys.argv[1:4]
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), adapter)
+want = model.merge_and_unload().state_dict()
+got = load_file(merged + "/model.safetensors")
+assert set(got) == set(want), set(got) ^ set(want)
+worst = max(((got[k].double() - want[k].double()).norm() / want[k].double().norm()).item() for k in got)
+assert all(got[k].dtype == torch.float32 for k in got)
+assert worst < 1e-6, worst
+print("gale merge = PEFT merge_and_unload: %d tensors, largest relative difference %.2e" % (len(got), worst))
+PY

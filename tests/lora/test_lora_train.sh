@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# test_lora_train: `gale train` with a lora section on a tiny Mixtral: checkpoints hold only the
+# adapters (PEFT's files) and their moments; an interrupted run resumes to the same bits; a run
+# starts from PEFT-format adapters (lora.from); gale eval --adapter on the base equals gale eval
+# of the folder `gale merge` writes; the base folder is untouched.
+set -euo pipefail
+: "${GALE_SOURCE:?run through ctest}" "${GALE_BIN:?}" "${GALE_BUILD:?}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+source "$GALE_SOURCE/tests/lora/lora_run.sh"
+sha_before=$(sha256sum "$base/model.safetensors")
+
+write_lora_config "$tmp/a.yaml" "$tmp/a" 10
+"$GALE_BIN" train "$tmp/a.yaml" > "$tmp/a.log"
+ckpt="$tmp/a/checkpoints/step_00000010"
+ls "$ckpt" | sort | tr '\n' ' ' > "$tmp/files"
+[ "$(cat "$tmp/files")" = "adapter_config.json adapter_model.safetensors optimizer.safetensors tokenizer.model trainer_state.json " ] ||
+  { echo "FAIL: a LoRA checkpoint holds $(cat "$tmp/files")"; exit 1; }
+grep -q '"base_model_name_or_path": "'"$base"'"' "$ckpt/adapter_config.json"
+
+# interrupted at step 5 and resumed: the same adapters and moments, bit for bit
+write_lora_config "$tmp/b.yaml" "$tmp/b" 10
+"$GALE_BIN" train "$tmp/b.yaml" --stop-at 5 > /dev/null
+"$GALE_BIN" train "$tmp/b.yaml" > "$tmp/b.log"
+grep -q "resuming from .*step_00000005" "$tmp/b.log"
+for f in adapter_model.safetensors optimizer.safetensors; do
+  cmp "$ckpt/$f" "$tmp/b/checkpoints/step_00000010/$f"
+done
+echo "resume: adapters and moments identical to the uninterrupted run"
+
+# a run from PEFT-format adapters (lora.from) starts from them: one step at lr 1e-12 keeps them
+write_lora_config "$tmp/c.yaml" "$tmp/c" 1 "from: $ckpt"
+"$GALE_BIN" train "$tmp/c.yaml" --set optim.lr=1e-12 > "$tmp/c.log"
+"$GALE_BIN" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data" > "$tmp/from.txt"
+
+# merged folder = base + adapters
+"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged" > /dev/null
+"$GALE_BIN" eval --checkpoint "$base" --adapter "$ckpt" --data "$tmp/data" > "$tmp/adapter.txt"
+"$GALE_BIN" eval --checkpoint "$tmp/merged" --data "$tmp/data" > "$tmp/merged.txt"
+"$GALE_BIN" eval --checkpoint "$base" --data "$tmp/data" > "$tmp/base.txt"
+python3 - "$tmp" <<'PY'
+import re, sys
+tmp = sys.argv[1]
+loss = {n: float(re.search(r"^loss\s+(\S+)", open(f"{tmp}/{n}.txt").read(), re.M).group(1))
+        for n in ("adapter", "merged", "base", "from")}
+assert abs(loss["merged"] - loss["adapter"]) <= 1e-5 * loss["adapter"], loss
+assert abs(loss["from"] - loss["adapter"]) <= 1e-6 * loss["adapter"], loss
+assert abs(loss["base"] - loss["adapter"]) > 1e-3, loss  # the adapters change the model
+print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], loss["adapter"], loss["merged"]))
+PY
+[ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
+
+expect_error() {  # expect_error MESSAGE ARGS...
+  local want="$1"; shift
+  if "$GALE_BIN" "$@" > "$tmp/out" 2> "$tmp/err"; then echo "FAIL: gale $* succeeded"; exit 1; fi
+  grep -qF -- "$want" "$tmp/err" || { echo "FAIL: gale $*: '$(cat "$tmp/err")' lacks '$want'"; exit 1; }
+}
+write_lora_config "$tmp/d.yaml" "$tmp/d" 1 "dropout: 0.1" 
+expect_error "lora.dropout" train "$tmp/d.yaml"
+expect_error "adapter_config.json" merge --base "$base" --adapter "$tmp/none" --out "$tmp/m2"
+sed -i 's/"r": 4/"r": 5/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
+expect_error "is not [5, 32]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
+echo "LoRA training, resume, lora.from, eval --adapter and merge ok"
