@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "model/lora.h"
+#include "model/rng.h"
 
 /* Rows of logits per chunk in the fused head + loss of the backward: about 32 MB of fp32. */
 #define HEAD_CHUNK_FLOATS (8u << 20)
@@ -57,8 +58,12 @@ struct model {
     struct lora_config lora_cfg;
     int lora_rank;                      /* 0: none */
     float lora_scale;
+    float lora_dropout;                 /* p of the adapters' input dropout in training passes */
+    uint64_t dropout_seed;              /* the masks of the next training pass */
+    int training;                       /* in model_forward_backward: dropout applies */
     float *lora_params, *lora_weights, *lora_grads;  /* fp32, compute copy (or params), fp32 */
     float *lora_du;                     /* scratch [rows, r] of the backward */
+    float *lora_xd;                     /* scratch [rows, widest input]: the dropped-out input */
 
     /* activations and scratch for up to cap_rows tokens, carved from two arenas */
     void *act_arena, *scratch_arena;
@@ -260,6 +265,10 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         /* an adapter's product has at most n rows (an expert's slots are fewer) */
         float *u = take(scr, n * m->lora_rank * wb);
         m->lora_du = take(scr, n * m->lora_rank * wb);
+        if (m->lora_dropout > 0) {
+            size_t widest = h > inter ? h : inter;
+            m->lora_xd = take(scr, n * (widest > dq ? widest : dq) * wb);
+        }
         for (size_t l = 0; l < layers; l++)
             m->acts[l].lora_u = u;
     }
@@ -305,6 +314,7 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     tmp.cfg = *cfg;
     tmp.opts.recompute = lay->recompute;
     tmp.lora_rank = lay->lora ? lay->lora->rank : 0;
+    tmp.lora_dropout = lay->lora ? (float)lay->lora->dropout : 0;
     tmp.w_bytes = lay->compute_bytes ? lay->compute_bytes : gale_dtype_size(lay->compute);
     tmp.acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *tmp.acts);
     size_t rows = (size_t)lay->micro_batch * lay->seq_len;
@@ -387,6 +397,7 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
         m->lora_cfg = *m->opts.lora;
         m->lora_rank = m->opts.lora->rank;
         m->lora_scale = (float)lora_scale(m->opts.lora);
+        m->lora_dropout = (float)m->opts.lora->dropout;
         m->opts.lora = NULL; /* the caller's; what it says is copied above */
         /* the frozen base: its compute copy only, no master, no gradients */
         m->weights = ops->alloc(be, wsz(m, m->layout.numel));
@@ -501,6 +512,11 @@ void model_trainable(struct model *m, struct model_trainable *out)
 int model_has_lora(const struct model *m)
 {
     return m->lora_rank > 0;
+}
+
+void model_lora_dropout_seed(struct model *m, uint64_t seed)
+{
+    m->dropout_seed = seed;
 }
 
 const struct lora_config *model_lora_config(const struct model *m)
@@ -669,6 +685,26 @@ static float *adapter_at(const struct model *m, float *base, int index)
     return base == m->lora_weights ? act_at(m, base, offset) : base + offset;
 }
 
+/* In a training pass with dropout, the adapter's input dropout(x) in lora_xd: its mask a function
+ * of the pass's seed and the projection, so the backward (and a recomputation) draws it again. */
+static int dropping(const struct model *m)
+{
+    return m->training && m->lora_dropout > 0;
+}
+
+static uint64_t mask_seed(const struct model *m, int index)
+{
+    return gale_rng_bits(m->dropout_seed, (uint64_t)index);
+}
+
+static const float *adapter_input(struct model *m, int index, int rows, int nin, const float *x)
+{
+    if (!dropping(m))
+        return x;
+    m->be->ops->dropout(m->be, m->lora_xd, x, (size_t)rows * nin, m->lora_dropout, mask_seed(m, index), 0);
+    return m->lora_xd;
+}
+
 /* out = beta * out + x W^T for the projection at `index` of the layout, over `rows` rows of x
  * [rows, in]; with an adapter, out += s * (x A^T) B^T through u [rows, r]. */
 static void linear_fwd(struct model *m, int index, int rows, const float *x, float beta,
@@ -683,6 +719,7 @@ static void linear_fwd(struct model *m, int index, int rows, const float *x, flo
     int ad = m->adapter_of ? m->adapter_of[index] : -1;
     if (ad < 0 || rows == 0)
         return;
+    x = adapter_input(m, index, rows, nin, x);
     ops->matmul(be, 0, 1, rows, r, nin, 1, x, nin, adapter_at(m, m->lora_weights, ad), nin, 0, u,
                 r, act_types(m));
     ops->matmul(be, 0, 1, rows, nout, r, m->lora_scale, u, r,
@@ -709,13 +746,20 @@ static void linear_bwd(struct model *m, int index, int rows, const float *x, con
         return;
     float *u = m->acts[0].lora_u, *du = m->lora_du;
     const float *a = adapter_at(m, m->lora_weights, ad), *b = adapter_at(m, m->lora_weights, ad + 1);
+    x = adapter_input(m, index, rows, nin, x);
     ops->matmul(be, 0, 1, rows, r, nin, 1, x, nin, a, nin, 0, u, r, act_types(m));
     ops->matmul(be, 1, 0, nout, r, rows, m->lora_scale, dy, nout, u, r, 1,
                 adapter_at(m, m->lora_grads, ad + 1), r, to_f32_types(m));
     ops->matmul(be, 0, 0, rows, r, nout, m->lora_scale, dy, nout, b, r, 0, du, r, act_types(m));
     ops->matmul(be, 1, 0, r, nin, rows, 1, du, r, x, nin, 1, adapter_at(m, m->lora_grads, ad), nin,
                 to_f32_types(m));
-    ops->matmul(be, 0, 0, rows, nin, r, 1, du, r, a, nin, 1, dx, nin, act_types(m));
+    if (!dropping(m)) {
+        ops->matmul(be, 0, 0, rows, nin, r, 1, du, r, a, nin, 1, dx, nin, act_types(m));
+        return;
+    }
+    /* through the dropout: the same mask on (du A), added to dx */
+    ops->matmul(be, 0, 0, rows, nin, r, 1, du, r, a, nin, 0, m->lora_xd, nin, act_types(m));
+    ops->dropout(be, dx, m->lora_xd, (size_t)rows * nin, m->lora_dropout, mask_seed(m, index), 1);
 }
 
 /* Layer l's gradient of the tensor in `slot`, NULL when the base is frozen. */
@@ -1101,6 +1145,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     double denominator = resolve_denominator(batch, ce_denominator);
+    m->training = 1;
     forward_trunk(m);
     if (c->num_experts > 0)
         router_losses(m, aux_weight, 1);
@@ -1129,6 +1174,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     }
     if (m->grads)
         ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    m->training = 0;
     if (out)
         return fill_loss(m, out, denominator, err);
     return be->failed ? gale_backend_sync(be, err) : 0;  /* no wait: errors show at the read */

@@ -170,6 +170,9 @@ int model_has_lora(const struct model *m);
 void model_lora_upload(struct model *m, const float *host);
 void model_lora_download(struct model *m, float *host);
 void model_lora_grads_download(struct model *m, float *host);
+/* The seed of the adapters' dropout masks in the next training passes (the trainer gives each
+ * micro-batch its own, from the run's seed and the step, so a resumed run draws the same). */
+void model_lora_dropout_seed(struct model *m, uint64_t seed);
 /* The adapters' configuration, or NULL without LoRA. */
 const struct lora_config *model_lora_config(const struct model *m);
 

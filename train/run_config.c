@@ -377,9 +377,6 @@ static int check_complete(gale_run_config *c, gale_error *err)
     snprintf(key, sizeof key, "%s: lora.targets", name);
     if ((c->lora.rank > 0 || c->lora.from) && lora_targets_parse(c->lora.targets, key, &c->lora.target_mask, err))
         return -1;
-    if (c->lora.dropout > 0 && (c->lora.rank > 0 || c->lora.from))
-        return gale_fail(err, "%s: lora.dropout = %g: dropout on the adapters' input is not implemented yet "
-                              "(use 0)", name, c->lora.dropout);
     return 0;
 }
 

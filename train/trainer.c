@@ -15,6 +15,7 @@
 #include "data/manifest.h"
 #include "model/lora_io.h"
 #include "model/model.h"
+#include "model/rng.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
@@ -515,6 +516,9 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
         eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
+        /* dropout masks: a function of the seed, the step, the micro-batch and the rank */
+        model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
+                                                        ((uint64_t)t->state.step * accum + i) * t->world + t->rank));
         if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;
