@@ -52,6 +52,24 @@ print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], 
 PY
 [ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
 
+# data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
+# losses over 2 micro-batches of 2 rows, to rounding
+if command -v mpirun > /dev/null; then
+  mpi_flags=(--oversubscribe)
+  [ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+  write_lora_config "$tmp/one.yaml" "$tmp/one" 6
+  "$GALE_BIN" train "$tmp/one.yaml" --set data.micro_batch=2 --set data.grad_accum=2 > /dev/null
+  mpirun "${mpi_flags[@]}" -np 2 "$GALE_BIN" train "$tmp/one.yaml" --set data.micro_batch=2 --set optim.zero=true \
+    --set run.dir="$tmp/two" > "$tmp/two.log" 2>&1 || { cat "$tmp/two.log"; exit 1; }
+  python3 - "$tmp/one/metrics.jsonl" "$tmp/two/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p) if '"train"' in l] for p in sys.argv[1:3])
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+assert len(a) == len(b) == 6 and worst < 1e-5, (a, b)
+print("LoRA on 2 ranks (ZeRO-1) = 1 rank accumulating 2 micro-batches: largest relative difference %.1e" % worst)
+PY
+fi
+
 expect_error() {  # expect_error MESSAGE ARGS...
   local want="$1"; shift
   if "$GALE_BIN" "$@" > "$tmp/out" 2> "$tmp/err"; then echo "FAIL: gale $* succeeded"; exit 1; fi
