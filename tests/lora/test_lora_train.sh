@@ -52,6 +52,66 @@ print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], 
 PY
 [ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
 
+# a bf16 base merges into a bf16 folder: round(W + s B A) to nearest even, per weight
+mkdir "$tmp/base16"
+cp "$base/config.json" "$tmp/base16/"
+python3 - "$base/model.safetensors" "$tmp/base16/model.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+out, blobs, at = {}, [], 0
+for name, t in header.items():
+    if name == "__metadata__":
+        continue
+    x = np.frombuffer(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]], dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    out[name] = {"dtype": "BF16", "shape": t["shape"], "data_offsets": [at, at + 2 * x.size]}
+    blobs.append(b.tobytes())
+    at += 2 * x.size
+h = json.dumps(out).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
+"$GALE_BIN" merge --base "$tmp/base16" --adapter "$ckpt" --out "$tmp/merged16" > /dev/null
+python3 - "$tmp/base16/model.safetensors" "$ckpt" "$tmp/merged16/model.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    def get(name):
+        t = header[name]
+        data = raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]]
+        if t["dtype"] == "BF16":
+            return (np.frombuffer(data, np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+        return np.frombuffer(data, np.float32).reshape(t["shape"])
+    return header, get
+bh, base = load(sys.argv[1])
+ah, ad = load(sys.argv[2] + "/adapter_model.safetensors")
+mh, merged = load(sys.argv[3])
+cfg = json.load(open(sys.argv[2] + "/adapter_config.json"))
+s = cfg["lora_alpha"] / cfg["r"]
+assert all(t["dtype"] == "BF16" for k, t in mh.items() if k != "__metadata__")
+changed, off = 0, 0
+for name in bh:
+    if name == "__metadata__":
+        continue
+    want = base(name).astype(np.float64)
+    key = "base_model.model." + name[:-len(".weight")]
+    if key + ".lora_A.weight" in ah:
+        want = want + s * ad(key + ".lora_B.weight").astype(np.float64) @ ad(key + ".lora_A.weight").astype(np.float64)
+        changed += 1
+    got = merged(name).astype(np.float64)
+    # within half a bf16 step (2^-8 relative) of the exact sum: rounded to nearest
+    off += int(np.sum(np.abs(got - want) > np.abs(want) * 2.0 ** -8 + 1e-30))
+assert changed > 0 and off == 0, (changed, off)
+print("bf16 merge: %d projections folded, every weight rounded to nearest" % changed)
+PY
+
 # data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
 # losses over 2 micro-batches of 2 rows, to rounding
 if command -v mpirun > /dev/null; then
