@@ -387,15 +387,42 @@ struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_e
     return m;
 }
 
+/* A LoRA checkpoint's adapters: their configuration and base (its config.json is the base's). */
+static int describe_adapters(const char *dir, FILE *out, char **base, gale_error *err)
+{
+    struct lora_config lc;
+    if (lora_config_read(dir, &lc, base, err))
+        return -1;
+    char targets[128];
+    lora_targets_format(lc.targets, targets, sizeof targets);
+    fprintf(out, "adapters     LoRA r=%d alpha=%g%s dropout=%g on %s (PEFT's format)\nbase         %s\n", lc.rank,
+            lc.alpha, lc.rslora ? " (rsLoRA)" : "", lc.dropout, targets, *base ? *base : "(not named)");
+    return 0;
+}
+
 int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
 {
     gale_train_state st;
     if (checkpoint_read_state(dir, &st, err))
         return -1;
-    char *cfg_path = gale_path_join(dir, "config.json");
+    char *adapter_cfg = gale_path_join(dir, "adapter_config.json"), *base = NULL;
+    int adapters = gale_path_exists(adapter_cfg);
+    free(adapter_cfg);
+    if (adapters && describe_adapters(dir, out, &base, err)) {
+        train_state_clear(&st);
+        return -1;
+    }
+    if (adapters && !base) {
+        train_state_clear(&st);
+        return 0;
+    }
+    /* a LoRA checkpoint's model is its base's */
+    const char *model_dir = adapters ? base : dir;
+    char *cfg_path = gale_path_join(model_dir, "config.json");
     struct model_config mc;
     int rc = model_config_load(cfg_path, &mc, err);
     free(cfg_path);
+    free(base);
     if (rc == 0) {
         char *tok = gale_path_join(dir, "tokenizer.model");
         fprintf(out, "checkpoint   %s\n", dir);

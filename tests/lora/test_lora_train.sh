@@ -18,6 +18,9 @@ ls "$ckpt" | sort | tr '\n' ' ' > "$tmp/files"
 [ "$(cat "$tmp/files")" = "adapter_config.json adapter_model.safetensors optimizer.safetensors tokenizer.model trainer_state.json " ] ||
   { echo "FAIL: a LoRA checkpoint holds $(cat "$tmp/files")"; exit 1; }
 grep -q '"base_model_name_or_path": "'"$base"'"' "$ckpt/adapter_config.json"
+"$GALE_BIN" inspect "$ckpt" > "$tmp/inspect.txt"
+grep -q "^adapters     LoRA r=4 alpha=8 dropout=0.1 on q_proj,v_proj,o_proj,w1,w2,w3" "$tmp/inspect.txt"
+grep -q "^model        mixtral, 2 layers" "$tmp/inspect.txt"
 
 # interrupted at step 5 and resumed: the same adapters and moments, bit for bit (the dropout
 # masks are drawn from the seed and the step)
