@@ -62,7 +62,7 @@ struct model {
     uint64_t dropout_seed;              /* the masks of the next training pass */
     int training;                       /* in model_forward_backward: dropout applies */
     float *lora_params, *lora_weights, *lora_grads;  /* fp32, compute copy (or params), fp32 */
-    float *lora_du;                     /* scratch [rows, r] of the backward */
+    float *lora_u, *lora_du;            /* scratch [rows, r]: x A^T (the layers' too), dy B */
     float *lora_xd;                     /* scratch [rows, widest input]: the dropped-out input */
 
     /* activations and scratch for up to cap_rows tokens, carved from two arenas */
@@ -263,14 +263,14 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     m->head_chunk = take(scr, fsz(head_chunk_rows(c, n) * (size_t)c->vocab_size));
     if (m->lora_rank) {
         /* an adapter's product has at most n rows (an expert's slots are fewer) */
-        float *u = take(scr, n * m->lora_rank * wb);
+        m->lora_u = take(scr, n * m->lora_rank * wb);
         m->lora_du = take(scr, n * m->lora_rank * wb);
         if (m->lora_dropout > 0) {
             size_t widest = h > inter ? h : inter;
             m->lora_xd = take(scr, n * (widest > dq ? widest : dq) * wb);
         }
         for (size_t l = 0; l < layers; l++)
-            m->acts[l].lora_u = u;
+            m->acts[l].lora_u = m->lora_u;
     }
     if (e) {
         m->xe = take(scr, n * k * h * wb);
@@ -744,7 +744,7 @@ static void linear_bwd(struct model *m, int index, int rows, const float *x, con
     int ad = m->adapter_of ? m->adapter_of[index] : -1;
     if (ad < 0 || rows == 0)
         return;
-    float *u = m->acts[0].lora_u, *du = m->lora_du;
+    float *u = m->lora_u, *du = m->lora_du;
     const float *a = adapter_at(m, m->lora_weights, ad), *b = adapter_at(m, m->lora_weights, ad + 1);
     x = adapter_input(m, index, rows, nin, x);
     ops->matmul(be, 0, 1, rows, r, nin, 1, x, nin, a, nin, 0, u, r, act_types(m));

@@ -352,7 +352,9 @@ static int setup(trainer *t, gale_error *err)
         gale_error_prefix(err, "%s", c->file);
         return -1;
     }
-    t->flops_per_token = train_flops_per_token(&t->mc, model_get_layout(t->model), (int)c->data.seq_len);
+    /* LoRA: the frozen base's weight gradients are not computed (the adapters' few are not counted) */
+    t->flops_per_token = train_flops_per_token(&t->mc, model_get_layout(t->model), (int)c->data.seq_len,
+                                               t->lora.rank > 0);
     t->peak_flops = c->backend.peak_tflops > 0 ? c->backend.peak_tflops * 1e12
                                                : ASSUMED_CORE_FLOPS * omp_get_max_threads() * t->world;
     if (t->mc.num_experts)
