@@ -86,6 +86,7 @@ struct model {
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
+    unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
 };
 
 static size_t fsz(size_t n)
@@ -372,6 +373,15 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     if (model_config_validate(cfg, "model config", err))
         return NULL;
     const struct gale_ops *ops = be->ops;
+    for (int op = 0; op < GALE_OP_COUNT; op++) {
+        int needed = op == GALE_OP_DROPOUT ? opts && opts->lora && opts->lora->dropout > 0
+                                           : cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
+            gale_fail(err, "backend %s does not run %s in %s", ops->name,
+                      gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
+            return NULL;
+        }
+    }
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)
@@ -530,19 +540,19 @@ void model_lora_upload(struct model *m, const float *host)
     be->ops->upload(be, m->lora_params, host, fsz(m->adapters.numel));
     if (m->lora_weights != m->lora_params)
         be->ops->convert(be, m->lora_weights, be->compute, m->lora_params, m->adapters.numel);
-    be->ops->synchronize(be);
+    gale_backend_wait(be);
 }
 
 void model_lora_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->lora_params, fsz(m->adapters.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_lora_grads_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->lora_grads, fsz(m->adapters.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 float *model_grads(struct model *m)
@@ -562,7 +572,7 @@ void model_params_download(struct model *m, float *host)
 {
     /* a frozen base without a master: the compute copy (4-byte elements, see model.h) */
     m->be->ops->download(m->be, host, m->params ? m->params : m->weights, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 /* Elements per transfer when a frozen base's weights are converted on their way up. */
@@ -581,17 +591,17 @@ void model_params_upload(struct model *m, const float *host)
             size_t n = m->layout.numel - at < chunk ? m->layout.numel - at : chunk;
             be->ops->upload(be, stage, host + at, fsz(n));
             be->ops->convert(be, act_at(m, m->weights, at), be->compute, stage, n);
-            be->ops->synchronize(be);
+            gale_backend_wait(be);  /* before the host side of the next chunk is read */
         }
         free_buf(be, stage);
     }
-    be->ops->synchronize(be);
+    gale_backend_wait(be);
 }
 
 void model_grads_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->grads, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_zero_grads(struct model *m)
@@ -657,6 +667,9 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     struct gale_backend *be = m->be;
     size_t bytes = sizeof(int32_t) * (size_t)n;
     m->stage_half ^= 1;
+    if (m->stage_wait[m->stage_half] == be->waits)
+        gale_backend_wait(be);  /* the half's last uploads may still read it */
+    m->stage_wait[m->stage_half] = be->waits;
     int32_t *tokens = m->stage + (size_t)m->stage_half * 4 * m->cap_rows;
     int32_t *positions = tokens + n, *targets = positions + n, *segments = targets + n;
     memcpy(tokens, b->tokens, bytes);
@@ -805,9 +818,9 @@ static void attention_forward(struct model *m, int l, const float *x)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     qkv_forward(m, l, a, m->rows, x, a->k, a->v, m->positions);
-    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
-                          m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
-                          c->sliding_window);
+    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v,
+                              m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
+                              c->num_kv_heads, c->head_dim, c->sliding_window);
     attention_out_forward(m, l, a, m->rows, x);
 }
 
@@ -852,7 +865,7 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     /* the one host transfer of a layer: the expert counts size the products below */
     const int32_t *counts = m->host_counts + (size_t)l * ne;
     ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
-    ops->synchronize(be);
+    gale_backend_wait(be);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
@@ -895,15 +908,16 @@ static void forward_trunk(struct model *m)
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
-    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n, h);
+    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n,
+                       h);
     for (int l = 0; l < c->num_layers; l++) {
         struct layer_acts *a = &m->acts[l];
         float *out = l + 1 < c->num_layers ? m->acts[l + 1].x_in : m->x_final;
         attention_forward(m, l, a->x_in);
         mlp_forward(m, l, a, n, &scratch, out);
     }
-    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final, tensor_at(m, m->weights, final_norm_index(m)),
-                     n, h, (float)c->rms_norm_eps);
+    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final,
+                     tensor_at(m, m->weights, final_norm_index(m)), n, h, (float)c->rms_norm_eps);
 }
 
 /* After a forward over a Mixtral, from the expert counts on the host: the router losses'
@@ -941,6 +955,8 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
         zl[ne] = 1.0 / rows_all;
     }
     free(pooled_f);
+    /* router_host is rewritten each micro-batch: its last uploads are done, the forward waited
+     * for every layer's expert counts since */
     be->ops->upload(be, m->router_coef, aux_coef, 2 * lstat * sizeof(double));
     if (for_backward)
         be->ops->upload(be, m->dprobs_const, dprobs, fsz(le));
@@ -1183,7 +1199,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
 void model_logits_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->logits, fsz((size_t)m->rows * m->cfg.vocab_size));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_selected_experts_download(struct model *m, int32_t *host)
@@ -1192,7 +1208,7 @@ void model_selected_experts_download(struct model *m, int32_t *host)
     for (int l = 0; l < m->cfg.num_layers; l++)
         m->be->ops->download(m->be, host + l * per_layer, m->acts[l].topk_idx,
                              per_layer * sizeof(int32_t));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 /* ---- generation: the incremental forward over a KV cache ---- */
@@ -1214,7 +1230,8 @@ struct model_kv_cache {
     struct mlp_scratch scratch;
     float *hf, *rstd_f, *logits; /* the head over the last token */
     int32_t *tokens, *positions;
-    int32_t *host_positions;
+    int32_t *host_positions;     /* host staging: positions, then tokens */
+    unsigned long stage_wait;    /* be->waits at its last uploads */
 };
 
 struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err)
@@ -1333,6 +1350,9 @@ static void forward_next_chunk(struct model *m, struct model_kv_cache *kc, const
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &kc->acts;
     make_room(m, kc, n);
+    if (kc->stage_wait == be->waits)
+        gale_backend_wait(be);  /* the last chunk's uploads may still read the staging */
+    kc->stage_wait = be->waits;
     int32_t *staged_tokens = kc->host_positions + kc->chunk;
     for (int i = 0; i < n; i++) {
         kc->host_positions[i] = kc->length + i;
@@ -1363,8 +1383,9 @@ static void head_of_row(struct model *m, struct model_kv_cache *kc, int row, flo
     m->be->ops->rmsnorm_fwd(m->be, kc->hf, kc->rstd_f, act_at(m, kc->acts.x_in, (size_t)row * h),
                         tensor_at(m, m->weights, final_norm_index(m)), 1, h,
                         (float)c->rms_norm_eps);
-    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h, tensor_at(m, m->weights, lm_head_index(m)), h,
-                   0, kc->logits, vocab, to_f32_types(m));
+    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h,
+                       tensor_at(m, m->weights, lm_head_index(m)), h, 0, kc->logits, vocab,
+                       to_f32_types(m));
     m->be->ops->download(m->be, logits, kc->logits, fsz((size_t)vocab));
 }
 

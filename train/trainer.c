@@ -428,13 +428,13 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     size_t used;
     snprintf(buf, size, "non-finite weights: ");
     t->be->ops->download(t->be, host, tr.params, layout->numel * sizeof *host);
-    t->be->ops->synchronize(t->be);
+    gale_backend_wait(t->be);
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none");
     used = strlen(buf);
     snprintf(buf + used, size - used, "; non-finite gradients (backward order): ");
     t->be->ops->download(t->be, host, tr.grads, layout->numel * sizeof *host);
-    t->be->ops->synchronize(t->be);
+    gale_backend_wait(t->be);
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none: the loss itself is");
     free(host);
@@ -480,6 +480,7 @@ static void gather_moments(trainer *t, float *m, float *v)
     for (int which = 0; which < 2; which++) {
         if (t->rank == 0) {
             t->be->ops->download(t->be, whole[which] + t->opt.begin, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             for (int r = 1; sharded && r < t->world; r++) {
                 size_t begin, end;
                 shard_range(numel, r, t->world, &begin, &end);
@@ -489,6 +490,7 @@ static void gather_moments(trainer *t, float *m, float *v)
             }
         } else if (sharded) {
             t->be->ops->download(t->be, own, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             for (size_t at = 0; at < n; at += MPI_PIECE)
                 MPI_Send(own + at, piece_count(n, at), MPI_FLOAT, 0, which, MPI_COMM_WORLD);
         }

@@ -309,7 +309,7 @@ static float *download_trained(struct model *m, const float *device)
     struct gale_backend *be = model_get_backend(m);
     float *host = gale_xmalloc(sizeof(float) * tr.layout->numel);
     be->ops->download(be, host, device, sizeof(float) * tr.layout->numel);
-    be->ops->synchronize(be);
+    gale_backend_wait(be);
     return host;
 }
 
