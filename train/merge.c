@@ -24,6 +24,32 @@ static const struct model_tensor *adapted(const struct model_layout *layout, con
     return model_layout_find(layout, name);
 }
 
+/* IEEE half precision of f, rounded to nearest even (overflow to infinity, NaN kept). */
+static uint16_t f16_bits(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+    int exp = (int)((x >> 23) & 0xff), e = exp - 127 + 15;
+    if (exp == 0xff)
+        return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
+    if (e >= 31)
+        return (uint16_t)(sign | 0x7c00);
+    int shift = 13;                      /* normal: drop 13 of the 23 mantissa bits */
+    uint32_t kept = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1fff;
+    if (e <= 0) {                        /* subnormal: units of 2^-24 */
+        if (e < -10)
+            return (uint16_t)sign;
+        shift = 14 - e;
+        mant |= 0x800000;
+        kept = mant >> shift;
+        rem = mant & ((1u << shift) - 1);
+    }
+    uint32_t mid = 1u << (shift - 1);
+    kept += rem > mid || (rem == mid && (kept & 1));  /* a carry rounds up into the exponent */
+    return (uint16_t)(sign | kept);
+}
+
 /* n floats into dtype (F32, BF16 or F16; round to nearest even) in out. */
 static void convert(const float *x, size_t n, enum safetensors_dtype dtype, void *out)
 {
@@ -34,7 +60,7 @@ static void convert(const float *x, size_t n, enum safetensors_dtype dtype, void
             memcpy(&bits, &r, sizeof bits);
             ((uint16_t *)out)[i] = (uint16_t)(bits >> 16);
         } else if (dtype == ST_F16) {
-            ((_Float16 *)out)[i] = (_Float16)x[i];
+            ((uint16_t *)out)[i] = f16_bits(x[i]);
         } else {
             ((float *)out)[i] = x[i];
         }

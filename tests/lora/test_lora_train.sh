@@ -55,10 +55,12 @@ print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], 
 PY
 [ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
 
-# a bf16 base merges into a bf16 folder: round(W + s B A) to nearest even, per weight
-mkdir "$tmp/base16"
-cp "$base/config.json" "$tmp/base16/"
-python3 - "$base/model.safetensors" "$tmp/base16/model.safetensors" <<'PY'
+# a bf16 (Mistral's, Mixtral's) or f16 (Llama 2's) base merges into a folder of its dtype:
+# round(W + s B A) to nearest, per weight
+for dtype in BF16 F16; do
+mkdir "$tmp/base-$dtype"
+cp "$base/config.json" "$tmp/base-$dtype/"
+python3 - "$base/model.safetensors" "$tmp/base-$dtype/model.safetensors" "$dtype" <<'PY'
 import json, struct, sys
 import numpy as np
 raw = open(sys.argv[1], "rb").read()
@@ -69,19 +71,23 @@ for name, t in header.items():
     if name == "__metadata__":
         continue
     x = np.frombuffer(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]], dtype=np.float32)
-    u = x.view(np.uint32).astype(np.uint64)
-    b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-    out[name] = {"dtype": "BF16", "shape": t["shape"], "data_offsets": [at, at + 2 * x.size]}
+    if sys.argv[3] == "BF16":
+        u = x.view(np.uint32).astype(np.uint64)
+        b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    else:
+        b = x.astype(np.float16)
+    out[name] = {"dtype": sys.argv[3], "shape": t["shape"], "data_offsets": [at, at + 2 * x.size]}
     blobs.append(b.tobytes())
     at += 2 * x.size
 h = json.dumps(out).encode()
 h += b" " * (-len(h) % 8)
 open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 PY
-"$GALE_BIN" merge --base "$tmp/base16" --adapter "$ckpt" --out "$tmp/merged16" > /dev/null
-python3 - "$tmp/base16/model.safetensors" "$ckpt" "$tmp/merged16/model.safetensors" <<'PY'
+"$GALE_BIN" merge --base "$tmp/base-$dtype" --adapter "$ckpt" --out "$tmp/merged-$dtype" > /dev/null
+python3 - "$tmp/base-$dtype/model.safetensors" "$ckpt" "$tmp/merged-$dtype/model.safetensors" "$dtype" <<'PY'
 import json, struct, sys
 import numpy as np
+dtype = sys.argv[4]
 def load(path):
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
@@ -91,6 +97,8 @@ def load(path):
         data = raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]]
         if t["dtype"] == "BF16":
             return (np.frombuffer(data, np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+        if t["dtype"] == "F16":
+            return np.frombuffer(data, np.float16).astype(np.float32).reshape(t["shape"])
         return np.frombuffer(data, np.float32).reshape(t["shape"])
     return header, get
 bh, base = load(sys.argv[1])
@@ -98,7 +106,9 @@ ah, ad = load(sys.argv[2] + "/adapter_model.safetensors")
 mh, merged = load(sys.argv[3])
 cfg = json.load(open(sys.argv[2] + "/adapter_config.json"))
 s = cfg["lora_alpha"] / cfg["r"]
-assert all(t["dtype"] == "BF16" for k, t in mh.items() if k != "__metadata__")
+assert all(t["dtype"] == dtype for k, t in mh.items() if k != "__metadata__")
+# half a step: 2^-8 relative for bf16 (8 bits), 2^-11 for f16 (11 bits; 2^-25 absolute below its normals)
+rel, floor = (2.0 ** -8, 1e-30) if dtype == "BF16" else (2.0 ** -11, 2.0 ** -25)
 changed, off = 0, 0
 for name in bh:
     if name == "__metadata__":
@@ -109,11 +119,11 @@ for name in bh:
         want = want + s * ad(key + ".lora_B.weight").astype(np.float64) @ ad(key + ".lora_A.weight").astype(np.float64)
         changed += 1
     got = merged(name).astype(np.float64)
-    # within half a bf16 step (2^-8 relative) of the exact sum: rounded to nearest
-    off += int(np.sum(np.abs(got - want) > np.abs(want) * 2.0 ** -8 + 1e-30))
+    off += int(np.sum(np.abs(got - want) > np.abs(want) * rel + floor))
 assert changed > 0 and off == 0, (changed, off)
-print("bf16 merge: %d projections folded, every weight rounded to nearest" % changed)
+print("%s merge: %d projections folded, every weight rounded to nearest" % (dtype, changed))
 PY
+done
 
 # data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
 # losses over 2 micro-batches of 2 rows, to rounding
