@@ -9,13 +9,14 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gale eval --checkpoint DIR --data DIR [--data DIR ...] [--split val|train]\n"
-               "                 [--batch-rows N] [--max-batches N] [--no-doc-mask]\n"
+    fprintf(f, "usage: gale eval --checkpoint DIR [--adapter DIR] --data DIR [--data DIR ...]\n"
+               "                 [--split val|train] [--batch-rows N] [--max-batches N] [--no-doc-mask]\n"
                "\n"
                "Loss (mean cross-entropy over every target token) and perplexity of a checkpoint (or a run\n"
                "folder: its latest checkpoint, or any Hugging Face folder with config.json and safetensors)\n"
                "over one pass of a split of prepared folders.\n"
                "\n"
+               "  --adapter DIR    LoRA adapters in PEFT's format (a LoRA run's checkpoint) on the base\n"
                "  --split S        val (default) or train\n"
                "  --batch-rows N   rows per forward (default 8)\n"
                "  --max-batches N  stop after N batches (default: the whole split)\n"
@@ -24,7 +25,7 @@ static void usage(FILE *f)
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *ckpt_arg = NULL, *split = "val";
+    const char *ckpt_arg = NULL, *adapter = NULL, *split = "val";
     const char **dirs = gale_xcalloc(argc, sizeof *dirs);
     gale_eval_options eo = {.batch_rows = 8, .doc_mask = 1, .world = 1};
     int rc = 2;
@@ -37,6 +38,8 @@ int cmd_eval(int argc, char **argv)
             goto done;
         } else if (has && !strcmp(a, "--checkpoint")) {
             ckpt_arg = argv[++i];
+        } else if (has && !strcmp(a, "--adapter")) {
+            adapter = argv[++i];
         } else if (has && !strcmp(a, "--data")) {
             dirs[eo.n_dirs++] = argv[++i];
         } else if (has && !strcmp(a, "--split")) {
@@ -71,8 +74,8 @@ int cmd_eval(int argc, char **argv)
     eo.split = split;
     gale_error err = {{0}};
     gale_eval_result res;
-    char *dir = checkpoint_resolve(ckpt_arg, &err);
-    struct model *m = dir ? checkpoint_open_model(dir, &err) : NULL;
+    char *dir = checkpoint_resolve_model(ckpt_arg, &err);
+    struct model *m = dir ? checkpoint_open_model(dir, adapter, &err) : NULL;
     rc = 1;
     if (m && eval_split(m, &eo, &res, &err) == 0) {
         printf("checkpoint %s\nsplit      %s (%ld batches of %d rows)\nloss       %.8f\nperplexity %.6f\n"

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "model/config.h"
+#include "model/lora.h"
 #include "model/model.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
@@ -20,7 +21,9 @@ static void usage(FILE *f)
             "Prints the memory plan of a training run per rank: the bytes of each arena (the\n"
             "weights' compute copy, fp32 master weights, fp32 gradients, AdamW moments,\n"
             "activations, scratch) sized from the model, data.micro_batch x data.seq_len,\n"
-            "backend.precision, backend.recompute and the parallel layout, without allocating.\n"
+            "backend.precision, backend.recompute, the lora section (adapters on a frozen base:\n"
+            "the base's compute copy only, master, gradients and moments of the adapters) and\n"
+            "the parallel layout, without allocating.\n"
             "Sizes are those of a device storing the compute dtype natively (bf16: 2 bytes).\n"
             "\n"
             "  --set section.key=value  override one key of the YAML (repeatable)\n"
@@ -89,7 +92,8 @@ int cmd_plan(int argc, char **argv)
     gale_run_config *cfg = run_config_load(config, sets, n_sets, &err);
     free(sets);
     struct model_config mc;
-    if (!cfg || trainer_model_config(cfg, &mc, &err)) {
+    struct lora_config lora;
+    if (!cfg || trainer_model_config(cfg, &mc, &err) || trainer_lora_config(cfg, &lora, &err)) {
         fprintf(stderr, "gale plan: %s\n", err.msg);
         run_config_free(cfg);
         return 1;
@@ -104,6 +108,7 @@ int cmd_plan(int argc, char **argv)
         .ep_rank = 0,
         .dp_size = world / ep,
         .zero = cfg->optim.zero,
+        .lora = lora.rank ? &lora : NULL,
     };
     struct model_plan plan;
     int rc = model_plan(&mc, &lay, &plan, &err);
@@ -119,6 +124,13 @@ int cmd_plan(int argc, char **argv)
            lay.micro_batch, lay.seq_len, gale_dtype_name(lay.compute),
            lay.recompute == MODEL_RECOMPUTE_LAYER ? "layer" : "none", world, world / ep, ep,
            lay.zero ? "on (moments split over the data-parallel ranks)" : "off");
+    if (lay.lora) {
+        char targets[128];
+        lora_targets_format(lora.targets, targets, sizeof targets);
+        printf("LoRA r=%d on %s: %.1fM adapter parameters trained (%.3f%% of the rank's), the base "
+               "frozen in %s\n", lora.rank, targets, plan.trained / 1e6, 100.0 * plan.trained / plan.params,
+               gale_dtype_name(lay.compute));
+    }
     printf("  %-24s %12s\n", "per rank", "GiB");
     for (int a = 0; a < PLAN_ARENAS; a++)
         printf("  %-24s %12.3f\n", model_plan_arena_name((enum model_plan_arena)a),

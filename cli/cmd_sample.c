@@ -13,14 +13,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|v7|llama2]\n"
-               "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer M]\n"
+    fprintf(f, "usage: gale sample --checkpoint DIR [--adapter DIR] --prompt TEXT [--chat]\n"
+               "                   [--template v1|v3|v7|llama2] [--max-new N] [--temperature T] [--top-p P]\n"
+               "                   [--seed S] [--tokenizer M]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
                "The prompt runs once into a KV cache, then each new token alone; stderr gets the counts,\n"
                "the prompt's time and the generation's tokens/s.\n"
                "\n"
+               "  --adapter DIR     LoRA adapters in PEFT's format (a LoRA run's checkpoint) on the base\n"
                "  --chat            wrap the prompt as a user turn of the chat template (default v1)\n"
                "  --max-new N       tokens to generate at most (default 64)\n"
                "  --temperature T   0 for greedy (default 0.8)\n"
@@ -28,7 +30,7 @@ static void usage(FILE *f)
                "  --seed S          the draw's seed (default 0)\n"
                "  --tokenizer M     SentencePiece .model or Tekken .json file, or a name: mistral-v1,\n"
                "                    mistral-v3, tekken-240718, tekken-240911\n"
-               "                    (default DIR/tokenizer.model or DIR/tekken.json)\n");
+               "                    (default DIR/tokenizer.model or DIR/tekken.json, else the adapter's)\n");
 }
 
 typedef struct printer {
@@ -68,7 +70,7 @@ static int parse_number(const char *opt, const char *text, double lo, double hi,
 
 int cmd_sample(int argc, char **argv)
 {
-    const char *ckpt_arg = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
+    const char *ckpt_arg = NULL, *adapter = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
     int chat = 0;
     double max_new = 64, seed = 0;
     gale_sample_options so = {.temperature = 0.8, .top_p = 0.95};
@@ -83,6 +85,8 @@ int cmd_sample(int argc, char **argv)
             chat = 1;
         } else if (has && !strcmp(a, "--checkpoint")) {
             ckpt_arg = argv[++i];
+        } else if (has && !strcmp(a, "--adapter")) {
+            adapter = argv[++i];
         } else if (has && !strcmp(a, "--prompt")) {
             prompt = argv[++i];
         } else if (has && !strcmp(a, "--tokenizer")) {
@@ -123,11 +127,13 @@ int cmd_sample(int argc, char **argv)
     enum chat_template tmpl;
     if (chat && chat_template_from_name(template_name, &tmpl, &err))
         goto done;
-    if (!(dir = checkpoint_resolve(ckpt_arg, &err)))
+    if (!(dir = checkpoint_resolve_model(ckpt_arg, &err)))
         goto done;
-    for (int i = 0; !tok_path_arg && i < 2 && !tok_path; i++) {
-        char *file = gale_path_join(dir, tokenizer_file_names[i]);
-        if (gale_path_exists(file))
+    /* the base's tokenizer file, else the adapter checkpoint's */
+    for (int i = 0; !tok_path_arg && i < 4 && !tok_path; i++) {
+        const char *folder = i < 2 ? dir : adapter;
+        char *file = folder ? gale_path_join(folder, tokenizer_file_names[i % 2]) : NULL;
+        if (file && gale_path_exists(file))
             tok_path = file;
         else
             free(file);
@@ -138,7 +144,7 @@ int cmd_sample(int argc, char **argv)
         gale_fail(&err, "%s has no tokenizer.model or tekken.json: give --tokenizer M", dir);
         goto done;
     }
-    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, &err)))
+    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, adapter, &err)))
         goto done;
     if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
         gale_fail(&err, "%s has %d pieces, more than the model's vocab_size %d", tok_path, tokenizer_vocab_size(tok),

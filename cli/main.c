@@ -20,6 +20,7 @@ static const struct command commands[] = {
     {"verify", cmd_verify, "check a backend against a reference fixture (logits, gradients, AdamW)"},
     {"sample", cmd_sample, "generate text from a checkpoint (temperature, top-p, chat template)"},
     {"eval", cmd_eval, "loss and perplexity of a checkpoint over a split of prepared data"},
+    {"merge", cmd_merge, "fold LoRA adapters (PEFT's format) into their base: a full HF folder"},
     {"inspect", cmd_inspect, "summarise a prepared folder or shard; print a row as text (--decode)"},
 };
 

@@ -46,7 +46,7 @@ const char *gale_op_name(enum gale_op op)
 {
     static const char *const names[GALE_OP_COUNT] = {
         "matmul", "embedding", "rmsnorm", "rope", "attention", "attention_cached", "swiglu",
-        "router", "moe", "cross_entropy", "adamw", "reduce"};
+        "router", "moe", "cross_entropy", "adamw", "reduce", "dropout"};
     return op < GALE_OP_COUNT ? names[op] : "unknown";
 }
 

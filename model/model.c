@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/lora.h"
+#include "model/rng.h"
+
 /* Rows of logits per chunk in the fused head + loss of the backward: about 32 MB of fp32. */
 #define HEAD_CHUNK_FLOATS (8u << 20)
 
@@ -31,6 +34,7 @@ struct layer_acts {
     int32_t *topk_idx, *slot_rows, *slot_of;
     int32_t *counts;                    /* device: slots per expert [E] */
     double *rstats;                     /* device: router_stats [E + 1] */
+    float *lora_u;                      /* scratch: an adapter's x A^T [rows, r] */
 };
 
 /* Indices of the step statistics (device fp64, model_stats_read). */
@@ -46,7 +50,20 @@ struct model {
     size_t w_bytes;                     /* bytes of a compute-dtype element on the device */
     float *params;                      /* fp32 master weights */
     float *weights;                     /* their compute copy; params itself in fp32 */
-    float *grads;                       /* fp32 */
+    float *grads;                       /* fp32; NULL when the base is frozen (LoRA) */
+
+    /* LoRA (model/lora.h): adapters in their own layout and buffers */
+    struct model_layout adapters;
+    int *adapter_of;                    /* [layout.n]: the tensor's lora_A in adapters, or -1 */
+    struct lora_config lora_cfg;
+    int lora_rank;                      /* 0: none */
+    float lora_scale;
+    float lora_dropout;                 /* p of the adapters' input dropout in training passes */
+    uint64_t dropout_seed;              /* the masks of the next training pass */
+    int training;                       /* in model_forward_backward: dropout applies */
+    float *lora_params, *lora_weights, *lora_grads;  /* fp32, compute copy (or params), fp32 */
+    float *lora_u, *lora_du;            /* scratch [rows, r]: x A^T (the layers' too), dy B */
+    float *lora_xd;                     /* scratch [rows, widest input]: the dropped-out input */
 
     /* activations and scratch for up to cap_rows tokens, carved from two arenas */
     void *act_arena, *scratch_arena;
@@ -245,6 +262,17 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     m->tmp_b = take(scr, mlp_n * inter * wb);
     m->tmp_c = take(scr, mlp_n * inter * wb);
     m->head_chunk = take(scr, fsz(head_chunk_rows(c, n) * (size_t)c->vocab_size));
+    if (m->lora_rank) {
+        /* an adapter's product has at most n rows (an expert's slots are fewer) */
+        m->lora_u = take(scr, n * m->lora_rank * wb);
+        m->lora_du = take(scr, n * m->lora_rank * wb);
+        if (m->lora_dropout > 0) {
+            size_t widest = h > inter ? h : inter;
+            m->lora_xd = take(scr, n * (widest > dq ? widest : dq) * wb);
+        }
+        for (size_t l = 0; l < layers; l++)
+            m->acts[l].lora_u = m->lora_u;
+    }
     if (e) {
         m->xe = take(scr, n * k * h * wb);
         m->dxe = take(scr, n * k * h * wb);
@@ -286,6 +314,8 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     struct model tmp = {0};
     tmp.cfg = *cfg;
     tmp.opts.recompute = lay->recompute;
+    tmp.lora_rank = lay->lora ? lay->lora->rank : 0;
+    tmp.lora_dropout = lay->lora ? (float)lay->lora->dropout : 0;
     tmp.w_bytes = lay->compute_bytes ? lay->compute_bytes : gale_dtype_size(lay->compute);
     tmp.acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *tmp.acts);
     size_t rows = (size_t)lay->micro_batch * lay->seq_len;
@@ -298,13 +328,35 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
                           (size_t)cfg->hidden_size;
     /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
     size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    size_t adapters = 0;
+    if (lay->lora) {
+        struct model_layout al;
+        int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
+        int rc = lora_layout_build(&layout, lay->lora, &al, adapter_of, err);
+        free(adapter_of);
+        if (rc) {
+            model_layout_free(&layout);
+            return -1;
+        }
+        size_t expert_adapters = 0;
+        for (int i = 0; i < al.n; i++)
+            if (strstr(al.tensors[i].name, ".experts."))
+                expert_adapters += al.tensors[i].numel;
+        adapters = al.numel - expert_adapters + expert_adapters / ep;
+        model_layout_free(&al);
+    }
     model_layout_free(&layout);
     int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
-    out->params = numel;
-    out->bytes[PLAN_WEIGHTS] = lay->compute == GALE_F32 ? 0 : numel * tmp.w_bytes;
-    out->bytes[PLAN_MASTER] = fsz(numel);
-    out->bytes[PLAN_GRADS] = fsz(numel);
-    out->bytes[PLAN_MOMENTS] = 2 * fsz((numel + dp - 1) / dp);
+    /* full fine-tuning trains every weight from an fp32 master (the compute copy too unless
+     * fp32); LoRA keeps the base frozen in the compute dtype only and trains the adapters */
+    size_t trained = lay->lora ? adapters : numel;
+    size_t copies = (lay->lora ? numel : 0) + (lay->compute == GALE_F32 ? 0 : trained);
+    out->params = numel + (lay->lora ? adapters : 0);
+    out->trained = trained;
+    out->bytes[PLAN_WEIGHTS] = copies * tmp.w_bytes;
+    out->bytes[PLAN_MASTER] = fsz(trained);
+    out->bytes[PLAN_GRADS] = fsz(trained);
+    out->bytes[PLAN_MOMENTS] = 2 * fsz((trained + dp - 1) / dp);
     out->bytes[PLAN_ACTIVATIONS] = act.used;
     /* expert parallelism adds the all-to-all's send and receive buffers of the routed rows
      * (balanced routing: each rank receives as many slots as it sends) */
@@ -322,7 +374,8 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
         return NULL;
     const struct gale_ops *ops = be->ops;
     for (int op = 0; op < GALE_OP_COUNT; op++) {
-        int needed = cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        int needed = op == GALE_OP_DROPOUT ? opts && opts->lora && opts->lora->dropout > 0
+                                           : cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
         if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
             gale_fail(err, "backend %s does not run %s in %s", ops->name,
                       gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
@@ -344,9 +397,29 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
-    m->params = ops->alloc(be, fsz(m->layout.numel));
-    m->weights = be->compute == GALE_F32 ? m->params : ops->alloc(be, wsz(m, m->layout.numel));
-    m->grads = ops->alloc(be, fsz(m->layout.numel));
+    int f32 = be->compute == GALE_F32;
+    if (m->opts.lora) {
+        m->adapter_of = gale_xcalloc((size_t)m->layout.n, sizeof *m->adapter_of);
+        if (lora_layout_build(&m->layout, m->opts.lora, &m->adapters, m->adapter_of, err)) {
+            model_free(m);
+            return NULL;
+        }
+        m->lora_cfg = *m->opts.lora;
+        m->lora_rank = m->opts.lora->rank;
+        m->lora_scale = (float)lora_scale(m->opts.lora);
+        m->lora_dropout = (float)m->opts.lora->dropout;
+        m->opts.lora = NULL; /* the caller's; what it says is copied above */
+        /* the frozen base: its compute copy only, no master, no gradients */
+        m->weights = ops->alloc(be, wsz(m, m->layout.numel));
+        m->params = f32 ? m->weights : NULL;
+        m->lora_params = ops->alloc(be, fsz(m->adapters.numel));
+        m->lora_weights = f32 ? m->lora_params : ops->alloc(be, wsz(m, m->adapters.numel));
+        m->lora_grads = ops->alloc(be, fsz(m->adapters.numel));
+    } else {
+        m->params = ops->alloc(be, fsz(m->layout.numel));
+        m->weights = f32 ? m->params : ops->alloc(be, wsz(m, m->layout.numel));
+        m->grads = ops->alloc(be, fsz(m->layout.numel));
+    }
     m->stats = ops->alloc(be, ST_COUNT * sizeof(double));
     m->stats_host = ops->host_alloc(be, ST_COUNT * sizeof(double));
     if (gale_backend_sync(be, err)) {
@@ -387,6 +460,12 @@ void model_free(struct model *m)
         free_buf(m->be, m->weights);
     free_buf(m->be, m->params);
     free_buf(m->be, m->grads);
+    if (m->lora_weights != m->lora_params)
+        free_buf(m->be, m->lora_weights);
+    free_buf(m->be, m->lora_params);
+    free_buf(m->be, m->lora_grads);
+    free(m->adapter_of);
+    model_layout_free(&m->adapters);
     free_buf(m->be, m->stats);
     if (m->stats_host)
         m->be->ops->host_free(m->be, m->stats_host);
@@ -430,6 +509,52 @@ float *model_weights(struct model *m)
     return m->weights == m->params ? NULL : m->weights;
 }
 
+void model_trainable(struct model *m, struct model_trainable *out)
+{
+    if (m->lora_rank)
+        *out = (struct model_trainable){&m->adapters, m->lora_params,
+                                        m->lora_weights == m->lora_params ? NULL : m->lora_weights,
+                                        m->lora_grads};
+    else
+        *out = (struct model_trainable){&m->layout, m->params, model_weights(m), m->grads};
+}
+
+int model_has_lora(const struct model *m)
+{
+    return m->lora_rank > 0;
+}
+
+void model_lora_dropout_seed(struct model *m, uint64_t seed)
+{
+    m->dropout_seed = seed;
+}
+
+const struct lora_config *model_lora_config(const struct model *m)
+{
+    return m->lora_rank ? &m->lora_cfg : NULL;
+}
+
+void model_lora_upload(struct model *m, const float *host)
+{
+    struct gale_backend *be = m->be;
+    be->ops->upload(be, m->lora_params, host, fsz(m->adapters.numel));
+    if (m->lora_weights != m->lora_params)
+        be->ops->convert(be, m->lora_weights, be->compute, m->lora_params, m->adapters.numel);
+    gale_backend_wait(be);
+}
+
+void model_lora_download(struct model *m, float *host)
+{
+    m->be->ops->download(m->be, host, m->lora_params, fsz(m->adapters.numel));
+    gale_backend_wait(m->be);
+}
+
+void model_lora_grads_download(struct model *m, float *host)
+{
+    m->be->ops->download(m->be, host, m->lora_grads, fsz(m->adapters.numel));
+    gale_backend_wait(m->be);
+}
+
 float *model_grads(struct model *m)
 {
     return m->grads;
@@ -437,21 +562,40 @@ float *model_grads(struct model *m)
 
 void model_weights_refresh(struct model *m)
 {
-    if (m->weights != m->params)
+    if (m->params && m->weights != m->params)
         m->be->ops->convert(m->be, m->weights, m->be->compute, m->params, m->layout.numel);
+    if (m->lora_weights != m->lora_params)
+        m->be->ops->convert(m->be, m->lora_weights, m->be->compute, m->lora_params, m->adapters.numel);
 }
 
 void model_params_download(struct model *m, float *host)
 {
-    m->be->ops->download(m->be, host, m->params, fsz(m->layout.numel));
+    /* a frozen base without a master: the compute copy (4-byte elements, see model.h) */
+    m->be->ops->download(m->be, host, m->params ? m->params : m->weights, fsz(m->layout.numel));
     gale_backend_wait(m->be);
 }
 
+/* Elements per transfer when a frozen base's weights are converted on their way up. */
+#define CONVERT_CHUNK ((size_t)1 << 24)
+
 void model_params_upload(struct model *m, const float *host)
 {
-    m->be->ops->upload(m->be, m->params, host, fsz(m->layout.numel));
-    model_weights_refresh(m);
-    gale_backend_wait(m->be);
+    struct gale_backend *be = m->be;
+    if (m->params) {
+        be->ops->upload(be, m->params, host, fsz(m->layout.numel));
+        model_weights_refresh(m);
+    } else { /* no master: fp32 goes up through a staging buffer into the compute copy */
+        size_t chunk = m->layout.numel < CONVERT_CHUNK ? m->layout.numel : CONVERT_CHUNK;
+        float *stage = be->ops->alloc(be, fsz(chunk));
+        for (size_t at = 0; stage && at < m->layout.numel; at += chunk) {
+            size_t n = m->layout.numel - at < chunk ? m->layout.numel - at : chunk;
+            be->ops->upload(be, stage, host + at, fsz(n));
+            be->ops->convert(be, act_at(m, m->weights, at), be->compute, stage, n);
+            gale_backend_wait(be);  /* before the host side of the next chunk is read */
+        }
+        free_buf(be, stage);
+    }
+    gale_backend_wait(be);
 }
 
 void model_grads_download(struct model *m, float *host)
@@ -462,7 +606,9 @@ void model_grads_download(struct model *m, float *host)
 
 void model_zero_grads(struct model *m)
 {
-    m->be->ops->zero(m->be, m->grads, fsz(m->layout.numel));
+    struct model_trainable t;
+    model_trainable(m, &t);
+    m->be->ops->zero(m->be, t.grads, fsz(t.layout->numel));
 }
 
 /* Activations and scratch for `rows` tokens (kept when already large enough): two arenas. */
@@ -546,6 +692,100 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     return 0;
 }
 
+static float *adapter_at(const struct model *m, float *base, int index)
+{
+    size_t offset = m->adapters.tensors[index].offset;
+    return base == m->lora_weights ? act_at(m, base, offset) : base + offset;
+}
+
+/* In a training pass with dropout, the adapter's input dropout(x) in lora_xd: its mask a function
+ * of the pass's seed and the projection, so the backward (and a recomputation) draws it again. */
+static int dropping(const struct model *m)
+{
+    return m->training && m->lora_dropout > 0;
+}
+
+static uint64_t mask_seed(const struct model *m, int index)
+{
+    return gale_rng_bits(m->dropout_seed, (uint64_t)index);
+}
+
+static const float *adapter_input(struct model *m, int index, int rows, int nin, const float *x)
+{
+    if (!dropping(m))
+        return x;
+    m->be->ops->dropout(m->be, m->lora_xd, x, (size_t)rows * nin, m->lora_dropout, mask_seed(m, index), 0);
+    return m->lora_xd;
+}
+
+/* out = beta * out + x W^T for the projection at `index` of the layout, over `rows` rows of x
+ * [rows, in]; with an adapter, out += s * (x A^T) B^T through u [rows, r]. */
+static void linear_fwd(struct model *m, int index, int rows, const float *x, float beta,
+                       float *out, float *u)
+{
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
+    const struct model_tensor *t = &m->layout.tensors[index];
+    int nout = (int)t->shape[0], nin = (int)t->shape[1], r = m->lora_rank;
+    ops->matmul(be, 0, 1, rows, nout, nin, 1, x, nin, tensor_at(m, m->weights, index), nin, beta,
+                out, nout, act_types(m));
+    int ad = m->adapter_of ? m->adapter_of[index] : -1;
+    if (ad < 0 || rows == 0)
+        return;
+    x = adapter_input(m, index, rows, nin, x);
+    ops->matmul(be, 0, 1, rows, r, nin, 1, x, nin, adapter_at(m, m->lora_weights, ad), nin, 0, u,
+                r, act_types(m));
+    ops->matmul(be, 0, 1, rows, nout, r, m->lora_scale, u, r,
+                adapter_at(m, m->lora_weights, ad + 1), r, 1, out, nout, act_types(m));
+}
+
+/* The backward of linear_fwd from dy [rows, out]: dx = beta * dx + dy W plus the adapter's
+ * s * (dy B) A; W's gradient unless the base is frozen, and the adapter's:
+ * dB += s * dy^T (x A^T), dA += s * (dy B)^T x. */
+static void linear_bwd(struct model *m, int index, int rows, const float *x, const float *dy,
+                       float beta, float *dx)
+{
+    struct gale_backend *be = m->be;
+    const struct gale_ops *ops = be->ops;
+    const struct model_tensor *t = &m->layout.tensors[index];
+    int nout = (int)t->shape[0], nin = (int)t->shape[1], r = m->lora_rank;
+    if (m->grads)
+        ops->matmul(be, 1, 0, nout, nin, rows, 1, dy, nout, x, nin, 1,
+                    tensor_at(m, m->grads, index), nin, to_f32_types(m));
+    ops->matmul(be, 0, 0, rows, nin, nout, 1, dy, nout, tensor_at(m, m->weights, index), nin, beta,
+                dx, nin, act_types(m));
+    int ad = m->adapter_of ? m->adapter_of[index] : -1;
+    if (ad < 0 || rows == 0)
+        return;
+    float *u = m->lora_u, *du = m->lora_du;
+    const float *a = adapter_at(m, m->lora_weights, ad), *b = adapter_at(m, m->lora_weights, ad + 1);
+    x = adapter_input(m, index, rows, nin, x);
+    ops->matmul(be, 0, 1, rows, r, nin, 1, x, nin, a, nin, 0, u, r, act_types(m));
+    ops->matmul(be, 1, 0, nout, r, rows, m->lora_scale, dy, nout, u, r, 1,
+                adapter_at(m, m->lora_grads, ad + 1), r, to_f32_types(m));
+    ops->matmul(be, 0, 0, rows, r, nout, m->lora_scale, dy, nout, b, r, 0, du, r, act_types(m));
+    ops->matmul(be, 1, 0, r, nin, rows, 1, du, r, x, nin, 1, adapter_at(m, m->lora_grads, ad), nin,
+                to_f32_types(m));
+    if (!dropping(m)) {
+        ops->matmul(be, 0, 0, rows, nin, r, 1, du, r, a, nin, 1, dx, nin, act_types(m));
+        return;
+    }
+    /* through the dropout: the same mask on (du A), added to dx */
+    ops->matmul(be, 0, 0, rows, nin, r, 1, du, r, a, nin, 0, m->lora_xd, nin, act_types(m));
+    ops->dropout(be, dx, m->lora_xd, (size_t)rows * nin, m->lora_dropout, mask_seed(m, index), 1);
+}
+
+/* Layer l's gradient of the tensor in `slot`, NULL when the base is frozen. */
+static float *grads_w(struct model *m, int l, int slot)
+{
+    return m->grads ? layer_w(m, m->grads, l, slot) : NULL;
+}
+
+static int layer_index(const struct model *m, int layer, int slot)
+{
+    return m->layer_first[layer] + slot;
+}
+
 /* A layer's attention inputs for n tokens at `positions`: h1 = rmsnorm(x) and the rope'd
  * queries in a; the rope'd keys and the values into k_out and v_out ([n, kv_heads*hd]: the
  * layer's activations, or the next rows of a KV cache). */
@@ -555,16 +795,11 @@ static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, con
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
-    int h = c->hidden_size, dq = c->num_heads * c->head_dim;
-    int dkv = c->num_kv_heads * c->head_dim;
-    ops->rmsnorm_fwd(be, a->h1, a->rstd1, x, layer_w(m, m->weights, l, W_LN1), n, h,
+    ops->rmsnorm_fwd(be, a->h1, a->rstd1, x, layer_w(m, m->weights, l, W_LN1), n, c->hidden_size,
                      (float)c->rms_norm_eps);
-    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq,
-                act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv,
-                act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv,
-                act_types(m));
+    linear_fwd(m, layer_index(m, l, W_Q), n, a->h1, 0, a->q, a->lora_u);
+    linear_fwd(m, layer_index(m, l, W_K), n, a->h1, 0, k_out, a->lora_u);
+    linear_fwd(m, layer_index(m, l, W_V), n, a->h1, 0, v_out, a->lora_u);
     ops->rope_fwd(be, a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_fwd(be, k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
 }
@@ -573,10 +808,9 @@ static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, con
 static void attention_out_forward(struct model *m, int l, struct layer_acts *a, int n,
                                   const float *x)
 {
-    int h = m->cfg.hidden_size, dq = m->cfg.num_heads * m->cfg.head_dim;
+    int h = m->cfg.hidden_size;
     m->be->ops->copy(m->be, a->x_mid, x, wsz(m, (size_t)n * h));
-    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1,
-                       a->x_mid, h, act_types(m));
+    linear_fwd(m, layer_index(m, l, W_O), n, a->att, 1, a->x_mid, a->lora_u);
 }
 
 static void attention_forward(struct model *m, int l, const float *x)
@@ -603,19 +837,16 @@ static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int 
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
     int h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0,
-                a->gate, inter, act_types(m));
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up,
-                inter, act_types(m));
+    linear_fwd(m, layer_index(m, l, W_GATE), n, a->h2, 0, a->gate, a->lora_u);
+    linear_fwd(m, layer_index(m, l, W_UP), n, a->h2, 0, a->up, a->lora_u);
     ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * inter);
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
-    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter,
-                1, out, h, act_types(m));
+    linear_fwd(m, layer_index(m, l, W_DOWN), n, s->act, 1, out, a->lora_u);
 }
 
-static float *expert_w(const struct model *m, float *base, int l, int e, int which)
+static int expert_index(const struct model *m, int l, int e, int which)
 {
-    return layer_w(m, base, l, W_EXPERT0 + 3 * e + which);
+    return layer_index(m, l, W_EXPERT0 + 3 * e + which);
 }
 
 static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
@@ -639,21 +870,17 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
         int cnt = counts[e];
-        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
-                    expert_w(m, m->weights, l, e, 0), h, 0, act_at(m, a->gate, off * inter),
-                    inter, act_types(m));
-        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
-                    expert_w(m, m->weights, l, e, 2), h, 0, act_at(m, a->up, off * inter), inter,
-                    act_types(m));
+        const float *xe = act_at(m, s->xe, off * h);
+        linear_fwd(m, expert_index(m, l, e, 0), cnt, xe, 0, act_at(m, a->gate, off * inter), a->lora_u);
+        linear_fwd(m, expert_index(m, l, e, 2), cnt, xe, 0, act_at(m, a->up, off * inter), a->lora_u);
         off += (size_t)cnt;
     }
     ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * k * inter);
     off = 0;
     for (int e = 0; e < ne; e++) {
         int cnt = counts[e];
-        ops->matmul(be, 0, 1, cnt, h, inter, 1, act_at(m, s->act, off * inter), inter,
-                    expert_w(m, m->weights, l, e, 1), inter, 0, act_at(m, a->ye, off * h), h,
-                    act_types(m));
+        linear_fwd(m, expert_index(m, l, e, 1), cnt, act_at(m, s->act, off * inter), 0,
+                   act_at(m, a->ye, off * h), a->lora_u);
         off += (size_t)cnt;
     }
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
@@ -828,7 +1055,7 @@ static void head_forward_backward(struct model *m, double scale)
     int n = m->rows, h = m->cfg.hidden_size, vocab = m->cfg.vocab_size;
     int chunk = (int)head_chunk_rows(&m->cfg, (size_t)m->cap_rows);
     float *w = tensor_at(m, m->weights, lm_head_index(m));
-    float *dw = tensor_at(m, m->grads, lm_head_index(m));
+    float *dw = m->grads ? tensor_at(m, m->grads, lm_head_index(m)) : NULL;
     for (int r0 = 0; r0 < n; r0 += chunk) {
         int rows = n - r0 < chunk ? n - r0 : chunk;
         const float *x = act_at(m, m->hf, (size_t)r0 * h);
@@ -836,8 +1063,9 @@ static void head_forward_backward(struct model *m, double scale)
                     to_f32_types(m));
         ops->cross_entropy(be, m->head_chunk, m->targets + r0, rows, vocab, (float)scale,
                            m->stats + ST_CE_SUM);
-        ops->matmul(be, 1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h,
-                    f32_to_f32_types(m));
+        if (dw)
+            ops->matmul(be, 1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h,
+                        f32_to_f32_types(m));
         ops->matmul(be, 0, 0, rows, h, vocab, 1, m->head_chunk, vocab, w, h, 0,
                     act_at(m, m->dh, (size_t)r0 * h), h, f32_to_act_types(m));
     }
@@ -848,20 +1076,12 @@ static void dense_mlp_backward(struct model *m, int l)
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
     struct layer_acts *a = &m->acts[l];
-    int n = m->rows, h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    float *wg = layer_w(m, m->weights, l, W_GATE), *wu = layer_w(m, m->weights, l, W_UP);
-    float *wd = layer_w(m, m->weights, l, W_DOWN);
+    int n = m->rows, inter = m->cfg.intermediate_size;
     ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, (size_t)n * inter);
-    ops->matmul(be, 1, 0, h, inter, n, 1, m->dx, h, m->tmp_a, inter, 1,
-                layer_w(m, m->grads, l, W_DOWN), inter, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, inter, h, 1, m->dx, h, wd, inter, 0, m->tmp_b, inter, act_types(m));
+    linear_bwd(m, layer_index(m, l, W_DOWN), n, m->tmp_a, m->dx, 0, m->tmp_b);
     ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)n * inter);
-    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_b, inter, a->h2, h, 1,
-                layer_w(m, m->grads, l, W_GATE), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1,
-                layer_w(m, m->grads, l, W_UP), h, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_b, inter, wg, h, 0, m->dh, h, act_types(m));
-    ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_c, inter, wu, h, 1, m->dh, h, act_types(m));
+    linear_bwd(m, layer_index(m, l, W_GATE), n, a->h2, m->tmp_b, 0, m->dh);
+    linear_bwd(m, layer_index(m, l, W_UP), n, a->h2, m->tmp_c, 1, m->dh);
 }
 
 static void moe_backward(struct model *m, int l, double aux_weight)
@@ -879,11 +1099,8 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
         int cnt = counts[e];
-        const float *dy = act_at(m, m->dye, off * h);
-        ops->matmul(be, 1, 0, h, inter, cnt, 1, dy, h, act_at(m, m->tmp_a, off * inter), inter, 1,
-                    expert_w(m, m->grads, l, e, 1), inter, to_f32_types(m));
-        ops->matmul(be, 0, 0, cnt, inter, h, 1, dy, h, expert_w(m, m->weights, l, e, 1), inter, 0,
-                    act_at(m, m->tmp_b, off * inter), inter, act_types(m));
+        linear_bwd(m, expert_index(m, l, e, 1), cnt, act_at(m, m->tmp_a, off * inter),
+                   act_at(m, m->dye, off * h), 0, act_at(m, m->tmp_b, off * inter));
         off += (size_t)cnt;
     }
     ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)slots * inter);
@@ -893,14 +1110,8 @@ static void moe_backward(struct model *m, int l, double aux_weight)
         const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
         const float *xe = act_at(m, m->xe, off * h);
         float *dxe = act_at(m, m->dxe, off * h);
-        ops->matmul(be, 1, 0, inter, h, cnt, 1, dg, inter, xe, h, 1,
-                    expert_w(m, m->grads, l, e, 0), h, to_f32_types(m));
-        ops->matmul(be, 1, 0, inter, h, cnt, 1, du, inter, xe, h, 1,
-                    expert_w(m, m->grads, l, e, 2), h, to_f32_types(m));
-        ops->matmul(be, 0, 0, cnt, h, inter, 1, dg, inter, expert_w(m, m->weights, l, e, 0), h, 0,
-                    dxe, h, act_types(m));
-        ops->matmul(be, 0, 0, cnt, h, inter, 1, du, inter, expert_w(m, m->weights, l, e, 2), h, 1,
-                    dxe, h, act_types(m));
+        linear_bwd(m, expert_index(m, l, e, 0), cnt, xe, dg, 0, dxe);
+        linear_bwd(m, expert_index(m, l, e, 2), cnt, xe, du, 1, dxe);
         off += (size_t)cnt;
     }
     ops->zero(be, m->dh, wsz(m, (size_t)n * h));
@@ -908,8 +1119,9 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     float z_scale = (float)(aux_weight * m->opts.router_z_loss_coef / ((double)n * c->num_layers));
     ops->router_bwd(be, m->router_scratch, m->dtopk_w, a->probs, a->rlse, a->topk_idx, a->topk_w,
                     m->dprobs_const + (size_t)l * ne, z_scale, n, ne, k);
-    ops->matmul(be, 1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1,
-                layer_w(m, m->grads, l, W_ROUTER), h, f32_to_f32_types(m));
+    if (m->grads) /* the router stays frozen under LoRA */
+        ops->matmul(be, 1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1,
+                    layer_w(m, m->grads, l, W_ROUTER), h, f32_to_f32_types(m));
     ops->matmul(be, 0, 0, n, h, ne, 1, m->router_scratch, ne, layer_w(m, m->weights, l, W_ROUTER),
                 h, 1, m->dh, h, f32_to_act_types(m));
 }
@@ -920,30 +1132,17 @@ static void attention_backward(struct model *m, int l)
     const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
-    int n = m->rows, h = c->hidden_size, dq = c->num_heads * c->head_dim;
-    int dkv = c->num_kv_heads * c->head_dim;
-    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq,
-                to_f32_types(m));
-    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq,
-                act_types(m));
+    int n = m->rows, h = c->hidden_size;
+    linear_bwd(m, layer_index(m, l, W_O), n, a->att, m->dx, 0, m->datt);
     ops->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v,
                        m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
                        c->num_kv_heads, c->head_dim, c->sliding_window);
     ops->rope_bwd(be, m->dq, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_bwd(be, m->dk, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
-    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h,
-                to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h,
-                to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h,
-                to_f32_types(m));
-    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h,
-                act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h,
-                act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h,
-                act_types(m));
-    ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN1), m->dh, a->x_in,
+    linear_bwd(m, layer_index(m, l, W_Q), n, a->h1, m->dq, 0, m->dh);
+    linear_bwd(m, layer_index(m, l, W_K), n, a->h1, m->dk, 1, m->dh);
+    linear_bwd(m, layer_index(m, l, W_V), n, a->h1, m->dv, 1, m->dh);
+    ops->rmsnorm_bwd(be, m->dx, grads_w(m, l, W_LN1), m->dh, a->x_in,
                      layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
 
@@ -962,13 +1161,14 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     double denominator = resolve_denominator(batch, ce_denominator);
+    m->training = 1;
     forward_trunk(m);
     if (c->num_experts > 0)
         router_losses(m, aux_weight, 1);
     head_forward_backward(m, 1.0 / denominator);
     ops->zero(be, m->dx, wsz(m, (size_t)n * h));
     int fn = final_norm_index(m);
-    ops->rmsnorm_bwd(be, m->dx, tensor_at(m, m->grads, fn), m->dh, m->x_final,
+    ops->rmsnorm_bwd(be, m->dx, m->grads ? tensor_at(m, m->grads, fn) : NULL, m->dh, m->x_final,
                      tensor_at(m, m->weights, fn), m->rstd_f, n, h);
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     for (int l = c->num_layers - 1; l >= 0; l--) {
@@ -984,11 +1184,13 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
             moe_backward(m, l, aux_weight);
         else
             dense_mlp_backward(m, l);
-        ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN2), m->dh, a->x_mid,
+        ops->rmsnorm_bwd(be, m->dx, grads_w(m, l, W_LN2), m->dh, a->x_mid,
                          layer_w(m, m->weights, l, W_LN2), a->rstd2, n, h);
         attention_backward(m, l);
     }
-    ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    if (m->grads)
+        ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    m->training = 0;
     if (out)
         return fill_loss(m, out, denominator, err);
     return be->failed ? gale_backend_sync(be, err) : 0;  /* no wait: errors show at the read */
@@ -1064,6 +1266,8 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
         kc->v = take(&cv, rows * dkv * wb);
         carve_layer(&cv, c, n, wb, &kc->acts);
         kc->scratch.act = take(&cv, mlp_rows(c, n) * c->intermediate_size * wb);
+        if (m->lora_rank)
+            kc->acts.lora_u = take(&cv, n * m->lora_rank * wb);
         if (c->num_experts > 0) {
             kc->scratch.router_logits = take(&cv, fsz(n * c->num_experts));
             kc->scratch.xe = take(&cv, n * c->num_experts_per_tok * c->hidden_size * wb);

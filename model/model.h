@@ -62,10 +62,16 @@ enum model_aux_form {
  * third more compute for a fraction of the memory; see model_plan). */
 enum model_recompute { MODEL_RECOMPUTE_NONE, MODEL_RECOMPUTE_LAYER };
 
+struct lora_config;
+
 struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
     enum model_recompute recompute;
+    /* LoRA adapters (model/lora.h) or NULL. With adapters the base weights are frozen: they
+     * have no gradients and no master copy (the compute dtype's copy is all there is), and
+     * only the adapters train: model_trainable gives their buffers. */
+    const struct lora_config *lora;
 };
 
 /* One micro-batch. Position t of row b is token tokens[b*T + t]; it is trained to predict
@@ -115,12 +121,14 @@ struct model_plan_layout {
     int ep_size, ep_rank;          /* expert parallelism: the rank holds experts
                                       [E*rank/ep, E*(rank+1)/ep) of each layer (1, 0: all) */
     int dp_size, zero;             /* with zero, the moments are split over dp_size ranks */
+    const struct lora_config *lora; /* adapters on a frozen base, or NULL */
 };
 
 struct model_plan {
     size_t bytes[PLAN_ARENAS];     /* per arena, on one rank */
     size_t total;
     size_t params;                 /* parameters held by the rank */
+    size_t trained;                /* of which trained: params, or the adapters' (LoRA) */
 };
 
 int model_plan(const struct model_config *cfg, const struct model_plan_layout *layout,
@@ -150,6 +158,24 @@ float *model_weights(struct model *m);
  * or an AdamW step given model_weights wrote them (e.g. a broadcast into model_params). */
 void model_weights_refresh(struct model *m);
 
+/* What an optimizer trains: the model's own buffers, or with LoRA the adapters' (layout under
+ * PEFT's names; weights NULL when params is the compute copy itself). */
+struct model_trainable {
+    const struct model_layout *layout;
+    float *params, *weights, *grads;
+};
+void model_trainable(struct model *m, struct model_trainable *out);
+/* With LoRA: 1, and the adapters to or from a host array of their layout.numel floats. */
+int model_has_lora(const struct model *m);
+void model_lora_upload(struct model *m, const float *host);
+void model_lora_download(struct model *m, float *host);
+void model_lora_grads_download(struct model *m, float *host);
+/* The seed of the adapters' dropout masks in the next training passes (the trainer gives each
+ * micro-batch its own, from the run's seed and the step, so a resumed run draws the same). */
+void model_lora_dropout_seed(struct model *m, uint64_t seed);
+/* The adapters' configuration, or NULL without LoRA. */
+const struct lora_config *model_lora_config(const struct model *m);
+
 /* Zeroes the device statistics and the expert load. */
 void model_stats_reset(struct model *m);
 /* Waits for the queued work and reads the statistics (one transfer); -1 with the backend's
@@ -170,11 +196,13 @@ int model_load_tensors(struct model *m, const struct safetensors_set *set, gale_
 /* Writes config.json and model.safetensors (fp32, hub names) into dir, each atomically. */
 int model_save_hf(struct model *m, const char *dir, gale_error *err);
 
-/* Parameters to or from a host array of layout.numel floats. */
+/* Parameters to or from a host array of layout.numel floats. A frozen base in bf16 has no
+ * master: its download needs a backend whose compute elements are 4 bytes (the CPU's). */
 void model_params_download(struct model *m, float *host);
 void model_params_upload(struct model *m, const float *host);
 void model_grads_download(struct model *m, float *host);
 
+/* Zeroes the trained gradients (model_trainable's). */
 void model_zero_grads(struct model *m);
 
 /* Forward only. The pass's statistics add to the device's (model_stats_read). With out, the

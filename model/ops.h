@@ -22,7 +22,7 @@
 enum gale_op {
     GALE_OP_MATMUL, GALE_OP_EMBEDDING, GALE_OP_RMSNORM, GALE_OP_ROPE, GALE_OP_ATTENTION,
     GALE_OP_ATTENTION_CACHED, GALE_OP_SWIGLU, GALE_OP_ROUTER, GALE_OP_MOE, GALE_OP_CROSS_ENTROPY,
-    GALE_OP_ADAMW, GALE_OP_REDUCE, GALE_OP_COUNT
+    GALE_OP_ADAMW, GALE_OP_REDUCE, GALE_OP_DROPOUT, GALE_OP_COUNT
 };
 
 const char *gale_op_name(enum gale_op op);
@@ -77,7 +77,7 @@ struct gale_ops {
     /* out = x * rsqrt(mean(x^2) + eps) * w; rstd[r] saved for the backward */
     void (*rmsnorm_fwd)(struct gale_backend *be, float *out, float *rstd, const float *x,
                         const float *w, int rows, int dim, float eps);
-    /* dx += d/dx, dw += d/dw */
+    /* dx += d/dx, dw += d/dw (dw NULL: a frozen weight) */
     void (*rmsnorm_bwd)(struct gale_backend *be, float *dx, float *dw, const float *dout,
                         const float *x, const float *w, const float *rstd, int rows, int dim);
 
@@ -167,6 +167,13 @@ struct gale_ops {
     void (*adamw_step)(struct gale_backend *be, float *p, float *p_compute, const float *g,
                        float *m, float *v, size_t n, float lr, float beta1, float beta2,
                        float eps, float weight_decay, int step);
+
+    /* Inverted dropout over n compute-dtype elements: element i is kept when the counter-based
+     * draw uniform(seed, i) >= p and then scaled by 1 / (1 - p), else 0. out = that of x, or
+     * with accumulate, out += that of x. The same seed gives the same mask: the backward
+     * regenerates it rather than keeping it. */
+    void (*dropout)(struct gale_backend *be, float *out, const float *x, size_t n, float p,
+                    uint64_t seed, int accumulate);
 
     /* sum of squares (accumulated in double) and in-place scaling, for clipping */
     double (*sumsq)(struct gale_backend *be, const float *x, size_t n);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "data/tokenizer.h"
+#include "model/lora_io.h"
 #include "model/safetensors.h"
 #include "util/file.h"
 
@@ -160,6 +161,24 @@ static int publish(const char *root, const char *tmp, const char *final, gale_er
     return gale_remove_tree(tmp, err); /* now the replaced checkpoint */
 }
 
+/* The model's, or with LoRA the adapters' layout: what the moments cover. */
+static const struct model_layout *trained_layout(struct model *m)
+{
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    return tr.layout;
+}
+
+/* The weights in Hugging Face's format, or with LoRA the adapters alone in PEFT's (naming the
+ * run's model.from as their base). */
+static int save_weights(struct model *m, const gale_train_state *st, const char *dir, gale_error *err)
+{
+    if (!model_lora_config(m))
+        return model_save_hf(m, dir, err);
+    json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
+    return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
+}
+
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
                     const gale_hf_files *hf, int keep_last, char **out_dir, gale_error *err)
 {
@@ -172,10 +191,10 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     int rc = -1;
     if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
         goto done;
-    if (model_save_hf(m, tmp, err))
+    if (save_weights(m, st, tmp, err))
         goto done;
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
-    if (write_optimizer(files[0], model_get_layout(m), moments, err))
+    if (write_optimizer(files[0], trained_layout(m), moments, err))
         goto done;
     if (hf_files_write(tmp, hf, err))
         goto done;
@@ -249,6 +268,16 @@ char *checkpoint_resolve(const char *path, gale_error *err)
                   "%s: not a checkpoint or Hugging Face folder (no trainer_state.json, no config.json) nor a run "
                   "folder with checkpoints/latest",
                   path);
+    return dir;
+}
+
+char *checkpoint_resolve_model(const char *path, gale_error *err)
+{
+    char *dir = checkpoint_resolve(path, err);
+    char *cfg = gale_path_join(path, "config.json");
+    if (!dir && gale_path_exists(cfg)) /* a plain Hugging Face folder has no trainer_state.json */
+        dir = gale_xstrdup(path);
+    free(cfg);
     return dir;
 }
 
@@ -339,7 +368,7 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
 
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err)
 {
-    if (model_load_hf(m, dir, err))
+    if (model_lora_config(m) ? model_lora_load(m, dir, err) : model_load_hf(m, dir, err))
         return -1;
     if (!opt)
         return 0;
@@ -348,41 +377,43 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
         return -1;
     opt->step = st.optimizer_step;
     train_state_clear(&st);
-    return load_moments(dir, model_get_layout(m), opt, err);
+    return load_moments(dir, trained_layout(m), opt, err);
 }
 
-struct model *checkpoint_open_model(const char *dir, gale_error *err)
+struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_error *err)
 {
     char *cfg_path = gale_path_join(dir, "config.json");
     struct model_config mc;
+    struct lora_config lora;
     int rc = model_config_load(cfg_path, &mc, err);
     free(cfg_path);
-    if (rc)
+    if (rc || (adapter && lora_config_read(adapter, &lora, NULL, err)))
         return NULL;
-    struct model_options opts = {.aux_form = MODEL_AUX_HF};
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .lora = adapter ? &lora : NULL};
     struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
     struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
     if (m)
         model_own_backend(m);
     else
         gale_backend_free(be);
-    if (m && model_load_hf(m, dir, err)) {
+    if (m && (model_load_hf(m, dir, err) || (adapter && model_lora_load(m, adapter, err)))) {
         model_free(m);
         return NULL;
     }
     return m;
 }
 
-/* A checkpoint holds its weights (one file or an index) and its optimizer state (one file or
- * one per rank) besides config.json and trainer_state.json. */
+/* A checkpoint holds its weights (one file, an index, or a LoRA run's adapters) and its
+ * optimizer state (one file or one per rank) besides config.json and trainer_state.json. */
 static int check_complete(const char *dir, gale_error *err)
 {
-    static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json"};
-    static const char *const moments[] = {"optimizer.safetensors", "optimizer-rank00000.safetensors"};
+    static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json",
+                                          "adapter_model.safetensors", NULL};
+    static const char *const moments[] = {"optimizer.safetensors", "optimizer-rank00000.safetensors", NULL};
     const char *const *needed[] = {weights, moments};
     for (int k = 0; k < 2; k++) {
         int found = 0;
-        for (int i = 0; i < 2 && !found; i++) {
+        for (int i = 0; needed[k][i] && !found; i++) {
             char *path = gale_path_join(dir, needed[k][i]);
             found = gale_path_exists(path);
             free(path);
@@ -390,6 +421,19 @@ static int check_complete(const char *dir, gale_error *err)
         if (!found)
             return gale_fail(err, "%s: incomplete checkpoint: no %s (nor %s)", dir, needed[k][0], needed[k][1]);
     }
+    return 0;
+}
+
+/* A LoRA checkpoint's adapters: their configuration and base (its config.json is the base's). */
+static int describe_adapters(const char *dir, FILE *out, char **base, gale_error *err)
+{
+    struct lora_config lc;
+    if (lora_config_read(dir, &lc, base, err))
+        return -1;
+    char targets[128];
+    lora_targets_format(lc.targets, targets, sizeof targets);
+    fprintf(out, "adapters     LoRA r=%d alpha=%g%s dropout=%g on %s (PEFT's format)\nbase         %s\n", lc.rank,
+            lc.alpha, lc.rslora ? " (rsLoRA)" : "", lc.dropout, targets, *base ? *base : "(not named)");
     return 0;
 }
 
@@ -402,10 +446,24 @@ int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
         train_state_clear(&st);
         return -1;
     }
-    char *cfg_path = gale_path_join(dir, "config.json");
+    char *adapter_cfg = gale_path_join(dir, "adapter_config.json"), *base = NULL;
+    int adapters = gale_path_exists(adapter_cfg);
+    free(adapter_cfg);
+    if (adapters && describe_adapters(dir, out, &base, err)) {
+        train_state_clear(&st);
+        return -1;
+    }
+    if (adapters && !base) {
+        train_state_clear(&st);
+        return 0;
+    }
+    /* a LoRA checkpoint's model is its base's */
+    const char *model_dir = adapters ? base : dir;
+    char *cfg_path = gale_path_join(model_dir, "config.json");
     struct model_config mc;
     int rc = model_config_load(cfg_path, &mc, err);
     free(cfg_path);
+    free(base);
     if (rc == 0) {
         const char *tok_name = "(none)";
         for (int i = 0; i < 2; i++) {

@@ -66,6 +66,10 @@ char *checkpoint_latest(const char *run_dir, gale_error *err);
  * `latest` names (caller frees). */
 char *checkpoint_resolve(const char *path, gale_error *err);
 
+/* The same, or path itself when it is a plain Hugging Face folder (config.json): a model to
+ * sample from or evaluate. */
+char *checkpoint_resolve_model(const char *path, gale_error *err);
+
 /* Reads trainer_state.json of a checkpoint folder (st owns new references). */
 int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err);
 
@@ -75,8 +79,9 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
 
 /* A model on the CPU backend from a checkpoint or any Hugging Face folder (config.json and
- * model.safetensors or shards), for sampling and evaluation. */
-struct model *checkpoint_open_model(const char *dir, gale_error *err);
+ * model.safetensors or shards), for sampling and evaluation; with adapter (not NULL), the
+ * LoRA adapters of that folder (PEFT's format) on top of it. */
+struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_error *err);
 
 /* A summary for people: step, tokens, model kind and parameters, config. */
 int checkpoint_describe(const char *dir, FILE *out, gale_error *err);

@@ -114,7 +114,8 @@ void expert_load_count(const int32_t *selected, int layers, int rows, int k, int
         }
 }
 
-double train_flops_per_token(const struct model_config *cfg, const struct model_layout *layout, int seq_len)
+double train_flops_per_token(const struct model_config *cfg, const struct model_layout *layout, int seq_len,
+                             int frozen)
 {
     double matmul_params = 0;
     for (int i = 0; i < layout->n; i++) {
@@ -128,7 +129,8 @@ double train_flops_per_token(const struct model_config *cfg, const struct model_
     }
     if (cfg->tie_word_embeddings) /* the tied lm_head multiplies with the embedding table */
         matmul_params += (double)cfg->vocab_size * cfg->hidden_size;
-    return 6.0 * matmul_params + 12.0 * cfg->num_layers * cfg->num_heads * cfg->head_dim * (double)seq_len;
+    /* forward 2, backward 2 for the inputs' gradient and 2 for the weights' unless frozen */
+    return (frozen ? 4.0 : 6.0) * matmul_params + 12.0 * cfg->num_layers * cfg->num_heads * cfg->head_dim * (double)seq_len;
 }
 
 void format_duration(double seconds, char *buf, size_t size)

@@ -40,9 +40,11 @@ void expert_load_summarise(const int64_t *counts, int experts, gale_expert_load 
 void expert_load_count(const int32_t *selected, int layers, int rows, int k, int experts, int64_t *counts);
 
 /* Training FLOPs per token (forward and backward): 6 × the parameters each token
- * multiplies with (embedding lookups excluded, experts scaled by k / experts), plus the
- * attention scores and mixing, 12 × layers × heads × head_dim × seq_len (PaLM's estimate). */
-double train_flops_per_token(const struct model_config *cfg, const struct model_layout *layout, int seq_len);
+ * multiplies with (embedding lookups excluded, experts scaled by k / experts), 4 × when the
+ * weights are frozen (LoRA: no weight gradients), plus the attention scores and mixing,
+ * 12 × layers × heads × head_dim × seq_len (PaLM's estimate). */
+double train_flops_per_token(const struct model_config *cfg, const struct model_layout *layout, int seq_len,
+                             int frozen);
 
 /* "1h02m", "3m05s", "12s". */
 void format_duration(double seconds, char *buf, size_t size);

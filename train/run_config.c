@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/lora.h"
 #include "util/file.h"
 #include "util/yaml_config.h"
 
@@ -62,6 +63,12 @@ static const field fields[] = {
     F(backend, recompute, CONFIG_ENUM, recompute, 0, 0, recompute_names),
     F(backend, threads, CONFIG_INT, threads, 0, 4096, NULL),
     F(backend, peak_tflops, CONFIG_DOUBLE, peak_tflops, 0, 1e6, NULL),
+    F(lora, rank, CONFIG_INT, rank, 0, 65536, NULL),
+    F(lora, alpha, CONFIG_DOUBLE, alpha, 1e-6, 1e6, NULL),
+    F(lora, dropout, CONFIG_DOUBLE, dropout, 0, 0.99, NULL),
+    F(lora, targets, CONFIG_STRING, targets, 0, 0, NULL),
+    F(lora, rslora, CONFIG_BOOL, rslora, 0, 1, NULL),
+    F(lora, from, CONFIG_STRING, from, 0, 0, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -106,6 +113,8 @@ static void set_defaults(gale_run_config *c)
     c->moe.aux_loss = GALE_AUX_HF;
     c->moe.aux_coef = -1;
     c->backend.device = GALE_DEVICE_CPU;
+    c->lora.alpha = 8;  /* PEFT's defaults: lora_alpha 8, q_proj and v_proj for these models */
+    c->lora.targets = gale_xstrdup("q_proj,v_proj");
 }
 
 static const field *find_field(const char *section, const char *key)
@@ -118,7 +127,7 @@ static const field *find_field(const char *section, const char *key)
 
 static int is_section(const char *name)
 {
-    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend"};
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "lora"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
         if (!strcmp(name, sections[i]))
             return 1;
@@ -246,6 +255,28 @@ static int read_source(gale_run_config *c, const yaml_ctx *y, yaml_node_t *item,
     return 0;
 }
 
+/* lora.targets as a YAML list of names: joined with commas, checked with the rest. */
+static int join_targets(gale_run_config *c, const yaml_ctx *y, yaml_node_t *list, const char *where,
+                        gale_error *err)
+{
+    size_t len = 1;
+    for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
+        yaml_node_t *item = yaml_document_get_node(y->doc, *it);
+        if (item->type != YAML_SCALAR_NODE)
+            return gale_fail(err, "%s: lora.targets entries must be module names", where);
+        len += strlen(scalar_text(item)) + 1;
+    }
+    char *joined = gale_xcalloc(len, 1);
+    for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
+        if (joined[0])
+            strcat(joined, ",");
+        strcat(joined, scalar_text(yaml_document_get_node(y->doc, *it)));
+    }
+    free(c->lora.targets);
+    c->lora.targets = joined;
+    return 0;
+}
+
 static int read_section(gale_run_config *c, const yaml_ctx *y, const char *section, yaml_node_t *map, gale_error *err)
 {
     char where[512];
@@ -266,6 +297,11 @@ static int read_section(gale_run_config *c, const yaml_ctx *y, const char *secti
                     return -1;
             continue;
         }
+        if (!strcmp(section, "lora") && !strcmp(key, "targets") && v->type == YAML_SEQUENCE_NODE) {
+            if (join_targets(c, y, v, where, err))
+                return -1;
+            continue;
+        }
         if (v->type != YAML_SCALAR_NODE)
             return gale_fail(err, "%s: %s.%s must be a single value", where, section, key);
         if (set_key(c, section, key, scalar_text(v), where, err))
@@ -283,13 +319,13 @@ static int read_document(gale_run_config *c, yaml_document_t *doc, const char *n
     char where[512];
     where_of(&y, root, where, sizeof where);
     if (root->type != YAML_MAPPING_NODE)
-        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend)",
+        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend, lora)",
                          where);
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
         where_of(&y, k, where, sizeof where);
         if (k->type != YAML_SCALAR_NODE || !is_section(scalar_text(k)))
-            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where,
+            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, lora)", where,
                              k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?");
         if (read_section(c, &y, scalar_text(k), v, err))
             return -1;
@@ -313,11 +349,11 @@ static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
     memcpy(key, dot + 1, nk);
     key[nk] = 0;
     if (!is_section(section))
-        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where, section);
+        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, lora)", where, section);
     return set_key(c, section, key, eq + 1, where, err);
 }
 
-static int check_complete(const gale_run_config *c, gale_error *err)
+static int check_complete(gale_run_config *c, gale_error *err)
 {
     const char *name = c->file;
     if (!c->model.config && !c->model.from && json_object_size(c->model.shape) == 0)
@@ -339,6 +375,10 @@ static int check_complete(const gale_run_config *c, gale_error *err)
         return gale_fail(err, "%s: run.dir is missing: the folder for checkpoints and metrics", name);
     if (c->optim.min_lr > c->optim.lr)
         return gale_fail(err, "%s: optim.min_lr = %g is above optim.lr = %g", name, c->optim.min_lr, c->optim.lr);
+    char key[600];
+    snprintf(key, sizeof key, "%s: lora.targets", name);
+    if ((c->lora.rank > 0 || c->lora.from) && lora_targets_parse(c->lora.targets, key, &c->lora.target_mask, err))
+        return -1;
     return 0;
 }
 
@@ -388,6 +428,8 @@ void run_config_free(gale_run_config *c)
     free(c->model.from);
     json_decref(c->model.shape);
     free(c->run.dir);
+    free(c->lora.targets);
+    free(c->lora.from);
     free(c->file);
     free(c);
 }

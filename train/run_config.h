@@ -1,4 +1,5 @@
-/* run_config: the run YAML of `gale train` (sections model, data, optim, run, moe, backend)
+/* run_config: the run YAML of `gale train` (sections model, data, optim, run, moe, backend,
+ * lora)
  * with `--set section.key=value` overrides. Every key is checked against a schema: an
  * unknown key, a value of the wrong type or out of range is an error naming the key and
  * the YAML line (or the --set argument). The effective config is rendered as JSON to
@@ -64,6 +65,14 @@ typedef struct gale_run_config {
         long threads;       /* OpenMP threads per rank; 0: the node's cores shared among its ranks */
         double peak_tflops; /* the machine's peak fp32 rate for the MFU estimate; 0: estimated */
     } backend;
+    struct {
+        long rank;       /* > 0 (or from): LoRA adapters train, the base is frozen */
+        double alpha, dropout;
+        char *targets;   /* comma-separated module names (a YAML list is joined) */
+        unsigned target_mask;
+        int rslora;
+        char *from;      /* PEFT adapters to start from (their config gives r, alpha, targets) */
+    } lora;
 } gale_run_config;
 
 /* Reads path and applies the overrides ("section.key=value" each) in order. */

@@ -14,7 +14,9 @@
 #include "data/loader.h"
 #include "data/manifest.h"
 #include "data/tokenizer_find.h"
+#include "model/lora_io.h"
 #include "model/model.h"
+#include "model/rng.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
@@ -50,6 +52,7 @@ typedef struct trainer {
     struct model_config mc;
     struct model *model;
     struct gale_backend *be;
+    struct lora_config lora;  /* rank 0: full fine-tuning */
     struct adamw opt;
     int opt_ready;
     gale_lock run_lock;          /* rank 0: run.dir is this job's */
@@ -89,6 +92,25 @@ static void shard_range(size_t numel, int rank, int world, size_t *begin, size_t
     size_t chunk = (numel + world - 1) / world;
     *begin = (size_t)rank * chunk < numel ? (size_t)rank * chunk : numel;
     *end = *begin + chunk < numel ? *begin + chunk : numel;
+}
+
+int trainer_lora_config(const gale_run_config *c, struct lora_config *lc, gale_error *err)
+{
+    memset(lc, 0, sizeof *lc);
+    if (c->lora.from) {
+        if (lora_config_read(c->lora.from, lc, NULL, err)) {
+            gale_error_prefix(err, "%s: lora.from", c->file);
+            return -1;
+        }
+        if (c->lora.rank > 0 && c->lora.rank != lc->rank)
+            return gale_fail(err, "%s: lora.rank is %ld but lora.from's adapters have r = %d", c->file, c->lora.rank,
+                             lc->rank);
+        lc->dropout = c->lora.dropout;
+    } else if (c->lora.rank > 0) {
+        *lc = (struct lora_config){(int)c->lora.rank, c->lora.alpha, c->lora.dropout, c->lora.target_mask,
+                                   c->lora.rslora};
+    }
+    return 0;
 }
 
 int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err)
@@ -206,7 +228,39 @@ static int open_data(trainer *t, gale_error *err)
     return 0;
 }
 
-/* From a checkpoint when the run has one, else a Hugging Face folder or a fresh init. */
+/* What the optimizer trains: the whole model, or its adapters. */
+static struct model_trainable trained(const trainer *t)
+{
+    struct model_trainable tr;
+    model_trainable(t->model, &tr);
+    return tr;
+}
+
+
+/* The base weights: a Hugging Face folder or a fresh init (deterministic in the seed). */
+static int load_base(trainer *t, gale_error *err)
+{
+    if (t->cfg->model.from)
+        return model_load_hf(t->model, t->cfg->model.from, err);
+    model_init_random(t->model, t->mc.initializer_range, t->cfg->run.seed);
+    return 0;
+}
+
+/* New adapters: lora.from's (PEFT's format), else PEFT's default init. */
+static int start_adapters(trainer *t, gale_error *err)
+{
+    if (t->cfg->lora.from)
+        return model_lora_load(t->model, t->cfg->lora.from, err);
+    const struct model_layout *layout = trained(t).layout;
+    float *host = gale_xmalloc(layout->numel * sizeof *host);
+    lora_init_host(layout, host, t->cfg->run.seed);
+    model_lora_upload(t->model, host);
+    free(host);
+    return 0;
+}
+
+/* From a checkpoint when the run has one, else a Hugging Face folder or a fresh init. A LoRA
+ * checkpoint holds the adapters only: the frozen base comes from model.from every time. */
 static int start_state(trainer *t, gale_error *err)
 {
     const gale_run_config *c = t->cfg;
@@ -215,13 +269,14 @@ static int start_state(trainer *t, gale_error *err)
         return -1;
     if (!ckpt) {
         t->state.seed = c->run.seed;
-        if (c->model.from)
-            return model_load_hf(t->model, c->model.from, err);
-        model_init_random(t->model, t->mc.initializer_range, c->run.seed);
-        return 0;
+        if (load_base(t, err))
+            return -1;
+        return t->lora.rank ? start_adapters(t, err) : 0;
     }
     int rc = -1;
     gale_loader_position pos;
+    if (t->lora.rank && load_base(t, err))
+        goto done;
     if (checkpoint_read_state(ckpt, &t->state, err) || checkpoint_load_weights(ckpt, t->model, &t->opt, err))
         goto done;
     if (!t->state.loader || loader_position_from_json(t->state.loader, &pos, err) || loader_seek(t->loader, &pos, err))
@@ -278,11 +333,13 @@ static int setup(trainer *t, gale_error *err)
         if (rc)
             return -1;
     }
-    if (trainer_model_config(c, &t->mc, err))
+    if (trainer_model_config(c, &t->mc, err) || trainer_lora_config(c, &t->lora, err))
         return -1;
-    /* fp32 weights and gradients, and the AdamW moments (1/world of them with ZeRO-1) */
-    if (model_config_check_memory(&t->mc, 8.0 + 8.0 / (c->optim.zero ? t->world : 1),
-                                  "training (fp32 weights, gradients and AdamW moments)", err))
+    /* fp32 weights and gradients, and the AdamW moments (1/world of them with ZeRO-1); with
+     * LoRA the frozen base alone (its adapters are a few percent more) */
+    if (t->lora.rank ? model_config_check_memory(&t->mc, 4.0, "LoRA training (the frozen weights)", err)
+                     : model_config_check_memory(&t->mc, 8.0 + 8.0 / (c->optim.zero ? t->world : 1),
+                                                 "training (fp32 weights, gradients and AdamW moments)", err))
         return -1;
     adopt_data_tokenizer(t);
     /* before the first collective, which ranks that disagree could wait in for ever */
@@ -308,11 +365,12 @@ static int setup(trainer *t, gale_error *err)
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
         .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
+        .lora = t->lora.rank ? &t->lora : NULL,
     };
     t->model = model_create(&t->mc, t->be, &mo, err);
     if (!t->model || open_data(t, err))
         return -1;
-    const struct model_layout *layout = model_get_layout(t->model);
+    const struct model_layout *layout = trained(t).layout;
     struct adamw_config ac = {c->optim.lr, c->optim.beta1, c->optim.beta2, c->optim.eps, c->optim.weight_decay};
     size_t begin = 0, end = layout->numel;
     if (c->optim.zero)
@@ -329,7 +387,9 @@ static int setup(trainer *t, gale_error *err)
         gale_error_prefix(err, "%s", c->file);
         return -1;
     }
-    t->flops_per_token = train_flops_per_token(&t->mc, layout, (int)c->data.seq_len);
+    /* LoRA: the frozen base's weight gradients are not computed (the adapters' few are not counted) */
+    t->flops_per_token = train_flops_per_token(&t->mc, model_get_layout(t->model), (int)c->data.seq_len,
+                                               t->lora.rank > 0);
     t->peak_flops = c->backend.peak_tflops > 0 ? c->backend.peak_tflops * 1e12
                                                : ASSUMED_CORE_FLOPS * omp_get_max_threads() * t->world;
     if (t->mc.num_experts)
@@ -400,16 +460,19 @@ static int name_nonfinite(const struct model_layout *layout, const float *values
 /* What a non-finite step reports: the non-finite weights (a cause) and gradients. */
 static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
 {
-    const struct model_layout *layout = model_get_layout(t->model);
+    struct model_trainable tr = trained(t);
+    const struct model_layout *layout = tr.layout;
     float *host = gale_xmalloc(layout->numel * sizeof *host);
     size_t used;
     snprintf(buf, size, "non-finite weights: ");
-    model_params_download(t->model, host);
+    t->be->ops->download(t->be, host, tr.params, layout->numel * sizeof *host);
+    gale_backend_wait(t->be);
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none");
     used = strlen(buf);
     snprintf(buf + used, size - used, "; non-finite gradients (backward order): ");
-    model_grads_download(t->model, host);
+    t->be->ops->download(t->be, host, tr.grads, layout->numel * sizeof *host);
+    gale_backend_wait(t->be);
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none: the loss itself is");
     free(host);
@@ -432,8 +495,8 @@ static void allreduce_sum_floats(float *x, size_t n)
 /* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
 static void share_updated_shards(trainer *t)
 {
-    size_t numel = model_get_layout(t->model)->numel;
-    float *params = model_params(t->model);
+    size_t numel = trained(t).layout->numel;
+    float *params = trained(t).params;
     for (int r = 0; r < t->world; r++) {
         size_t begin, end;
         shard_range(numel, r, t->world, &begin, &end);
@@ -446,7 +509,7 @@ static void share_updated_shards(trainer *t)
  * elsewhere): its own range, and with ZeRO-1 every other rank's. */
 static void gather_moments(trainer *t, float *m, float *v)
 {
-    size_t numel = model_get_layout(t->model)->numel;
+    size_t numel = trained(t).layout->numel;
     const float *device[2] = {t->opt.m, t->opt.v};
     float *whole[2] = {m, v};
     size_t n = t->opt.end - t->opt.begin;
@@ -495,6 +558,9 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
         eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
+        /* dropout masks: a function of the seed, the step, the micro-batch and the rank */
+        model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
+                                                        ((uint64_t)t->state.step * accum + i) * t->world + t->rank));
         if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;
@@ -513,8 +579,9 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     if (t->expert_counts)
         memcpy(t->expert_counts, st.expert_load,
                (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
-    const struct model_layout *layout = model_get_layout(t->model);
-    float *grads = model_grads(t->model);
+    struct model_trainable tr = trained(t);
+    const struct model_layout *layout = tr.layout;
+    float *grads = tr.grads;
     if (t->world > 1) {
         MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
         /* each rank's gradients are already divided by the global target count: sum them */
@@ -546,7 +613,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
         if (factor != 1.0)
             t->be->ops->scale(t->be, grads, layout->numel, (float)factor);
-        adamw_step(&t->opt, layout, model_params(t->model), model_weights(t->model), grads, r->lr);
+        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr);
         if (c->optim.zero && t->world > 1) {
             share_updated_shards(t);
             model_weights_refresh(t->model);
@@ -632,7 +699,7 @@ static int run_eval(trainer *t, gale_error *err)
 static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
-    size_t numel = model_get_layout(t->model)->numel;
+    size_t numel = trained(t).layout->numel;
     float *m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
     float *v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
     gather_moments(t, m, v);

@@ -24,6 +24,11 @@ typedef struct gale_train_options {
  * inline keys of the model section applied on top, and moe.aux_coef when set. */
 int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, gale_error *err);
 
+/* The run's LoRA adapters: lora.from's adapter_config.json, else the lora keys; rank 0 when
+ * the run fine-tunes every weight. */
+struct lora_config;
+int trainer_lora_config(const gale_run_config *cfg, struct lora_config *lc, gale_error *err);
+
 int trainer_run(const gale_run_config *cfg, const gale_train_options *opts, gale_error *err);
 
 #endif

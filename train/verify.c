@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "model/config.h"
+#include "model/lora_io.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "optim/adamw.h"
@@ -23,6 +24,9 @@ struct fixture {
     struct adamw_config adamw;
     double clip;
     int steps;
+    /* an adapter fixture (adapter_config.json present): the adapters train, the base is frozen */
+    int has_lora;
+    struct lora_config lora;
 };
 
 /* bf16's unit roundoff: 8 significant bits, round to nearest */
@@ -164,6 +168,11 @@ static int fixture_open(const char *dir, struct fixture *f, gale_error *err)
     }
     if (read_adamw_conventions(f, json, err) || read_batch(f, err))
         goto done;
+    char *adapter = gale_path_join(dir, "adapter_config.json");
+    f->has_lora = gale_path_exists(adapter);
+    free(adapter);
+    if (f->has_lora && lora_config_read(dir, &f->lora, NULL, err))
+        goto done;
     rc = 0;
 done:
     free(config);
@@ -275,11 +284,13 @@ static int check_forward(struct table *t, const struct fixture *f, struct model 
     return 0;
 }
 
-/* Every tensor of the layout against prefix + name in the fixture. */
+/* Every trained tensor (the model's, or the adapters') against prefix + name in the fixture. */
 static int check_all(struct table *t, const struct fixture *f, struct model *m, const float *x,
                      const char *prefix, double tol, gale_error *err)
 {
-    const struct model_layout *layout = model_get_layout(m);
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    const struct model_layout *layout = tr.layout;
     for (int i = 0; i < layout->n; i++) {
         const struct model_tensor *v = &layout->tensors[i];
         char name[MODEL_TENSOR_NAME_MAX + 16];
@@ -288,6 +299,18 @@ static int check_all(struct table *t, const struct fixture *f, struct model *m, 
             return -1;
     }
     return 0;
+}
+
+/* A host copy of one of the trained flat buffers (model_trainable's params or grads). */
+static float *download_trained(struct model *m, const float *device)
+{
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    struct gale_backend *be = model_get_backend(m);
+    float *host = gale_xmalloc(sizeof(float) * tr.layout->numel);
+    be->ops->download(be, host, device, sizeof(float) * tr.layout->numel);
+    gale_backend_wait(be);
+    return host;
 }
 
 static int check_gradients(struct table *t, const struct fixture *f, struct model *m,
@@ -300,9 +323,9 @@ static int check_gradients(struct table *t, const struct fixture *f, struct mode
     report(t, "loss (forward of the backward pass)",
            scalar_rel_err(loss.loss, json_number_value(json_object_get(f->json, "loss"))),
            t->tol.loss);
-    size_t n = model_get_layout(m)->numel;
-    float *grads = gale_xmalloc(sizeof(float) * n);
-    model_grads_download(m, grads);
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    float *grads = download_trained(m, tr.grads);
     int rc = check_all(t, f, m, grads, "grad.", t->tol.grad, err);
     free(grads);
     return rc;
@@ -326,7 +349,9 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
     if (json_list(f, "adamw_losses", f->steps + 1, &losses, err) ||
         json_list(f, "adamw_grad_norms_before_clip", f->steps, &norms, err))
         return -1;
-    const struct model_layout *layout = model_get_layout(m);
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    const struct model_layout *layout = tr.layout;
     struct gale_backend *be = model_get_backend(m);
     struct adamw opt;
     if (adamw_init(&opt, &f->adamw, be, 0, layout->numel, err))
@@ -343,11 +368,11 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
         snprintf(label, sizeof label, "adamw_losses[%d]", s);
         report(t, label, scalar_rel_err(loss.loss, json_number_value(json_array_get(losses, s))),
                t->tol.loss);
-        double norm = grad_clip_global_norm(be, model_grads(m), layout->numel, f->clip);
+        double norm = grad_clip_global_norm(be, tr.grads, layout->numel, f->clip);
         snprintf(label, sizeof label, "adamw_grad_norms_before_clip[%d]", s);
         report(t, label, scalar_rel_err(norm, json_number_value(json_array_get(norms, s))),
                t->tol.grad);
-        adamw_step(&opt, layout, model_params(m), model_weights(m), model_grads(m), f->adamw.lr);
+        adamw_step(&opt, layout, tr.params, tr.weights, tr.grads, f->adamw.lr);
     }
     adamw_free(&opt);
     if (rc || model_forward(m, batch, 0, &loss, err))
@@ -356,13 +381,33 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
     report(t, label,
            scalar_rel_err(loss.loss, json_number_value(json_array_get(losses, f->steps))),
            t->tol.loss);
-    float *params = gale_xmalloc(sizeof(float) * layout->numel);
-    model_params_download(m, params);
+    float *params = download_trained(m, tr.params);
     char prefix[32];
     snprintf(prefix, sizeof prefix, "after%d.", f->steps);
     rc = check_all(t, f, m, params, prefix, t->tol.weight, err);
     free(params);
     return rc;
+}
+
+/* The frozen base's weights on the host. */
+static float *base_weights(struct model *m)
+{
+    float *host = gale_xmalloc(sizeof(float) * model_get_layout(m)->numel);
+    model_params_download(m, host);
+    return host;
+}
+
+/* Training adapters leaves every bit of the base as it was. */
+static void check_base_unchanged(struct table *t, struct model *m, const float *before)
+{
+    float *after = base_weights(m);
+    size_t n = model_get_layout(m)->numel, changed = 0;
+    for (size_t i = 0; i < n; i++)
+        changed += memcmp(&after[i], &before[i], sizeof *after) != 0;
+    char label[96];
+    snprintf(label, sizeof label, "base weights unchanged (%zu of %zu values differ)", changed, n);
+    report(t, label, (double)changed, 0);
+    free(after);
 }
 
 struct verify_tolerances verify_tolerances_for(enum gale_dtype compute, int layers, int steps,
@@ -398,9 +443,11 @@ int verify_fixture(const char *dir, struct gale_backend *be, FILE *out,
         fixture_free(&f);
         return -1;
     }
-    struct model *m = model_create(&f.cfg, be, NULL, err);
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .lora = f.has_lora ? &f.lora : NULL};
+    struct model *m = model_create(&f.cfg, be, &opts, err);
     int rc = -1;
-    if (m && model_load_tensors(m, &f.weights, err) == 0) {
+    if (m && model_load_tensors(m, &f.weights, err) == 0 &&
+        (!f.has_lora || model_lora_load(m, dir, err) == 0)) {
         if (out)
             fprintf(out, "%s: %s, %d layers, hidden %d, batch %d x %d, backend %s\n  %-58s %11s "
                          "%9s  %s\n", dir, model_kind_name(f.cfg.kind), f.cfg.num_layers,
@@ -411,11 +458,15 @@ int verify_fixture(const char *dir, struct gale_backend *be, FILE *out,
                                                 f.adamw.lr)};
         struct model_batch batch = {.batch = f.batch, .seq = f.seq, .tokens = f.tokens,
                                     .targets = f.targets};
+        float *base = f.has_lora ? base_weights(m) : NULL;
         rc = check_forward(&t, &f, m, &batch, err);
         if (rc == 0)
             rc = check_gradients(&t, &f, m, &batch, err);
         if (rc == 0)
             rc = check_adamw(&t, &f, m, &batch, err);
+        if (rc == 0 && base)
+            check_base_unchanged(&t, m, base);
+        free(base);
     }
     if (rc)
         gale_error_prefix(err, "%s", dir);

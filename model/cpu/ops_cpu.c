@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "model/ops.h"
+#include "model/rng.h"
 #include "util/error.h"
 
 struct cpu_ctx {
@@ -235,9 +236,11 @@ static void cpu_rmsnorm_bwd(struct gale_backend *be, float *dx, float *dw, const
             for (int i = 0; i < dim; i++)
                 dxr[i] += s * w[i] * dy[i] - c * xr[i];
         }
+        if (dw) {
 #pragma omp critical
-        for (int i = 0; i < dim; i++)
-            dw[i] += dw_local[i];
+            for (int i = 0; i < dim; i++)
+                dw[i] += dw_local[i];
+        }
         free(dw_local);
     }
 }
@@ -491,6 +494,18 @@ static void cpu_attention_bwd(struct gale_backend *be, float *dq, float *dk, flo
 static inline float silu(float x)
 {
     return x / (1.0f + expf(-x));
+}
+
+static void cpu_dropout(struct gale_backend *be, float *out, const float *x, size_t n, float p,
+                        uint64_t seed, int accumulate)
+{
+    (void)be;
+    float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for if (parallel_worth(n))
+    for (size_t i = 0; i < n; i++) {
+        float y = gale_rng_uniform(seed, i) >= p ? x[i] * keep_scale : 0.0f;
+        out[i] = accumulate ? out[i] + y : y;
+    }
 }
 
 static void cpu_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up,
@@ -788,6 +803,7 @@ static const struct gale_ops cpu_ops = {
     .attention_cached_fwd = cpu_attention_cached_fwd,
     .attention_bwd = cpu_attention_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
+    .dropout = cpu_dropout,
     .swiglu_bwd = cpu_swiglu_bwd,
     .router_fwd = cpu_router_fwd,
     .router_bwd = cpu_router_bwd,

@@ -152,6 +152,13 @@ static void bf16_moe_scatter_add(struct gale_backend *be, float *dx, const float
         round_n(dx + (size_t)slot_rows[s] * dim, (size_t)dim);
 }
 
+static void bf16_dropout(struct gale_backend *be, float *out, const float *x, size_t n, float p,
+                         uint64_t seed, int accumulate)
+{
+    FP32->dropout(be, out, x, n, p, seed, accumulate);
+    round_n(out, n);
+}
+
 static struct gale_ops bf16_ops;
 
 const struct gale_ops *gale_ops_cpu_bf16(void)
@@ -170,6 +177,7 @@ const struct gale_ops *gale_ops_cpu_bf16(void)
         o.attention_bwd = bf16_attention_bwd;
         o.swiglu_fwd = bf16_swiglu_fwd;
         o.swiglu_bwd = bf16_swiglu_bwd;
+        o.dropout = bf16_dropout;
         o.moe_combine = bf16_moe_combine;
         o.moe_combine_bwd = bf16_moe_combine_bwd;
         o.moe_scatter_add = bf16_moe_scatter_add;

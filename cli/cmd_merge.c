@@ -1,0 +1,51 @@
+/* gale merge: argument parsing for merge_adapter (train/merge.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "train/merge.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gale merge --base DIR --adapter DIR --out DIR\n"
+               "\n"
+               "Folds LoRA adapters (PEFT's format: adapter_config.json and adapter_model.safetensors,\n"
+               "as a LoRA run's checkpoints hold them) into their base, W + (alpha/r) * B A for every\n"
+               "adapted projection, and writes a full Hugging Face folder (config.json,\n"
+               "model.safetensors in the base's dtype, the tokenizer) that needs no adapter.\n");
+}
+
+int cmd_merge(int argc, char **argv)
+{
+    const char *base = NULL, *adapter = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (has && !strcmp(a, "--base")) {
+            base = argv[++i];
+        } else if (has && !strcmp(a, "--adapter")) {
+            adapter = argv[++i];
+        } else if (has && !strcmp(a, "--out")) {
+            out = argv[++i];
+        } else {
+            fprintf(stderr, "gale merge: unexpected argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!base || !adapter || !out) {
+        fprintf(stderr, "gale merge: --base, --adapter and --out are required\n");
+        usage(stderr);
+        return 2;
+    }
+    gale_error err = {{0}};
+    if (merge_adapter(base, adapter, out, &err)) {
+        fprintf(stderr, "gale merge: %s\n", err.msg);
+        return 1;
+    }
+    printf("merged %s into %s: %s\n", adapter, base, out);
+    return 0;
+}

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# test_lora_train: `gale train` with a lora section on a tiny Mixtral: checkpoints hold only the
+# adapters (PEFT's files) and their moments; an interrupted run (with dropout) resumes to the
+# same bits; a run
+# starts from PEFT-format adapters (lora.from); gale eval --adapter on the base equals gale eval
+# of the folder `gale merge` writes; the base folder is untouched.
+set -euo pipefail
+: "${GALE_SOURCE:?run through ctest}" "${GALE_BIN:?}" "${GALE_BUILD:?}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+source "$GALE_SOURCE/tests/lora/lora_run.sh"
+sha_before=$(sha256sum "$base/model.safetensors")
+
+write_lora_config "$tmp/a.yaml" "$tmp/a" 10 "dropout: 0.1"
+"$GALE_BIN" train "$tmp/a.yaml" > "$tmp/a.log"
+ckpt="$tmp/a/checkpoints/step_00000010"
+ls "$ckpt" | sort | tr '\n' ' ' > "$tmp/files"
+[ "$(cat "$tmp/files")" = "adapter_config.json adapter_model.safetensors optimizer.safetensors tokenizer.model trainer_state.json " ] ||
+  { echo "FAIL: a LoRA checkpoint holds $(cat "$tmp/files")"; exit 1; }
+grep -q '"base_model_name_or_path": "'"$base"'"' "$ckpt/adapter_config.json"
+"$GALE_BIN" inspect "$ckpt" > "$tmp/inspect.txt"
+grep -q "^adapters     LoRA r=4 alpha=8 dropout=0.1 on q_proj,v_proj,o_proj,w1,w2,w3" "$tmp/inspect.txt"
+grep -q "^model        mixtral, 2 layers" "$tmp/inspect.txt"
+
+# interrupted at step 5 and resumed: the same adapters and moments, bit for bit (the dropout
+# masks are drawn from the seed and the step)
+write_lora_config "$tmp/b.yaml" "$tmp/b" 10 "dropout: 0.1"
+"$GALE_BIN" train "$tmp/b.yaml" --stop-at 5 > /dev/null
+"$GALE_BIN" train "$tmp/b.yaml" > "$tmp/b.log"
+grep -q "resuming from .*step_00000005" "$tmp/b.log"
+for f in adapter_model.safetensors optimizer.safetensors; do
+  cmp "$ckpt/$f" "$tmp/b/checkpoints/step_00000010/$f"
+done
+echo "resume: adapters and moments identical to the uninterrupted run"
+
+# a run from PEFT-format adapters (lora.from) starts from them: one step at lr 1e-12 keeps them
+write_lora_config "$tmp/c.yaml" "$tmp/c" 1 "from: $ckpt"
+"$GALE_BIN" train "$tmp/c.yaml" --set optim.lr=1e-12 > "$tmp/c.log"
+"$GALE_BIN" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data" > "$tmp/from.txt"
+
+# merged folder = base + adapters
+"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged" > /dev/null
+"$GALE_BIN" eval --checkpoint "$base" --adapter "$ckpt" --data "$tmp/data" > "$tmp/adapter.txt"
+"$GALE_BIN" eval --checkpoint "$tmp/merged" --data "$tmp/data" > "$tmp/merged.txt"
+"$GALE_BIN" eval --checkpoint "$base" --data "$tmp/data" > "$tmp/base.txt"
+python3 - "$tmp" <<'PY'
+import re, sys
+tmp = sys.argv[1]
+loss = {n: float(re.search(r"^loss\s+(\S+)", open(f"{tmp}/{n}.txt").read(), re.M).group(1))
+        for n in ("adapter", "merged", "base", "from")}
+assert abs(loss["merged"] - loss["adapter"]) <= 1e-5 * loss["adapter"], loss
+assert abs(loss["from"] - loss["adapter"]) <= 1e-6 * loss["adapter"], loss
+assert abs(loss["base"] - loss["adapter"]) > 1e-3, loss  # the adapters change the model
+print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], loss["adapter"], loss["merged"]))
+PY
+[ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
+
+# a bf16 (Mistral's, Mixtral's) or f16 (Llama 2's) base merges into a folder of its dtype:
+# round(W + s B A) to nearest, per weight
+for dtype in BF16 F16; do
+mkdir "$tmp/base-$dtype"
+cp "$base/config.json" "$tmp/base-$dtype/"
+python3 - "$base/model.safetensors" "$tmp/base-$dtype/model.safetensors" "$dtype" <<'PY'
+import json, struct, sys
+import numpy as np
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+out, blobs, at = {}, [], 0
+for name, t in header.items():
+    if name == "__metadata__":
+        continue
+    x = np.frombuffer(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]], dtype=np.float32)
+    if sys.argv[3] == "BF16":
+        u = x.view(np.uint32).astype(np.uint64)
+        b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    else:
+        b = x.astype(np.float16)
+    out[name] = {"dtype": sys.argv[3], "shape": t["shape"], "data_offsets": [at, at + 2 * x.size]}
+    blobs.append(b.tobytes())
+    at += 2 * x.size
+h = json.dumps(out).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
+"$GALE_BIN" merge --base "$tmp/base-$dtype" --adapter "$ckpt" --out "$tmp/merged-$dtype" > /dev/null
+python3 - "$tmp/base-$dtype/model.safetensors" "$ckpt" "$tmp/merged-$dtype/model.safetensors" "$dtype" <<'PY'
+import json, struct, sys
+import numpy as np
+dtype = sys.argv[4]
+def load(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    def get(name):
+        t = header[name]
+        data = raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]]
+        if t["dtype"] == "BF16":
+            return (np.frombuffer(data, np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+        if t["dtype"] == "F16":
+            return np.frombuffer(data, np.float16).astype(np.float32).reshape(t["shape"])
+        return np.frombuffer(data, np.float32).reshape(t["shape"])
+    return header, get
+bh, base = load(sys.argv[1])
+ah, ad = load(sys.argv[2] + "/adapter_model.safetensors")
+mh, merged = load(sys.argv[3])
+cfg = json.load(open(sys.argv[2] + "/adapter_config.json"))
+s = cfg["lora_alpha"] / cfg["r"]
+assert all(t["dtype"] == dtype for k, t in mh.items() if k != "__metadata__")
+# half a step: 2^-8 relative for bf16 (8 bits), 2^-11 for f16 (11 bits; 2^-25 absolute below its normals)
+rel, floor = (2.0 ** -8, 1e-30) if dtype == "BF16" else (2.0 ** -11, 2.0 ** -25)
+changed, off = 0, 0
+for name in bh:
+    if name == "__metadata__":
+        continue
+    want = base(name).astype(np.float64)
+    key = "base_model.model." + name[:-len(".weight")]
+    if key + ".lora_A.weight" in ah:
+        want = want + s * ad(key + ".lora_B.weight").astype(np.float64) @ ad(key + ".lora_A.weight").astype(np.float64)
+        changed += 1
+    got = merged(name).astype(np.float64)
+    off += int(np.sum(np.abs(got - want) > np.abs(want) * rel + floor))
+assert changed > 0 and off == 0, (changed, off)
+print("%s merge: %d projections folded, every weight rounded to nearest" % (dtype, changed))
+PY
+done
+
+# data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
+# losses over 2 micro-batches of 2 rows, to rounding
+if command -v mpirun > /dev/null; then
+  mpi_flags=(--oversubscribe)
+  [ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+  write_lora_config "$tmp/one.yaml" "$tmp/one" 6
+  "$GALE_BIN" train "$tmp/one.yaml" --set data.micro_batch=2 --set data.grad_accum=2 > /dev/null
+  mpirun "${mpi_flags[@]}" -np 2 "$GALE_BIN" train "$tmp/one.yaml" --set data.micro_batch=2 --set optim.zero=true \
+    --set run.dir="$tmp/two" > "$tmp/two.log" 2>&1 || { cat "$tmp/two.log"; exit 1; }
+  python3 - "$tmp/one/metrics.jsonl" "$tmp/two/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p) if '"train"' in l] for p in sys.argv[1:3])
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+assert len(a) == len(b) == 6 and worst < 1e-5, (a, b)
+print("LoRA on 2 ranks (ZeRO-1) = 1 rank accumulating 2 micro-batches: largest relative difference %.1e" % worst)
+PY
+fi
+
+expect_error() {  # expect_error MESSAGE ARGS...
+  local want="$1"; shift
+  if "$GALE_BIN" "$@" > "$tmp/out" 2> "$tmp/err"; then echo "FAIL: gale $* succeeded"; exit 1; fi
+  grep -qF -- "$want" "$tmp/err" || { echo "FAIL: gale $*: '$(cat "$tmp/err")' lacks '$want'"; exit 1; }
+}
+expect_error "lora.dropout" train "$tmp/a.yaml" --set lora.dropout=1.5
+expect_error "adapter_config.json" merge --base "$base" --adapter "$tmp/none" --out "$tmp/m2"
+sed -i 's/"r": 4/"r": 5/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
+expect_error "is not [5, 32]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
+echo "LoRA training, resume, lora.from, eval --adapter and merge ok"
