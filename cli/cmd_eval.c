@@ -71,7 +71,7 @@ int cmd_eval(int argc, char **argv)
     gale_error err = {{0}};
     gale_eval_result res;
     char *dir = checkpoint_resolve(ckpt_arg, &err);
-    struct model *m = dir ? checkpoint_open_model(dir, &err) : NULL;
+    struct model *m = dir ? checkpoint_open_model(dir, "cpu", GALE_F32, &err) : NULL;
     rc = 1;
     if (m && eval_split(m, &eo, &res, &err) == 0) {
         printf("checkpoint %s\nsplit      %s (%ld batches of %d rows)\nloss       %.8f\nperplexity %.6f\n"

@@ -15,6 +15,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: gale sample --checkpoint DIR --prompt TEXT [--chat] [--template v1|v3|llama2]\n"
                "                   [--max-new N] [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n"
+               "                   [--backend cpu|cuda] [--precision fp32|bf16]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
@@ -26,7 +27,9 @@ static void usage(FILE *f)
                "  --temperature T   0 for greedy (default 0.8)\n"
                "  --top-p P         nucleus mass (default 0.95)\n"
                "  --seed S          the draw's seed (default 0)\n"
-               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model)\n");
+               "  --tokenizer FILE  SentencePiece model (default DIR/tokenizer.model)\n"
+               "  --backend NAME    where the model runs: cpu (default) or cuda (a build with CUDA)\n"
+               "  --precision P     compute dtype: fp32 (default) or bf16 (fp32 master weights)\n");
 }
 
 typedef struct printer {
@@ -66,6 +69,8 @@ static int parse_number(const char *opt, const char *text, double lo, double hi,
 int cmd_sample(int argc, char **argv)
 {
     const char *ckpt_arg = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
+    const char *backend = "cpu";
+    enum gale_dtype compute = GALE_F32;
     int chat = 0;
     double max_new = 64, seed = 0;
     gale_sample_options so = {.temperature = 0.8, .top_p = 0.95};
@@ -92,6 +97,12 @@ int cmd_sample(int argc, char **argv)
             bad = parse_number(a, argv[++i], 0, 100, &so.temperature);
         } else if (has && !strcmp(a, "--top-p")) {
             bad = parse_number(a, argv[++i], 1e-6, 1, &so.top_p);
+        } else if (has && !strcmp(a, "--backend")) {
+            backend = argv[++i];
+        } else if (has && !strcmp(a, "--precision")) {
+            bad = gale_dtype_parse(argv[++i], &compute) || (compute != GALE_F32 && compute != GALE_BF16);
+            if (bad)
+                fprintf(stderr, "gale sample: --precision '%s': expected fp32 or bf16\n", argv[i]);
         } else if (has && !strcmp(a, "--seed")) {
             bad = parse_number(a, argv[++i], 0, 1.8e19, &seed);
         } else {
@@ -135,7 +146,7 @@ int cmd_sample(int argc, char **argv)
         gale_fail(&err, "%s has no tokenizer.model: give --tokenizer FILE", dir);
         goto done;
     }
-    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, &err)))
+    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, backend, compute, &err)))
         goto done;
     if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
         gale_fail(&err, "%s has %d pieces, more than the model's vocab_size %d", tok_path, tokenizer_vocab_size(tok),

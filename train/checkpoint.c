@@ -335,7 +335,8 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
     return load_moments(dir, model_get_layout(m), opt, err);
 }
 
-struct model *checkpoint_open_model(const char *dir, gale_error *err)
+struct model *checkpoint_open_model(const char *dir, const char *backend, enum gale_dtype compute,
+                                    gale_error *err)
 {
     char *cfg_path = gale_path_join(dir, "config.json");
     struct model_config mc;
@@ -344,7 +345,7 @@ struct model *checkpoint_open_model(const char *dir, gale_error *err)
     if (rc)
         return NULL;
     struct model_options opts = {.aux_form = MODEL_AUX_HF};
-    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
+    struct gale_backend *be = gale_backend_create(backend, compute, err);
     struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
     if (m)
         model_own_backend(m);
