@@ -10,6 +10,7 @@
 #define GALE_MODEL_CUDA_BACKEND_H
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -28,12 +29,14 @@ struct lt_plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
+    int use_gemm_ex;     /* no cuBLASLt algorithm for it: cublasGemmEx (any alignment) */
 };
 
 struct cuda_ctx {
     int device;
     cudaStream_t stream;
     cublasLtHandle_t lt;
+    cublasHandle_t blas;        /* cublasGemmEx: products no cuBLASLt algorithm takes */
     void *workspace;
     size_t workspace_bytes;
     struct lt_plan *plans;

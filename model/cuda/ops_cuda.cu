@@ -73,7 +73,10 @@ static int cuda_init(struct gale_backend *be, gale_error *err)
         (st = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (st = cudaMalloc(&c->workspace, LT_WORKSPACE_BYTES)) != cudaSuccess ||
         (st = cudaMallocHost((void **)&c->host_double, sizeof(double))) != cudaSuccess ||
-        (bst = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS) {
+        (bst = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS ||
+        (bst = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS ||
+        (bst = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bst = cublasSetWorkspace(c->blas, c->workspace, LT_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS) {
         gale_fail(err, "backend cuda: device %d: %s", c->device,
                   st != cudaSuccess ? cudaGetErrorString(st) : cublasLtGetStatusString(bst));
         be->ctx = c;
@@ -101,6 +104,8 @@ static void cuda_destroy(struct gale_backend *be)
     free(c->plans);
     if (c->lt)
         cublasLtDestroy(c->lt);
+    if (c->blas)
+        cublasDestroy(c->blas);
     cudaFree(c->workspace);
     cudaFree(c->scratch);
     if (c->host_double)
@@ -282,23 +287,23 @@ static struct lt_plan *lt_plan_for(struct gale_backend *be, int trans_a, int tra
         (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al)) ||
         (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al)) ||
         (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al)) ||
-        (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al)) ||
-        (st = cublasLtMatmulAlgoGetHeuristic(c->lt, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &heur, &found))) {
-    }
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-        gale_backend_fail(be, "matmul %c%c m=%d n=%d k=%d lda=%d ldb=%d ldc=%d A %s B %s C %s align %d: %s",
+        (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al))) {
+        gale_backend_fail(be, "matmul %c%c m=%d n=%d k=%d lda=%d ldb=%d ldc=%d A %s B %s C %s: descriptors: %s",
                           trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, lda, ldb, ldc, gale_dtype_name(t.a),
-                          gale_dtype_name(t.b), gale_dtype_name(t.c), align,
-                          st != CUBLAS_STATUS_SUCCESS ? cublasLtGetStatusString(st) : "no cuBLASLt algorithm");
+                          gale_dtype_name(t.b), gale_dtype_name(t.c), cublasLtGetStatusString(st));
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
         if (p.desc) cublasLtMatmulDescDestroy(p.desc);
         if (p.la) cublasLtMatrixLayoutDestroy(p.la);
         if (p.lb) cublasLtMatrixLayoutDestroy(p.lb);
         if (p.lc) cublasLtMatrixLayoutDestroy(p.lc);
         return NULL;
     }
-    p.algo = heur.algo;
+    /* no algorithm (e.g. rows of an odd number of bf16 elements: 2-byte aligned): cublasGemmEx */
+    st = cublasLtMatmulAlgoGetHeuristic(c->lt, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &heur, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p.use_gemm_ex = st != CUBLAS_STATUS_SUCCESS || found == 0;
+    if (!p.use_gemm_ex)
+        p.algo = heur.algo;
     if (c->n_plans == c->cap_plans) {
         c->cap_plans = c->cap_plans ? 2 * c->cap_plans : 64;
         c->plans = (struct lt_plan *)gale_xrealloc(c->plans, (size_t)c->cap_plans * sizeof *c->plans);
@@ -359,8 +364,14 @@ static void cuda_matmul(struct gale_backend *be, int trans_a, int trans_b, int m
     if (!p)
         return;
     struct cuda_ctx *cx = cuda_ctx_of(be);
-    cublasStatus_t st = cublasLtMatmul(cx->lt, p->desc, &alpha, b, p->la, pa, p->lb, &beta, c, p->lc, c, p->lc,
-                                       &p->algo, cx->workspace, cx->workspace_bytes, cx->stream);
+    cublasStatus_t st;
+    if (p->use_gemm_ex)
+        st = cublasGemmEx(cx->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
+                          &alpha, b, lt_type(types.b), ldb, pa, lt_type(types.a), lda, &beta, c, lt_type(types.c), ldc,
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    else
+        st = cublasLtMatmul(cx->lt, p->desc, &alpha, b, p->la, pa, p->lb, &beta, c, p->lc, c, p->lc, &p->algo,
+                            cx->workspace, cx->workspace_bytes, cx->stream);
     if (st != CUBLAS_STATUS_SUCCESS) {
         gale_backend_fail(be, "matmul %c%c m=%d n=%d k=%d: %s", trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k,
                           cublasLtGetStatusString(st));

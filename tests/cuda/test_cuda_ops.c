@@ -12,7 +12,8 @@
  * 2^-8 relative, apart; twice that covers the fp32 differences before the rounding); products
  * with an fp32 operand in bf16 mode 2^-6 (the GPU rounds that operand to bf16 first, one more
  * 2^-8 per term). Integer outputs (top-k choices, expert counts, the permutation) must match
- * exactly. Exits 77 (ctest: skipped) when there is no CUDA backend or device. */
+ * exactly. Exits 77 (ctest: skipped) when there is no CUDA backend or device.
+ * GALE_CUDA_TEST=attention: only two attention shapes (for compute-sanitizer's racecheck). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -491,8 +492,15 @@ static void test_errors(struct pair *p)
     p->checks++;
 }
 
+/* GALE_CUDA_TEST=attention runs the attention checks only (compute-sanitizer's racecheck). */
 static void run_mode(struct pair *p)
 {
+    const char *only = getenv("GALE_CUDA_TEST");
+    if (only && !strcmp(only, "attention")) {
+        test_attention(p, 2, 77, 4, 2, 64, 0, 0);
+        test_attention(p, 1, 130, 8, 2, 128, 32, 1);
+        return;
+    }
     test_errors(p);
     /* products: the graph's cases (activations, weight gradients, the head's fp32 gradient) */
     test_matmul(p, 0, 1, 37, 96, 64, 0, 0, 0);
