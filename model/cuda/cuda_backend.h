@@ -45,6 +45,7 @@ struct cuda_ctx {
     size_t scratch_bytes;
     double *host_double;        /* pinned: sumsq's result */
     int sync_each_op;           /* GALE_CUDA_SYNC=1: wait after every op to name a failing kernel */
+    struct cuda_profile *profile; /* GALE_CUDA_PROFILE=1: time per op and shape (ops_cuda.cu) */
 };
 
 static inline struct cuda_ctx *cuda_ctx_of(struct gale_backend *be)

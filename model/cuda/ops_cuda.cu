@@ -15,19 +15,110 @@
 /* cuBLASLt's workspace: 32 MiB is what its heuristics ask of Hopper's largest tiles. */
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
 
+/* GALE_CUDA_PROFILE=1: an event after every op on the stream; the time between an op's event
+ * and the one before it is that op's (ops run one after another on the stream; a gap while
+ * the host queues nothing counts to the next op). Summed per op and shape, printed to stderr
+ * when the backend is destroyed. */
+#define PROFILE_EVENTS 1024
+
+struct profile_row {
+    char what[96];
+    double ms;
+    long calls;
+};
+
+struct cuda_profile {
+    cudaEvent_t events[PROFILE_EVENTS];
+    char names[PROFILE_EVENTS][96];
+    int n;                      /* events recorded since the last resolve */
+    struct profile_row *rows;
+    int n_rows, cap_rows;
+};
+
+static void profile_add(struct cuda_profile *p, const char *what, double ms)
+{
+    for (int i = 0; i < p->n_rows; i++)
+        if (!strcmp(p->rows[i].what, what)) {
+            p->rows[i].ms += ms;
+            p->rows[i].calls++;
+            return;
+        }
+    if (p->n_rows == p->cap_rows) {
+        p->cap_rows = p->cap_rows ? 2 * p->cap_rows : 64;
+        p->rows = (struct profile_row *)gale_xrealloc(p->rows, (size_t)p->cap_rows * sizeof *p->rows);
+    }
+    struct profile_row *r = &p->rows[p->n_rows++];
+    snprintf(r->what, sizeof r->what, "%s", what);
+    r->ms = ms;
+    r->calls = 1;
+}
+
+/* Waits for the recorded events and adds up their intervals; the last stays as the next start. */
+static void profile_resolve(struct cuda_ctx *c)
+{
+    struct cuda_profile *p = c->profile;
+    if (p->n < 2)
+        return;
+    cudaEventSynchronize(p->events[p->n - 1]);
+    for (int i = 1; i < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->events[i - 1], p->events[i]) == cudaSuccess)
+            profile_add(p, p->names[i], ms);
+    }
+    cudaEvent_t last = p->events[p->n - 1];
+    p->events[p->n - 1] = p->events[0];
+    p->events[0] = last;
+    p->n = 1;
+}
+
+static void profile_mark(struct cuda_ctx *c, const char *what)
+{
+    struct cuda_profile *p = c->profile;
+    if (p->n == PROFILE_EVENTS)
+        profile_resolve(c);
+    snprintf(p->names[p->n], sizeof p->names[p->n], "%s", what);
+    cudaEventRecord(p->events[p->n++], c->stream);
+}
+
+static int compare_rows(const void *a, const void *b)
+{
+    double x = ((const struct profile_row *)a)->ms, y = ((const struct profile_row *)b)->ms;
+    return (x < y) - (x > y);
+}
+
+static void profile_print(struct cuda_ctx *c)
+{
+    struct cuda_profile *p = c->profile;
+    profile_resolve(c);
+    double total = 0;
+    for (int i = 0; i < p->n_rows; i++)
+        total += p->rows[i].ms;
+    qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, compare_rows);
+    fprintf(stderr, "cuda profile: %.1f ms in %d kinds of op (GALE_CUDA_PROFILE)\n%10s %6s %8s  %s\n", total,
+            p->n_rows, "ms", "%", "calls", "op and shape");
+    for (int i = 0; i < p->n_rows; i++)
+        fprintf(stderr, "%10.2f %5.1f%% %8ld  %s\n", p->rows[i].ms, total > 0 ? 100 * p->rows[i].ms / total : 0,
+                p->rows[i].calls, p->rows[i].what);
+}
+
 int cuda_after(struct gale_backend *be, cudaError_t status, const char *fmt, ...)
 {
+    struct cuda_ctx *c = cuda_ctx_of(be);
     if (status == cudaSuccess)
         status = cudaGetLastError();
-    if (status == cudaSuccess && cuda_ctx_of(be)->sync_each_op)
-        status = cudaStreamSynchronize(stream_of(be));
-    if (status == cudaSuccess)
+    if (status == cudaSuccess && c->sync_each_op)
+        status = cudaStreamSynchronize(c->stream);
+    if (status == cudaSuccess && !c->profile)
         return 0;
     char what[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
+    if (status == cudaSuccess) {
+        profile_mark(c, what);
+        return 0;
+    }
     gale_backend_fail(be, "%s: %s (%s)", what, cudaGetErrorString(status), cudaGetErrorName(status));
     return -1;
 }
@@ -66,7 +157,7 @@ static int cuda_init(struct gale_backend *be, gale_error *err)
     struct cuda_ctx *c = (struct cuda_ctx *)gale_xcalloc(1, sizeof *c);
     const char *dev = getenv("GALE_CUDA_DEVICE");
     c->device = dev ? atoi(dev) : 0;
-    const char *sync = getenv("GALE_CUDA_SYNC");
+    const char *sync = getenv("GALE_CUDA_SYNC"), *prof = getenv("GALE_CUDA_PROFILE");
     c->sync_each_op = sync && atoi(sync) != 0;
     cublasStatus_t bst = CUBLAS_STATUS_SUCCESS;
     if ((st = cudaSetDevice(c->device)) != cudaSuccess ||
@@ -85,6 +176,12 @@ static int cuda_init(struct gale_backend *be, gale_error *err)
     }
     c->workspace_bytes = LT_WORKSPACE_BYTES;
     be->ctx = c;
+    if (prof && atoi(prof) != 0) {
+        c->profile = (struct cuda_profile *)gale_xcalloc(1, sizeof *c->profile);
+        for (int i = 0; i < PROFILE_EVENTS; i++)
+            cudaEventCreate(&c->profile->events[i]);
+        profile_mark(c, "start");
+    }
     return 0;
 }
 
@@ -95,6 +192,13 @@ static void cuda_destroy(struct gale_backend *be)
         return;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    if (c->profile) {
+        profile_print(c);
+        for (int i = 0; i < PROFILE_EVENTS; i++)
+            cudaEventDestroy(c->profile->events[i]);
+        free(c->profile->rows);
+        free(c->profile);
+    }
     for (int i = 0; i < c->n_plans; i++) {
         cublasLtMatmulDescDestroy(c->plans[i].desc);
         cublasLtMatrixLayoutDestroy(c->plans[i].la);

@@ -20,7 +20,8 @@
 #   memcheck compute-sanitizer memcheck over 2 training steps on the GPU
 #   racecheck compute-sanitizer racecheck over the attention kernels (two shapes)
 #   bench    gale's bf16 training step at hf_train_bench.py's two shapes (mistral-1b,
-#            mixtral-8x-mini; B=4, T=4096), then hf_train_bench.py itself (PyTorch, same card)
+#            mixtral-8x-mini; B=4, T=4096) with the GPU time per op and shape
+#            (GALE_CUDA_PROFILE=1), then hf_train_bench.py itself (PyTorch, same card)
 # A stage that fails does not stop the others; the script exits 1 when any failed. The whole
 # run is kept under ~8 minutes: a stage that would start past GALE_CHECK_BUDGET seconds
 # (default 480) is skipped and says so.
@@ -63,15 +64,17 @@ stage env 30 bash -c 'nvidia-smi; nvcc --version; uname -a; cat /etc/os-release;
 bin=""
 cublas_dir() {
     local d
-    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 \
-        /usr/lib/x86_64-linux-gnu \
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+        /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/lib /usr/lib/x86_64-linux-gnu \
+        "$(dirname "$(ldconfig -p | awk '/libcublasLt\.so\.13 / {print $NF; exit}')" 2>/dev/null)" \
         "$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null)"; do
-        if [ -n "$d" ] && ls "$d"/libcublasLt.so.13* >/dev/null 2>&1; then
+        if [ -n "$d" ] && ls "$d"/libcublasLt.so.13* "$d"/libcublas.so.13* >/dev/null 2>&1; then
             echo "$d"
             return 0
         fi
     done
-    return 1
+    d=$(find / -xdev -name 'libcublasLt.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
+    [ -n "$d" ] && dirname "$d"
 }
 use_bundle() {
     [ -f .device/bundle.tar.xz ] || { echo "no .device/bundle.tar.xz"; return 1; }
@@ -161,8 +164,10 @@ bench_gale() {
         mkdir -p "/tmp/bench-$shape" && cp "tests/bench/configs/gpu-$shape.json" "/tmp/bench-$shape/config.json"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/mem-gale-$shape.csv" &
         local smi=$!
-        "$bin/bench_train_step" --dir "/tmp/bench-$shape" --backend cuda --precision bf16 \
-            --random 4 4096 --warmup 2 --steps 4 | tee "$OUT/bench-gale-$shape.json"
+        GALE_CUDA_PROFILE=1 "$bin/bench_train_step" --dir "/tmp/bench-$shape" --backend cuda --precision bf16 \
+            --random 4 4096 --warmup 2 --steps 4 --threads "$(nproc)" >"$OUT/bench-gale-$shape.json" \
+            2>"$OUT/profile-gale-$shape.txt"
+        cat "$OUT/bench-gale-$shape.json"; head -25 "$OUT/profile-gale-$shape.txt"
         kill $smi 2>/dev/null
         echo "peak memory used (nvidia-smi, MiB): $(sort -n "$OUT/mem-gale-$shape.csv" | tail -1)"
     done
@@ -200,6 +205,9 @@ for name, s in shapes.items():
     print("%-16s %14.0f %7.1f%% %14.0f %7.1f%% %8.2f" % (name, g["tokens_per_s"], 100 * mfu,
           t.get("tokens_per_s", float("nan")), 100 * t.get("mfu", float("nan")), ratio))
 EOF
+for f in "$OUT"/profile-gale-*.txt; do
+    [ -f "$f" ] && { echo "== $(basename "$f"): the ops' GPU time over all 6 steps, largest first"; head -16 "$f"; } | tee -a "$summary"
+done
 note "total $(($(date +%s) - t0))s; $([ $any_failed -eq 0 ] && echo 'every stage ok' || echo 'SOME STAGE FAILED')"
 cat "$summary"
 exit $any_failed
