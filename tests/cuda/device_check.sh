@@ -52,7 +52,12 @@ stage() {
     timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     local took=$(($(date +%s) - start)) verdict=ok
-    [ $rc -ne 0 ] && verdict="FAILED (exit $rc$([ $rc -eq 124 ] && echo ", past ${limit}s"))" && any_failed=1
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        verdict="FAILED (exit $rc, past ${limit}s)"
+    elif [ $rc -ne 0 ]; then
+        verdict="FAILED (exit $rc)"
+    fi
+    [ $rc -ne 0 ] && any_failed=1
     note "$(printf '%-10s %-40s %4ds' "$name" "$verdict" "$took")"
     return $rc
 }
@@ -132,7 +137,7 @@ stage train 150 bash -c "gale=$gale run=$run; $(declare -f train_and_compare); t
 
 # ---- greedy text: GPU and CPU from the same checkpoint ----
 sample_both() {
-    local p rc=0 prompt="The meaning of life is"
+    local p rc=0 prompt="Q: Why"
     for p in fp32 bf16; do
         "$gale" sample --checkpoint "$run" --prompt "$prompt" --max-new 40 --temperature 0 --backend cuda \
             --precision $p >"$OUT/sample-cuda-$p.txt" || rc=1
@@ -149,7 +154,7 @@ stage sample 60 bash -c "gale=$gale run=$run OUT=$OUT; $(declare -f sample_both)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -n "$sanitizer" ]; then
     stage memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 9 --print-limit 20 "$gale" train \
-        tests/cuda/mixtral-tiny-check.yaml --set backend.device=cuda --set run.steps=2 \
+        tests/cuda/mixtral-tiny-check.yaml --set backend.device=cuda --set run.steps=2 --set optim.warmup=1 \
         --set run.checkpoint_every=0 --set run.dir="$OUT/memcheck-run"
     stage racecheck 120 env GALE_CUDA_TEST=attention "$sanitizer" --tool racecheck --error-exitcode 9 \
         --print-limit 20 "$bin/test_cuda_ops"
@@ -159,18 +164,19 @@ fi
 
 # ---- speed: gale and PyTorch on the same card ----
 bench_gale() {
-    local shape
+    local shape rc=0
     for shape in mistral-1b mixtral-8x-mini; do
         mkdir -p "/tmp/bench-$shape" && cp "tests/bench/configs/gpu-$shape.json" "/tmp/bench-$shape/config.json"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/mem-gale-$shape.csv" &
         local smi=$!
         GALE_CUDA_PROFILE=1 "$bin/bench_train_step" --dir "/tmp/bench-$shape" --backend cuda --precision bf16 \
             --random 4 4096 --warmup 2 --steps 4 --threads "$(nproc)" >"$OUT/bench-gale-$shape.json" \
-            2>"$OUT/profile-gale-$shape.txt"
+            2>"$OUT/profile-gale-$shape.txt" || rc=1
         cat "$OUT/bench-gale-$shape.json"; head -25 "$OUT/profile-gale-$shape.txt"
         kill $smi 2>/dev/null
         echo "peak memory used (nvidia-smi, MiB): $(sort -n "$OUT/mem-gale-$shape.csv" | tail -1)"
     done
+    return $rc
 }
 stage bench-gale 150 bash -c "bin=$bin OUT=$OUT; $(declare -f bench_gale); bench_gale"
 stage bench-torch 180 env OUT="$OUT" python3 .device/hf_train_bench.py mistral-1b mixtral-8x-mini
@@ -209,5 +215,6 @@ for f in "$OUT"/profile-gale-*.txt; do
     [ -f "$f" ] && { echo "== $(basename "$f"): the ops' GPU time over all 6 steps, largest first"; head -16 "$f"; } | tee -a "$summary"
 done
 note "total $(($(date +%s) - t0))s; $([ $any_failed -eq 0 ] && echo 'every stage ok' || echo 'SOME STAGE FAILED')"
+echo "== summary ($summary)"
 cat "$summary"
 exit $any_failed
