@@ -72,13 +72,13 @@ cublas_dir() {
     for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
         /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/lib /usr/lib/x86_64-linux-gnu \
         "$(dirname "$(ldconfig -p | awk '/libcublasLt\.so\.13 / {print $NF; exit}')" 2>/dev/null)" \
-        "$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null)"; do
+        "$(python3 -c 'import nvidia.cublas as c; print(list(c.__path__)[0] + "/lib")' 2>/dev/null)"; do
         if [ -n "$d" ] && ls "$d"/libcublasLt.so.13* "$d"/libcublas.so.13* >/dev/null 2>&1; then
             echo "$d"
             return 0
         fi
     done
-    d=$(find / -xdev -name 'libcublasLt.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
+    d=$(find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name 'libcublasLt.so.13' -print 2>/dev/null | head -1)
     [ -n "$d" ] && dirname "$d"
 }
 use_bundle() {
