@@ -37,6 +37,8 @@ struct gale_backend {
     enum gale_dtype compute;   /* weights' compute copy and activations (see docs/engine.md) */
     int failed;                /* set by the first failure, cleared by gale_backend_sync */
     gale_error error;          /* that failure */
+    unsigned long waits;       /* gale_backend_wait calls so far: work queued before a wait
+                                  numbered n is done once waits > n */
 };
 
 /* The backends this build has: "cpu" or "cpu, cuda". */
@@ -48,8 +50,11 @@ struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compu
                                          gale_error *err);
 void gale_backend_free(struct gale_backend *be);
 
-/* Waits for everything queued; returns -1 with the first failure since the last sync (and
- * clears it), else 0. */
+/* Waits for everything queued (ops->synchronize) and counts the wait. */
+void gale_backend_wait(struct gale_backend *be);
+
+/* gale_backend_wait, then returns -1 with the first failure since the last sync (and clears
+ * it), else 0. */
 int gale_backend_sync(struct gale_backend *be, gale_error *err);
 
 /* Records a failure (the first one is kept); for ops. */

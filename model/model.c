@@ -69,6 +69,7 @@ struct model {
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
+    unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
 };
 
 static size_t fsz(size_t n)
@@ -320,6 +321,14 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     if (model_config_validate(cfg, "model config", err))
         return NULL;
     const struct gale_ops *ops = be->ops;
+    for (int op = 0; op < GALE_OP_COUNT; op++) {
+        int needed = cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
+            gale_fail(err, "backend %s does not run %s in %s", ops->name,
+                      gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
+            return NULL;
+        }
+    }
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)
@@ -435,20 +444,20 @@ void model_weights_refresh(struct model *m)
 void model_params_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->params, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_params_upload(struct model *m, const float *host)
 {
     m->be->ops->upload(m->be, m->params, host, fsz(m->layout.numel));
     model_weights_refresh(m);
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_grads_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->grads, fsz(m->layout.numel));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_zero_grads(struct model *m)
@@ -512,6 +521,9 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     struct gale_backend *be = m->be;
     size_t bytes = sizeof(int32_t) * (size_t)n;
     m->stage_half ^= 1;
+    if (m->stage_wait[m->stage_half] == be->waits)
+        gale_backend_wait(be);  /* the half's last uploads may still read it */
+    m->stage_wait[m->stage_half] = be->waits;
     int32_t *tokens = m->stage + (size_t)m->stage_half * 4 * m->cap_rows;
     int32_t *positions = tokens + n, *targets = positions + n, *segments = targets + n;
     memcpy(tokens, b->tokens, bytes);
@@ -547,9 +559,12 @@ static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, con
     int dkv = c->num_kv_heads * c->head_dim;
     ops->rmsnorm_fwd(be, a->h1, a->rstd1, x, layer_w(m, m->weights, l, W_LN1), n, h,
                      (float)c->rms_norm_eps);
-    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq, act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv, act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv, act_types(m));
+    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv,
+                act_types(m));
     ops->rope_fwd(be, a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_fwd(be, k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
 }
@@ -560,8 +575,8 @@ static void attention_out_forward(struct model *m, int l, struct layer_acts *a, 
 {
     int h = m->cfg.hidden_size, dq = m->cfg.num_heads * m->cfg.head_dim;
     m->be->ops->copy(m->be, a->x_mid, x, wsz(m, (size_t)n * h));
-    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1, a->x_mid,
-                   h, act_types(m));
+    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1,
+                       a->x_mid, h, act_types(m));
 }
 
 static void attention_forward(struct model *m, int l, const float *x)
@@ -569,9 +584,9 @@ static void attention_forward(struct model *m, int l, const float *x)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     qkv_forward(m, l, a, m->rows, x, a->k, a->v, m->positions);
-    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
-                          m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
-                          c->sliding_window);
+    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v,
+                              m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
+                              c->num_kv_heads, c->head_dim, c->sliding_window);
     attention_out_forward(m, l, a, m->rows, x);
 }
 
@@ -588,13 +603,14 @@ static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int 
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
     int h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0, a->gate,
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0,
+                a->gate, inter, act_types(m));
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up,
                 inter, act_types(m));
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up, inter, act_types(m));
     ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * inter);
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
-    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter, 1,
-                out, h, act_types(m));
+    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter,
+                1, out, h, act_types(m));
 }
 
 static float *expert_w(const struct model *m, float *base, int l, int e, int which)
@@ -618,7 +634,7 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     /* the one host transfer of a layer: the expert counts size the products below */
     const int32_t *counts = m->host_counts + (size_t)l * ne;
     ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
-    ops->synchronize(be);
+    gale_backend_wait(be);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
     size_t off = 0;
     for (int e = 0; e < ne; e++) {
@@ -665,15 +681,16 @@ static void forward_trunk(struct model *m)
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
-    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n, h);
+    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n,
+                       h);
     for (int l = 0; l < c->num_layers; l++) {
         struct layer_acts *a = &m->acts[l];
         float *out = l + 1 < c->num_layers ? m->acts[l + 1].x_in : m->x_final;
         attention_forward(m, l, a->x_in);
         mlp_forward(m, l, a, n, &scratch, out);
     }
-    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final, tensor_at(m, m->weights, final_norm_index(m)),
-                     n, h, (float)c->rms_norm_eps);
+    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final,
+                     tensor_at(m, m->weights, final_norm_index(m)), n, h, (float)c->rms_norm_eps);
 }
 
 /* After a forward over a Mixtral, from the expert counts on the host: the router losses'
@@ -711,6 +728,8 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
         zl[ne] = 1.0 / rows_all;
     }
     free(pooled_f);
+    /* router_host is rewritten each micro-batch: its last uploads are done, the forward waited
+     * for every layer's expert counts since */
     be->ops->upload(be, m->router_coef, aux_coef, 2 * lstat * sizeof(double));
     if (for_backward)
         be->ops->upload(be, m->dprobs_const, dprobs, fsz(le));
@@ -839,8 +858,8 @@ static void dense_mlp_backward(struct model *m, int l)
     ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)n * inter);
     ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_b, inter, a->h2, h, 1,
                 layer_w(m, m->grads, l, W_GATE), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1, layer_w(m, m->grads, l, W_UP),
-                h, to_f32_types(m));
+    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1,
+                layer_w(m, m->grads, l, W_UP), h, to_f32_types(m));
     ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_b, inter, wg, h, 0, m->dh, h, act_types(m));
     ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_c, inter, wu, h, 1, m->dh, h, act_types(m));
 }
@@ -903,19 +922,27 @@ static void attention_backward(struct model *m, int l)
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, dq = c->num_heads * c->head_dim;
     int dkv = c->num_kv_heads * c->head_dim;
-    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq, act_types(m));
+    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq,
+                act_types(m));
     ops->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v,
                        m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
                        c->num_kv_heads, c->head_dim, c->sliding_window);
     ops->rope_bwd(be, m->dq, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_bwd(be, m->dk, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
-    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h, act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h, act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h, act_types(m));
+    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h,
+                act_types(m));
     ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN1), m->dh, a->x_in,
                      layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
@@ -970,7 +997,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
 void model_logits_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->logits, fsz((size_t)m->rows * m->cfg.vocab_size));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 void model_selected_experts_download(struct model *m, int32_t *host)
@@ -979,7 +1006,7 @@ void model_selected_experts_download(struct model *m, int32_t *host)
     for (int l = 0; l < m->cfg.num_layers; l++)
         m->be->ops->download(m->be, host + l * per_layer, m->acts[l].topk_idx,
                              per_layer * sizeof(int32_t));
-    m->be->ops->synchronize(m->be);
+    gale_backend_wait(m->be);
 }
 
 /* ---- generation: the incremental forward over a KV cache ---- */
@@ -1001,7 +1028,8 @@ struct model_kv_cache {
     struct mlp_scratch scratch;
     float *hf, *rstd_f, *logits; /* the head over the last token */
     int32_t *tokens, *positions;
-    int32_t *host_positions;
+    int32_t *host_positions;     /* host staging: positions, then tokens */
+    unsigned long stage_wait;    /* be->waits at its last uploads */
 };
 
 struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_error *err)
@@ -1118,6 +1146,9 @@ static void forward_next_chunk(struct model *m, struct model_kv_cache *kc, const
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &kc->acts;
     make_room(m, kc, n);
+    if (kc->stage_wait == be->waits)
+        gale_backend_wait(be);  /* the last chunk's uploads may still read the staging */
+    kc->stage_wait = be->waits;
     int32_t *staged_tokens = kc->host_positions + kc->chunk;
     for (int i = 0; i < n; i++) {
         kc->host_positions[i] = kc->length + i;
@@ -1148,8 +1179,9 @@ static void head_of_row(struct model *m, struct model_kv_cache *kc, int row, flo
     m->be->ops->rmsnorm_fwd(m->be, kc->hf, kc->rstd_f, act_at(m, kc->acts.x_in, (size_t)row * h),
                         tensor_at(m, m->weights, final_norm_index(m)), 1, h,
                         (float)c->rms_norm_eps);
-    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h, tensor_at(m, m->weights, lm_head_index(m)), h,
-                   0, kc->logits, vocab, to_f32_types(m));
+    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h,
+                       tensor_at(m, m->weights, lm_head_index(m)), h, 0, kc->logits, vocab,
+                       to_f32_types(m));
     m->be->ops->download(m->be, logits, kc->logits, fsz((size_t)vocab));
 }
 
