@@ -75,7 +75,7 @@ int cmd_eval(int argc, char **argv)
     gale_error err = {{0}};
     gale_eval_result res;
     char *dir = checkpoint_resolve_model(ckpt_arg, &err);
-    struct model *m = dir ? checkpoint_open_model(dir, adapter, &err) : NULL;
+    struct model *m = dir ? checkpoint_open_model(dir, adapter, "cpu", GALE_F32, &err) : NULL;
     rc = 1;
     if (m && eval_split(m, &eo, &res, &err) == 0) {
         printf("checkpoint %s\nsplit      %s (%ld batches of %d rows)\nloss       %.8f\nperplexity %.6f\n"

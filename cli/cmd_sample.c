@@ -15,7 +15,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: gale sample --checkpoint DIR [--adapter DIR] --prompt TEXT [--chat]\n"
                "                   [--template v1|v3|v7|llama2] [--max-new N] [--temperature T] [--top-p P]\n"
-               "                   [--seed S] [--tokenizer M]\n"
+               "                   [--seed S] [--tokenizer M] [--backend cpu|cuda] [--precision fp32|bf16]\n"
                "\n"
                "Generates text from a checkpoint (or a run folder: its latest checkpoint, or any Hugging Face\n"
                "folder with config.json and model.safetensors). Stops at EOS or after --max-new tokens.\n"
@@ -30,7 +30,9 @@ static void usage(FILE *f)
                "  --seed S          the draw's seed (default 0)\n"
                "  --tokenizer M     SentencePiece .model or Tekken .json file, or a name: mistral-v1,\n"
                "                    mistral-v3, tekken-240718, tekken-240911\n"
-               "                    (default DIR/tokenizer.model or DIR/tekken.json, else the adapter's)\n");
+               "                    (default DIR/tokenizer.model or DIR/tekken.json, else the adapter's)\n"
+               "  --backend NAME    where the model runs: cpu (default) or cuda (a build with CUDA)\n"
+               "  --precision P     compute dtype: fp32 (default) or bf16 (fp32 master weights)\n");
 }
 
 typedef struct printer {
@@ -71,6 +73,8 @@ static int parse_number(const char *opt, const char *text, double lo, double hi,
 int cmd_sample(int argc, char **argv)
 {
     const char *ckpt_arg = NULL, *adapter = NULL, *prompt = NULL, *tok_path_arg = NULL, *template_name = "v1";
+    const char *backend = "cpu";
+    enum gale_dtype compute = GALE_F32;
     int chat = 0;
     double max_new = 64, seed = 0;
     gale_sample_options so = {.temperature = 0.8, .top_p = 0.95};
@@ -99,6 +103,12 @@ int cmd_sample(int argc, char **argv)
             bad = parse_number(a, argv[++i], 0, 100, &so.temperature);
         } else if (has && !strcmp(a, "--top-p")) {
             bad = parse_number(a, argv[++i], 1e-6, 1, &so.top_p);
+        } else if (has && !strcmp(a, "--backend")) {
+            backend = argv[++i];
+        } else if (has && !strcmp(a, "--precision")) {
+            bad = gale_dtype_parse(argv[++i], &compute) || (compute != GALE_F32 && compute != GALE_BF16);
+            if (bad)
+                fprintf(stderr, "gale sample: --precision '%s': expected fp32 or bf16\n", argv[i]);
         } else if (has && !strcmp(a, "--seed")) {
             bad = parse_number(a, argv[++i], 0, 1.8e19, &seed);
         } else {
@@ -144,7 +154,8 @@ int cmd_sample(int argc, char **argv)
         gale_fail(&err, "%s has no tokenizer.model or tekken.json: give --tokenizer M", dir);
         goto done;
     }
-    if (!(tok = tokenizer_load(tok_path, &err)) || !(m = checkpoint_open_model(dir, adapter, &err)))
+    if (!(tok = tokenizer_load(tok_path, &err)) ||
+        !(m = checkpoint_open_model(dir, adapter, backend, compute, &err)))
         goto done;
     if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
         gale_fail(&err, "%s has %d pieces, more than the model's vocab_size %d", tok_path, tokenizer_vocab_size(tok),

@@ -9,13 +9,13 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gale verify --fixture DIR [--backend cpu] [--precision fp32|bf16]\n\n"
+            "usage: gale verify --fixture DIR [--backend cpu|cuda] [--precision fp32|bf16]\n\n"
             "Runs the model on a reference fixture (config.json, model.safetensors,\n"
             "expected.safetensors, expected.json; see docs/math.md in the source) and compares\n"
             "logits, losses, every gradient, the router's choices and three AdamW steps with\n"
             "the reference, printing each relative error against its tolerance.\n\n"
             "  --fixture DIR    the fixture folder (may be given more than once)\n"
-            "  --backend NAME   kernels to check (default cpu)\n"
+            "  --backend NAME   kernels to check: cpu (default) or cuda (a build with CUDA)\n"
             "  --precision P    compute dtype, fp32 (default: the contract's tolerances) or bf16\n"
             "                   (tolerances derived from bf16's 8 bits and the model's depth;\n"
             "                   docs/engine.md)\n\n"

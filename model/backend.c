@@ -55,7 +55,20 @@ static const struct gale_ops *ops_for(const char *name, enum gale_dtype dt)
 {
     if (!strcmp(name, "cpu"))
         return dt == GALE_F32 ? gale_ops_cpu() : dt == GALE_BF16 ? gale_ops_cpu_bf16() : NULL;
+#ifdef GALE_HAVE_CUDA
+    if (!strcmp(name, "cuda"))
+        return dt == GALE_F32 || dt == GALE_BF16 ? gale_ops_cuda() : NULL;
+#endif
     return NULL;
+}
+
+const char *gale_backends_built(void)
+{
+#ifdef GALE_HAVE_CUDA
+    return "cpu, cuda";
+#else
+    return "cpu";
+#endif
 }
 
 struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compute,
@@ -63,7 +76,11 @@ struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compu
 {
     const struct gale_ops *ops = ops_for(name, GALE_F32);
     if (!ops) {
-        gale_fail(err, "backend '%s' is not built in (available: cpu)", name);
+        if (!strcmp(name, "cuda"))
+            gale_fail(err, "backend 'cuda' is not built in: this gale was built without CUDA (no nvcc "
+                           "found, or GALE_CUDA=OFF); available: cpu");
+        else
+            gale_fail(err, "backend '%s' is not built in (available: %s)", name, gale_backends_built());
         return NULL;
     }
     ops = ops_for(name, compute);

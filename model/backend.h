@@ -41,7 +41,10 @@ struct gale_backend {
                                   numbered n is done once waits > n */
 };
 
-/* The backend called name ("cpu") computing in `compute`; NULL with err set when it is not
+/* The backends this build has: "cpu" or "cpu, cuda". */
+const char *gale_backends_built(void);
+
+/* The backend called name ("cpu", "cuda") computing in `compute`; NULL with err set when it is not
  * built in, does not support that dtype or cannot start. */
 struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compute,
                                          gale_error *err);

@@ -380,7 +380,8 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
     return load_moments(dir, trained_layout(m), opt, err);
 }
 
-struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_error *err)
+struct model *checkpoint_open_model(const char *dir, const char *adapter, const char *backend,
+                                    enum gale_dtype compute, gale_error *err)
 {
     char *cfg_path = gale_path_join(dir, "config.json");
     struct model_config mc;
@@ -390,7 +391,7 @@ struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_e
     if (rc || (adapter && lora_config_read(adapter, &lora, NULL, err)))
         return NULL;
     struct model_options opts = {.aux_form = MODEL_AUX_HF, .lora = adapter ? &lora : NULL};
-    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
+    struct gale_backend *be = gale_backend_create(backend, compute, err);
     struct model *m = be ? model_create(&mc, be, &opts, err) : NULL;
     if (m)
         model_own_backend(m);

@@ -78,10 +78,12 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
  * state, so a run may resume on another number of ranks. */
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
 
-/* A model on the CPU backend from a checkpoint or any Hugging Face folder (config.json and
- * model.safetensors or shards), for sampling and evaluation; with adapter (not NULL), the
- * LoRA adapters of that folder (PEFT's format) on top of it. */
-struct model *checkpoint_open_model(const char *dir, const char *adapter, gale_error *err);
+/* A model on backend `backend` ("cpu", "cuda") computing in `compute` from a checkpoint or any
+ * Hugging Face folder (config.json and model.safetensors or shards), for sampling and
+ * evaluation; with adapter (not NULL), the LoRA adapters of that folder (PEFT's format) on top
+ * of it. */
+struct model *checkpoint_open_model(const char *dir, const char *adapter, const char *backend,
+                                    enum gale_dtype compute, gale_error *err);
 
 /* A summary for people: step, tokens, model kind and parameters, config. */
 int checkpoint_describe(const char *dir, FILE *out, gale_error *err);

@@ -15,7 +15,7 @@ static const char *const schedule_names[] = {"constant", "cosine", "linear", "ws
 static const char *const nan_names[] = {"stop", "skip", NULL};
 static const char *const bad_shard_names[] = {"error", "skip", NULL};
 static const char *const aux_names[] = {"hf", "per_layer", NULL};
-static const char *const device_names[] = {"cpu", NULL};
+static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 

@@ -22,7 +22,7 @@ typedef struct gale_data_source {
 
 typedef enum gale_nan_policy { GALE_NAN_STOP, GALE_NAN_SKIP } gale_nan_policy;
 typedef enum gale_aux_loss_form { GALE_AUX_HF, GALE_AUX_PER_LAYER } gale_aux_loss_form;
-typedef enum gale_device { GALE_DEVICE_CPU } gale_device;
+typedef enum gale_device { GALE_DEVICE_CPU, GALE_DEVICE_CUDA } gale_device;
 typedef enum gale_precision { GALE_PRECISION_FP32, GALE_PRECISION_BF16 } gale_precision;
 typedef enum gale_recompute { GALE_RECOMPUTE_NONE, GALE_RECOMPUTE_LAYER } gale_recompute;
 

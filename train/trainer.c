@@ -357,8 +357,12 @@ static int setup(trainer *t, gale_error *err)
         if (local > 1)
             omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
     }
-    t->be = gale_backend_create("cpu", c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
-                                err);
+    int cuda = c->backend.device == GALE_DEVICE_CUDA;
+    if (cuda && t->world > 1)
+        return gale_fail(err, "backend.device: cuda trains on one GPU, one rank (got %d ranks): data "
+                              "parallelism over GPUs is not built yet", t->world);
+    t->be = gale_backend_create(cuda ? "cuda" : "cpu",
+                                c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32, err);
     if (!t->be)
         return -1;
     struct model_options mo = {

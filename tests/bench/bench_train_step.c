@@ -1,5 +1,6 @@
-/* bench_train_step: the gale side of bench_train_cpu.sh. Times full fp32 training steps on the
- * CPU backend (forward + backward, global-norm clip to 1.0, AdamW) of the model in a folder
+/* bench_train_step: the gale side of bench_train_cpu.sh and, with --backend cuda, of the GPU
+ * benchmark in tests/cuda/device_check.sh. Times full training steps (forward + backward,
+ * global-norm clip to 1.0, AdamW; the backend synchronized at each step's end) of the model in a folder
  * written by `bench_torch_step.py make-inputs` (config.json, model.safetensors, and
  * batch.safetensors: "tokens", I64 [B, T+1]), so that gale and the PyTorch reference train the
  * same weights on the same tokens. Prints one JSON line: median step time, tokens per second,
@@ -8,6 +9,10 @@
  * recorded with `perf record -k monotonic` can keep only their samples).
  *
  *   bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]
+ *                    [--backend cpu|cuda] [--precision fp32|bf16] [--random B T]
+ *
+ * --random B T: DIR holds only config.json; the weights are drawn (std 0.02) and the batch is
+ * B x T random tokens (the GPU shapes, where no reference side shares the weights).
  *
  * --save writes the trained weights (config.json, model.safetensors) to OUT afterwards, to
  * compare them with the PyTorch reference's after the same steps.
@@ -32,7 +37,10 @@
 struct bench_options {
     const char *dir;
     const char *save;      /* NULL: do not save the trained weights */
+    const char *backend;   /* "cpu" or "cuda" */
+    enum gale_dtype precision;
     int steps, warmup, threads;
+    int random_batch, random_seq;  /* > 0: random weights and tokens */
 };
 
 /* The batch of the folder: rows of T + 1 tokens split into inputs row[:-1], targets row[1:]. */
@@ -75,8 +83,10 @@ static int parse_positive(const char *text, const char *flag, int minimum, int *
 static void usage(FILE *to)
 {
     fprintf(to, "usage: bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]\n"
-                "Times fp32 CPU training steps (forward, backward, clip 1.0, AdamW) of the model in DIR\n"
-                "(config.json, model.safetensors, batch.safetensors from bench_torch_step.py make-inputs);\n"
+                "                        [--backend cpu|cuda] [--precision fp32|bf16] [--random B T]\n"
+                "Times training steps (forward, backward, clip 1.0, AdamW) of the model in DIR\n"
+                "(config.json, model.safetensors, batch.safetensors from bench_torch_step.py make-inputs;\n"
+                "with --random B T only config.json: random weights and B x T random tokens);\n"
                 "--save writes the trained weights to OUT afterwards.\n");
 }
 
@@ -86,15 +96,33 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
         {"dir", required_argument, NULL, 'd'},     {"steps", required_argument, NULL, 's'},
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
         {"save", required_argument, NULL, 'o'},    {"help", no_argument, NULL, 'h'},
+        {"backend", required_argument, NULL, 'b'}, {"precision", required_argument, NULL, 'p'},
+        {"random", required_argument, NULL, 'r'},
         {NULL, 0, NULL, 0},
     };
-    *opt = (struct bench_options){.dir = NULL, .save = NULL, .steps = 10, .warmup = 2, .threads = 1};
+    *opt = (struct bench_options){.dir = NULL, .save = NULL, .backend = "cpu", .precision = GALE_F32,
+                                  .steps = 10, .warmup = 2, .threads = 1};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int rc = 0;
         switch (c) {
         case 'd': opt->dir = optarg; break;
         case 'o': opt->save = optarg; break;
+        case 'b': opt->backend = optarg; break;
+        case 'p':
+            if (gale_dtype_parse(optarg, &opt->precision) ||
+                (opt->precision != GALE_F32 && opt->precision != GALE_BF16)) {
+                fprintf(stderr, "bench_train_step: --precision wants fp32 or bf16, got \"%s\"\n", optarg);
+                rc = -1;
+            }
+            break;
+        case 'r':
+            rc = parse_positive(optarg, "--random B", 1, &opt->random_batch);
+            if (rc == 0 && optind < argc)
+                rc = parse_positive(argv[optind++], "--random T", 1, &opt->random_seq);
+            else if (rc == 0)
+                rc = -1;
+            break;
         case 's': rc = parse_positive(optarg, "--steps", 1, &opt->steps); break;
         case 'w': rc = parse_positive(optarg, "--warmup", 0, &opt->warmup); break;
         case 't': rc = parse_positive(optarg, "--threads", 1, &opt->threads); break;
@@ -159,6 +187,23 @@ done:
     return rc;
 }
 
+/* B x T random tokens, each row's targets its inputs shifted by one. */
+static void random_batch(int batch, int seq, int vocab_size, struct bench_batch *out)
+{
+    size_t n = (size_t)batch * seq;
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    out->batch = batch;
+    out->seq = seq;
+    out->tokens = gale_xmalloc(n * sizeof *out->tokens);
+    out->targets = gale_xmalloc(n * sizeof *out->targets);
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        out->tokens[i] = (int32_t)(x % (uint64_t)vocab_size);
+    }
+    for (size_t i = 0; i < n; i++)
+        out->targets[i] = (i + 1) % (size_t)seq ? out->tokens[i + 1] : -100;
+}
+
 static void print_series(const char *key, const double *values, int n)
 {
     printf(", \"%s\": [", key);
@@ -176,16 +221,20 @@ static int run(const struct bench_options *opt, gale_error *err)
     if (rc)
         return -1;
     struct bench_batch data;
-    if (load_batch(opt->dir, cfg.vocab_size, &data, err))
+    if (opt->random_batch > 0)
+        random_batch(opt->random_batch, opt->random_seq, cfg.vocab_size, &data);
+    else if (load_batch(opt->dir, cfg.vocab_size, &data, err))
         return -1;
-    struct gale_backend *be = gale_backend_create("cpu", GALE_F32, err);
+    struct gale_backend *be = gale_backend_create(opt->backend, opt->precision, err);
     const struct model_options model_opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 0.0};
     struct model *m = be ? model_create(&cfg, be, &model_opts, err) : NULL;
     if (m)
         model_own_backend(m);
     else
         gale_backend_free(be);
-    if (!m || model_load_hf(m, opt->dir, err)) {
+    if (m && opt->random_batch > 0)
+        model_init_random(m, 0.02, 1);
+    if (!m || (opt->random_batch == 0 && model_load_hf(m, opt->dir, err))) {
         model_free(m);
         free(data.tokens);
         free(data.targets);
@@ -218,6 +267,7 @@ static int run(const struct bench_options *opt, gale_error *err)
             break;
         norms[step] = grad_clip_global_norm(be, model_grads(m), layout->numel, 1.0);
         adamw_step(&adamw, layout, model_params(m), model_weights(m), model_grads(m), adamw_cfg.lr);
+        rc = gale_backend_sync(be, err);  /* a GPU's step ends when its queued work does */
         double end = now_seconds();
         losses[step] = loss.loss;
         if (step == opt->warmup)
@@ -227,9 +277,9 @@ static int run(const struct bench_options *opt, gale_error *err)
         timed_to = end;
     }
     if (rc == 0) {
-        printf("{\"impl\": \"gale %s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, \"warmup\": %d, "
+        printf("{\"impl\": \"gale %s\", \"precision\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, \"warmup\": %d, "
                "\"steps\": %d, \"timed_from\": %.9f, \"timed_to\": %.9f",
-               be->ops->name, omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
+               be->ops->name, gale_dtype_name(be->compute), omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
                timed_from, timed_to);
         print_series("step_times", times, opt->steps);
         double median_step = median(times, opt->steps);  /* sorts times: printed before */
