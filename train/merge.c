@@ -115,7 +115,7 @@ int merge_adapter(const char *base, const char *adapter, const char *out, gale_e
     safetensors_close(&set);
     if (dtype != ST_F32 && dtype != ST_BF16 && dtype != ST_F16)
         return gale_fail(err, "%s: weights of dtype %s cannot be merged into", base, safetensors_dtype_name(dtype));
-    struct model *m = checkpoint_open_model(base, adapter, err);
+    struct model *m = checkpoint_open_model(base, adapter, "cpu", GALE_F32, err);
     if (!m)
         return -1;
     const struct model_layout *layout = model_get_layout(m);

@@ -146,6 +146,8 @@ void cuda_rope_fwd(struct gale_backend *be, float *x, const int32_t *positions, 
 void cuda_rope_bwd(struct gale_backend *be, float *dx, const int32_t *positions, int rows, int heads, int head_dim,
                    float theta);
 void cuda_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up, size_t n);
+void cuda_dropout(struct gale_backend *be, float *out, const float *x, size_t n, float p, uint64_t seed,
+                  int accumulate);
 void cuda_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, size_t n);
 void cuda_router_fwd(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx, float *topk_w,

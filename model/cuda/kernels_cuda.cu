@@ -216,6 +216,44 @@ void cuda_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const fl
     cuda_after(be, cudaSuccess, "swiglu_bwd: %zu elements", n);
 }
 
+/* ---- dropout (LoRA's input dropout) ---- */
+
+/* gale_rng_uniform (model/rng.c) on the device: the same draw, so the CPU and the GPU drop the
+ * same elements for the same seed. */
+__device__ static uint64_t rng_mix(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+__device__ static double rng_uniform(uint64_t seed, uint64_t counter)
+{
+    uint64_t bits = rng_mix(rng_mix(seed + 0x9e3779b97f4a7c15ULL) ^ (counter * 0x9e3779b97f4a7c15ULL + 1));
+    return ((double)(bits >> 11) + 0.5) * 0x1.0p-53;
+}
+
+template <typename T> __global__ void dropout_kernel(T *out, const T *x, size_t n, float p, uint64_t seed,
+                                                     int accumulate)
+{
+    float keep_scale = 1.0f / (1.0f - p);
+    FOR_EACH(i, n) {
+        float y = rng_uniform(seed, i) >= p ? ld(x, i) * keep_scale : 0.0f;
+        st(out, i, accumulate ? ld(out, i) + y : y);
+    }
+}
+
+void cuda_dropout(struct gale_backend *be, float *out, const float *x, size_t n, float p, uint64_t seed,
+                  int accumulate)
+{
+    if (be->failed || !n)
+        return;
+    CUDA_DISPATCH(be, dropout_kernel<T><<<grid_stride_blocks(n), THREADS, 0, stream_of(be)>>>(
+                          (T *)out, (const T *)x, n, p, seed, accumulate));
+    cuda_after(be, cudaSuccess, "dropout: %zu elements, p %g", n, (double)p);
+}
+
+
 /* ---- router: one thread per row (a few experts) ---- */
 
 #define MAX_EXPERTS 256

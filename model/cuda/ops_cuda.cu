@@ -641,6 +641,7 @@ static const struct gale_ops cuda_ops = {
     cuda_moe_scatter_add,
     cuda_cross_entropy,
     cuda_adamw_step,
+    cuda_dropout,
     cuda_sumsq,
     cuda_scale,
     cuda_axpy,

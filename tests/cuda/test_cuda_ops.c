@@ -249,6 +249,15 @@ static void test_rows(struct pair *p, int rows, int dim, int vocab)
     p->gpu->ops->swiglu_bwd(p->gpu, cdg, cdup, cdg, cx, cup, n);
     check(p, "swiglu_bwd dgate", shape, dg, cdg, n, 1, tol(p));
     check(p, "swiglu_bwd dup", shape, dup, cdup, n, 1, tol(p));
+    /* dropout: the same counter-based mask on both, overwriting and accumulating */
+    for (int acc = 0; acc < 2; acc++) {
+        float *dr = dup_f(dout, n), *cdr = put(p, dout, n, 1);
+        p->cpu->ops->dropout(p->cpu, dr, x, n, 0.25f, 1234u + (uint64_t)acc, acc);
+        p->gpu->ops->dropout(p->gpu, cdr, cx, n, 0.25f, 1234u + (uint64_t)acc, acc);
+        check(p, acc ? "dropout (accumulate)" : "dropout", shape, dr, cdr, n, 1, tol(p));
+        free(dr);
+        release(p, cdr);
+    }
     /* cross-entropy over rows x vocab, one ignored row, with and without the gradient */
     size_t nl = (size_t)rows * vocab;
     float *lg = rnd(p, nl, 8, 0);
