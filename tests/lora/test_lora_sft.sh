@@ -68,8 +68,8 @@ python3 - "$tmp" "$lora_kib" "$full_kib" <<'PY'
 import json, re, sys
 tmp, lora_kib, full_kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 evals = [json.loads(l)["val_loss"] for l in open(tmp + "/lora/metrics.jsonl") if '"eval"' in l]
-print("LoRA SFT val loss every 5 steps:", [round(v, 3) for v in evals])
-assert len(evals) == 6 and all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < evals[0] - 0.1, evals
+print("LoRA SFT val loss at step 0 and every 5 steps:", [round(v, 3) for v in evals])
+assert len(evals) == 7 and all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < evals[0] - 0.1, evals
 total = lambda name: int(re.search(r"^  total .*\((\d+) bytes\)", open(f"{tmp}/plan-{name}.txt").read(), re.M).group(1))
 planned = (total("full") - total("lora")) / 2**20
 # the full run's checkpoint also stages the weights and both moments on the host (3 x 4 bytes a

@@ -15,7 +15,7 @@ write_lora_config "$tmp/a.yaml" "$tmp/a" 10 "dropout: 0.1"
 "$GALE_BIN" train "$tmp/a.yaml" > "$tmp/a.log"
 ckpt="$tmp/a/checkpoints/step_00000010"
 ls "$ckpt" | sort | tr '\n' ' ' > "$tmp/files"
-[ "$(cat "$tmp/files")" = "adapter_config.json adapter_model.safetensors optimizer.safetensors tokenizer.model trainer_state.json " ] ||
+[ "$(cat "$tmp/files")" = "adapter_config.json adapter_model.safetensors generation_config.json optimizer.safetensors special_tokens_map.json tokenizer.model tokenizer_config.json trainer_state.json " ] ||
   { echo "FAIL: a LoRA checkpoint holds $(cat "$tmp/files")"; exit 1; }
 grep -q '"base_model_name_or_path": "'"$base"'"' "$ckpt/adapter_config.json"
 "$GALE_BIN" inspect "$ckpt" > "$tmp/inspect.txt"
