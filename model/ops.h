@@ -108,10 +108,12 @@ struct gale_ops {
     double (*cross_entropy)(float *logits, const int32_t *targets, int rows, int vocab,
                             float grad_scale, long *count);
 
-    /* Decoupled AdamW as torch.optim.AdamW over n elements: p -= lr*wd*p; m, v moments;
-     * p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with bc1 = 1-beta1^step, bc2 = 1-beta2^step. */
-    void (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n, float lr,
-                       float beta1, float beta2, float eps, float weight_decay, int step);
+    /* Decoupled AdamW as torch.optim.AdamW over n elements with the gradient grad_scale * g
+     * (clipping's factor, rounded to fp32 as an in-place clip leaves it; g is not written):
+     * p -= lr*wd*p; m, v moments; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with
+     * bc1 = 1-beta1^step, bc2 = 1-beta2^step. */
+    void (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n, float grad_scale,
+                       float lr, float beta1, float beta2, float eps, float weight_decay, int step);
 
     /* sum of squares (accumulated in double) and in-place scaling, for clipping */
     double (*sumsq)(const float *x, size_t n);

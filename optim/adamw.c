@@ -32,7 +32,7 @@ void adamw_free(struct adamw *opt)
 }
 
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                const float *grads, double lr)
+                const float *grads, double lr, double grad_scale)
 {
     opt->step++;
     const struct adamw_config *c = &opt->cfg;
@@ -44,7 +44,7 @@ void adamw_step(struct adamw *opt, const struct model_layout *layout, float *par
             continue;
         size_t moment = lo - opt->begin;
         opt->ops->adamw_step(params + lo, grads + lo, opt->m + moment, opt->v + moment, hi - lo,
-                             (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                             (float)grad_scale, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
                              t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
     }
 }

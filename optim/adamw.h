@@ -34,10 +34,11 @@ void adamw_init(struct adamw *opt, const struct adamw_config *cfg, const struct 
                 size_t begin, size_t end);
 void adamw_free(struct adamw *opt);
 
-/* One step at rate lr on params[begin, end) with grads[begin, end) (both full flat
- * buffers of the layout); decay per tensor view as the layout says. */
+/* One step at rate lr on params[begin, end) with grad_scale * grads[begin, end) (both full
+ * flat buffers of the layout; grad_scale is clipping's factor, applied in the same pass, 1 for
+ * none); decay per tensor view as the layout says. */
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                const float *grads, double lr);
+                const float *grads, double lr, double grad_scale);
 
 /* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
 double grad_sumsq(const struct gale_ops *ops, const float *grads, size_t begin, size_t end);

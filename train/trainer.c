@@ -13,6 +13,7 @@
 
 #include "data/loader.h"
 #include "data/manifest.h"
+#include "model/cpu/blas_core.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -237,6 +238,9 @@ static void print_effective_config(const trainer *t)
     printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
            model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
            t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
+    char blas[256];
+    blas_core_describe(blas, sizeof blas);
+    printf("blas: %s\n", blas);
     printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
            t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
            t->sched.total, t->peak_flops / 1e12,
@@ -504,9 +508,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         r->skipped = 1;
     } else {
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
-        if (factor != 1.0)
-            t->ops->scale(grads, layout->numel, (float)factor);
-        adamw_step(&t->opt, layout, model_params(t->model), grads, r->lr);
+        adamw_step(&t->opt, layout, model_params(t->model), grads, r->lr, factor);
         if (c->optim.zero && t->world > 1)
             share_updated_shards(t);
     }

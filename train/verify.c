@@ -328,7 +328,7 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
         snprintf(label, sizeof label, "adamw_grad_norms_before_clip[%d]", s);
         report(t, label, scalar_rel_err(norm, json_number_value(json_array_get(norms, s))),
                VERIFY_TOL_GRAD);
-        adamw_step(&opt, layout, model_params(m), model_grads(m), f->adamw.lr);
+        adamw_step(&opt, layout, model_params(m), model_grads(m), f->adamw.lr, 1.0);
     }
     adamw_free(&opt);
     if (rc || model_forward(m, batch, 0, &loss, err))

@@ -527,7 +527,7 @@ static void test_adamw(const struct gale_ops *ops)
     double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
     for (int step = 1; step <= 3; step++) {
         fill(g, n, 1);
-        ops->adamw_step(p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
+        ops->adamw_step(p, g, m, v, n, 1.0f, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
         for (size_t i = 0; i < n; i++) {  /* torch.optim.AdamW, written out */
             pd[i] *= 1 - lr * wd;
             md[i] = b1 * md[i] + (1 - b1) * g[i];
