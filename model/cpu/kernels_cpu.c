@@ -153,6 +153,72 @@ double kernel_exp_sum(float *out, const float *x, size_t n, float shift)
     return total;
 }
 
+AVX2_FMA static __m256 sigmoid_avx2(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+static inline float sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+AVX2_FMA static void swiglu_fwd_avx2(float *out, const float *gate, const float *up, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid_avx2(g)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++)
+        out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+void kernel_swiglu_fwd(float *out, const float *gate, const float *up, size_t n)
+{
+    if (have_avx2_fma()) {
+        swiglu_fwd_avx2(out, gate, up, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+static void swiglu_bwd_scalar(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                              size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], sig = sigmoid(g), d = dout[i];
+        dup[i] = d * g * sig;
+        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+AVX2_FMA static void swiglu_bwd_avx2(float *dgate, float *dup, const float *dout, const float *gate,
+                                     const float *up, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i), d = _mm256_loadu_ps(dout + i), sig = sigmoid_avx2(g);
+        __m256 dg = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), sig),
+                                  _mm256_add_ps(one, _mm256_mul_ps(g, _mm256_sub_ps(one, sig))));
+        _mm256_storeu_ps(dup + i, _mm256_mul_ps(_mm256_mul_ps(d, g), sig));
+        _mm256_storeu_ps(dgate + i, dg);
+    }
+    swiglu_bwd_scalar(dgate + i, dup + i, dout + i, gate + i, up + i, n - i);
+}
+
+void kernel_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                       size_t n)
+{
+    if (have_avx2_fma())
+        swiglu_bwd_avx2(dgate, dup, dout, gate, up, n);
+    else
+        swiglu_bwd_scalar(dgate, dup, dout, gate, up, n);
+}
+
 AVX2_FMA static void scale_avx2(float *x, size_t n, float s)
 {
     __m256 sv = _mm256_set1_ps(s);

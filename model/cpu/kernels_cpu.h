@@ -18,6 +18,13 @@ float kernel_max(const float *x, size_t n);
  * below exp(-87); the sum is kept in fp32 per block of 1024 elements and added up in double. */
 double kernel_exp_sum(float *out, const float *x, size_t n, float shift);
 
+/* SwiGLU over [0, n): out = silu(gate) * up, silu(x) = x sigmoid(x) = x / (1 + exp(-x)); the
+ * backward writes dup = dout silu(gate) and dgate = dout up sigmoid (1 + gate (1 - sigmoid))
+ * (dgate may be dout). exp as in kernel_exp_sum. */
+void kernel_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
+void kernel_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                       size_t n);
+
 /* x[i] *= s */
 void kernel_scale(float *x, size_t n, float s);
 

@@ -425,26 +425,36 @@ static void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout
     }
 }
 
-static inline float silu(float x)
+/* The streaming kernels split [0, n) into one contiguous block per thread; block b starts at
+ * block_start(n, b, blocks). */
+static int stream_blocks(size_t n)
 {
-    return x / (1.0f + expf(-x));
+    return parallel_worth(n) ? omp_get_max_threads() : 1;
+}
+
+static inline size_t block_start(size_t n, int b, int blocks)
+{
+    return n / blocks * b + n % blocks * b / blocks;
 }
 
 static void cpu_swiglu_fwd(float *out, const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++)
-        out[i] = silu(gate[i]) * up[i];
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_swiglu_fwd(out + lo, gate + lo, up + lo, hi - lo);
+    }
 }
 
 static void cpu_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
                            const float *up, size_t n)
 {
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i];
-        dup[i] = d * g * sig;
-        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_swiglu_bwd(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo);
     }
 }
 
@@ -616,18 +626,6 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, int rows,
     }
     *count = n;
     return total;
-}
-
-/* The streaming kernels split [0, n) into one contiguous block per thread; block b starts at
- * block_start(n, b, blocks). */
-static int stream_blocks(size_t n)
-{
-    return parallel_worth(n) ? omp_get_max_threads() : 1;
-}
-
-static inline size_t block_start(size_t n, int b, int blocks)
-{
-    return n / blocks * b + n % blocks * b / blocks;
 }
 
 static void cpu_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float grad_scale,

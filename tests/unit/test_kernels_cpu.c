@@ -1,6 +1,6 @@
 /* test_kernels_cpu: the CPU backend's vectorised kernels (model/cpu/kernels_cpu.c), each version
  * (AVX2 where the CPU has it, and the portable one) against references in double, on lengths that
- * leave tails: exp within 3 fp32 ulps (0 below exp(-87.3), NaN kept), sums and max exact or to
+ * leave tails: exp within 3 fp32 ulps (0 below exp(-87.3), NaN kept), SwiGLU, sums and max exact or to
  * double rounding, and AdamW with a clipping factor bit-identical to the scalar update gale had
  * before (clip in place, then the step), which test_adamw holds to torch.optim.AdamW. Then the
  * backend's cross-entropy against a double reference: loss and gradient. */
@@ -106,6 +106,29 @@ static void check_exp_max_sums(const char *version)
     CHECK_MSG(same, "%s scale differs from x * s", version);
 }
 
+static void check_swiglu(const char *version)
+{
+    enum { N = 517 };
+    float gate[N], up[N], d[N], out[N], dgate[N], dup[N];
+    fill(gate, N, 6.0, 7);
+    fill(up, N, 1.0, 8);
+    fill(d, N, 1.0, 9);
+    gate[0] = -95.0f;
+    gate[1] = 95.0f;
+    kernel_swiglu_fwd(out, gate, up, N);
+    memcpy(dgate, d, sizeof d); /* dgate aliasing dout, as the model calls it */
+    kernel_swiglu_bwd(dgate, dup, dgate, gate, up, N);
+    double worst = 0;
+    for (size_t i = 0; i < N; i++) {
+        double g = gate[i], sig = 1 / (1 + exp(-g));
+        double want[3] = {g * sig * up[i], d[i] * up[i] * sig * (1 + g * (1 - sig)), d[i] * g * sig};
+        float got[3] = {out[i], dgate[i], dup[i]};
+        for (int k = 0; k < 3; k++)
+            worst = fmax(worst, fabs(got[k] - want[k]) / fmax(fabs(want[k]), 1e-30));
+    }
+    CHECK_MSG(worst <= 4e-6, "%s SwiGLU %.3g relative off at worst", version, worst);
+}
+
 /* loss = sum over rows of lse - x[target]; grad = scale * (softmax - onehot) */
 static void check_cross_entropy(void)
 {
@@ -150,6 +173,7 @@ int main(void)
         kernels_cpu_portable_only(portable);
         check_adamw(versions[portable]);
         check_exp_max_sums(versions[portable]);
+        check_swiglu(versions[portable]);
         check_cross_entropy();
     }
     kernels_cpu_portable_only(0);
