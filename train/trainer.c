@@ -588,6 +588,16 @@ static int run_eval(trainer *t, gale_error *err)
 }
 
 /* Rank 0 writes; every rank learns whether it worked. */
+/* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
+ * model trained from scratch (or from f32 or f16 weights) in f32 */
+static struct model_save_options checkpoint_options(const trainer *t)
+{
+    const gale_run_config *c = t->cfg;
+    int bf16 = c->checkpoint.dtype == GALE_CKPT_BF16 ||
+               (c->checkpoint.dtype == GALE_CKPT_AUTO && c->model.from && t->mc.dtype == MODEL_DTYPE_BF16);
+    return (struct model_save_options){bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32, (uint64_t)c->checkpoint.shard_size};
+}
+
 static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
@@ -602,8 +612,9 @@ static int save_checkpoint(trainer *t, gale_error *err)
         json_decref(t->state.loader);
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
+        struct model_save_options save = checkpoint_options(t);
         rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, t->tokenizer_path,
-                             (int)t->cfg->run.keep_last, &dir, err);
+                             (int)t->cfg->run.keep_last, &save, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);

@@ -357,7 +357,7 @@ int verify_fixture(const char *dir, const struct gale_ops *ops, FILE *out,
     }
     struct model *m = model_create(&f.cfg, ops, NULL, err);
     int rc = -1;
-    if (m && model_load_tensors(m, &f.weights, err) == 0) {
+    if (m && model_load_tensors(m, &f.weights, NULL, NULL, err) == 0) {
         if (out)
             fprintf(out, "%s: %s, %d layers, hidden %d, batch %d x %d, backend %s\n  %-58s %11s "
                          "%9s  %s\n", dir, model_kind_name(f.cfg.kind), f.cfg.num_layers,
