@@ -247,6 +247,23 @@ static inline int first_key(int i, int window)
 static void attention_probs(float *s, int i0, int rows, int j0, int cols, float *lse_out,
                             const float *lse_in, int window, const int32_t *seg)
 {
+    if (!seg) { /* the keys row i sees are the contiguous lo..i: vectorised */
+        for (int r = 0; r < rows; r++) {
+            int i = i0 + r, lo = first_key(i, window), n = i - lo + 1;
+            float *row = s + (size_t)r * cols, *seen = row + (lo - j0);
+            if (lse_in) {
+                kernel_exp_sum(seen, seen, n, lse_in[r]);
+            } else {
+                float mx = kernel_max(seen, n);
+                double sum = kernel_exp_sum(seen, seen, n, mx);
+                kernel_scale(seen, n, (float)(1.0 / sum));
+                lse_out[r] = mx + (float)log(sum);
+            }
+            memset(row, 0, sizeof(float) * (lo - j0));
+            memset(seen + n, 0, sizeof(float) * (cols - (i - j0) - 1));
+        }
+        return;
+    }
     for (int r = 0; r < rows; r++) {
         int i = i0 + r;
         float *row = s + (size_t)r * cols;
