@@ -64,6 +64,16 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
     return rc;
 }
 
+/* master.safetensors: the fp32 weights a resume continues from when the published ones are
+ * rounded to a narrower dtype. */
+static int write_master(const char *dir, struct model *m, gale_error *err)
+{
+    char *path = gale_path_join(dir, "master.safetensors");
+    int rc = model_save_safetensors(m, path, MODEL_DTYPE_F32, err);
+    free(path);
+    return rc;
+}
+
 static int write_state(const char *path, const gale_train_state *st, const struct model *m, gale_error *err)
 {
     json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:I, s:{s:I}, s:O?, s:{s:i, s:i, s:i}, s:I, s:O?}", "format",
@@ -137,7 +147,8 @@ static int publish(const char *root, const char *tmp, const char *final, gale_er
 }
 
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
-                    const gale_hf_files *hf, int keep_last, char **out_dir, gale_error *err)
+                    const gale_hf_files *hf, int keep_last, const struct model_save_options *save,
+                    char **out_dir, gale_error *err)
 {
     char name[32], tmp_name[40];
     step_name(st->step, name);
@@ -148,7 +159,10 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     int rc = -1;
     if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
         goto done;
-    if (model_save_hf(m, tmp, err))
+    struct model_save_options f32 = {MODEL_DTYPE_F32, MODEL_SHARD_SIZE_DEFAULT};
+    if (!save)
+        save = &f32;
+    if (model_save_hf_as(m, tmp, save, err) || (save->dtype != MODEL_DTYPE_F32 && write_master(tmp, m, err)))
         goto done;
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
     if (write_optimizer(files[0], model_get_layout(m), moments, err))
@@ -315,7 +329,22 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
 
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err)
 {
-    if (model_load_hf(m, dir, err))
+    char *master = gale_path_join(dir, "master.safetensors");
+    int rc = 0;
+    if (gale_path_exists(master)) {
+        struct safetensors_set set;
+        rc = safetensors_open(master, &set, err);
+        if (rc == 0) {
+            rc = model_load_tensors(m, &set, NULL, NULL, err);
+            if (rc)
+                gale_error_prefix(err, "%s", master);
+            safetensors_close(&set);
+        }
+    } else {
+        rc = model_load_hf(m, dir, err);
+    }
+    free(master);
+    if (rc)
         return -1;
     if (!opt)
         return 0;

@@ -16,6 +16,8 @@ static const char *const aux_names[] = {"hf", "per_layer", NULL};
 static const char *const device_names[] = {"cpu", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
+static const char *const checkpoint_dtype_names[] = {"auto", "f32", "bf16", NULL};
+#define SECTION_NAMES "model, data, optim, run, moe, backend, checkpoint"
 
 typedef struct field {
     const char *section, *key;
@@ -60,6 +62,8 @@ static const field fields[] = {
     F(backend, recompute, CONFIG_ENUM, recompute, 0, 0, recompute_names),
     F(backend, threads, CONFIG_INT, threads, 0, 4096, NULL),
     F(backend, peak_tflops, CONFIG_DOUBLE, peak_tflops, 0, 1e6, NULL),
+    F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
+    F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -104,6 +108,8 @@ static void set_defaults(gale_run_config *c)
     c->moe.aux_loss = GALE_AUX_HF;
     c->moe.aux_coef = -1;
     c->backend.device = GALE_DEVICE_CPU;
+    c->checkpoint.dtype = GALE_CKPT_AUTO;
+    c->checkpoint.shard_size = 5000000000; /* transformers' save_pretrained default, "5GB" */
 }
 
 static const field *find_field(const char *section, const char *key)
@@ -116,7 +122,7 @@ static const field *find_field(const char *section, const char *key)
 
 static int is_section(const char *name)
 {
-    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend"};
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "checkpoint"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
         if (!strcmp(name, sections[i]))
             return 1;
@@ -281,13 +287,13 @@ static int read_document(gale_run_config *c, yaml_document_t *doc, const char *n
     char where[512];
     where_of(&y, root, where, sizeof where);
     if (root->type != YAML_MAPPING_NODE)
-        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend)",
+        return gale_fail(err, "%s: a run config is a mapping of sections (" SECTION_NAMES ")",
                          where);
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
         where_of(&y, k, where, sizeof where);
         if (k->type != YAML_SCALAR_NODE || !is_section(scalar_text(k)))
-            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where,
+            return gale_fail(err, "%s: unknown section '%s' (" SECTION_NAMES ")", where,
                              k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?");
         if (read_section(c, &y, scalar_text(k), v, err))
             return -1;
@@ -311,7 +317,7 @@ static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
     memcpy(key, dot + 1, nk);
     key[nk] = 0;
     if (!is_section(section))
-        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where, section);
+        return gale_fail(err, "%s: unknown section '%s' (" SECTION_NAMES ")", where, section);
     return set_key(c, section, key, eq + 1, where, err);
 }
 
