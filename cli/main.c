@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "model/cpu/blas_core.h"
 #include "model/cpu/blas_pool.h"
 
 struct command {
@@ -34,6 +35,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    blas_core_select(argv);
     blas_pool_stop();
     if (argc < 2) {
         usage(stderr);

@@ -160,6 +160,27 @@ static int get_head_dim(json_t *root, struct model_config *cfg, const char *sour
     return 0;
 }
 
+const char *model_dtype_name(enum model_dtype dtype)
+{
+    static const char *const names[] = {"float32", "bfloat16", "float16"};
+    return names[dtype];
+}
+
+/* "dtype" (transformers 5) or else "torch_dtype" (4.x); absent or null: float32 */
+static int get_dtype(json_t *root, struct model_config *cfg, const char *source, gale_error *err)
+{
+    const char *key = json_object_get(root, "dtype") ? "dtype" : "torch_dtype";
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v))
+        return 0;
+    for (int d = MODEL_DTYPE_F32; d <= MODEL_DTYPE_F16; d++)
+        if (json_is_string(v) && !strcmp(json_string_value(v), model_dtype_name(d))) {
+            cfg->dtype = d;
+            return 0;
+        }
+    return gale_fail(err, "%s: %s must be \"float32\", \"bfloat16\" or \"float16\"", source, key);
+}
+
 static int parse_fields(json_t *root, struct model_config *cfg, const char *source,
                         gale_error *err)
 {
@@ -179,7 +200,7 @@ static int parse_fields(json_t *root, struct model_config *cfg, const char *sour
         get_real(root, "rms_norm_eps", 0, &cfg->rms_norm_eps, source, err) ||
         get_real(root, "initializer_range", 0, &cfg->initializer_range, source, err) ||
         get_bool(root, "tie_word_embeddings", &cfg->tie_word_embeddings, source, err) ||
-        get_rope_theta(root, cfg, source, err))
+        get_rope_theta(root, cfg, source, err) || get_dtype(root, cfg, source, err))
         return -1;
     if (get_head_dim(root, cfg, source, err))
         return -1;
@@ -337,7 +358,9 @@ char *model_config_to_json(const struct model_config *cfg)
         json_object_set_new(o, "router_aux_loss_coef", json_real(cfg->router_aux_loss_coef));
         json_object_set_new(o, "router_jitter_noise", json_real(0.0));
     }
-    json_object_set_new(o, "torch_dtype", json_string("float32"));
+    /* both spellings: transformers 4.x reads torch_dtype, 5.x dtype */
+    json_object_set_new(o, "torch_dtype", json_string(model_dtype_name(cfg->dtype)));
+    json_object_set_new(o, "dtype", json_string(model_dtype_name(cfg->dtype)));
     json_object_set_new(o, "use_cache", json_true());
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     json_decref(o);

@@ -9,6 +9,9 @@
 
 enum model_kind { MODEL_LLAMA, MODEL_MISTRAL, MODEL_MIXTRAL };
 
+/* The dtype config.json gives the weights ("dtype", transformers 5; "torch_dtype", 4.x). */
+enum model_dtype { MODEL_DTYPE_F32, MODEL_DTYPE_BF16, MODEL_DTYPE_F16 };
+
 struct model_config {
     enum model_kind kind;
     int vocab_size;
@@ -26,6 +29,7 @@ struct model_config {
     int tie_word_embeddings;
     int bos_token_id, eos_token_id;  /* -1 when absent or null */
     double initializer_range;      /* the std of a from-scratch init (default 0.02) */
+    enum model_dtype dtype;        /* the weights' dtype as config.json says (default f32) */
     /* Mixtral only (num_experts == 0 for dense models) */
     int num_experts;               /* num_local_experts */
     int num_experts_per_tok;       /* k of the top-k */
@@ -49,6 +53,9 @@ char *model_config_to_json(const struct model_config *cfg);
 
 /* Writes model_config_to_json atomically to path. */
 int model_config_save(const struct model_config *cfg, const char *path, gale_error *err);
+
+/* "float32", "bfloat16" or "float16", as config.json writes it. */
+const char *model_dtype_name(enum model_dtype dtype);
 
 /* "llama", "mistral" or "mixtral". */
 const char *model_kind_name(enum model_kind kind);

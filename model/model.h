@@ -187,13 +187,45 @@ int model_stats_read(struct model *m, struct model_stats *out, gale_error *err);
 void model_init_random(struct model *m, double std, uint64_t seed);
 
 /* Loads a Hugging Face folder (model.safetensors or an index + shards; F32, BF16, F16). A
- * missing, unexpected or misshapen tensor is an error naming it. */
+ * missing, unexpected or misshapen tensor is an error naming it. Streams: the files are mapped,
+ * and each tensor is converted into a buffer of one tensor, uploaded, and its pages released, so
+ * the extra host memory is one tensor's, not the model's. */
 int model_load_hf(struct model *m, const char *dir, gale_error *err);
+
+/* Whether this process holds tensor t (e.g. expert parallelism: its own experts only). */
+typedef int (*model_tensor_filter)(const struct model_tensor *t, void *ctx);
+
+/* model_load_hf for the tensors keep(t, ctx) accepts (keep NULL: all); the others are neither
+ * read nor required. A tensor the layout does not know is still an error. */
+int model_load_hf_filtered(struct model *m, const char *dir, model_tensor_filter keep, void *ctx,
+                           gale_error *err);
 /* Loads the weights from an open set (e.g. a fixture); same checks. */
 struct safetensors_set;
-int model_load_tensors(struct model *m, const struct safetensors_set *set, gale_error *err);
+int model_load_tensors(struct model *m, const struct safetensors_set *set, model_tensor_filter keep,
+                       void *ctx, gale_error *err);
 
-/* Writes config.json and model.safetensors (fp32, hub names) into dir, each atomically. */
+/* transformers' default max_shard_size ("5GB") */
+#define MODEL_SHARD_SIZE_DEFAULT 5000000000ull
+
+struct model_save_options {
+    enum model_dtype dtype; /* of the written weights: f32 or bf16 (rounded to nearest even) */
+    uint64_t shard_size;    /* bytes of weights per file at most (a larger tensor gets a file of
+                               its own); 0: MODEL_SHARD_SIZE_DEFAULT */
+};
+
+/* Writes a Hugging Face folder into dir, each file atomically: config.json (its dtype and
+ * torch_dtype saying o->dtype) and the weights with hub names, in o->dtype, as
+ * model.safetensors when they fit one shard, else model-0000N-of-0000M.safetensors and
+ * model.safetensors.index.json as transformers' save_pretrained shards them (in order, a new
+ * file when the next tensor would pass shard_size). Streams tensor by tensor from the device
+ * through a buffer of one tensor. A weights file of the other form left in dir is removed. */
+int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
+                     gale_error *err);
+
+/* All the weights into one safetensors file at path (atomically), hub names, in dtype. */
+int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err);
+
+/* model_save_hf_as in fp32, default shard size. */
 int model_save_hf(struct model *m, const char *dir, gale_error *err);
 
 /* Parameters to or from a host array of layout.numel floats. A frozen base in bf16 has no

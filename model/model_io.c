@@ -4,8 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include <jansson.h>
+
+#include "model/backend.h"
 #include "model/model.h"
+#include "model/ops.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
 #include "util/file.h"
@@ -24,27 +29,46 @@ static int is_output_projection(const char *name)
     return 0;
 }
 
+/* The largest tensor of the layout, in elements: the size of a one-tensor buffer. */
+static size_t largest_tensor(const struct model_layout *layout)
+{
+    size_t most = 1;
+    for (int i = 0; i < layout->n; i++)
+        most = layout->tensors[i].numel > most ? layout->tensors[i].numel : most;
+    return most;
+}
+
+/* Copies one tensor from host fp32 into the master weights and waits, so the buffer can be
+ * refilled; the caller refreshes the compute copy once all are in. */
+static void upload_tensor(struct model *m, const struct model_tensor *t, const float *buffer)
+{
+    struct gale_backend *be = model_get_backend(m);
+    be->ops->upload(be, model_params(m) + t->offset, buffer, sizeof(float) * t->numel);
+    gale_backend_wait(be);
+}
+
 void model_init_random(struct model *m, double std, uint64_t seed)
 {
     const struct model_layout *layout = model_get_layout(m);
     const struct model_config *cfg = model_get_config(m);
-    float *host = gale_xmalloc(sizeof(float) * layout->numel);
+    float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     for (int i = 0; i < layout->n; i++) {
         const struct model_tensor *t = &layout->tensors[i];
-        float *dst = host + t->offset;
         if (t->ndim == 1) {
             for (size_t j = 0; j < t->numel; j++)
-                dst[j] = 1.0f;
-            continue;
-        }
-        double s = is_output_projection(t->name) ? std / sqrt(2.0 * cfg->num_layers) : std;
-        uint64_t stream = gale_rng_stream(seed, t->name);
+                buffer[j] = 1.0f;
+        } else {
+            double s = is_output_projection(t->name) ? std / sqrt(2.0 * cfg->num_layers) : std;
+            uint64_t stream = gale_rng_stream(seed, t->name);
 #pragma omp parallel for if (t->numel >= 65536)
-        for (size_t j = 0; j < t->numel; j++)
-            dst[j] = (float)(s * gale_rng_normal(stream, j));
+            for (size_t j = 0; j < t->numel; j++)
+                buffer[j] = (float)(s * gale_rng_normal(stream, j));
+        }
+        upload_tensor(m, t, buffer);
     }
-    model_params_upload(m, host);
-    free(host);
+    free(buffer);
+    model_weights_refresh(m);
+    gale_backend_wait(model_get_backend(m));
 }
 
 /* Buffers some old checkpoints carry that are not parameters. */
@@ -77,7 +101,8 @@ static int check_shape(const struct model_tensor *want, const struct safetensors
                      need);
 }
 
-int model_load_tensors(struct model *m, const struct safetensors_set *set, gale_error *err)
+int model_load_tensors(struct model *m, const struct safetensors_set *set, model_tensor_filter keep,
+                       void *ctx, gale_error *err)
 {
     const struct model_layout *layout = model_get_layout(m);
     for (int i = 0; i < set->n; i++)
@@ -87,54 +112,199 @@ int model_load_tensors(struct model *m, const struct safetensors_set *set, gale_
                              !strcmp(set->tensors[i].name, "lm_head.weight")
                                  ? ", which ties lm_head to embed_tokens"
                                  : "");
-    float *host = gale_xmalloc(sizeof(float) * layout->numel);
+    float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     int rc = 0;
     for (int i = 0; i < layout->n && rc == 0; i++) {
         const struct model_tensor *t = &layout->tensors[i];
+        if (keep && !keep(t, ctx))
+            continue;
         const struct safetensors_tensor *src = safetensors_find(set, t->name);
         if (!src)
             rc = gale_fail(err, "missing tensor \"%s\"", t->name);
-        else if (check_shape(t, src, err) || safetensors_read_f32(src, host + t->offset, err))
+        else if (check_shape(t, src, err) || safetensors_read_f32(src, buffer, err))
             rc = -1;
+        else
+            upload_tensor(m, t, buffer);
+        if (src)
+            safetensors_release(set, src);
     }
-    if (rc == 0)
-        model_params_upload(m, host);
-    free(host);
+    free(buffer);
+    model_weights_refresh(m);
+    if (gale_backend_sync(model_get_backend(m), err))
+        rc = -1;
     return rc;
 }
 
-int model_load_hf(struct model *m, const char *dir, gale_error *err)
+int model_load_hf_filtered(struct model *m, const char *dir, model_tensor_filter keep, void *ctx,
+                           gale_error *err)
 {
     struct safetensors_set set;
     if (safetensors_open_dir(dir, &set, err))
         return -1;
-    int rc = model_load_tensors(m, &set, err);
+    int rc = model_load_tensors(m, &set, keep, ctx, err);
     if (rc)
         gale_error_prefix(err, "%s", dir);
     safetensors_close(&set);
     return rc;
 }
 
-int model_save_hf(struct model *m, const char *dir, gale_error *err)
+int model_load_hf(struct model *m, const char *dir, gale_error *err)
 {
-    const struct model_layout *layout = model_get_layout(m);
-    if (gale_mkdir_p(dir, err))
-        return -1;
-    float *host = gale_xmalloc(sizeof(float) * layout->numel);
-    model_params_download(m, host);
+    return model_load_hf_filtered(m, dir, NULL, NULL, err);
+}
+
+/* Produces the weights of tensors first.. of the layout, one at a time, in the file's dtype. */
+struct save_source {
+    struct model *m;
+    int first;
+    enum safetensors_dtype dtype;
+    float *buffer; /* one tensor */
+};
+
+static const void *tensor_bytes(int i, void *p, gale_error *err)
+{
+    struct save_source *src = p;
+    const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->first + i];
+    struct gale_backend *be = model_get_backend(src->m);
+    be->ops->download(be, src->buffer, model_params(src->m) + t->offset, sizeof(float) * t->numel);
+    if (gale_backend_sync(be, err))
+        return NULL;
+    if (src->dtype == ST_BF16)
+        safetensors_f32_to_bf16((uint16_t *)src->buffer, src->buffer, t->numel);
+    return src->buffer;
+}
+
+static enum safetensors_dtype file_dtype(enum model_dtype dtype)
+{
+    return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : ST_F32;
+}
+
+/* entries[i] for layout tensor i in dtype (data produced by tensor_bytes) */
+static struct safetensors_entry *weight_entries(const struct model_layout *layout, enum safetensors_dtype dtype)
+{
     struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
     for (int i = 0; i < layout->n; i++) {
         const struct model_tensor *t = &layout->tensors[i];
-        entries[i] = (struct safetensors_entry){t->name, ST_F32, t->ndim, t->shape, host + t->offset};
+        entries[i] = (struct safetensors_entry){t->name, dtype, t->ndim, t->shape, NULL};
     }
-    char *weights = gale_path_join(dir, "model.safetensors");
-    char *config = gale_path_join(dir, "config.json");
-    int rc = safetensors_write(weights, entries, layout->n, NULL, 0, err);
-    if (rc == 0)
-        rc = model_config_save(model_get_config(m), config, err);
-    free(weights);
-    free(config);
+    return entries;
+}
+
+static int check_save_dtype(enum model_dtype dtype, const char *where, gale_error *err)
+{
+    if (dtype == MODEL_DTYPE_F32 || dtype == MODEL_DTYPE_BF16)
+        return 0;
+    return gale_fail(err, "%s: weights are saved as float32 or bfloat16, not %s", where, model_dtype_name(dtype));
+}
+
+int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
+{
+    if (check_save_dtype(dtype, path, err))
+        return -1;
+    const struct model_layout *layout = model_get_layout(m);
+    struct safetensors_entry *entries = weight_entries(layout, file_dtype(dtype));
+    struct save_source src = {m, 0, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
+    free(src.buffer);
     free(entries);
-    free(host);
     return rc;
+}
+
+/* Removes dir/name when it is there (a weights file of the other form, from an earlier save). */
+static int remove_stale(const char *dir, const char *name, gale_error *err)
+{
+    char *path = gale_path_join(dir, name);
+    int rc = 0;
+    if (gale_path_exists(path) && unlink(path) != 0)
+        rc = gale_fail_errno(err, "removing %s", path);
+    free(path);
+    return rc;
+}
+
+/* model.safetensors.index.json: total bytes of weights and the file of each tensor. */
+static int write_index(const char *dir, const struct model_layout *layout, const int *shard_of,
+                       int shards, size_t dtype_size, gale_error *err)
+{
+    json_t *map = json_object();
+    uint64_t total = 0;
+    char file[64];
+    for (int i = 0; i < layout->n; i++) {
+        snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", shard_of[i] + 1, shards);
+        json_object_set_new(map, layout->tensors[i].name, json_string(file));
+        total += layout->tensors[i].numel * dtype_size;
+    }
+    json_t *root = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)total,
+                             "weight_map", map);
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(root);
+    char *path = gale_path_join(dir, "model.safetensors.index.json");
+    int rc = gale_write_file_atomic(path, text, strlen(text), err);
+    free(path);
+    free(text);
+    return rc;
+}
+
+int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
+                     gale_error *err)
+{
+    if (check_save_dtype(o->dtype, dir, err) || gale_mkdir_p(dir, err))
+        return -1;
+    const struct model_layout *layout = model_get_layout(m);
+    enum safetensors_dtype dtype = file_dtype(o->dtype);
+    uint64_t limit = o->shard_size ? o->shard_size : MODEL_SHARD_SIZE_DEFAULT;
+    struct safetensors_entry *entries = weight_entries(layout, dtype);
+    int *shard_of = gale_xcalloc((size_t)layout->n, sizeof *shard_of);
+    int shards = 1;
+    uint64_t filled = 0;
+    for (int i = 0; i < layout->n; i++) {
+        const struct model_tensor *t = &layout->tensors[i];
+        uint64_t bytes = t->numel * safetensors_dtype_size(dtype);
+        if (filled > 0 && filled + bytes > limit) {
+            shards++;
+            filled = 0;
+        }
+        shard_of[i] = shards - 1;
+        filled += bytes;
+    }
+    struct save_source src = {m, 0, dtype, gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    int rc = 0;
+    for (int s = 0, first = 0; s < shards && rc == 0; s++) {
+        int n = 0;
+        while (first + n < layout->n && shard_of[first + n] == s)
+            n++;
+        char name[64];
+        if (shards == 1)
+            snprintf(name, sizeof name, "model.safetensors");
+        else
+            snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
+        char *path = gale_path_join(dir, name);
+        src.first = first;
+        rc = safetensors_write_streamed(path, entries + first, n, NULL, 0, tensor_bytes, &src, err);
+        free(path);
+        first += n;
+    }
+    if (rc == 0)
+        rc = shards == 1 ? remove_stale(dir, "model.safetensors.index.json", err)
+                         : write_index(dir, layout, shard_of, shards,
+                                       safetensors_dtype_size(dtype), err) ||
+                                   remove_stale(dir, "model.safetensors", err)
+                               ? -1
+                               : 0;
+    if (rc == 0) {
+        struct model_config cfg = *model_get_config(m);
+        cfg.dtype = o->dtype;
+        char *config = gale_path_join(dir, "config.json");
+        rc = model_config_save(&cfg, config, err);
+        free(config);
+    }
+    free(src.buffer);
+    free(shard_of);
+    free(entries);
+    return rc;
+}
+
+int model_save_hf(struct model *m, const char *dir, gale_error *err)
+{
+    struct model_save_options o = {MODEL_DTYPE_F32, MODEL_SHARD_SIZE_DEFAULT};
+    return model_save_hf_as(m, dir, &o, err);
 }

@@ -160,13 +160,15 @@ struct gale_ops {
     void (*cross_entropy)(struct gale_backend *be, float *logits, const int32_t *targets,
                           int rows, int vocab, float grad_scale, double *sums);
 
-    /* Decoupled AdamW as torch.optim.AdamW over n elements of the fp32 master weights p:
-     * p -= lr*wd*p; m, v moments; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with
-     * bc1 = 1-beta1^step, bc2 = 1-beta2^step. When p_compute is not NULL the new weights are
-     * also written there in be->compute (the compute copy; NULL when it is p itself). */
+    /* Decoupled AdamW as torch.optim.AdamW over n elements of the fp32 master weights p with
+     * the gradient grad_scale * g (clipping's factor, rounded to fp32 as an in-place clip
+     * leaves it; g is not written): p -= lr*wd*p; m, v moments;
+     * p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with bc1 = 1-beta1^step,
+     * bc2 = 1-beta2^step. When p_compute is not NULL the new weights are also written there in
+     * be->compute (the compute copy; NULL when it is p itself). */
     void (*adamw_step)(struct gale_backend *be, float *p, float *p_compute, const float *g,
-                       float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                       float eps, float weight_decay, int step);
+                       float *m, float *v, size_t n, float grad_scale, float lr, float beta1,
+                       float beta2, float eps, float weight_decay, int step);
 
     /* Inverted dropout over n compute-dtype elements: element i is kept when the counter-based
      * draw uniform(seed, i) >= p and then scaled by 1 / (1 - p), else 0. out = that of x, or

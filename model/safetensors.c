@@ -454,9 +454,43 @@ int safetensors_read_f32(const struct safetensors_tensor *t, float *out, gale_er
         memcpy(out, t->data, t->numel * 4);
         return 0;
     }
+    if (t->dtype == ST_BF16) { /* exact: a bfloat16 is the top half of a float */
+        for (size_t i = 0; i < t->numel; i++) {
+            uint16_t b;
+            memcpy(&b, t->data + 2 * i, 2);
+            uint32_t u = (uint32_t)b << 16;
+            memcpy(out + i, &u, 4);
+        }
+        return 0;
+    }
     for (size_t i = 0; i < t->numel; i++)
         out[i] = (float)element(t, i);
     return 0;
+}
+
+void safetensors_f32_to_bf16(uint16_t *out, const float *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, in + i, 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a NaN, quiet */
+            out[i] = (uint16_t)((u >> 16) | 0x40);
+        else
+            out[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    }
+}
+
+void safetensors_release(const struct safetensors_set *set, const struct safetensors_tensor *t)
+{
+    if (!set->maps || t->file_index < 0 || t->file_index >= set->nfiles || !set->maps[t->file_index])
+        return;
+    const uint8_t *map = set->maps[t->file_index];
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t begin = (size_t)(t->data - map), end = begin + t->numel * safetensors_dtype_size(t->dtype);
+    begin = begin / page * page;
+    end = end > set->map_sizes[t->file_index] ? set->map_sizes[t->file_index] : end;
+    if (end > begin)
+        madvise((void *)(map + begin), end - begin, MADV_DONTNEED);
 }
 
 int safetensors_read_f64(const struct safetensors_tensor *t, double *out, gale_error *err)
@@ -526,8 +560,9 @@ static int write_all(FILE *f, const void *data, size_t n, const char *path, gale
     return 0;
 }
 
-int safetensors_write(const char *path, const struct safetensors_entry *entries, int n,
-                      const char *const *metadata_kv, int n_metadata, gale_error *err)
+int safetensors_write_streamed(const char *path, const struct safetensors_entry *entries, int n,
+                               const char *const *metadata_kv, int n_metadata,
+                               safetensors_data_fn data, void *ctx, gale_error *err)
 {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
@@ -552,8 +587,11 @@ int safetensors_write(const char *path, const struct safetensors_entry *entries,
         size_t numel = 1;
         for (int d = 0; d < entries[i].ndim; d++)
             numel *= (size_t)entries[i].shape[d];
-        rc = write_all(f, entries[i].data, numel * safetensors_dtype_size(entries[i].dtype), tmp,
-                       err);
+        size_t size = numel * safetensors_dtype_size(entries[i].dtype);
+        if (size == 0)
+            continue;
+        const void *bytes = data(i, ctx, err);
+        rc = bytes ? write_all(f, bytes, size, tmp, err) : -1;
     }
     free(header);
     if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
@@ -565,4 +603,16 @@ int safetensors_write(const char *path, const struct safetensors_entry *entries,
     if (rc)
         unlink(tmp);
     return rc;
+}
+
+static const void *entry_data(int i, void *entries, gale_error *err)
+{
+    return ((const struct safetensors_entry *)entries)[i].data;
+}
+
+int safetensors_write(const char *path, const struct safetensors_entry *entries, int n,
+                      const char *const *metadata_kv, int n_metadata, gale_error *err)
+{
+    return safetensors_write_streamed(path, entries, n, metadata_kv, n_metadata, entry_data,
+                                      (void *)entries, err);
 }

@@ -55,6 +55,11 @@ void safetensors_close(struct safetensors_set *set);
 const struct safetensors_tensor *safetensors_find(const struct safetensors_set *set,
                                                   const char *name);
 
+/* Lets the kernel drop t's pages of the mapped file from this process's memory (they are read
+ * again from the file if touched): a model loaded tensor by tensor then holds one tensor's
+ * pages at a time, not the whole file. No-op for a set parsed from a caller's buffer. */
+void safetensors_release(const struct safetensors_set *set, const struct safetensors_tensor *t);
+
 /* Converts a floating-point tensor (F32, F16, BF16, F64) to numel floats in out. */
 int safetensors_read_f32(const struct safetensors_tensor *t, float *out, gale_error *err);
 
@@ -63,6 +68,9 @@ int safetensors_read_f64(const struct safetensors_tensor *t, double *out, gale_e
 
 /* Reads an I64 tensor (or any integer-valued float tensor) into int64s. */
 int safetensors_read_i64(const struct safetensors_tensor *t, int64_t *out, gale_error *err);
+
+/* fp32 to bfloat16, rounding to nearest even (NaN stays a quiet NaN); out may alias in. */
+void safetensors_f32_to_bf16(uint16_t *out, const float *in, size_t n);
 
 /* Bytes per element. */
 size_t safetensors_dtype_size(enum safetensors_dtype dtype);
@@ -82,5 +90,13 @@ struct safetensors_entry {
  * (2 * n_metadata strings) for "__metadata__"; "format": "pt" is always added. */
 int safetensors_write(const char *path, const struct safetensors_entry *entries, int n,
                       const char *const *metadata_kv, int n_metadata, gale_error *err);
+
+/* The same with each entry's data produced when it is written: data(i, ctx, err) returns entry
+ * i's bytes (valid until the next call) or NULL after setting err; entries[i].data is unused.
+ * A file is written one tensor at a time from a buffer of one tensor. */
+typedef const void *(*safetensors_data_fn)(int i, void *ctx, gale_error *err);
+int safetensors_write_streamed(const char *path, const struct safetensors_entry *entries, int n,
+                               const char *const *metadata_kv, int n_metadata,
+                               safetensors_data_fn data, void *ctx, gale_error *err);
 
 #endif

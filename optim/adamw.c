@@ -37,7 +37,7 @@ void adamw_free(struct adamw *opt)
 }
 
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr)
+                float *weights, const float *grads, double lr, double grad_scale)
 {
     struct gale_backend *be = opt->be;
     size_t w_bytes = be->ops->dtype_bytes(be, be->compute);
@@ -52,7 +52,8 @@ void adamw_step(struct adamw *opt, const struct model_layout *layout, float *par
         size_t moment = lo - opt->begin;
         float *copy = weights ? (float *)((char *)weights + lo * w_bytes) : NULL;
         be->ops->adamw_step(be, params + lo, copy, grads + lo, opt->m + moment, opt->v + moment,
-                            hi - lo, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                            hi - lo, (float)grad_scale, (float)lr, (float)c->beta1,
+                            (float)c->beta2, (float)c->eps,
                             t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
     }
 }

@@ -36,11 +36,13 @@ int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_ba
                size_t begin, size_t end, gale_error *err);
 void adamw_free(struct adamw *opt);
 
-/* One step at rate lr on the master weights params[begin, end) with grads[begin, end) (both
- * full flat buffers of the layout), also writing weights[begin, end) in the backend's compute
- * dtype when weights is not NULL (model_weights); decay per tensor view as the layout says. */
+/* One step at rate lr on the master weights params[begin, end) with grad_scale *
+ * grads[begin, end) (both full flat buffers of the layout; grad_scale is clipping's factor,
+ * applied in the same pass, 1 for none), also writing weights[begin, end) in the backend's
+ * compute dtype when weights is not NULL (model_weights); decay per tensor view as the layout
+ * says. */
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr);
+                float *weights, const float *grads, double lr, double grad_scale);
 
 /* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
 double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end);

@@ -68,6 +68,16 @@ static int write_optimizer(const char *path, const struct model_layout *layout, 
     return rc;
 }
 
+/* master.safetensors: the fp32 weights a resume continues from when the published ones are
+ * rounded to a narrower dtype. */
+static int write_master(const char *dir, struct model *m, gale_error *err)
+{
+    char *path = gale_path_join(dir, "master.safetensors");
+    int rc = model_save_safetensors(m, path, MODEL_DTYPE_F32, err);
+    free(path);
+    return rc;
+}
+
 static int write_state(const char *path, const gale_train_state *st, const struct model *m, gale_error *err)
 {
     json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:I, s:{s:I}, s:O?, s:{s:i, s:i, s:i}, s:I, s:O?}", "format",
@@ -169,18 +179,23 @@ static const struct model_layout *trained_layout(struct model *m)
     return tr.layout;
 }
 
-/* The weights in Hugging Face's format, or with LoRA the adapters alone in PEFT's (naming the
- * run's model.from as their base). */
-static int save_weights(struct model *m, const gale_train_state *st, const char *dir, gale_error *err)
+/* The weights in Hugging Face's format in the dtype asked (with the fp32 master beside them
+ * when that is not f32, for exact resume), or with LoRA the adapters alone in PEFT's (naming
+ * the run's model.from as their base). */
+static int save_weights(struct model *m, const gale_train_state *st, const struct model_save_options *save,
+                        const char *dir, gale_error *err)
 {
     if (!model_lora_config(m))
-        return model_save_hf(m, dir, err);
+        return model_save_hf_as(m, dir, save, err) || (save->dtype != MODEL_DTYPE_F32 && write_master(dir, m, err))
+                   ? -1
+                   : 0;
     json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
     return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
 }
 
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
-                    const gale_hf_files *hf, int keep_last, char **out_dir, gale_error *err)
+                    const gale_hf_files *hf, int keep_last, const struct model_save_options *save,
+                    char **out_dir, gale_error *err)
 {
     char name[32], tmp_name[40];
     step_name(st->step, name);
@@ -191,7 +206,10 @@ int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *mo
     int rc = -1;
     if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
         goto done;
-    if (save_weights(m, st, tmp, err))
+    struct model_save_options f32 = {MODEL_DTYPE_F32, MODEL_SHARD_SIZE_DEFAULT};
+    if (!save)
+        save = &f32;
+    if (save_weights(m, st, save, tmp, err))
         goto done;
     files[0] = gale_path_join(tmp, "optimizer.safetensors");
     if (write_optimizer(files[0], trained_layout(m), moments, err))
@@ -368,7 +386,24 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
 
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err)
 {
-    if (model_lora_config(m) ? model_lora_load(m, dir, err) : model_load_hf(m, dir, err))
+    int rc = 0;
+    char *master = gale_path_join(dir, "master.safetensors");
+    if (model_lora_config(m)) {
+        rc = model_lora_load(m, dir, err);
+    } else if (gale_path_exists(master)) {
+        struct safetensors_set set;
+        rc = safetensors_open(master, &set, err);
+        if (rc == 0) {
+            rc = model_load_tensors(m, &set, NULL, NULL, err);
+            if (rc)
+                gale_error_prefix(err, "%s", master);
+            safetensors_close(&set);
+        }
+    } else {
+        rc = model_load_hf(m, dir, err);
+    }
+    free(master);
+    if (rc)
         return -1;
     if (!opt)
         return 0;

@@ -1,7 +1,11 @@
 /* checkpoint: saving and loading a training run's state, as docs/formats.md ("A run folder") says.
  *
  *   RUN/checkpoints/step_00001000/
- *     config.json, model.safetensors   Hugging Face names and layout (fp32)
+ *     config.json, model.safetensors   Hugging Face names and layout, in the checkpoint's
+ *                                      dtype (fp32 or bf16; sharded with an index above its
+ *                                      shard size, as model_save_hf_as writes)
+ *     master.safetensors               the fp32 weights the run continues from, when the
+ *                                      weights above are not fp32 (resume stays exact)
  *     tokenizer.model, tokenizer_config.json, special_tokens_map.json, generation_config.json
  *                                      for transformers (train/hf_files.h), when the tokenizer is known
  *     optimizer.safetensors            AdamW moments: exp_avg.NAME and exp_avg_sq.NAME per
@@ -50,12 +54,13 @@ typedef struct gale_moments {
 } gale_moments;
 
 /* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
- * and removes the oldest beyond keep_last, with the tokenizer files hf describes (may be NULL). A checkpoint of that
- * step already there (from a run resumed at an earlier step) is replaced atomically.
+ * and removes the oldest beyond keep_last, with the tokenizer files hf describes (may be NULL);
+ * save gives the weights' dtype and shard size (NULL: fp32, default shards). A checkpoint of
+ * that step already there (from a run resumed at an earlier step) is replaced atomically.
  * *out_dir (when not NULL) receives the final folder (caller frees). */
 int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments,
                     const gale_train_state *st, const gale_hf_files *hf, int keep_last,
-                    char **out_dir, gale_error *err);
+                    const struct model_save_options *save, char **out_dir, gale_error *err);
 
 /* The folder `latest` names under run_dir/checkpoints (caller frees); NULL with err->msg
  * empty when the run has no checkpoint yet, NULL with a message when `latest` is broken. */
@@ -73,8 +78,8 @@ char *checkpoint_resolve_model(const char *path, gale_error *err);
 /* Reads trainer_state.json of a checkpoint folder (st owns new references). */
 int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err);
 
-/* Loads weights into m and moments into opt (whose layout must match; opt may be NULL)
- * from a checkpoint folder; an optimizer shard takes its range [begin, end) of the saved
+/* Loads weights into m (the fp32 master.safetensors when there is one) and moments into opt
+ * (whose layout must match; opt may be NULL) from a checkpoint folder; an optimizer shard takes its range [begin, end) of the saved
  * state, so a run may resume on another number of ranks. */
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
 

@@ -18,6 +18,8 @@ static const char *const aux_names[] = {"hf", "per_layer", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
+static const char *const checkpoint_dtype_names[] = {"auto", "f32", "bf16", NULL};
+#define SECTION_NAMES "model, data, optim, run, moe, backend, checkpoint, lora"
 
 typedef struct field {
     const char *section, *key;
@@ -69,6 +71,8 @@ static const field fields[] = {
     F(lora, targets, CONFIG_STRING, targets, 0, 0, NULL),
     F(lora, rslora, CONFIG_BOOL, rslora, 0, 1, NULL),
     F(lora, from, CONFIG_STRING, from, 0, 0, NULL),
+    F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
+    F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -115,6 +119,8 @@ static void set_defaults(gale_run_config *c)
     c->backend.device = GALE_DEVICE_CPU;
     c->lora.alpha = 8;  /* PEFT's defaults: lora_alpha 8, q_proj and v_proj for these models */
     c->lora.targets = gale_xstrdup("q_proj,v_proj");
+    c->checkpoint.dtype = GALE_CKPT_AUTO;
+    c->checkpoint.shard_size = 5000000000; /* transformers' save_pretrained default, "5GB" */
 }
 
 static const field *find_field(const char *section, const char *key)
@@ -127,7 +133,7 @@ static const field *find_field(const char *section, const char *key)
 
 static int is_section(const char *name)
 {
-    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "lora"};
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "checkpoint", "lora"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
         if (!strcmp(name, sections[i]))
             return 1;
@@ -319,13 +325,13 @@ static int read_document(gale_run_config *c, yaml_document_t *doc, const char *n
     char where[512];
     where_of(&y, root, where, sizeof where);
     if (root->type != YAML_MAPPING_NODE)
-        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend, lora)",
+        return gale_fail(err, "%s: a run config is a mapping of sections (" SECTION_NAMES ")",
                          where);
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
         where_of(&y, k, where, sizeof where);
         if (k->type != YAML_SCALAR_NODE || !is_section(scalar_text(k)))
-            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, lora)", where,
+            return gale_fail(err, "%s: unknown section '%s' (" SECTION_NAMES ")", where,
                              k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?");
         if (read_section(c, &y, scalar_text(k), v, err))
             return -1;
@@ -349,7 +355,7 @@ static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
     memcpy(key, dot + 1, nk);
     key[nk] = 0;
     if (!is_section(section))
-        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, lora)", where, section);
+        return gale_fail(err, "%s: unknown section '%s' (" SECTION_NAMES ")", where, section);
     return set_key(c, section, key, eq + 1, where, err);
 }
 

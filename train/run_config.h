@@ -25,6 +25,8 @@ typedef enum gale_aux_loss_form { GALE_AUX_HF, GALE_AUX_PER_LAYER } gale_aux_los
 typedef enum gale_device { GALE_DEVICE_CPU, GALE_DEVICE_CUDA } gale_device;
 typedef enum gale_precision { GALE_PRECISION_FP32, GALE_PRECISION_BF16 } gale_precision;
 typedef enum gale_recompute { GALE_RECOMPUTE_NONE, GALE_RECOMPUTE_LAYER } gale_recompute;
+/* auto: the dtype of model.from's config.json when the run starts from one, else f32 */
+typedef enum gale_checkpoint_dtype { GALE_CKPT_AUTO, GALE_CKPT_F32, GALE_CKPT_BF16 } gale_checkpoint_dtype;
 
 typedef struct gale_run_config {
     char *file; /* the YAML it was read from */
@@ -73,6 +75,10 @@ typedef struct gale_run_config {
         int rslora;
         char *from;      /* PEFT adapters to start from (their config gives r, alpha, targets) */
     } lora;
+    struct {
+        gale_checkpoint_dtype dtype; /* of the saved weights (master and moments stay fp32) */
+        long shard_size;             /* bytes of weights per file before sharding */
+    } checkpoint;
 } gale_run_config;
 
 /* Reads path and applies the overrides ("section.key=value" each) in order. */

@@ -14,6 +14,7 @@
 #include "data/loader.h"
 #include "data/manifest.h"
 #include "data/tokenizer_find.h"
+#include "model/cpu/blas_core.h"
 #include "model/lora_io.h"
 #include "model/model.h"
 #include "model/rng.h"
@@ -309,6 +310,9 @@ static void print_effective_config(const trainer *t)
     printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
            model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
            t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
+    char blas[256];
+    blas_core_describe(blas, sizeof blas);
+    printf("blas: %s\n", blas);
     printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
            t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
            t->sched.total, t->peak_flops / 1e12,
@@ -615,9 +619,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         r->skipped = 1;
     } else {
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
-        if (factor != 1.0)
-            t->be->ops->scale(t->be, grads, layout->numel, (float)factor);
-        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr);
+        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, factor);
         if (c->optim.zero && t->world > 1) {
             share_updated_shards(t);
             model_weights_refresh(t->model);
@@ -700,6 +702,16 @@ static int run_eval(trainer *t, gale_error *err)
 }
 
 /* Rank 0 writes; every rank learns whether it worked. */
+/* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
+ * model trained from scratch (or from f32 or f16 weights) in f32 */
+static struct model_save_options checkpoint_options(const trainer *t)
+{
+    const gale_run_config *c = t->cfg;
+    int bf16 = c->checkpoint.dtype == GALE_CKPT_BF16 ||
+               (c->checkpoint.dtype == GALE_CKPT_AUTO && c->model.from && t->mc.dtype == MODEL_DTYPE_BF16);
+    return (struct model_save_options){bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32, (uint64_t)c->checkpoint.shard_size};
+}
+
 static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
@@ -715,8 +727,9 @@ static int save_checkpoint(trainer *t, gale_error *err)
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
         gale_hf_files hf = {t->tokenizer_path, t->chat_template, t->cfg->model.from};
+        struct model_save_options save = checkpoint_options(t);
         rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, &hf,
-                             (int)t->cfg->run.keep_last, &dir, err);
+                             (int)t->cfg->run.keep_last, &save, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);

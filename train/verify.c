@@ -372,7 +372,7 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
         snprintf(label, sizeof label, "adamw_grad_norms_before_clip[%d]", s);
         report(t, label, scalar_rel_err(norm, json_number_value(json_array_get(norms, s))),
                t->tol.grad);
-        adamw_step(&opt, layout, tr.params, tr.weights, tr.grads, f->adamw.lr);
+        adamw_step(&opt, layout, tr.params, tr.weights, tr.grads, f->adamw.lr, 1.0);
     }
     adamw_free(&opt);
     if (rc || model_forward(m, batch, 0, &loss, err))
@@ -446,7 +446,7 @@ int verify_fixture(const char *dir, struct gale_backend *be, FILE *out,
     struct model_options opts = {.aux_form = MODEL_AUX_HF, .lora = f.has_lora ? &f.lora : NULL};
     struct model *m = model_create(&f.cfg, be, &opts, err);
     int rc = -1;
-    if (m && model_load_tensors(m, &f.weights, err) == 0 &&
+    if (m && model_load_tensors(m, &f.weights, NULL, NULL, err) == 0 &&
         (!f.has_lora || model_lora_load(m, dir, err) == 0)) {
         if (out)
             fprintf(out, "%s: %s, %d layers, hidden %d, batch %d x %d, backend %s\n  %-58s %11s "

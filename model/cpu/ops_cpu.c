@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/cpu/kernels_cpu.h"
 #include "model/ops.h"
 #include "model/rng.h"
 #include "util/error.h"
@@ -313,6 +314,23 @@ static inline int first_key(int i, int window)
 static void attention_probs(float *s, int i0, int rows, int j0, int cols, float *lse_out,
                             const float *lse_in, int window, const int32_t *seg)
 {
+    if (!seg) { /* the keys row i sees are the contiguous lo..i: vectorised */
+        for (int r = 0; r < rows; r++) {
+            int i = i0 + r, lo = first_key(i, window), n = i - lo + 1;
+            float *row = s + (size_t)r * cols, *seen = row + (lo - j0);
+            if (lse_in) {
+                kernel_exp_sum(seen, seen, n, lse_in[r]);
+            } else {
+                float mx = kernel_max(seen, n);
+                double sum = kernel_exp_sum(seen, seen, n, mx);
+                kernel_scale(seen, n, (float)(1.0 / sum));
+                lse_out[r] = mx + (float)log(sum);
+            }
+            memset(row, 0, sizeof(float) * (lo - j0));
+            memset(seen + n, 0, sizeof(float) * (cols - (i - j0) - 1));
+        }
+        return;
+    }
     for (int r = 0; r < rows; r++) {
         int i = i0 + r;
         float *row = s + (size_t)r * cols;
@@ -491,9 +509,16 @@ static void cpu_attention_bwd(struct gale_backend *be, float *dq, float *dk, flo
     }
 }
 
-static inline float silu(float x)
+/* The streaming kernels split [0, n) into one contiguous block per thread; block b starts at
+ * block_start(n, b, blocks). */
+static int stream_blocks(size_t n)
 {
-    return x / (1.0f + expf(-x));
+    return parallel_worth(n) ? omp_get_max_threads() : 1;
+}
+
+static inline size_t block_start(size_t n, int b, int blocks)
+{
+    return n / blocks * b + n % blocks * b / blocks;
 }
 
 static void cpu_dropout(struct gale_backend *be, float *out, const float *x, size_t n, float p,
@@ -511,19 +536,22 @@ static void cpu_dropout(struct gale_backend *be, float *out, const float *x, siz
 static void cpu_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up,
                            size_t n)
 {
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++)
-        out[i] = silu(gate[i]) * up[i];
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_swiglu_fwd(out + lo, gate + lo, up + lo, hi - lo);
+    }
 }
 
 static void cpu_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const float *dout,
                            const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i];
-        dup[i] = d * g * sig;
-        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_swiglu_bwd(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo);
     }
 }
 
@@ -696,68 +724,62 @@ static void cpu_cross_entropy(struct gale_backend *be, float *logits, const int3
                 memset(x, 0, sizeof(float) * vocab);
             continue;
         }
-        float mx = -INFINITY;
-        for (int v = 0; v < vocab; v++)
-            mx = x[v] > mx ? x[v] : mx;
-        if (grad_scale == 0) {
-            double sum = 0;
-            for (int v = 0; v < vocab; v++)
-                sum += expf(x[v] - mx);
-            total += mx + log(sum) - x[t];
-            n++;
-            continue;
-        }
-        /* one exp per logit: keep exp(x - max) in place, then scale it to the gradient */
-        float xt = x[t];
-        double sum = 0;
-        for (int v = 0; v < vocab; v++) {
-            x[v] = expf(x[v] - mx);
-            sum += x[v];
-        }
+        float mx = kernel_max(x, vocab), xt = x[t];
+        /* with a gradient, one exp per logit: exp(x - max) stays in place, then is scaled */
+        double sum = kernel_exp_sum(grad_scale != 0 ? x : NULL, x, vocab, mx);
         total += mx + log(sum) - xt;
         n++;
-        float scale = (float)(grad_scale / sum);
-        for (int v = 0; v < vocab; v++)
-            x[v] *= scale;
-        x[t] -= grad_scale;
+        if (grad_scale != 0) {
+            kernel_scale(x, vocab, (float)(grad_scale / sum));
+            x[t] -= grad_scale;
+        }
     }
     sums[0] += total;
     sums[1] += (double)n;
 }
 
 static void cpu_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g,
-                           float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                           float eps, float weight_decay, int step)
+                           float *m, float *v, size_t n, float grad_scale, float lr, float beta1,
+                           float beta2, float eps, float weight_decay, int step)
 {
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        p[i] *= decay;
-        m[i] += (1.0f - beta1) * (gi - m[i]);
-        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    struct adamw_kernel_args a = {.grad_scale = grad_scale, .decay = 1.0f - lr * weight_decay,
+                                  .beta1 = beta1, .beta2 = beta2, .step_size = (float)(lr / bc1),
+                                  .bc2_sqrt = (float)sqrt(bc2), .eps = eps};
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_adamw(p + lo, g + lo, m + lo, v + lo, hi - lo, &a);
     }
     if (p_compute)
         cpu_convert(be, p_compute, be->compute, p, n);
 }
 
+/* The blocks' partial sums are added in block order: the same result for the same thread count. */
 static double cpu_sumsq(struct gale_backend *be, const float *x, size_t n)
 {
-    double s = 0;
-#pragma omp parallel for if (parallel_worth(n)) reduction(+ : s)
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
+    int blocks = stream_blocks(n);
+    double *part = gale_xmalloc(sizeof(double) * (size_t)blocks), s = 0;
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        part[b] = kernel_sumsq(x + lo, hi - lo);
+    }
+    for (int b = 0; b < blocks; b++)
+        s += part[b];
+    free(part);
     return s;
 }
 
 static void cpu_scale(struct gale_backend *be, float *x, size_t n, float s)
 {
-#pragma omp parallel for if (parallel_worth(n))
-    for (size_t i = 0; i < n; i++)
-        x[i] *= s;
+    int blocks = stream_blocks(n);
+#pragma omp parallel for num_threads(blocks) if (blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
+        kernel_scale(x + lo, hi - lo, s);
+    }
 }
 
 static void cpu_axpy(struct gale_backend *be, float *y, const float *x, size_t n, float a)

@@ -18,6 +18,7 @@
  * compare them with the PyTorch reference's after the same steps.
  */
 #include <getopt.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +27,7 @@
 #include <time.h>
 
 #include "model/config.h"
+#include "model/cpu/blas_core.h"
 #include "model/cpu/blas_pool.h"
 #include "model/model.h"
 #include "model/ops.h"
@@ -265,8 +267,10 @@ static int run(const struct bench_options *opt, gale_error *err)
         rc = model_forward_backward(m, &batch, 0.0, 1.0, &loss, err);
         if (rc)
             break;
-        norms[step] = grad_clip_global_norm(be, model_grads(m), layout->numel, 1.0);
-        adamw_step(&adamw, layout, model_params(m), model_weights(m), model_grads(m), adamw_cfg.lr);
+        /* clip to 1.0, fused into AdamW's pass as the trainer does */
+        norms[step] = sqrt(grad_sumsq(be, model_grads(m), 0, layout->numel));
+        adamw_step(&adamw, layout, model_params(m), model_weights(m), model_grads(m), adamw_cfg.lr,
+                   grad_clip_factor(norms[step], 1.0));
         rc = gale_backend_sync(be, err);  /* a GPU's step ends when its queued work does */
         double end = now_seconds();
         losses[step] = loss.loss;
@@ -281,6 +285,9 @@ static int run(const struct bench_options *opt, gale_error *err)
                "\"steps\": %d, \"timed_from\": %.9f, \"timed_to\": %.9f",
                be->ops->name, gale_dtype_name(be->compute), omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
                timed_from, timed_to);
+        char blas[256];
+        blas_core_describe(blas, sizeof blas);
+        printf(", \"blas\": \"%s\"", blas);
         print_series("step_times", times, opt->steps);
         double median_step = median(times, opt->steps);  /* sorts times: printed before */
         printf(", \"median_step_s\": %.9g, \"min_step_s\": %.9g, \"tokens_per_s\": %.9g",
@@ -309,6 +316,7 @@ int main(int argc, char **argv)
     /* gale's CPU backend splits its work over OpenMP threads (products included, each block a
      * single-threaded BLAS call): --threads is the OpenMP team's size, as torch.set_num_threads
      * is on the PyTorch side, and OpenBLAS's own pool is stopped as `gale` does at start. */
+    blas_core_select(argv);
     omp_set_num_threads(opt.threads);
     blas_pool_stop();
     gale_error err;

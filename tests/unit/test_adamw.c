@@ -48,9 +48,9 @@ int main(void)
     for (int step = 1; step <= 4; step++) {
         for (size_t i = 0; i < n; i++)
             g[i] = (float)gale_rng_normal(2 + step, i);
-        adamw_step(&whole, &layout, p, NULL, g, ac.lr);
-        adamw_step(&lo, &layout, p2, NULL, g, ac.lr);
-        adamw_step(&hi, &layout, p2, NULL, g, ac.lr);
+        adamw_step(&whole, &layout, p, NULL, g, ac.lr, 1.0);
+        adamw_step(&lo, &layout, p2, NULL, g, ac.lr, 1.0);
+        adamw_step(&hi, &layout, p2, NULL, g, ac.lr, 1.0);
         for (int t = 0; t < layout.n; t++) {
             const struct model_tensor *v = &layout.tensors[t];
             double wd = v->ndim == 2 ? ac.weight_decay : 0;
@@ -73,7 +73,7 @@ int main(void)
     struct adamw fresh;
     adamw_init(&fresh, &ac, be, 0, n, NULL);
     memcpy(p2, p, n * 4);
-    adamw_step(&fresh, &layout, p2, NULL, g, ac.lr);
+    adamw_step(&fresh, &layout, p2, NULL, g, ac.lr, 1.0);
     const struct model_tensor *norm = model_layout_find(&layout, "model.norm.weight");
     const struct model_tensor *emb = model_layout_find(&layout, "model.embed_tokens.weight");
     CHECK_MSG(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");

@@ -261,7 +261,7 @@ static void train_one_step(const struct model_config *cfg, int batch, int seq)
     model_zero_grads(m);
     CHECK_MSG(model_forward_backward(m, &b, 0, 1, &loss, &err) == 0, "step: %s", err.msg);
     adamw_step(&opt, model_get_layout(m), model_params(m), model_weights(m), model_grads(m),
-               ac.lr);
+               ac.lr, 1.0);
     free(tokens);
     free(targets);
     adamw_free(&opt);

@@ -262,7 +262,7 @@ static void check_fixture(const char *shared, const char *fixture)
     if (model_config_load(cfg_path, &cfg, &err) || safetensors_open_dir(dir, &weights, &err) ||
         safetensors_open(exp_path, &expected, &err) ||
         !(m = model_create(&cfg, cpu_backend(), NULL, &err)) ||
-        model_load_tensors(m, &weights, &err)) {
+        model_load_tensors(m, &weights, NULL, NULL, &err)) {
         CHECK_MSG(0, "%s: %s", fixture, err.msg);
         goto done;
     }
