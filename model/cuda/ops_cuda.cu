@@ -487,11 +487,12 @@ static void cuda_matmul(struct gale_backend *be, int trans_a, int trans_b, int m
 /* ---- optimizer and reductions (fp32 buffers) ---- */
 
 template <typename T>
-__global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, float *v, size_t n, float beta1,
-                             float beta2, float eps, float decay, float step_size, float bc2_sqrt)
+__global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, float *v, size_t n, float grad_scale,
+                             float beta1, float beta2, float eps, float decay, float step_size, float bc2_sqrt)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float gi = g[i], pi = p[i] * decay, mi = m[i], vi = v[i];
+        /* the clipping factor applied in this pass, as the CPU's fused AdamW does */
+        float gi = g[i] * grad_scale, pi = p[i] * decay, mi = m[i], vi = v[i];
         mi += (1.0f - beta1) * (gi - mi);
         vi = beta2 * vi + (1.0f - beta2) * gi * gi;
         pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
@@ -504,14 +505,16 @@ __global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, f
 }
 
 static void cuda_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g, float *m, float *v,
-                            size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step)
+                            size_t n, float grad_scale, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, int step)
 {
     if (be->failed || !n)
         return;
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2), decay = 1.0f - lr * weight_decay;
     CUDA_DISPATCH(be, adamw_kernel<T><<<stride_blocks(n), 256, 0, stream_of(be)>>>(
-                          p, (T *)p_compute, g, m, v, n, beta1, beta2, eps, decay, step_size, bc2_sqrt));
+                          p, (T *)p_compute, g, m, v, n, grad_scale, beta1, beta2, eps, decay, step_size,
+                          bc2_sqrt));
     cuda_after(be, cudaSuccess, "adamw_step: %zu elements", n);
 }
 

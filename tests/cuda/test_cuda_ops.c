@@ -447,8 +447,8 @@ static void test_optimizer(struct pair *p, size_t n)
         v[i] = 1e-6f * (uniform() + 1.5f);
     float *cw = put(p, w, n, 0), *cg = put(p, g, n, 0), *cm = put(p, m, n, 0), *cv = put(p, v, n, 0);
     float *copy = malloc(4 * n), *ccopy = poisoned(p, n, 1);
-    p->cpu->ops->adamw_step(p->cpu, w, p->bf ? copy : NULL, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
-    p->gpu->ops->adamw_step(p->gpu, cw, p->bf ? ccopy : NULL, cg, cm, cv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+    p->cpu->ops->adamw_step(p->cpu, w, p->bf ? copy : NULL, g, m, v, n, 0.5f, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+    p->gpu->ops->adamw_step(p->gpu, cw, p->bf ? ccopy : NULL, cg, cm, cv, n, 0.5f, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
     check(p, "adamw_step p", shape, w, cw, n, 0, TOL_F32);
     check(p, "adamw_step m", shape, m, cm, n, 0, TOL_F32);
     check(p, "adamw_step v", shape, v, cv, n, 0, TOL_F32);
