@@ -24,8 +24,10 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # peer) makes any skipped test a failure of the run.
 log="$build/ctest.log"
 ctest --test-dir "$build" -j"$jobs" --output-on-failure --timeout 600 2>&1 | tee "$log"
-if [ -n "${GALE_NO_SKIPS:-}" ] && grep -q "(Skipped)" "$log"; then
+# The cuda/ tests need a GPU, which no CI machine has: their skip is not a missing peer.
+skipped=$(grep "(Skipped)" "$log" | grep -v " cuda/" || true)
+if [ -n "${GALE_NO_SKIPS:-}" ] && [ -n "$skipped" ]; then
   echo "test: GALE_NO_SKIPS is set but these tests were skipped (a peer is missing):" >&2
-  grep "(Skipped)" "$log" >&2
+  echo "$skipped" >&2
   exit 1
 fi

@@ -568,34 +568,45 @@ void model_weights_refresh(struct model *m)
         m->be->ops->convert(m->be, m->lora_weights, m->be->compute, m->lora_params, m->adapters.numel);
 }
 
-void model_params_download(struct model *m, float *host)
+void model_params_download_range(struct model *m, size_t offset, float *host, size_t n)
 {
     /* a frozen base without a master: the compute copy (4-byte elements, see model.h) */
-    m->be->ops->download(m->be, host, m->params ? m->params : m->weights, fsz(m->layout.numel));
+    m->be->ops->download(m->be, host, (m->params ? m->params : m->weights) + offset, fsz(n));
     gale_backend_wait(m->be);
+}
+
+void model_params_download(struct model *m, float *host)
+{
+    model_params_download_range(m, 0, host, m->layout.numel);
 }
 
 /* Elements per transfer when a frozen base's weights are converted on their way up. */
 #define CONVERT_CHUNK ((size_t)1 << 24)
 
-void model_params_upload(struct model *m, const float *host)
+void model_params_upload_range(struct model *m, size_t offset, const float *host, size_t n)
 {
     struct gale_backend *be = m->be;
     if (m->params) {
-        be->ops->upload(be, m->params, host, fsz(m->layout.numel));
-        model_weights_refresh(m);
+        be->ops->upload(be, m->params + offset, host, fsz(n));
     } else { /* no master: fp32 goes up through a staging buffer into the compute copy */
-        size_t chunk = m->layout.numel < CONVERT_CHUNK ? m->layout.numel : CONVERT_CHUNK;
-        float *stage = be->ops->alloc(be, fsz(chunk));
-        for (size_t at = 0; stage && at < m->layout.numel; at += chunk) {
-            size_t n = m->layout.numel - at < chunk ? m->layout.numel - at : chunk;
-            be->ops->upload(be, stage, host + at, fsz(n));
-            be->ops->convert(be, act_at(m, m->weights, at), be->compute, stage, n);
+        size_t chunk = n < CONVERT_CHUNK ? n : CONVERT_CHUNK;
+        float *stage = chunk ? be->ops->alloc(be, fsz(chunk)) : NULL;
+        for (size_t at = 0; stage && at < n; at += chunk) {
+            size_t k = n - at < chunk ? n - at : chunk;
+            be->ops->upload(be, stage, host + at, fsz(k));
+            be->ops->convert(be, act_at(m, m->weights, offset + at), be->compute, stage, k);
             gale_backend_wait(be);  /* before the host side of the next chunk is read */
         }
         free_buf(be, stage);
     }
     gale_backend_wait(be);
+}
+
+void model_params_upload(struct model *m, const float *host)
+{
+    model_params_upload_range(m, 0, host, m->layout.numel);
+    if (m->params)
+        model_weights_refresh(m);
 }
 
 void model_grads_download(struct model *m, float *host)

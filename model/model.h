@@ -231,7 +231,13 @@ int model_save_hf(struct model *m, const char *dir, gale_error *err);
 /* Parameters to or from a host array of layout.numel floats. A frozen base in bf16 has no
  * master: its download needs a backend whose compute elements are 4 bytes (the CPU's). */
 void model_params_download(struct model *m, float *host);
+/* n values at element offset of the same, into host; waits. */
+void model_params_download_range(struct model *m, size_t offset, float *host, size_t n);
 void model_params_upload(struct model *m, const float *host);
+/* n fp32 values from the host into the weights at element offset: the master's (the caller
+ * refreshes the compute copy once all are in), or without a master (a frozen LoRA base) the
+ * compute copy's, converted. Waits, so host may be refilled at once. */
+void model_params_upload_range(struct model *m, size_t offset, const float *host, size_t n);
 void model_grads_download(struct model *m, float *host);
 
 /* Zeroes the trained gradients (model_trainable's). */

@@ -38,13 +38,11 @@ static size_t largest_tensor(const struct model_layout *layout)
     return most;
 }
 
-/* Copies one tensor from host fp32 into the master weights and waits, so the buffer can be
- * refilled; the caller refreshes the compute copy once all are in. */
+/* Copies one tensor from host fp32 into the weights (model_params_upload_range) and waits, so
+ * the buffer can be refilled; the caller refreshes the compute copy once all are in. */
 static void upload_tensor(struct model *m, const struct model_tensor *t, const float *buffer)
 {
-    struct gale_backend *be = model_get_backend(m);
-    be->ops->upload(be, model_params(m) + t->offset, buffer, sizeof(float) * t->numel);
-    gale_backend_wait(be);
+    model_params_upload_range(m, t->offset, buffer, t->numel);
 }
 
 void model_init_random(struct model *m, double std, uint64_t seed)
@@ -166,7 +164,7 @@ static const void *tensor_bytes(int i, void *p, gale_error *err)
     struct save_source *src = p;
     const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->first + i];
     struct gale_backend *be = model_get_backend(src->m);
-    be->ops->download(be, src->buffer, model_params(src->m) + t->offset, sizeof(float) * t->numel);
+    model_params_download_range(src->m, t->offset, src->buffer, t->numel);
     if (gale_backend_sync(be, err))
         return NULL;
     if (src->dtype == ST_BF16)

@@ -14,7 +14,7 @@ for s in $(seq 1 40); do
   fi
 done
 
-"$GALE_BIN" plot --help | grep -q "usage: gale plot"
+"$GALE_BIN" plot --help | grep "usage: gale" | grep -qF "usage: gale plot"
 
 if command -v gnuplot >/dev/null; then
   out=$("$GALE_BIN" plot "$run")

@@ -45,6 +45,6 @@ if "$GALE_BIN" sample --checkpoint "$ckpt" --prompt x --top-p 2 2> "$tmp/err"; t
 grep -q -- "--top-p needs a number" "$tmp/err"
 if "$GALE_BIN" eval --checkpoint "$ckpt" 2> "$tmp/err"; then exit 1; fi
 grep -q -- "--data are required" "$tmp/err"
-"$GALE_BIN" sample --help | grep -q "usage: gale sample"
-"$GALE_BIN" eval --help | grep -q "usage: gale eval"
+"$GALE_BIN" sample --help | grep "usage: gale" | grep -qF "usage: gale sample"
+"$GALE_BIN" eval --help | grep "usage: gale" | grep -qF "usage: gale eval"
 echo "sample_eval: eval equals the logged evaluation; sampling reproducible"
