@@ -64,9 +64,13 @@ full_kib=$(peak_kib "$GALE_BIN" train "$tmp/run.yaml" --set lora.rank=0 --set ru
   --set run.dir="$tmp/full")
 "$GALE_BIN" plan "$tmp/run.yaml" > "$tmp/plan-lora.txt"
 "$GALE_BIN" plan "$tmp/run.yaml" --set lora.rank=0 > "$tmp/plan-full.txt"
-python3 - "$tmp" "$lora_kib" "$full_kib" <<'PY'
+# AddressSanitizer's shadow memory and quarantine of freed blocks make resident memory no
+# measure of gale's own (test_engine leaves its plan-against-RSS check out there too)
+asan=0
+if ldd "$GALE_BIN" | grep -q libasan; then asan=1; fi
+python3 - "$tmp" "$lora_kib" "$full_kib" "$asan" <<'PY'
 import json, re, sys
-tmp, lora_kib, full_kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tmp, lora_kib, full_kib, asan = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 evals = [json.loads(l)["val_loss"] for l in open(tmp + "/lora/metrics.jsonl") if '"eval"' in l]
 print("LoRA SFT val loss at step 0 and every 5 steps:", [round(v, 3) for v in evals])
 assert len(evals) == 7 and all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < evals[0] - 0.1, evals
@@ -81,5 +85,8 @@ measured = (full_kib - lora_kib) / 1024
 print("peak RSS: full fine-tune %.1f MiB, LoRA %.1f MiB: %.1f MiB less; the plan's arenas say %.1f MiB less, "
       "%.1f MiB with the full checkpoint's host staging" % (full_kib / 1024, lora_kib / 1024, measured, planned,
                                                           expected))
-assert abs(measured - expected) <= 0.15 * expected, (measured, expected)
+if asan:
+    print("peak RSS not compared under AddressSanitizer")
+else:
+    assert abs(measured - expected) <= 0.15 * expected, (measured, expected)
 PY
