@@ -11,6 +11,7 @@
 #include "check.h"
 #include "cpu_backend.h"
 #include "model/model.h"
+#include "tiny_model.h"
 #include "optim/adamw.h"
 
 /* ---- a backend that counts its host transfers ---- */
@@ -47,24 +48,8 @@ static struct gale_backend *counting_backend(void)
 
 static struct model_config tiny(int experts, int layers)
 {
-    struct model_config c = {0};
-    c.kind = experts ? MODEL_MIXTRAL : MODEL_LLAMA;
-    c.vocab_size = 41;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_layers = layers;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.max_position_embeddings = 64;
-    c.bos_token_id = 1;
-    c.eos_token_id = 2;
-    c.initializer_range = 0.02;
-    c.num_experts = experts;
-    c.num_experts_per_tok = experts ? 2 : 0;
-    c.router_aux_loss_coef = 0.02;
+    struct model_config c = tiny_model(41, 24, layers, experts, 0.02);
+    c.router_aux_loss_coef = 0.02; /* a dense model keeps its coefficient: it is unused there */
     return c;
 }
 

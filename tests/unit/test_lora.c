@@ -12,29 +12,12 @@
 #include "cpu_backend.h"
 #include "model/lora.h"
 #include "model/model.h"
+#include "tiny_model.h"
 #include "model/rng.h"
 
 static struct model_config tiny(int experts)
 {
-    struct model_config c = {0};
-    c.kind = experts ? MODEL_MIXTRAL : MODEL_LLAMA;
-    c.vocab_size = 37;
-    c.hidden_size = 16;
-    c.intermediate_size = 12;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.max_position_embeddings = 64;
-    c.bos_token_id = 1;
-    c.eos_token_id = 2;
-    c.initializer_range = 0.02;
-    c.num_experts = experts;
-    c.num_experts_per_tok = experts ? 2 : 0;
-    c.router_aux_loss_coef = experts ? 0.1 : 0;
-    return c;
+    return tiny_model(37, 12, 2, experts, 0.1);
 }
 
 /* The training loss (dropout on) of the adapters in host, with the masks of seed; the experts

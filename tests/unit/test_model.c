@@ -12,6 +12,7 @@
 #include "check.h"
 #include "cpu_backend.h"
 #include "model/model.h"
+#include "tiny_model.h"
 #include "model/rng.h"
 #include "model/safetensors.h"
 #include "util/file.h"
@@ -27,26 +28,9 @@ static void check(int ok, const char *fmt, const char *what, double value, doubl
 
 static struct model_config tiny_mixtral(void)
 {
-    struct model_config c = {0};
-    c.kind = MODEL_MIXTRAL;
-    c.vocab_size = 37;
-    c.hidden_size = 16;
-    c.intermediate_size = 12;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.max_position_embeddings = 64;
+    struct model_config c = tiny_model(37, 12, 2, 4, 0.1);
     c.sliding_window = 4;
     c.tie_word_embeddings = 1;
-    c.bos_token_id = 1;
-    c.eos_token_id = 2;
-    c.initializer_range = 0.02;
-    c.num_experts = 4;
-    c.num_experts_per_tok = 2;
-    c.router_aux_loss_coef = 0.1;
     return c;
 }
 
