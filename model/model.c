@@ -31,6 +31,8 @@ struct layer_acts {
     int32_t *topk_idx, *slot_rows, *slot_of;
     int32_t *counts;                    /* device: slots per expert [E] */
     double *rstats;                     /* device: router_stats [E + 1] */
+    float *xr;                          /* expert parallelism: the rows received for the local
+                                           experts, expert-major [ep*rows*k, H] */
 };
 
 /* Indices of the step statistics (device fp64, model_stats_read). */
@@ -41,6 +43,8 @@ struct model {
     struct model_options opts;
     struct gale_backend *be;
     int owns_be;                        /* model_free frees be */
+    const struct model_expert_exchange *x; /* expert parallelism; NULL: every expert is here */
+    int ep;                             /* ranks the experts are split over (1: none) */
     struct model_layout layout;
     int *layer_first;                   /* index in the layout of each layer's first tensor */
     size_t w_bytes;                     /* bytes of a compute-dtype element on the device */
@@ -66,6 +70,11 @@ struct model {
     /* the step's statistics: device sums, host expert load (from the per-layer counts) */
     double *stats, *stats_host;
     int32_t *host_counts;               /* [layers][E] of the last forward */
+    int32_t *recv_counts;               /* [layers][ep][E/ep]: rows each rank sent each local
+                                           expert (expert parallelism) */
+    int32_t *local_counts;              /* [layers][E/ep]: rows each local expert runs */
+    float *recv_rows, *yr;              /* [ep*rows*k, H]: received rows by source rank, and
+                                           expert-major results or gradients */
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
@@ -168,15 +177,16 @@ static size_t head_chunk_rows(const struct model_config *c, size_t rows)
     return chunk < rows ? chunk : rows;
 }
 
-/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral). */
-static size_t mlp_rows(const struct model_config *c, size_t n)
+/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral);
+ * split over ep ranks, a rank's experts may receive every rank's slots (dropless). */
+static size_t mlp_rows(const struct model_config *c, size_t n, int ep)
 {
-    return c->num_experts ? n * (size_t)c->num_experts_per_tok : n;
+    return c->num_experts ? n * (size_t)c->num_experts_per_tok * ep : n;
 }
 
 /* One layer's activations for n tokens; wb bytes per compute-dtype element. */
 static void carve_layer(struct carve *cv, const struct model_config *c, size_t n, size_t wb,
-                        struct layer_acts *a)
+                        int ep, struct layer_acts *a)
 {
     size_t h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
@@ -192,8 +202,9 @@ static void carve_layer(struct carve *cv, const struct model_config *c, size_t n
     a->x_mid = take(cv, n * h * wb);
     a->h2 = take(cv, n * h * wb);
     a->rstd2 = take(cv, fsz(n));
-    a->gate = take(cv, mlp_rows(c, n) * inter * wb);
-    a->up = take(cv, mlp_rows(c, n) * inter * wb);
+    a->gate = take(cv, mlp_rows(c, n, ep) * inter * wb);
+    a->up = take(cv, mlp_rows(c, n, ep) * inter * wb);
+    a->xr = ep > 1 ? take(cv, mlp_rows(c, n, ep) * h * wb) : NULL;
     if (e) {
         a->probs = take(cv, fsz(n * e));
         a->rlse = take(cv, fsz(n));
@@ -214,19 +225,19 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     size_t wb = m->w_bytes, h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
     size_t e = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
-    size_t mlp_n = mlp_rows(c, n);
+    size_t mlp_n = mlp_rows(c, n, m->ep);
     if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
         /* each layer keeps its input; one set of the rest serves every layer, the forward's
          * and the backward's recomputation */
         struct layer_acts work;
-        carve_layer(act, c, n, wb, &work);
+        carve_layer(act, c, n, wb, m->ep, &work);
         for (size_t l = 0; l < layers; l++) {
             m->acts[l] = work;
             m->acts[l].x_in = l == 0 ? work.x_in : take(act, n * h * wb);
         }
     } else {
         for (size_t l = 0; l < layers; l++)
-            carve_layer(act, c, n, wb, &m->acts[l]);
+            carve_layer(act, c, n, wb, m->ep, &m->acts[l]);
     }
     m->x_final = take(act, n * h * wb);
     m->hf = take(act, n * h * wb);
@@ -250,6 +261,10 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         m->dxe = take(scr, n * k * h * wb);
         m->dye = take(scr, n * k * h * wb);
         m->dtopk_w = take(scr, fsz(n * k));
+        if (m->ep > 1) {
+            m->recv_rows = take(scr, mlp_n * h * wb);
+            m->yr = take(scr, mlp_n * h * wb);
+        }
         m->router_scratch = take(scr, fsz(n * e));
         m->dprobs_const = take(scr, fsz(layers * e));
         m->router_coef = take(scr, 2 * layers * (e + 1) * sizeof(double));
@@ -285,6 +300,7 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
                          ep - 1);
     struct model tmp = {0};
     tmp.cfg = *cfg;
+    tmp.ep = ep;
     tmp.opts.recompute = lay->recompute;
     tmp.w_bytes = lay->compute_bytes ? lay->compute_bytes : gale_dtype_size(lay->compute);
     tmp.acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *tmp.acts);
@@ -292,12 +308,10 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     struct carve act = {0}, scr = {0};
     carve_pass(&tmp, rows, &act, &scr);
     free(tmp.acts);
-    struct model_layout layout;
-    model_layout_build(cfg, &layout);
-    size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
-                          (size_t)cfg->hidden_size;
     /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
-    size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    struct model_layout layout;
+    model_layout_build_share(cfg, ep, lay->ep_rank, &layout);
+    size_t numel = layout.numel;
     model_layout_free(&layout);
     int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
     out->params = numel;
@@ -306,10 +320,7 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     out->bytes[PLAN_GRADS] = fsz(numel);
     out->bytes[PLAN_MOMENTS] = 2 * fsz((numel + dp - 1) / dp);
     out->bytes[PLAN_ACTIVATIONS] = act.used;
-    /* expert parallelism adds the all-to-all's send and receive buffers of the routed rows
-     * (balanced routing: each rank receives as many slots as it sends) */
-    size_t a2a = ep > 1 ? 2 * rows * cfg->num_experts_per_tok * cfg->hidden_size * tmp.w_bytes : 0;
-    out->bytes[PLAN_SCRATCH] = scr.used + a2a + ST_COUNT * sizeof(double);
+    out->bytes[PLAN_SCRATCH] = scr.used + ST_COUNT * sizeof(double);
     for (int a = 0; a < PLAN_ARENAS; a++)
         out->total += out->bytes[a];
     return 0;
@@ -320,22 +331,36 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
 {
     if (model_config_validate(cfg, "model config", err))
         return NULL;
+    const struct model_expert_exchange *x = opts ? opts->exchange : NULL;
+    if (x && (x->size < 1 || x->rank < 0 || x->rank >= x->size)) {
+        gale_fail(err, "expert-parallel rank %d outside 0..%d", x->rank, x->size - 1);
+        return NULL;
+    }
+    if (x && x->size > 1 && (cfg->num_experts == 0 || cfg->num_experts % x->size)) {
+        gale_fail(err, "%d experts (num_local_experts) do not split over %d expert-parallel "
+                       "ranks", cfg->num_experts, x->size);
+        return NULL;
+    }
     const struct gale_ops *ops = be->ops;
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)
         m->opts = *opts;
     m->be = be;
+    m->x = x && x->size > 1 ? x : NULL;
+    m->ep = m->x ? x->size : 1;
     m->w_bytes = ops->dtype_bytes(be, be->compute);
-    model_layout_build(cfg, &m->layout);
+    model_layout_build_share(cfg, m->ep, m->x ? x->rank : 0, &m->layout);
     m->layer_first = gale_xcalloc((size_t)cfg->num_layers, sizeof(int));
-    int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts : W_DOWN + 1;
+    int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts / m->ep : W_DOWN + 1;
     for (int l = 0; l < cfg->num_layers; l++)
         m->layer_first[l] = 1 + l * per_layer;
     m->acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *m->acts);
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
+    m->recv_counts = gale_xcalloc(le ? le : 1, sizeof *m->recv_counts);
+    m->local_counts = gale_xcalloc(le ? le : 1, sizeof *m->local_counts);
     m->params = ops->alloc(be, fsz(m->layout.numel));
     m->weights = be->compute == GALE_F32 ? m->params : ops->alloc(be, wsz(m, m->layout.numel));
     m->grads = ops->alloc(be, fsz(m->layout.numel));
@@ -385,6 +410,8 @@ void model_free(struct model *m)
     free(m->acts);
     free(m->host_counts);
     free(m->load);
+    free(m->recv_counts);
+    free(m->local_counts);
     free(m->layer_first);
     model_layout_free(&m->layout);
     if (m->owns_be)
@@ -601,9 +628,96 @@ static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int 
                 out, h, act_types(m));
 }
 
+/* Local expert e's weight (0: w1, 1: w2, 2: w3): e counts the rank's own block from 0. */
 static float *expert_w(const struct model *m, float *base, int l, int e, int which)
 {
     return layer_w(m, base, l, W_EXPERT0 + 3 * e + which);
+}
+
+/* Experts held by this rank, per layer. */
+static int local_experts(const struct model *m)
+{
+    return m->cfg.num_experts / m->ep;
+}
+
+/* The rows each local expert of layer l runs: all of the rank's own slots of that expert, or
+ * under expert parallelism what every rank sent it. */
+static const int32_t *local_counts(const struct model *m, int l)
+{
+    return m->ep > 1 ? m->local_counts + (size_t)l * local_experts(m)
+                     : m->host_counts + (size_t)l * m->cfg.num_experts;
+}
+
+static int rows_of(const int32_t *counts, int n)
+{
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += counts[i];
+    return total;
+}
+
+/* Rows of layer l this rank sends to each EP rank (its slots of that rank's experts, which
+ * moe_plan's expert order keeps contiguous) and receives from each. */
+static void exchange_sizes(const struct model *m, int l, int *send_rows, int *recv_rows)
+{
+    int ne = m->cfg.num_experts, per = local_experts(m);
+    for (int r = 0; r < m->ep; r++) {
+        send_rows[r] = rows_of(m->host_counts + (size_t)l * ne + (size_t)r * per, per);
+        recv_rows[r] = rows_of(m->recv_counts + (size_t)l * ne + (size_t)r * per, per);
+    }
+}
+
+/* Received rows come by source rank, then local expert; the experts' products want them
+ * expert-major. to_experts: src by source -> dst by expert; else the reverse. */
+static void permute_received(struct model *m, int l, float *dst, const float *src, int to_experts)
+{
+    int ne = m->cfg.num_experts, ep = m->ep, per = local_experts(m);
+    const int32_t *recv = m->recv_counts + (size_t)l * ne;  /* [source][local expert] */
+    size_t row = wsz(m, m->cfg.hidden_size), by_expert = 0;
+    for (int e = 0; e < per; e++) {
+        for (int r = 0; r < ep; r++) {
+            size_t by_source = 0;
+            for (int i = 0; i < r * per + e; i++)
+                by_source += (size_t)recv[i];
+            size_t cnt = (size_t)recv[r * per + e];
+            const float *from = act_at(m, src, (to_experts ? by_source : by_expert) * m->cfg.hidden_size);
+            float *to = act_at(m, dst, (to_experts ? by_expert : by_source) * m->cfg.hidden_size);
+            if (cnt)
+                m->be->ops->copy(m->be, to, from, cnt * row);
+            by_expert += cnt;
+        }
+    }
+}
+
+/* Sends rows [slots, H] grouped by destination (from) to the ranks that hold their experts,
+ * or, with back, the experts' rows home again; to receives them. */
+static void exchange_rows(struct model *m, int l, const float *from, float *to, int back)
+{
+    int send_rows[m->ep], recv_rows[m->ep];
+    exchange_sizes(m, l, send_rows, recv_rows);
+    gale_backend_wait(m->be);  /* the rows are written by queued work */
+    m->x->rows(m->x->ctx, from, back ? recv_rows : send_rows, to, back ? send_rows : recv_rows,
+               wsz(m, m->cfg.hidden_size));
+}
+
+/* After moe_plan: the expert counts come to the host (the layer's one transfer: they size the
+ * products), and under expert parallelism go to the ranks holding the experts. */
+static void exchange_counts(struct model *m, int l, const struct layer_acts *a)
+{
+    struct gale_backend *be = m->be;
+    int ne = m->cfg.num_experts, per = local_experts(m);
+    int32_t *counts = m->host_counts + (size_t)l * ne;
+    be->ops->download(be, counts, a->counts, (size_t)ne * sizeof(int32_t));
+    gale_backend_wait(be);
+    if (m->ep == 1)
+        return;
+    int32_t *recv = m->recv_counts + (size_t)l * ne, *local = m->local_counts + (size_t)l * per;
+    m->x->counts(m->x->ctx, counts, recv, per);
+    for (int e = 0; e < per; e++) {
+        local[e] = 0;
+        for (int r = 0; r < m->ep; r++)
+            local[e] += recv[r * per + e];
+    }
 }
 
 static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
@@ -613,36 +727,46 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok;
+    int ne = c->num_experts, k = c->num_experts_per_tok, per = local_experts(m);
     ops->matmul(be, 0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->weights, l, W_ROUTER), h, 0,
                 s->router_logits, ne, to_f32_types(m));
     ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
     ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    /* the one host transfer of a layer: the expert counts size the products below */
-    const int32_t *counts = m->host_counts + (size_t)l * ne;
-    ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
-    gale_backend_wait(be);
+    exchange_counts(m, l, a);
+    const int32_t *counts = local_counts(m, l);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
+    /* the local experts' inputs and outputs, expert-major */
+    float *xr = s->xe, *yr = a->ye;
+    if (m->ep > 1) {
+        exchange_rows(m, l, s->xe, m->recv_rows, 0);
+        permute_received(m, l, a->xr, m->recv_rows, 1);
+        xr = a->xr;
+        yr = m->yr;
+    }
     size_t off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
-        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
+        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, xr, off * h), h,
                     expert_w(m, m->weights, l, e, 0), h, 0, act_at(m, a->gate, off * inter),
                     inter, act_types(m));
-        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, s->xe, off * h), h,
+        ops->matmul(be, 0, 1, cnt, inter, h, 1, act_at(m, xr, off * h), h,
                     expert_w(m, m->weights, l, e, 2), h, 0, act_at(m, a->up, off * inter), inter,
                     act_types(m));
         off += (size_t)cnt;
     }
-    ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * k * inter);
+    ops->swiglu_fwd(be, s->act, a->gate, a->up, off * inter);
     off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
         ops->matmul(be, 0, 1, cnt, h, inter, 1, act_at(m, s->act, off * inter), inter,
-                    expert_w(m, m->weights, l, e, 1), inter, 0, act_at(m, a->ye, off * h), h,
+                    expert_w(m, m->weights, l, e, 1), inter, 0, act_at(m, yr, off * h), h,
                     act_types(m));
         off += (size_t)cnt;
+    }
+    if (m->ep > 1) {
+        permute_received(m, l, m->recv_rows, m->yr, 0);
+        exchange_rows(m, l, m->recv_rows, a->ye, 1);
     }
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
     ops->moe_combine(be, out, a->ye, a->topk_w, a->slot_of, n, k, h);
@@ -858,28 +982,39 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k;
-    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k, per = local_experts(m);
+    const int32_t *counts = local_counts(m, l);
+    size_t rows = (size_t)rows_of(counts, per);
     ops->moe_combine_bwd(be, m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);
-    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, (size_t)slots * inter);
-    ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
+    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, rows * inter);
+    /* the local experts' inputs, output gradients and input gradients, expert-major */
+    float *xr = m->xe, *dyr = m->dye, *dxr = m->dxe;
+    if (m->ep > 1) {
+        exchange_rows(m, l, m->dye, m->recv_rows, 0);
+        permute_received(m, l, m->yr, m->recv_rows, 1);
+        xr = a->xr;
+        dyr = m->yr;
+        dxr = m->recv_rows;
+    } else {
+        ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
+    }
     size_t off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
-        const float *dy = act_at(m, m->dye, off * h);
+        const float *dy = act_at(m, dyr, off * h);
         ops->matmul(be, 1, 0, h, inter, cnt, 1, dy, h, act_at(m, m->tmp_a, off * inter), inter, 1,
                     expert_w(m, m->grads, l, e, 1), inter, to_f32_types(m));
         ops->matmul(be, 0, 0, cnt, inter, h, 1, dy, h, expert_w(m, m->weights, l, e, 1), inter, 0,
                     act_at(m, m->tmp_b, off * inter), inter, act_types(m));
         off += (size_t)cnt;
     }
-    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)slots * inter);
+    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, rows * inter);
     off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
         const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
-        const float *xe = act_at(m, m->xe, off * h);
-        float *dxe = act_at(m, m->dxe, off * h);
+        const float *xe = act_at(m, xr, off * h);
+        float *dxe = act_at(m, dxr, off * h);
         ops->matmul(be, 1, 0, inter, h, cnt, 1, dg, inter, xe, h, 1,
                     expert_w(m, m->grads, l, e, 0), h, to_f32_types(m));
         ops->matmul(be, 1, 0, inter, h, cnt, 1, du, inter, xe, h, 1,
@@ -889,6 +1024,10 @@ static void moe_backward(struct model *m, int l, double aux_weight)
         ops->matmul(be, 0, 0, cnt, h, inter, 1, du, inter, expert_w(m, m->weights, l, e, 2), h, 1,
                     dxe, h, act_types(m));
         off += (size_t)cnt;
+    }
+    if (m->ep > 1) {
+        permute_received(m, l, m->yr, m->recv_rows, 0);
+        exchange_rows(m, l, m->yr, m->dxe, 1);
     }
     ops->zero(be, m->dh, wsz(m, (size_t)n * h));
     ops->moe_scatter_add(be, m->dh, m->dxe, a->slot_rows, slots, h);
@@ -1020,6 +1159,11 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
                        "model with a sliding window)", max_len);
         return NULL;
     }
+    if (m->ep > 1) {
+        gale_fail(err, "KV cache: generation runs on a model holding every expert (this one holds "
+                       "%d of %d)", local_experts(m), c->num_experts);
+        return NULL;
+    }
     struct model_kv_cache *kc = gale_xcalloc(1, sizeof *kc);
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
@@ -1041,8 +1185,8 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
         size_t wb = m->w_bytes;
         kc->k = take(&cv, rows * dkv * wb);
         kc->v = take(&cv, rows * dkv * wb);
-        carve_layer(&cv, c, n, wb, &kc->acts);
-        kc->scratch.act = take(&cv, mlp_rows(c, n) * c->intermediate_size * wb);
+        carve_layer(&cv, c, n, wb, 1, &kc->acts);
+        kc->scratch.act = take(&cv, mlp_rows(c, n, 1) * c->intermediate_size * wb);
         if (c->num_experts > 0) {
             kc->scratch.router_logits = take(&cv, fsz(n * c->num_experts));
             kc->scratch.xe = take(&cv, n * c->num_experts_per_tok * c->hidden_size * wb);
