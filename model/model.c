@@ -14,6 +14,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,8 +74,16 @@ struct model {
     int32_t *recv_counts;               /* [layers][ep][E/ep]: rows each rank sent each local
                                            expert (expert parallelism) */
     int32_t *local_counts;              /* [layers][E/ep]: rows each local expert runs */
-    float *recv_rows, *yr;              /* [ep*rows*k, H]: received rows by source rank, and
-                                           expert-major results or gradients */
+    /* Expert parallelism: what the local experts' products need, sized by the rows they
+     * receive (known only after the counts' exchange; dropless: up to every rank's slots).
+     * Per layer (one for all under recomputation): gate, up and the received inputs, kept for
+     * the backward; shared: tmp_a/b/c and, [rows, H], the received rows by source rank and the
+     * expert-major results or gradients. Each grows to the most rows seen. */
+    struct expert_store {
+        void *base;
+        size_t rows;
+    } *expert_acts, expert_scratch;
+    float *recv_rows, *yr;
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
@@ -177,11 +186,10 @@ static size_t head_chunk_rows(const struct model_config *c, size_t rows)
     return chunk < rows ? chunk : rows;
 }
 
-/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral);
- * split over ep ranks, a rank's experts may receive every rank's slots (dropless). */
-static size_t mlp_rows(const struct model_config *c, size_t n, int ep)
+/* Rows of the MLP's per-slot buffers for n tokens: one per token, or k per token (Mixtral). */
+static size_t mlp_rows(const struct model_config *c, size_t n)
 {
-    return c->num_experts ? n * (size_t)c->num_experts_per_tok * ep : n;
+    return c->num_experts ? n * (size_t)c->num_experts_per_tok : n;
 }
 
 /* One layer's activations for n tokens; wb bytes per compute-dtype element. */
@@ -202,9 +210,10 @@ static void carve_layer(struct carve *cv, const struct model_config *c, size_t n
     a->x_mid = take(cv, n * h * wb);
     a->h2 = take(cv, n * h * wb);
     a->rstd2 = take(cv, fsz(n));
-    a->gate = take(cv, mlp_rows(c, n, ep) * inter * wb);
-    a->up = take(cv, mlp_rows(c, n, ep) * inter * wb);
-    a->xr = ep > 1 ? take(cv, mlp_rows(c, n, ep) * h * wb) : NULL;
+    if (ep == 1) {  /* else sized by the rows received: carve_expert_acts */
+        a->gate = take(cv, mlp_rows(c, n) * inter * wb);
+        a->up = take(cv, mlp_rows(c, n) * inter * wb);
+    }
     if (e) {
         a->probs = take(cv, fsz(n * e));
         a->rlse = take(cv, fsz(n));
@@ -225,7 +234,7 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     size_t wb = m->w_bytes, h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
     size_t e = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
-    size_t mlp_n = mlp_rows(c, n, m->ep);
+    size_t mlp_n = mlp_rows(c, n);
     if (m->opts.recompute == MODEL_RECOMPUTE_LAYER) {
         /* each layer keeps its input; one set of the rest serves every layer, the forward's
          * and the backward's recomputation */
@@ -252,19 +261,17 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     m->dq = take(scr, n * dq * wb);
     m->dk = take(scr, n * dkv * wb);
     m->dv = take(scr, n * dkv * wb);
-    m->tmp_a = take(scr, mlp_n * inter * wb);
-    m->tmp_b = take(scr, mlp_n * inter * wb);
-    m->tmp_c = take(scr, mlp_n * inter * wb);
+    if (m->ep == 1) {  /* else carve_expert_scratch */
+        m->tmp_a = take(scr, mlp_n * inter * wb);
+        m->tmp_b = take(scr, mlp_n * inter * wb);
+        m->tmp_c = take(scr, mlp_n * inter * wb);
+    }
     m->head_chunk = take(scr, fsz(head_chunk_rows(c, n) * (size_t)c->vocab_size));
     if (e) {
         m->xe = take(scr, n * k * h * wb);
         m->dxe = take(scr, n * k * h * wb);
         m->dye = take(scr, n * k * h * wb);
         m->dtopk_w = take(scr, fsz(n * k));
-        if (m->ep > 1) {
-            m->recv_rows = take(scr, mlp_n * h * wb);
-            m->yr = take(scr, mlp_n * h * wb);
-        }
         m->router_scratch = take(scr, fsz(n * e));
         m->dprobs_const = take(scr, fsz(layers * e));
         m->router_coef = take(scr, 2 * layers * (e + 1) * sizeof(double));
@@ -272,6 +279,33 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         for (size_t l = 0; l < layers; l++)
             m->acts[l].rstats = m->rstats ? m->rstats + l * (e + 1) : NULL;
     }
+}
+
+/* Under expert parallelism, a layer's expert activations for `rows` received rows. */
+static void carve_expert_acts(struct carve *cv, const struct model *m, size_t rows,
+                              struct layer_acts *a)
+{
+    size_t inter = m->cfg.intermediate_size, h = m->cfg.hidden_size;
+    a->gate = take(cv, rows * inter * m->w_bytes);
+    a->up = take(cv, rows * inter * m->w_bytes);
+    a->xr = take(cv, rows * h * m->w_bytes);
+}
+
+/* ... and the scratch of their products. */
+static void carve_expert_scratch(struct carve *cv, struct model *m, size_t rows)
+{
+    size_t inter = m->cfg.intermediate_size, h = m->cfg.hidden_size;
+    m->tmp_a = take(cv, rows * inter * m->w_bytes);
+    m->tmp_b = take(cv, rows * inter * m->w_bytes);
+    m->tmp_c = take(cv, rows * inter * m->w_bytes);
+    m->recv_rows = take(cv, rows * h * m->w_bytes);
+    m->yr = take(cv, rows * h * m->w_bytes);
+}
+
+/* Expert stores kept: one per layer, or one for all under recomputation. */
+static int expert_stores(const struct model *m)
+{
+    return m->opts.recompute == MODEL_RECOMPUTE_LAYER ? 1 : m->cfg.num_layers;
 }
 
 const char *model_plan_arena_name(enum model_plan_arena a)
@@ -319,6 +353,14 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     out->bytes[PLAN_MASTER] = fsz(numel);
     out->bytes[PLAN_GRADS] = fsz(numel);
     out->bytes[PLAN_MOMENTS] = 2 * fsz((numel + dp - 1) / dp);
+    if (ep > 1) {  /* the expert stores at balanced routing: each rank receives what it sends */
+        struct carve ea = {0}, es = {0};
+        struct layer_acts unused;
+        carve_expert_acts(&ea, &tmp, mlp_rows(cfg, rows), &unused);
+        carve_expert_scratch(&es, &tmp, mlp_rows(cfg, rows));
+        act.used += ea.used * expert_stores(&tmp);
+        scr.used += es.used;
+    }
     out->bytes[PLAN_ACTIVATIONS] = act.used;
     out->bytes[PLAN_SCRATCH] = scr.used + ST_COUNT * sizeof(double);
     for (int a = 0; a < PLAN_ARENAS; a++)
@@ -390,6 +432,12 @@ static void free_activations(struct model *m)
         be->ops->host_free(be, m->stage);
     if (m->router_host)
         be->ops->host_free(be, m->router_host);
+    for (int i = 0; m->expert_acts && i < expert_stores(m); i++)
+        free_buf(be, m->expert_acts[i].base);
+    free(m->expert_acts);
+    free_buf(be, m->expert_scratch.base);
+    m->expert_acts = NULL;
+    m->expert_scratch = (struct expert_store){0};
     m->act_arena = m->scratch_arena = m->logits = NULL;
     m->stage = m->router_host = NULL;
     m->cap_rows = 0;
@@ -484,6 +532,50 @@ void model_zero_grads(struct model *m)
     m->be->ops->zero(m->be, m->grads, fsz(m->layout.numel));
 }
 
+/* Makes store hold `rows` rows of what carve measures, growing it (its old contents are not
+ * needed: a layer's forward rewrites them) and carving m's pointers into it. */
+static int grow_store(struct model *m, struct expert_store *store, size_t rows,
+                      void (*carve)(struct carve *, struct model *, size_t, void *), void *arg)
+{
+    struct carve cv = {0};
+    if (rows > store->rows || !store->base) {
+        carve(&cv, m, rows, arg);
+        free_buf(m->be, store->base);
+        store->base = m->be->ops->alloc(m->be, cv.used);
+        store->rows = store->base ? rows : 0;
+        if (!store->base)
+            return -1;
+    }
+    cv = (struct carve){store->base, 0};
+    carve(&cv, m, store->rows, arg);
+    return 0;
+}
+
+static void carve_acts_of(struct carve *cv, struct model *m, size_t rows, void *a)
+{
+    carve_expert_acts(cv, m, rows, a);
+}
+
+static void carve_scratch_of(struct carve *cv, struct model *m, size_t rows, void *unused)
+{
+    carve_expert_scratch(cv, m, rows);
+}
+
+/* Under expert parallelism: layer l's expert activations and the products' scratch hold
+ * `rows` received rows. A rank that cannot allocate them cannot leave the collectives half
+ * done: the exchange ends the job with the message. */
+static void ensure_expert_rows(struct model *m, int l, size_t rows)
+{
+    struct expert_store *store = &m->expert_acts[m->opts.recompute == MODEL_RECOMPUTE_LAYER ? 0 : l];
+    if (grow_store(m, store, rows, carve_acts_of, &m->acts[l]) ||
+        grow_store(m, &m->expert_scratch, rows, carve_scratch_of, NULL)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "layer %d: no device memory for the %zu rows the rank's experts "
+                                  "received", l, rows);
+        m->x->abort(m->x->ctx, msg);
+    }
+}
+
 /* Activations and scratch for `rows` tokens (kept when already large enough): two arenas. */
 static int reserve(struct model *m, int rows, gale_error *err)
 {
@@ -510,6 +602,11 @@ static int reserve(struct model *m, int rows, gale_error *err)
     act.used = scr.used = 0;
     carve_pass(m, (size_t)rows, &act, &scr);
     m->cap_rows = rows;
+    if (m->ep > 1) {  /* sized for balanced routing; they grow when a layer receives more */
+        m->expert_acts = gale_xcalloc((size_t)expert_stores(m), sizeof *m->expert_acts);
+        for (int l = 0; l < m->cfg.num_layers; l++)
+            ensure_expert_rows(m, l, mlp_rows(&m->cfg, (size_t)rows));
+    }
     return 0;
 }
 
@@ -736,9 +833,11 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     exchange_counts(m, l, a);
     const int32_t *counts = local_counts(m, l);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
-    /* the local experts' inputs and outputs, expert-major */
-    float *xr = s->xe, *yr = a->ye;
+    /* the local experts' inputs, SwiGLU products and outputs, expert-major */
+    float *xr = s->xe, *act = s->act, *yr = a->ye;
     if (m->ep > 1) {
+        ensure_expert_rows(m, l, (size_t)rows_of(counts, per));
+        act = m->tmp_a;
         exchange_rows(m, l, s->xe, m->recv_rows, 0);
         permute_received(m, l, a->xr, m->recv_rows, 1);
         xr = a->xr;
@@ -755,11 +854,11 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
                     act_types(m));
         off += (size_t)cnt;
     }
-    ops->swiglu_fwd(be, s->act, a->gate, a->up, off * inter);
+    ops->swiglu_fwd(be, act, a->gate, a->up, off * inter);
     off = 0;
     for (int e = 0; e < per; e++) {
         int cnt = counts[e];
-        ops->matmul(be, 0, 1, cnt, h, inter, 1, act_at(m, s->act, off * inter), inter,
+        ops->matmul(be, 0, 1, cnt, h, inter, 1, act_at(m, act, off * inter), inter,
                     expert_w(m, m->weights, l, e, 1), inter, 0, act_at(m, yr, off * h), h,
                     act_types(m));
         off += (size_t)cnt;
@@ -1186,7 +1285,7 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
         kc->k = take(&cv, rows * dkv * wb);
         kc->v = take(&cv, rows * dkv * wb);
         carve_layer(&cv, c, n, wb, 1, &kc->acts);
-        kc->scratch.act = take(&cv, mlp_rows(c, n, 1) * c->intermediate_size * wb);
+        kc->scratch.act = take(&cv, mlp_rows(c, n) * c->intermediate_size * wb);
         if (c->num_experts > 0) {
             kc->scratch.router_logits = take(&cv, fsz(n * c->num_experts));
             kc->scratch.xe = take(&cv, n * c->num_experts_per_tok * c->hidden_size * wb);

@@ -84,6 +84,9 @@ struct model_expert_exchange {
      * from rank s land in recv in rank order (MPI_Alltoallv) */
     void (*rows)(void *ctx, const void *send, const int *send_rows, void *recv,
                  const int *recv_rows, size_t row_bytes);
+    /* a rank that cannot go on (no memory for the rows it received) ends the job: the other
+     * ranks are inside the collective */
+    void (*abort)(void *ctx, const char *msg);
 };
 
 struct model_options {

@@ -2,6 +2,7 @@
  * collectives over them. */
 #include "train/comm.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "optim/adamw.h"
@@ -47,6 +48,14 @@ static void alltoallv_rows(void *ctx, const void *send, const int *send_rows, vo
             c->bytes[COMM_ALLTOALL] += (uint64_t)send_rows[r] * row_bytes;
 }
 
+static void abort_job(void *ctx, const char *msg)
+{
+    gale_comm *c = ctx;
+    fprintf(stderr, "gale: rank %d: %s\n", c->rank, msg);
+    fflush(stderr);
+    MPI_Abort(c->world, 1);
+}
+
 int comm_create(gale_comm *c, int ep, int num_experts, const char *key, gale_error *err)
 {
     memset(c, 0, sizeof *c);
@@ -77,7 +86,8 @@ int comm_create(gale_comm *c, int ep, int num_experts, const char *key, gale_err
     MPI_Comm_size(node, &c->local_size);
     MPI_Comm_free(&node);
     c->exchange = (struct model_expert_exchange){
-        .size = ep, .rank = c->ep_rank, .ctx = c, .counts = alltoall_counts, .rows = alltoallv_rows};
+        .size = ep, .rank = c->ep_rank, .ctx = c, .counts = alltoall_counts, .rows = alltoallv_rows,
+        .abort = abort_job};
     return 0;
 }
 

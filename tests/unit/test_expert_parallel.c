@@ -1,6 +1,6 @@
 /* test_expert_parallel: expert parallelism against one rank. Run as `mpirun -np W
- * test_expert_parallel EP` (tests/train/test_expert_parallel.sh: ep=2, ep=4, dp=2 x ep=2,
- * ep=8); alone, ctest runs it on one rank with ep=1 and checks the refusals of bad layouts.
+ * test_expert_parallel EP [recompute]` (tests/train/test_expert_parallel.sh: ep=2, ep=4,
+ * dp=2 x ep=2, ep=8, ep=2 recomputing); alone, ctest runs it on one rank with ep=1 and checks the refusals of bad layouts.
  *
  * Every rank trains a tiny Mixtral (8 experts, top-2) holding its block of experts, on its own
  * micro-batch of a global batch, for STEPS AdamW steps: tokens go to their experts and back
@@ -109,10 +109,12 @@ struct run {
     double loss[STEPS];
 };
 
-static void start(struct run *r, struct gale_backend *be, const struct model_expert_exchange *x)
+static void start(struct run *r, struct gale_backend *be, const struct model_expert_exchange *x,
+                  enum model_recompute recompute)
 {
     struct model_config cfg = tiny_mixtral();
-    struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3, .exchange = x};
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3, .exchange = x,
+                                 .recompute = recompute};
     gale_error err;
     r->m = model_create(&cfg, be, &opts, &err);
     if (!r->m) {
@@ -259,6 +261,10 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     int ep = argc > 1 ? atoi(argv[1]) : 1;
+    /* "recompute": the parallel run recomputes each layer's forward (and exchange) in the
+     * backward */
+    enum model_recompute rc_mode = argc > 2 && !strcmp(argv[2], "recompute") ? MODEL_RECOMPUTE_LAYER
+                                                                              : MODEL_RECOMPUTE_NONE;
     gale_comm comm;
     gale_error err;
     if (comm_create(&comm, ep, 8, "test_expert_parallel EP", &err)) {
@@ -268,8 +274,8 @@ int main(int argc, char **argv)
     if (comm.size == 1)
         check_refusals();
     struct run par, ref;
-    start(&par, poisoned_backend(), &comm.exchange);
-    start(&ref, cpu_backend(), NULL);
+    start(&par, poisoned_backend(), &comm.exchange, rc_mode);
+    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
     const struct model_layout *layout = model_get_layout(par.m);
     int idle = 0;
     for (int s = 0; s < STEPS; s++) {
