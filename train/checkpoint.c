@@ -278,7 +278,10 @@ done:
     return rc;
 }
 
-static int load_moments(const char *dir, const struct model_layout *layout, struct adamw *opt, gale_error *err)
+/* The moments of layout's tensors, by name; whole_n: the whole model's tensor count (an
+ * expert-parallel rank's layout holds a share). */
+static int load_moments(const char *dir, const struct model_layout *layout, int whole_n, struct adamw *opt,
+                        gale_error *err)
 {
     char *path = gale_path_join(dir, "optimizer.safetensors");
     struct safetensors_set set;
@@ -305,9 +308,9 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
                 rc = safetensors_read_f32(st, (which ? v : m) + t->offset, err);
         }
     }
-    if (rc == 0 && set.n != 2 * layout->n)
+    if (rc == 0 && set.n != 2 * whole_n)
         rc = gale_fail(err, "%s: %d tensors, the model has %d parameter tensors (x2 moments)", path, set.n,
-                       layout->n);
+                       whole_n);
     if (rc == 0) { /* a shard of the optimizer takes its range of the whole state */
         size_t n = opt->end - opt->begin;
         opt->be->ops->upload(opt->be, opt->m, m + opt->begin, n * sizeof *m);
@@ -332,7 +335,11 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
         return -1;
     opt->step = st.optimizer_step;
     train_state_clear(&st);
-    return load_moments(dir, model_get_layout(m), opt, err);
+    struct model_layout whole;
+    model_layout_build(model_get_config(m), &whole);
+    int rc = load_moments(dir, model_get_layout(m), whole.n, opt, err);
+    model_layout_free(&whole);
+    return rc;
 }
 
 struct model *checkpoint_open_model(const char *dir, gale_error *err)

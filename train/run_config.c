@@ -60,6 +60,7 @@ static const field fields[] = {
     F(backend, recompute, CONFIG_ENUM, recompute, 0, 0, recompute_names),
     F(backend, threads, CONFIG_INT, threads, 0, 4096, NULL),
     F(backend, peak_tflops, CONFIG_DOUBLE, peak_tflops, 0, 1e6, NULL),
+    F(parallel, ep, CONFIG_INT, ep, 1, 65536, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -104,6 +105,7 @@ static void set_defaults(gale_run_config *c)
     c->moe.aux_loss = GALE_AUX_HF;
     c->moe.aux_coef = -1;
     c->backend.device = GALE_DEVICE_CPU;
+    c->parallel.ep = 1;
 }
 
 static const field *find_field(const char *section, const char *key)
@@ -116,7 +118,7 @@ static const field *find_field(const char *section, const char *key)
 
 static int is_section(const char *name)
 {
-    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend"};
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "parallel"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
         if (!strcmp(name, sections[i]))
             return 1;
@@ -281,13 +283,13 @@ static int read_document(gale_run_config *c, yaml_document_t *doc, const char *n
     char where[512];
     where_of(&y, root, where, sizeof where);
     if (root->type != YAML_MAPPING_NODE)
-        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend)",
+        return gale_fail(err, "%s: a run config is a mapping of sections (model, data, optim, run, moe, backend, parallel)",
                          where);
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
         where_of(&y, k, where, sizeof where);
         if (k->type != YAML_SCALAR_NODE || !is_section(scalar_text(k)))
-            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where,
+            return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, parallel)", where,
                              k->type == YAML_SCALAR_NODE ? scalar_text(k) : "?");
         if (read_section(c, &y, scalar_text(k), v, err))
             return -1;
@@ -311,7 +313,7 @@ static int apply_override(gale_run_config *c, const char *arg, gale_error *err)
     memcpy(key, dot + 1, nk);
     key[nk] = 0;
     if (!is_section(section))
-        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend)", where, section);
+        return gale_fail(err, "%s: unknown section '%s' (model, data, optim, run, moe, backend, parallel)", where, section);
     return set_key(c, section, key, eq + 1, where, err);
 }
 

@@ -63,6 +63,10 @@ typedef struct gale_run_config {
         long threads;       /* OpenMP threads per rank; 0: the node's cores shared among its ranks */
         double peak_tflops; /* the machine's peak fp32 rate for the MFU estimate; 0: estimated */
     } backend;
+    struct {
+        long ep; /* expert-parallel ranks splitting each MoE layer's experts; the world is
+                    data-parallel x ep ranks */
+    } parallel;
 } gale_run_config;
 
 /* Reads path and applies the overrides ("section.key=value" each) in order. */

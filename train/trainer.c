@@ -17,6 +17,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
+#include "train/comm.h"
 #include "train/eval.h"
 #include "train/metrics.h"
 #include "util/file.h"
@@ -39,6 +40,8 @@ static void on_stop_signal(int sig)
 
 typedef struct trainer {
     const gale_run_config *cfg;
+    gale_comm comm;        /* world, expert-parallel and data-parallel groups */
+    int comm_ready;
     int rank, world;
     struct model_config mc;
     struct model *model;
@@ -236,6 +239,9 @@ static void print_effective_config(const trainer *t)
     printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
            model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
            t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
+    if (t->comm.ep_size > 1)
+        printf("layout: %d rank(s) = data parallel %d x expert parallel %d; a rank holds %d of %d experts per layer\n",
+               t->world, t->comm.dp_size, t->comm.ep_size, t->mc.num_experts / t->comm.ep_size, t->mc.num_experts);
     printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
            t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
            t->sched.total, t->peak_flops / 1e12,
@@ -250,22 +256,25 @@ static void print_effective_config(const trainer *t)
 static int setup(trainer *t, gale_error *err)
 {
     const gale_run_config *c = t->cfg;
-    MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &t->world);
-    if (c->backend.threads > 0) {
-        omp_set_num_threads((int)c->backend.threads);
-    } else {
-        /* ranks sharing a node share its cores rather than each taking all of them */
-        MPI_Comm node;
-        int local = 1;
-        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-        MPI_Comm_size(node, &local);
-        MPI_Comm_free(&node);
-        if (local > 1)
-            omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
-    }
     if (trainer_model_config(c, &t->mc, err))
         return -1;
+    char key[512];
+    snprintf(key, sizeof key, "%s: parallel.ep", c->file);
+    if (comm_create(&t->comm, (int)c->parallel.ep, t->mc.num_experts, key, err))
+        return -1;
+    t->comm_ready = 1;
+    t->rank = t->comm.rank;
+    t->world = t->comm.size;
+    if (c->parallel.ep > 1 && c->optim.zero)
+        return gale_fail(err, "%s: optim.zero with parallel.ep = %ld: ZeRO-1 is not yet sharded over the "
+                              "data-parallel groups of expert parallelism", c->file, c->parallel.ep);
+    if (c->backend.threads > 0) {
+        omp_set_num_threads((int)c->backend.threads);
+    } else if (t->comm.local_size > 1) {
+        /* ranks sharing a node share its cores rather than each taking all of them */
+        int share = omp_get_num_procs() / t->comm.local_size;
+        omp_set_num_threads(share > 1 ? share : 1);
+    }
     adopt_data_tokenizer(t);
     t->be = gale_backend_create("cpu", c->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
                                 err);
@@ -275,6 +284,7 @@ static int setup(trainer *t, gale_error *err)
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
         .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
+        .exchange = t->comm.ep_size > 1 ? &t->comm.exchange : NULL,
     };
     t->model = model_create(&t->mc, t->be, &mo, err);
     if (!t->model || open_data(t, err))
@@ -327,6 +337,8 @@ static void teardown(trainer *t)
     model_free(t->model);
     gale_backend_free(t->be);
     loader_close(t->loader);
+    if (t->comm_ready)
+        comm_free(&t->comm);
     for (long i = 0; t->micro && i < t->cfg->data.grad_accum; i++)
         batch_free(&t->micro[i]);
     free(t->micro);
@@ -379,20 +391,6 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     free(host);
 }
 
-/* MPI counts are ints: a 7B model's buffers go in pieces. */
-#define MPI_PIECE ((size_t)1 << 28)
-
-static int piece_count(size_t n, size_t at)
-{
-    return (int)(n - at < MPI_PIECE ? n - at : MPI_PIECE);
-}
-
-static void allreduce_sum_floats(float *x, size_t n)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Allreduce(MPI_IN_PLACE, x + at, piece_count(n, at), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-}
-
 /* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
 static void share_updated_shards(trainer *t)
 {
@@ -401,8 +399,7 @@ static void share_updated_shards(trainer *t)
     for (int r = 0; r < t->world; r++) {
         size_t begin, end;
         shard_range(numel, r, t->world, &begin, &end);
-        for (size_t at = 0; at < end - begin; at += MPI_PIECE)
-            MPI_Bcast(params + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, MPI_COMM_WORLD);
+        comm_bcast_floats(&t->comm, COMM_WORLD_GROUP, params + begin, end - begin, r);
     }
 }
 
@@ -422,14 +419,11 @@ static void gather_moments(trainer *t, float *m, float *v)
             for (int r = 1; sharded && r < t->world; r++) {
                 size_t begin, end;
                 shard_range(numel, r, t->world, &begin, &end);
-                for (size_t at = 0; at < end - begin; at += MPI_PIECE)
-                    MPI_Recv(whole[which] + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, which,
-                             MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                comm_recv_floats(&t->comm, whole[which] + begin, end - begin, r, which);
             }
         } else if (sharded) {
             t->be->ops->download(t->be, own, device[which], n * sizeof(float));
-            for (size_t at = 0; at < n; at += MPI_PIECE)
-                MPI_Send(own + at, piece_count(n, at), MPI_FLOAT, 0, which, MPI_COMM_WORLD);
+            comm_send_floats(&t->comm, own, n, 0, which);
         }
     }
     free(own);
@@ -448,7 +442,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     }
     /* the denominator of the step's loss: every target of the global batch */
     double n_targets = local_targets;
-    MPI_Allreduce(MPI_IN_PLACE, &n_targets, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, &n_targets, 1);
     double denominator = n_targets > 0 ? n_targets : 1;
     double aux_weight = 1.0 / ((double)accum * t->world);
 
@@ -478,19 +472,18 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     const struct model_layout *layout = model_get_layout(t->model);
     float *grads = model_grads(t->model);
     if (t->world > 1) {
-        MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, sums, 4);
         /* each rank's gradients are already divided by the global target count: sum them */
-        allreduce_sum_floats(grads, layout->numel);
+        comm_sum_gradients(&t->comm, layout, grads);
         if (t->expert_counts)
-            MPI_Allreduce(MPI_IN_PLACE, t->expert_counts, t->mc.num_layers * t->mc.num_experts, MPI_INT64_T,
-                          MPI_SUM, MPI_COMM_WORLD);
+            comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, t->mc.num_layers * t->mc.num_experts);
     }
     r->ce_loss = sums[0] / denominator;
     r->loss = r->ce_loss + sums[1];
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(grad_sumsq(t->be, grads, 0, layout->numel));
+    r->grad_norm = sqrt(comm_grad_sumsq(&t->comm, layout, t->be, grads));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
@@ -589,31 +582,97 @@ static int run_eval(trainer *t, gale_error *err)
     return 0;
 }
 
+/* The expert-parallel rank holding expert e of each layer. */
+static int expert_owner(const trainer *t, const char *name)
+{
+    const char *at = strstr(name, ".experts.");
+    return at ? atoi(at + strlen(".experts.")) / (t->mc.num_experts / t->comm.ep_size) : 0;
+}
+
+/* Under expert parallelism rank 0 holds its own block of experts only. For a checkpoint the
+ * other EP ranks of data-parallel replica 0 (world ranks 1..ep-1) send theirs, weights and
+ * AdamW moments tensor by tensor in layout order, and rank 0 assembles the whole model in a
+ * model of its own: the return value on rank 0 (NULL with err when it cannot be made), with
+ * *m and *v the whole moments; NULL elsewhere. An interim: issue 11's design has each rank
+ * write its own shard, with no gather. */
+static struct model *gather_experts(trainer *t, float **m, float **v, gale_error *err)
+{
+    const struct model_layout *own = model_get_layout(t->model);
+    if (t->comm.dp_rank != 0)
+        return NULL;  /* the other replicas hold copies */
+    float *mine[3];
+    for (int which = 0; which < 3; which++)
+        mine[which] = gale_xmalloc(own->numel * sizeof(float));
+    model_params_download(t->model, mine[0]);
+    t->be->ops->download(t->be, mine[1], t->opt.m, own->numel * sizeof(float));
+    t->be->ops->download(t->be, mine[2], t->opt.v, own->numel * sizeof(float));
+    gale_backend_wait(t->be);
+    struct model *whole_model = NULL;
+    if (t->rank != 0) {
+        for (int i = 0; i < own->n; i++)
+            for (int which = 0; own->tensors[i].expert && which < 3; which++)
+                comm_send_floats(&t->comm, mine[which] + own->tensors[i].offset, own->tensors[i].numel, 0, which);
+    } else {
+        struct model_layout whole;
+        model_layout_build(&t->mc, &whole);
+        float *all[3];
+        for (int which = 0; which < 3; which++)
+            all[which] = gale_xmalloc(whole.numel * sizeof(float));
+        for (int i = 0; i < whole.n; i++) {
+            const struct model_tensor *w = &whole.tensors[i], *o = model_layout_find(own, w->name);
+            for (int which = 0; which < 3; which++) {
+                if (o)
+                    memcpy(all[which] + w->offset, mine[which] + o->offset, w->numel * sizeof(float));
+                else
+                    comm_recv_floats(&t->comm, all[which] + w->offset, w->numel, expert_owner(t, w->name), which);
+            }
+        }
+        whole_model = model_create(&t->mc, t->be, NULL, err);
+        if (whole_model)
+            model_params_upload(whole_model, all[0]);
+        free(all[0]);
+        *m = all[1];
+        *v = all[2];
+        model_layout_free(&whole);
+    }
+    for (int which = 0; which < 3; which++)
+        free(mine[which]);
+    return whole_model;
+}
+
 /* Rank 0 writes; every rank learns whether it worked. */
 static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
     size_t numel = model_get_layout(t->model)->numel;
-    float *m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
-    float *v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
-    gather_moments(t, m, v);
-    if (t->rank == 0) {
+    float *m = NULL, *v = NULL;
+    struct model *whole = NULL;
+    if (t->comm.ep_size > 1) {
+        whole = gather_experts(t, &m, &v, err);
+        rc = t->rank == 0 && !whole ? -1 : 0;
+    } else {
+        m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
+        v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
+        gather_moments(t, m, v);
+    }
+    if (t->rank == 0 && rc == 0) {
         gale_moments moments = {m, v};
         gale_loader_position pos;
         loader_position(t->loader, &pos);
         json_decref(t->state.loader);
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
-        rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, t->tokenizer_path,
+        rc = checkpoint_save(t->cfg->run.dir, whole ? whole : t->model, &moments, &t->state, t->tokenizer_path,
                              (int)t->cfg->run.keep_last, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);
         free(dir);
     }
+    model_free(whole);
     free(m);
     free(v);
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    comm_bcast_int(&t->comm, COMM_WORLD_GROUP, &rc, 0);
     if (rc && t->rank != 0)
         gale_fail(err, "rank 0 could not write the checkpoint of step %ld", t->state.step);
     return rc;
@@ -643,8 +702,7 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
         if (t->eval_on && (step % c->run.eval_every == 0 || last) && run_eval(t, err))
             return -1;
         /* agree on a stop: a signal may reach one rank only */
-        int stop = stop_signal;
-        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        int stop = comm_max_int(&t->comm, COMM_WORLD_GROUP, stop_signal);
         int stop_here = opts->stop_at > 0 && step >= opts->stop_at;
         int periodic = c->run.checkpoint_every > 0 && step % c->run.checkpoint_every == 0;
         if ((periodic || last || stop || stop_here) && save_checkpoint(t, err))
