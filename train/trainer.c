@@ -446,6 +446,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     double denominator = n_targets > 0 ? n_targets : 1;
     double aux_weight = 1.0 / ((double)accum * t->world);
 
+    comm_bytes_reset(&t->comm);
     model_zero_grads(t->model);
     model_stats_reset(t->model);
     for (long i = 0; i < accum; i++) {
@@ -539,6 +540,17 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                             number_or_null(r->z_loss), "lr", r->lr, "grad_norm", number_or_null(r->grad_norm),
                             "targets", (json_int_t)r->n_targets, "tokens_seen", (json_int_t)t->state.tokens_seen,
                             "tokens_per_s", tok_per_s, "mfu", mfu, "step_s", step_seconds, "skipped", r->skipped);
+    /* the bytes rank 0 sent in the step's collectives (each rank's all-to-all differs) */
+    json_t *bytes = json_object();
+    for (int k = 0; k < COMM_KINDS; k++)
+        json_object_set_new(bytes, comm_kind_name(k), json_integer((json_int_t)t->comm.bytes[k]));
+    json_object_set_new(rec, "comm_bytes", bytes);
+    if (t->world > 1 && t->state.step == 1) {
+        printf("communication of step 1 from rank 0:");
+        for (int k = 0; k < COMM_KINDS; k++)
+            printf(" %s %.3f MB%s", comm_kind_name(k), t->comm.bytes[k] / 1e6, k + 1 < COMM_KINDS ? "," : "\n");
+        fflush(stdout);
+    }
     if (t->expert_counts) {
         json_t *layers = json_array();
         for (int l = 0; l < t->mc.num_layers; l++) {

@@ -72,6 +72,18 @@ for run in ("ep2", "dpep", "resume"):
         print(f"  {f}: {len(a)} tensors, largest relative difference {rel:.2e}")
         assert rel < 1e-5, f"FAIL: {run}'s {f} differs from one rank's"
 assert ref[-1] < ref[0] - 0.2, "FAIL: the loss does not fall"
+# the step's collectives, per rank: ep=2 on 2 ranks all-reduces the dense gradients once over a
+# ring of 2 (2 (p - 1) / p = 1 x their bytes) and 13 doubles and int64s (target count, 4 loss
+# sums, 2 x 4 expert counts); the experts' gradients have no data-parallel peer
+weights = tensors(f"{tmp}/one/checkpoints/step_00000010/model.safetensors")
+dense = sum(4 * a.size for k, a in weights.items() if ".experts." not in k)
+for line in open(f"{tmp}/ep2/metrics.jsonl"):
+    r = json.loads(line)
+    if r.get("kind") == "train":
+        b = r["comm_bytes"]
+        assert b["allreduce"] == dense + 13 * 8, f"FAIL: step {r['step']}: all-reduce {b['allreduce']} bytes, expected {dense + 13 * 8}"
+        assert b["alltoall"] > 0 and b["broadcast"] == 0, b
+print(f"ep2: {b['allreduce']} bytes all-reduced per step (dense gradients {dense}), {b['alltoall']} all-to-all at step 10")
 PY
 # refusals name the key
 expect_refusal() {  # expect_refusal RANKS WANT ARGS...
