@@ -4,9 +4,7 @@
 # seconds rather than hanging; the latest checkpoint stays whole and the run resumes from it.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 0; }
-mpi_flags=(--oversubscribe)
-[ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 write_config "$tmp/run.yaml" "$tmp/run" 100000 2
 sed -i 's/checkpoint_every: 5/checkpoint_every: 1/' "$tmp/run.yaml"
 # through the local launcher, which execs mpirun

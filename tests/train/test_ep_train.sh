@@ -10,9 +10,7 @@
 # while the losses agree to 6e-9.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 0; }
-mpi_flags=(--oversubscribe)
-[ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 steps=10
 run_mpi() {  # run_mpi RANKS LOG ARGS...
   local n=$1 log=$2

@@ -5,10 +5,8 @@
 # ep=2, ep=4, dp=2 x ep=2, ep=8 of a tiny Mixtral with 8 experts, and ep=2 with each layer's
 # forward (and its all-to-all) recomputed in the backward.
 set -euo pipefail
-: "${GALE_BUILD:?run through ctest, or set GALE_BUILD}"
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 0; }
-mpi_flags=(--oversubscribe)
-[ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+: "${GALE_BUILD:?run through ctest, or set GALE_SOURCE and GALE_BUILD}" "${GALE_SOURCE:?}"
+source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 export OMP_NUM_THREADS=1
 for layout in "2 2" "4 4" "4 2" "8 8" "2 2 recompute"; do
   set -- $layout

@@ -19,6 +19,7 @@
 
 #include "check.h"
 #include "cpu_backend.h"
+#include "tiny_model.h"
 #include "optim/adamw.h"
 #include "train/comm.h"
 
@@ -27,27 +28,10 @@
 #define T 12
 #define TOL 1e-5
 
+/* 8 experts: every layout up to ep=8 splits them. */
 static struct model_config tiny_mixtral(void)
 {
-    struct model_config c = {0};
-    c.kind = MODEL_MIXTRAL;
-    c.vocab_size = 53;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.max_position_embeddings = 64;
-    c.bos_token_id = 1;
-    c.eos_token_id = 2;
-    c.initializer_range = 0.02;
-    c.num_experts = 8;
-    c.num_experts_per_tok = 2;
-    c.router_aux_loss_coef = 0.02;
-    return c;
+    return tiny_model(8, 2);
 }
 
 /* The CPU backend with an allocator that fills what it gives with NaN. */
