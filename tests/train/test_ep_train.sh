@@ -3,7 +3,8 @@
 # with ep=2 (each rank holds 2 experts per layer, tokens travel by all-to-all) and on 4 ranks
 # with dp=2 x ep=2 gives, for 10 steps, the losses, final weights and AdamW moments of one rank
 # accumulating the same global batch, within 1e-5 relative; stopped at step 5 and resumed, the
-# ep=2 run ends where the uninterrupted one does. Bad layouts are refused naming the key.
+# ep=2 run ends where the uninterrupted one does, and so does it resumed on 1 rank or on 2
+# data-parallel ranks. Bad layouts are refused naming the key.
 # At lr 1e-3: at the fixture's 1e-2 AdamW turns the different summation order of an expert's
 # gradient (one product over every rank's rows instead of one per micro-batch) into weight
 # differences up to 2.8e-5 relative in a lightly routed expert (pure data parallelism: 5.4e-6),
@@ -32,7 +33,17 @@ write_config "$tmp/resume.yaml" "$tmp/resume" $steps 2 2
 run_mpi 2 "$tmp/resume.log" "$tmp/resume.yaml" "${lr[@]}" --set parallel.ep=2 --stop-at 5
 run_mpi 2 "$tmp/resume.log" "$tmp/resume.yaml" "${lr[@]}" --set parallel.ep=2
 grep -q "resuming from .*step 5" "$tmp/resume.log"
-for run in one ep2 dpep resume; do losses "$tmp/$run" > "$tmp/$run.losses"; done
+# checkpoints are read by tensor name: the ep=2 checkpoint of step 5 resumes on 1 rank
+# (accumulating 4 micro-batches: the same global batch) and on 2 data-parallel ranks
+for next in one dp; do
+  write_config "$tmp/to_$next.yaml" "$tmp/to_$next" $steps 2 2
+  run_mpi 2 "$tmp/cross.log" "$tmp/to_$next.yaml" "${lr[@]}" --set parallel.ep=2 --stop-at 5
+done
+"$GALE_BIN" train "$tmp/to_one.yaml" "${lr[@]}" --set data.grad_accum=4 > "$tmp/cross.log"
+grep -q "resuming from .*step 5" "$tmp/cross.log"
+run_mpi 2 "$tmp/cross.log" "$tmp/to_dp.yaml" "${lr[@]}"
+grep -q "resuming from .*step 5" "$tmp/cross.log"
+for run in one ep2 dpep resume to_one to_dp; do losses "$tmp/$run" > "$tmp/$run.losses"; done
 python3 - "$tmp" <<'PY'
 import json, struct, sys
 import numpy as np
@@ -57,7 +68,7 @@ def losses(run):
 
 ref = losses("one")
 assert len(ref) == 10, ref
-for run in ("ep2", "dpep", "resume"):
+for run in ("ep2", "dpep", "resume", "to_one", "to_dp"):
     got = losses(run)
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
     print(f"{run}: losses {' '.join('%.6f' % x for x in got)}; largest relative difference {worst:.2e}")
@@ -94,4 +105,4 @@ expect_refusal() {  # expect_refusal RANKS WANT ARGS...
 }
 expect_refusal 2 "parallel.ep = 4 does not divide the 2 ranks of the job" --set parallel.ep=4
 expect_refusal 3 "parallel.ep = 3 does not divide the model's 4 experts" --set parallel.ep=3 --set run.dir=$tmp/bad
-echo "ep train: ep=2 and dp=2 x ep=2 match one rank; resume under ep=2 continues exactly"
+echo "ep train: ep=2 and dp=2 x ep=2 match one rank; an ep=2 checkpoint resumes exactly on ep=2, on 1 rank and on dp=2"
