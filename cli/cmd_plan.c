@@ -126,7 +126,8 @@ int cmd_plan(int argc, char **argv)
     printf("  %-24s %12.3f   (%zu bytes)\n", "total", plan.total / gib, plan.total);
     if (device_gib > 0)
         printf("fits %.1f GiB: %s (%.0f%%)\n", device_gib,
-               plan.total <= device_gib * gib ? "yes" : "no", 100 * plan.total / (device_gib * gib));
+               plan.total <= device_gib * gib ? "yes" : "no",
+               100 * plan.total / (device_gib * gib));
     if (ep > 1)
         printf("expert parallelism: each rank holds %d of %d experts per layer; their activations "
                "are sized for balanced routing and grow with the rows a layer receives\n",

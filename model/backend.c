@@ -42,6 +42,14 @@ int gale_dtype_parse(const char *name, enum gale_dtype *out)
     return -1;
 }
 
+const char *gale_op_name(enum gale_op op)
+{
+    static const char *const names[GALE_OP_COUNT] = {
+        "matmul", "embedding", "rmsnorm", "rope", "attention", "attention_cached", "swiglu",
+        "router", "moe", "cross_entropy", "adamw", "reduce"};
+    return op < GALE_OP_COUNT ? names[op] : "unknown";
+}
+
 /* The table of backend `name` for compute dtype dt, or NULL. */
 static const struct gale_ops *ops_for(const char *name, enum gale_dtype dt)
 {

@@ -384,6 +384,14 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
         return NULL;
     }
     const struct gale_ops *ops = be->ops;
+    for (int op = 0; op < GALE_OP_COUNT; op++) {
+        int needed = cfg->num_experts > 0 || (op != GALE_OP_ROUTER && op != GALE_OP_MOE);
+        if (needed && !ops->supports_op(be, (enum gale_op)op, be->compute)) {
+            gale_fail(err, "backend %s does not run %s in %s", ops->name,
+                      gale_op_name((enum gale_op)op), gale_dtype_name(be->compute));
+            return NULL;
+        }
+    }
     struct model *m = gale_xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     if (opts)
@@ -566,7 +574,8 @@ static void carve_scratch_of(struct carve *cv, struct model *m, size_t rows, voi
  * done: the exchange ends the job with the message. */
 static void ensure_expert_rows(struct model *m, int l, size_t rows)
 {
-    struct expert_store *store = &m->expert_acts[m->opts.recompute == MODEL_RECOMPUTE_LAYER ? 0 : l];
+    int shared = m->opts.recompute == MODEL_RECOMPUTE_LAYER;
+    struct expert_store *store = &m->expert_acts[shared ? 0 : l];
     if (grow_store(m, store, rows, carve_acts_of, &m->acts[l]) ||
         grow_store(m, &m->expert_scratch, rows, carve_scratch_of, NULL)) {
         char msg[256];
@@ -675,9 +684,12 @@ static void qkv_forward(struct model *m, int l, struct layer_acts *a, int n, con
     int dkv = c->num_kv_heads * c->head_dim;
     ops->rmsnorm_fwd(be, a->h1, a->rstd1, x, layer_w(m, m->weights, l, W_LN1), n, h,
                      (float)c->rms_norm_eps);
-    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq, act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv, act_types(m));
-    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv, act_types(m));
+    ops->matmul(be, 0, 1, n, dq, h, 1, a->h1, h, layer_w(m, m->weights, l, W_Q), h, 0, a->q, dq,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_K), h, 0, k_out, dkv,
+                act_types(m));
+    ops->matmul(be, 0, 1, n, dkv, h, 1, a->h1, h, layer_w(m, m->weights, l, W_V), h, 0, v_out, dkv,
+                act_types(m));
     ops->rope_fwd(be, a->q, positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_fwd(be, k_out, positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
 }
@@ -688,8 +700,8 @@ static void attention_out_forward(struct model *m, int l, struct layer_acts *a, 
 {
     int h = m->cfg.hidden_size, dq = m->cfg.num_heads * m->cfg.head_dim;
     m->be->ops->copy(m->be, a->x_mid, x, wsz(m, (size_t)n * h));
-    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1, a->x_mid,
-                   h, act_types(m));
+    m->be->ops->matmul(m->be, 0, 1, n, h, dq, 1, a->att, dq, layer_w(m, m->weights, l, W_O), dq, 1,
+                       a->x_mid, h, act_types(m));
 }
 
 static void attention_forward(struct model *m, int l, const float *x)
@@ -697,9 +709,9 @@ static void attention_forward(struct model *m, int l, const float *x)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     qkv_forward(m, l, a, m->rows, x, a->k, a->v, m->positions);
-    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v, m->has_segments ? m->segments : NULL,
-                          m->batch, m->seq, c->num_heads, c->num_kv_heads, c->head_dim,
-                          c->sliding_window);
+    m->be->ops->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v,
+                              m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
+                              c->num_kv_heads, c->head_dim, c->sliding_window);
     attention_out_forward(m, l, a, m->rows, x);
 }
 
@@ -716,13 +728,14 @@ static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int 
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
     int h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0, a->gate,
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_GATE), h, 0,
+                a->gate, inter, act_types(m));
+    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up,
                 inter, act_types(m));
-    ops->matmul(be, 0, 1, n, inter, h, 1, a->h2, h, layer_w(m, m->weights, l, W_UP), h, 0, a->up, inter, act_types(m));
     ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * inter);
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
-    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter, 1,
-                out, h, act_types(m));
+    ops->matmul(be, 0, 1, n, h, inter, 1, s->act, inter, layer_w(m, m->weights, l, W_DOWN), inter,
+                1, out, h, act_types(m));
 }
 
 /* Local expert e's weight (0: w1, 1: w2, 2: w3): e counts the rank's own block from 0. */
@@ -777,8 +790,9 @@ static void permute_received(struct model *m, int l, float *dst, const float *sr
             for (int i = 0; i < r * per + e; i++)
                 by_source += (size_t)recv[i];
             size_t cnt = (size_t)recv[r * per + e];
-            const float *from = act_at(m, src, (to_experts ? by_source : by_expert) * m->cfg.hidden_size);
-            float *to = act_at(m, dst, (to_experts ? by_expert : by_source) * m->cfg.hidden_size);
+            size_t h = m->cfg.hidden_size;
+            const float *from = act_at(m, src, (to_experts ? by_source : by_expert) * h);
+            float *to = act_at(m, dst, (to_experts ? by_expert : by_source) * h);
             if (cnt)
                 m->be->ops->copy(m->be, to, from, cnt * row);
             by_expert += cnt;
@@ -892,15 +906,16 @@ static void forward_trunk(struct model *m)
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size;
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
-    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n, h);
+    ops->embedding_fwd(be, m->acts[0].x_in, tensor_at(m, m->weights, embed_index()), m->tokens, n,
+                       h);
     for (int l = 0; l < c->num_layers; l++) {
         struct layer_acts *a = &m->acts[l];
         float *out = l + 1 < c->num_layers ? m->acts[l + 1].x_in : m->x_final;
         attention_forward(m, l, a->x_in);
         mlp_forward(m, l, a, n, &scratch, out);
     }
-    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final, tensor_at(m, m->weights, final_norm_index(m)),
-                     n, h, (float)c->rms_norm_eps);
+    ops->rmsnorm_fwd(be, m->hf, m->rstd_f, m->x_final,
+                     tensor_at(m, m->weights, final_norm_index(m)), n, h, (float)c->rms_norm_eps);
 }
 
 /* After a forward over a Mixtral, from the expert counts on the host: the router losses'
@@ -1068,8 +1083,8 @@ static void dense_mlp_backward(struct model *m, int l)
     ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)n * inter);
     ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_b, inter, a->h2, h, 1,
                 layer_w(m, m->grads, l, W_GATE), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1, layer_w(m, m->grads, l, W_UP),
-                h, to_f32_types(m));
+    ops->matmul(be, 1, 0, inter, h, n, 1, m->tmp_c, inter, a->h2, h, 1,
+                layer_w(m, m->grads, l, W_UP), h, to_f32_types(m));
     ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_b, inter, wg, h, 0, m->dh, h, act_types(m));
     ops->matmul(be, 0, 0, n, h, inter, 1, m->tmp_c, inter, wu, h, 1, m->dh, h, act_types(m));
 }
@@ -1147,19 +1162,27 @@ static void attention_backward(struct model *m, int l)
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, dq = c->num_heads * c->head_dim;
     int dkv = c->num_kv_heads * c->head_dim;
-    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq, act_types(m));
+    ops->matmul(be, 1, 0, h, dq, n, 1, m->dx, h, a->att, dq, 1, layer_w(m, m->grads, l, W_O), dq,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, dq, h, 1, m->dx, h, layer_w(m, m->weights, l, W_O), dq, 0, m->datt, dq,
+                act_types(m));
     ops->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->att, a->lse, a->q, a->k, a->v,
                        m->has_segments ? m->segments : NULL, m->batch, m->seq, c->num_heads,
                        c->num_kv_heads, c->head_dim, c->sliding_window);
     ops->rope_bwd(be, m->dq, m->positions, n, c->num_heads, c->head_dim, (float)c->rope_theta);
     ops->rope_bwd(be, m->dk, m->positions, n, c->num_kv_heads, c->head_dim, (float)c->rope_theta);
-    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h, to_f32_types(m));
-    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h, to_f32_types(m));
-    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h, act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h, act_types(m));
-    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h, act_types(m));
+    ops->matmul(be, 1, 0, dq, h, n, 1, m->dq, dq, a->h1, h, 1, layer_w(m, m->grads, l, W_Q), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dk, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_K), h,
+                to_f32_types(m));
+    ops->matmul(be, 1, 0, dkv, h, n, 1, m->dv, dkv, a->h1, h, 1, layer_w(m, m->grads, l, W_V), h,
+                to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, dq, 1, m->dq, dq, layer_w(m, m->weights, l, W_Q), h, 0, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dk, dkv, layer_w(m, m->weights, l, W_K), h, 1, m->dh, h,
+                act_types(m));
+    ops->matmul(be, 0, 0, n, h, dkv, 1, m->dv, dkv, layer_w(m, m->weights, l, W_V), h, 1, m->dh, h,
+                act_types(m));
     ops->rmsnorm_bwd(be, m->dx, layer_w(m, m->grads, l, W_LN1), m->dh, a->x_in,
                      layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
@@ -1401,8 +1424,9 @@ static void head_of_row(struct model *m, struct model_kv_cache *kc, int row, flo
     m->be->ops->rmsnorm_fwd(m->be, kc->hf, kc->rstd_f, act_at(m, kc->acts.x_in, (size_t)row * h),
                         tensor_at(m, m->weights, final_norm_index(m)), 1, h,
                         (float)c->rms_norm_eps);
-    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h, tensor_at(m, m->weights, lm_head_index(m)), h,
-                   0, kc->logits, vocab, to_f32_types(m));
+    m->be->ops->matmul(m->be, 0, 1, 1, vocab, h, 1, kc->hf, h,
+                       tensor_at(m, m->weights, lm_head_index(m)), h, 0, kc->logits, vocab,
+                       to_f32_types(m));
     m->be->ops->download(m->be, logits, kc->logits, fsz((size_t)vocab));
 }
 

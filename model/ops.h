@@ -25,6 +25,8 @@ enum gale_op {
     GALE_OP_ADAMW, GALE_OP_REDUCE, GALE_OP_COUNT
 };
 
+const char *gale_op_name(enum gale_op op);
+
 /* The dtypes of a product's operands: the policy gives A and B in the compute dtype, except
  * the head's fp32 logit gradients; C is fp32 for weight gradients, logits and router logits. */
 struct gale_gemm_types {
@@ -66,62 +68,66 @@ struct gale_ops {
                    float *c, int ldc, struct gale_gemm_types types);
 
     /* out[r,:] = table[tokens[r],:] for r < rows */
-    void (*embedding_fwd)(struct gale_backend *be, float *out, const float *table, const int32_t *tokens, int rows, int dim);
+    void (*embedding_fwd)(struct gale_backend *be, float *out, const float *table,
+                          const int32_t *tokens, int rows, int dim);
     /* dtable[tokens[r],:] += dout[r,:] */
-    void (*embedding_bwd)(struct gale_backend *be, float *dtable, const float *dout, const int32_t *tokens, int rows, int dim);
+    void (*embedding_bwd)(struct gale_backend *be, float *dtable, const float *dout,
+                          const int32_t *tokens, int rows, int dim);
 
     /* out = x * rsqrt(mean(x^2) + eps) * w; rstd[r] saved for the backward */
-    void (*rmsnorm_fwd)(struct gale_backend *be, float *out, float *rstd, const float *x, const float *w, int rows, int dim,
-                        float eps);
+    void (*rmsnorm_fwd)(struct gale_backend *be, float *out, float *rstd, const float *x,
+                        const float *w, int rows, int dim, float eps);
     /* dx += d/dx, dw += d/dw */
-    void (*rmsnorm_bwd)(struct gale_backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
-                        const float *rstd, int rows, int dim);
+    void (*rmsnorm_bwd)(struct gale_backend *be, float *dx, float *dw, const float *dout,
+                        const float *x, const float *w, const float *rstd, int rows, int dim);
 
     /* In place on x[rows, heads*head_dim]: rotate-half RoPE at positions[r];
      * inv_freq[i] = theta^(-2i/head_dim). The backward rotates by the opposite angle. */
-    void (*rope_fwd)(struct gale_backend *be, float *x, const int32_t *positions, int rows, int heads, int head_dim,
-                     float theta);
-    void (*rope_bwd)(struct gale_backend *be, float *dx, const int32_t *positions, int rows, int heads, int head_dim,
-                     float theta);
+    void (*rope_fwd)(struct gale_backend *be, float *x, const int32_t *positions, int rows,
+                     int heads, int head_dim, float theta);
+    void (*rope_bwd)(struct gale_backend *be, float *dx, const int32_t *positions, int rows,
+                     int heads, int head_dim, float theta);
 
     /* Causal GQA attention over batch x seq rows: q[B*T, heads*hd], k and v [B*T, kv_heads*hd],
      * out[B*T, heads*hd]. Query i of a sequence sees key j when j <= i, i - j < window
      * (window 0 = unlimited) and segments[i] == segments[j] (segments NULL = one segment).
      * lse[B, heads, T] saves each softmax's log-sum-exp for the backward. */
-    void (*attention_fwd)(struct gale_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *segments, int batch, int seq, int heads, int kv_heads,
-                          int head_dim, int window);
+    void (*attention_fwd)(struct gale_backend *be, float *out, float *lse, const float *q,
+                          const float *k, const float *v, const int32_t *segments, int batch,
+                          int seq, int heads, int kv_heads, int head_dim, int window);
     /* Generation's attention, forward only: n_q new queries of one sequence against its
      * cached keys. q[n_q, heads*hd]; k and v [n_kv, kv_heads*hd] in sequence order, the new
      * queries' own keys last; out[n_q, heads*hd]. Query r is the sequence's token
      * n_kv - n_q + r = i and sees key j when j <= i and i - j < window (0 = unlimited). */
-    void (*attention_cached_fwd)(struct gale_backend *be, float *out, const float *q, const float *k, const float *v,
-                                 int n_q, int n_kv, int heads, int kv_heads, int head_dim,
-                                 int window);
+    void (*attention_cached_fwd)(struct gale_backend *be, float *out, const float *q,
+                                 const float *k, const float *v, int n_q, int n_kv, int heads,
+                                 int kv_heads, int head_dim, int window);
     /* dq, dk, dv overwritten */
-    void (*attention_bwd)(struct gale_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                          const float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *segments, int batch, int seq, int heads, int kv_heads,
-                          int head_dim, int window);
+    void (*attention_bwd)(struct gale_backend *be, float *dq, float *dk, float *dv,
+                          const float *dout, const float *out, const float *lse, const float *q,
+                          const float *k, const float *v, const int32_t *segments, int batch,
+                          int seq, int heads, int kv_heads, int head_dim, int window);
 
     /* out = silu(gate) * up over n elements; the backward overwrites dgate and dup (dgate may
      * be the same buffer as dout) */
-    void (*swiglu_fwd)(struct gale_backend *be, float *out, const float *gate, const float *up, size_t n);
-    void (*swiglu_bwd)(struct gale_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                       const float *up, size_t n);
+    void (*swiglu_fwd)(struct gale_backend *be, float *out, const float *gate, const float *up,
+                       size_t n);
+    void (*swiglu_bwd)(struct gale_backend *be, float *dgate, float *dup, const float *dout,
+                       const float *gate, const float *up, size_t n);
 
     /* Router over logits[rows, experts]: probs = softmax (fp32), lse[r] its log-sum-exp,
      * topk_idx/topk_w[rows, k] the k largest probabilities (ties: lower index first)
      * renormalised to sum to 1. */
-    void (*router_fwd)(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx, float *topk_w,
-                       const float *logits, int rows, int experts, int k);
+    void (*router_fwd)(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx,
+                       float *topk_w, const float *logits, int rows, int experts, int k);
     /* dlogits (overwritten) from dtopk_w[rows, k] (the loss's gradient w.r.t. the
      * renormalised weights), plus dprobs_const[e] added to every row's d/dprobs[e] (the
      * load-balancing loss: its gradient flows through the mean probabilities only), plus
      * z_scale * d(lse^2)/dlogits (router z-loss; 0 for none). */
-    void (*router_bwd)(struct gale_backend *be, float *dlogits, const float *dtopk_w, const float *probs, const float *lse,
-                       const int32_t *topk_idx, const float *topk_w, const float *dprobs_const,
-                       float z_scale, int rows, int experts, int k);
+    void (*router_bwd)(struct gale_backend *be, float *dlogits, const float *dtopk_w,
+                       const float *probs, const float *lse, const int32_t *topk_idx,
+                       const float *topk_w, const float *dprobs_const, float z_scale, int rows,
+                       int experts, int k);
 
     /* Groups the rows*k routing slots by expert: counts[e] (device, int32) and
      * slot_rows[s] (device), the token row of the s-th slot in expert order, and
@@ -133,16 +139,18 @@ struct gale_ops {
     void (*router_stats)(struct gale_backend *be, double *stats, const float *probs,
                          const float *lse, int rows, int experts);
     /* xe[s,:] = x[slot_rows[s],:] */
-    void (*moe_gather)(struct gale_backend *be, float *xe, const float *x, const int32_t *slot_rows, int slots, int dim);
+    void (*moe_gather)(struct gale_backend *be, float *xe, const float *x, const int32_t *slot_rows,
+                       int slots, int dim);
     /* out[r,:] += sum_j topk_w[r,j] * ye[slot_of[r*k+j],:] */
-    void (*moe_combine)(struct gale_backend *be, float *out, const float *ye, const float *topk_w, const int32_t *slot_of,
-                        int rows, int k, int dim);
+    void (*moe_combine)(struct gale_backend *be, float *out, const float *ye, const float *topk_w,
+                        const int32_t *slot_of, int rows, int k, int dim);
     /* dye[slot_of[r*k+j],:] = topk_w[r,j] * dout[r,:], dtopk_w[r,j] = dout[r,:] . ye[...] */
-    void (*moe_combine_bwd)(struct gale_backend *be, float *dye, float *dtopk_w, const float *dout, const float *ye,
-                            const float *topk_w, const int32_t *slot_of, int rows, int k, int dim);
+    void (*moe_combine_bwd)(struct gale_backend *be, float *dye, float *dtopk_w, const float *dout,
+                            const float *ye, const float *topk_w, const int32_t *slot_of, int rows,
+                            int k, int dim);
     /* dx[slot_rows[s],:] += dxe[s,:] */
-    void (*moe_scatter_add)(struct gale_backend *be, float *dx, const float *dxe, const int32_t *slot_rows, int slots,
-                            int dim);
+    void (*moe_scatter_add)(struct gale_backend *be, float *dx, const float *dxe,
+                            const int32_t *slot_rows, int slots, int dim);
 
     /* Cross-entropy over logits[rows, vocab] (fp32) with targets (< 0: ignored). Adds the sum
      * of the per-row losses to sums[0] and the number of targets counted to sums[1] (device

@@ -65,8 +65,8 @@ int comm_create(gale_comm *c, int ep, int num_experts, const char *key, gale_err
     if (ep < 1)
         return gale_fail(err, "%s = %d: must be at least 1", key, ep);
     if (c->size % ep)
-        return gale_fail(err, "%s = %d does not divide the %d ranks of the job (world = data-parallel "
-                              "x expert-parallel ranks)", key, ep, c->size);
+        return gale_fail(err, "%s = %d does not divide the %d ranks of the job (world = "
+                              "data-parallel x expert-parallel ranks)", key, ep, c->size);
     if (ep > 1 && num_experts == 0)
         return gale_fail(err, "%s = %d: expert parallelism needs a mixture-of-experts model "
                               "(num_local_experts)", key, ep);

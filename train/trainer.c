@@ -416,6 +416,7 @@ static void gather_moments(trainer *t, float *m, float *v)
     for (int which = 0; which < 2; which++) {
         if (t->rank == 0) {
             t->be->ops->download(t->be, whole[which] + t->opt.begin, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             for (int r = 1; sharded && r < t->world; r++) {
                 size_t begin, end;
                 shard_range(numel, r, t->world, &begin, &end);
@@ -423,6 +424,7 @@ static void gather_moments(trainer *t, float *m, float *v)
             }
         } else if (sharded) {
             t->be->ops->download(t->be, own, device[which], n * sizeof(float));
+            gale_backend_wait(t->be);
             comm_send_floats(&t->comm, own, n, 0, which);
         }
     }

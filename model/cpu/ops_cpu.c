@@ -171,8 +171,8 @@ static void cpu_matmul(struct gale_backend *be, int trans_a, int trans_b, int m,
     }
 }
 
-static void cpu_embedding_fwd(struct gale_backend *be, float *out, const float *table, const int32_t *tokens, int rows,
-                              int dim)
+static void cpu_embedding_fwd(struct gale_backend *be, float *out, const float *table,
+                              const int32_t *tokens, int rows, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++)
@@ -183,8 +183,8 @@ static void cpu_embedding_fwd(struct gale_backend *be, float *out, const float *
  * a block is long enough for contiguous, vectorised inner loops. */
 #define COLUMN_BLOCK 64
 
-static void cpu_embedding_bwd(struct gale_backend *be, float *dtable, const float *dout, const int32_t *tokens, int rows,
-                              int dim)
+static void cpu_embedding_bwd(struct gale_backend *be, float *dtable, const float *dout,
+                              const int32_t *tokens, int rows, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {
@@ -198,8 +198,8 @@ static void cpu_embedding_bwd(struct gale_backend *be, float *dtable, const floa
     }
 }
 
-static void cpu_rmsnorm_fwd(struct gale_backend *be, float *out, float *rstd, const float *x, const float *w, int rows,
-                            int dim, float eps)
+static void cpu_rmsnorm_fwd(struct gale_backend *be, float *out, float *rstd, const float *x,
+                            const float *w, int rows, int dim, float eps)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * dim))
     for (int r = 0; r < rows; r++) {
@@ -215,8 +215,8 @@ static void cpu_rmsnorm_fwd(struct gale_backend *be, float *out, float *rstd, co
     }
 }
 
-static void cpu_rmsnorm_bwd(struct gale_backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
-                            const float *rstd, int rows, int dim)
+static void cpu_rmsnorm_bwd(struct gale_backend *be, float *dx, float *dw, const float *dout,
+                            const float *x, const float *w, const float *rstd, int rows, int dim)
 {
 #pragma omp parallel if (parallel_worth((size_t)rows * dim))
     {
@@ -275,14 +275,14 @@ static void rope_rotate(float *x, const int32_t *positions, int rows, int heads,
     free(inv_freq);
 }
 
-static void cpu_rope_fwd(struct gale_backend *be, float *x, const int32_t *positions, int rows, int heads, int head_dim,
-                         float theta)
+static void cpu_rope_fwd(struct gale_backend *be, float *x, const int32_t *positions, int rows,
+                         int heads, int head_dim, float theta)
 {
     rope_rotate(x, positions, rows, heads, head_dim, theta, 1.0);
 }
 
-static void cpu_rope_bwd(struct gale_backend *be, float *dx, const int32_t *positions, int rows, int heads, int head_dim,
-                         float theta)
+static void cpu_rope_bwd(struct gale_backend *be, float *dx, const int32_t *positions, int rows,
+                         int heads, int head_dim, float theta)
 {
     rope_rotate(dx, positions, rows, heads, head_dim, theta, -1.0);
 }
@@ -351,9 +351,9 @@ static void attention_block_fwd(float *ob, float *lse, const float *qb, const fl
                 vh + (size_t)j0 * dkvw, dkvw, 0.0f, ob, dqw);
 }
 
-static void cpu_attention_fwd(struct gale_backend *be, float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int32_t *segments, int batch, int seq,
-                              int heads, int kv_heads, int head_dim, int window)
+static void cpu_attention_fwd(struct gale_backend *be, float *out, float *lse, const float *q,
+                              const float *k, const float *v, const int32_t *segments, int batch,
+                              int seq, int heads, int kv_heads, int head_dim, int window)
 {
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -381,9 +381,9 @@ static void cpu_attention_fwd(struct gale_backend *be, float *out, float *lse, c
     }
 }
 
-static void cpu_attention_cached_fwd(struct gale_backend *be, float *out, const float *q, const float *k, const float *v,
-                                     int n_q, int n_kv, int heads, int kv_heads, int head_dim,
-                                     int window)
+static void cpu_attention_cached_fwd(struct gale_backend *be, float *out, const float *q,
+                                     const float *k, const float *v, int n_q, int n_kv, int heads,
+                                     int kv_heads, int head_dim, int window)
 {
     int dq = heads * head_dim, dkv = kv_heads * head_dim, group = heads / kv_heads;
     int first = n_kv - n_q;  /* the sequence index of query 0 */
@@ -444,10 +444,10 @@ static void attention_block_bwd(float *dqh, float *dkh, float *dvh, const float 
                 dqw, 1.0f, dkh + (size_t)j0 * dkvw, dkvw);
 }
 
-static void cpu_attention_bwd(struct gale_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                              const float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *segments, int batch, int seq, int heads, int kv_heads,
-                              int head_dim, int window)
+static void cpu_attention_bwd(struct gale_backend *be, float *dq, float *dk, float *dv,
+                              const float *dout, const float *out, const float *lse, const float *q,
+                              const float *k, const float *v, const int32_t *segments, int batch,
+                              int seq, int heads, int kv_heads, int head_dim, int window)
 {
     int dqw = heads * head_dim, dkvw = kv_heads * head_dim, group = heads / kv_heads;
     float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -493,15 +493,16 @@ static inline float silu(float x)
     return x / (1.0f + expf(-x));
 }
 
-static void cpu_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up, size_t n)
+static void cpu_swiglu_fwd(struct gale_backend *be, float *out, const float *gate, const float *up,
+                           size_t n)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++)
         out[i] = silu(gate[i]) * up[i];
 }
 
-static void cpu_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                           const float *up, size_t n)
+static void cpu_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, const float *dout,
+                           const float *gate, const float *up, size_t n)
 {
 #pragma omp parallel for if (parallel_worth(n))
     for (size_t i = 0; i < n; i++) {
@@ -511,8 +512,8 @@ static void cpu_swiglu_bwd(struct gale_backend *be, float *dgate, float *dup, co
     }
 }
 
-static void cpu_router_fwd(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx, float *topk_w,
-                           const float *logits, int rows, int experts, int k)
+static void cpu_router_fwd(struct gale_backend *be, float *probs, float *lse, int32_t *topk_idx,
+                           float *topk_w, const float *logits, int rows, int experts, int k)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * experts * k))
     for (int r = 0; r < rows; r++) {
@@ -547,9 +548,10 @@ static void cpu_router_fwd(struct gale_backend *be, float *probs, float *lse, in
     }
 }
 
-static void cpu_router_bwd(struct gale_backend *be, float *dlogits, const float *dtopk_w, const float *probs,
-                           const float *lse, const int32_t *topk_idx, const float *topk_w,
-                           const float *dprobs_const, float z_scale, int rows, int experts, int k)
+static void cpu_router_bwd(struct gale_backend *be, float *dlogits, const float *dtopk_w,
+                           const float *probs, const float *lse, const int32_t *topk_idx,
+                           const float *topk_w, const float *dprobs_const, float z_scale, int rows,
+                           int experts, int k)
 {
 #pragma omp parallel if (parallel_worth((size_t)rows * experts))
     {
@@ -608,15 +610,16 @@ static void cpu_router_stats(struct gale_backend *be, double *stats, const float
     }
 }
 
-static void cpu_moe_gather(struct gale_backend *be, float *xe, const float *x, const int32_t *slot_rows, int slots, int dim)
+static void cpu_moe_gather(struct gale_backend *be, float *xe, const float *x,
+                           const int32_t *slot_rows, int slots, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int s = 0; s < slots; s++)
         memcpy(xe + (size_t)s * dim, x + (size_t)slot_rows[s] * dim, sizeof(float) * dim);
 }
 
-static void cpu_moe_combine(struct gale_backend *be, float *out, const float *ye, const float *topk_w,
-                            const int32_t *slot_of, int rows, int k, int dim)
+static void cpu_moe_combine(struct gale_backend *be, float *out, const float *ye,
+                            const float *topk_w, const int32_t *slot_of, int rows, int k, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
@@ -629,9 +632,9 @@ static void cpu_moe_combine(struct gale_backend *be, float *out, const float *ye
         }
 }
 
-static void cpu_moe_combine_bwd(struct gale_backend *be, float *dye, float *dtopk_w, const float *dout, const float *ye,
-                                const float *topk_w, const int32_t *slot_of, int rows, int k,
-                                int dim)
+static void cpu_moe_combine_bwd(struct gale_backend *be, float *dye, float *dtopk_w,
+                                const float *dout, const float *ye, const float *topk_w,
+                                const int32_t *slot_of, int rows, int k, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * k * dim))
     for (int r = 0; r < rows; r++)
@@ -649,8 +652,8 @@ static void cpu_moe_combine_bwd(struct gale_backend *be, float *dye, float *dtop
         }
 }
 
-static void cpu_moe_scatter_add(struct gale_backend *be, float *dx, const float *dxe, const int32_t *slot_rows, int slots,
-                                int dim)
+static void cpu_moe_scatter_add(struct gale_backend *be, float *dx, const float *dxe,
+                                const int32_t *slot_rows, int slots, int dim)
 {
 #pragma omp parallel for if (parallel_worth((size_t)slots * dim))
     for (int c0 = 0; c0 < dim; c0 += COLUMN_BLOCK) {

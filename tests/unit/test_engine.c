@@ -78,7 +78,8 @@ static struct transfers step_transfers(struct gale_backend *be, int experts, int
         model_zero_grads(m);
         model_stats_reset(m);
         for (int i = 0; i < MICRO; i++)
-            CHECK_MSG(model_forward_backward(m, &batch, B * T * MICRO, 1.0 / MICRO, NULL, &err) == 0,
+            CHECK_MSG(model_forward_backward(m, &batch, B * T * MICRO, 1.0 / MICRO, NULL,
+                                             &err) == 0,
                       "forward_backward: %s", err.msg);
         CHECK_MSG(model_stats_read(m, &st, &err) == 0, "stats: %s", err.msg);
     }
@@ -102,8 +103,8 @@ static void test_transfers(void)
                "%ld and %ld with 5: %.0f and %.0f per layer and micro-batch\n",
                experts ? "mixtral" : "dense", MICRO, two.up, two.down, five.up, five.down, up,
                down);
-        CHECK_MSG(up == 0, "%s: %.2f uploads per layer and micro-batch", experts ? "mixtral" : "dense",
-                  up);
+        CHECK_MSG(up == 0, "%s: %.2f uploads per layer and micro-batch",
+                  experts ? "mixtral" : "dense", up);
         CHECK_MSG(down == (experts ? 1 : 0), "%s: %.2f downloads per layer and micro-batch, only "
                   "a Mixtral layer's expert counts may come back", experts ? "mixtral" : "dense",
                   down);
@@ -278,8 +279,34 @@ static void test_plan_rss(void)
               "peak RSS grew by %.1f MB, the plan says %.1f MB", measured / 1e6, planned / 1e6);
 }
 
+static int no_moe(const struct gale_backend *be, enum gale_op op, enum gale_dtype dtype)
+{
+    return op != GALE_OP_MOE && inner->supports_op(be, op, dtype);
+}
+
+/* A model asks its backend for the ops it runs: one without experts cannot run a Mixtral. */
+static void test_supports_op(void)
+{
+    static struct gale_ops ops;
+    struct gale_backend *cpu = cpu_backend(), be = *cpu;
+    inner = cpu->ops;
+    ops = *cpu->ops;
+    ops.supports_op = no_moe;
+    be.ops = &ops;
+    struct model_config dense = tiny_model(0, 2), moe = tiny_model(4, 2);
+    gale_error err;
+    struct model *m = model_create(&dense, &be, NULL, &err);
+    CHECK_MSG(m != NULL, "a dense model on a backend without experts: %s", m ? "" : err.msg);
+    model_free(m);
+    m = model_create(&moe, &be, NULL, &err);
+    CHECK_MSG(!m && strstr(err.msg, "does not run moe in fp32"),
+              "a Mixtral on a backend without experts: %s", m ? "created" : err.msg);
+    model_free(m);
+}
+
 int main(void)
 {
+    test_supports_op();
     test_plan_rss();
     test_transfers();
     test_recompute();

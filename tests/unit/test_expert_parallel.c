@@ -1,6 +1,7 @@
 /* test_expert_parallel: expert parallelism against one rank. Run as `mpirun -np W
  * test_expert_parallel EP [recompute]` (tests/train/test_expert_parallel.sh: ep=2, ep=4,
- * dp=2 x ep=2, ep=8, ep=2 recomputing); alone, ctest runs it on one rank with ep=1 and checks the refusals of bad layouts.
+ * dp=2 x ep=2, ep=8, ep=2 recomputing); alone, ctest runs it on one rank with ep=1 and
+ * checks the refusals of bad layouts.
  *
  * Every rank trains a tiny Mixtral (8 experts, top-2) holding its block of experts, on its own
  * micro-batch of a global batch, for STEPS AdamW steps: tokens go to their experts and back

@@ -66,7 +66,8 @@ static void check_one_row_matmul(void)
                 memcpy(c, c0, sizeof c);
                 if (!beta)
                     c[5] = NAN;
-                ops->matmul(be, ta, tb, 1, N, K, 0.5f, a, lda, b, ldb, (float)beta, c, N + PAD, F32_GEMM);
+                ops->matmul(be, ta, tb, 1, N, K, 0.5f, a, lda, b, ldb, (float)beta, c, N + PAD,
+                            F32_GEMM);
                 for (int j = 0; j < N; j++) {
                     double want = beta ? c0[j] : 0;
                     for (int i = 0; i < K; i++)
@@ -107,7 +108,8 @@ static void check_cached_op(int seq, int heads, int kv_heads, int hd, int window
             if (n_q > n_kv)
                 continue;
             size_t first = (size_t)(n_kv - n_q) * dq;
-            ops->attention_cached_fwd(be, out, q + first, k, v, n_q, n_kv, heads, kv_heads, hd, window);
+            ops->attention_cached_fwd(be, out, q + first, k, v, n_q, n_kv, heads, kv_heads, hd,
+                                      window);
             for (int r = 0; r < n_q; r++) {
                 double e = rel_err(out + (size_t)r * dq, full + first + (size_t)r * dq, (size_t)dq);
                 worst = e > worst ? e : worst;

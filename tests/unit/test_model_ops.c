@@ -267,7 +267,8 @@ static void test_attention(struct gale_backend *be, const char *name, int seq, i
     snprintf(what, sizeof what, "attention forward (%s)", name);
     expect_close(what, out, want, nq, 1e-6);
     float *dq = gale_xmalloc(nq * 4), *dk = gale_xmalloc(nkv * 4), *dv = gale_xmalloc(nkv * 4);
-    ops->attention_bwd(be, dq, dk, dv, g, out, lse, q, k, v, seg, batch, seq, heads, kv, hd, window);
+    ops->attention_bwd(be, dq, dk, dv, g, out, lse, q, k, v, seg, batch, seq, heads, kv, hd,
+                       window);
     snprintf(what, sizeof what, "attention dq (%s)", name);
     expect_grad(what, att_loss, &c, c.q, dq, nq, stride, 1e-5);
     snprintf(what, sizeof what, "attention dk (%s)", name);
