@@ -38,13 +38,12 @@ static size_t largest_tensor(const struct model_layout *layout)
     return most;
 }
 
-/* Copies one tensor from host fp32 into the master weights and waits, so the buffer can be
- * refilled; the caller refreshes the compute copy once all are in. */
+/* Copies one tensor from host fp32 into the master weights (a frozen base's compute copy)
+ * and waits, so the buffer can be refilled; the caller refreshes the compute copy once all
+ * are in. */
 static void upload_tensor(struct model *m, const struct model_tensor *t, const float *buffer)
 {
-    struct gale_backend *be = model_get_backend(m);
-    be->ops->upload(be, model_params(m) + t->offset, buffer, sizeof(float) * t->numel);
-    gale_backend_wait(be);
+    model_params_upload_range(m, t->offset, buffer, t->numel);
 }
 
 void model_init_random(struct model *m, double std, uint64_t seed)
@@ -105,13 +104,20 @@ int model_load_tensors(struct model *m, const struct safetensors_set *set, model
                        void *ctx, gale_error *err)
 {
     const struct model_layout *layout = model_get_layout(m);
+    /* under expert parallelism the model holds a share: the other ranks' experts are expected
+     * and skipped (tensors are read by name) */
+    struct model_layout whole;
+    model_layout_build(model_get_config(m), &whole);
     for (int i = 0; i < set->n; i++)
-        if (!model_layout_find(layout, set->tensors[i].name) && !is_ignorable(set->tensors[i].name))
+        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name)) {
+            model_layout_free(&whole);
             return gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)",
                              set->tensors[i].name, model_kind_name(model_get_config(m)->kind),
                              !strcmp(set->tensors[i].name, "lm_head.weight")
                                  ? ", which ties lm_head to embed_tokens"
                                  : "");
+        }
+    model_layout_free(&whole);
     float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     int rc = 0;
     for (int i = 0; i < layout->n && rc == 0; i++) {

@@ -10,6 +10,7 @@
 
 #include "check.h"
 #include "cpu_backend.h"
+#include "tiny_model.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 
@@ -45,29 +46,6 @@ static struct gale_backend *counting_backend(void)
     return be;
 }
 
-static struct model_config tiny(int experts, int layers)
-{
-    struct model_config c = {0};
-    c.kind = experts ? MODEL_MIXTRAL : MODEL_LLAMA;
-    c.vocab_size = 41;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_layers = layers;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.max_position_embeddings = 64;
-    c.bos_token_id = 1;
-    c.eos_token_id = 2;
-    c.initializer_range = 0.02;
-    c.num_experts = experts;
-    c.num_experts_per_tok = experts ? 2 : 0;
-    c.router_aux_loss_coef = 0.02;
-    return c;
-}
-
 #define B 2
 #define T 9
 #define MICRO 3
@@ -79,7 +57,7 @@ struct transfers {
 /* The host transfers of one optimizer step of MICRO micro-batches, after a warm-up step. */
 static struct transfers step_transfers(struct gale_backend *be, int experts, int layers)
 {
-    struct model_config cfg = tiny(experts, layers);
+    struct model_config cfg = tiny_model(experts, layers);
     struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3};
     gale_error err;
     struct model *m = model_create(&cfg, be, &opts, &err);
@@ -189,7 +167,7 @@ static void test_recompute(void)
 {
     omp_set_num_threads(1);  /* rmsnorm_bwd's per-thread sums meet in any order otherwise */
     for (int experts = 0; experts <= 4; experts += 4) {
-        struct model_config cfg = tiny(experts, 3);
+        struct model_config cfg = tiny_model(experts, 3);
         cfg.sliding_window = 5;
         struct model_options keep = {.aux_form = MODEL_AUX_PER_LAYER, .router_z_loss_coef = 1e-2};
         struct model_options again = keep;
@@ -277,7 +255,7 @@ static void test_plan_rss(void)
            "quarantine are resident too)\n");
     return;
 #endif
-    struct model_config small = tiny(0, 2), cfg = tiny(0, 4);
+    struct model_config small = tiny_model(0, 2), cfg = tiny_model(0, 4);
     cfg.vocab_size = 32000;
     cfg.hidden_size = 512;
     cfg.intermediate_size = 1024;
@@ -315,7 +293,7 @@ static void test_supports_op(void)
     ops = *cpu->ops;
     ops.supports_op = no_moe;
     be.ops = &ops;
-    struct model_config dense = tiny(0, 2), moe = tiny(4, 2);
+    struct model_config dense = tiny_model(0, 2), moe = tiny_model(4, 2);
     gale_error err;
     struct model *m = model_create(&dense, &be, NULL, &err);
     CHECK_MSG(m != NULL, "a dense model on a backend without experts: %s", m ? "" : err.msg);
