@@ -29,7 +29,7 @@ static void usage(FILE *f)
             "  --set section.key=value  override one key of the YAML (repeatable)\n"
             "  --world N                ranks in all (default 1): data parallel x expert parallel\n"
             "  --ep N                   expert-parallel ranks splitting each layer's experts\n"
-            "                           (default 1); a projection: gale trains with ep 1 today\n"
+            "                           (default 1; parallel.ep of a run)\n"
             "  --device-memory GIB      say whether the plan fits a device of this many GiB\n");
 }
 
@@ -141,9 +141,9 @@ int cmd_plan(int argc, char **argv)
                plan.total <= device_gib * gib ? "yes" : "no",
                100 * plan.total / (device_gib * gib));
     if (ep > 1)
-        printf("expert parallelism is a projection: each rank holds %d of %d experts per layer "
-               "and all-to-all buffers for balanced routing\n", mc.num_experts / ep,
-               mc.num_experts);
+        printf("expert parallelism: each rank holds %d of %d experts per layer; their activations "
+               "are sized for balanced routing and grow with the rows a layer receives\n",
+               mc.num_experts / ep, mc.num_experts);
     run_config_free(cfg);
     return 0;
 }

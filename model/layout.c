@@ -30,6 +30,12 @@ static void add(struct model_layout *layout, int *cap, int64_t rows, int64_t col
 
 void model_layout_build(const struct model_config *cfg, struct model_layout *layout)
 {
+    model_layout_build_share(cfg, 1, 0, layout);
+}
+
+void model_layout_build_share(const struct model_config *cfg, int ep_size, int ep_rank,
+                              struct model_layout *layout)
+{
     memset(layout, 0, sizeof *layout);
     int cap = 0;
     int64_t h = cfg->hidden_size, inter = cfg->intermediate_size, hd = cfg->head_dim;
@@ -43,10 +49,13 @@ void model_layout_build(const struct model_config *cfg, struct model_layout *lay
         add(layout, &cap, h, 0, "model.layers.%d.post_attention_layernorm.weight", l);
         if (cfg->num_experts > 0) {
             add(layout, &cap, cfg->num_experts, h, "model.layers.%d.block_sparse_moe.gate.weight", l);
-            for (int e = 0; e < cfg->num_experts; e++) {
+            int per_rank = cfg->num_experts / ep_size;
+            for (int e = ep_rank * per_rank; e < (ep_rank + 1) * per_rank; e++) {
                 add(layout, &cap, inter, h, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
                 add(layout, &cap, h, inter, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
                 add(layout, &cap, inter, h, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
+                layout->tensors[layout->n - 1].expert = layout->tensors[layout->n - 2].expert =
+                    layout->tensors[layout->n - 3].expert = 1;
             }
         } else {
             add(layout, &cap, inter, h, "model.layers.%d.mlp.gate_proj.weight", l);

@@ -14,6 +14,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,8 @@ struct layer_acts {
     int32_t *counts;                    /* device: slots per expert [E] */
     double *rstats;                     /* device: router_stats [E + 1] */
     float *lora_u;                      /* scratch: an adapter's x A^T [rows, r] */
+    float *xr;                          /* expert parallelism: the rows received for the local
+                                           experts, expert-major [ep*rows*k, H] */
 };
 
 /* Indices of the step statistics (device fp64, model_stats_read). */
@@ -45,6 +48,8 @@ struct model {
     struct model_options opts;
     struct gale_backend *be;
     int owns_be;                        /* model_free frees be */
+    const struct model_expert_exchange *x; /* expert parallelism; NULL: every expert is here */
+    int ep;                             /* ranks the experts are split over (1: none) */
     struct model_layout layout;
     int *layer_first;                   /* index in the layout of each layer's first tensor */
     size_t w_bytes;                     /* bytes of a compute-dtype element on the device */
@@ -83,6 +88,19 @@ struct model {
     /* the step's statistics: device sums, host expert load (from the per-layer counts) */
     double *stats, *stats_host;
     int32_t *host_counts;               /* [layers][E] of the last forward */
+    int32_t *recv_counts;               /* [layers][ep][E/ep]: rows each rank sent each local
+                                           expert (expert parallelism) */
+    int32_t *local_counts;              /* [layers][E/ep]: rows each local expert runs */
+    /* Expert parallelism: what the local experts' products need, sized by the rows they
+     * receive (known only after the counts' exchange; dropless: up to every rank's slots).
+     * Per layer (one for all under recomputation): gate, up and the received inputs, kept for
+     * the backward; shared: tmp_a/b/c and, [rows, H], the received rows by source rank and the
+     * expert-major results or gradients. Each grows to the most rows seen. */
+    struct expert_store {
+        void *base;
+        size_t rows;
+    } *expert_acts, expert_scratch;
+    float *recv_rows, *yr;
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
@@ -193,7 +211,7 @@ static size_t mlp_rows(const struct model_config *c, size_t n)
 
 /* One layer's activations for n tokens; wb bytes per compute-dtype element. */
 static void carve_layer(struct carve *cv, const struct model_config *c, size_t n, size_t wb,
-                        struct layer_acts *a)
+                        int ep, struct layer_acts *a)
 {
     size_t h = c->hidden_size, dq = (size_t)c->num_heads * c->head_dim;
     size_t dkv = (size_t)c->num_kv_heads * c->head_dim, inter = c->intermediate_size;
@@ -209,8 +227,10 @@ static void carve_layer(struct carve *cv, const struct model_config *c, size_t n
     a->x_mid = take(cv, n * h * wb);
     a->h2 = take(cv, n * h * wb);
     a->rstd2 = take(cv, fsz(n));
-    a->gate = take(cv, mlp_rows(c, n) * inter * wb);
-    a->up = take(cv, mlp_rows(c, n) * inter * wb);
+    if (ep == 1) {  /* else sized by the rows received: carve_expert_acts */
+        a->gate = take(cv, mlp_rows(c, n) * inter * wb);
+        a->up = take(cv, mlp_rows(c, n) * inter * wb);
+    }
     if (e) {
         a->probs = take(cv, fsz(n * e));
         a->rlse = take(cv, fsz(n));
@@ -236,14 +256,14 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         /* each layer keeps its input; one set of the rest serves every layer, the forward's
          * and the backward's recomputation */
         struct layer_acts work;
-        carve_layer(act, c, n, wb, &work);
+        carve_layer(act, c, n, wb, m->ep, &work);
         for (size_t l = 0; l < layers; l++) {
             m->acts[l] = work;
             m->acts[l].x_in = l == 0 ? work.x_in : take(act, n * h * wb);
         }
     } else {
         for (size_t l = 0; l < layers; l++)
-            carve_layer(act, c, n, wb, &m->acts[l]);
+            carve_layer(act, c, n, wb, m->ep, &m->acts[l]);
     }
     m->x_final = take(act, n * h * wb);
     m->hf = take(act, n * h * wb);
@@ -258,9 +278,11 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     m->dq = take(scr, n * dq * wb);
     m->dk = take(scr, n * dkv * wb);
     m->dv = take(scr, n * dkv * wb);
-    m->tmp_a = take(scr, mlp_n * inter * wb);
-    m->tmp_b = take(scr, mlp_n * inter * wb);
-    m->tmp_c = take(scr, mlp_n * inter * wb);
+    if (m->ep == 1) {  /* else carve_expert_scratch */
+        m->tmp_a = take(scr, mlp_n * inter * wb);
+        m->tmp_b = take(scr, mlp_n * inter * wb);
+        m->tmp_c = take(scr, mlp_n * inter * wb);
+    }
     m->head_chunk = take(scr, fsz(head_chunk_rows(c, n) * (size_t)c->vocab_size));
     if (m->lora_rank) {
         /* an adapter's product has at most n rows (an expert's slots are fewer) */
@@ -285,6 +307,33 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
         for (size_t l = 0; l < layers; l++)
             m->acts[l].rstats = m->rstats ? m->rstats + l * (e + 1) : NULL;
     }
+}
+
+/* Under expert parallelism, a layer's expert activations for `rows` received rows. */
+static void carve_expert_acts(struct carve *cv, const struct model *m, size_t rows,
+                              struct layer_acts *a)
+{
+    size_t inter = m->cfg.intermediate_size, h = m->cfg.hidden_size;
+    a->gate = take(cv, rows * inter * m->w_bytes);
+    a->up = take(cv, rows * inter * m->w_bytes);
+    a->xr = take(cv, rows * h * m->w_bytes);
+}
+
+/* ... and the scratch of their products. */
+static void carve_expert_scratch(struct carve *cv, struct model *m, size_t rows)
+{
+    size_t inter = m->cfg.intermediate_size, h = m->cfg.hidden_size;
+    m->tmp_a = take(cv, rows * inter * m->w_bytes);
+    m->tmp_b = take(cv, rows * inter * m->w_bytes);
+    m->tmp_c = take(cv, rows * inter * m->w_bytes);
+    m->recv_rows = take(cv, rows * h * m->w_bytes);
+    m->yr = take(cv, rows * h * m->w_bytes);
+}
+
+/* Expert stores kept: one per layer, or one for all under recomputation. */
+static int expert_stores(const struct model *m)
+{
+    return m->opts.recompute == MODEL_RECOMPUTE_LAYER ? 1 : m->cfg.num_layers;
 }
 
 const char *model_plan_arena_name(enum model_plan_arena a)
@@ -313,6 +362,7 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
                          ep - 1);
     struct model tmp = {0};
     tmp.cfg = *cfg;
+    tmp.ep = ep;
     tmp.opts.recompute = lay->recompute;
     tmp.lora_rank = lay->lora ? lay->lora->rank : 0;
     tmp.lora_dropout = lay->lora ? (float)lay->lora->dropout : 0;
@@ -322,22 +372,21 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     struct carve act = {0}, scr = {0};
     carve_pass(&tmp, rows, &act, &scr);
     free(tmp.acts);
-    struct model_layout layout;
-    model_layout_build(cfg, &layout);
-    size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
-                          (size_t)cfg->hidden_size;
     /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
-    size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    struct model_layout layout;
+    model_layout_build_share(cfg, ep, lay->ep_rank, &layout);
+    size_t numel = layout.numel;
+    model_layout_free(&layout);
     size_t adapters = 0;
     if (lay->lora) {
-        struct model_layout al;
-        int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
-        int rc = lora_layout_build(&layout, lay->lora, &al, adapter_of, err);
+        struct model_layout whole, al;
+        model_layout_build(cfg, &whole);
+        int *adapter_of = gale_xcalloc((size_t)whole.n, sizeof *adapter_of);
+        int rc = lora_layout_build(&whole, lay->lora, &al, adapter_of, err);
         free(adapter_of);
-        if (rc) {
-            model_layout_free(&layout);
+        model_layout_free(&whole);
+        if (rc)
             return -1;
-        }
         size_t expert_adapters = 0;
         for (int i = 0; i < al.n; i++)
             if (strstr(al.tensors[i].name, ".experts."))
@@ -345,7 +394,6 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
     }
-    model_layout_free(&layout);
     int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
     /* full fine-tuning trains every weight from an fp32 master (the compute copy too unless
      * fp32); LoRA keeps the base frozen in the compute dtype only and trains the adapters */
@@ -357,11 +405,16 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     out->bytes[PLAN_MASTER] = fsz(trained);
     out->bytes[PLAN_GRADS] = fsz(trained);
     out->bytes[PLAN_MOMENTS] = 2 * fsz((trained + dp - 1) / dp);
+    if (ep > 1) {  /* the expert stores at balanced routing: each rank receives what it sends */
+        struct carve ea = {0}, es = {0};
+        struct layer_acts unused;
+        carve_expert_acts(&ea, &tmp, mlp_rows(cfg, rows), &unused);
+        carve_expert_scratch(&es, &tmp, mlp_rows(cfg, rows));
+        act.used += ea.used * expert_stores(&tmp);
+        scr.used += es.used;
+    }
     out->bytes[PLAN_ACTIVATIONS] = act.used;
-    /* expert parallelism adds the all-to-all's send and receive buffers of the routed rows
-     * (balanced routing: each rank receives as many slots as it sends) */
-    size_t a2a = ep > 1 ? 2 * rows * cfg->num_experts_per_tok * cfg->hidden_size * tmp.w_bytes : 0;
-    out->bytes[PLAN_SCRATCH] = scr.used + a2a + ST_COUNT * sizeof(double);
+    out->bytes[PLAN_SCRATCH] = scr.used + ST_COUNT * sizeof(double);
     for (int a = 0; a < PLAN_ARENAS; a++)
         out->total += out->bytes[a];
     return 0;
@@ -372,6 +425,21 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
 {
     if (model_config_validate(cfg, "model config", err))
         return NULL;
+    const struct model_expert_exchange *x = opts ? opts->exchange : NULL;
+    if (x && (x->size < 1 || x->rank < 0 || x->rank >= x->size)) {
+        gale_fail(err, "expert-parallel rank %d outside 0..%d", x->rank, x->size - 1);
+        return NULL;
+    }
+    if (x && x->size > 1 && (cfg->num_experts == 0 || cfg->num_experts % x->size)) {
+        gale_fail(err, "%d experts (num_local_experts) do not split over %d expert-parallel "
+                       "ranks", cfg->num_experts, x->size);
+        return NULL;
+    }
+    if (x && x->size > 1 && opts->lora) {
+        /* the adapters' share, gathering and checkpoints are not split by expert yet */
+        gale_fail(err, "LoRA adapters do not combine with expert parallelism (%d ranks)", x->size);
+        return NULL;
+    }
     const struct gale_ops *ops = be->ops;
     for (int op = 0; op < GALE_OP_COUNT; op++) {
         int needed = op == GALE_OP_DROPOUT ? opts && opts->lora && opts->lora->dropout > 0
@@ -387,16 +455,20 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     if (opts)
         m->opts = *opts;
     m->be = be;
+    m->x = x && x->size > 1 ? x : NULL;
+    m->ep = m->x ? x->size : 1;
     m->w_bytes = ops->dtype_bytes(be, be->compute);
-    model_layout_build(cfg, &m->layout);
+    model_layout_build_share(cfg, m->ep, m->x ? x->rank : 0, &m->layout);
     m->layer_first = gale_xcalloc((size_t)cfg->num_layers, sizeof(int));
-    int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts : W_DOWN + 1;
+    int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts / m->ep : W_DOWN + 1;
     for (int l = 0; l < cfg->num_layers; l++)
         m->layer_first[l] = 1 + l * per_layer;
     m->acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *m->acts);
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
+    m->recv_counts = gale_xcalloc(le ? le : 1, sizeof *m->recv_counts);
+    m->local_counts = gale_xcalloc(le ? le : 1, sizeof *m->local_counts);
     int f32 = be->compute == GALE_F32;
     if (m->opts.lora) {
         m->adapter_of = gale_xcalloc((size_t)m->layout.n, sizeof *m->adapter_of);
@@ -446,6 +518,12 @@ static void free_activations(struct model *m)
         be->ops->host_free(be, m->stage);
     if (m->router_host)
         be->ops->host_free(be, m->router_host);
+    for (int i = 0; m->expert_acts && i < expert_stores(m); i++)
+        free_buf(be, m->expert_acts[i].base);
+    free(m->expert_acts);
+    free_buf(be, m->expert_scratch.base);
+    m->expert_acts = NULL;
+    m->expert_scratch = (struct expert_store){0};
     m->act_arena = m->scratch_arena = m->logits = NULL;
     m->stage = m->router_host = NULL;
     m->cap_rows = 0;
@@ -472,6 +550,8 @@ void model_free(struct model *m)
     free(m->acts);
     free(m->host_counts);
     free(m->load);
+    free(m->recv_counts);
+    free(m->local_counts);
     free(m->layer_first);
     model_layout_free(&m->layout);
     if (m->owns_be)
@@ -607,6 +687,7 @@ void model_params_upload(struct model *m, const float *host)
     model_params_upload_range(m, 0, host, m->layout.numel);
     if (m->params)
         model_weights_refresh(m);
+    gale_backend_wait(m->be);
 }
 
 void model_grads_download(struct model *m, float *host)
@@ -620,6 +701,51 @@ void model_zero_grads(struct model *m)
     struct model_trainable t;
     model_trainable(m, &t);
     m->be->ops->zero(m->be, t.grads, fsz(t.layout->numel));
+}
+
+/* Makes store hold `rows` rows of what carve measures, growing it (its old contents are not
+ * needed: a layer's forward rewrites them) and carving m's pointers into it. */
+static int grow_store(struct model *m, struct expert_store *store, size_t rows,
+                      void (*carve)(struct carve *, struct model *, size_t, void *), void *arg)
+{
+    struct carve cv = {0};
+    if (rows > store->rows || !store->base) {
+        carve(&cv, m, rows, arg);
+        free_buf(m->be, store->base);
+        store->base = m->be->ops->alloc(m->be, cv.used);
+        store->rows = store->base ? rows : 0;
+        if (!store->base)
+            return -1;
+    }
+    cv = (struct carve){store->base, 0};
+    carve(&cv, m, store->rows, arg);
+    return 0;
+}
+
+static void carve_acts_of(struct carve *cv, struct model *m, size_t rows, void *a)
+{
+    carve_expert_acts(cv, m, rows, a);
+}
+
+static void carve_scratch_of(struct carve *cv, struct model *m, size_t rows, void *unused)
+{
+    carve_expert_scratch(cv, m, rows);
+}
+
+/* Under expert parallelism: layer l's expert activations and the products' scratch hold
+ * `rows` received rows. A rank that cannot allocate them cannot leave the collectives half
+ * done: the exchange ends the job with the message. */
+static void ensure_expert_rows(struct model *m, int l, size_t rows)
+{
+    int shared = m->opts.recompute == MODEL_RECOMPUTE_LAYER;
+    struct expert_store *store = &m->expert_acts[shared ? 0 : l];
+    if (grow_store(m, store, rows, carve_acts_of, &m->acts[l]) ||
+        grow_store(m, &m->expert_scratch, rows, carve_scratch_of, NULL)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "layer %d: no device memory for the %zu rows the rank's experts "
+                                  "received", l, rows);
+        m->x->abort(m->x->ctx, msg);
+    }
 }
 
 /* Activations and scratch for `rows` tokens (kept when already large enough): two arenas. */
@@ -648,6 +774,11 @@ static int reserve(struct model *m, int rows, gale_error *err)
     act.used = scr.used = 0;
     carve_pass(m, (size_t)rows, &act, &scr);
     m->cap_rows = rows;
+    if (m->ep > 1) {  /* sized for balanced routing; they grow when a layer receives more */
+        m->expert_acts = gale_xcalloc((size_t)expert_stores(m), sizeof *m->expert_acts);
+        for (int l = 0; l < m->cfg.num_layers; l++)
+            ensure_expert_rows(m, l, mlp_rows(&m->cfg, (size_t)rows));
+    }
     return 0;
 }
 
@@ -855,9 +986,97 @@ static void dense_mlp_forward(struct model *m, int l, struct layer_acts *a, int 
     linear_fwd(m, layer_index(m, l, W_DOWN), n, s->act, 1, out, a->lora_u);
 }
 
+/* Local expert e's weight (0: w1, 1: w2, 2: w3): e counts the rank's own block from 0. */
 static int expert_index(const struct model *m, int l, int e, int which)
 {
     return layer_index(m, l, W_EXPERT0 + 3 * e + which);
+}
+
+/* Experts held by this rank, per layer. */
+static int local_experts(const struct model *m)
+{
+    return m->cfg.num_experts / m->ep;
+}
+
+/* The rows each local expert of layer l runs: all of the rank's own slots of that expert, or
+ * under expert parallelism what every rank sent it. */
+static const int32_t *local_counts(const struct model *m, int l)
+{
+    return m->ep > 1 ? m->local_counts + (size_t)l * local_experts(m)
+                     : m->host_counts + (size_t)l * m->cfg.num_experts;
+}
+
+static int rows_of(const int32_t *counts, int n)
+{
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += counts[i];
+    return total;
+}
+
+/* Rows of layer l this rank sends to each EP rank (its slots of that rank's experts, which
+ * moe_plan's expert order keeps contiguous) and receives from each. */
+static void exchange_sizes(const struct model *m, int l, int *send_rows, int *recv_rows)
+{
+    int ne = m->cfg.num_experts, per = local_experts(m);
+    for (int r = 0; r < m->ep; r++) {
+        send_rows[r] = rows_of(m->host_counts + (size_t)l * ne + (size_t)r * per, per);
+        recv_rows[r] = rows_of(m->recv_counts + (size_t)l * ne + (size_t)r * per, per);
+    }
+}
+
+/* Received rows come by source rank, then local expert; the experts' products want them
+ * expert-major. to_experts: src by source -> dst by expert; else the reverse. */
+static void permute_received(struct model *m, int l, float *dst, const float *src, int to_experts)
+{
+    int ne = m->cfg.num_experts, ep = m->ep, per = local_experts(m);
+    const int32_t *recv = m->recv_counts + (size_t)l * ne;  /* [source][local expert] */
+    size_t row = wsz(m, m->cfg.hidden_size), by_expert = 0;
+    for (int e = 0; e < per; e++) {
+        for (int r = 0; r < ep; r++) {
+            size_t by_source = 0;
+            for (int i = 0; i < r * per + e; i++)
+                by_source += (size_t)recv[i];
+            size_t cnt = (size_t)recv[r * per + e];
+            size_t h = m->cfg.hidden_size;
+            const float *from = act_at(m, src, (to_experts ? by_source : by_expert) * h);
+            float *to = act_at(m, dst, (to_experts ? by_expert : by_source) * h);
+            if (cnt)
+                m->be->ops->copy(m->be, to, from, cnt * row);
+            by_expert += cnt;
+        }
+    }
+}
+
+/* Sends rows [slots, H] grouped by destination (from) to the ranks that hold their experts,
+ * or, with back, the experts' rows home again; to receives them. */
+static void exchange_rows(struct model *m, int l, const float *from, float *to, int back)
+{
+    int send_rows[m->ep], recv_rows[m->ep];
+    exchange_sizes(m, l, send_rows, recv_rows);
+    gale_backend_wait(m->be);  /* the rows are written by queued work */
+    m->x->rows(m->x->ctx, from, back ? recv_rows : send_rows, to, back ? send_rows : recv_rows,
+               wsz(m, m->cfg.hidden_size));
+}
+
+/* After moe_plan: the expert counts come to the host (the layer's one transfer: they size the
+ * products), and under expert parallelism go to the ranks holding the experts. */
+static void exchange_counts(struct model *m, int l, const struct layer_acts *a)
+{
+    struct gale_backend *be = m->be;
+    int ne = m->cfg.num_experts, per = local_experts(m);
+    int32_t *counts = m->host_counts + (size_t)l * ne;
+    be->ops->download(be, counts, a->counts, (size_t)ne * sizeof(int32_t));
+    gale_backend_wait(be);
+    if (m->ep == 1)
+        return;
+    int32_t *recv = m->recv_counts + (size_t)l * ne, *local = m->local_counts + (size_t)l * per;
+    m->x->counts(m->x->ctx, counts, recv, per);
+    for (int e = 0; e < per; e++) {
+        local[e] = 0;
+        for (int r = 0; r < m->ep; r++)
+            local[e] += recv[r * per + e];
+    }
 }
 
 static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
@@ -867,32 +1086,44 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     const struct gale_ops *ops = be->ops;
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok;
+    int ne = c->num_experts, k = c->num_experts_per_tok, per = local_experts(m);
     ops->matmul(be, 0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->weights, l, W_ROUTER), h, 0,
                 s->router_logits, ne, to_f32_types(m));
     ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
     ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    /* the one host transfer of a layer: the expert counts size the products below */
-    const int32_t *counts = m->host_counts + (size_t)l * ne;
-    ops->download(be, m->host_counts + (size_t)l * ne, a->counts, (size_t)ne * sizeof(int32_t));
-    gale_backend_wait(be);
+    exchange_counts(m, l, a);
+    const int32_t *counts = local_counts(m, l);
     ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
+    /* the local experts' inputs, SwiGLU products and outputs, expert-major */
+    float *xr = s->xe, *act = s->act, *yr = a->ye;
+    if (m->ep > 1) {
+        ensure_expert_rows(m, l, (size_t)rows_of(counts, per));
+        act = m->tmp_a;
+        exchange_rows(m, l, s->xe, m->recv_rows, 0);
+        permute_received(m, l, a->xr, m->recv_rows, 1);
+        xr = a->xr;
+        yr = m->yr;
+    }
     size_t off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
-        const float *xe = act_at(m, s->xe, off * h);
+        const float *xe = act_at(m, xr, off * h);
         linear_fwd(m, expert_index(m, l, e, 0), cnt, xe, 0, act_at(m, a->gate, off * inter), a->lora_u);
         linear_fwd(m, expert_index(m, l, e, 2), cnt, xe, 0, act_at(m, a->up, off * inter), a->lora_u);
         off += (size_t)cnt;
     }
-    ops->swiglu_fwd(be, s->act, a->gate, a->up, (size_t)n * k * inter);
+    ops->swiglu_fwd(be, act, a->gate, a->up, off * inter);
     off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
-        linear_fwd(m, expert_index(m, l, e, 1), cnt, act_at(m, s->act, off * inter), 0,
-                   act_at(m, a->ye, off * h), a->lora_u);
+        linear_fwd(m, expert_index(m, l, e, 1), cnt, act_at(m, act, off * inter), 0,
+                   act_at(m, yr, off * h), a->lora_u);
         off += (size_t)cnt;
+    }
+    if (m->ep > 1) {
+        permute_received(m, l, m->recv_rows, m->yr, 0);
+        exchange_rows(m, l, m->recv_rows, a->ye, 1);
     }
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
     ops->moe_combine(be, out, a->ye, a->topk_w, a->slot_of, n, k, h);
@@ -1102,28 +1333,43 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k;
-    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k, per = local_experts(m);
+    const int32_t *counts = local_counts(m, l);
+    size_t rows = (size_t)rows_of(counts, per);
     ops->moe_combine_bwd(be, m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);
-    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, (size_t)slots * inter);
-    ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
+    ops->swiglu_fwd(be, m->tmp_a, a->gate, a->up, rows * inter);
+    /* the local experts' inputs, output gradients and input gradients, expert-major */
+    float *xr = m->xe, *dyr = m->dye, *dxr = m->dxe;
+    if (m->ep > 1) {
+        exchange_rows(m, l, m->dye, m->recv_rows, 0);
+        permute_received(m, l, m->yr, m->recv_rows, 1);
+        xr = a->xr;
+        dyr = m->yr;
+        dxr = m->recv_rows;
+    } else {
+        ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
+    }
     size_t off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
         linear_bwd(m, expert_index(m, l, e, 1), cnt, act_at(m, m->tmp_a, off * inter),
-                   act_at(m, m->dye, off * h), 0, act_at(m, m->tmp_b, off * inter));
+                   act_at(m, dyr, off * h), 0, act_at(m, m->tmp_b, off * inter));
         off += (size_t)cnt;
     }
-    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, (size_t)slots * inter);
+    ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, rows * inter);
     off = 0;
-    for (int e = 0; e < ne; e++) {
+    for (int e = 0; e < per; e++) {
         int cnt = counts[e];
         const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
-        const float *xe = act_at(m, m->xe, off * h);
-        float *dxe = act_at(m, m->dxe, off * h);
+        const float *xe = act_at(m, xr, off * h);
+        float *dxe = act_at(m, dxr, off * h);
         linear_bwd(m, expert_index(m, l, e, 0), cnt, xe, dg, 0, dxe);
         linear_bwd(m, expert_index(m, l, e, 2), cnt, xe, du, 1, dxe);
         off += (size_t)cnt;
+    }
+    if (m->ep > 1) {
+        permute_received(m, l, m->yr, m->recv_rows, 0);
+        exchange_rows(m, l, m->yr, m->dxe, 1);
     }
     ops->zero(be, m->dh, wsz(m, (size_t)n * h));
     ops->moe_scatter_add(be, m->dh, m->dxe, a->slot_rows, slots, h);
@@ -1254,6 +1500,11 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
                        "model with a sliding window)", max_len);
         return NULL;
     }
+    if (m->ep > 1) {
+        gale_fail(err, "KV cache: generation runs on a model holding every expert (this one holds "
+                       "%d of %d)", local_experts(m), c->num_experts);
+        return NULL;
+    }
     struct model_kv_cache *kc = gale_xcalloc(1, sizeof *kc);
     struct gale_backend *be = m->be;
     const struct gale_ops *ops = be->ops;
@@ -1275,7 +1526,7 @@ struct model_kv_cache *model_kv_cache_create(struct model *m, int max_len, gale_
         size_t wb = m->w_bytes;
         kc->k = take(&cv, rows * dkv * wb);
         kc->v = take(&cv, rows * dkv * wb);
-        carve_layer(&cv, c, n, wb, &kc->acts);
+        carve_layer(&cv, c, n, wb, 1, &kc->acts);
         kc->scratch.act = take(&cv, mlp_rows(c, n) * c->intermediate_size * wb);
         if (m->lora_rank)
             kc->acts.lora_u = take(&cv, n * m->lora_rank * wb);

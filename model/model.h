@@ -36,6 +36,8 @@ struct model_tensor {
     int64_t shape[2];
     size_t offset, numel;
     int decay;                         /* 1 for 2-D weights: weight decay applies by default */
+    int expert;                        /* 1 for an expert's w1/w2/w3: under expert parallelism
+                                          held by one rank of each data-parallel group's EP group */
 };
 
 struct model_layout {
@@ -48,6 +50,11 @@ struct model_layout {
  * q/k/v/o_proj, post_attention_layernorm, mlp.gate/up/down_proj or block_sparse_moe.gate and
  * experts.E.w1/w2/w3, then model.norm and lm_head (absent when tied). */
 void model_layout_build(const struct model_config *cfg, struct model_layout *layout);
+/* The same, holding of each layer's experts only the contiguous block of an expert-parallel
+ * rank: experts [E*ep_rank/ep_size, E*(ep_rank+1)/ep_size) (ep_size divides E). Names keep the
+ * global expert index. */
+void model_layout_build_share(const struct model_config *cfg, int ep_size, int ep_rank,
+                              struct model_layout *layout);
 void model_layout_free(struct model_layout *layout);
 /* NULL when absent. */
 const struct model_tensor *model_layout_find(const struct model_layout *layout, const char *name);
@@ -64,6 +71,26 @@ enum model_recompute { MODEL_RECOMPUTE_NONE, MODEL_RECOMPUTE_LAYER };
 
 struct lora_config;
 
+/* Expert parallelism: how a model whose layout holds one block of each layer's experts moves
+ * routed rows to the ranks that hold their experts and back (train/comm.c implements it over
+ * MPI). Both calls are collective over the size ranks of the expert-parallel group: every rank
+ * makes every call, with zero rows when it has none to send. Buffers are the backend's; the
+ * model waits for its queued work before each call. */
+struct model_expert_exchange {
+    int size, rank;
+    void *ctx;
+    /* send[size * per] -> recv[size * per]: block r of send goes to rank r, block s of recv
+     * came from rank s (MPI_Alltoall) */
+    void (*counts)(void *ctx, const int32_t *send, int32_t *recv, int per);
+    /* rows of row_bytes each: send_rows[r] of send (in rank order) go to rank r, recv_rows[s]
+     * from rank s land in recv in rank order (MPI_Alltoallv) */
+    void (*rows)(void *ctx, const void *send, const int *send_rows, void *recv,
+                 const int *recv_rows, size_t row_bytes);
+    /* a rank that cannot go on (no memory for the rows it received) ends the job: the other
+     * ranks are inside the collective */
+    void (*abort)(void *ctx, const char *msg);
+};
+
 struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
@@ -72,6 +99,9 @@ struct model_options {
      * have no gradients and no master copy (the compute dtype's copy is all there is), and
      * only the adapters train: model_trainable gives their buffers. */
     const struct lora_config *lora;
+    /* NULL: the model holds every expert. Else its experts are exchange->rank's block of
+     * exchange->size (which must divide num_experts) and the MoE layers exchange rows. */
+    const struct model_expert_exchange *exchange;
 };
 
 /* One micro-batch. Position t of row b is token tokens[b*T + t]; it is trained to predict

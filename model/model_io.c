@@ -103,13 +103,20 @@ int model_load_tensors(struct model *m, const struct safetensors_set *set, model
                        void *ctx, gale_error *err)
 {
     const struct model_layout *layout = model_get_layout(m);
+    /* under expert parallelism the model holds a share: the other ranks' experts are expected
+     * and skipped (tensors are read by name) */
+    struct model_layout whole;
+    model_layout_build(model_get_config(m), &whole);
     for (int i = 0; i < set->n; i++)
-        if (!model_layout_find(layout, set->tensors[i].name) && !is_ignorable(set->tensors[i].name))
+        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name)) {
+            model_layout_free(&whole);
             return gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)",
                              set->tensors[i].name, model_kind_name(model_get_config(m)->kind),
                              !strcmp(set->tensors[i].name, "lm_head.weight")
                                  ? ", which ties lm_head to embed_tokens"
                                  : "");
+        }
+    model_layout_free(&whole);
     float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     int rc = 0;
     for (int i = 0; i < layout->n && rc == 0; i++) {

@@ -341,7 +341,10 @@ done:
     return rc;
 }
 
-static int load_moments(const char *dir, const struct model_layout *layout, struct adamw *opt, gale_error *err)
+/* The moments of layout's tensors, by name; whole_n: the whole model's tensor count (an
+ * expert-parallel rank's layout holds a share). */
+static int load_moments(const char *dir, const struct model_layout *layout, int whole_n, struct adamw *opt,
+                        gale_error *err)
 {
     char *path = gale_path_join(dir, "optimizer.safetensors");
     struct safetensors_set set;
@@ -368,9 +371,9 @@ static int load_moments(const char *dir, const struct model_layout *layout, stru
                 rc = safetensors_read_f32(st, (which ? v : m) + t->offset, err);
         }
     }
-    if (rc == 0 && set.n != 2 * layout->n)
+    if (rc == 0 && set.n != 2 * whole_n)
         rc = gale_fail(err, "%s: %d tensors, the model has %d parameter tensors (x2 moments)", path, set.n,
-                       layout->n);
+                       whole_n);
     if (rc == 0) { /* a shard of the optimizer takes its range of the whole state */
         size_t n = opt->end - opt->begin;
         opt->be->ops->upload(opt->be, opt->m, m + opt->begin, n * sizeof *m);
@@ -412,7 +415,13 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
         return -1;
     opt->step = st.optimizer_step;
     train_state_clear(&st);
-    return load_moments(dir, trained_layout(m), opt, err);
+    const struct model_layout *trained = trained_layout(m);
+    /* under expert parallelism the file holds every expert's moments, the model its share */
+    struct model_layout whole;
+    model_layout_build(model_get_config(m), &whole);
+    rc = load_moments(dir, trained, trained == model_get_layout(m) ? whole.n : trained->n, opt, err);
+    model_layout_free(&whole);
+    return rc;
 }
 
 struct model *checkpoint_open_model(const char *dir, const char *adapter, const char *backend,

@@ -19,7 +19,7 @@ static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const checkpoint_dtype_names[] = {"auto", "f32", "bf16", NULL};
-#define SECTION_NAMES "model, data, optim, run, moe, backend, checkpoint, lora"
+#define SECTION_NAMES "model, data, optim, run, moe, backend, checkpoint, lora, parallel"
 
 typedef struct field {
     const char *section, *key;
@@ -73,6 +73,7 @@ static const field fields[] = {
     F(lora, from, CONFIG_STRING, from, 0, 0, NULL),
     F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
     F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),
+    F(parallel, ep, CONFIG_INT, ep, 1, 65536, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -121,6 +122,7 @@ static void set_defaults(gale_run_config *c)
     c->lora.targets = gale_xstrdup("q_proj,v_proj");
     c->checkpoint.dtype = GALE_CKPT_AUTO;
     c->checkpoint.shard_size = 5000000000; /* transformers' save_pretrained default, "5GB" */
+    c->parallel.ep = 1;
 }
 
 static const field *find_field(const char *section, const char *key)
@@ -133,7 +135,7 @@ static const field *find_field(const char *section, const char *key)
 
 static int is_section(const char *name)
 {
-    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "checkpoint", "lora"};
+    static const char *const sections[] = {"model", "data", "optim", "run", "moe", "backend", "checkpoint", "lora", "parallel"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
         if (!strcmp(name, sections[i]))
             return 1;
@@ -385,6 +387,9 @@ static int check_complete(gale_run_config *c, gale_error *err)
     snprintf(key, sizeof key, "%s: lora.targets", name);
     if ((c->lora.rank > 0 || c->lora.from) && lora_targets_parse(c->lora.targets, key, &c->lora.target_mask, err))
         return -1;
+    if ((c->lora.rank > 0 || c->lora.from) && c->parallel.ep > 1)
+        return gale_fail(err, "%s: lora.rank / lora.from and parallel.ep = %ld do not combine yet: LoRA "
+                              "trains with parallel.ep = 1", name, c->parallel.ep);
     return 0;
 }
 

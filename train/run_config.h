@@ -79,6 +79,10 @@ typedef struct gale_run_config {
         gale_checkpoint_dtype dtype; /* of the saved weights (master and moments stay fp32) */
         long shard_size;             /* bytes of weights per file before sharding */
     } checkpoint;
+    struct {
+        long ep; /* expert-parallel ranks splitting each MoE layer's experts; the world is
+                    data-parallel x ep ranks */
+    } parallel;
 } gale_run_config;
 
 /* Reads path and applies the overrides ("section.key=value" each) in order. */

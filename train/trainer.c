@@ -21,6 +21,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
+#include "train/comm.h"
 #include "train/eval.h"
 #include "train/metrics.h"
 #include "train/run_agreement.h"
@@ -49,6 +50,8 @@ static void on_stop_signal(int sig)
 
 typedef struct trainer {
     const gale_run_config *cfg;
+    gale_comm comm;        /* world, expert-parallel and data-parallel groups */
+    int comm_ready;
     int rank, world;
     struct model_config mc;
     struct model *model;
@@ -313,6 +316,9 @@ static void print_effective_config(const trainer *t)
     char blas[256];
     blas_core_describe(blas, sizeof blas);
     printf("blas: %s\n", blas);
+    if (t->comm.ep_size > 1)
+        printf("layout: %d rank(s) = data parallel %d x expert parallel %d; a rank holds %d of %d experts per layer\n",
+               t->world, t->comm.dp_size, t->comm.ep_size, t->mc.num_experts / t->comm.ep_size, t->mc.num_experts);
     printf("global batch: %ld rows x %ld tokens = %ld tokens/step, %ld steps; MFU against a peak of %.3g TFLOP/s (%s)\n",
            t->cfg->data.micro_batch * t->cfg->data.grad_accum * t->world, t->cfg->data.seq_len, t->tokens_per_step,
            t->sched.total, t->peak_flops / 1e12,
@@ -327,8 +333,7 @@ static void print_effective_config(const trainer *t)
 static int setup(trainer *t, gale_error *err)
 {
     const gale_run_config *c = t->cfg;
-    MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+    comm_world_position(&t->rank, &t->world);
     if (t->rank == 0) {
         /* before anything reads or writes run.dir: a second job on it fails here at once */
         char *lock = gale_path_join(c->run.dir, RUN_LOCK_FILE);
@@ -346,20 +351,23 @@ static int setup(trainer *t, gale_error *err)
                                                  "training (fp32 weights, gradients and AdamW moments)", err))
         return -1;
     adopt_data_tokenizer(t);
-    /* before the first collective, which ranks that disagree could wait in for ever */
+    /* before the first collective (comm_create's), which ranks that disagree could wait in for ever */
     if (t->world > 1 && run_agreement_check(c, &t->mc, err))
         return -1;
+    char key[512];
+    snprintf(key, sizeof key, "%s: parallel.ep", c->file);
+    if (comm_create(&t->comm, (int)c->parallel.ep, t->mc.num_experts, key, err))
+        return -1;
+    t->comm_ready = 1;
+    if (c->parallel.ep > 1 && c->optim.zero)
+        return gale_fail(err, "%s: optim.zero with parallel.ep = %ld: ZeRO-1 is not yet sharded over the "
+                              "data-parallel groups of expert parallelism", c->file, c->parallel.ep);
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
-    } else {
+    } else if (t->comm.local_size > 1) {
         /* ranks sharing a node share its cores rather than each taking all of them */
-        MPI_Comm node;
-        int local = 1;
-        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-        MPI_Comm_size(node, &local);
-        MPI_Comm_free(&node);
-        if (local > 1)
-            omp_set_num_threads(omp_get_num_procs() / local > 1 ? omp_get_num_procs() / local : 1);
+        int share = omp_get_num_procs() / t->comm.local_size;
+        omp_set_num_threads(share > 1 ? share : 1);
     }
     int cuda = c->backend.device == GALE_DEVICE_CUDA;
     if (cuda && t->world > 1)
@@ -374,6 +382,7 @@ static int setup(trainer *t, gale_error *err)
         .router_z_loss_coef = c->moe.z_loss,
         .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
         .lora = t->lora.rank ? &t->lora : NULL,
+        .exchange = t->comm.ep_size > 1 ? &t->comm.exchange : NULL,
     };
     t->model = model_create(&t->mc, t->be, &mo, err);
     if (!t->model || open_data(t, err))
@@ -429,6 +438,8 @@ static void teardown(trainer *t)
     model_free(t->model);
     gale_backend_free(t->be);
     loader_close(t->loader);
+    if (t->comm_ready)
+        comm_free(&t->comm);
     for (long i = 0; t->micro && i < t->cfg->data.grad_accum; i++)
         batch_free(&t->micro[i]);
     free(t->micro);
@@ -486,20 +497,6 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     free(host);
 }
 
-/* MPI counts are ints: a 7B model's buffers go in pieces. */
-#define MPI_PIECE ((size_t)1 << 28)
-
-static int piece_count(size_t n, size_t at)
-{
-    return (int)(n - at < MPI_PIECE ? n - at : MPI_PIECE);
-}
-
-static void allreduce_sum_floats(float *x, size_t n)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Allreduce(MPI_IN_PLACE, x + at, piece_count(n, at), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-}
-
 /* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
 static void share_updated_shards(trainer *t)
 {
@@ -508,8 +505,7 @@ static void share_updated_shards(trainer *t)
     for (int r = 0; r < t->world; r++) {
         size_t begin, end;
         shard_range(numel, r, t->world, &begin, &end);
-        for (size_t at = 0; at < end - begin; at += MPI_PIECE)
-            MPI_Bcast(params + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, MPI_COMM_WORLD);
+        comm_bcast_floats(&t->comm, COMM_WORLD_GROUP, params + begin, end - begin, r);
     }
 }
 
@@ -530,15 +526,12 @@ static void gather_moments(trainer *t, float *m, float *v)
             for (int r = 1; sharded && r < t->world; r++) {
                 size_t begin, end;
                 shard_range(numel, r, t->world, &begin, &end);
-                for (size_t at = 0; at < end - begin; at += MPI_PIECE)
-                    MPI_Recv(whole[which] + begin + at, piece_count(end - begin, at), MPI_FLOAT, r, which,
-                             MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                comm_recv_floats(&t->comm, whole[which] + begin, end - begin, r, which);
             }
         } else if (sharded) {
             t->be->ops->download(t->be, own, device[which], n * sizeof(float));
             gale_backend_wait(t->be);
-            for (size_t at = 0; at < n; at += MPI_PIECE)
-                MPI_Send(own + at, piece_count(n, at), MPI_FLOAT, 0, which, MPI_COMM_WORLD);
+            comm_send_floats(&t->comm, own, n, 0, which);
         }
     }
     free(own);
@@ -557,10 +550,11 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     }
     /* the denominator of the step's loss: every target of the global batch */
     double n_targets = local_targets;
-    MPI_Allreduce(MPI_IN_PLACE, &n_targets, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, &n_targets, 1);
     double denominator = n_targets > 0 ? n_targets : 1;
     double aux_weight = 1.0 / ((double)accum * t->world);
 
+    comm_bytes_reset(&t->comm);
     model_zero_grads(t->model);
     model_stats_reset(t->model);
     for (long i = 0; i < accum; i++) {
@@ -591,19 +585,18 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     const struct model_layout *layout = tr.layout;
     float *grads = tr.grads;
     if (t->world > 1) {
-        MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, sums, 4);
         /* each rank's gradients are already divided by the global target count: sum them */
-        allreduce_sum_floats(grads, layout->numel);
+        comm_sum_gradients(&t->comm, layout, grads);
         if (t->expert_counts)
-            MPI_Allreduce(MPI_IN_PLACE, t->expert_counts, t->mc.num_layers * t->mc.num_experts, MPI_INT64_T,
-                          MPI_SUM, MPI_COMM_WORLD);
+            comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, t->mc.num_layers * t->mc.num_experts);
     }
     r->ce_loss = sums[0] / denominator;
     r->loss = r->ce_loss + sums[1];
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(grad_sumsq(t->be, grads, 0, layout->numel));
+    r->grad_norm = sqrt(comm_grad_sumsq(&t->comm, layout, t->be, grads));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
@@ -657,6 +650,17 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                             number_or_null(r->z_loss), "lr", r->lr, "grad_norm", number_or_null(r->grad_norm),
                             "targets", (json_int_t)r->n_targets, "tokens_seen", (json_int_t)t->state.tokens_seen,
                             "tokens_per_s", tok_per_s, "mfu", mfu, "step_s", step_seconds, "skipped", r->skipped);
+    /* the bytes rank 0 sent in the step's collectives (each rank's all-to-all differs) */
+    json_t *bytes = json_object();
+    for (int k = 0; k < COMM_KINDS; k++)
+        json_object_set_new(bytes, comm_kind_name(k), json_integer((json_int_t)t->comm.bytes[k]));
+    json_object_set_new(rec, "comm_bytes", bytes);
+    if (t->world > 1 && t->state.step == 1) {
+        printf("communication of step 1 from rank 0:");
+        for (int k = 0; k < COMM_KINDS; k++)
+            printf(" %s %.3f MB%s", comm_kind_name(k), t->comm.bytes[k] / 1e6, k + 1 < COMM_KINDS ? "," : "\n");
+        fflush(stdout);
+    }
     if (t->expert_counts) {
         json_t *layers = json_array();
         for (int l = 0; l < t->mc.num_layers; l++) {
@@ -701,6 +705,64 @@ static int run_eval(trainer *t, gale_error *err)
     return 0;
 }
 
+/* The expert-parallel rank holding expert e of each layer. */
+static int expert_owner(const trainer *t, const char *name)
+{
+    const char *at = strstr(name, ".experts.");
+    return at ? atoi(at + strlen(".experts.")) / (t->mc.num_experts / t->comm.ep_size) : 0;
+}
+
+/* Under expert parallelism rank 0 holds its own block of experts only. For a checkpoint the
+ * other EP ranks of data-parallel replica 0 (world ranks 1..ep-1) send theirs, weights and
+ * AdamW moments tensor by tensor in layout order, and rank 0 assembles the whole model in a
+ * model of its own: the return value on rank 0 (NULL with err when it cannot be made), with
+ * *m and *v the whole moments; NULL elsewhere. An interim: issue 11's design has each rank
+ * write its own shard, with no gather. */
+static struct model *gather_experts(trainer *t, float **m, float **v, gale_error *err)
+{
+    const struct model_layout *own = model_get_layout(t->model);
+    if (t->comm.dp_rank != 0)
+        return NULL;  /* the other replicas hold copies */
+    float *mine[3];
+    for (int which = 0; which < 3; which++)
+        mine[which] = gale_xmalloc(own->numel * sizeof(float));
+    model_params_download(t->model, mine[0]);
+    t->be->ops->download(t->be, mine[1], t->opt.m, own->numel * sizeof(float));
+    t->be->ops->download(t->be, mine[2], t->opt.v, own->numel * sizeof(float));
+    gale_backend_wait(t->be);
+    struct model *whole_model = NULL;
+    if (t->rank != 0) {
+        for (int i = 0; i < own->n; i++)
+            for (int which = 0; own->tensors[i].expert && which < 3; which++)
+                comm_send_floats(&t->comm, mine[which] + own->tensors[i].offset, own->tensors[i].numel, 0, which);
+    } else {
+        struct model_layout whole;
+        model_layout_build(&t->mc, &whole);
+        float *all[3];
+        for (int which = 0; which < 3; which++)
+            all[which] = gale_xmalloc(whole.numel * sizeof(float));
+        for (int i = 0; i < whole.n; i++) {
+            const struct model_tensor *w = &whole.tensors[i], *o = model_layout_find(own, w->name);
+            for (int which = 0; which < 3; which++) {
+                if (o)
+                    memcpy(all[which] + w->offset, mine[which] + o->offset, w->numel * sizeof(float));
+                else
+                    comm_recv_floats(&t->comm, all[which] + w->offset, w->numel, expert_owner(t, w->name), which);
+            }
+        }
+        whole_model = model_create(&t->mc, t->be, NULL, err);
+        if (whole_model)
+            model_params_upload(whole_model, all[0]);
+        free(all[0]);
+        *m = all[1];
+        *v = all[2];
+        model_layout_free(&whole);
+    }
+    for (int which = 0; which < 3; which++)
+        free(mine[which]);
+    return whole_model;
+}
+
 /* Rank 0 writes; every rank learns whether it worked. */
 /* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
  * model trained from scratch (or from f32 or f16 weights) in f32 */
@@ -716,10 +778,17 @@ static int save_checkpoint(trainer *t, gale_error *err)
 {
     int rc = 0;
     size_t numel = trained(t).layout->numel;
-    float *m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
-    float *v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
-    gather_moments(t, m, v);
-    if (t->rank == 0) {
+    float *m = NULL, *v = NULL;
+    struct model *whole = NULL;
+    if (t->comm.ep_size > 1) {
+        whole = gather_experts(t, &m, &v, err);
+        rc = t->rank == 0 && !whole ? -1 : 0;
+    } else {
+        m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
+        v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
+        gather_moments(t, m, v);
+    }
+    if (t->rank == 0 && rc == 0) {
         gale_moments moments = {m, v};
         gale_loader_position pos;
         loader_position(t->loader, &pos);
@@ -728,16 +797,17 @@ static int save_checkpoint(trainer *t, gale_error *err)
         char *dir = NULL;
         gale_hf_files hf = {t->tokenizer_path, t->chat_template, t->cfg->model.from};
         struct model_save_options save = checkpoint_options(t);
-        rc = checkpoint_save(t->cfg->run.dir, t->model, &moments, &t->state, &hf,
+        rc = checkpoint_save(t->cfg->run.dir, whole ? whole : t->model, &moments, &t->state, &hf,
                              (int)t->cfg->run.keep_last, &save, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);
         free(dir);
     }
+    model_free(whole);
     free(m);
     free(v);
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    comm_bcast_int(&t->comm, COMM_WORLD_GROUP, &rc, 0);
     if (rc && t->rank != 0)
         gale_fail(err, "rank 0 could not write the checkpoint of step %ld", t->state.step);
     return rc;
@@ -770,8 +840,7 @@ static int train_loop(trainer *t, const gale_train_options *opts, gale_error *er
         if (t->eval_on && (step % c->run.eval_every == 0 || last) && run_eval(t, err))
             return -1;
         /* agree on a stop: a signal may reach one rank only */
-        int stop = stop_signal;
-        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        int stop = comm_max_int(&t->comm, COMM_WORLD_GROUP, stop_signal);
         int stop_here = opts->stop_at > 0 && step >= opts->stop_at;
         int periodic = c->run.checkpoint_every > 0 && step % c->run.checkpoint_every == 0;
         if ((periodic || last || stop || stop_here) && save_checkpoint(t, err))

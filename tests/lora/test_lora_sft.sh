@@ -76,7 +76,7 @@ print("LoRA SFT val loss at step 0 and every 5 steps:", [round(v, 3) for v in ev
 assert len(evals) == 7 and all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < evals[0] - 0.1, evals
 total = lambda name: int(re.search(r"^  total .*\((\d+) bytes\)", open(f"{tmp}/plan-{name}.txt").read(), re.M).group(1))
 planned = (total("full") - total("lora")) / 2**20
-# the full run's checkpoint also gathers both moments on the host (2 x 4 bytes a parameter: the
+# the full run's checkpoint also stages both moments on the host (2 x 4 bytes a parameter: the
 # master weights' arena twice; the weights stream out a tensor at a time); a LoRA checkpoint
 # holds the adapters only
 master = float(re.search(r"^  master weights +([\d.]+)", open(f"{tmp}/plan-full.txt").read(), re.M).group(1)) * 1024

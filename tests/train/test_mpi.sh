@@ -6,9 +6,7 @@
 # without it.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
-mpi_flags=(--oversubscribe)
-[ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 steps=8
 write_config "$tmp/one.yaml" "$tmp/one" $steps 2 2
 write_config "$tmp/two.yaml" "$tmp/two" $steps 2 1

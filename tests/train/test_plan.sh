@@ -31,8 +31,9 @@ def read(name):
 def expect(name, experts, recompute):
     per_layer = 2 * h * h + 2 * h * kv + 2 * h + (8 * h + 3 * I * h if experts else 3 * I * h)
     params = 2 * V * h + L * per_layer + h  # one expert per layer on an EP-8 rank
-    if experts:  # per token and layer: bf16 values, fp32 statistics and router, int32 routing
-        kept = 2 * (6 * h + 2 * kv + 4 * I + 2 * h) + 4 * (2 + heads + 8 + 1 + 2) + 4 * 6
+    if experts:  # per token and layer: bf16 values, fp32 statistics and router, int32 routing;
+        # under EP the k = 2 rows received for the rank's experts too (balanced routing)
+        kept = 2 * (6 * h + 2 * kv + 4 * I + 2 * h + 2 * h) + 4 * (2 + heads + 8 + 1 + 2) + 4 * 6
     else:
         kept = 2 * (6 * h + 2 * kv + 2 * I) + 4 * (2 + heads)
     layers = (L - 1) * 2 * h + kept if recompute else L * kept

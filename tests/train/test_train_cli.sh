@@ -3,7 +3,7 @@
 # file and line, the key, or the folder at fault, and exits non-zero without a traceback.
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
-"$GALE_BIN" train --help | grep "usage: gale" | grep -qF "usage: gale train CONFIG.yaml"
+"$GALE_BIN" train --help | grep "usage: gale train CONFIG.yaml" > /dev/null  # no -q: an early exit would SIGPIPE gale
 write_config "$tmp/run.yaml" "$tmp/run" 4 4
 
 # expect_error MESSAGE ARGS...: gale train ARGS fails with MESSAGE on stderr

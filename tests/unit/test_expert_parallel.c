@@ -1,0 +1,302 @@
+/* test_expert_parallel: expert parallelism against one rank. Run as `mpirun -np W
+ * test_expert_parallel EP [recompute]` (tests/train/test_expert_parallel.sh: ep=2, ep=4,
+ * dp=2 x ep=2, ep=8, ep=2 recomputing); alone, ctest runs it on one rank with ep=1 and
+ * checks the refusals of bad layouts.
+ *
+ * Every rank trains a tiny Mixtral (8 experts, top-2) holding its block of experts, on its own
+ * micro-batch of a global batch, for STEPS AdamW steps: tokens go to their experts and back
+ * through the all-to-all, dense gradients are summed over the world and experts' over the
+ * data-parallel group. Beside it, every rank trains the whole model on the whole global batch
+ * by gradient accumulation. The losses of every step and the final weights of the rank's
+ * tensors agree within 1e-5 relative.
+ *
+ * Layer 0's router is biased so that experts 4..7 receive no token on any rank at step 1 (so
+ * under ep=2 rank 1 receives nothing at all for that layer); their gradients must be exactly
+ * zero although the model's buffers come from an allocator that fills them with NaN. */
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "cpu_backend.h"
+#include "tiny_model.h"
+#include "optim/adamw.h"
+#include "train/comm.h"
+
+#define STEPS 10
+#define B 2
+#define T 12
+#define TOL 1e-5
+
+/* 8 experts: every layout up to ep=8 splits them. */
+static struct model_config tiny_mixtral(void)
+{
+    return tiny_model(41, 24, 2, 8, 0.02);
+}
+
+/* The CPU backend with an allocator that fills what it gives with NaN. */
+static struct gale_ops poisoned_ops;
+static const struct gale_ops *cpu_ops;
+
+static void *poisoned_alloc(struct gale_backend *be, size_t bytes)
+{
+    void *p = cpu_ops->alloc(be, bytes);
+    if (p)
+        memset(p, 0xff, bytes);
+    return p;
+}
+
+static struct gale_backend *poisoned_backend(void)
+{
+    struct gale_backend *cpu = cpu_backend();
+    cpu_ops = cpu->ops;
+    poisoned_ops = *cpu_ops;
+    poisoned_ops.alloc = poisoned_alloc;
+    struct gale_backend *be = malloc(sizeof *be);
+    *be = *cpu;
+    be->ops = &poisoned_ops;
+    return be;
+}
+
+/* Micro-batch i of the global batch, the same at every step (so the loss falls) and whoever
+ * computes it. */
+static void micro_batch(int i, int32_t *tokens, int32_t *targets, int vocab)
+{
+    for (int j = 0; j < B * T; j++) {
+        uint32_t h = (uint32_t)(i * 104729 + j * 31 + 7) * 2654435761u;
+        tokens[j] = (int32_t)(h >> 7) % vocab;
+        targets[j] = (int32_t)(h >> 13) % vocab;
+    }
+}
+
+/* Layer 0 routes on hidden dimension 0 only: its MLP norm keeps dimension 0 and the router
+ * sends positive values to experts 0 and 1, negative ones to 2 and 3. */
+static void bias_router(struct model *m)
+{
+    const struct model_layout *layout = model_get_layout(m);
+    const struct model_config *c = model_get_config(m);
+    float *host = malloc(layout->numel * sizeof *host);
+    model_params_download(m, host);
+    const struct model_tensor *ln = model_layout_find(layout, "model.layers.0.post_attention_layernorm.weight");
+    const struct model_tensor *gate = model_layout_find(layout, "model.layers.0.block_sparse_moe.gate.weight");
+    for (int d = 0; d < c->hidden_size; d++)
+        host[ln->offset + d] = d == 0;
+    for (int e = 0; e < c->num_experts; e++)
+        host[gate->offset + (size_t)e * c->hidden_size] = e < 2 ? 1.0f : e < 4 ? -1.0f : 0.0f;
+    model_params_upload(m, host);
+    free(host);
+}
+
+struct run {
+    struct model *m;
+    struct adamw opt;
+    double loss[STEPS];
+};
+
+static void start(struct run *r, struct gale_backend *be, const struct model_expert_exchange *x,
+                  enum model_recompute recompute)
+{
+    struct model_config cfg = tiny_mixtral();
+    struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3, .exchange = x,
+                                 .recompute = recompute};
+    gale_error err;
+    r->m = model_create(&cfg, be, &opts, &err);
+    if (!r->m) {
+        fprintf(stderr, "model_create: %s\n", err.msg);
+        exit(1);
+    }
+    model_init_random(r->m, 0.02, 11);
+    bias_router(r->m);
+    struct adamw_config ac = adamw_config_default();
+    /* the moments rely on the backend's zero-filled allocation: only the model's buffers are
+     * poisoned */
+    if (adamw_init(&r->opt, &ac, cpu_backend(), 0, model_get_layout(r->m)->numel, &err)) {
+        fprintf(stderr, "adamw_init: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void finish(struct run *r)
+{
+    adamw_free(&r->opt);
+    model_free(r->m);
+}
+
+/* The forward and backward of micro-batches [first, first + count) of the global batch of
+ * world micro-batches. */
+static double passes(struct run *r, int first, int count, int world)
+{
+    const struct model_config *c = model_get_config(r->m);
+    int32_t tokens[B * T], targets[B * T];
+    gale_error err;
+    model_zero_grads(r->m);
+    model_stats_reset(r->m);
+    for (int i = first; i < first + count; i++) {
+        micro_batch(i, tokens, targets, c->vocab_size);
+        struct model_batch mb = {.batch = B, .seq = T, .tokens = tokens, .targets = targets};
+        if (model_forward_backward(r->m, &mb, (double)B * T * world, 1.0 / world, NULL, &err)) {
+            fprintf(stderr, "forward_backward: %s\n", err.msg);
+            exit(1);
+        }
+    }
+    struct model_stats st;
+    if (model_stats_read(r->m, &st, &err)) {
+        fprintf(stderr, "stats: %s\n", err.msg);
+        exit(1);
+    }
+    return st.ce_sum / ((double)B * T * world) + (c->router_aux_loss_coef * st.aux_sum + 1e-3 * st.z_sum) / world;
+}
+
+static void update(struct run *r, double sumsq)
+{
+    const struct model_layout *layout = model_get_layout(r->m);
+    double factor = grad_clip_factor(sqrt(sumsq), 1.0);
+    adamw_step(&r->opt, layout, model_params(r->m), model_weights(r->m), model_grads(r->m), 1e-3, factor);
+}
+
+/* At step 1 the experts that no rank routed a token to have exactly zero gradients (the buffer
+ * came poisoned), and every gradient is finite. Returns how many such experts this rank
+ * holds. */
+static int check_idle_experts(struct run *r, int64_t *load)
+{
+    const struct model_layout *layout = model_get_layout(r->m);
+    float *grads = malloc(layout->numel * sizeof *grads);
+    model_grads_download(r->m, grads);
+    int idle = 0;
+    for (int i = 0; i < layout->n; i++) {
+        const struct model_tensor *t = &layout->tensors[i];
+        int l, e;
+        int finite = 1, zero = 1;
+        for (size_t j = 0; j < t->numel; j++) {
+            finite &= isfinite(grads[t->offset + j]);
+            zero &= grads[t->offset + j] == 0.0f;
+        }
+        CHECK_MSG(finite, "%s: non-finite gradient", t->name);
+        if (t->expert && sscanf(t->name, "model.layers.%d.block_sparse_moe.experts.%d.", &l, &e) == 2 &&
+            load[l * 8 + e] == 0) {
+            CHECK_MSG(zero, "%s: expert %d of layer %d got no token but its gradient is not zero", t->name, e, l);
+            idle++;
+        }
+    }
+    free(grads);
+    return idle;
+}
+
+/* The rank's tensors against the same tensors of the whole model. */
+static void compare_weights(struct run *ep, struct run *ref, int rank)
+{
+    const struct model_layout *lay = model_get_layout(ep->m), *ref_lay = model_get_layout(ref->m);
+    float *a = malloc(lay->numel * sizeof *a), *b = malloc(ref_lay->numel * sizeof *b);
+    model_params_download(ep->m, a);
+    model_params_download(ref->m, b);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < lay->n; i++) {
+        const struct model_tensor *t = &lay->tensors[i], *u = model_layout_find(ref_lay, t->name);
+        CHECK_MSG(u && u->numel == t->numel, "%s is not in the whole model", t->name);
+        if (!u)
+            continue;
+        double scale = 0, diff = 0;
+        for (size_t j = 0; j < t->numel; j++) {
+            scale = fmax(scale, fabs(b[u->offset + j]));
+            double d = fabs((double)a[t->offset + j] - b[u->offset + j]);
+            diff = isnan(d) ? INFINITY : fmax(diff, d);  /* fmax would drop a NaN */
+        }
+        if (diff / scale > worst) {
+            worst = diff / scale;
+            worst_name = t->name;
+        }
+    }
+    CHECK_MSG(worst <= TOL, "rank %d: weights differ from one rank's by %.2e relative (%s)", rank, worst, worst_name);
+    printf("rank %d: %d tensors, largest relative weight difference %.2e%s%s\n", rank, lay->n, worst,
+           worst > 0 ? " in " : "", worst_name);
+    free(a);
+    free(b);
+}
+
+static void check_refusals(void)
+{
+    gale_comm c;
+    gale_error err;
+    CHECK_ERROR(comm_create(&c, 2, 8, "run.yaml: parallel.ep", &err) != 0, err,
+                "run.yaml: parallel.ep = 2 does not divide the 1 ranks");
+    CHECK_ERROR(comm_create(&c, 0, 8, "run.yaml: parallel.ep", &err) != 0, err, "parallel.ep = 0: must be at least 1");
+    struct model_config cfg = tiny_mixtral();
+    struct model_expert_exchange three = {.size = 3, .rank = 0};
+    struct model_options opts = {.exchange = &three};
+    CHECK_ERROR(model_create(&cfg, cpu_backend(), &opts, &err) == NULL, err,
+                "8 experts (num_local_experts) do not split over 3 expert-parallel ranks");
+    struct model_plan plan;
+    struct model_plan_layout pl = {.micro_batch = B, .seq_len = T, .compute = GALE_F32, .ep_size = 2, .ep_rank = 1};
+    CHECK_OK(model_plan(&cfg, &pl, &plan, &err), err);
+    struct model_layout half;
+    model_layout_build_share(&cfg, 2, 1, &half);
+    CHECK_MSG(plan.params == half.numel, "the plan holds %zu parameters, rank 1 of 2 holds %zu", plan.params,
+              half.numel);
+    CHECK(model_layout_find(&half, "model.layers.1.block_sparse_moe.experts.4.w2.weight") != NULL);
+    CHECK(model_layout_find(&half, "model.layers.1.block_sparse_moe.experts.3.w2.weight") == NULL);
+    model_layout_free(&half);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int ep = argc > 1 ? atoi(argv[1]) : 1;
+    /* "recompute": the parallel run recomputes each layer's forward (and exchange) in the
+     * backward */
+    enum model_recompute rc_mode = argc > 2 && !strcmp(argv[2], "recompute") ? MODEL_RECOMPUTE_LAYER
+                                                                              : MODEL_RECOMPUTE_NONE;
+    gale_comm comm;
+    gale_error err;
+    if (comm_create(&comm, ep, 8, "test_expert_parallel EP", &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (comm.size == 1)
+        check_refusals();
+    struct run par, ref;
+    start(&par, poisoned_backend(), &comm.exchange, rc_mode);
+    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
+    const struct model_layout *layout = model_get_layout(par.m);
+    int idle = 0;
+    for (int s = 0; s < STEPS; s++) {
+        double sums[1] = {passes(&par, comm.rank, 1, comm.size)};
+        comm_sum_doubles(&comm, COMM_WORLD_GROUP, sums, 1);
+        par.loss[s] = sums[0];
+        comm_sum_gradients(&comm, layout, model_grads(par.m));
+        if (s == 0) {
+            struct model_stats st;
+            model_stats_read(par.m, &st, &err);
+            int64_t load[16];
+            memcpy(load, st.expert_load, sizeof load);
+            comm_sum_int64(&comm, COMM_WORLD_GROUP, load, 16);
+            idle = check_idle_experts(&par, load);
+        }
+        update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
+        ref.loss[s] = passes(&ref, 0, comm.size, comm.size);
+        update(&ref, grad_sumsq(cpu_backend(), model_grads(ref.m), 0, model_get_layout(ref.m)->numel));
+        double rel = fabs(par.loss[s] - ref.loss[s]) / fabs(ref.loss[s]);
+        CHECK_MSG(rel <= TOL, "step %d: loss %.8f on %d ranks (ep %d), %.8f on one: %.2e relative", s + 1,
+                  par.loss[s], comm.size, ep, ref.loss[s], rel);
+        if (comm.rank == 0)
+            printf("step %2d: loss %.8f (ep %d x dp %d) %.8f (one rank), relative difference %.2e\n", s + 1,
+                   par.loss[s], comm.ep_size, comm.dp_size, ref.loss[s], rel);
+    }
+    CHECK_MSG(ref.loss[STEPS - 1] < ref.loss[0], "the loss does not fall: %.6f -> %.6f", ref.loss[0],
+              ref.loss[STEPS - 1]);
+    /* layer 0 sends nothing to experts 4..7: the rank holding them (all of them: ep = 2) saw
+     * idle experts, and every idle one had a zero gradient */
+    int idle_anywhere = 0;
+    MPI_Allreduce(&idle, &idle_anywhere, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    CHECK_MSG(idle_anywhere >= 4 * 3 * comm.dp_size, "only %d idle expert tensors at step 1", idle_anywhere);
+    compare_weights(&par, &ref, comm.rank);
+    finish(&par);
+    finish(&ref);
+    comm_free(&comm);
+    int failed = failures;
+    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int rc = check_report("test_expert_parallel");
+    MPI_Finalize();
+    return rc ? rc : failed ? 1 : 0;
+}

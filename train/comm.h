@@ -1,0 +1,76 @@
+/* comm: the one place that owns the MPI communicators of a training run and the collectives
+ * over them.
+ *
+ * World = dp x ep ranks. World rank w is expert-parallel rank w % ep of data-parallel replica
+ * w / ep: the ep ranks of a replica (consecutive ranks, so on one node when ep divides the
+ * ranks per node) split each MoE layer's experts into contiguous blocks and exchange routed
+ * tokens (all-to-all); the dp ranks with the same EP rank hold the same experts and average
+ * their gradients. Dense weights are replicated on every rank.
+ *
+ * Each collective adds the bytes this rank sends to a per-kind counter, so a step's
+ * communication can be reported (comm_bytes).
+ *
+ * Errors: communicators use MPI_ERRORS_ARE_FATAL (Open MPI's default): a failed collective, or
+ * a peer that died, aborts the whole job rather than returning into a half-done step. */
+#ifndef GALE_TRAIN_COMM_H
+#define GALE_TRAIN_COMM_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+#include "util/error.h"
+
+enum comm_group { COMM_WORLD_GROUP, COMM_EP_GROUP, COMM_DP_GROUP };
+
+enum comm_kind { COMM_ALLREDUCE, COMM_ALLTOALL, COMM_BROADCAST, COMM_KINDS };
+
+typedef struct gale_comm {
+    MPI_Comm world, ep, dp;
+    int rank, size;           /* in the world */
+    int ep_rank, ep_size;     /* in the expert-parallel group */
+    int dp_rank, dp_size;     /* in the data-parallel group */
+    int local_rank, local_size; /* ranks on this node: the device a rank drives is
+                                   local_rank (a GPU backend takes it modulo its devices) */
+    struct model_expert_exchange exchange; /* the EP group's all-to-all, for the model */
+    uint64_t bytes[COMM_KINDS]; /* sent by this rank since comm_bytes_reset */
+} gale_comm;
+
+/* This process's rank in MPI_COMM_WORLD and the world's size: no communication, so callable
+ * before the checks that must precede the first collective (comm_create's). */
+void comm_world_position(int *rank, int *size);
+
+/* Splits MPI_COMM_WORLD (after MPI_Init) into ep-sized expert-parallel groups. ep must divide
+ * the world size and, when above 1, num_experts (the model's num_local_experts; 0 for a
+ * dense model). key names the setting in messages, e.g. "run.yaml: parallel.ep". */
+int comm_create(gale_comm *c, int ep, int num_experts, const char *key, gale_error *err);
+void comm_free(gale_comm *c);
+
+MPI_Comm comm_group(const gale_comm *c, enum comm_group g);
+int comm_group_size(const gale_comm *c, enum comm_group g);
+
+/* In-place sums over a group (floats in pieces: MPI counts are ints). */
+void comm_sum_floats(gale_comm *c, enum comm_group g, float *x, size_t n);
+void comm_sum_doubles(gale_comm *c, enum comm_group g, double *x, int n);
+void comm_sum_int64(gale_comm *c, enum comm_group g, int64_t *x, int n);
+int comm_max_int(gale_comm *c, enum comm_group g, int x);
+void comm_bcast_floats(gale_comm *c, enum comm_group g, float *x, size_t n, int root);
+void comm_bcast_int(gale_comm *c, enum comm_group g, int *x, int root);
+/* Point to point between world ranks (pieces as above; tag tells streams apart). */
+void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag);
+void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag);
+
+/* The model's gradients (a flat buffer of layout's tensors, each already divided by the global
+ * batch's target count) summed where they are replicated: dense tensors over the world,
+ * experts' over the data-parallel group (the ranks holding the same experts). */
+void comm_sum_gradients(gale_comm *c, const struct model_layout *layout, float *grads);
+/* The squared norm of the whole model's gradient, after comm_sum_gradients: the dense part
+ * once, every rank's experts once (summed over the expert-parallel group). */
+double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
+                       struct gale_backend *be, const float *grads);
+
+void comm_bytes_reset(gale_comm *c);
+const char *comm_kind_name(enum comm_kind k);
+
+#endif
