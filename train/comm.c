@@ -3,6 +3,7 @@
 #include "train/comm.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "optim/adamw.h"
@@ -230,4 +231,62 @@ const char *comm_kind_name(enum comm_kind k)
 {
     static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast"};
     return k < COMM_KINDS ? names[k] : "?";
+}
+
+void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all)
+{
+    MPI_Allgather(&x, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, comm_group(c, g));
+}
+
+/* [a0, a1) ∩ [b0, b1), as a length and its start */
+static size_t overlap(size_t a0, size_t a1, size_t b0, size_t b1, size_t *at)
+{
+    *at = a0 > b0 ? a0 : b0;
+    size_t end = a1 < b1 ? a1 : b1;
+    return end > *at ? end - *at : 0;
+}
+
+void comm_repartition_floats(gale_comm *c, enum comm_group g, const float *have, const uint64_t *have_at,
+                             float *want, const uint64_t *want_at)
+{
+    MPI_Comm comm = comm_group(c, g);
+    int p = comm_group_size(c, g), me;
+    MPI_Comm_rank(comm, &me);
+    size_t pieces = 0;
+    for (int r = 0; r < p; r++) {
+        size_t at;
+        pieces += (overlap(have_at[me], have_at[me + 1], want_at[r], want_at[r + 1], &at) + MPI_PIECE - 1) / MPI_PIECE;
+        pieces += (overlap(have_at[r], have_at[r + 1], want_at[me], want_at[me + 1], &at) + MPI_PIECE - 1) / MPI_PIECE;
+    }
+    MPI_Request *req = gale_xcalloc(pieces ? pieces : 1, sizeof *req);
+    int n = 0;
+    for (int r = 0; r < p; r++) {
+        size_t at, len = overlap(have_at[r], have_at[r + 1], want_at[me], want_at[me + 1], &at);
+        for (size_t done = 0; done < len; done += MPI_PIECE)
+            MPI_Irecv(want + (at - want_at[me]) + done, piece_count(len, done), MPI_FLOAT, r, 0, comm, &req[n++]);
+    }
+    for (int r = 0; r < p; r++) {
+        size_t at, len = overlap(have_at[me], have_at[me + 1], want_at[r], want_at[r + 1], &at);
+        for (size_t done = 0; done < len; done += MPI_PIECE)
+            MPI_Isend(have + (at - have_at[me]) + done, piece_count(len, done), MPI_FLOAT, r, 0, comm, &req[n++]);
+        if (r != me)
+            c->bytes[COMM_BROADCAST] += len * sizeof(float);
+    }
+    MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
+    free(req);
+}
+
+int comm_agree(gale_comm *c, int failed, gale_error *err)
+{
+    int first = failed ? c->rank : c->size;
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, c->world);
+    if (first == c->size)
+        return -1;
+    char msg[sizeof err->msg];
+    if (c->rank == first)
+        memcpy(msg, err->msg, sizeof msg);
+    MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, c->world);
+    if (c->rank != first)
+        snprintf(err->msg, sizeof err->msg, "rank %d: %.*s", first, (int)sizeof msg - 16, msg);
+    return first;
 }

@@ -73,4 +73,20 @@ double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
 void comm_bytes_reset(gale_comm *c);
 const char *comm_kind_name(enum comm_kind k);
 
+/* Every rank's x (all: one per rank of the group, in rank order). */
+void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all);
+
+/* Moves a flat array from one partition over a group's ranks to another (point to point,
+ * each piece once): rank r holds [have_at[r], have_at[r + 1]) in have and receives
+ * [want_at[r], want_at[r + 1]) into want. Both partitions are ascending and cover the same
+ * range (e.g. ZeRO-1's shards of the moments, and whole tensors). */
+void comm_repartition_floats(gale_comm *c, enum comm_group g, const float *have, const uint64_t *have_at,
+                             float *want, const uint64_t *want_at);
+
+/* Collective over the world: whether any rank failed (failed non-zero). Returns the lowest
+ * failing rank, whose err->msg every rank then holds ("rank R: ..." on the others), or -1
+ * when none failed. So a job whose one rank fails stops on every rank with that rank's
+ * message, whichever rank's report ends the job. */
+int comm_agree(gale_comm *c, int failed, gale_error *err);
+
 #endif

@@ -43,24 +43,12 @@ grep -q "resuming from .*step 5" "$tmp/cross.log"
 run_mpi 2 "$tmp/cross.log" "$tmp/to_dp.yaml"
 grep -q "resuming from .*step 5" "$tmp/cross.log"
 for run in one ep2 dpep resume to_one to_dp; do losses "$tmp/$run" > "$tmp/$run.losses"; done
-python3 - "$tmp" <<'PY'
-import json, struct, sys
+python3 - "$tmp" "$GALE_SOURCE/tests/train" <<'PY'
+import json, sys
 import numpy as np
 tmp = sys.argv[1]
-
-def tensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        assert t["dtype"] == "F32", (name, t["dtype"])
-        a, b = t["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype=np.float32).reshape(t["shape"])
-    return out
+sys.path.insert(0, sys.argv[2])
+from checkpoint_files import tensors
 
 def losses(run):
     return [float(l.split()[1]) for l in open(f"{tmp}/{run}.losses")]
@@ -72,9 +60,9 @@ for run in ("ep2", "dpep", "resume", "to_one", "to_dp"):
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
     print(f"{run}: losses {' '.join('%.6f' % x for x in got)}; largest relative difference {worst:.2e}")
     assert len(got) == 10 and worst < 1e-5, f"FAIL: {run}'s losses differ from one rank's"
-    for f in ("model.safetensors", "optimizer.safetensors"):
-        a = tensors(f"{tmp}/{run}/checkpoints/step_00000010/{f}")
-        b = tensors(f"{tmp}/one/checkpoints/step_00000010/{f}")
+    for f in ("model", "optimizer"):
+        a = tensors(f"{tmp}/{run}/checkpoints/step_00000010", f)
+        b = tensors(f"{tmp}/one/checkpoints/step_00000010", f)
         assert a.keys() == b.keys(), f"FAIL: {run}/{f} holds other tensors than one rank's"
         rel = max(float(np.max(np.abs(a[k] - b[k]))) / max(float(np.max(np.abs(b[k]))), 1e-30) for k in b)
         print(f"  {f}: {len(a)} tensors, largest relative difference {rel:.2e}")
@@ -83,7 +71,7 @@ assert ref[-1] < ref[0] - 0.2, "FAIL: the loss does not fall"
 # the step's collectives, per rank: ep=2 on 2 ranks all-reduces the dense gradients once over a
 # ring of 2 (2 (p - 1) / p = 1 x their bytes) and 13 doubles and int64s (target count, 4 loss
 # sums, 2 x 4 expert counts); the experts' gradients have no data-parallel peer
-weights = tensors(f"{tmp}/one/checkpoints/step_00000010/model.safetensors")
+weights = tensors(f"{tmp}/one/checkpoints/step_00000010", "model")
 dense = sum(4 * a.size for k, a in weights.items() if ".experts." not in k)
 for line in open(f"{tmp}/ep2/metrics.jsonl"):
     r = json.loads(line)
