@@ -477,8 +477,9 @@ static int name_nonfinite(const struct model_layout *layout, const float *values
     return total;
 }
 
-/* What a non-finite step reports: the non-finite weights (a cause) and gradients. */
-static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
+/* What a non-finite step reports: the non-finite weights (a cause) and gradients of this
+ * rank's tensors. Returns how many weight tensors are non-finite. */
+static int diagnose_nonfinite(trainer *t, char *buf, size_t size)
 {
     struct model_trainable tr = trained(t);
     const struct model_layout *layout = tr.layout;
@@ -487,7 +488,8 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     snprintf(buf, size, "non-finite weights: ");
     t->be->ops->download(t->be, host, tr.params, layout->numel * sizeof *host);
     gale_backend_wait(t->be);
-    if (!name_nonfinite(layout, host, buf, size))
+    int bad_weights = name_nonfinite(layout, host, buf, size);
+    if (!bad_weights)
         snprintf(buf + strlen(buf), size - strlen(buf), "none");
     used = strlen(buf);
     snprintf(buf + used, size - used, "; non-finite gradients (backward order): ");
@@ -496,6 +498,7 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none: the loss itself is");
     free(host);
+    return bad_weights;
 }
 
 /* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
@@ -574,11 +577,16 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
         char why[1536];
-        diagnose_nonfinite(t, why, sizeof why);
-        if (c->run.nan_policy == GALE_NAN_STOP)
-            return gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; %s "
-                                  "(run.nan_policy: skip would skip such steps)",
-                             t->state.step + 1, r->loss, r->grad_norm, why);
+        int bad_weights = diagnose_nonfinite(t, why, sizeof why);
+        if (c->run.nan_policy == GALE_NAN_STOP) {
+            gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; %s "
+                           "(run.nan_policy: skip would skip such steps)",
+                      t->state.step + 1, r->loss, r->grad_norm, why);
+            /* every rank sees the summed loss: all stop here, with the report of the first
+             * rank holding non-finite weights (an expert-parallel rank's own experts) */
+            comm_agree(&t->comm, bad_weights > 0, err);
+            return -1;
+        }
         if (t->rank == 0)
             printf("step %ld: non-finite loss %g / gradient norm %g, skipped; %s\n", t->state.step + 1, r->loss,
                    r->grad_norm, why);
