@@ -102,6 +102,11 @@ struct model {
     } *expert_acts, expert_scratch;
     float *recv_rows, *yr;
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
+    /* aux_scope global (model_set_aux_counts): the expert counts [layers][E] of the step's
+     * whole global batch and its tokens, which the training passes' load-balancing loss uses
+     * instead of each micro-batch's own; aux_tokens 0: micro-batch scope */
+    int64_t *aux_counts;
+    double aux_tokens;
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
     unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
@@ -467,6 +472,7 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
+    m->aux_counts = gale_xcalloc(le ? le : 1, sizeof *m->aux_counts);
     m->recv_counts = gale_xcalloc(le ? le : 1, sizeof *m->recv_counts);
     m->local_counts = gale_xcalloc(le ? le : 1, sizeof *m->local_counts);
     int f32 = be->compute == GALE_F32;
@@ -550,6 +556,7 @@ void model_free(struct model *m)
     free(m->acts);
     free(m->host_counts);
     free(m->load);
+    free(m->aux_counts);
     free(m->recv_counts);
     free(m->local_counts);
     free(m->layer_first);
@@ -1167,7 +1174,9 @@ static void forward_trunk(struct model *m)
  * weighted by aux_weight) for a backward, and the coefficients that turn each layer's
  * router_stats into the aux and z losses; both go up in one upload, the losses accumulate into
  * the device statistics. The aux loss is E * sum_e f_e * P_e with f the slot fractions per
- * layer (per_layer form, averaged over layers) or pooled over layers (hf form). */
+ * layer (per_layer form, averaged over layers) or pooled over layers (hf form). f comes from
+ * this micro-batch's counts, or in a training pass under aux_scope global from the whole
+ * step's (model_set_aux_counts): a fraction, so the rest of the formula is the same. */
 static void router_losses(struct model *m, double aux_weight, int for_backward)
 {
     struct gale_backend *be = m->be;
@@ -1175,23 +1184,26 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
     int n = m->rows, ne = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
     size_t le = (size_t)layers * ne, lstat = (size_t)layers * (ne + 1);
     double rows_all = (double)n * layers;
+    int global = for_backward && m->aux_tokens > 0;
+    double f_tokens = global ? m->aux_tokens : n;  /* the tokens the fractions are of */
     double *aux_coef = m->router_host, *z_coef = aux_coef + lstat;
     float *dprobs = (float *)(z_coef + lstat);
     double *pooled_f = gale_xcalloc((size_t)ne, sizeof(double));
     for (size_t i = 0; i < le; i++) {
         m->load[i] += m->host_counts[i];
-        pooled_f[i % ne] += m->host_counts[i] / rows_all;
+        pooled_f[i % ne] += (global ? (double)m->aux_counts[i] : m->host_counts[i]) / (f_tokens * layers);
     }
     int per_layer = m->opts.aux_form == MODEL_AUX_PER_LAYER;
     double coef = aux_weight * c->router_aux_loss_coef;
     for (int l = 0; l < layers; l++) {
         double *al = aux_coef + (size_t)l * (ne + 1), *zl = z_coef + (size_t)l * (ne + 1);
         for (int e = 0; e < ne; e++) {
-            double layer_f = m->host_counts[(size_t)l * ne + e] / ((double)n * k);
+            size_t i = (size_t)l * ne + e;
+            double layer_f = (global ? (double)m->aux_counts[i] : m->host_counts[i]) / (f_tokens * k);
             double f = per_layer ? layer_f : pooled_f[e];
             al[e] = per_layer ? ne * layer_f / ((double)n * layers) : ne * pooled_f[e] / rows_all;
             zl[e] = 0;
-            dprobs[(size_t)l * ne + e] = (float)(coef * ne * f / rows_all);
+            dprobs[i] = (float)(coef * ne * f / rows_all);
         }
         al[ne] = 0;
         zl[ne] = 1.0 / rows_all;
@@ -1204,6 +1216,14 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
         be->ops->upload(be, m->dprobs_const, dprobs, fsz(le));
     be->ops->dot_f64(be, m->stats + ST_AUX, m->rstats, m->router_coef, lstat);
     be->ops->dot_f64(be, m->stats + ST_Z, m->rstats, m->router_coef + lstat, lstat);
+}
+
+void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens)
+{
+    size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
+    m->aux_tokens = counts && le ? tokens : 0;
+    if (m->aux_tokens > 0)
+        memcpy(m->aux_counts, counts, le * sizeof *counts);
 }
 
 void model_stats_reset(struct model *m)
@@ -1287,6 +1307,19 @@ int model_forward(struct model *m, const struct model_batch *batch, double ce_de
     if (out)
         return fill_loss(m, out, resolve_denominator(batch, ce_denominator), err);
     return be->failed ? gale_backend_sync(be, err) : 0;
+}
+
+int model_route(struct model *m, const struct model_batch *batch, gale_error *err)
+{
+    if (upload_batch(m, batch, err))
+        return -1;
+    size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
+    m->training = 1;  /* as the training pass will: the same dropout masks, the same drops */
+    forward_trunk(m);
+    m->training = 0;
+    for (size_t i = 0; i < le; i++)
+        m->load[i] += m->host_counts[i];
+    return m->be->failed ? gale_backend_sync(m->be, err) : 0;
 }
 
 /* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh. */

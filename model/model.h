@@ -289,6 +289,20 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
                            double ce_denominator, double aux_weight, struct model_loss *out,
                            gale_error *err);
 
+/* aux_scope global, in two passes over a step's micro-batches. model_route runs a training
+ * pass's forward up to the routing of every layer (the trunk, no head, no loss) and adds the
+ * micro-batch's expert counts to the statistics' expert_load. Once the counts of every
+ * micro-batch of every rank are summed, model_set_aux_counts gives them ([layers][E], routing
+ * slots of the whole global batch of `tokens` tokens) to the training passes that follow:
+ * their load-balancing loss takes its expert fractions f from them instead of from their
+ * own micro-batch, so the step's aux loss is that of the global batch, E * sum f_e * P_e with
+ * both f and P over every token (with aux_weight 1 / (micro-batches * ranks) as for the
+ * micro-batch scope; docs/parallel.md derives it). counts NULL: each micro-batch's own again.
+ * Evaluation (model_forward) always uses its own. Under expert parallelism model_route is
+ * collective like a training pass. */
+int model_route(struct model *m, const struct model_batch *batch, gale_error *err);
+void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens);
+
 /* After model_forward: logits [B, T, vocab] to host. */
 void model_logits_download(struct model *m, float *host);
 

@@ -537,6 +537,41 @@ static void gather_moments(trainer *t, float *m, float *v)
     free(own);
 }
 
+/* Micro-batch i of the step for the model, its dropout masks drawn (a function of the seed, the
+ * step, the micro-batch and the rank). */
+static void micro_batch_of_step(trainer *t, long i, struct model_batch *mb)
+{
+    const gale_run_config *c = t->cfg;
+    eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, mb);
+    model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
+                                                    ((uint64_t)t->state.step * c->data.grad_accum + i) * t->world +
+                                                        t->rank));
+}
+
+/* moe.aux_scope global: a forward of every micro-batch up to the routing, the expert counts
+ * summed over them and over every rank of the world (each rank trains on its own tokens, EP
+ * ranks included), given to the model for the step's training passes (model_route). */
+static int route_global_batch(trainer *t, gale_error *err)
+{
+    model_stats_reset(t->model);
+    for (long i = 0; i < t->cfg->data.grad_accum; i++) {
+        struct model_batch mb;
+        micro_batch_of_step(t, i, &mb);
+        if (model_route(t->model, &mb, err)) {
+            gale_error_prefix(err, "step %ld, routing micro-batch %ld", t->state.step + 1, i);
+            return -1;
+        }
+    }
+    struct model_stats st;
+    if (model_stats_read(t->model, &st, err))
+        return -1;
+    int le = t->mc.num_layers * t->mc.num_experts;
+    memcpy(t->expert_counts, st.expert_load, (size_t)le * sizeof *t->expert_counts);
+    comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, le);
+    model_set_aux_counts(t->model, t->expert_counts, (double)t->tokens_per_step);
+    return 0;
+}
+
 /* One optimizer step over grad_accum micro-batches on every rank. */
 static int train_step(trainer *t, step_result *r, gale_error *err)
 {
@@ -555,14 +590,13 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     double aux_weight = 1.0 / ((double)accum * t->world);
 
     comm_bytes_reset(&t->comm);
+    if (c->moe.aux_scope == GALE_AUX_GLOBAL && t->mc.num_experts && route_global_batch(t, err))
+        return -1;
     model_zero_grads(t->model);
     model_stats_reset(t->model);
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
-        eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
-        /* dropout masks: a function of the seed, the step, the micro-batch and the rank */
-        model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
-                                                        ((uint64_t)t->state.step * accum + i) * t->world + t->rank));
+        micro_batch_of_step(t, i, &mb);
         if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;

@@ -123,13 +123,38 @@ static void finish(struct run *r)
     model_free(r->m);
 }
 
+/* Test modes beyond the layout (argv[2...]). */
+struct mode {
+    enum model_recompute recompute; /* "recompute": the parallel run recomputes each layer's
+                                       forward (and exchange) in the backward */
+    int global;                     /* "global": aux_scope global in both runs */
+};
+
 /* The forward and backward of micro-batches [first, first + count) of the global batch of
- * world micro-batches. */
-static double passes(struct run *r, int first, int count, int world)
+ * world micro-batches. With global, first their routing (model_route), the expert counts
+ * summed over the world's ranks (comm; NULL: this one holds the whole batch) and given to the
+ * model as the global batch's. */
+static double passes(struct run *r, int first, int count, int world, int global, gale_comm *comm)
 {
     const struct model_config *c = model_get_config(r->m);
     int32_t tokens[B * T], targets[B * T];
     gale_error err;
+    struct model_stats st;
+    if (global) {
+        model_stats_reset(r->m);
+        for (int i = first; i < first + count; i++) {
+            micro_batch(i, tokens, targets, c->vocab_size);
+            struct model_batch mb = {.batch = B, .seq = T, .tokens = tokens, .targets = targets};
+            CHECK_OK(model_route(r->m, &mb, &err), err);
+        }
+        CHECK_OK(model_stats_read(r->m, &st, &err), err);
+        int le = c->num_layers * c->num_experts;
+        int64_t counts[le];
+        memcpy(counts, st.expert_load, sizeof counts);
+        if (comm)
+            comm_sum_int64(comm, COMM_WORLD_GROUP, counts, le);
+        model_set_aux_counts(r->m, counts, (double)B * T * world);
+    }
     model_zero_grads(r->m);
     model_stats_reset(r->m);
     for (int i = first; i < first + count; i++) {
@@ -140,7 +165,6 @@ static double passes(struct run *r, int first, int count, int world)
             exit(1);
         }
     }
-    struct model_stats st;
     if (model_stats_read(r->m, &st, &err)) {
         fprintf(stderr, "stats: %s\n", err.msg);
         exit(1);
@@ -183,15 +207,16 @@ static int check_idle_experts(struct run *r, int64_t *load)
     return idle;
 }
 
-/* The rank's tensors against the same tensors of the whole model. */
-static void compare_weights(struct run *ep, struct run *ref, int rank)
+/* The largest difference of a's tensors from the same tensors of b (which may hold more),
+ * relative to each tensor's largest value in b; its tensor's name in *name. */
+static double weight_difference(struct run *a_run, struct run *b_run, const char **name)
 {
-    const struct model_layout *lay = model_get_layout(ep->m), *ref_lay = model_get_layout(ref->m);
+    const struct model_layout *lay = model_get_layout(a_run->m), *ref_lay = model_get_layout(b_run->m);
     float *a = malloc(lay->numel * sizeof *a), *b = malloc(ref_lay->numel * sizeof *b);
-    model_params_download(ep->m, a);
-    model_params_download(ref->m, b);
+    model_params_download(a_run->m, a);
+    model_params_download(b_run->m, b);
     double worst = 0;
-    const char *worst_name = "";
+    *name = "";
     for (int i = 0; i < lay->n; i++) {
         const struct model_tensor *t = &lay->tensors[i], *u = model_layout_find(ref_lay, t->name);
         CHECK_MSG(u && u->numel == t->numel, "%s is not in the whole model", t->name);
@@ -205,14 +230,22 @@ static void compare_weights(struct run *ep, struct run *ref, int rank)
         }
         if (diff / scale > worst) {
             worst = diff / scale;
-            worst_name = t->name;
+            *name = t->name;
         }
     }
-    CHECK_MSG(worst <= TOL, "rank %d: weights differ from one rank's by %.2e relative (%s)", rank, worst, worst_name);
-    printf("rank %d: %d tensors, largest relative weight difference %.2e%s%s\n", rank, lay->n, worst,
-           worst > 0 ? " in " : "", worst_name);
     free(a);
     free(b);
+    return worst;
+}
+
+/* The rank's tensors against the same tensors of the whole model. */
+static void compare_weights(struct run *ep, struct run *ref, int rank)
+{
+    const char *worst_name;
+    double worst = weight_difference(ep, ref, &worst_name);
+    CHECK_MSG(worst <= TOL, "rank %d: weights differ from one rank's by %.2e relative (%s)", rank, worst, worst_name);
+    printf("rank %d: %d tensors, largest relative weight difference %.2e%s%s\n", rank, model_get_layout(ep->m)->n,
+           worst, worst > 0 ? " in " : "", worst_name);
 }
 
 static void check_refusals(void)
@@ -243,10 +276,17 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     int ep = argc > 1 ? atoi(argv[1]) : 1;
-    /* "recompute": the parallel run recomputes each layer's forward (and exchange) in the
-     * backward */
-    enum model_recompute rc_mode = argc > 2 && !strcmp(argv[2], "recompute") ? MODEL_RECOMPUTE_LAYER
-                                                                              : MODEL_RECOMPUTE_NONE;
+    struct mode mode = {MODEL_RECOMPUTE_NONE, 0};
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "recompute"))
+            mode.recompute = MODEL_RECOMPUTE_LAYER;
+        else if (!strcmp(argv[i], "global"))
+            mode.global = 1;
+        else {
+            fprintf(stderr, "test_expert_parallel: unknown mode %s\n", argv[i]);
+            return 2;
+        }
+    }
     gale_comm comm;
     gale_error err;
     if (comm_create(&comm, ep, 8, "test_expert_parallel EP", &err)) {
@@ -255,13 +295,18 @@ int main(int argc, char **argv)
     }
     if (comm.size == 1)
         check_refusals();
-    struct run par, ref;
-    start(&par, poisoned_backend(), &comm.exchange, rc_mode);
+    struct run par, ref, ref_mb;
+    start(&par, poisoned_backend(), &comm.exchange, mode.recompute);
     start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
+    /* under aux_scope global, rank 0 also trains one rank with the micro-batch scope: with more
+     * than one micro-batch the scope must change the training */
+    int contrast = mode.global && comm.rank == 0 && comm.size > 1;
+    if (contrast)
+        start(&ref_mb, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
     const struct model_layout *layout = model_get_layout(par.m);
     int idle = 0;
     for (int s = 0; s < STEPS; s++) {
-        double sums[1] = {passes(&par, comm.rank, 1, comm.size)};
+        double sums[1] = {passes(&par, comm.rank, 1, comm.size, mode.global, &comm)};
         comm_sum_doubles(&comm, COMM_WORLD_GROUP, sums, 1);
         par.loss[s] = sums[0];
         comm_sum_gradients(&comm, layout, model_grads(par.m));
@@ -274,8 +319,12 @@ int main(int argc, char **argv)
             idle = check_idle_experts(&par, load);
         }
         update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
-        ref.loss[s] = passes(&ref, 0, comm.size, comm.size);
+        ref.loss[s] = passes(&ref, 0, comm.size, comm.size, mode.global, NULL);
         update(&ref, grad_sumsq(cpu_backend(), model_grads(ref.m), 0, model_get_layout(ref.m)->numel));
+        if (contrast) {
+            ref_mb.loss[s] = passes(&ref_mb, 0, comm.size, comm.size, 0, NULL);
+            update(&ref_mb, grad_sumsq(cpu_backend(), model_grads(ref_mb.m), 0, model_get_layout(ref_mb.m)->numel));
+        }
         double rel = fabs(par.loss[s] - ref.loss[s]) / fabs(ref.loss[s]);
         CHECK_MSG(rel <= TOL, "step %d: loss %.8f on %d ranks (ep %d), %.8f on one: %.2e relative", s + 1,
                   par.loss[s], comm.size, ep, ref.loss[s], rel);
@@ -291,6 +340,15 @@ int main(int argc, char **argv)
     MPI_Allreduce(&idle, &idle_anywhere, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     CHECK_MSG(idle_anywhere >= 4 * 3 * comm.dp_size, "only %d idle expert tensors at step 1", idle_anywhere);
     compare_weights(&par, &ref, comm.rank);
+    if (contrast) {
+        const char *name;
+        double apart = weight_difference(&ref, &ref_mb, &name);
+        double loss_apart = fabs(ref.loss[0] - ref_mb.loss[0]) / fabs(ref_mb.loss[0]);
+        printf("aux_scope global against micro_batch on one rank: step 1 losses %.2e apart, final weights %.2e "
+               "(%s)\n", loss_apart, apart, name);
+        CHECK_MSG(apart > 100 * TOL, "aux_scope global trains as micro_batch does: weights %.2e apart", apart);
+        finish(&ref_mb);
+    }
     finish(&par);
     finish(&ref);
     comm_free(&comm);
