@@ -87,7 +87,11 @@ struct model {
 
     /* the step's statistics: device sums, host expert load (from the per-layer counts) */
     double *stats, *stats_host;
-    int32_t *host_counts;               /* [layers][E] of the last forward */
+    int32_t *host_counts;               /* [layers][E] of the last forward: slots routed to each
+                                           expert (what the aux loss counts) */
+    int32_t *kept_counts;               /* [layers][E]: of those, the slots the experts run (a
+                                           capacity drops the rest; else the same) */
+    int64_t dropped;                    /* slots dropped by the capacity since model_stats_reset */
     int32_t *recv_counts;               /* [layers][ep][E/ep]: rows each rank sent each local
                                            expert (expert parallelism) */
     int32_t *local_counts;              /* [layers][E/ep]: rows each local expert runs */
@@ -471,6 +475,7 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     m->acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *m->acts);
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
+    m->kept_counts = gale_xcalloc(le ? le : 1, sizeof *m->kept_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
     m->aux_counts = gale_xcalloc(le ? le : 1, sizeof *m->aux_counts);
     m->recv_counts = gale_xcalloc(le ? le : 1, sizeof *m->recv_counts);
@@ -555,6 +560,7 @@ void model_free(struct model *m)
         m->be->ops->host_free(m->be, m->stats_host);
     free(m->acts);
     free(m->host_counts);
+    free(m->kept_counts);
     free(m->load);
     free(m->aux_counts);
     free(m->recv_counts);
@@ -1010,7 +1016,7 @@ static int local_experts(const struct model *m)
 static const int32_t *local_counts(const struct model *m, int l)
 {
     return m->ep > 1 ? m->local_counts + (size_t)l * local_experts(m)
-                     : m->host_counts + (size_t)l * m->cfg.num_experts;
+                     : m->kept_counts + (size_t)l * m->cfg.num_experts;
 }
 
 static int rows_of(const int32_t *counts, int n)
@@ -1027,7 +1033,7 @@ static void exchange_sizes(const struct model *m, int l, int *send_rows, int *re
 {
     int ne = m->cfg.num_experts, per = local_experts(m);
     for (int r = 0; r < m->ep; r++) {
-        send_rows[r] = rows_of(m->host_counts + (size_t)l * ne + (size_t)r * per, per);
+        send_rows[r] = rows_of(m->kept_counts + (size_t)l * ne + (size_t)r * per, per);
         recv_rows[r] = rows_of(m->recv_counts + (size_t)l * ne + (size_t)r * per, per);
     }
 }
@@ -1066,19 +1072,76 @@ static void exchange_rows(struct model *m, int l, const float *from, float *to, 
                wsz(m, m->cfg.hidden_size));
 }
 
+/* The slots each expert of a micro-batch of n tokens takes at most under moe.capacity_factor
+ * (in training passes; 0: all of them). */
+static int expert_capacity(const struct model *m, int n)
+{
+    const struct model_config *c = &m->cfg;
+    if (!m->training || m->opts.capacity_factor <= 0)
+        return INT32_MAX;
+    return (int)ceil(m->opts.capacity_factor * n * c->num_experts_per_tok / c->num_experts);
+}
+
+/* Under a capacity: each expert keeps its first `cap` slots in moe_plan's order (token order)
+ * and the slots are reordered so that the kept ones stay grouped by expert, in front, and the
+ * dropped ones follow (their expert outputs are zero: they add nothing to their token and get
+ * no gradient). kept_counts says how many each expert runs. The slot arrays travel to the host
+ * and back only when something is dropped. */
+static void drop_overflow(struct model *m, int l, struct layer_acts *a, int n)
+{
+    struct gale_backend *be = m->be;
+    int ne = m->cfg.num_experts, slots = n * m->cfg.num_experts_per_tok, cap = expert_capacity(m, n);
+    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    int32_t *kept = m->kept_counts + (size_t)l * ne;
+    int overflow = 0;
+    for (int e = 0; e < ne; e++) {
+        kept[e] = counts[e] < cap ? counts[e] : cap;
+        overflow |= kept[e] < counts[e];
+    }
+    if (!overflow)
+        return;
+    /* host: the old slot_rows and slot_of, then each old position's new one, the new slot_of */
+    int32_t *rows = gale_xmalloc(4 * (size_t)slots * sizeof *rows);
+    int32_t *of = rows + slots, *moved = of + slots, *new_of = moved + slots;
+    be->ops->download(be, rows, a->slot_rows, (size_t)slots * sizeof *rows);
+    be->ops->download(be, of, a->slot_of, (size_t)slots * sizeof *of);
+    gale_backend_wait(be);
+    int front = 0, tail = rows_of(kept, ne), at = 0;
+    for (int e = 0; e < ne; e++)
+        for (int j = 0; j < counts[e]; j++, at++)
+            moved[at] = j < kept[e] ? front++ : tail++;
+    for (int r = 0; r < slots; r++)
+        new_of[r] = moved[of[r]];
+    for (int p = 0; p < slots; p++)
+        of[moved[p]] = rows[p];  /* of becomes the new slot_rows */
+    be->ops->upload(be, a->slot_rows, of, (size_t)slots * sizeof *of);
+    be->ops->upload(be, a->slot_of, new_of, (size_t)slots * sizeof *new_of);
+    gale_backend_wait(be);
+    free(rows);
+}
+
+/* Slots of layer l's micro-batch that its experts run (all of them unless a capacity dropped
+ * some): the dropped ones follow them in the slot order. */
+static int kept_slots(const struct model *m, int l)
+{
+    return rows_of(m->kept_counts + (size_t)l * m->cfg.num_experts, m->cfg.num_experts);
+}
+
 /* After moe_plan: the expert counts come to the host (the layer's one transfer: they size the
- * products), and under expert parallelism go to the ranks holding the experts. */
-static void exchange_counts(struct model *m, int l, const struct layer_acts *a)
+ * products), a capacity drops what overflows, and under expert parallelism the kept counts go
+ * to the ranks holding the experts. */
+static void exchange_counts(struct model *m, int l, struct layer_acts *a, int n)
 {
     struct gale_backend *be = m->be;
     int ne = m->cfg.num_experts, per = local_experts(m);
     int32_t *counts = m->host_counts + (size_t)l * ne;
     be->ops->download(be, counts, a->counts, (size_t)ne * sizeof(int32_t));
     gale_backend_wait(be);
+    drop_overflow(m, l, a, n);
     if (m->ep == 1)
         return;
     int32_t *recv = m->recv_counts + (size_t)l * ne, *local = m->local_counts + (size_t)l * per;
-    m->x->counts(m->x->ctx, counts, recv, per);
+    m->x->counts(m->x->ctx, m->kept_counts + (size_t)l * ne, recv, per);
     for (int e = 0; e < per; e++) {
         local[e] = 0;
         for (int r = 0; r < m->ep; r++)
@@ -1099,9 +1162,10 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
     ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    exchange_counts(m, l, a);
+    exchange_counts(m, l, a, n);
     const int32_t *counts = local_counts(m, l);
-    ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
+    int kept = kept_slots(m, l);
+    ops->moe_gather(be, s->xe, a->h2, a->slot_rows, kept, h);
     /* the local experts' inputs, SwiGLU products and outputs, expert-major */
     float *xr = s->xe, *act = s->act, *yr = a->ye;
     if (m->ep > 1) {
@@ -1132,6 +1196,8 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
         permute_received(m, l, m->recv_rows, m->yr, 0);
         exchange_rows(m, l, m->recv_rows, a->ye, 1);
     }
+    if (kept < n * k)  /* the dropped slots' outputs */
+        ops->zero(be, act_at(m, a->ye, (size_t)kept * h), wsz(m, (size_t)(n * k - kept) * h));
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
     ops->moe_combine(be, out, a->ye, a->topk_w, a->slot_of, n, k, h);
 }
@@ -1191,6 +1257,7 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
     double *pooled_f = gale_xcalloc((size_t)ne, sizeof(double));
     for (size_t i = 0; i < le; i++) {
         m->load[i] += m->host_counts[i];
+        m->dropped += m->host_counts[i] - m->kept_counts[i];
         pooled_f[i % ne] += (global ? (double)m->aux_counts[i] : m->host_counts[i]) / (f_tokens * layers);
     }
     int per_layer = m->opts.aux_form == MODEL_AUX_PER_LAYER;
@@ -1230,6 +1297,7 @@ void model_stats_reset(struct model *m)
 {
     m->be->ops->zero(m->be, m->stats, ST_COUNT * sizeof(double));
     memset(m->load, 0, (size_t)m->cfg.num_layers * m->cfg.num_experts * sizeof *m->load);
+    m->dropped = 0;
 }
 
 int model_stats_read(struct model *m, struct model_stats *out, gale_error *err)
@@ -1243,6 +1311,7 @@ int model_stats_read(struct model *m, struct model_stats *out, gale_error *err)
     out->aux_sum = m->stats_host[ST_AUX];
     out->z_sum = m->stats_host[ST_Z];
     out->expert_load = m->cfg.num_experts ? m->load : NULL;
+    out->dropped = m->dropped;
     return 0;
 }
 
@@ -1366,7 +1435,7 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k, per = local_experts(m);
+    int ne = c->num_experts, k = c->num_experts_per_tok, slots = kept_slots(m, l), per = local_experts(m);
     const int32_t *counts = local_counts(m, l);
     size_t rows = (size_t)rows_of(counts, per);
     ops->moe_combine_bwd(be, m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);

@@ -95,6 +95,13 @@ struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
     enum model_recompute recompute;
+    /* 0: dropless. Else, in training passes (model_forward_backward, model_route), each
+     * expert of a MoE layer runs at most ceil(capacity_factor * tokens * k / E) of a
+     * micro-batch's slots, the first in token order: a slot past it is dropped (its expert
+     * output is zero; the token keeps its residual and its other experts). Each rank applies it
+     * to its own micro-batch before the dispatch, so expert parallelism drops what one rank
+     * running the same micro-batches drops. Evaluation and generation are dropless. */
+    double capacity_factor;
     /* LoRA adapters (model/lora.h) or NULL. With adapters the base weights are frozen: they
      * have no gradients and no master copy (the compute dtype's copy is all there is), and
      * only the adapters train: model_trainable gives their buffers. */
@@ -132,6 +139,8 @@ struct model_stats {
     double aux_sum, z_sum;       /* router aux and z losses, summed over the passes */
     const int64_t *expert_load;  /* [layers][E] routing slots per expert (NULL when dense);
                                     valid until the next pass */
+    int64_t dropped;             /* routing slots (token, expert) a capacity dropped in the
+                                    training passes, summed over layers */
 };
 
 /* The memory plan: every device buffer of a training run, sized from the model, the shape of a

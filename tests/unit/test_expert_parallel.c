@@ -92,14 +92,15 @@ struct run {
     struct model *m;
     struct adamw opt;
     double loss[STEPS];
+    int64_t dropped;   /* slots the capacity dropped in the last step */
 };
 
 static void start(struct run *r, struct gale_backend *be, const struct model_expert_exchange *x,
-                  enum model_recompute recompute)
+                  enum model_recompute recompute, double capacity)
 {
     struct model_config cfg = tiny_mixtral();
     struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3, .exchange = x,
-                                 .recompute = recompute};
+                                 .recompute = recompute, .capacity_factor = capacity};
     gale_error err;
     r->m = model_create(&cfg, be, &opts, &err);
     if (!r->m) {
@@ -128,6 +129,7 @@ struct mode {
     enum model_recompute recompute; /* "recompute": the parallel run recomputes each layer's
                                        forward (and exchange) in the backward */
     int global;                     /* "global": aux_scope global in both runs */
+    double capacity;                /* "capacity": a capacity factor of 1 in both runs */
 };
 
 /* The forward and backward of micro-batches [first, first + count) of the global batch of
@@ -169,6 +171,7 @@ static double passes(struct run *r, int first, int count, int world, int global,
         fprintf(stderr, "stats: %s\n", err.msg);
         exit(1);
     }
+    r->dropped = st.dropped;
     return st.ce_sum / ((double)B * T * world) + (c->router_aux_loss_coef * st.aux_sum + 1e-3 * st.z_sum) / world;
 }
 
@@ -276,12 +279,14 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     int ep = argc > 1 ? atoi(argv[1]) : 1;
-    struct mode mode = {MODEL_RECOMPUTE_NONE, 0};
+    struct mode mode = {MODEL_RECOMPUTE_NONE, 0, 0};
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "recompute"))
             mode.recompute = MODEL_RECOMPUTE_LAYER;
         else if (!strcmp(argv[i], "global"))
             mode.global = 1;
+        else if (!strcmp(argv[i], "capacity"))
+            mode.capacity = 1.0;
         else {
             fprintf(stderr, "test_expert_parallel: unknown mode %s\n", argv[i]);
             return 2;
@@ -296,13 +301,13 @@ int main(int argc, char **argv)
     if (comm.size == 1)
         check_refusals();
     struct run par, ref, ref_mb;
-    start(&par, poisoned_backend(), &comm.exchange, mode.recompute);
-    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
+    start(&par, poisoned_backend(), &comm.exchange, mode.recompute, mode.capacity);
+    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE, mode.capacity);
     /* under aux_scope global, rank 0 also trains one rank with the micro-batch scope: with more
      * than one micro-batch the scope must change the training */
     int contrast = mode.global && comm.rank == 0 && comm.size > 1;
     if (contrast)
-        start(&ref_mb, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
+        start(&ref_mb, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE, mode.capacity);
     const struct model_layout *layout = model_get_layout(par.m);
     int idle = 0;
     for (int s = 0; s < STEPS; s++) {
@@ -324,6 +329,17 @@ int main(int argc, char **argv)
         if (contrast) {
             ref_mb.loss[s] = passes(&ref_mb, 0, comm.size, comm.size, 0, NULL);
             update(&ref_mb, grad_sumsq(cpu_backend(), model_grads(ref_mb.m), 0, model_get_layout(ref_mb.m)->numel));
+        }
+        if (mode.capacity) {
+            /* every rank drops from its own micro-batch what one rank drops from it */
+            int64_t dropped = par.dropped;
+            comm_sum_int64(&comm, COMM_WORLD_GROUP, &dropped, 1);
+            CHECK_MSG(dropped == ref.dropped, "step %d: %lld slots dropped on %d ranks, %lld on one", s + 1,
+                      (long long)dropped, comm.size, (long long)ref.dropped);
+            CHECK_MSG(ref.dropped > 0, "step %d: the capacity dropped nothing", s + 1);
+            if (comm.rank == 0 && s == 0)
+                printf("step 1: the capacity dropped %lld of %d slots\n", (long long)ref.dropped,
+                       B * T * 2 * 2 * comm.size);
         }
         double rel = fabs(par.loss[s] - ref.loss[s]) / fabs(ref.loss[s]);
         CHECK_MSG(rel <= TOL, "step %d: loss %.8f on %d ranks (ep %d), %.8f on one: %.2e relative", s + 1,
