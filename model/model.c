@@ -1027,6 +1027,24 @@ static int rows_of(const int32_t *counts, int n)
     return total;
 }
 
+/* Rows of layer l's local expert e that came from EP rank r (its own rows without expert
+ * parallelism). An expert's products run source by source, each over one rank's micro-batch
+ * rows, as one rank accumulating the same micro-batches runs them: its weight gradient then
+ * sums the micro-batches' products in that rank's order, and each row's outputs come from
+ * the same BLAS kernel (a product's per-row rounding depends on its row count: a single row
+ * goes through gemv, tile edges through other kernels). One product over every rank's rows
+ * rounds differently, and AdamW turns that into weight differences far above rounding where a
+ * gradient element is as small as its own rounding error: g / (sqrt(v) + eps) at step 1 is
+ * g / (|g| + eps), which for |g| near eps = 1e-8 moves by 3e7 x the error in g
+ * (tests/unit/test_expert_parallel.c measured 1.1e-5 of a tensor's largest weight from one
+ * element whose gradient, 8.6e-9, had summed terms of 1e-4). The cost: E/ep x ep products
+ * per layer instead of E/ep, each over about tokens x top-k / E rows. */
+static int source_rows(const struct model *m, int l, int e, int r)
+{
+    int ne = m->cfg.num_experts, per = local_experts(m);
+    return m->ep > 1 ? m->recv_counts[(size_t)l * ne + (size_t)r * per + e] : local_counts(m, l)[e];
+}
+
 /* Rows of layer l this rank sends to each EP rank (its slots of that rank's experts, which
  * moe_plan's expert order keeps contiguous) and receives from each. */
 static void exchange_sizes(const struct model *m, int l, int *send_rows, int *recv_rows)
@@ -1176,22 +1194,26 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
         xr = a->xr;
         yr = m->yr;
     }
+    /* one product per source rank's rows of an expert (see source_rows) */
+    int sources = m->ep > 1 ? m->ep : 1;
     size_t off = 0;
-    for (int e = 0; e < per; e++) {
-        int cnt = counts[e];
-        const float *xe = act_at(m, xr, off * h);
-        linear_fwd(m, expert_index(m, l, e, 0), cnt, xe, 0, act_at(m, a->gate, off * inter), a->lora_u);
-        linear_fwd(m, expert_index(m, l, e, 2), cnt, xe, 0, act_at(m, a->up, off * inter), a->lora_u);
-        off += (size_t)cnt;
-    }
+    for (int e = 0; e < per; e++)
+        for (int r = 0; r < sources; r++) {
+            int cnt = source_rows(m, l, e, r);
+            const float *xe = act_at(m, xr, off * h);
+            linear_fwd(m, expert_index(m, l, e, 0), cnt, xe, 0, act_at(m, a->gate, off * inter), a->lora_u);
+            linear_fwd(m, expert_index(m, l, e, 2), cnt, xe, 0, act_at(m, a->up, off * inter), a->lora_u);
+            off += (size_t)cnt;
+        }
     ops->swiglu_fwd(be, act, a->gate, a->up, off * inter);
     off = 0;
-    for (int e = 0; e < per; e++) {
-        int cnt = counts[e];
-        linear_fwd(m, expert_index(m, l, e, 1), cnt, act_at(m, act, off * inter), 0,
-                   act_at(m, yr, off * h), a->lora_u);
-        off += (size_t)cnt;
-    }
+    for (int e = 0; e < per; e++)
+        for (int r = 0; r < sources; r++) {
+            int cnt = source_rows(m, l, e, r);
+            linear_fwd(m, expert_index(m, l, e, 1), cnt, act_at(m, act, off * inter), 0,
+                       act_at(m, yr, off * h), a->lora_u);
+            off += (size_t)cnt;
+        }
     if (m->ep > 1) {
         permute_received(m, l, m->recv_rows, m->yr, 0);
         exchange_rows(m, l, m->recv_rows, a->ye, 1);
@@ -1451,24 +1473,28 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     } else {
         ops->moe_gather(be, m->xe, a->h2, a->slot_rows, slots, h);
     }
+    /* one product per source rank's rows of an expert (see source_rows) */
+    int sources = m->ep > 1 ? m->ep : 1;
     size_t off = 0;
-    for (int e = 0; e < per; e++) {
-        int cnt = counts[e];
-        linear_bwd(m, expert_index(m, l, e, 1), cnt, act_at(m, m->tmp_a, off * inter),
-                   act_at(m, dyr, off * h), 0, act_at(m, m->tmp_b, off * inter));
-        off += (size_t)cnt;
-    }
+    for (int e = 0; e < per; e++)
+        for (int r = 0; r < sources; r++) {
+            int cnt = source_rows(m, l, e, r);
+            linear_bwd(m, expert_index(m, l, e, 1), cnt, act_at(m, m->tmp_a, off * inter),
+                       act_at(m, dyr, off * h), 0, act_at(m, m->tmp_b, off * inter));
+            off += (size_t)cnt;
+        }
     ops->swiglu_bwd(be, m->tmp_b, m->tmp_c, m->tmp_b, a->gate, a->up, rows * inter);
     off = 0;
-    for (int e = 0; e < per; e++) {
-        int cnt = counts[e];
-        const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
-        const float *xe = act_at(m, xr, off * h);
-        float *dxe = act_at(m, dxr, off * h);
-        linear_bwd(m, expert_index(m, l, e, 0), cnt, xe, dg, 0, dxe);
-        linear_bwd(m, expert_index(m, l, e, 2), cnt, xe, du, 1, dxe);
-        off += (size_t)cnt;
-    }
+    for (int e = 0; e < per; e++)
+        for (int r = 0; r < sources; r++) {
+            int cnt = source_rows(m, l, e, r);
+            const float *dg = act_at(m, m->tmp_b, off * inter), *du = act_at(m, m->tmp_c, off * inter);
+            const float *xe = act_at(m, xr, off * h);
+            float *dxe = act_at(m, dxr, off * h);
+            linear_bwd(m, expert_index(m, l, e, 0), cnt, xe, dg, 0, dxe);
+            linear_bwd(m, expert_index(m, l, e, 2), cnt, xe, du, 1, dxe);
+            off += (size_t)cnt;
+        }
     if (m->ep > 1) {
         permute_received(m, l, m->yr, m->recv_rows, 0);
         exchange_rows(m, l, m->yr, m->dxe, 1);
