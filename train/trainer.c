@@ -80,6 +80,7 @@ typedef struct trainer {
 typedef struct step_result {
     double loss, ce_loss, aux_loss, z_loss, grad_norm, lr;
     int64_t n_targets;
+    int64_t dropped;  /* routing slots the capacity dropped, over every layer and rank */
     int skipped;
 } step_result;
 
@@ -381,6 +382,7 @@ static int setup(trainer *t, gale_error *err)
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
         .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
+        .capacity_factor = c->moe.capacity_factor,
         .lora = t->lora.rank ? &t->lora : NULL,
         .exchange = t->comm.ep_size > 1 ? &t->comm.exchange : NULL,
     };
@@ -615,6 +617,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     if (t->expert_counts)
         memcpy(t->expert_counts, st.expert_load,
                (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
+    r->dropped = st.dropped;
     struct model_trainable tr = trained(t);
     const struct model_layout *layout = tr.layout;
     float *grads = tr.grads;
@@ -624,6 +627,8 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         comm_sum_gradients(&t->comm, layout, grads);
         if (t->expert_counts)
             comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, t->mc.num_layers * t->mc.num_experts);
+        if (c->moe.capacity_factor > 0)
+            comm_sum_int64(&t->comm, COMM_WORLD_GROUP, &r->dropped, 1);
     }
     r->ce_loss = sums[0] / denominator;
     r->loss = r->ce_loss + sums[1];
@@ -674,6 +679,8 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
         printf("step %6ld/%ld | loss %.4f", t->state.step, t->sched.total, r->loss);
         if (t->mc.num_experts)
             printf(" (ce %.4f, aux %.4f)", r->ce_loss, r->aux_loss);
+        if (t->mc.num_experts && t->cfg->moe.capacity_factor > 0)
+            printf(" | dropped %lld", (long long)r->dropped);
         printf(" | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%% | %.2f s/step | ETA %s%s\n", r->lr, r->grad_norm,
                tok_per_s, 100 * mfu, step_seconds, eta, r->skipped ? " | SKIPPED" : "");
         fflush(stdout);
@@ -704,6 +711,8 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                                                     load.max, "cv", load.cv));
         }
         json_object_set_new(rec, "experts", layers);
+        /* routing slots (token, expert) over the step's layers, micro-batches and ranks */
+        json_object_set_new(rec, "dropped", json_integer((json_int_t)r->dropped));
     }
     if (metrics_append(t->metrics, rec, err) || tb_write_record(t->tb, rec, err))
         fprintf(stderr, "gale train: warning: %s\n", err->msg);
