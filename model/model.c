@@ -111,6 +111,8 @@ struct model {
      * instead of each micro-batch's own; aux_tokens 0: micro-batch scope */
     int64_t *aux_counts;
     double aux_tokens;
+    model_grads_ready_fn grads_ready;   /* model_set_grads_ready */
+    void *grads_ready_ctx;
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
     unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
@@ -1531,6 +1533,21 @@ static void attention_backward(struct model *m, int l)
                      layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
 
+void model_set_grads_ready(struct model *m, model_grads_ready_fn fn, void *ctx)
+{
+    m->grads_ready = fn;
+    m->grads_ready_ctx = ctx;
+}
+
+/* The backward has finished the gradients of tensors [first, end). */
+static void grads_ready(struct model *m, int first, int end)
+{
+    if (!m->grads_ready || !m->grads)
+        return;
+    gale_backend_wait(m->be);
+    m->grads_ready(m->grads_ready_ctx, first, end);
+}
+
 int model_forward_backward(struct model *m, const struct model_batch *batch,
                            double ce_denominator, double aux_weight, struct model_loss *out,
                            gale_error *err)
@@ -1555,6 +1572,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     int fn = final_norm_index(m);
     ops->rmsnorm_bwd(be, m->dx, m->grads ? tensor_at(m, m->grads, fn) : NULL, m->dh, m->x_final,
                      tensor_at(m, m->weights, fn), m->rstd_f, n, h);
+    grads_ready(m, fn, m->layout.n);  /* the final norm and an untied head */
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     for (int l = c->num_layers - 1; l >= 0; l--) {
         struct layer_acts *a = &m->acts[l];
@@ -1572,9 +1590,11 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
         ops->rmsnorm_bwd(be, m->dx, grads_w(m, l, W_LN2), m->dh, a->x_mid,
                          layer_w(m, m->weights, l, W_LN2), a->rstd2, n, h);
         attention_backward(m, l);
+        grads_ready(m, m->layer_first[l], l + 1 < c->num_layers ? m->layer_first[l + 1] : fn);
     }
     if (m->grads)
         ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    grads_ready(m, embed_index(), embed_index() + 1);
     m->training = 0;
     if (out)
         return fill_loss(m, out, denominator, err);

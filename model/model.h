@@ -312,6 +312,14 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
 int model_route(struct model *m, const struct model_batch *batch, gale_error *err);
 void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens);
 
+/* Called by model_forward_backward as its backward finishes the gradients of layout tensors
+ * [first, end) for this pass (the final norm and head, then each layer from the last, then
+ * the embeddings), once the backend's work on them is done: a data-parallel reduction can
+ * start while the backward goes on (train/grad_sync.h). Set it for the last micro-batch of a
+ * step only; fn NULL: none. Not called with LoRA (the base has no gradients). */
+typedef void (*model_grads_ready_fn)(void *ctx, int first, int end);
+void model_set_grads_ready(struct model *m, model_grads_ready_fn fn, void *ctx);
+
 /* After model_forward: logits [B, T, vocab] to host. */
 void model_logits_download(struct model *m, float *host);
 

@@ -228,6 +228,7 @@ void comm_bytes_reset(gale_comm *c)
 
 const char *comm_kind_name(enum comm_kind k)
 {
-    static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast"};
+    static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast", "reduce_scatter",
+                                                  "allgather"};
     return k < COMM_KINDS ? names[k] : "?";
 }

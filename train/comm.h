@@ -24,7 +24,8 @@
 
 enum comm_group { COMM_WORLD_GROUP, COMM_EP_GROUP, COMM_DP_GROUP };
 
-enum comm_kind { COMM_ALLREDUCE, COMM_ALLTOALL, COMM_BROADCAST, COMM_KINDS };
+/* kinds of collective whose bytes are counted (appended: metrics.jsonl names them) */
+enum comm_kind { COMM_ALLREDUCE, COMM_ALLTOALL, COMM_BROADCAST, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_KINDS };
 
 typedef struct gale_comm {
     MPI_Comm world, ep, dp;

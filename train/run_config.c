@@ -77,6 +77,7 @@ static const field fields[] = {
     F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
     F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),
     F(parallel, ep, CONFIG_INT, ep, 1, 65536, NULL),
+    F(parallel, overlap, CONFIG_BOOL, overlap, 0, 1, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -126,6 +127,7 @@ static void set_defaults(gale_run_config *c)
     c->checkpoint.dtype = GALE_CKPT_AUTO;
     c->checkpoint.shard_size = 5000000000; /* transformers' save_pretrained default, "5GB" */
     c->parallel.ep = 1;
+    c->parallel.overlap = 1;
 }
 
 static const field *find_field(const char *section, const char *key)

@@ -88,6 +88,7 @@ typedef struct gale_run_config {
     struct {
         long ep; /* expert-parallel ranks splitting each MoE layer's experts; the world is
                     data-parallel x ep ranks */
+        int overlap; /* gradient buckets reduced as the backward finishes them (else after it) */
     } parallel;
 } gale_run_config;
 

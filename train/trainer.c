@@ -23,6 +23,7 @@
 #include "train/checkpoint.h"
 #include "train/comm.h"
 #include "train/eval.h"
+#include "train/grad_sync.h"
 #include "train/metrics.h"
 #include "train/run_agreement.h"
 #include "train/tensorboard.h"
@@ -59,6 +60,8 @@ typedef struct trainer {
     struct lora_config lora;  /* rank 0: full fine-tuning */
     struct adamw opt;
     int opt_ready;
+    struct grad_sync sync; /* the step's gradient buckets and ZeRO-1's pieces */
+    int sync_ready;
     gale_lock run_lock;          /* rank 0: run.dir is this job's */
     gale_loader *loader;
     gale_batch *micro;     /* the grad_accum micro-batches of a step */
@@ -89,14 +92,6 @@ static double now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Rank r's contiguous share of [0, numel) under ZeRO-1. */
-static void shard_range(size_t numel, int rank, int world, size_t *begin, size_t *end)
-{
-    size_t chunk = (numel + world - 1) / world;
-    *begin = (size_t)rank * chunk < numel ? (size_t)rank * chunk : numel;
-    *end = *begin + chunk < numel ? *begin + chunk : numel;
 }
 
 int trainer_lora_config(const gale_run_config *c, struct lora_config *lc, gale_error *err)
@@ -313,7 +308,7 @@ static void print_effective_config(const trainer *t)
     printf("gale train: effective config (%s)\n%s\nmodel config.json:\n%s\n", t->cfg->file, run_text, model_text);
     printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
            model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
-           t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
+           t->opt.numel, t->cfg->optim.zero ? " (ZeRO-1)" : "");
     char blas[256];
     blas_core_describe(blas, sizeof blas);
     printf("blas: %s\n", blas);
@@ -360,9 +355,6 @@ static int setup(trainer *t, gale_error *err)
     if (comm_create(&t->comm, (int)c->parallel.ep, t->mc.num_experts, key, err))
         return -1;
     t->comm_ready = 1;
-    if (c->parallel.ep > 1 && c->optim.zero)
-        return gale_fail(err, "%s: optim.zero with parallel.ep = %ld: ZeRO-1 is not yet sharded over the "
-                              "data-parallel groups of expert parallelism", c->file, c->parallel.ep);
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
     } else if (t->comm.local_size > 1) {
@@ -391,10 +383,14 @@ static int setup(trainer *t, gale_error *err)
         return -1;
     const struct model_layout *layout = trained(t).layout;
     struct adamw_config ac = {c->optim.lr, c->optim.beta1, c->optim.beta2, c->optim.eps, c->optim.weight_decay};
-    size_t begin = 0, end = layout->numel;
-    if (c->optim.zero)
-        shard_range(layout->numel, t->rank, t->world, &begin, &end);
-    if (adamw_init(&t->opt, &ac, t->be, begin, end, err))
+    grad_sync_init(&t->sync, &t->comm, layout, c->optim.zero);
+    t->sync_ready = 1;
+    size_t(*pieces)[2];
+    int n_pieces = grad_sync_pieces(&t->sync, &pieces);
+    int rc = c->optim.zero ? adamw_init_ranges(&t->opt, &ac, t->be, (const size_t(*)[2])pieces, n_pieces, err)
+                           : adamw_init(&t->opt, &ac, t->be, 0, layout->numel, err);
+    free(pieces);
+    if (rc)
         return -1;
     t->opt_ready = 1;
 
@@ -437,6 +433,8 @@ static void teardown(trainer *t)
     tb_close(t->tb);
     if (t->opt_ready)
         adamw_free(&t->opt);
+    if (t->sync_ready)
+        grad_sync_free(&t->sync);
     model_free(t->model);
     gale_backend_free(t->be);
     loader_close(t->loader);
@@ -499,44 +497,21 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     free(host);
 }
 
-/* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
-static void share_updated_shards(trainer *t)
+/* The whole moments of this rank's layout on its host (m, v of numel floats): with ZeRO-1
+ * assembled from every rank's pieces, so collective then. */
+static void layout_moments(trainer *t, float *m, float *v)
 {
     size_t numel = trained(t).layout->numel;
-    float *params = trained(t).params;
-    for (int r = 0; r < t->world; r++) {
-        size_t begin, end;
-        shard_range(numel, r, t->world, &begin, &end);
-        comm_bcast_floats(&t->comm, COMM_WORLD_GROUP, params + begin, end - begin, r);
-    }
+    memset(m, 0, numel * sizeof *m);
+    memset(v, 0, numel * sizeof *v);
+    adamw_moments_download(&t->opt, m, v);
+    if (t->cfg->optim.zero && t->world > 1)
+        grad_sync_gather_moments(&t->sync, m, v);
 }
 
-/* The whole model's moments on rank 0's host (m and v of numel floats there, NULL
- * elsewhere): its own range, and with ZeRO-1 every other rank's. */
-static void gather_moments(trainer *t, float *m, float *v)
+static void on_grads_ready(void *ctx, int first, int end)
 {
-    size_t numel = trained(t).layout->numel;
-    const float *device[2] = {t->opt.m, t->opt.v};
-    float *whole[2] = {m, v};
-    size_t n = t->opt.end - t->opt.begin;
-    int sharded = t->opt.begin != 0 || t->opt.end != numel;
-    float *own = t->rank == 0 ? NULL : gale_xmalloc(n * sizeof *own);
-    for (int which = 0; which < 2; which++) {
-        if (t->rank == 0) {
-            t->be->ops->download(t->be, whole[which] + t->opt.begin, device[which], n * sizeof(float));
-            gale_backend_wait(t->be);
-            for (int r = 1; sharded && r < t->world; r++) {
-                size_t begin, end;
-                shard_range(numel, r, t->world, &begin, &end);
-                comm_recv_floats(&t->comm, whole[which] + begin, end - begin, r, which);
-            }
-        } else if (sharded) {
-            t->be->ops->download(t->be, own, device[which], n * sizeof(float));
-            gale_backend_wait(t->be);
-            comm_send_floats(&t->comm, own, n, 0, which);
-        }
-    }
-    free(own);
+    grad_sync_ready(ctx, first, end);
 }
 
 /* Micro-batch i of the step for the model, its dropout masks drawn (a function of the seed, the
@@ -596,14 +571,22 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         return -1;
     model_zero_grads(t->model);
     model_stats_reset(t->model);
+    struct model_trainable tr = trained(t);
+    const struct model_layout *layout = tr.layout;
+    float *grads = tr.grads;
+    grad_sync_begin(&t->sync, grads);
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
         micro_batch_of_step(t, i, &mb);
+        /* the last micro-batch's backward starts each bucket's reduction as it finishes it */
+        int overlap = i == accum - 1 && c->parallel.overlap && t->world > 1;
+        model_set_grads_ready(t->model, overlap ? on_grads_ready : NULL, &t->sync);
         if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;
         }
     }
+    model_set_grads_ready(t->model, NULL, NULL);
     /* the step's statistics come back once, after its micro-batches */
     struct model_stats st;
     if (model_stats_read(t->model, &st, err)) {
@@ -618,13 +601,11 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         memcpy(t->expert_counts, st.expert_load,
                (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
     r->dropped = st.dropped;
-    struct model_trainable tr = trained(t);
-    const struct model_layout *layout = tr.layout;
-    float *grads = tr.grads;
+    /* each rank's gradients are already divided by the global target count: sum them (the
+     * buckets not started during the backward start here) */
+    grad_sync_finish(&t->sync);
     if (t->world > 1) {
         comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, sums, 4);
-        /* each rank's gradients are already divided by the global target count: sum them */
-        comm_sum_gradients(&t->comm, layout, grads);
         if (t->expert_counts)
             comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, t->mc.num_layers * t->mc.num_experts);
         if (c->moe.capacity_factor > 0)
@@ -635,7 +616,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(comm_grad_sumsq(&t->comm, layout, t->be, grads));
+    r->grad_norm = sqrt(grad_sync_sumsq(&t->sync, t->be));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
@@ -653,7 +634,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
         adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, factor);
         if (c->optim.zero && t->world > 1) {
-            share_updated_shards(t);
+            grad_sync_gather_params(&t->sync, tr.params);
             model_weights_refresh(t->model);
         }
     }
@@ -764,15 +745,16 @@ static int expert_owner(const trainer *t, const char *name)
 static struct model *gather_experts(trainer *t, float **m, float **v, gale_error *err)
 {
     const struct model_layout *own = model_get_layout(t->model);
-    if (t->comm.dp_rank != 0)
-        return NULL;  /* the other replicas hold copies */
     float *mine[3];
     for (int which = 0; which < 3; which++)
         mine[which] = gale_xmalloc(own->numel * sizeof(float));
+    layout_moments(t, mine[1], mine[2]);  /* collective under ZeRO-1 */
+    if (t->comm.dp_rank != 0) {  /* the other replicas hold copies */
+        for (int which = 0; which < 3; which++)
+            free(mine[which]);
+        return NULL;
+    }
     model_params_download(t->model, mine[0]);
-    t->be->ops->download(t->be, mine[1], t->opt.m, own->numel * sizeof(float));
-    t->be->ops->download(t->be, mine[2], t->opt.v, own->numel * sizeof(float));
-    gale_backend_wait(t->be);
     struct model *whole_model = NULL;
     if (t->rank != 0) {
         for (int i = 0; i < own->n; i++)
@@ -826,10 +808,15 @@ static int save_checkpoint(trainer *t, gale_error *err)
     if (t->comm.ep_size > 1) {
         whole = gather_experts(t, &m, &v, err);
         rc = t->rank == 0 && !whole ? -1 : 0;
-    } else {
-        m = t->rank == 0 ? gale_xmalloc(numel * sizeof *m) : NULL;
-        v = t->rank == 0 ? gale_xmalloc(numel * sizeof *v) : NULL;
-        gather_moments(t, m, v);
+    } else if (t->rank == 0 || (t->cfg->optim.zero && t->world > 1)) {
+        m = gale_xmalloc(numel * sizeof *m);
+        v = gale_xmalloc(numel * sizeof *v);
+        layout_moments(t, m, v);  /* collective under ZeRO-1 */
+        if (t->rank != 0) {
+            free(m);
+            free(v);
+            m = v = NULL;
+        }
     }
     if (t->rank == 0 && rc == 0) {
         gale_moments moments = {m, v};

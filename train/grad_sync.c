@@ -1,0 +1,201 @@
+/* grad_sync: bucketed, non-blocking gradient reduction and ZeRO-1's shards (grad_sync.h). */
+#include "train/grad_sync.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "optim/adamw.h"
+#include "util/error.h"
+
+/* Elements per bucket at most: MPI counts and displacements are ints. */
+#define BUCKET_MAX ((size_t)1 << 28)
+
+/* The decoder layer a tensor belongs to, -1 for the embeddings, the final norm and the head
+ * (which the backward finishes outside the layers). */
+static int layer_of(const struct model_tensor *t)
+{
+    const char *at = strstr(t->name, "layers.");
+    return at ? atoi(at + strlen("layers.")) : -1;
+}
+
+static void add_bucket(struct grad_sync *s, size_t begin, size_t end, int first, int last, int expert)
+{
+    gale_comm *c = s->c;
+    s->buckets = gale_xrealloc(s->buckets, (size_t)(s->n + 1) * sizeof *s->buckets);
+    struct grad_bucket *b = &s->buckets[s->n++];
+    memset(b, 0, sizeof *b);
+    b->begin = begin;
+    b->end = end;
+    b->first = first;
+    b->last = last;
+    b->group = expert && c->ep_size > 1 ? COMM_DP_GROUP : COMM_WORLD_GROUP;
+    int p = comm_group_size(c, b->group), me = b->group == COMM_DP_GROUP ? c->dp_rank : c->rank;
+    size_t n = end - begin, chunk = (n + p - 1) / p;
+    b->counts = gale_xcalloc((size_t)p, sizeof *b->counts);
+    b->displs = gale_xcalloc((size_t)p, sizeof *b->displs);
+    for (int r = 0; r < p; r++) {
+        size_t lo = (size_t)r * chunk < n ? (size_t)r * chunk : n, hi = lo + chunk < n ? lo + chunk : n;
+        b->displs[r] = (int)lo;
+        b->counts[r] = (int)(hi - lo);
+    }
+    b->piece_begin = begin + (size_t)b->displs[me];
+    b->piece_end = b->piece_begin + (size_t)b->counts[me];
+}
+
+void grad_sync_init(struct grad_sync *s, gale_comm *c, const struct model_layout *layout, int zero)
+{
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    s->layout = layout;
+    s->zero = zero;
+    for (int i = 0; i < layout->n;) {
+        const struct model_tensor *t = &layout->tensors[i];
+        int j = i + 1;
+        while (j < layout->n && layer_of(&layout->tensors[j]) == layer_of(t) &&
+               (c->ep_size == 1 || layout->tensors[j].expert == t->expert))
+            j++;
+        size_t begin = t->offset, end = layout->tensors[j - 1].offset + layout->tensors[j - 1].numel;
+        for (size_t at = begin; at < end; at += BUCKET_MAX) {
+            size_t stop = end - at < BUCKET_MAX ? end : at + BUCKET_MAX;
+            int first = i, last = j - 1;  /* the tensors this piece of the run touches */
+            while (layout->tensors[first].offset + layout->tensors[first].numel <= at)
+                first++;
+            while (layout->tensors[last].offset >= stop)
+                last--;
+            add_bucket(s, at, stop, first, last, t->expert);
+        }
+        i = j;
+    }
+}
+
+void grad_sync_free(struct grad_sync *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        free(s->buckets[i].counts);
+        free(s->buckets[i].displs);
+    }
+    free(s->buckets);
+    memset(s, 0, sizeof *s);
+}
+
+int grad_sync_pieces(const struct grad_sync *s, size_t (**ranges)[2])
+{
+    *ranges = gale_xcalloc(s->n ? (size_t)s->n : 1, sizeof **ranges);
+    for (int i = 0; i < s->n; i++) {
+        (*ranges)[i][0] = s->buckets[i].piece_begin;
+        (*ranges)[i][1] = s->buckets[i].piece_end;
+    }
+    return s->n;
+}
+
+void grad_sync_begin(struct grad_sync *s, float *grads)
+{
+    s->grads = grads;
+    for (int i = 0; i < s->n; i++)
+        s->buckets[i].started = 0;
+}
+
+static int group_size(const struct grad_sync *s, const struct grad_bucket *b)
+{
+    return comm_group_size(s->c, b->group);
+}
+
+/* What a ring sends from each of p ranks for a reduce-scatter or an all-gather of `bytes`:
+ * (p - 1) / p of them; an all-reduce is both. */
+static uint64_t ring_share(size_t bytes, int p)
+{
+    return (uint64_t)((double)(p - 1) / p * (double)bytes);
+}
+
+static void start(struct grad_sync *s, struct grad_bucket *b)
+{
+    MPI_Comm comm = comm_group(s->c, b->group);
+    int p = group_size(s, b);
+    b->started = 1;
+    b->request = MPI_REQUEST_NULL;
+    if (p == 1)
+        return;
+    float *x = s->grads + b->begin;
+    size_t bytes = (b->end - b->begin) * sizeof(float);
+    if (s->zero) {
+        /* in place: the input is the bucket, and this rank's piece of the sum lands at its
+         * start (moved to the piece's place in grad_sync_finish) */
+        MPI_Ireduce_scatter(MPI_IN_PLACE, x, b->counts, MPI_FLOAT, MPI_SUM, comm, &b->request);
+        s->c->bytes[COMM_REDUCE_SCATTER] += ring_share(bytes, p);
+    } else {
+        MPI_Iallreduce(MPI_IN_PLACE, x, (int)(b->end - b->begin), MPI_FLOAT, MPI_SUM, comm, &b->request);
+        s->c->bytes[COMM_ALLREDUCE] += 2 * ring_share(bytes, p);
+    }
+}
+
+void grad_sync_ready(struct grad_sync *s, int first, int end)
+{
+    int flag;
+    for (int i = 0; i < s->n; i++) {
+        struct grad_bucket *b = &s->buckets[i];
+        if (!b->started && b->first >= first && b->last < end)
+            start(s, b);
+        else if (b->started && b->request != MPI_REQUEST_NULL)
+            MPI_Test(&b->request, &flag, MPI_STATUS_IGNORE);  /* drives progress */
+    }
+}
+
+void grad_sync_finish(struct grad_sync *s)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!s->buckets[i].started)
+            start(s, &s->buckets[i]);
+    for (int i = 0; i < s->n; i++) {
+        struct grad_bucket *b = &s->buckets[i];
+        MPI_Wait(&b->request, MPI_STATUS_IGNORE);
+        if (s->zero && b->piece_begin != b->begin && group_size(s, b) > 1)
+            memmove(s->grads + b->piece_begin, s->grads + b->begin,
+                    (b->piece_end - b->piece_begin) * sizeof(float));
+    }
+}
+
+double grad_sync_sumsq(struct grad_sync *s, struct gale_backend *be)
+{
+    double sum = 0;
+    for (int i = 0; i < s->n; i++) {
+        const struct grad_bucket *b = &s->buckets[i];
+        if (b->piece_end > b->piece_begin)
+            sum += grad_sumsq(be, s->grads, b->piece_begin, b->piece_end);
+    }
+    if (s->c->size > 1)
+        comm_sum_doubles(s->c, COMM_WORLD_GROUP, &sum, 1);
+    return sum;
+}
+
+void grad_sync_gather_params(struct grad_sync *s, float *params)
+{
+    MPI_Request *req = gale_xcalloc(s->n ? (size_t)s->n : 1, sizeof *req);
+    for (int i = 0; i < s->n; i++) {
+        struct grad_bucket *b = &s->buckets[i];
+        int p = group_size(s, b);
+        req[i] = MPI_REQUEST_NULL;
+        if (p == 1)
+            continue;
+        MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, params + b->begin, b->counts, b->displs, MPI_FLOAT,
+                        comm_group(s->c, b->group), &req[i]);
+        s->c->bytes[COMM_ALLGATHER] += ring_share((b->end - b->begin) * sizeof(float), p);
+    }
+    MPI_Waitall(s->n, req, MPI_STATUSES_IGNORE);
+    free(req);
+}
+
+void grad_sync_gather_moments(struct grad_sync *s, float *m, float *v)
+{
+    gale_comm *c = s->c;
+    float *both[2] = {m, v};
+    for (int which = 0; which < 2; which++) {
+        /* the pieces of the data-parallel group (the experts' whole, and the dense tensors'
+         * pieces of this EP rank's replicas), then the dense pieces of the other EP ranks */
+        comm_sum_floats(c, COMM_DP_GROUP, both[which], s->layout->numel);
+        for (int i = 0; c->ep_size > 1 && i < s->n; i++)
+            if (s->buckets[i].group == COMM_WORLD_GROUP)
+                comm_sum_floats(c, COMM_EP_GROUP, both[which] + s->buckets[i].begin,
+                                s->buckets[i].end - s->buckets[i].begin);
+    }
+}
