@@ -33,6 +33,7 @@
 #include "tiny_model.h"
 #include "optim/adamw.h"
 #include "train/comm.h"
+#include "train/grad_sync.h"
 
 #define STEPS 10
 #define B 2
@@ -140,6 +141,11 @@ struct mode {
                                        forward (and exchange) in the backward */
     int global;                     /* "global": aux_scope global in both runs */
     double capacity;                /* "capacity": a capacity factor of 1 in both runs */
+    int zero;                       /* "zero": the parallel run reduce-scatters its gradient
+                                       buckets and updates its ZeRO-1 pieces (train/grad_sync) */
+    int overlap;                    /* "overlap": the parallel run starts each bucket's reduction
+                                       as its backward finishes it, and a second parallel run
+                                       reducing after the backward ends with the same bits */
 };
 
 /* The forward and backward of micro-batches [first, first + count) of the global batch of
@@ -183,6 +189,42 @@ static double passes(struct run *r, int first, int count, int world, int global,
     }
     r->dropped = st.dropped;
     return st.ce_sum / ((double)B * T * world) + (c->router_aux_loss_coef * st.aux_sum + 1e-3 * st.z_sum) / world;
+}
+
+static void update(struct run *r, double sumsq);
+
+static void on_grads_ready(void *ctx, int first, int end)
+{
+    grad_sync_ready(ctx, first, end);
+}
+
+/* A step of the parallel run through train/grad_sync (as gale train takes it): the buckets'
+ * reductions started during the backward (overlap) or after it, ZeRO-1's pieces updated and
+ * all-gathered. Returns the step's loss. */
+static double synced_step(struct run *r, struct grad_sync *sync, gale_comm *comm, const struct mode *mode,
+                          int overlap)
+{
+    grad_sync_begin(sync, model_grads(r->m));
+    model_set_grads_ready(r->m, overlap ? on_grads_ready : NULL, sync);
+    double loss = passes(r, comm->rank, 1, comm->size, mode->global, comm);
+    model_set_grads_ready(r->m, NULL, NULL);
+    grad_sync_finish(sync);
+    update(r, grad_sync_sumsq(sync, model_get_backend(r->m)));
+    if (mode->zero)
+        grad_sync_gather_params(sync, model_params(r->m));
+    return loss;
+}
+
+/* The parallel run's optimizer: the whole layout, or under ZeRO-1 its pieces. */
+static void shard_optimizer(struct run *r, struct grad_sync *sync)
+{
+    size_t(*pieces)[2];
+    int n = grad_sync_pieces(sync, &pieces);
+    struct adamw_config ac = adamw_config_default();
+    gale_error err;
+    adamw_free(&r->opt);
+    CHECK_OK(adamw_init_ranges(&r->opt, &ac, cpu_backend(), (const size_t(*)[2])pieces, n, &err), err);
+    free(pieces);
 }
 
 static void update(struct run *r, double sumsq)
@@ -289,7 +331,7 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     int ep = argc > 1 ? atoi(argv[1]) : 1;
-    struct mode mode = {MODEL_RECOMPUTE_NONE, 0, 0};
+    struct mode mode = {MODEL_RECOMPUTE_NONE, 0, 0, 0, 0};
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "recompute"))
             mode.recompute = MODEL_RECOMPUTE_LAYER;
@@ -297,6 +339,10 @@ int main(int argc, char **argv)
             mode.global = 1;
         else if (!strcmp(argv[i], "capacity"))
             mode.capacity = 1.0;
+        else if (!strcmp(argv[i], "zero"))
+            mode.zero = 1;
+        else if (!strcmp(argv[i], "overlap"))
+            mode.overlap = 1;
         else {
             fprintf(stderr, "test_expert_parallel: unknown mode %s\n", argv[i]);
             return 2;
@@ -319,12 +365,33 @@ int main(int argc, char **argv)
     if (contrast)
         start(&ref_mb, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE, mode.capacity);
     const struct model_layout *layout = model_get_layout(par.m);
+    struct grad_sync sync, sync_after;
+    struct run par_after; /* overlap: the same, reducing after the backward */
+    int synced = mode.zero || mode.overlap;
+    if (synced) {
+        grad_sync_init(&sync, &comm, layout, mode.zero);
+        if (mode.zero)
+            shard_optimizer(&par, &sync);
+    }
+    if (mode.overlap) {
+        start(&par_after, poisoned_backend(), &comm.exchange, mode.recompute, mode.capacity);
+        grad_sync_init(&sync_after, &comm, layout, mode.zero);
+        if (mode.zero)
+            shard_optimizer(&par_after, &sync_after);
+    }
     int idle = 0;
     for (int s = 0; s < STEPS; s++) {
-        double sums[1] = {passes(&par, comm.rank, 1, comm.size, mode.global, &comm)};
+        double sums[1];
+        if (synced) {
+            sums[0] = synced_step(&par, &sync, &comm, &mode, mode.overlap);
+            if (mode.overlap)
+                synced_step(&par_after, &sync_after, &comm, &mode, 0);
+        } else {
+            sums[0] = passes(&par, comm.rank, 1, comm.size, mode.global, &comm);
+            comm_sum_gradients(&comm, layout, model_grads(par.m));
+        }
         comm_sum_doubles(&comm, COMM_WORLD_GROUP, sums, 1);
         par.loss[s] = sums[0];
-        comm_sum_gradients(&comm, layout, model_grads(par.m));
         if (s == 0) {
             struct model_stats st;
             model_stats_read(par.m, &st, &err);
@@ -333,7 +400,8 @@ int main(int argc, char **argv)
             comm_sum_int64(&comm, COMM_WORLD_GROUP, load, 16);
             idle = check_idle_experts(&par, load);
         }
-        update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
+        if (!synced)
+            update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
         ref.loss[s] = passes(&ref, 0, comm.size, comm.size, mode.global, NULL);
         update(&ref, grad_sumsq(cpu_backend(), model_grads(ref.m), 0, model_get_layout(ref.m)->numel));
         if (contrast) {
@@ -366,6 +434,22 @@ int main(int argc, char **argv)
     MPI_Allreduce(&idle, &idle_anywhere, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     CHECK_MSG(idle_anywhere >= 4 * 3 * comm.dp_size, "only %d idle expert tensors at step 1", idle_anywhere);
     compare_weights(&par, &ref, comm.rank);
+    if (mode.overlap) {
+        size_t bytes = layout->numel * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes);
+        model_params_download(par.m, a);
+        model_params_download(par_after.m, b);
+        CHECK_MSG(memcmp(a, b, bytes) == 0, "rank %d: reducing during the backward ends with other weights than "
+                                            "reducing after it", comm.rank);
+        if (comm.rank == 0)
+            printf("reductions during the backward and after it: the same weights to the bit\n");
+        free(a);
+        free(b);
+        finish(&par_after);
+        grad_sync_free(&sync_after);
+    }
+    if (synced)
+        grad_sync_free(&sync);
     if (contrast) {
         const char *name;
         double apart = weight_difference(&ref, &ref_mb, &name);
