@@ -386,7 +386,9 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
     struct model_layout layout;
     model_layout_build_share(cfg, ep, lay->ep_rank, &layout);
-    size_t numel = layout.numel;
+    size_t numel = layout.numel, experts_held = 0;
+    for (int i = 0; i < layout.n; i++)
+        experts_held += layout.tensors[i].expert ? layout.tensors[i].numel : 0;
     model_layout_free(&layout);
     size_t adapters = 0;
     if (lay->lora) {
@@ -405,7 +407,9 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
     }
-    int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
+    size_t dp = lay->dp_size > 1 ? (size_t)lay->dp_size : 1, world = dp * (size_t)ep;
+    if (!lay->zero)
+        dp = world = 1;
     /* full fine-tuning trains every weight from an fp32 master (the compute copy too unless
      * fp32); LoRA keeps the base frozen in the compute dtype only and trains the adapters */
     size_t trained = lay->lora ? adapters : numel;
@@ -415,7 +419,10 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     out->bytes[PLAN_WEIGHTS] = copies * tmp.w_bytes;
     out->bytes[PLAN_MASTER] = fsz(trained);
     out->bytes[PLAN_GRADS] = fsz(trained);
-    out->bytes[PLAN_MOMENTS] = 2 * fsz((trained + dp - 1) / dp);
+    /* ZeRO-1 (train/grad_sync.h): dense moments split over the world, experts' over the
+     * data-parallel ranks holding them (LoRA's adapters are dense) */
+    size_t expert_moments = lay->lora ? 0 : experts_held;
+    out->bytes[PLAN_MOMENTS] = 2 * fsz((trained - expert_moments + world - 1) / world + (expert_moments + dp - 1) / dp);
     if (ep > 1) {  /* the expert stores at balanced routing: each rank receives what it sends */
         struct carve ea = {0}, es = {0};
         struct layer_acts unused;
