@@ -24,7 +24,9 @@ static uint64_t ring_bytes(size_t bytes, int p)
 static void alltoall_counts(void *ctx, const int32_t *send, int32_t *recv, int per)
 {
     gale_comm *c = ctx;
+    double t0 = MPI_Wtime();
     MPI_Alltoall(send, per, MPI_INT32_T, recv, per, MPI_INT32_T, c->ep);
+    c->seconds[COMM_ALLTOALL] += MPI_Wtime() - t0;
     c->bytes[COMM_ALLTOALL] += (uint64_t)(c->ep_size - 1) * per * sizeof(int32_t);
 }
 
@@ -41,7 +43,9 @@ static void alltoallv_rows(void *ctx, const void *send, const int *send_rows, vo
         sdispl[r] = sdispl[r - 1] + send_rows[r - 1];
         rdispl[r] = rdispl[r - 1] + recv_rows[r - 1];
     }
+    double t0 = MPI_Wtime();
     MPI_Alltoallv(send, send_rows, sdispl, row, recv, recv_rows, rdispl, row, c->ep);
+    c->seconds[COMM_ALLTOALL] += MPI_Wtime() - t0;
     MPI_Type_free(&row);
     for (int r = 0; r < p; r++)
         if (r != c->ep_rank)
@@ -116,7 +120,9 @@ int comm_group_size(const gale_comm *c, enum comm_group g)
 
 static void sum(gale_comm *c, enum comm_group g, void *x, int n, MPI_Datatype type, size_t size)
 {
+    double t0 = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, x, n, type, MPI_SUM, comm_group(c, g));
+    c->seconds[COMM_ALLREDUCE] += MPI_Wtime() - t0;
     c->bytes[COMM_ALLREDUCE] += ring_bytes((size_t)n * size, comm_group_size(c, g));
 }
 
@@ -224,6 +230,7 @@ void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag)
 void comm_bytes_reset(gale_comm *c)
 {
     memset(c->bytes, 0, sizeof c->bytes);
+    memset(c->seconds, 0, sizeof c->seconds);
 }
 
 const char *comm_kind_name(enum comm_kind k)

@@ -7,8 +7,8 @@
  * tokens (all-to-all); the dp ranks with the same EP rank hold the same experts and average
  * their gradients. Dense weights are replicated on every rank.
  *
- * Each collective adds the bytes this rank sends to a per-kind counter, so a step's
- * communication can be reported (comm_bytes).
+ * Each collective adds the bytes this rank sends, and the time it spent in MPI, to per-kind
+ * counters, so a step's communication can be reported (comm_bytes, comm_s).
  *
  * Errors: communicators use MPI_ERRORS_ARE_FATAL (Open MPI's default): a failed collective, or
  * a peer that died, aborts the whole job rather than returning into a half-done step. */
@@ -36,6 +36,8 @@ typedef struct gale_comm {
                                    local_rank (a GPU backend takes it modulo its devices) */
     struct model_expert_exchange exchange; /* the EP group's all-to-all, for the model */
     uint64_t bytes[COMM_KINDS]; /* sent by this rank since comm_bytes_reset */
+    double seconds[COMM_KINDS]; /* spent inside the MPI calls of each kind since then (waiting
+                                   for slower ranks included) */
 } gale_comm;
 
 /* This process's rank in MPI_COMM_WORLD and the world's size: no communication, so callable

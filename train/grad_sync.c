@@ -108,9 +108,16 @@ static uint64_t ring_share(size_t bytes, int p)
     return (uint64_t)((double)(p - 1) / p * (double)bytes);
 }
 
+/* The kind a bucket's reduction counts as. */
+static enum comm_kind kind_of(const struct grad_sync *s)
+{
+    return s->zero ? COMM_REDUCE_SCATTER : COMM_ALLREDUCE;
+}
+
 static void start(struct grad_sync *s, struct grad_bucket *b)
 {
     MPI_Comm comm = comm_group(s->c, b->group);
+    double t0 = MPI_Wtime();
     int p = group_size(s, b);
     b->started = 1;
     b->request = MPI_REQUEST_NULL;
@@ -127,6 +134,7 @@ static void start(struct grad_sync *s, struct grad_bucket *b)
         MPI_Iallreduce(MPI_IN_PLACE, x, (int)(b->end - b->begin), MPI_FLOAT, MPI_SUM, comm, &b->request);
         s->c->bytes[COMM_ALLREDUCE] += 2 * ring_share(bytes, p);
     }
+    s->c->seconds[kind_of(s)] += MPI_Wtime() - t0;
 }
 
 void grad_sync_ready(struct grad_sync *s, int first, int end)
@@ -134,10 +142,13 @@ void grad_sync_ready(struct grad_sync *s, int first, int end)
     int flag;
     for (int i = 0; i < s->n; i++) {
         struct grad_bucket *b = &s->buckets[i];
-        if (!b->started && b->first >= first && b->last < end)
+        if (!b->started && b->first >= first && b->last < end) {
             start(s, b);
-        else if (b->started && b->request != MPI_REQUEST_NULL)
+        } else if (b->started && b->request != MPI_REQUEST_NULL) {
+            double t0 = MPI_Wtime();
             MPI_Test(&b->request, &flag, MPI_STATUS_IGNORE);  /* drives progress */
+            s->c->seconds[kind_of(s)] += MPI_Wtime() - t0;
+        }
     }
 }
 
@@ -148,7 +159,9 @@ void grad_sync_finish(struct grad_sync *s)
             start(s, &s->buckets[i]);
     for (int i = 0; i < s->n; i++) {
         struct grad_bucket *b = &s->buckets[i];
+        double t0 = MPI_Wtime();
         MPI_Wait(&b->request, MPI_STATUS_IGNORE);
+        s->c->seconds[kind_of(s)] += MPI_Wtime() - t0;
         if (s->zero && b->piece_begin != b->begin && group_size(s, b) > 1)
             memmove(s->grads + b->piece_begin, s->grads + b->begin,
                     (b->piece_end - b->piece_begin) * sizeof(float));
@@ -171,6 +184,7 @@ double grad_sync_sumsq(struct grad_sync *s, struct gale_backend *be)
 void grad_sync_gather_params(struct grad_sync *s, float *params)
 {
     MPI_Request *req = gale_xcalloc(s->n ? (size_t)s->n : 1, sizeof *req);
+    double t0 = MPI_Wtime();
     for (int i = 0; i < s->n; i++) {
         struct grad_bucket *b = &s->buckets[i];
         int p = group_size(s, b);
@@ -182,6 +196,7 @@ void grad_sync_gather_params(struct grad_sync *s, float *params)
         s->c->bytes[COMM_ALLGATHER] += ring_share((b->end - b->begin) * sizeof(float), p);
     }
     MPI_Waitall(s->n, req, MPI_STATUSES_IGNORE);
+    s->c->seconds[COMM_ALLGATHER] += MPI_Wtime() - t0;
     free(req);
 }
 

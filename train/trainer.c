@@ -677,6 +677,10 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
     for (int k = 0; k < COMM_KINDS; k++)
         json_object_set_new(bytes, comm_kind_name(k), json_integer((json_int_t)t->comm.bytes[k]));
     json_object_set_new(rec, "comm_bytes", bytes);
+    json_t *seconds = json_object();
+    for (int k = 0; k < COMM_KINDS; k++)
+        json_object_set_new(seconds, comm_kind_name(k), json_real(t->comm.seconds[k]));
+    json_object_set_new(rec, "comm_s", seconds);
     if (t->world > 1 && t->state.step == 1) {
         printf("communication of step 1 from rank 0:");
         for (int k = 0; k < COMM_KINDS; k++)
