@@ -123,7 +123,7 @@ int cmd_plan(int argc, char **argv)
            config, model_kind_name(mc.kind), model_config_num_params(&mc) / 1e9, plan.params / 1e9,
            lay.micro_batch, lay.seq_len, gale_dtype_name(lay.compute),
            lay.recompute == MODEL_RECOMPUTE_LAYER ? "layer" : "none", world, world / ep, ep,
-           lay.zero ? "on (moments split over the data-parallel ranks)" : "off");
+           lay.zero ? "on (moments split: dense over every rank, experts' over the data-parallel ranks)" : "off");
     if (lay.lora) {
         char targets[128];
         lora_targets_format(lora.targets, targets, sizeof targets);

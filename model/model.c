@@ -87,7 +87,11 @@ struct model {
 
     /* the step's statistics: device sums, host expert load (from the per-layer counts) */
     double *stats, *stats_host;
-    int32_t *host_counts;               /* [layers][E] of the last forward */
+    int32_t *host_counts;               /* [layers][E] of the last forward: slots routed to each
+                                           expert (what the aux loss counts) */
+    int32_t *kept_counts;               /* [layers][E]: of those, the slots the experts run (a
+                                           capacity drops the rest; else the same) */
+    int64_t dropped;                    /* slots dropped by the capacity since model_stats_reset */
     int32_t *recv_counts;               /* [layers][ep][E/ep]: rows each rank sent each local
                                            expert (expert parallelism) */
     int32_t *local_counts;              /* [layers][E/ep]: rows each local expert runs */
@@ -102,6 +106,13 @@ struct model {
     } *expert_acts, expert_scratch;
     float *recv_rows, *yr;
     int64_t *load;                      /* [layers][E] summed since model_stats_reset */
+    /* aux_scope global (model_set_aux_counts): the expert counts [layers][E] of the step's
+     * whole global batch and its tokens, which the training passes' load-balancing loss uses
+     * instead of each micro-batch's own; aux_tokens 0: micro-batch scope */
+    int64_t *aux_counts;
+    double aux_tokens;
+    model_grads_ready_fn grads_ready;   /* model_set_grads_ready */
+    void *grads_ready_ctx;
     int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
     int stage_half;
     unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
@@ -375,7 +386,9 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
     struct model_layout layout;
     model_layout_build_share(cfg, ep, lay->ep_rank, &layout);
-    size_t numel = layout.numel;
+    size_t numel = layout.numel, experts_held = 0;
+    for (int i = 0; i < layout.n; i++)
+        experts_held += layout.tensors[i].expert ? layout.tensors[i].numel : 0;
     model_layout_free(&layout);
     size_t adapters = 0;
     if (lay->lora) {
@@ -394,7 +407,9 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
     }
-    int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
+    size_t dp = lay->dp_size > 1 ? (size_t)lay->dp_size : 1, world = dp * (size_t)ep;
+    if (!lay->zero)
+        dp = world = 1;
     /* full fine-tuning trains every weight from an fp32 master (the compute copy too unless
      * fp32); LoRA keeps the base frozen in the compute dtype only and trains the adapters */
     size_t trained = lay->lora ? adapters : numel;
@@ -404,7 +419,10 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     out->bytes[PLAN_WEIGHTS] = copies * tmp.w_bytes;
     out->bytes[PLAN_MASTER] = fsz(trained);
     out->bytes[PLAN_GRADS] = fsz(trained);
-    out->bytes[PLAN_MOMENTS] = 2 * fsz((trained + dp - 1) / dp);
+    /* ZeRO-1 (train/grad_sync.h): dense moments split over the world, experts' over the
+     * data-parallel ranks holding them (LoRA's adapters are dense) */
+    size_t expert_moments = lay->lora ? 0 : experts_held;
+    out->bytes[PLAN_MOMENTS] = 2 * fsz((trained - expert_moments + world - 1) / world + (expert_moments + dp - 1) / dp);
     if (ep > 1) {  /* the expert stores at balanced routing: each rank receives what it sends */
         struct carve ea = {0}, es = {0};
         struct layer_acts unused;
@@ -466,7 +484,9 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     m->acts = gale_xcalloc((size_t)cfg->num_layers, sizeof *m->acts);
     size_t le = (size_t)cfg->num_layers * cfg->num_experts;
     m->host_counts = gale_xcalloc(le ? le : 1, sizeof *m->host_counts);
+    m->kept_counts = gale_xcalloc(le ? le : 1, sizeof *m->kept_counts);
     m->load = gale_xcalloc(le ? le : 1, sizeof *m->load);
+    m->aux_counts = gale_xcalloc(le ? le : 1, sizeof *m->aux_counts);
     m->recv_counts = gale_xcalloc(le ? le : 1, sizeof *m->recv_counts);
     m->local_counts = gale_xcalloc(le ? le : 1, sizeof *m->local_counts);
     int f32 = be->compute == GALE_F32;
@@ -549,7 +569,9 @@ void model_free(struct model *m)
         m->be->ops->host_free(m->be, m->stats_host);
     free(m->acts);
     free(m->host_counts);
+    free(m->kept_counts);
     free(m->load);
+    free(m->aux_counts);
     free(m->recv_counts);
     free(m->local_counts);
     free(m->layer_first);
@@ -1003,7 +1025,7 @@ static int local_experts(const struct model *m)
 static const int32_t *local_counts(const struct model *m, int l)
 {
     return m->ep > 1 ? m->local_counts + (size_t)l * local_experts(m)
-                     : m->host_counts + (size_t)l * m->cfg.num_experts;
+                     : m->kept_counts + (size_t)l * m->cfg.num_experts;
 }
 
 static int rows_of(const int32_t *counts, int n)
@@ -1038,7 +1060,7 @@ static void exchange_sizes(const struct model *m, int l, int *send_rows, int *re
 {
     int ne = m->cfg.num_experts, per = local_experts(m);
     for (int r = 0; r < m->ep; r++) {
-        send_rows[r] = rows_of(m->host_counts + (size_t)l * ne + (size_t)r * per, per);
+        send_rows[r] = rows_of(m->kept_counts + (size_t)l * ne + (size_t)r * per, per);
         recv_rows[r] = rows_of(m->recv_counts + (size_t)l * ne + (size_t)r * per, per);
     }
 }
@@ -1077,19 +1099,76 @@ static void exchange_rows(struct model *m, int l, const float *from, float *to, 
                wsz(m, m->cfg.hidden_size));
 }
 
+/* The slots each expert of a micro-batch of n tokens takes at most under moe.capacity_factor
+ * (in training passes; 0: all of them). */
+static int expert_capacity(const struct model *m, int n)
+{
+    const struct model_config *c = &m->cfg;
+    if (!m->training || m->opts.capacity_factor <= 0)
+        return INT32_MAX;
+    return (int)ceil(m->opts.capacity_factor * n * c->num_experts_per_tok / c->num_experts);
+}
+
+/* Under a capacity: each expert keeps its first `cap` slots in moe_plan's order (token order)
+ * and the slots are reordered so that the kept ones stay grouped by expert, in front, and the
+ * dropped ones follow (their expert outputs are zero: they add nothing to their token and get
+ * no gradient). kept_counts says how many each expert runs. The slot arrays travel to the host
+ * and back only when something is dropped. */
+static void drop_overflow(struct model *m, int l, struct layer_acts *a, int n)
+{
+    struct gale_backend *be = m->be;
+    int ne = m->cfg.num_experts, slots = n * m->cfg.num_experts_per_tok, cap = expert_capacity(m, n);
+    const int32_t *counts = m->host_counts + (size_t)l * ne;
+    int32_t *kept = m->kept_counts + (size_t)l * ne;
+    int overflow = 0;
+    for (int e = 0; e < ne; e++) {
+        kept[e] = counts[e] < cap ? counts[e] : cap;
+        overflow |= kept[e] < counts[e];
+    }
+    if (!overflow)
+        return;
+    /* host: the old slot_rows and slot_of, then each old position's new one, the new slot_of */
+    int32_t *rows = gale_xmalloc(4 * (size_t)slots * sizeof *rows);
+    int32_t *of = rows + slots, *moved = of + slots, *new_of = moved + slots;
+    be->ops->download(be, rows, a->slot_rows, (size_t)slots * sizeof *rows);
+    be->ops->download(be, of, a->slot_of, (size_t)slots * sizeof *of);
+    gale_backend_wait(be);
+    int front = 0, tail = rows_of(kept, ne), at = 0;
+    for (int e = 0; e < ne; e++)
+        for (int j = 0; j < counts[e]; j++, at++)
+            moved[at] = j < kept[e] ? front++ : tail++;
+    for (int r = 0; r < slots; r++)
+        new_of[r] = moved[of[r]];
+    for (int p = 0; p < slots; p++)
+        of[moved[p]] = rows[p];  /* of becomes the new slot_rows */
+    be->ops->upload(be, a->slot_rows, of, (size_t)slots * sizeof *of);
+    be->ops->upload(be, a->slot_of, new_of, (size_t)slots * sizeof *new_of);
+    gale_backend_wait(be);
+    free(rows);
+}
+
+/* Slots of layer l's micro-batch that its experts run (all of them unless a capacity dropped
+ * some): the dropped ones follow them in the slot order. */
+static int kept_slots(const struct model *m, int l)
+{
+    return rows_of(m->kept_counts + (size_t)l * m->cfg.num_experts, m->cfg.num_experts);
+}
+
 /* After moe_plan: the expert counts come to the host (the layer's one transfer: they size the
- * products), and under expert parallelism go to the ranks holding the experts. */
-static void exchange_counts(struct model *m, int l, const struct layer_acts *a)
+ * products), a capacity drops what overflows, and under expert parallelism the kept counts go
+ * to the ranks holding the experts. */
+static void exchange_counts(struct model *m, int l, struct layer_acts *a, int n)
 {
     struct gale_backend *be = m->be;
     int ne = m->cfg.num_experts, per = local_experts(m);
     int32_t *counts = m->host_counts + (size_t)l * ne;
     be->ops->download(be, counts, a->counts, (size_t)ne * sizeof(int32_t));
     gale_backend_wait(be);
+    drop_overflow(m, l, a, n);
     if (m->ep == 1)
         return;
     int32_t *recv = m->recv_counts + (size_t)l * ne, *local = m->local_counts + (size_t)l * per;
-    m->x->counts(m->x->ctx, counts, recv, per);
+    m->x->counts(m->x->ctx, m->kept_counts + (size_t)l * ne, recv, per);
     for (int e = 0; e < per; e++) {
         local[e] = 0;
         for (int r = 0; r < m->ep; r++)
@@ -1110,9 +1189,10 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
     ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
-    exchange_counts(m, l, a);
+    exchange_counts(m, l, a, n);
     const int32_t *counts = local_counts(m, l);
-    ops->moe_gather(be, s->xe, a->h2, a->slot_rows, n * k, h);
+    int kept = kept_slots(m, l);
+    ops->moe_gather(be, s->xe, a->h2, a->slot_rows, kept, h);
     /* the local experts' inputs, SwiGLU products and outputs, expert-major */
     float *xr = s->xe, *act = s->act, *yr = a->ye;
     if (m->ep > 1) {
@@ -1147,6 +1227,8 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
         permute_received(m, l, m->recv_rows, m->yr, 0);
         exchange_rows(m, l, m->recv_rows, a->ye, 1);
     }
+    if (kept < n * k)  /* the dropped slots' outputs */
+        ops->zero(be, act_at(m, a->ye, (size_t)kept * h), wsz(m, (size_t)(n * k - kept) * h));
     ops->copy(be, out, a->x_mid, wsz(m, (size_t)n * h));
     ops->moe_combine(be, out, a->ye, a->topk_w, a->slot_of, n, k, h);
 }
@@ -1189,7 +1271,9 @@ static void forward_trunk(struct model *m)
  * weighted by aux_weight) for a backward, and the coefficients that turn each layer's
  * router_stats into the aux and z losses; both go up in one upload, the losses accumulate into
  * the device statistics. The aux loss is E * sum_e f_e * P_e with f the slot fractions per
- * layer (per_layer form, averaged over layers) or pooled over layers (hf form). */
+ * layer (per_layer form, averaged over layers) or pooled over layers (hf form). f comes from
+ * this micro-batch's counts, or in a training pass under aux_scope global from the whole
+ * step's (model_set_aux_counts): a fraction, so the rest of the formula is the same. */
 static void router_losses(struct model *m, double aux_weight, int for_backward)
 {
     struct gale_backend *be = m->be;
@@ -1197,23 +1281,27 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
     int n = m->rows, ne = c->num_experts, k = c->num_experts_per_tok, layers = c->num_layers;
     size_t le = (size_t)layers * ne, lstat = (size_t)layers * (ne + 1);
     double rows_all = (double)n * layers;
+    int global = for_backward && m->aux_tokens > 0;
+    double f_tokens = global ? m->aux_tokens : n;  /* the tokens the fractions are of */
     double *aux_coef = m->router_host, *z_coef = aux_coef + lstat;
     float *dprobs = (float *)(z_coef + lstat);
     double *pooled_f = gale_xcalloc((size_t)ne, sizeof(double));
     for (size_t i = 0; i < le; i++) {
         m->load[i] += m->host_counts[i];
-        pooled_f[i % ne] += m->host_counts[i] / rows_all;
+        m->dropped += m->host_counts[i] - m->kept_counts[i];
+        pooled_f[i % ne] += (global ? (double)m->aux_counts[i] : m->host_counts[i]) / (f_tokens * layers);
     }
     int per_layer = m->opts.aux_form == MODEL_AUX_PER_LAYER;
     double coef = aux_weight * c->router_aux_loss_coef;
     for (int l = 0; l < layers; l++) {
         double *al = aux_coef + (size_t)l * (ne + 1), *zl = z_coef + (size_t)l * (ne + 1);
         for (int e = 0; e < ne; e++) {
-            double layer_f = m->host_counts[(size_t)l * ne + e] / ((double)n * k);
+            size_t i = (size_t)l * ne + e;
+            double layer_f = (global ? (double)m->aux_counts[i] : m->host_counts[i]) / (f_tokens * k);
             double f = per_layer ? layer_f : pooled_f[e];
             al[e] = per_layer ? ne * layer_f / ((double)n * layers) : ne * pooled_f[e] / rows_all;
             zl[e] = 0;
-            dprobs[(size_t)l * ne + e] = (float)(coef * ne * f / rows_all);
+            dprobs[i] = (float)(coef * ne * f / rows_all);
         }
         al[ne] = 0;
         zl[ne] = 1.0 / rows_all;
@@ -1228,10 +1316,19 @@ static void router_losses(struct model *m, double aux_weight, int for_backward)
     be->ops->dot_f64(be, m->stats + ST_Z, m->rstats, m->router_coef + lstat, lstat);
 }
 
+void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens)
+{
+    size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
+    m->aux_tokens = counts && le ? tokens : 0;
+    if (m->aux_tokens > 0)
+        memcpy(m->aux_counts, counts, le * sizeof *counts);
+}
+
 void model_stats_reset(struct model *m)
 {
     m->be->ops->zero(m->be, m->stats, ST_COUNT * sizeof(double));
     memset(m->load, 0, (size_t)m->cfg.num_layers * m->cfg.num_experts * sizeof *m->load);
+    m->dropped = 0;
 }
 
 int model_stats_read(struct model *m, struct model_stats *out, gale_error *err)
@@ -1245,6 +1342,7 @@ int model_stats_read(struct model *m, struct model_stats *out, gale_error *err)
     out->aux_sum = m->stats_host[ST_AUX];
     out->z_sum = m->stats_host[ST_Z];
     out->expert_load = m->cfg.num_experts ? m->load : NULL;
+    out->dropped = m->dropped;
     return 0;
 }
 
@@ -1311,6 +1409,19 @@ int model_forward(struct model *m, const struct model_batch *batch, double ce_de
     return be->failed ? gale_backend_sync(be, err) : 0;
 }
 
+int model_route(struct model *m, const struct model_batch *batch, gale_error *err)
+{
+    if (upload_batch(m, batch, err))
+        return -1;
+    size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
+    m->training = 1;  /* as the training pass will: the same dropout masks, the same drops */
+    forward_trunk(m);
+    m->training = 0;
+    for (size_t i = 0; i < le; i++)
+        m->load[i] += m->host_counts[i];
+    return m->be->failed ? gale_backend_sync(m->be, err) : 0;
+}
+
 /* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh. */
 static void head_forward_backward(struct model *m, double scale)
 {
@@ -1355,7 +1466,7 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     const struct model_config *c = &m->cfg;
     struct layer_acts *a = &m->acts[l];
     int n = m->rows, h = c->hidden_size, inter = c->intermediate_size;
-    int ne = c->num_experts, k = c->num_experts_per_tok, slots = n * k, per = local_experts(m);
+    int ne = c->num_experts, k = c->num_experts_per_tok, slots = kept_slots(m, l), per = local_experts(m);
     const int32_t *counts = local_counts(m, l);
     size_t rows = (size_t)rows_of(counts, per);
     ops->moe_combine_bwd(be, m->dye, m->dtopk_w, m->dx, a->ye, a->topk_w, a->slot_of, n, k, h);
@@ -1429,6 +1540,21 @@ static void attention_backward(struct model *m, int l)
                      layer_w(m, m->weights, l, W_LN1), a->rstd1, n, h);
 }
 
+void model_set_grads_ready(struct model *m, model_grads_ready_fn fn, void *ctx)
+{
+    m->grads_ready = fn;
+    m->grads_ready_ctx = ctx;
+}
+
+/* The backward has finished the gradients of tensors [first, end). */
+static void grads_ready(struct model *m, int first, int end)
+{
+    if (!m->grads_ready || !m->grads)
+        return;
+    gale_backend_wait(m->be);
+    m->grads_ready(m->grads_ready_ctx, first, end);
+}
+
 int model_forward_backward(struct model *m, const struct model_batch *batch,
                            double ce_denominator, double aux_weight, struct model_loss *out,
                            gale_error *err)
@@ -1453,6 +1579,7 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
     int fn = final_norm_index(m);
     ops->rmsnorm_bwd(be, m->dx, m->grads ? tensor_at(m, m->grads, fn) : NULL, m->dh, m->x_final,
                      tensor_at(m, m->weights, fn), m->rstd_f, n, h);
+    grads_ready(m, fn, m->layout.n);  /* the final norm and an untied head */
     struct mlp_scratch scratch = {m->tmp_a, m->router_scratch, m->xe};
     for (int l = c->num_layers - 1; l >= 0; l--) {
         struct layer_acts *a = &m->acts[l];
@@ -1470,9 +1597,11 @@ int model_forward_backward(struct model *m, const struct model_batch *batch,
         ops->rmsnorm_bwd(be, m->dx, grads_w(m, l, W_LN2), m->dh, a->x_mid,
                          layer_w(m, m->weights, l, W_LN2), a->rstd2, n, h);
         attention_backward(m, l);
+        grads_ready(m, m->layer_first[l], l + 1 < c->num_layers ? m->layer_first[l + 1] : fn);
     }
     if (m->grads)
         ops->embedding_bwd(be, tensor_at(m, m->grads, embed_index()), m->dx, m->tokens, n, h);
+    grads_ready(m, embed_index(), embed_index() + 1);
     m->training = 0;
     if (out)
         return fill_loss(m, out, denominator, err);

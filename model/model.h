@@ -95,6 +95,13 @@ struct model_options {
     enum model_aux_form aux_form;
     double router_z_loss_coef;   /* 0: no z-loss; else coef * mean over rows of lse(logits)^2 */
     enum model_recompute recompute;
+    /* 0: dropless. Else, in training passes (model_forward_backward, model_route), each
+     * expert of a MoE layer runs at most ceil(capacity_factor * tokens * k / E) of a
+     * micro-batch's slots, the first in token order: a slot past it is dropped (its expert
+     * output is zero; the token keeps its residual and its other experts). Each rank applies it
+     * to its own micro-batch before the dispatch, so expert parallelism drops what one rank
+     * running the same micro-batches drops. Evaluation and generation are dropless. */
+    double capacity_factor;
     /* LoRA adapters (model/lora.h) or NULL. With adapters the base weights are frozen: they
      * have no gradients and no master copy (the compute dtype's copy is all there is), and
      * only the adapters train: model_trainable gives their buffers. */
@@ -132,6 +139,8 @@ struct model_stats {
     double aux_sum, z_sum;       /* router aux and z losses, summed over the passes */
     const int64_t *expert_load;  /* [layers][E] routing slots per expert (NULL when dense);
                                     valid until the next pass */
+    int64_t dropped;             /* routing slots (token, expert) a capacity dropped in the
+                                    training passes, summed over layers */
 };
 
 /* The memory plan: every device buffer of a training run, sized from the model, the shape of a
@@ -303,6 +312,28 @@ int model_forward(struct model *m, const struct model_batch *batch, double ce_de
 int model_forward_backward(struct model *m, const struct model_batch *batch,
                            double ce_denominator, double aux_weight, struct model_loss *out,
                            gale_error *err);
+
+/* aux_scope global, in two passes over a step's micro-batches. model_route runs a training
+ * pass's forward up to the routing of every layer (the trunk, no head, no loss) and adds the
+ * micro-batch's expert counts to the statistics' expert_load. Once the counts of every
+ * micro-batch of every rank are summed, model_set_aux_counts gives them ([layers][E], routing
+ * slots of the whole global batch of `tokens` tokens) to the training passes that follow:
+ * their load-balancing loss takes its expert fractions f from them instead of from their
+ * own micro-batch, so the step's aux loss is that of the global batch, E * sum f_e * P_e with
+ * both f and P over every token (with aux_weight 1 / (micro-batches * ranks) as for the
+ * micro-batch scope; docs/parallel.md derives it). counts NULL: each micro-batch's own again.
+ * Evaluation (model_forward) always uses its own. Under expert parallelism model_route is
+ * collective like a training pass. */
+int model_route(struct model *m, const struct model_batch *batch, gale_error *err);
+void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens);
+
+/* Called by model_forward_backward as its backward finishes the gradients of layout tensors
+ * [first, end) for this pass (the final norm and head, then each layer from the last, then
+ * the embeddings), once the backend's work on them is done: a data-parallel reduction can
+ * start while the backward goes on (train/grad_sync.h). Set it for the last micro-batch of a
+ * step only; fn NULL: none. Not called with LoRA (the base has no gradients). */
+typedef void (*model_grads_ready_fn)(void *ctx, int first, int end);
+void model_set_grads_ready(struct model *m, model_grads_ready_fn fn, void *ctx);
 
 /* After model_forward: logits [B, T, vocab] to host. */
 void model_logits_download(struct model *m, float *host);

@@ -1,7 +1,7 @@
 /* adamw: torch.optim.AdamW over the model's flat parameter buffer, and global-norm gradient
- * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a contiguous range
- * [begin, end) of the flat buffer, so an optimizer shard (ZeRO-1) is the same code as the
- * whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
+ * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a set of ranges of the flat
+ * buffer (one, [0, numel), for the whole model), so an optimizer shard (ZeRO-1: a rank's piece
+ * of each bucket, train/grad_sync.h) is the same code as the whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
  * As in mixed-precision training (llm.c's adamw(params, master, grads, m, v, stream)): the
  * update runs on the fp32 master weights and moments and writes the compute copy too. */
 #ifndef GALE_OPTIM_ADAMW_H
@@ -23,21 +23,37 @@ struct adamw_config {
 /* Defaults of the golden fixtures: betas (0.9, 0.95), eps 1e-8, wd 0.1, lr 1e-3. */
 struct adamw_config adamw_config_default(void);
 
+/* [begin, end) of the flat buffer, its moments at [at, at + end - begin) of m and v */
+struct adamw_range {
+    size_t begin, end, at;
+};
+
 struct adamw {
     struct adamw_config cfg;
     struct gale_backend *be;
-    size_t begin, end;     /* range of the flat buffer these moments cover */
-    float *m, *v;          /* device: one arena of 2 x (end - begin) floats, v after m */
+    struct adamw_range *ranges; /* ascending, disjoint */
+    int n_ranges;
+    size_t numel;          /* moments held: the ranges' total */
+    float *m, *v;          /* device: one arena of 2 x numel floats, v after m */
     long step;             /* steps taken */
 };
 
 /* Zeroed moments for [begin, end) of the flat buffer; -1 when the device cannot hold them. */
 int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_backend *be,
                size_t begin, size_t end, gale_error *err);
+/* The same for n ranges [ranges[i][0], ranges[i][1]), ascending and disjoint (empty ones are
+ * left out). */
+int adamw_init_ranges(struct adamw *opt, const struct adamw_config *cfg, struct gale_backend *be,
+                      const size_t (*ranges)[2], int n, gale_error *err);
 void adamw_free(struct adamw *opt);
 
-/* One step at rate lr on the master weights params[begin, end) with grad_scale *
- * grads[begin, end) (both full flat buffers of the layout; grad_scale is clipping's factor,
+/* The held moments to (download) or from (upload) host arrays of the whole flat buffer's
+ * size, at their flat offsets; download leaves the other elements as they are. */
+void adamw_moments_download(struct adamw *opt, float *m, float *v);
+void adamw_moments_upload(struct adamw *opt, const float *m, const float *v);
+
+/* One step at rate lr on the master weights params[r] with grad_scale * grads[r] over the
+ * held ranges r (both full flat buffers of the layout; grad_scale is clipping's factor,
  * applied in the same pass, 1 for none), also writing weights[begin, end) in the backend's
  * compute dtype when weights is not NULL (model_weights); decay per tensor view as the layout
  * says. */

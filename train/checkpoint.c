@@ -406,10 +406,8 @@ static int load_moments(const char *dir, const struct model_layout *layout, int 
     if (rc == 0 && set.n != 2 * whole_n)
         rc = gale_fail(err, "%s: %d tensors, the model has %d parameter tensors (x2 moments)", path, set.n,
                        whole_n);
-    if (rc == 0) { /* a shard of the optimizer takes its range of the whole state */
-        size_t n = opt->end - opt->begin;
-        opt->be->ops->upload(opt->be, opt->m, m + opt->begin, n * sizeof *m);
-        opt->be->ops->upload(opt->be, opt->v, v + opt->begin, n * sizeof *v);
+    if (rc == 0) { /* a shard of the optimizer takes its ranges of the whole state */
+        adamw_moments_upload(opt, m, v);
         rc = gale_backend_sync(opt->be, err);
     }
     free(m);

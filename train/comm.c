@@ -25,7 +25,9 @@ static uint64_t ring_bytes(size_t bytes, int p)
 static void alltoall_counts(void *ctx, const int32_t *send, int32_t *recv, int per)
 {
     gale_comm *c = ctx;
+    double t0 = MPI_Wtime();
     MPI_Alltoall(send, per, MPI_INT32_T, recv, per, MPI_INT32_T, c->ep);
+    c->seconds[COMM_ALLTOALL] += MPI_Wtime() - t0;
     c->bytes[COMM_ALLTOALL] += (uint64_t)(c->ep_size - 1) * per * sizeof(int32_t);
 }
 
@@ -42,7 +44,9 @@ static void alltoallv_rows(void *ctx, const void *send, const int *send_rows, vo
         sdispl[r] = sdispl[r - 1] + send_rows[r - 1];
         rdispl[r] = rdispl[r - 1] + recv_rows[r - 1];
     }
+    double t0 = MPI_Wtime();
     MPI_Alltoallv(send, send_rows, sdispl, row, recv, recv_rows, rdispl, row, c->ep);
+    c->seconds[COMM_ALLTOALL] += MPI_Wtime() - t0;
     MPI_Type_free(&row);
     for (int r = 0; r < p; r++)
         if (r != c->ep_rank)
@@ -117,7 +121,9 @@ int comm_group_size(const gale_comm *c, enum comm_group g)
 
 static void sum(gale_comm *c, enum comm_group g, void *x, int n, MPI_Datatype type, size_t size)
 {
+    double t0 = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, x, n, type, MPI_SUM, comm_group(c, g));
+    c->seconds[COMM_ALLREDUCE] += MPI_Wtime() - t0;
     c->bytes[COMM_ALLREDUCE] += ring_bytes((size_t)n * size, comm_group_size(c, g));
 }
 
@@ -225,11 +231,13 @@ void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag)
 void comm_bytes_reset(gale_comm *c)
 {
     memset(c->bytes, 0, sizeof c->bytes);
+    memset(c->seconds, 0, sizeof c->seconds);
 }
 
 const char *comm_kind_name(enum comm_kind k)
 {
-    static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast"};
+    static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast", "reduce_scatter",
+                                                  "allgather"};
     return k < COMM_KINDS ? names[k] : "?";
 }
 
@@ -239,43 +247,6 @@ void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *a
 }
 
 /* [a0, a1) ∩ [b0, b1), as a length and its start */
-static size_t overlap(size_t a0, size_t a1, size_t b0, size_t b1, size_t *at)
-{
-    *at = a0 > b0 ? a0 : b0;
-    size_t end = a1 < b1 ? a1 : b1;
-    return end > *at ? end - *at : 0;
-}
-
-void comm_repartition_floats(gale_comm *c, enum comm_group g, const float *have, const uint64_t *have_at,
-                             float *want, const uint64_t *want_at)
-{
-    MPI_Comm comm = comm_group(c, g);
-    int p = comm_group_size(c, g), me;
-    MPI_Comm_rank(comm, &me);
-    size_t pieces = 0;
-    for (int r = 0; r < p; r++) {
-        size_t at;
-        pieces += (overlap(have_at[me], have_at[me + 1], want_at[r], want_at[r + 1], &at) + MPI_PIECE - 1) / MPI_PIECE;
-        pieces += (overlap(have_at[r], have_at[r + 1], want_at[me], want_at[me + 1], &at) + MPI_PIECE - 1) / MPI_PIECE;
-    }
-    MPI_Request *req = gale_xcalloc(pieces ? pieces : 1, sizeof *req);
-    int n = 0;
-    for (int r = 0; r < p; r++) {
-        size_t at, len = overlap(have_at[r], have_at[r + 1], want_at[me], want_at[me + 1], &at);
-        for (size_t done = 0; done < len; done += MPI_PIECE)
-            MPI_Irecv(want + (at - want_at[me]) + done, piece_count(len, done), MPI_FLOAT, r, 0, comm, &req[n++]);
-    }
-    for (int r = 0; r < p; r++) {
-        size_t at, len = overlap(have_at[me], have_at[me + 1], want_at[r], want_at[r + 1], &at);
-        for (size_t done = 0; done < len; done += MPI_PIECE)
-            MPI_Isend(have + (at - have_at[me]) + done, piece_count(len, done), MPI_FLOAT, r, 0, comm, &req[n++]);
-        if (r != me)
-            c->bytes[COMM_BROADCAST] += len * sizeof(float);
-    }
-    MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
-    free(req);
-}
-
 int comm_agree(gale_comm *c, int failed, gale_error *err)
 {
     int first = failed ? c->rank : c->size;

@@ -7,8 +7,8 @@
  * tokens (all-to-all); the dp ranks with the same EP rank hold the same experts and average
  * their gradients. Dense weights are replicated on every rank.
  *
- * Each collective adds the bytes this rank sends to a per-kind counter, so a step's
- * communication can be reported (comm_bytes).
+ * Each collective adds the bytes this rank sends, and the time it spent in MPI, to per-kind
+ * counters, so a step's communication can be reported (comm_bytes, comm_s).
  *
  * Errors: communicators use MPI_ERRORS_ARE_FATAL (Open MPI's default): a failed collective, or
  * a peer that died, aborts the whole job rather than returning into a half-done step. */
@@ -24,7 +24,8 @@
 
 enum comm_group { COMM_WORLD_GROUP, COMM_EP_GROUP, COMM_DP_GROUP };
 
-enum comm_kind { COMM_ALLREDUCE, COMM_ALLTOALL, COMM_BROADCAST, COMM_KINDS };
+/* kinds of collective whose bytes are counted (appended: metrics.jsonl names them) */
+enum comm_kind { COMM_ALLREDUCE, COMM_ALLTOALL, COMM_BROADCAST, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_KINDS };
 
 typedef struct gale_comm {
     MPI_Comm world, ep, dp;
@@ -35,6 +36,8 @@ typedef struct gale_comm {
                                    local_rank (a GPU backend takes it modulo its devices) */
     struct model_expert_exchange exchange; /* the EP group's all-to-all, for the model */
     uint64_t bytes[COMM_KINDS]; /* sent by this rank since comm_bytes_reset */
+    double seconds[COMM_KINDS]; /* spent inside the MPI calls of each kind since then (waiting
+                                   for slower ranks included) */
 } gale_comm;
 
 /* This process's rank in MPI_COMM_WORLD and the world's size: no communication, so callable
@@ -75,13 +78,6 @@ const char *comm_kind_name(enum comm_kind k);
 
 /* Every rank's x (all: one per rank of the group, in rank order). */
 void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all);
-
-/* Moves a flat array from one partition over a group's ranks to another (point to point,
- * each piece once): rank r holds [have_at[r], have_at[r + 1]) in have and receives
- * [want_at[r], want_at[r + 1]) into want. Both partitions are ascending and cover the same
- * range (e.g. ZeRO-1's shards of the moments, and whole tensors). */
-void comm_repartition_floats(gale_comm *c, enum comm_group g, const float *have, const uint64_t *have_at,
-                             float *want, const uint64_t *want_at);
 
 /* Collective over the world: whether any rank failed (failed non-zero). Returns the lowest
  * failing rank, whose err->msg every rank then holds ("rank R: ..." on the others), or -1

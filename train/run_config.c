@@ -15,6 +15,7 @@ static const char *const schedule_names[] = {"constant", "cosine", "linear", "ws
 static const char *const nan_names[] = {"stop", "skip", NULL};
 static const char *const bad_shard_names[] = {"error", "skip", NULL};
 static const char *const aux_names[] = {"hf", "per_layer", NULL};
+static const char *const aux_scope_names[] = {"micro_batch", "global", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
@@ -60,6 +61,8 @@ static const field fields[] = {
     F(moe, aux_loss, CONFIG_ENUM, aux_loss, 0, 0, aux_names),
     F(moe, aux_coef, CONFIG_DOUBLE, aux_coef, 0, 1e3, NULL),
     F(moe, z_loss, CONFIG_DOUBLE, z_loss, 0, 1e3, NULL),
+    F(moe, aux_scope, CONFIG_ENUM, aux_scope, 0, 0, aux_scope_names),
+    F(moe, capacity_factor, CONFIG_DOUBLE, capacity_factor, 0, 1e3, NULL),
     F(backend, device, CONFIG_ENUM, device, 0, 0, device_names),
     F(backend, precision, CONFIG_ENUM, precision, 0, 0, precision_names),
     F(backend, recompute, CONFIG_ENUM, recompute, 0, 0, recompute_names),
@@ -74,6 +77,7 @@ static const field fields[] = {
     F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
     F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),
     F(parallel, ep, CONFIG_INT, ep, 1, 65536, NULL),
+    F(parallel, overlap, CONFIG_BOOL, overlap, 0, 1, NULL),
 };
 #undef F
 #define N_FIELDS (sizeof fields / sizeof *fields)
@@ -123,6 +127,7 @@ static void set_defaults(gale_run_config *c)
     c->checkpoint.dtype = GALE_CKPT_AUTO;
     c->checkpoint.shard_size = 5000000000; /* transformers' save_pretrained default, "5GB" */
     c->parallel.ep = 1;
+    c->parallel.overlap = 1;
 }
 
 static const field *find_field(const char *section, const char *key)

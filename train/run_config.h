@@ -22,6 +22,9 @@ typedef struct gale_data_source {
 
 typedef enum gale_nan_policy { GALE_NAN_STOP, GALE_NAN_SKIP } gale_nan_policy;
 typedef enum gale_aux_loss_form { GALE_AUX_HF, GALE_AUX_PER_LAYER } gale_aux_loss_form;
+/* what the load-balancing loss's expert fractions are counted over: each micro-batch, or the
+ * step's whole global batch (every micro-batch of every rank) */
+typedef enum gale_aux_scope { GALE_AUX_MICRO_BATCH, GALE_AUX_GLOBAL } gale_aux_scope;
 typedef enum gale_device { GALE_DEVICE_CPU, GALE_DEVICE_CUDA } gale_device;
 typedef enum gale_precision { GALE_PRECISION_FP32, GALE_PRECISION_BF16 } gale_precision;
 typedef enum gale_recompute { GALE_RECOMPUTE_NONE, GALE_RECOMPUTE_LAYER } gale_recompute;
@@ -59,6 +62,9 @@ typedef struct gale_run_config {
         gale_aux_loss_form aux_loss;
         double aux_coef; /* < 0: the model config's router_aux_loss_coef */
         double z_loss;
+        gale_aux_scope aux_scope;
+        double capacity_factor; /* 0: dropless; else each expert takes at most
+                                   ceil(factor * tokens * k / E) slots of a micro-batch */
     } moe;
     struct {
         gale_device device;
@@ -82,6 +88,7 @@ typedef struct gale_run_config {
     struct {
         long ep; /* expert-parallel ranks splitting each MoE layer's experts; the world is
                     data-parallel x ep ranks */
+        int overlap; /* gradient buckets reduced as the backward finishes them (else after it) */
     } parallel;
 } gale_run_config;
 

@@ -23,6 +23,7 @@
 #include "train/checkpoint.h"
 #include "train/comm.h"
 #include "train/eval.h"
+#include "train/grad_sync.h"
 #include "train/metrics.h"
 #include "train/run_agreement.h"
 #include "train/tensorboard.h"
@@ -59,6 +60,8 @@ typedef struct trainer {
     struct lora_config lora;  /* rank 0: full fine-tuning */
     struct adamw opt;
     int opt_ready;
+    struct grad_sync sync; /* the step's gradient buckets and ZeRO-1's pieces */
+    int sync_ready;
     gale_lock run_lock;          /* rank 0: run.dir is this job's */
     gale_loader *loader;
     gale_batch *micro;     /* the grad_accum micro-batches of a step */
@@ -80,6 +83,7 @@ typedef struct trainer {
 typedef struct step_result {
     double loss, ce_loss, aux_loss, z_loss, grad_norm, lr;
     int64_t n_targets;
+    int64_t dropped;  /* routing slots the capacity dropped, over every layer and rank */
     int skipped;
 } step_result;
 
@@ -88,14 +92,6 @@ static double now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Rank r's contiguous share of [0, numel) under ZeRO-1. */
-static void shard_range(size_t numel, int rank, int world, size_t *begin, size_t *end)
-{
-    size_t chunk = (numel + world - 1) / world;
-    *begin = (size_t)rank * chunk < numel ? (size_t)rank * chunk : numel;
-    *end = *begin + chunk < numel ? *begin + chunk : numel;
 }
 
 int trainer_lora_config(const gale_run_config *c, struct lora_config *lc, gale_error *err)
@@ -312,7 +308,7 @@ static void print_effective_config(const trainer *t)
     printf("gale train: effective config (%s)\n%s\nmodel config.json:\n%s\n", t->cfg->file, run_text, model_text);
     printf("model: %s, %lld parameters; %d rank(s) x %d thread(s); AdamW moments of %zu parameters per rank%s\n",
            model_kind_name(t->mc.kind), model_config_num_params(&t->mc), t->world, omp_get_max_threads(),
-           t->opt.end - t->opt.begin, t->cfg->optim.zero ? " (ZeRO-1)" : "");
+           t->opt.numel, t->cfg->optim.zero ? " (ZeRO-1)" : "");
     char blas[256];
     blas_core_describe(blas, sizeof blas);
     printf("blas: %s\n", blas);
@@ -359,9 +355,6 @@ static int setup(trainer *t, gale_error *err)
     if (comm_create(&t->comm, (int)c->parallel.ep, t->mc.num_experts, key, err))
         return -1;
     t->comm_ready = 1;
-    if (c->parallel.ep > 1 && c->optim.zero)
-        return gale_fail(err, "%s: optim.zero with parallel.ep = %ld: ZeRO-1 is not yet sharded over the "
-                              "data-parallel groups of expert parallelism", c->file, c->parallel.ep);
     if (c->backend.threads > 0) {
         omp_set_num_threads((int)c->backend.threads);
     } else if (t->comm.local_size > 1) {
@@ -381,6 +374,7 @@ static int setup(trainer *t, gale_error *err)
         .aux_form = c->moe.aux_loss == GALE_AUX_PER_LAYER ? MODEL_AUX_PER_LAYER : MODEL_AUX_HF,
         .router_z_loss_coef = c->moe.z_loss,
         .recompute = c->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
+        .capacity_factor = c->moe.capacity_factor,
         .lora = t->lora.rank ? &t->lora : NULL,
         .exchange = t->comm.ep_size > 1 ? &t->comm.exchange : NULL,
     };
@@ -389,10 +383,14 @@ static int setup(trainer *t, gale_error *err)
         return -1;
     const struct model_layout *layout = trained(t).layout;
     struct adamw_config ac = {c->optim.lr, c->optim.beta1, c->optim.beta2, c->optim.eps, c->optim.weight_decay};
-    size_t begin = 0, end = layout->numel;
-    if (c->optim.zero)
-        shard_range(layout->numel, t->rank, t->world, &begin, &end);
-    if (adamw_init(&t->opt, &ac, t->be, begin, end, err))
+    grad_sync_init(&t->sync, &t->comm, layout, c->optim.zero);
+    t->sync_ready = 1;
+    size_t(*pieces)[2];
+    int n_pieces = grad_sync_pieces(&t->sync, &pieces);
+    int rc = c->optim.zero ? adamw_init_ranges(&t->opt, &ac, t->be, (const size_t(*)[2])pieces, n_pieces, err)
+                           : adamw_init(&t->opt, &ac, t->be, 0, layout->numel, err);
+    free(pieces);
+    if (rc)
         return -1;
     t->opt_ready = 1;
 
@@ -436,6 +434,8 @@ static void teardown(trainer *t)
     tb_close(t->tb);
     if (t->opt_ready)
         adamw_free(&t->opt);
+    if (t->sync_ready)
+        grad_sync_free(&t->sync);
     model_free(t->model);
     gale_backend_free(t->be);
     loader_close(t->loader);
@@ -501,16 +501,44 @@ static int diagnose_nonfinite(trainer *t, char *buf, size_t size)
     return bad_weights;
 }
 
-/* ZeRO-1: after each rank updated its shard of the weights, every rank gets all of them. */
-static void share_updated_shards(trainer *t)
+static void on_grads_ready(void *ctx, int first, int end)
 {
-    size_t numel = trained(t).layout->numel;
-    float *params = trained(t).params;
-    for (int r = 0; r < t->world; r++) {
-        size_t begin, end;
-        shard_range(numel, r, t->world, &begin, &end);
-        comm_bcast_floats(&t->comm, COMM_WORLD_GROUP, params + begin, end - begin, r);
+    grad_sync_ready(ctx, first, end);
+}
+
+/* Micro-batch i of the step for the model, its dropout masks drawn (a function of the seed, the
+ * step, the micro-batch and the rank). */
+static void micro_batch_of_step(trainer *t, long i, struct model_batch *mb)
+{
+    const gale_run_config *c = t->cfg;
+    eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, mb);
+    model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
+                                                    ((uint64_t)t->state.step * c->data.grad_accum + i) * t->world +
+                                                        t->rank));
+}
+
+/* moe.aux_scope global: a forward of every micro-batch up to the routing, the expert counts
+ * summed over them and over every rank of the world (each rank trains on its own tokens, EP
+ * ranks included), given to the model for the step's training passes (model_route). */
+static int route_global_batch(trainer *t, gale_error *err)
+{
+    model_stats_reset(t->model);
+    for (long i = 0; i < t->cfg->data.grad_accum; i++) {
+        struct model_batch mb;
+        micro_batch_of_step(t, i, &mb);
+        if (model_route(t->model, &mb, err)) {
+            gale_error_prefix(err, "step %ld, routing micro-batch %ld", t->state.step + 1, i);
+            return -1;
+        }
     }
+    struct model_stats st;
+    if (model_stats_read(t->model, &st, err))
+        return -1;
+    int le = t->mc.num_layers * t->mc.num_experts;
+    memcpy(t->expert_counts, st.expert_load, (size_t)le * sizeof *t->expert_counts);
+    comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, le);
+    model_set_aux_counts(t->model, t->expert_counts, (double)t->tokens_per_step);
+    return 0;
 }
 
 /* One optimizer step over grad_accum micro-batches on every rank. */
@@ -531,19 +559,26 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     double aux_weight = 1.0 / ((double)accum * t->world);
 
     comm_bytes_reset(&t->comm);
+    if (c->moe.aux_scope == GALE_AUX_GLOBAL && t->mc.num_experts && route_global_batch(t, err))
+        return -1;
     model_zero_grads(t->model);
     model_stats_reset(t->model);
+    struct model_trainable tr = trained(t);
+    const struct model_layout *layout = tr.layout;
+    float *grads = tr.grads;
+    grad_sync_begin(&t->sync, grads);
     for (long i = 0; i < accum; i++) {
         struct model_batch mb;
-        eval_model_batch(&t->micro[i], c->data.doc_mask, t->segments, &mb);
-        /* dropout masks: a function of the seed, the step, the micro-batch and the rank */
-        model_lora_dropout_seed(t->model, gale_rng_bits(gale_rng_stream(c->run.seed, "lora.dropout"),
-                                                        ((uint64_t)t->state.step * accum + i) * t->world + t->rank));
+        micro_batch_of_step(t, i, &mb);
+        /* the last micro-batch's backward starts each bucket's reduction as it finishes it */
+        int overlap = i == accum - 1 && c->parallel.overlap && t->world > 1;
+        model_set_grads_ready(t->model, overlap ? on_grads_ready : NULL, &t->sync);
         if (model_forward_backward(t->model, &mb, denominator, aux_weight, NULL, err)) {
             gale_error_prefix(err, "step %ld, micro-batch %ld", t->state.step + 1, i);
             return -1;
         }
     }
+    model_set_grads_ready(t->model, NULL, NULL);
     /* the step's statistics come back once, after its micro-batches */
     struct model_stats st;
     if (model_stats_read(t->model, &st, err)) {
@@ -557,22 +592,23 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     if (t->expert_counts)
         memcpy(t->expert_counts, st.expert_load,
                (size_t)t->mc.num_layers * t->mc.num_experts * sizeof *t->expert_counts);
-    struct model_trainable tr = trained(t);
-    const struct model_layout *layout = tr.layout;
-    float *grads = tr.grads;
+    r->dropped = st.dropped;
+    /* each rank's gradients are already divided by the global target count: sum them (the
+     * buckets not started during the backward start here) */
+    grad_sync_finish(&t->sync);
     if (t->world > 1) {
         comm_sum_doubles(&t->comm, COMM_WORLD_GROUP, sums, 4);
-        /* each rank's gradients are already divided by the global target count: sum them */
-        comm_sum_gradients(&t->comm, layout, grads);
         if (t->expert_counts)
             comm_sum_int64(&t->comm, COMM_WORLD_GROUP, t->expert_counts, t->mc.num_layers * t->mc.num_experts);
+        if (c->moe.capacity_factor > 0)
+            comm_sum_int64(&t->comm, COMM_WORLD_GROUP, &r->dropped, 1);
     }
     r->ce_loss = sums[0] / denominator;
     r->loss = r->ce_loss + sums[1];
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(comm_grad_sumsq(&t->comm, layout, t->be, grads));
+    r->grad_norm = sqrt(grad_sync_sumsq(&t->sync, t->be));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
@@ -595,7 +631,7 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
         double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
         adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, factor);
         if (c->optim.zero && t->world > 1) {
-            share_updated_shards(t);
+            grad_sync_gather_params(&t->sync, tr.params);
             model_weights_refresh(t->model);
         }
     }
@@ -621,6 +657,8 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
         printf("step %6ld/%ld | loss %.4f", t->state.step, t->sched.total, r->loss);
         if (t->mc.num_experts)
             printf(" (ce %.4f, aux %.4f)", r->ce_loss, r->aux_loss);
+        if (t->mc.num_experts && t->cfg->moe.capacity_factor > 0)
+            printf(" | dropped %lld", (long long)r->dropped);
         printf(" | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%% | %.2f s/step | ETA %s%s\n", r->lr, r->grad_norm,
                tok_per_s, 100 * mfu, step_seconds, eta, r->skipped ? " | SKIPPED" : "");
         fflush(stdout);
@@ -636,6 +674,10 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
     for (int k = 0; k < COMM_KINDS; k++)
         json_object_set_new(bytes, comm_kind_name(k), json_integer((json_int_t)t->comm.bytes[k]));
     json_object_set_new(rec, "comm_bytes", bytes);
+    json_t *seconds = json_object();
+    for (int k = 0; k < COMM_KINDS; k++)
+        json_object_set_new(seconds, comm_kind_name(k), json_real(t->comm.seconds[k]));
+    json_object_set_new(rec, "comm_s", seconds);
     if (t->world > 1 && t->state.step == 1) {
         printf("communication of step 1 from rank 0:");
         for (int k = 0; k < COMM_KINDS; k++)
@@ -651,6 +693,8 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                                                     load.max, "cv", load.cv));
         }
         json_object_set_new(rec, "experts", layers);
+        /* routing slots (token, expert) over the step's layers, micro-batches and ranks */
+        json_object_set_new(rec, "dropped", json_integer((json_int_t)r->dropped));
     }
     if (metrics_append(t->metrics, rec, err) || tb_write_record(t->tb, rec, err))
         fprintf(stderr, "gale train: warning: %s\n", err->msg);
@@ -687,10 +731,10 @@ static int run_eval(trainer *t, gale_error *err)
 }
 
 /* What this rank writes of a checkpoint. Each tensor is written once: by the expert-parallel
- * rank holding it (a dense one by EP rank 0), and of the data-parallel ranks holding copies by
- * DP rank 0, or under ZeRO-1 by the rank whose shard holds the tensor's first element, the
- * pieces of its moments on other shards coming to it (comm_repartition_floats, point to point).
- * Nothing goes to rank 0. */
+ * rank holding it (a dense one by EP rank 0) and, of the data-parallel ranks holding copies, by
+ * DP rank 0; under ZeRO-1 by the rank whose optimizer piece holds the tensor's first element,
+ * the other pieces of its moments coming to it point to point (grad_sync_moments_to_writers).
+ * Nothing is gathered to one rank. */
 struct own_part {
     int *tensors, *file_of, n, files;
     float *m, *v;  /* the moments of [begin, end) of the trained layout */
@@ -708,46 +752,25 @@ static void own_part_free(struct own_part *p)
 static void own_part(trainer *t, const struct model_save_options *save, struct own_part *p)
 {
     const struct model_layout *layout = trained(t).layout;
-    int dp = t->comm.dp_size, me = t->comm.dp_rank, zero = t->cfg->optim.zero && dp > 1;
-    uint64_t *have = gale_xcalloc((size_t)dp + 1, sizeof *have), *want = gale_xcalloc((size_t)dp + 1, sizeof *want);
-    comm_allgather_u64(&t->comm, COMM_DP_GROUP, t->opt.begin, have);
-    have[dp] = layout->numel;
-    for (int d = 0, i = 0; d < dp; d++) { /* each DP rank writes the tensors starting in its shard */
-        while (zero && i < layout->n && layout->tensors[i].offset < have[d])
-            i++;
-        want[d] = !zero && d > 0 ? layout->numel : i < layout->n ? layout->tensors[i].offset : layout->numel;
-    }
-    want[dp] = layout->numel;
+    size_t numel = layout->numel;
+    int zero = t->cfg->optim.zero && t->world > 1;
     memset(p, 0, sizeof *p);
-    p->begin = want[me];
-    p->end = want[me + 1];
+    p->begin = 0;
+    p->end = numel;
+    p->m = gale_xcalloc(numel ? numel : 1, sizeof *p->m);
+    p->v = gale_xcalloc(numel ? numel : 1, sizeof *p->v);
+    adamw_moments_download(&t->opt, p->m, p->v);  /* the whole moments, or ZeRO-1's pieces */
+    if (zero)
+        grad_sync_moments_to_writers(&t->sync, p->m, p->v);
     p->tensors = gale_xcalloc((size_t)layout->n, sizeof *p->tensors);
     p->file_of = gale_xcalloc((size_t)layout->n, sizeof *p->file_of);
     for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *ten = &layout->tensors[i];
-        if (ten->offset >= p->begin && ten->offset < p->end && (ten->expert || t->comm.ep_rank == 0))
+        int writes = zero ? grad_sync_writes(&t->sync, i)
+                          : t->comm.dp_rank == 0 && (layout->tensors[i].expert || t->comm.ep_rank == 0);
+        if (writes)
             p->tensors[p->n++] = i;
     }
     p->files = model_shard_plan(layout, p->tensors, p->n, save, p->file_of);
-    size_t n = p->end - p->begin, own = t->opt.end - t->opt.begin;
-    p->m = gale_xmalloc((n ? n : 1) * sizeof *p->m);
-    p->v = gale_xmalloc((n ? n : 1) * sizeof *p->v);
-    const float *device[2] = {t->opt.m, t->opt.v};
-    float *host[2] = {p->m, p->v};
-    float *shard = zero ? gale_xmalloc((own ? own : 1) * sizeof *shard) : NULL;
-    for (int which = 0; which < 2; which++) {
-        if (zero) {
-            t->be->ops->download(t->be, shard, device[which], own * sizeof *shard);
-            gale_backend_wait(t->be);
-            comm_repartition_floats(&t->comm, COMM_DP_GROUP, shard, have, host[which], want);
-        } else {
-            t->be->ops->download(t->be, host[which], device[which] + p->begin, n * sizeof(float));
-            gale_backend_wait(t->be);
-        }
-    }
-    free(shard);
-    free(have);
-    free(want);
 }
 
 /* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a

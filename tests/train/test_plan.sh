@@ -37,11 +37,14 @@ def expect(name, experts, recompute):
     else:
         kept = 2 * (6 * h + 2 * kv + 2 * I) + 4 * (2 + heads)
     layers = (L - 1) * 2 * h + kept if recompute else L * kept
+    expert_params, world = (L * 3 * I * h, 64) if experts else (0, 8)
     want = {
         "weights (compute copy)": 2 * params / GiB,
         "master weights": 4 * params / GiB,
         "gradients": 4 * params / GiB,
-        "AdamW moments": 8 * params / 8 / GiB,  # ZeRO-1 over 8 data-parallel ranks
+        # ZeRO-1: the experts' over the 8 data-parallel ranks holding them, the dense weights'
+        # over every rank (8 without EP, 64 with EP 8)
+        "AdamW moments": 8 * ((params - expert_params) / world + expert_params / 8) / GiB,
         "activations": (layers + 2 * 2 * h + 4) * T / GiB,  # + the final norm's input, output
     }
     got = read(name)

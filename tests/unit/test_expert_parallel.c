@@ -33,6 +33,7 @@
 #include "tiny_model.h"
 #include "optim/adamw.h"
 #include "train/comm.h"
+#include "train/grad_sync.h"
 
 #define STEPS 10
 #define B 2
@@ -102,14 +103,15 @@ struct run {
     struct model *m;
     struct adamw opt;
     double loss[STEPS];
+    int64_t dropped;   /* slots the capacity dropped in the last step */
 };
 
 static void start(struct run *r, struct gale_backend *be, const struct model_expert_exchange *x,
-                  enum model_recompute recompute)
+                  enum model_recompute recompute, double capacity)
 {
     struct model_config cfg = tiny_mixtral();
     struct model_options opts = {.aux_form = MODEL_AUX_HF, .router_z_loss_coef = 1e-3, .exchange = x,
-                                 .recompute = recompute};
+                                 .recompute = recompute, .capacity_factor = capacity};
     gale_error err;
     r->m = model_create(&cfg, be, &opts, &err);
     if (!r->m) {
@@ -133,13 +135,44 @@ static void finish(struct run *r)
     model_free(r->m);
 }
 
+/* Test modes beyond the layout (argv[2...]). */
+struct mode {
+    enum model_recompute recompute; /* "recompute": the parallel run recomputes each layer's
+                                       forward (and exchange) in the backward */
+    int global;                     /* "global": aux_scope global in both runs */
+    double capacity;                /* "capacity": a capacity factor of 1 in both runs */
+    int zero;                       /* "zero": the parallel run reduce-scatters its gradient
+                                       buckets and updates its ZeRO-1 pieces (train/grad_sync) */
+    int overlap;                    /* "overlap": the parallel run starts each bucket's reduction
+                                       as its backward finishes it, and a second parallel run
+                                       reducing after the backward ends with the same bits */
+};
+
 /* The forward and backward of micro-batches [first, first + count) of the global batch of
- * world micro-batches. */
-static double passes(struct run *r, int first, int count, int world)
+ * world micro-batches. With global, first their routing (model_route), the expert counts
+ * summed over the world's ranks (comm; NULL: this one holds the whole batch) and given to the
+ * model as the global batch's. */
+static double passes(struct run *r, int first, int count, int world, int global, gale_comm *comm)
 {
     const struct model_config *c = model_get_config(r->m);
     int32_t tokens[B * T], targets[B * T];
     gale_error err;
+    struct model_stats st;
+    if (global) {
+        model_stats_reset(r->m);
+        for (int i = first; i < first + count; i++) {
+            micro_batch(i, tokens, targets, c->vocab_size);
+            struct model_batch mb = {.batch = B, .seq = T, .tokens = tokens, .targets = targets};
+            CHECK_OK(model_route(r->m, &mb, &err), err);
+        }
+        CHECK_OK(model_stats_read(r->m, &st, &err), err);
+        int le = c->num_layers * c->num_experts;
+        int64_t counts[le];
+        memcpy(counts, st.expert_load, sizeof counts);
+        if (comm)
+            comm_sum_int64(comm, COMM_WORLD_GROUP, counts, le);
+        model_set_aux_counts(r->m, counts, (double)B * T * world);
+    }
     model_zero_grads(r->m);
     model_stats_reset(r->m);
     for (int i = first; i < first + count; i++) {
@@ -150,12 +183,48 @@ static double passes(struct run *r, int first, int count, int world)
             exit(1);
         }
     }
-    struct model_stats st;
     if (model_stats_read(r->m, &st, &err)) {
         fprintf(stderr, "stats: %s\n", err.msg);
         exit(1);
     }
+    r->dropped = st.dropped;
     return st.ce_sum / ((double)B * T * world) + (c->router_aux_loss_coef * st.aux_sum + 1e-3 * st.z_sum) / world;
+}
+
+static void update(struct run *r, double sumsq);
+
+static void on_grads_ready(void *ctx, int first, int end)
+{
+    grad_sync_ready(ctx, first, end);
+}
+
+/* A step of the parallel run through train/grad_sync (as gale train takes it): the buckets'
+ * reductions started during the backward (overlap) or after it, ZeRO-1's pieces updated and
+ * all-gathered. Returns the step's loss. */
+static double synced_step(struct run *r, struct grad_sync *sync, gale_comm *comm, const struct mode *mode,
+                          int overlap)
+{
+    grad_sync_begin(sync, model_grads(r->m));
+    model_set_grads_ready(r->m, overlap ? on_grads_ready : NULL, sync);
+    double loss = passes(r, comm->rank, 1, comm->size, mode->global, comm);
+    model_set_grads_ready(r->m, NULL, NULL);
+    grad_sync_finish(sync);
+    update(r, grad_sync_sumsq(sync, model_get_backend(r->m)));
+    if (mode->zero)
+        grad_sync_gather_params(sync, model_params(r->m));
+    return loss;
+}
+
+/* The parallel run's optimizer: the whole layout, or under ZeRO-1 its pieces. */
+static void shard_optimizer(struct run *r, struct grad_sync *sync)
+{
+    size_t(*pieces)[2];
+    int n = grad_sync_pieces(sync, &pieces);
+    struct adamw_config ac = adamw_config_default();
+    gale_error err;
+    adamw_free(&r->opt);
+    CHECK_OK(adamw_init_ranges(&r->opt, &ac, cpu_backend(), (const size_t(*)[2])pieces, n, &err), err);
+    free(pieces);
 }
 
 static void update(struct run *r, double sumsq)
@@ -193,15 +262,16 @@ static int check_idle_experts(struct run *r, int64_t *load)
     return idle;
 }
 
-/* The rank's tensors against the same tensors of the whole model. */
-static void compare_weights(struct run *ep, struct run *ref, int rank)
+/* The largest difference of a's tensors from the same tensors of b (which may hold more),
+ * relative to each tensor's largest value in b; its tensor's name in *name. */
+static double weight_difference(struct run *a_run, struct run *b_run, const char **name)
 {
-    const struct model_layout *lay = model_get_layout(ep->m), *ref_lay = model_get_layout(ref->m);
+    const struct model_layout *lay = model_get_layout(a_run->m), *ref_lay = model_get_layout(b_run->m);
     float *a = malloc(lay->numel * sizeof *a), *b = malloc(ref_lay->numel * sizeof *b);
-    model_params_download(ep->m, a);
-    model_params_download(ref->m, b);
+    model_params_download(a_run->m, a);
+    model_params_download(b_run->m, b);
     double worst = 0;
-    const char *worst_name = "";
+    *name = "";
     for (int i = 0; i < lay->n; i++) {
         const struct model_tensor *t = &lay->tensors[i], *u = model_layout_find(ref_lay, t->name);
         CHECK_MSG(u && u->numel == t->numel, "%s is not in the whole model", t->name);
@@ -215,14 +285,22 @@ static void compare_weights(struct run *ep, struct run *ref, int rank)
         }
         if (diff / scale > worst) {
             worst = diff / scale;
-            worst_name = t->name;
+            *name = t->name;
         }
     }
-    CHECK_MSG(worst <= TOL, "rank %d: weights differ from one rank's by %.2e relative (%s)", rank, worst, worst_name);
-    printf("rank %d: %d tensors, largest relative weight difference %.2e%s%s\n", rank, lay->n, worst,
-           worst > 0 ? " in " : "", worst_name);
     free(a);
     free(b);
+    return worst;
+}
+
+/* The rank's tensors against the same tensors of the whole model. */
+static void compare_weights(struct run *ep, struct run *ref, int rank)
+{
+    const char *worst_name;
+    double worst = weight_difference(ep, ref, &worst_name);
+    CHECK_MSG(worst <= TOL, "rank %d: weights differ from one rank's by %.2e relative (%s)", rank, worst, worst_name);
+    printf("rank %d: %d tensors, largest relative weight difference %.2e%s%s\n", rank, model_get_layout(ep->m)->n,
+           worst, worst > 0 ? " in " : "", worst_name);
 }
 
 static void check_refusals(void)
@@ -253,10 +331,23 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     int ep = argc > 1 ? atoi(argv[1]) : 1;
-    /* "recompute": the parallel run recomputes each layer's forward (and exchange) in the
-     * backward */
-    enum model_recompute rc_mode = argc > 2 && !strcmp(argv[2], "recompute") ? MODEL_RECOMPUTE_LAYER
-                                                                              : MODEL_RECOMPUTE_NONE;
+    struct mode mode = {MODEL_RECOMPUTE_NONE, 0, 0, 0, 0};
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "recompute"))
+            mode.recompute = MODEL_RECOMPUTE_LAYER;
+        else if (!strcmp(argv[i], "global"))
+            mode.global = 1;
+        else if (!strcmp(argv[i], "capacity"))
+            mode.capacity = 1.0;
+        else if (!strcmp(argv[i], "zero"))
+            mode.zero = 1;
+        else if (!strcmp(argv[i], "overlap"))
+            mode.overlap = 1;
+        else {
+            fprintf(stderr, "test_expert_parallel: unknown mode %s\n", argv[i]);
+            return 2;
+        }
+    }
     gale_comm comm;
     gale_error err;
     if (comm_create(&comm, ep, 8, "test_expert_parallel EP", &err)) {
@@ -265,16 +356,42 @@ int main(int argc, char **argv)
     }
     if (comm.size == 1)
         check_refusals();
-    struct run par, ref;
-    start(&par, poisoned_backend(), &comm.exchange, rc_mode);
-    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE);
+    struct run par, ref, ref_mb;
+    start(&par, poisoned_backend(), &comm.exchange, mode.recompute, mode.capacity);
+    start(&ref, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE, mode.capacity);
+    /* under aux_scope global, rank 0 also trains one rank with the micro-batch scope: with more
+     * than one micro-batch the scope must change the training */
+    int contrast = mode.global && comm.rank == 0 && comm.size > 1;
+    if (contrast)
+        start(&ref_mb, cpu_backend(), NULL, MODEL_RECOMPUTE_NONE, mode.capacity);
     const struct model_layout *layout = model_get_layout(par.m);
+    struct grad_sync sync, sync_after;
+    struct run par_after; /* overlap: the same, reducing after the backward */
+    int synced = mode.zero || mode.overlap;
+    if (synced) {
+        grad_sync_init(&sync, &comm, layout, mode.zero);
+        if (mode.zero)
+            shard_optimizer(&par, &sync);
+    }
+    if (mode.overlap) {
+        start(&par_after, poisoned_backend(), &comm.exchange, mode.recompute, mode.capacity);
+        grad_sync_init(&sync_after, &comm, layout, mode.zero);
+        if (mode.zero)
+            shard_optimizer(&par_after, &sync_after);
+    }
     int idle = 0;
     for (int s = 0; s < STEPS; s++) {
-        double sums[1] = {passes(&par, comm.rank, 1, comm.size)};
+        double sums[1];
+        if (synced) {
+            sums[0] = synced_step(&par, &sync, &comm, &mode, mode.overlap);
+            if (mode.overlap)
+                synced_step(&par_after, &sync_after, &comm, &mode, 0);
+        } else {
+            sums[0] = passes(&par, comm.rank, 1, comm.size, mode.global, &comm);
+            comm_sum_gradients(&comm, layout, model_grads(par.m));
+        }
         comm_sum_doubles(&comm, COMM_WORLD_GROUP, sums, 1);
         par.loss[s] = sums[0];
-        comm_sum_gradients(&comm, layout, model_grads(par.m));
         if (s == 0) {
             struct model_stats st;
             model_stats_read(par.m, &st, &err);
@@ -283,9 +400,25 @@ int main(int argc, char **argv)
             comm_sum_int64(&comm, COMM_WORLD_GROUP, load, 16);
             idle = check_idle_experts(&par, load);
         }
-        update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
-        ref.loss[s] = passes(&ref, 0, comm.size, comm.size);
+        if (!synced)
+            update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
+        ref.loss[s] = passes(&ref, 0, comm.size, comm.size, mode.global, NULL);
         update(&ref, grad_sumsq(cpu_backend(), model_grads(ref.m), 0, model_get_layout(ref.m)->numel));
+        if (contrast) {
+            ref_mb.loss[s] = passes(&ref_mb, 0, comm.size, comm.size, 0, NULL);
+            update(&ref_mb, grad_sumsq(cpu_backend(), model_grads(ref_mb.m), 0, model_get_layout(ref_mb.m)->numel));
+        }
+        if (mode.capacity) {
+            /* every rank drops from its own micro-batch what one rank drops from it */
+            int64_t dropped = par.dropped;
+            comm_sum_int64(&comm, COMM_WORLD_GROUP, &dropped, 1);
+            CHECK_MSG(dropped == ref.dropped, "step %d: %lld slots dropped on %d ranks, %lld on one", s + 1,
+                      (long long)dropped, comm.size, (long long)ref.dropped);
+            CHECK_MSG(ref.dropped > 0, "step %d: the capacity dropped nothing", s + 1);
+            if (comm.rank == 0 && s == 0)
+                printf("step 1: the capacity dropped %lld of %d slots\n", (long long)ref.dropped,
+                       B * T * 2 * 2 * comm.size);
+        }
         double rel = fabs(par.loss[s] - ref.loss[s]) / fabs(ref.loss[s]);
         CHECK_MSG(rel <= TOL, "step %d: loss %.8f on %d ranks (ep %d), %.8f on one: %.2e relative", s + 1,
                   par.loss[s], comm.size, ep, ref.loss[s], rel);
@@ -301,6 +434,31 @@ int main(int argc, char **argv)
     MPI_Allreduce(&idle, &idle_anywhere, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     CHECK_MSG(idle_anywhere >= 4 * 3 * comm.dp_size, "only %d idle expert tensors at step 1", idle_anywhere);
     compare_weights(&par, &ref, comm.rank);
+    if (mode.overlap) {
+        size_t bytes = layout->numel * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes);
+        model_params_download(par.m, a);
+        model_params_download(par_after.m, b);
+        CHECK_MSG(memcmp(a, b, bytes) == 0, "rank %d: reducing during the backward ends with other weights than "
+                                            "reducing after it", comm.rank);
+        if (comm.rank == 0)
+            printf("reductions during the backward and after it: the same weights to the bit\n");
+        free(a);
+        free(b);
+        finish(&par_after);
+        grad_sync_free(&sync_after);
+    }
+    if (synced)
+        grad_sync_free(&sync);
+    if (contrast) {
+        const char *name;
+        double apart = weight_difference(&ref, &ref_mb, &name);
+        double loss_apart = fabs(ref.loss[0] - ref_mb.loss[0]) / fabs(ref_mb.loss[0]);
+        printf("aux_scope global against micro_batch on one rank: step 1 losses %.2e apart, final weights %.2e "
+               "(%s)\n", loss_apart, apart, name);
+        CHECK_MSG(apart > 100 * TOL, "aux_scope global trains as micro_batch does: weights %.2e apart", apart);
+        finish(&ref_mb);
+    }
     finish(&par);
     finish(&ref);
     comm_free(&comm);
