@@ -100,17 +100,10 @@ done:
     return rc;
 }
 
-int model_lora_load(struct model *m, const char *dir, gale_error *err)
+int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err)
 {
-    struct model_trainable tr;
-    model_trainable(m, &tr);
-    const struct model_layout *layout = tr.layout;
     char *path = gale_path_join(dir, "adapter_model.safetensors");
     struct safetensors_set set;
-    if (!model_has_lora(m)) {
-        free(path);
-        return gale_fail(err, "%s: the model has no adapters to load into", dir);
-    }
     if (safetensors_open(path, &set, err)) {
         free(path);
         return -1;
@@ -120,7 +113,6 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
         if (!model_layout_find(layout, set.tensors[i].name))
             rc = gale_fail(err, "%s: unexpected tensor \"%s\" (not an adapter of this config's targets)", path,
                            set.tensors[i].name);
-    float *host = gale_xmalloc(layout->numel * sizeof *host);
     for (int i = 0; rc == 0 && i < layout->n; i++) {
         const struct model_tensor *t = &layout->tensors[i];
         const struct safetensors_tensor *src = safetensors_find(&set, t->name);
@@ -132,11 +124,22 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
         else
             rc = safetensors_read_f32(src, host + t->offset, err);
     }
+    safetensors_close(&set);
+    free(path);
+    return rc;
+}
+
+int model_lora_load(struct model *m, const char *dir, gale_error *err)
+{
+    if (!model_has_lora(m))
+        return gale_fail(err, "%s: the model has no adapters to load into", dir);
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    float *host = gale_xmalloc(tr.layout->numel * sizeof *host);
+    int rc = lora_adapters_read(dir, tr.layout, host, err);
     if (rc == 0)
         model_lora_upload(m, host);
     free(host);
-    safetensors_close(&set);
-    free(path);
     return rc;
 }
 

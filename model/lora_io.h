@@ -17,6 +17,10 @@
  * base_model_name_or_path when it is a string. */
 int lora_config_read(const char *dir, struct lora_config *lc, char **base_model, gale_error *err);
 
+/* Reads dir/adapter_model.safetensors into host (layout->numel floats) by the names of layout
+ * (lora_layout_build's); a missing, unexpected or misshapen tensor is an error naming it. */
+int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err);
+
 /* Loads dir/adapter_model.safetensors into the model's adapters; a missing, unexpected or
  * misshapen tensor is an error naming it. */
 int model_lora_load(struct model *m, const char *dir, gale_error *err);

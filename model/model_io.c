@@ -99,39 +99,49 @@ static int check_shape(const struct model_tensor *want, const struct safetensors
                      need);
 }
 
+int model_check_tensor_names(const struct model_config *cfg, const struct safetensors_set *set, gale_error *err)
+{
+    /* under expert parallelism the model holds a share: the other ranks' experts are expected
+     * and skipped (tensors are read by name) */
+    struct model_layout whole;
+    model_layout_build(cfg, &whole);
+    int rc = 0;
+    for (int i = 0; i < set->n && rc == 0; i++)
+        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name))
+            rc = gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)", set->tensors[i].name,
+                           model_kind_name(cfg->kind),
+                           !strcmp(set->tensors[i].name, "lm_head.weight") ? ", which ties lm_head to embed_tokens"
+                                                                            : "");
+    model_layout_free(&whole);
+    return rc;
+}
+
+int model_read_tensor(const struct safetensors_set *set, const struct model_tensor *t, float *buffer,
+                      gale_error *err)
+{
+    const struct safetensors_tensor *src = safetensors_find(set, t->name);
+    if (!src)
+        return gale_fail(err, "missing tensor \"%s\"", t->name);
+    int rc = check_shape(t, src, err) || safetensors_read_f32(src, buffer, err) ? -1 : 0;
+    safetensors_release(set, src);
+    return rc;
+}
+
 int model_load_tensors(struct model *m, const struct safetensors_set *set, model_tensor_filter keep,
                        void *ctx, gale_error *err)
 {
     const struct model_layout *layout = model_get_layout(m);
-    /* under expert parallelism the model holds a share: the other ranks' experts are expected
-     * and skipped (tensors are read by name) */
-    struct model_layout whole;
-    model_layout_build(model_get_config(m), &whole);
-    for (int i = 0; i < set->n; i++)
-        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name)) {
-            model_layout_free(&whole);
-            return gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)",
-                             set->tensors[i].name, model_kind_name(model_get_config(m)->kind),
-                             !strcmp(set->tensors[i].name, "lm_head.weight")
-                                 ? ", which ties lm_head to embed_tokens"
-                                 : "");
-        }
-    model_layout_free(&whole);
+    if (model_check_tensor_names(model_get_config(m), set, err))
+        return -1;
     float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     int rc = 0;
     for (int i = 0; i < layout->n && rc == 0; i++) {
         const struct model_tensor *t = &layout->tensors[i];
         if (keep && !keep(t, ctx))
             continue;
-        const struct safetensors_tensor *src = safetensors_find(set, t->name);
-        if (!src)
-            rc = gale_fail(err, "missing tensor \"%s\"", t->name);
-        else if (check_shape(t, src, err) || safetensors_read_f32(src, buffer, err))
-            rc = -1;
-        else
+        rc = model_read_tensor(set, t, buffer, err);
+        if (rc == 0)
             upload_tensor(m, t, buffer);
-        if (src)
-            safetensors_release(set, src);
     }
     free(buffer);
     model_weights_refresh(m);
@@ -160,28 +170,38 @@ int model_load_hf(struct model *m, const char *dir, gale_error *err)
 
 /* Produces the weights of tensors first.. of the layout, one at a time, in the file's dtype. */
 struct save_source {
-    struct model *m;
+    const struct model_layout *layout;
     int first;
     enum safetensors_dtype dtype;
     float *buffer; /* one tensor */
+    model_tensor_producer produce;
+    void *ctx;
 };
 
 static const void *tensor_bytes(int i, void *p, gale_error *err)
 {
     struct save_source *src = p;
-    const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->first + i];
-    struct gale_backend *be = model_get_backend(src->m);
-    model_params_download_range(src->m, t->offset, src->buffer, t->numel);
-    if (gale_backend_sync(be, err))
+    const struct model_tensor *t = &src->layout->tensors[src->first + i];
+    if (src->produce(t, src->buffer, src->ctx, err))
         return NULL;
     if (src->dtype == ST_BF16)
         safetensors_f32_to_bf16((uint16_t *)src->buffer, src->buffer, t->numel);
+    else if (src->dtype == ST_F16)
+        safetensors_f32_to_f16((uint16_t *)src->buffer, src->buffer, t->numel);
     return src->buffer;
+}
+
+/* A model's weights, from its device. */
+static int download_tensor(const struct model_tensor *t, float *buffer, void *ctx, gale_error *err)
+{
+    struct model *m = ctx;
+    model_params_download_range(m, t->offset, buffer, t->numel);
+    return gale_backend_sync(model_get_backend(m), err);
 }
 
 static enum safetensors_dtype file_dtype(enum model_dtype dtype)
 {
-    return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : ST_F32;
+    return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : dtype == MODEL_DTYPE_F16 ? ST_F16 : ST_F32;
 }
 
 /* entries[i] for layout tensor i in dtype (data produced by tensor_bytes) */
@@ -195,20 +215,12 @@ static struct safetensors_entry *weight_entries(const struct model_layout *layou
     return entries;
 }
 
-static int check_save_dtype(enum model_dtype dtype, const char *where, gale_error *err)
-{
-    if (dtype == MODEL_DTYPE_F32 || dtype == MODEL_DTYPE_BF16)
-        return 0;
-    return gale_fail(err, "%s: weights are saved as float32 or bfloat16, not %s", where, model_dtype_name(dtype));
-}
-
 int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
 {
-    if (check_save_dtype(dtype, path, err))
-        return -1;
     const struct model_layout *layout = model_get_layout(m);
     struct safetensors_entry *entries = weight_entries(layout, file_dtype(dtype));
-    struct save_source src = {m, 0, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    struct save_source src = {layout, 0, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout)),
+                              download_tensor, m};
     int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
     free(src.buffer);
     free(entries);
@@ -249,12 +261,11 @@ static int write_index(const char *dir, const struct model_layout *layout, const
     return rc;
 }
 
-int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
-                     gale_error *err)
+int model_write_hf(const struct model_config *config, const struct model_layout *layout, const char *dir,
+                   const struct model_save_options *o, model_tensor_producer produce, void *ctx, gale_error *err)
 {
-    if (check_save_dtype(o->dtype, dir, err) || gale_mkdir_p(dir, err))
+    if (gale_mkdir_p(dir, err))
         return -1;
-    const struct model_layout *layout = model_get_layout(m);
     enum safetensors_dtype dtype = file_dtype(o->dtype);
     uint64_t limit = o->shard_size ? o->shard_size : MODEL_SHARD_SIZE_DEFAULT;
     struct safetensors_entry *entries = weight_entries(layout, dtype);
@@ -271,7 +282,7 @@ int model_save_hf_as(struct model *m, const char *dir, const struct model_save_o
         shard_of[i] = shards - 1;
         filled += bytes;
     }
-    struct save_source src = {m, 0, dtype, gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    struct save_source src = {layout, 0, dtype, gale_xmalloc(sizeof(float) * largest_tensor(layout)), produce, ctx};
     int rc = 0;
     for (int s = 0, first = 0; s < shards && rc == 0; s++) {
         int n = 0;
@@ -296,16 +307,22 @@ int model_save_hf_as(struct model *m, const char *dir, const struct model_save_o
                                ? -1
                                : 0;
     if (rc == 0) {
-        struct model_config cfg = *model_get_config(m);
+        struct model_config cfg = *config;
         cfg.dtype = o->dtype;
-        char *config = gale_path_join(dir, "config.json");
-        rc = model_config_save(&cfg, config, err);
-        free(config);
+        char *path = gale_path_join(dir, "config.json");
+        rc = model_config_save(&cfg, path, err);
+        free(path);
     }
     free(src.buffer);
     free(shard_of);
     free(entries);
     return rc;
+}
+
+int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
+                     gale_error *err)
+{
+    return model_write_hf(model_get_config(m), model_get_layout(m), dir, o, download_tensor, m, err);
 }
 
 int model_save_hf(struct model *m, const char *dir, gale_error *err)
