@@ -198,6 +198,9 @@ void model_trainable(struct model *m, struct model_trainable *out);
 /* With LoRA: 1, and the adapters to or from a host array of their layout.numel floats. */
 int model_has_lora(const struct model *m);
 void model_lora_upload(struct model *m, const float *host);
+/* New adapters: PEFT's init (lora_init_host, deterministic in seed), the trained copies of the
+ * routers (lora.train_router) equal to the base's. */
+void model_lora_init(struct model *m, uint64_t seed);
 void model_lora_download(struct model *m, float *host);
 void model_lora_grads_download(struct model *m, float *host);
 /* The seed of the adapters' dropout masks in the next training passes (the trainer gives each

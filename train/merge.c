@@ -1,10 +1,12 @@
 /* merge: W + s * B A folded into each adapted projection as the base's tensors stream from its
- * files to the merged folder's (one sgemm per projection), through model_write_hf. */
+ * files to the merged folder's (one sgemm per projection), through model_write_hf; trained
+ * routers replace the base's. */
 #include "train/merge.h"
 
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model/lora_io.h"
 #include "model/model.h"
@@ -20,13 +22,18 @@ struct merge {
     float scale;
 };
 
-/* Base tensor t with its adapter's s * B A added, when it has one. */
+/* Base tensor t with its adapter's s * B A added, when it has one; a trained copy (a router)
+ * instead of it, as PEFT's merge_and_unload keeps modules_to_save's. */
 static int merged_tensor(const struct model_tensor *t, float *buffer, void *ctx, gale_error *err)
 {
     const struct merge *mg = ctx;
+    int a = mg->adapter_of[t - mg->layout->tensors];
+    if (a >= 0 && lora_is_copy(&mg->adapters->tensors[a])) {
+        memcpy(buffer, mg->ab + mg->adapters->tensors[a].offset, t->numel * sizeof *buffer);
+        return 0;
+    }
     if (model_read_tensor(&mg->base, t, buffer, err))
         return -1;
-    int a = mg->adapter_of[t - mg->layout->tensors];
     if (a >= 0) {
         const struct model_tensor *A = &mg->adapters->tensors[a], *B = &mg->adapters->tensors[a + 1];
         int rank = (int)A->shape[0], rows = (int)t->shape[0], cols = (int)t->shape[1];

@@ -7,7 +7,8 @@
 set -euo pipefail
 source "$GALE_SOURCE/tests/lora/peft_env.sh"
 $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" "$tmp/fx" 2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
-fixtures=(--fixture "$tmp/fx/llama-lora" --fixture "$tmp/fx/mistral-lora" --fixture "$tmp/fx/mixtral-lora")
+fixtures=(--fixture "$tmp/fx/llama-lora" --fixture "$tmp/fx/mistral-lora" --fixture "$tmp/fx/mixtral-lora"
+          --fixture "$tmp/fx/mixtral-router")
 "$GALE_BIN" verify "${fixtures[@]}" | grep -E "checks|FAIL"
 "$GALE_BIN" verify --precision bf16 "${fixtures[@]}" | grep -E "checks|FAIL"
 
@@ -39,9 +40,22 @@ $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$ckp
   2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
 "$GALE_BIN" verify --fixture "$tmp/fx/gale-trained" | grep -E "^  logits|checks|FAIL"
 
-# gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype
-"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged" > /dev/null
-$py - "$base" "$ckpt" "$tmp/merged" <<'PY'
+# the same with the routers trained whole (lora.train_router: PEFT's modules_to_save ["gate"]):
+# PEFT loads them from gale's adapter_model.safetensors with the adapters
+write_lora_config "$tmp/router.yaml" "$tmp/router" 10 "train_router: true"
+"$GALE_BIN" train "$tmp/router.yaml" > /dev/null
+router="$tmp/router/checkpoints/step_00000010"
+grep -q '"gate"' "$router/adapter_config.json"
+$py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$router" "$tmp/fx/gale-router" \
+  2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
+"$GALE_BIN" verify --fixture "$tmp/fx/gale-router" | grep -E "^  logits|gate.weight|checks|FAIL"
+
+# gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype (the
+# trained routers in place of the base's)
+for adapter in "$ckpt" "$router"; do
+rm -rf "$tmp/merged"
+"$GALE_BIN" merge --base "$base" --adapter "$adapter" --out "$tmp/merged" > /dev/null
+$py - "$base" "$adapter" "$tmp/merged" <<'PY'
 import sys, torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -54,8 +68,12 @@ assert set(got) == set(want), set(got) ^ set(want)
 worst = max(((got[k].double() - want[k].double()).norm() / want[k].double().norm()).item() for k in got)
 assert all(got[k].dtype == torch.float32 for k in got)
 assert worst < 1e-6, worst
+routers = [k for k in got if k.endswith("block_sparse_moe.gate.weight")]
+trained = sum(not torch.equal(got[k], load_file(base + "/model.safetensors")[k]) for k in routers)
+assert trained == (len(routers) if '"gate"' in open(adapter + "/adapter_config.json").read() else 0), trained
 print("gale merge = PEFT merge_and_unload: %d tensors, largest relative difference %.2e" % (len(got), worst))
 PY
+done
 
 # transformers loads a merged folder sharded by gale merge (--shard-size 20000: an index and
 # several files) in the base's dtype, f32, bf16 and f16, and its logits are the adapter run's

@@ -170,4 +170,6 @@ expect_error "lora.dropout" train "$tmp/a.yaml" --set lora.dropout=1.5
 expect_error "adapter_config.json" merge --base "$base" --adapter "$tmp/none" --out "$tmp/m2"
 sed -i 's/"r": 4/"r": 5/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
 expect_error "is not [5, 32]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
+sed -i 's/"modules_to_save": null/"modules_to_save": ["lm_head"]/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
+expect_error "modules_to_save must be null or [\"gate\"]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
 echo "LoRA training, resume, lora.from, eval --adapter and merge ok"
