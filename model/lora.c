@@ -85,13 +85,30 @@ int lora_target_of(const char *name)
     return -1;
 }
 
-/* One tensor appended to the adapter layout (tensors preallocated). */
+#define ROUTER_SUFFIX ".block_sparse_moe.gate.weight"
+
+static int is_router(const char *name)
+{
+    size_t n = strlen(name), s = strlen(ROUTER_SUFFIX);
+    return n >= s && !strcmp(name + n - s, ROUTER_SUFFIX);
+}
+
+int lora_is_copy(const struct model_tensor *adapter)
+{
+    return !strstr(adapter->name, ".lora_A.") && !strstr(adapter->name, ".lora_B.");
+}
+
+/* One tensor appended to the adapter layout (tensors preallocated): module's adapter `which`,
+ * or with which NULL the module's trained copy. */
 static void append(struct model_layout *out, const char *module, const char *which, int64_t rows,
                    int64_t cols)
 {
     struct model_tensor *t = &out->tensors[out->n++];
     memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "base_model.model.%s.%s.weight", module, which);
+    if (which)
+        snprintf(t->name, sizeof t->name, "base_model.model.%s.%s.weight", module, which);
+    else
+        snprintf(t->name, sizeof t->name, "base_model.model.%s.weight", module);
     t->ndim = 2;
     t->shape[0] = rows;
     t->shape[1] = cols;
@@ -106,22 +123,29 @@ int lora_layout_build(const struct model_layout *base, const struct lora_config 
 {
     memset(out, 0, sizeof *out);
     unsigned seen = 0;
-    int count = 0;
+    int count = 0, routers = 0;
     for (int i = 0; i < base->n; i++) {
         int t = lora_target_of(base->tensors[i].name);
         count += t >= 0 && (lc->targets & (1u << t));
+        routers += lc->train_router && is_router(base->tensors[i].name);
     }
-    out->tensors = gale_xcalloc(2 * (size_t)(count ? count : 1), sizeof *out->tensors);
+    if (lc->train_router && !routers)
+        return gale_fail(err, "lora.train_router: this model has no router (a Mixtral's block_sparse_moe.gate)");
+    out->tensors = gale_xcalloc(2 * (size_t)count + (size_t)routers + 1, sizeof *out->tensors);
     for (int i = 0; i < base->n; i++) {
         const struct model_tensor *w = &base->tensors[i];
-        int t = lora_target_of(w->name);
+        int t = lora_target_of(w->name), copy = lc->train_router && is_router(w->name);
         adapter_of[i] = -1;
-        if (t < 0 || !(lc->targets & (1u << t)))
+        if (!copy && (t < 0 || !(lc->targets & (1u << t))))
             continue;
-        seen |= 1u << t;
         char module[MODEL_TENSOR_NAME_MAX];
         snprintf(module, sizeof module, "%.*s", (int)(strlen(w->name) - strlen(".weight")), w->name);
         adapter_of[i] = out->n;
+        if (copy) {
+            append(out, module, NULL, w->shape[0], w->shape[1]);
+            continue;
+        }
+        seen |= 1u << t;
         append(out, module, "lora_A", lc->rank, w->shape[1]);
         append(out, module, "lora_B", w->shape[0], lc->rank);
     }
@@ -140,7 +164,9 @@ void lora_init_host(const struct model_layout *adapters, float *host, uint64_t s
     for (int i = 0; i < adapters->n; i++) {
         const struct model_tensor *t = &adapters->tensors[i];
         float *dst = host + t->offset;
-        if (i % 2) { /* lora_B */
+        if (lora_is_copy(t))
+            continue;
+        if (strstr(t->name, ".lora_B.")) {
             memset(dst, 0, t->numel * sizeof *dst);
             continue;
         }

@@ -22,6 +22,8 @@ struct lora_config {
     double dropout;      /* on the adapter's input, as PEFT's lora_dropout */
     unsigned targets;    /* bit (1u << lora_target) per targeted module */
     int rslora;          /* scale alpha / sqrt(r) instead of alpha / r */
+    int train_router;    /* a Mixtral's routers (block_sparse_moe.gate) trained whole, as PEFT's
+                            modules_to_save = ["gate"] */
 };
 
 const char *lora_target_name(enum lora_target t);
@@ -35,13 +37,20 @@ double lora_scale(const struct lora_config *lc);
 int lora_target_of(const char *name);
 
 /* The adapters of the base layout's targeted tensors, in its order: lora_A [r, in] then
- * lora_B [out, r] per tensor. adapter_of[i] (base->n entries) receives the index of tensor i's
- * lora_A, or -1. Fails naming the target when one matches no tensor of the model. */
+ * lora_B [out, r] per tensor, and with train_router a trained copy of each router under PEFT's
+ * saved name of a modules_to_save module (base_model.model.<router>.weight). adapter_of[i]
+ * (base->n entries) receives the index of tensor i's lora_A or copy, or -1. Fails naming the
+ * target when one matches no tensor of the model (train_router: when it has no router). */
 int lora_layout_build(const struct model_layout *base, const struct lora_config *lc,
                       struct model_layout *out, int *adapter_of, gale_error *err);
 
+/* Whether an adapter-layout tensor is a trained copy of a base tensor (a router), not a lora_A
+ * or lora_B. */
+int lora_is_copy(const struct model_tensor *adapter);
+
 /* PEFT's default init into host (adapter layout.numel floats): A Kaiming-uniform with
- * a = sqrt(5) (uniform in +-1/sqrt(in)), B zero. Deterministic in seed. */
+ * a = sqrt(5) (uniform in +-1/sqrt(in)), B zero. Deterministic in seed. The trained copies are
+ * left for the caller: they start as the base's tensors. */
 void lora_init_host(const struct model_layout *adapters, float *host, uint64_t seed);
 
 #endif

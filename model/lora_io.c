@@ -12,7 +12,7 @@
 static int refuse_unsupported(json_t *cfg, const char *path, gale_error *err)
 {
     static const char *const must_be_false[] = {"use_dora", "fan_in_fan_out"};
-    static const char *const must_be_null[] = {"modules_to_save", "layers_to_transform"};
+    static const char *const must_be_null[] = {"layers_to_transform"};
     static const char *const must_be_empty[] = {"rank_pattern", "alpha_pattern"};
     for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++)
         if (json_is_true(json_object_get(cfg, must_be_false[i])))
@@ -20,8 +20,7 @@ static int refuse_unsupported(json_t *cfg, const char *path, gale_error *err)
     for (size_t i = 0; i < sizeof must_be_null / sizeof *must_be_null; i++) {
         json_t *v = json_object_get(cfg, must_be_null[i]);
         if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
-            return gale_fail(err, "%s: %s is set: gale adapts every layer and trains no module fully", path,
-                             must_be_null[i]);
+            return gale_fail(err, "%s: %s is set: gale adapts every layer", path, must_be_null[i]);
     }
     for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
         json_t *v = json_object_get(cfg, must_be_empty[i]);
@@ -31,6 +30,20 @@ static int refuse_unsupported(json_t *cfg, const char *path, gale_error *err)
     json_t *bias = json_object_get(cfg, "bias");
     if (bias && (!json_is_string(bias) || strcmp(json_string_value(bias), "none")))
         return gale_fail(err, "%s: bias must be \"none\"", path);
+    return 0;
+}
+
+/* modules_to_save: none, or ["gate"] (a Mixtral's routers, trained whole). */
+static int read_modules_to_save(json_t *list, const char *path, int *train_router, gale_error *err)
+{
+    *train_router = 0;
+    if (!list || json_is_null(list) || (json_is_array(list) && json_array_size(list) == 0))
+        return 0;
+    json_t *only = json_array_get(list, 0);
+    if (json_array_size(list) != 1 || !json_is_string(only) || strcmp(json_string_value(only), "gate"))
+        return gale_fail(err, "%s: modules_to_save must be null or [\"gate\"] (a Mixtral's routers): gale trains "
+                              "no other module fully", path);
+    *train_router = 1;
     return 0;
 }
 
@@ -87,8 +100,9 @@ int lora_config_read(const char *dir, struct lora_config *lc, char **base_model,
         gale_fail(err, "%s: lora_dropout must be in [0, 1)", path);
         goto done;
     }
-    if (refuse_unsupported(cfg, path, err) || read_targets(json_object_get(cfg, "target_modules"), path,
-                                                           &lc->targets, err))
+    if (refuse_unsupported(cfg, path, err) ||
+        read_targets(json_object_get(cfg, "target_modules"), path, &lc->targets, err) ||
+        read_modules_to_save(json_object_get(cfg, "modules_to_save"), path, &lc->train_router, err))
         goto done;
     json_t *base = json_object_get(cfg, "base_model_name_or_path");
     if (base_model && json_is_string(base))
@@ -100,17 +114,10 @@ done:
     return rc;
 }
 
-int model_lora_load(struct model *m, const char *dir, gale_error *err)
+int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err)
 {
-    struct model_trainable tr;
-    model_trainable(m, &tr);
-    const struct model_layout *layout = tr.layout;
     char *path = gale_path_join(dir, "adapter_model.safetensors");
     struct safetensors_set set;
-    if (!model_has_lora(m)) {
-        free(path);
-        return gale_fail(err, "%s: the model has no adapters to load into", dir);
-    }
     if (safetensors_open(path, &set, err)) {
         free(path);
         return -1;
@@ -120,7 +127,6 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
         if (!model_layout_find(layout, set.tensors[i].name))
             rc = gale_fail(err, "%s: unexpected tensor \"%s\" (not an adapter of this config's targets)", path,
                            set.tensors[i].name);
-    float *host = gale_xmalloc(layout->numel * sizeof *host);
     for (int i = 0; rc == 0 && i < layout->n; i++) {
         const struct model_tensor *t = &layout->tensors[i];
         const struct safetensors_tensor *src = safetensors_find(&set, t->name);
@@ -132,11 +138,22 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
         else
             rc = safetensors_read_f32(src, host + t->offset, err);
     }
+    safetensors_close(&set);
+    free(path);
+    return rc;
+}
+
+int model_lora_load(struct model *m, const char *dir, gale_error *err)
+{
+    if (!model_has_lora(m))
+        return gale_fail(err, "%s: the model has no adapters to load into", dir);
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    float *host = gale_xmalloc(tr.layout->numel * sizeof *host);
+    int rc = lora_adapters_read(dir, tr.layout, host, err);
     if (rc == 0)
         model_lora_upload(m, host);
     free(host);
-    safetensors_close(&set);
-    free(path);
     return rc;
 }
 
@@ -146,13 +163,14 @@ static json_t *config_json(const struct lora_config *lc, const char *base_model)
     for (int t = 0; t < LORA_TARGETS; t++)
         if (lc->targets & (1u << t))
             json_array_append_new(targets, json_string(lora_target_name(t)));
-    return json_pack("{s:s, s:s, s:i, s:f, s:f, s:o, s:s, s:b, s:b, s:b, s:b, s:b, s:n, s:n, s:n, s:{}, s:{}, "
+    json_t *to_save = lc->train_router ? json_pack("[s]", "gate") : json_null();
+    return json_pack("{s:s, s:s, s:i, s:f, s:f, s:o, s:s, s:b, s:b, s:b, s:b, s:b, s:o, s:n, s:n, s:{}, s:{}, "
                      "s:s?, s:n}",
                      "peft_type", "LORA", "task_type", "CAUSAL_LM", "r", lc->rank, "lora_alpha", lc->alpha,
                      "lora_dropout", lc->dropout, "target_modules", targets, "bias", "none", "use_rslora",
                      lc->rslora, "use_dora", 0, "fan_in_fan_out", 0, "inference_mode", 1, "init_lora_weights", 1,
-                     "modules_to_save", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
-                     "base_model_name_or_path", base_model, "revision");
+                     "modules_to_save", to_save, "layers_to_transform", "layers_pattern", "rank_pattern",
+                     "alpha_pattern", "base_model_name_or_path", base_model, "revision");
 }
 
 int model_lora_save(struct model *m, const struct lora_config *lc, const char *base_model, const char *dir,

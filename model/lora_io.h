@@ -3,9 +3,11 @@
  *   adapter_config.json        peft_type LORA, r, lora_alpha, lora_dropout, target_modules,
  *                              use_rslora, base_model_name_or_path, ...
  *   adapter_model.safetensors  base_model.model.<module>.lora_A.weight [r, in] and
- *                              .lora_B.weight [out, r] per adapted projection (fp32)
+ *                              .lora_B.weight [out, r] per adapted projection (fp32), and
+ *                              with modules_to_save ["gate"] each trained router whole,
+ *                              base_model.model.<router>.weight
  * Only what gale trains is accepted: a bias, DoRA, per-module ranks or alphas, layer subsets
- * and fully trained modules (modules_to_save) are refused, naming the key. */
+ * and modules trained fully other than the routers are refused, naming the key. */
 #ifndef GALE_MODEL_LORA_IO_H
 #define GALE_MODEL_LORA_IO_H
 
@@ -16,6 +18,10 @@
 /* Reads dir/adapter_config.json; *base_model (caller frees; may be NULL) receives
  * base_model_name_or_path when it is a string. */
 int lora_config_read(const char *dir, struct lora_config *lc, char **base_model, gale_error *err);
+
+/* Reads dir/adapter_model.safetensors into host (layout->numel floats) by the names of layout
+ * (lora_layout_build's); a missing, unexpected or misshapen tensor is an error naming it. */
+int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err);
 
 /* Loads dir/adapter_model.safetensors into the model's adapters; a missing, unexpected or
  * misshapen tensor is an error naming it. */

@@ -645,6 +645,19 @@ void model_lora_upload(struct model *m, const float *host)
     gale_backend_wait(be);
 }
 
+void model_lora_init(struct model *m, uint64_t seed)
+{
+    float *host = gale_xmalloc(fsz(m->adapters.numel));
+    lora_init_host(&m->adapters, host, seed);
+    for (int i = 0; i < m->layout.n; i++) {
+        const struct model_tensor *copy = m->adapter_of[i] >= 0 ? &m->adapters.tensors[m->adapter_of[i]] : NULL;
+        if (copy && lora_is_copy(copy))
+            model_params_download_range(m, m->layout.tensors[i].offset, host + copy->offset, copy->numel);
+    }
+    model_lora_upload(m, host);
+    free(host);
+}
+
 void model_lora_download(struct model *m, float *host)
 {
     m->be->ops->download(m->be, host, m->lora_params, fsz(m->adapters.numel));
@@ -950,6 +963,20 @@ static int layer_index(const struct model *m, int layer, int slot)
     return m->layer_first[layer] + slot;
 }
 
+/* Layer l's router weights: the trained copy under lora.train_router, else the base's. */
+static float *router_w(struct model *m, int l)
+{
+    int ad = m->adapter_of ? m->adapter_of[layer_index(m, l, W_ROUTER)] : -1;
+    return ad >= 0 ? adapter_at(m, m->lora_weights, ad) : layer_w(m, m->weights, l, W_ROUTER);
+}
+
+/* Its gradient: the trained copy's, else the base's; NULL when the router is frozen (LoRA). */
+static float *router_grad(struct model *m, int l)
+{
+    int ad = m->adapter_of ? m->adapter_of[layer_index(m, l, W_ROUTER)] : -1;
+    return ad >= 0 ? adapter_at(m, m->lora_grads, ad) : grads_w(m, l, W_ROUTER);
+}
+
 /* A layer's attention inputs for n tokens at `positions`: h1 = rmsnorm(x) and the rope'd
  * queries in a; the rope'd keys and the values into k_out and v_out ([n, kv_heads*hd]: the
  * layer's activations, or the next rows of a KV cache). */
@@ -1184,8 +1211,7 @@ static void moe_forward(struct model *m, int l, struct layer_acts *a, int n,
     const struct model_config *c = &m->cfg;
     int h = c->hidden_size, inter = c->intermediate_size;
     int ne = c->num_experts, k = c->num_experts_per_tok, per = local_experts(m);
-    ops->matmul(be, 0, 1, n, ne, h, 1, a->h2, h, layer_w(m, m->weights, l, W_ROUTER), h, 0,
-                s->router_logits, ne, to_f32_types(m));
+    ops->matmul(be, 0, 1, n, ne, h, 1, a->h2, h, router_w(m, l), h, 0, s->router_logits, ne, to_f32_types(m));
     ops->router_fwd(be, a->probs, a->rlse, a->topk_idx, a->topk_w, s->router_logits, n, ne, k);
     ops->router_stats(be, a->rstats, a->probs, a->rlse, n, ne);
     ops->moe_plan(be, a->counts, a->slot_rows, a->slot_of, a->topk_idx, n, ne, k);
@@ -1513,11 +1539,11 @@ static void moe_backward(struct model *m, int l, double aux_weight)
     float z_scale = (float)(aux_weight * m->opts.router_z_loss_coef / ((double)n * c->num_layers));
     ops->router_bwd(be, m->router_scratch, m->dtopk_w, a->probs, a->rlse, a->topk_idx, a->topk_w,
                     m->dprobs_const + (size_t)l * ne, z_scale, n, ne, k);
-    if (m->grads) /* the router stays frozen under LoRA */
-        ops->matmul(be, 1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1,
-                    layer_w(m, m->grads, l, W_ROUTER), h, f32_to_f32_types(m));
-    ops->matmul(be, 0, 0, n, h, ne, 1, m->router_scratch, ne, layer_w(m, m->weights, l, W_ROUTER),
-                h, 1, m->dh, h, f32_to_act_types(m));
+    float *dw = router_grad(m, l); /* NULL: frozen under LoRA unless lora.train_router */
+    if (dw)
+        ops->matmul(be, 1, 0, ne, h, n, 1, m->router_scratch, ne, a->h2, h, 1, dw, h, f32_to_f32_types(m));
+    ops->matmul(be, 0, 0, n, h, ne, 1, m->router_scratch, ne, router_w(m, l), h, 1, m->dh, h,
+                f32_to_act_types(m));
 }
 
 static void attention_backward(struct model *m, int l)

@@ -207,6 +207,9 @@ void model_trainable(struct model *m, struct model_trainable *out);
 /* With LoRA: 1, and the adapters to or from a host array of their layout.numel floats. */
 int model_has_lora(const struct model *m);
 void model_lora_upload(struct model *m, const float *host);
+/* New adapters: PEFT's init (lora_init_host, deterministic in seed), the trained copies of the
+ * routers (lora.train_router) equal to the base's. */
+void model_lora_init(struct model *m, uint64_t seed);
 void model_lora_download(struct model *m, float *host);
 void model_lora_grads_download(struct model *m, float *host);
 /* The seed of the adapters' dropout masks in the next training passes (the trainer gives each
@@ -242,12 +245,19 @@ int model_load_hf_filtered(struct model *m, const char *dir, model_tensor_filter
 struct safetensors_set;
 int model_load_tensors(struct model *m, const struct safetensors_set *set, model_tensor_filter keep,
                        void *ctx, gale_error *err);
+/* Fails naming the first tensor of set that is no tensor of cfg's model (nor a buffer old
+ * checkpoints carry, rotary_emb.inv_freq). */
+int model_check_tensor_names(const struct model_config *cfg, const struct safetensors_set *set, gale_error *err);
+/* Tensor t, found by name in set, into buffer as t->numel floats, its shape checked; its pages of
+ * the mapped file are released after. */
+int model_read_tensor(const struct safetensors_set *set, const struct model_tensor *t, float *buffer,
+                      gale_error *err);
 
 /* transformers' default max_shard_size ("5GB") */
 #define MODEL_SHARD_SIZE_DEFAULT 5000000000ull
 
 struct model_save_options {
-    enum model_dtype dtype; /* of the written weights: f32 or bf16 (rounded to nearest even) */
+    enum model_dtype dtype; /* of the written weights: f32, bf16 or f16 (rounded to nearest even) */
     uint64_t shard_size;    /* bytes of weights per file at most (a larger tensor gets a file of
                                its own); 0: MODEL_SHARD_SIZE_DEFAULT */
 };
@@ -275,6 +285,13 @@ int model_save_part(struct model *m, const char *dir, const char *stem, const in
 
 /* dir/config.json of the model, its dtype and torch_dtype saying dtype. */
 int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err);
+
+/* Writes t's weights as t->numel floats into buffer; a nonzero return stops the writer. */
+typedef int (*model_tensor_producer)(const struct model_tensor *t, float *buffer, void *ctx, gale_error *err);
+/* model_save_hf_as's folder for config's model, the tensors of layout produced one at a time by
+ * produce (so the weights need never be whole in memory, e.g. gale merge's). */
+int model_write_hf(const struct model_config *config, const struct model_layout *layout, const char *dir,
+                   const struct model_save_options *o, model_tensor_producer produce, void *ctx, gale_error *err);
 
 /* All the weights into one safetensors file at path (atomically), hub names, in dtype. */
 int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err);

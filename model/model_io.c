@@ -99,39 +99,49 @@ static int check_shape(const struct model_tensor *want, const struct safetensors
                      need);
 }
 
+int model_check_tensor_names(const struct model_config *cfg, const struct safetensors_set *set, gale_error *err)
+{
+    /* under expert parallelism the model holds a share: the other ranks' experts are expected
+     * and skipped (tensors are read by name) */
+    struct model_layout whole;
+    model_layout_build(cfg, &whole);
+    int rc = 0;
+    for (int i = 0; i < set->n && rc == 0; i++)
+        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name))
+            rc = gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)", set->tensors[i].name,
+                           model_kind_name(cfg->kind),
+                           !strcmp(set->tensors[i].name, "lm_head.weight") ? ", which ties lm_head to embed_tokens"
+                                                                            : "");
+    model_layout_free(&whole);
+    return rc;
+}
+
+int model_read_tensor(const struct safetensors_set *set, const struct model_tensor *t, float *buffer,
+                      gale_error *err)
+{
+    const struct safetensors_tensor *src = safetensors_find(set, t->name);
+    if (!src)
+        return gale_fail(err, "missing tensor \"%s\"", t->name);
+    int rc = check_shape(t, src, err) || safetensors_read_f32(src, buffer, err) ? -1 : 0;
+    safetensors_release(set, src);
+    return rc;
+}
+
 int model_load_tensors(struct model *m, const struct safetensors_set *set, model_tensor_filter keep,
                        void *ctx, gale_error *err)
 {
     const struct model_layout *layout = model_get_layout(m);
-    /* under expert parallelism the model holds a share: the other ranks' experts are expected
-     * and skipped (tensors are read by name) */
-    struct model_layout whole;
-    model_layout_build(model_get_config(m), &whole);
-    for (int i = 0; i < set->n; i++)
-        if (!model_layout_find(&whole, set->tensors[i].name) && !is_ignorable(set->tensors[i].name)) {
-            model_layout_free(&whole);
-            return gale_fail(err, "unexpected tensor \"%s\" (not part of this %s config%s)",
-                             set->tensors[i].name, model_kind_name(model_get_config(m)->kind),
-                             !strcmp(set->tensors[i].name, "lm_head.weight")
-                                 ? ", which ties lm_head to embed_tokens"
-                                 : "");
-        }
-    model_layout_free(&whole);
+    if (model_check_tensor_names(model_get_config(m), set, err))
+        return -1;
     float *buffer = gale_xmalloc(sizeof(float) * largest_tensor(layout));
     int rc = 0;
     for (int i = 0; i < layout->n && rc == 0; i++) {
         const struct model_tensor *t = &layout->tensors[i];
         if (keep && !keep(t, ctx))
             continue;
-        const struct safetensors_tensor *src = safetensors_find(set, t->name);
-        if (!src)
-            rc = gale_fail(err, "missing tensor \"%s\"", t->name);
-        else if (check_shape(t, src, err) || safetensors_read_f32(src, buffer, err))
-            rc = -1;
-        else
+        rc = model_read_tensor(set, t, buffer, err);
+        if (rc == 0)
             upload_tensor(m, t, buffer);
-        if (src)
-            safetensors_release(set, src);
     }
     free(buffer);
     model_weights_refresh(m);
@@ -160,35 +170,38 @@ int model_load_hf(struct model *m, const char *dir, gale_error *err)
 
 /* Produces the weights of tensors which[0..] of the layout, one at a time, in the file's dtype. */
 struct save_source {
-    struct model *m;
+    const struct model_layout *layout;
     const int *which;
     enum safetensors_dtype dtype;
     float *buffer; /* one tensor */
+    model_tensor_producer produce;
+    void *ctx;
 };
 
 static const void *tensor_bytes(int i, void *p, gale_error *err)
 {
     struct save_source *src = p;
-    const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->which[i]];
-    struct gale_backend *be = model_get_backend(src->m);
-    model_params_download_range(src->m, t->offset, src->buffer, t->numel);
-    if (gale_backend_sync(be, err))
+    const struct model_tensor *t = &src->layout->tensors[src->which[i]];
+    if (src->produce(t, src->buffer, src->ctx, err))
         return NULL;
     if (src->dtype == ST_BF16)
         safetensors_f32_to_bf16((uint16_t *)src->buffer, src->buffer, t->numel);
+    else if (src->dtype == ST_F16)
+        safetensors_f32_to_f16((uint16_t *)src->buffer, src->buffer, t->numel);
     return src->buffer;
+}
+
+/* A model's weights, from its device. */
+static int download_tensor(const struct model_tensor *t, float *buffer, void *ctx, gale_error *err)
+{
+    struct model *m = ctx;
+    model_params_download_range(m, t->offset, buffer, t->numel);
+    return gale_backend_sync(model_get_backend(m), err);
 }
 
 static enum safetensors_dtype file_dtype(enum model_dtype dtype)
 {
-    return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : ST_F32;
-}
-
-static int check_save_dtype(enum model_dtype dtype, const char *where, gale_error *err)
-{
-    if (dtype == MODEL_DTYPE_F32 || dtype == MODEL_DTYPE_BF16)
-        return 0;
-    return gale_fail(err, "%s: weights are saved as float32 or bfloat16, not %s", where, model_dtype_name(dtype));
+    return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : dtype == MODEL_DTYPE_F16 ? ST_F16 : ST_F32;
 }
 
 int model_shard_plan(const struct model_layout *layout, const int *which, int n, const struct model_save_options *o,
@@ -209,18 +222,19 @@ int model_shard_plan(const struct model_layout *layout, const int *which, int n,
     return files;
 }
 
-int model_save_part(struct model *m, const char *dir, const char *stem, const int *which, int n, const int *file_of,
-                    enum model_dtype dtype, int first, int total, gale_error *err)
+/* Tensors which[0..n) of layout, produced one at a time, into the files file_of says (see
+ * model_save_part). */
+static int write_part(const struct model_layout *layout, const char *dir, const char *stem, const int *which, int n,
+                      const int *file_of, enum model_dtype dtype, int first, int total, model_tensor_producer produce,
+                      void *ctx, gale_error *err)
 {
-    if (check_save_dtype(dtype, dir, err))
-        return -1;
-    const struct model_layout *layout = model_get_layout(m);
     struct safetensors_entry *entries = gale_xcalloc(n ? (size_t)n : 1, sizeof *entries);
     for (int k = 0; k < n; k++) {
         const struct model_tensor *t = &layout->tensors[which[k]];
         entries[k] = (struct safetensors_entry){t->name, file_dtype(dtype), t->ndim, t->shape, NULL};
     }
-    struct save_source src = {m, which, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    struct save_source src = {layout, which, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout)),
+                              produce, ctx};
     int rc = 0;
     for (int k = 0; k < n && rc == 0;) {
         int count = 0;
@@ -239,10 +253,15 @@ int model_save_part(struct model *m, const char *dir, const char *stem, const in
     return rc;
 }
 
+int model_save_part(struct model *m, const char *dir, const char *stem, const int *which, int n, const int *file_of,
+                    enum model_dtype dtype, int first, int total, gale_error *err)
+{
+    return write_part(model_get_layout(m), dir, stem, which, n, file_of, dtype, first, total, download_tensor, m,
+                      err);
+}
+
 int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
 {
-    if (check_save_dtype(dtype, path, err))
-        return -1;
     const struct model_layout *layout = model_get_layout(m);
     int *all = gale_xcalloc((size_t)layout->n, sizeof *all);
     struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
@@ -251,7 +270,8 @@ int model_save_safetensors(struct model *m, const char *path, enum model_dtype d
         all[i] = i;
         entries[i] = (struct safetensors_entry){t->name, file_dtype(dtype), t->ndim, t->shape, NULL};
     }
-    struct save_source src = {m, all, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    struct save_source src = {layout, all, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout)),
+                              download_tensor, m};
     int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
     free(src.buffer);
     free(entries);
@@ -270,27 +290,32 @@ static int remove_stale(const char *dir, const char *name, gale_error *err)
     return rc;
 }
 
-int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err)
+/* dir/config.json of config, its dtype saying dtype */
+static int save_config(const struct model_config *config, const char *dir, enum model_dtype dtype, gale_error *err)
 {
-    struct model_config cfg = *model_get_config(m);
+    struct model_config cfg = *config;
     cfg.dtype = dtype;
-    char *config = gale_path_join(dir, "config.json");
-    int rc = model_config_save(&cfg, config, err);
-    free(config);
+    char *path = gale_path_join(dir, "config.json");
+    int rc = model_config_save(&cfg, path, err);
+    free(path);
     return rc;
 }
 
-int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
-                     gale_error *err)
+int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err)
 {
-    if (check_save_dtype(o->dtype, dir, err) || gale_mkdir_p(dir, err))
+    return save_config(model_get_config(m), dir, dtype, err);
+}
+
+int model_write_hf(const struct model_config *config, const struct model_layout *layout, const char *dir,
+                   const struct model_save_options *o, model_tensor_producer produce, void *ctx, gale_error *err)
+{
+    if (gale_mkdir_p(dir, err))
         return -1;
-    const struct model_layout *layout = model_get_layout(m);
     int *all = gale_xcalloc((size_t)layout->n, sizeof *all), *file_of = gale_xcalloc((size_t)layout->n, sizeof *file_of);
     for (int i = 0; i < layout->n; i++)
         all[i] = i;
     int shards = model_shard_plan(layout, all, layout->n, o, file_of);
-    int rc = model_save_part(m, dir, "model", all, layout->n, file_of, o->dtype, 0, shards, err);
+    int rc = write_part(layout, dir, "model", all, layout->n, file_of, o->dtype, 0, shards, produce, ctx, err);
     if (rc == 0)
         rc = shards == 1 ? remove_stale(dir, "model.safetensors.index.json", err)
                          : safetensors_write_index(dir, "model", shards, err) ||
@@ -298,10 +323,16 @@ int model_save_hf_as(struct model *m, const char *dir, const struct model_save_o
                                ? -1
                                : 0;
     if (rc == 0)
-        rc = model_save_config(m, dir, o->dtype, err);
+        rc = save_config(config, dir, o->dtype, err);
     free(file_of);
     free(all);
     return rc;
+}
+
+int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
+                     gale_error *err)
+{
+    return model_write_hf(model_get_config(m), model_get_layout(m), dir, o, download_tensor, m, err);
 }
 
 int model_save_hf(struct model *m, const char *dir, gale_error *err)

@@ -542,6 +542,38 @@ void safetensors_f32_to_bf16(uint16_t *out, const float *in, size_t n)
     }
 }
 
+/* IEEE half precision of f, rounded to nearest even (overflow to infinity, NaN stays a quiet NaN). */
+static uint16_t f16_bits(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+    int exp = (int)((x >> 23) & 0xff), e = exp - 127 + 15;
+    if (exp == 0xff)
+        return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
+    if (e >= 31)
+        return (uint16_t)(sign | 0x7c00);
+    int shift = 13; /* normal: drop 13 of the 23 mantissa bits */
+    uint32_t kept = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1fff;
+    if (e <= 0) { /* subnormal: units of 2^-24 */
+        if (e < -10)
+            return (uint16_t)sign;
+        shift = 14 - e;
+        mant |= 0x800000;
+        kept = mant >> shift;
+        rem = mant & ((1u << shift) - 1);
+    }
+    uint32_t mid = 1u << (shift - 1);
+    kept += rem > mid || (rem == mid && (kept & 1)); /* a carry rounds up into the exponent */
+    return (uint16_t)(sign | kept);
+}
+
+void safetensors_f32_to_f16(uint16_t *out, const float *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = f16_bits(in[i]);
+}
+
 void safetensors_release(const struct safetensors_set *set, const struct safetensors_tensor *t)
 {
     if (!set->maps || t->file_index < 0 || t->file_index >= set->nfiles || !set->maps[t->file_index])

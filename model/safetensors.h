@@ -88,6 +88,10 @@ int safetensors_read_i64(const struct safetensors_tensor *t, int64_t *out, gale_
 /* fp32 to bfloat16, rounding to nearest even (NaN stays a quiet NaN); out may alias in. */
 void safetensors_f32_to_bf16(uint16_t *out, const float *in, size_t n);
 
+/* fp32 to IEEE half, rounding to nearest even (beyond 65504 to infinity, below 2^-25 to zero,
+ * subnormals kept; NaN stays a quiet NaN); out may alias in. */
+void safetensors_f32_to_f16(uint16_t *out, const float *in, size_t n);
+
 /* Bytes per element. */
 size_t safetensors_dtype_size(enum safetensors_dtype dtype);
 const char *safetensors_dtype_name(enum safetensors_dtype dtype);

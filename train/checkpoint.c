@@ -505,8 +505,9 @@ static int describe_adapters(const char *dir, FILE *out, char **base, gale_error
         return -1;
     char targets[128];
     lora_targets_format(lc.targets, targets, sizeof targets);
-    fprintf(out, "adapters     LoRA r=%d alpha=%g%s dropout=%g on %s (PEFT's format)\nbase         %s\n", lc.rank,
-            lc.alpha, lc.rslora ? " (rsLoRA)" : "", lc.dropout, targets, *base ? *base : "(not named)");
+    fprintf(out, "adapters     LoRA r=%d alpha=%g%s dropout=%g on %s%s (PEFT's format)\nbase         %s\n",
+            lc.rank, lc.alpha, lc.rslora ? " (rsLoRA)" : "", lc.dropout, targets,
+            lc.train_router ? ", routers trained whole" : "", *base ? *base : "(not named)");
     return 0;
 }
 

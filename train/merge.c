@@ -1,4 +1,6 @@
-/* merge: W + s * B A on the host (one sgemm per projection), written in the base's dtype. */
+/* merge: W + s * B A folded into each adapted projection as the base's tensors stream from its
+ * files to the merged folder's (one sgemm per projection), through model_write_hf; trained
+ * routers replace the base's. */
 #include "train/merge.h"
 
 #include <cblas.h>
@@ -6,82 +8,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/lora.h"
+#include "model/lora_io.h"
 #include "model/model.h"
 #include "model/safetensors.h"
-#include "train/checkpoint.h"
 #include "util/file.h"
 
-#define ADAPTER_PREFIX "base_model.model."
-#define LORA_A_SUFFIX ".lora_A.weight"
+struct merge {
+    const struct model_layout *layout; /* the base's */
+    struct safetensors_set base;
+    const struct model_layout *adapters;
+    const int *adapter_of; /* per base tensor: the index of its lora_A in adapters, or -1 */
+    const float *ab;       /* the adapters' values */
+    float scale;
+};
 
-/* The base tensor an adapter's lora_A belongs to. */
-static const struct model_tensor *adapted(const struct model_layout *layout, const char *lora_a)
+/* Base tensor t with its adapter's s * B A added, when it has one; a trained copy (a router)
+ * instead of it, as PEFT's merge_and_unload keeps modules_to_save's. */
+static int merged_tensor(const struct model_tensor *t, float *buffer, void *ctx, gale_error *err)
 {
-    char name[MODEL_TENSOR_NAME_MAX];
-    size_t n = strlen(lora_a) - strlen(ADAPTER_PREFIX) - strlen(LORA_A_SUFFIX);
-    snprintf(name, sizeof name, "%.*s.weight", (int)n, lora_a + strlen(ADAPTER_PREFIX));
-    return model_layout_find(layout, name);
-}
-
-/* IEEE half precision of f, rounded to nearest even (overflow to infinity, NaN kept). */
-static uint16_t f16_bits(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
-    int exp = (int)((x >> 23) & 0xff), e = exp - 127 + 15;
-    if (exp == 0xff)
-        return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7c00);
-    int shift = 13;                      /* normal: drop 13 of the 23 mantissa bits */
-    uint32_t kept = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1fff;
-    if (e <= 0) {                        /* subnormal: units of 2^-24 */
-        if (e < -10)
-            return (uint16_t)sign;
-        shift = 14 - e;
-        mant |= 0x800000;
-        kept = mant >> shift;
-        rem = mant & ((1u << shift) - 1);
+    const struct merge *mg = ctx;
+    int a = mg->adapter_of[t - mg->layout->tensors];
+    if (a >= 0 && lora_is_copy(&mg->adapters->tensors[a])) {
+        memcpy(buffer, mg->ab + mg->adapters->tensors[a].offset, t->numel * sizeof *buffer);
+        return 0;
     }
-    uint32_t mid = 1u << (shift - 1);
-    kept += rem > mid || (rem == mid && (kept & 1));  /* a carry rounds up into the exponent */
-    return (uint16_t)(sign | kept);
-}
-
-/* n floats into dtype (F32, BF16 or F16; round to nearest even) in out. */
-static void convert(const float *x, size_t n, enum safetensors_dtype dtype, void *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (dtype == ST_BF16) {
-            float r = gale_round_bf16(x[i]);
-            uint32_t bits;
-            memcpy(&bits, &r, sizeof bits);
-            ((uint16_t *)out)[i] = (uint16_t)(bits >> 16);
-        } else if (dtype == ST_F16) {
-            ((uint16_t *)out)[i] = f16_bits(x[i]);
-        } else {
-            ((float *)out)[i] = x[i];
-        }
+    if (model_read_tensor(&mg->base, t, buffer, err))
+        return -1;
+    if (a >= 0) {
+        const struct model_tensor *A = &mg->adapters->tensors[a], *B = &mg->adapters->tensors[a + 1];
+        int rank = (int)A->shape[0], rows = (int)t->shape[0], cols = (int)t->shape[1];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, rank, mg->scale, mg->ab + B->offset,
+                    rank, mg->ab + A->offset, cols, 1.0f, buffer, cols);
     }
-}
-
-static int write_weights(const struct model_layout *layout, const float *host, enum safetensors_dtype dtype,
-                         const char *path, gale_error *err)
-{
-    size_t size = safetensors_dtype_size(dtype);
-    char *data = gale_xmalloc(layout->numel * size);
-    struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
-        convert(host + t->offset, t->numel, dtype, data + t->offset * size);
-        entries[i] = (struct safetensors_entry){t->name, dtype, t->ndim, t->shape, data + t->offset * size};
-    }
-    int rc = safetensors_write(path, entries, layout->n, NULL, 0, err);
-    free(entries);
-    free(data);
-    return rc;
+    return 0;
 }
 
 /* The base's tokenizer.model, else the adapter's, into out (when either has one). */
@@ -106,44 +65,47 @@ static int copy_tokenizer(const char *base, const char *adapter, const char *out
     return rc;
 }
 
-int merge_adapter(const char *base, const char *adapter, const char *out, gale_error *err)
+/* The model dtype of the base's weights (its first tensor's), for the merged folder. */
+static int base_dtype(const char *base, const struct safetensors_set *set, enum model_dtype *out, gale_error *err)
 {
-    struct safetensors_set set;
-    if (safetensors_open_dir(base, &set, err))
+    enum safetensors_dtype d = set->n ? set->tensors[0].dtype : ST_F32;
+    if (d != ST_F32 && d != ST_BF16 && d != ST_F16)
+        return gale_fail(err, "%s: weights of dtype %s cannot be merged into", base, safetensors_dtype_name(d));
+    *out = d == ST_BF16 ? MODEL_DTYPE_BF16 : d == ST_F16 ? MODEL_DTYPE_F16 : MODEL_DTYPE_F32;
+    return 0;
+}
+
+int merge_adapter(const char *base, const char *adapter, const char *out, uint64_t shard_size, gale_error *err)
+{
+    struct model_config config;
+    struct lora_config lora;
+    char *config_path = gale_path_join(base, "config.json");
+    int rc = model_config_load(config_path, &config, err) || lora_config_read(adapter, &lora, NULL, err) ? -1 : 0;
+    free(config_path);
+    if (rc)
         return -1;
-    enum safetensors_dtype dtype = set.n ? set.tensors[0].dtype : ST_F32;
-    safetensors_close(&set);
-    if (dtype != ST_F32 && dtype != ST_BF16 && dtype != ST_F16)
-        return gale_fail(err, "%s: weights of dtype %s cannot be merged into", base, safetensors_dtype_name(dtype));
-    struct model *m = checkpoint_open_model(base, adapter, "cpu", GALE_F32, err);
-    if (!m)
-        return -1;
-    const struct model_layout *layout = model_get_layout(m);
-    struct model_trainable tr;
-    model_trainable(m, &tr);
-    const struct model_layout *adapters = tr.layout;
-    float *w = gale_xmalloc(layout->numel * sizeof *w), *ab = gale_xmalloc(adapters->numel * sizeof *ab);
-    model_params_download(m, w);
-    model_lora_download(m, ab);
-    float scale = (float)lora_scale(model_lora_config(m));
-    for (int i = 0; i < adapters->n; i += 2) {  /* lora_A, then its lora_B */
-        const struct model_tensor *a = &adapters->tensors[i], *b = &adapters->tensors[i + 1];
-        const struct model_tensor *t = adapted(layout, a->name);
-        int rank = (int)a->shape[0], rows = (int)t->shape[0], cols = (int)t->shape[1];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, rank, scale, ab + b->offset, rank,
-                    ab + a->offset, cols, 1.0f, w + t->offset, cols);
+    struct model_layout layout, adapters = {0};
+    model_layout_build(&config, &layout);
+    int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
+    struct merge mg = {&layout, {0}, &adapters, adapter_of, NULL, (float)lora_scale(&lora)};
+    struct model_save_options o = {MODEL_DTYPE_F32, shard_size};
+    float *ab = NULL;
+    rc = -1;
+    if (safetensors_open_dir(base, &mg.base, err) == 0) {
+        if (base_dtype(base, &mg.base, &o.dtype, err) == 0 && model_check_tensor_names(&config, &mg.base, err) == 0 &&
+            lora_layout_build(&layout, &lora, &adapters, adapter_of, err) == 0) {
+            mg.ab = ab = gale_xmalloc(adapters.numel * sizeof *ab);
+            if (lora_adapters_read(adapter, &adapters, ab, err) == 0 &&
+                model_write_hf(&config, &layout, out, &o, merged_tensor, &mg, err) == 0)
+                rc = copy_tokenizer(base, adapter, out, err);
+        }
+        safetensors_close(&mg.base);
     }
-    char *weights = gale_path_join(out, "model.safetensors"), *config = gale_path_join(out, "config.json");
-    int rc = -1;
-    if (gale_mkdir_p(out, err) == 0 && write_weights(layout, w, dtype, weights, err) == 0 &&
-        model_config_save(model_get_config(m), config, err) == 0)
-        rc = copy_tokenizer(base, adapter, out, err);
     if (rc)
         gale_error_prefix(err, "merging %s into %s", adapter, base);
-    free(weights);
-    free(config);
-    free(w);
     free(ab);
-    model_free(m);
+    free(adapter_of);
+    model_layout_free(&adapters);
+    model_layout_free(&layout);
     return rc;
 }

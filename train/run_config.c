@@ -73,6 +73,7 @@ static const field fields[] = {
     F(lora, dropout, CONFIG_DOUBLE, dropout, 0, 0.99, NULL),
     F(lora, targets, CONFIG_STRING, targets, 0, 0, NULL),
     F(lora, rslora, CONFIG_BOOL, rslora, 0, 1, NULL),
+    F(lora, train_router, CONFIG_BOOL, train_router, 0, 1, NULL),
     F(lora, from, CONFIG_STRING, from, 0, 0, NULL),
     F(checkpoint, dtype, CONFIG_ENUM, dtype, 0, 0, checkpoint_dtype_names),
     F(checkpoint, shard_size, CONFIG_INT, shard_size, 1, 1e15, NULL),

@@ -79,6 +79,7 @@ typedef struct gale_run_config {
         char *targets;   /* comma-separated module names (a YAML list is joined) */
         unsigned target_mask;
         int rslora;
+        int train_router; /* the routers trained whole (PEFT's modules_to_save ["gate"]) */
         char *from;      /* PEFT adapters to start from (their config gives r, alpha, targets) */
     } lora;
     struct {

@@ -108,7 +108,7 @@ int trainer_lora_config(const gale_run_config *c, struct lora_config *lc, gale_e
         lc->dropout = c->lora.dropout;
     } else if (c->lora.rank > 0) {
         *lc = (struct lora_config){(int)c->lora.rank, c->lora.alpha, c->lora.dropout, c->lora.target_mask,
-                                   c->lora.rslora};
+                                   c->lora.rslora, c->lora.train_router};
     }
     return 0;
 }
@@ -251,11 +251,7 @@ static int start_adapters(trainer *t, gale_error *err)
 {
     if (t->cfg->lora.from)
         return model_lora_load(t->model, t->cfg->lora.from, err);
-    const struct model_layout *layout = trained(t).layout;
-    float *host = gale_xmalloc(layout->numel * sizeof *host);
-    lora_init_host(layout, host, t->cfg->run.seed);
-    model_lora_upload(t->model, host);
-    free(host);
+    model_lora_init(t->model, t->cfg->run.seed);
     return 0;
 }
 

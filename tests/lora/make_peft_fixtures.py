@@ -28,22 +28,25 @@ COMMON = dict(vocab_size=89, hidden_size=32, intermediate_size=48, num_hidden_la
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 CLIP, STEPS, B, T = 1.0, 3, 2, 10
 
+MIXTRAL = dict(rope_theta=1e6, sliding_window=None, num_local_experts=4, num_experts_per_tok=2,
+               router_aux_loss_coef=0.02)
 CASES = {
-    # name: (config class, model class, extra config, LoRA targets, rank, alpha, rsLoRA)
+    # name: (config class, model class, extra config, LoRA targets, rank, alpha, rsLoRA[, modules_to_save])
     "llama-lora": (LlamaConfig, LlamaForCausalLM, dict(rope_theta=10000.0),
                    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 4, 8, False),
     "mistral-lora": (MistralConfig, MistralForCausalLM, dict(rope_theta=1e6, sliding_window=None),
                      ["q_proj", "v_proj", "down_proj"], 8, 16, True),
-    "mixtral-lora": (MixtralConfig, MixtralForCausalLM,
-                     dict(rope_theta=1e6, sliding_window=None, num_local_experts=4, num_experts_per_tok=2,
-                          router_aux_loss_coef=0.02),
+    "mixtral-lora": (MixtralConfig, MixtralForCausalLM, MIXTRAL,
                      ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"], 4, 8, False),
+    # the routers trained whole (gale's lora.train_router)
+    "mixtral-router": (MixtralConfig, MixtralForCausalLM, MIXTRAL, ["q_proj", "w2"], 4, 8, False, ["gate"]),
 }
 
 
 def saved_name(name):
-    """PEFT saves adapter tensors without the adapter's name."""
-    return name.replace(".default.", ".")
+    """PEFT saves adapter tensors without the adapter's name, a module of modules_to_save under
+    the module's own name."""
+    return name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
 
 
 def losses(model, ids, labels, moe, coef):
@@ -55,7 +58,7 @@ def losses(model, ids, labels, moe, coef):
 
 
 def make(outdir, name, seed):
-    cfg_cls, model_cls, extra, targets, rank, alpha, rslora = CASES[name]
+    cfg_cls, model_cls, extra, targets, rank, alpha, rslora, *to_save = CASES[name]
     torch.manual_seed(seed)
     cfg = cfg_cls(**COMMON, **extra)
     base = model_cls(cfg).float()
@@ -63,7 +66,7 @@ def make(outdir, name, seed):
     os.makedirs(folder, exist_ok=True)
     base.save_pretrained(folder, safe_serialization=True)
     lcfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
-                      use_rslora=rslora, task_type="CAUSAL_LM")
+                      use_rslora=rslora, modules_to_save=to_save[0] if to_save else None, task_type="CAUSAL_LM")
     model = get_peft_model(base, lcfg)
     # B starts at zero (PEFT's init): random B makes every gradient, A's too, non-trivial
     with torch.no_grad():
@@ -79,7 +82,7 @@ def expect(model, cfg, folder, seed):
     model = model.double()
     torch.set_default_dtype(torch.float64)  # transformers 4.40 builds Mistral's mask in the default dtype
     trainable = [(saved_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(".lora_" in n for n, _ in trainable), [n for n, _ in trainable]
+    assert trainable and all(".lora_" in n or n.endswith(".gate.weight") for n, _ in trainable), trainable
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     labels = ids.clone()

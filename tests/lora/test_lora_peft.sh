@@ -7,7 +7,8 @@
 set -euo pipefail
 source "$GALE_SOURCE/tests/lora/peft_env.sh"
 $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" "$tmp/fx" 2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
-fixtures=(--fixture "$tmp/fx/llama-lora" --fixture "$tmp/fx/mistral-lora" --fixture "$tmp/fx/mixtral-lora")
+fixtures=(--fixture "$tmp/fx/llama-lora" --fixture "$tmp/fx/mistral-lora" --fixture "$tmp/fx/mixtral-lora"
+          --fixture "$tmp/fx/mixtral-router")
 "$GALE_BIN" verify "${fixtures[@]}" | grep -E "checks|FAIL"
 "$GALE_BIN" verify --precision bf16 "${fixtures[@]}" | grep -E "checks|FAIL"
 
@@ -39,9 +40,22 @@ $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$ckp
   2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
 "$GALE_BIN" verify --fixture "$tmp/fx/gale-trained" | grep -E "^  logits|checks|FAIL"
 
-# gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype
-"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged" > /dev/null
-$py - "$base" "$ckpt" "$tmp/merged" <<'PY'
+# the same with the routers trained whole (lora.train_router: PEFT's modules_to_save ["gate"]):
+# PEFT loads them from gale's adapter_model.safetensors with the adapters
+write_lora_config "$tmp/router.yaml" "$tmp/router" 10 "train_router: true"
+"$GALE_BIN" train "$tmp/router.yaml" > /dev/null
+router="$tmp/router/checkpoints/step_00000010"
+grep -q '"gate"' "$router/adapter_config.json"
+$py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$router" "$tmp/fx/gale-router" \
+  2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
+"$GALE_BIN" verify --fixture "$tmp/fx/gale-router" | grep -E "^  logits|gate.weight|checks|FAIL"
+
+# gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype (the
+# trained routers in place of the base's)
+for adapter in "$ckpt" "$router"; do
+rm -rf "$tmp/merged"
+"$GALE_BIN" merge --base "$base" --adapter "$adapter" --out "$tmp/merged" > /dev/null
+$py - "$base" "$adapter" "$tmp/merged" <<'PY'
 import sys, torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -54,5 +68,44 @@ assert set(got) == set(want), set(got) ^ set(want)
 worst = max(((got[k].double() - want[k].double()).norm() / want[k].double().norm()).item() for k in got)
 assert all(got[k].dtype == torch.float32 for k in got)
 assert worst < 1e-6, worst
+routers = [k for k in got if k.endswith("block_sparse_moe.gate.weight")]
+trained = sum(not torch.equal(got[k], load_file(base + "/model.safetensors")[k]) for k in routers)
+assert trained == (len(routers) if '"gate"' in open(adapter + "/adapter_config.json").read() else 0), trained
 print("gale merge = PEFT merge_and_unload: %d tensors, largest relative difference %.2e" % (len(got), worst))
 PY
+done
+
+# transformers loads a merged folder sharded by gale merge (--shard-size 20000: an index and
+# several files) in the base's dtype, f32, bf16 and f16, and its logits are the adapter run's
+# (PEFT's, on the same base in fp32): within 1e-5 (the README's fp32 bound) for f32, and for bf16
+# and f16 within 2^-8 and 2^-11, twice the half step a merged weight is rounded by; a bound
+# the adapters' own effect on the logits exceeds tenfold, so a merge that lost them fails.
+for dtype in float32 bfloat16 float16; do
+  $py - "$base" "$tmp/base-$dtype" "$dtype" <<'PY'
+import sys, torch
+from transformers import AutoModelForCausalLM
+AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=getattr(torch, sys.argv[3])).save_pretrained(sys.argv[2])
+PY
+  "$GALE_BIN" merge --base "$tmp/base-$dtype" --adapter "$ckpt" --out "$tmp/merged-$dtype" --shard-size 20000 > /dev/null
+  $py - "$tmp/base-$dtype" "$ckpt" "$tmp/merged-$dtype" "$dtype" <<'PY'
+import json, os, sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+base, adapter, merged, dtype = sys.argv[1:5]
+files = set(json.load(open(merged + "/model.safetensors.index.json"))["weight_map"].values())
+assert len(files) > 2 and not os.path.exists(merged + "/model.safetensors"), files
+m = AutoModelForCausalLM.from_pretrained(merged, torch_dtype="auto")
+assert m.dtype == getattr(torch, dtype), m.dtype
+ids = torch.arange(3, 3 + 2 * 12).reshape(2, 12) * 997 % 32000
+with torch.no_grad():
+    got = m.float()(ids).logits.double()
+    plain = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    unadapted = plain(ids).logits.double()
+    want = PeftModel.from_pretrained(plain, adapter)(ids).logits.double()
+rel = lambda x: ((x - want).norm() / want.norm()).item()
+bound = {"float32": 1e-5, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}[dtype]
+assert rel(got) <= bound and rel(unadapted) > 10 * bound, (rel(got), rel(unadapted), bound)
+print("transformers on gale merge's %s folder (%d shards): logits off PEFT's adapter run by %.2e (bound %.1e; "
+      "without the adapters %.2e)" % (dtype, len(files), rel(got), bound, rel(unadapted)))
+PY
+done

@@ -55,9 +55,10 @@ print("val loss: base %.6f, base + adapters %.6f, merged %.6f" % (loss["base"], 
 PY
 [ "$(sha256sum "$base/model.safetensors")" = "$sha_before" ]
 
-# a bf16 (Mistral's, Mixtral's) or f16 (Llama 2's) base merges into a folder of its dtype:
-# round(W + s B A) to nearest, per weight
-for dtype in BF16 F16; do
+# a base of each dtype (f32; bf16 as Mistral's, Mixtral's; f16 as Llama 2's) merges into a
+# folder of its dtype, sharded as save_pretrained does (--shard-size 20000 bytes: an index and
+# several files): round(W + s B A) to nearest, per weight
+for dtype in F32 BF16 F16; do
 mkdir "$tmp/base-$dtype"
 cp "$base/config.json" "$tmp/base-$dtype/"
 python3 - "$base/model.safetensors" "$tmp/base-$dtype/model.safetensors" "$dtype" <<'PY'
@@ -74,18 +75,20 @@ for name, t in header.items():
     if sys.argv[3] == "BF16":
         u = x.view(np.uint32).astype(np.uint64)
         b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-    else:
+    elif sys.argv[3] == "F16":
         b = x.astype(np.float16)
-    out[name] = {"dtype": sys.argv[3], "shape": t["shape"], "data_offsets": [at, at + 2 * x.size]}
+    else:
+        b = x
+    out[name] = {"dtype": sys.argv[3], "shape": t["shape"], "data_offsets": [at, at + b.nbytes]}
     blobs.append(b.tobytes())
-    at += 2 * x.size
+    at += b.nbytes
 h = json.dumps(out).encode()
 h += b" " * (-len(h) % 8)
 open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 PY
-"$GALE_BIN" merge --base "$tmp/base-$dtype" --adapter "$ckpt" --out "$tmp/merged-$dtype" > /dev/null
-python3 - "$tmp/base-$dtype/model.safetensors" "$ckpt" "$tmp/merged-$dtype/model.safetensors" "$dtype" <<'PY'
-import json, struct, sys
+"$GALE_BIN" merge --base "$tmp/base-$dtype" --adapter "$ckpt" --out "$tmp/merged-$dtype" --shard-size 20000 > /dev/null
+python3 - "$tmp/base-$dtype/model.safetensors" "$ckpt" "$tmp/merged-$dtype" "$dtype" <<'PY'
+import json, os, struct, sys
 import numpy as np
 dtype = sys.argv[4]
 def load(path):
@@ -103,16 +106,29 @@ def load(path):
     return header, get
 bh, base = load(sys.argv[1])
 ah, ad = load(sys.argv[2] + "/adapter_model.safetensors")
-mh, merged = load(sys.argv[3])
+# the merged folder: an index naming each tensor's file, files of at most 20000 bytes unless one
+# tensor is larger, and no single model.safetensors
+index = json.load(open(sys.argv[3] + "/model.safetensors.index.json"))
+files = sorted(set(index["weight_map"].values()))
+assert len(files) > 2 and not os.path.exists(sys.argv[3] + "/model.safetensors"), files
+shards = {f: load(sys.argv[3] + "/" + f) for f in files}
+for f, (h, _) in shards.items():
+    sizes = [t["data_offsets"][1] - t["data_offsets"][0] for k, t in h.items() if k != "__metadata__"]
+    assert sum(sizes) <= 20000 or len(sizes) == 1, (f, sizes)
+    assert all(index["weight_map"][k] == f for k in h if k != "__metadata__")
+assert json.load(open(sys.argv[3] + "/config.json"))["torch_dtype"] == {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
 cfg = json.load(open(sys.argv[2] + "/adapter_config.json"))
 s = cfg["lora_alpha"] / cfg["r"]
-assert all(t["dtype"] == dtype for k, t in mh.items() if k != "__metadata__")
-# half a step: 2^-8 relative for bf16 (8 bits), 2^-11 for f16 (11 bits; 2^-25 absolute below its normals)
-rel, floor = (2.0 ** -8, 1e-30) if dtype == "BF16" else (2.0 ** -11, 2.0 ** -25)
+# half a step: 2^-8 relative for bf16 (8 bits), 2^-11 for f16 (11 bits; 2^-25 absolute below its
+# normals); f32: the sgemm's rounding (weights are ~0.02, an ulp 2e-9)
+rel, floor = {"BF16": (2.0 ** -8, 1e-30), "F16": (2.0 ** -11, 2.0 ** -25), "F32": (1e-6, 1e-8)}[dtype]
 changed, off = 0, 0
+assert set(index["weight_map"]) == set(k for k in bh if k != "__metadata__")
 for name in bh:
     if name == "__metadata__":
         continue
+    mh, merged = shards[index["weight_map"][name]]
+    assert mh[name]["dtype"] == dtype, (name, mh[name]["dtype"])
     want = base(name).astype(np.float64)
     key = "base_model.model." + name[:-len(".weight")]
     if key + ".lora_A.weight" in ah:
@@ -121,9 +137,11 @@ for name in bh:
     got = merged(name).astype(np.float64)
     off += int(np.sum(np.abs(got - want) > np.abs(want) * rel + floor))
 assert changed > 0 and off == 0, (changed, off)
-print("%s merge: %d projections folded, every weight rounded to nearest" % (dtype, changed))
+print("%s merge into %d shards: %d projections folded, every weight rounded to nearest" % (dtype, len(files), changed))
 PY
 done
+"$GALE_BIN" eval --checkpoint "$tmp/merged-F32" --data "$tmp/data" > "$tmp/merged-sharded.txt"
+cmp <(grep "^loss" "$tmp/merged.txt") <(grep "^loss" "$tmp/merged-sharded.txt")
 
 # data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
 # losses over 2 micro-batches of 2 rows, to rounding
@@ -152,4 +170,6 @@ expect_error "lora.dropout" train "$tmp/a.yaml" --set lora.dropout=1.5
 expect_error "adapter_config.json" merge --base "$base" --adapter "$tmp/none" --out "$tmp/m2"
 sed -i 's/"r": 4/"r": 5/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
 expect_error "is not [5, 32]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
+sed -i 's/"modules_to_save": null/"modules_to_save": ["lm_head"]/' "$tmp/c/checkpoints/step_00000001/adapter_config.json"
+expect_error "modules_to_save must be null or [\"gate\"]" eval --checkpoint "$base" --adapter "$tmp/c/checkpoints/step_00000001" --data "$tmp/data"
 echo "LoRA training, resume, lora.from, eval --adapter and merge ok"

@@ -1,5 +1,6 @@
-/* test_lora: the adapters' gradients under dropout against finite differences of the training
- * loss with the same masks (the PEFT fixtures of tests/lora cover dropout 0), for a Llama with
+/* test_lora: the adapters' dropout is PEFT's in distribution; the adapters' gradients under
+ * dropout against finite differences of the training loss with the same masks (the PEFT
+ * fixtures of tests/lora cover dropout 0), for a Llama with
  * every dense target and a Mixtral with attention and expert targets; the masks are a function
  * of the seed (the same seed, the same loss; another seed, another loss); the frozen base has
  * no gradients. */
@@ -122,8 +123,51 @@ static void gradient_check(const char *name, int experts, const char *modules)
     model_free(m);
 }
 
+/* The dropout op is PEFT's nn.Dropout in distribution (the masks themselves come from another
+ * RNG): over 2^20 elements of ones at p = 0.25 each output is 0 or exactly 1 / (1 - p); the
+ * kept fraction is 1 - p and the mean 1 within 5 standard deviations; two seeds' masks agree
+ * on p^2 + (1 - p)^2 of the elements (independent draws), and neighbours' keeps are
+ * uncorrelated; accumulate adds the same masked values. */
+static void dropout_distribution(void)
+{
+    enum { N = 1 << 20 };
+    const float p = 0.25f, keep = 1 / (1 - p);
+    struct gale_backend *be = cpu_backend();
+    float *ones = gale_xmalloc(N * sizeof *ones), *a = gale_xmalloc(N * sizeof *a), *b = gale_xmalloc(N * sizeof *b);
+    for (size_t i = 0; i < N; i++)
+        ones[i] = 1, b[i] = 1;
+    be->ops->dropout(be, a, ones, N, p, 12345, 0);
+    be->ops->dropout(be, b, ones, N, p, 12345, 1);
+    size_t odd = 0, kept = 0, agree = 0, both = 0, wrong_acc = 0;
+    double sum = 0;
+    float *c = gale_xmalloc(N * sizeof *c);
+    be->ops->dropout(be, c, ones, N, p, 12346, 0);
+    for (size_t i = 0; i < N; i++) {
+        odd += a[i] != 0 && a[i] != keep;
+        kept += a[i] != 0;
+        sum += a[i];
+        agree += (a[i] != 0) == (c[i] != 0);
+        both += i + 1 < N && a[i] != 0 && a[i + 1] != 0;
+        wrong_acc += b[i] != 1 + a[i];
+    }
+    double q = 1 - p, sd = sqrt(p * q / N);
+    double agree_want = p * p + q * q, agree_sd = sqrt(agree_want * (1 - agree_want) / N);
+    CHECK_MSG(odd == 0, "dropout: %zu outputs neither 0 nor 1 / (1 - p)", odd);
+    CHECK_MSG(fabs((double)kept / N - q) <= 5 * sd, "dropout: kept %.5f, want %.5f +- %.1e", (double)kept / N, q, 5 * sd);
+    CHECK_MSG(fabs(sum / N - 1) <= 5 * sd * keep, "dropout: mean %.5f, want 1", sum / N);
+    CHECK_MSG(fabs((double)agree / N - agree_want) <= 5 * agree_sd, "dropout: two seeds agree on %.5f, want %.5f",
+              (double)agree / N, agree_want);
+    CHECK_MSG(fabs((double)both / (N - 1) - q * q) <= 5 * sqrt(q * q * (1 - q * q) / N),
+              "dropout: neighbours both kept %.5f, want %.5f", (double)both / (N - 1), q * q);
+    CHECK_MSG(wrong_acc == 0, "dropout: accumulate differs from out + the masked values at %zu elements", wrong_acc);
+    printf("dropout p = 0.25 over 2^20: kept %.5f, mean %.5f, two seeds agree %.5f (want %.5f)\n", (double)kept / N,
+           sum / N, (double)agree / N, agree_want);
+    free(ones), free(a), free(b), free(c);
+}
+
 int main(void)
 {
+    dropout_distribution();
     gradient_check("llama, every dense target, dropout 0.25", 0,
                    "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
     gradient_check("mixtral, attention and experts, dropout 0.25", 4, "q_proj,v_proj,o_proj,w1,w2,w3");

@@ -1,6 +1,6 @@
 /* test_safetensors: write/read round trips (F32, F64, I64, the 8-byte header padding), BF16 and
- * F16 conversion, sharded folders with an index, and hostile files: each refused with a
- * message, never a crash. */
+ * F16 conversion (fp32 to F16 over every half), sharded folders with an index, and hostile
+ * files: each refused with a message, never a crash. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +93,50 @@ static void conversions(void)
            "f16 values %g %g %g %g %g", h[0], h[1], h[2], h[3], h[4]);
     safetensors_close(&set);
     free(buf);
+}
+
+/* fp32 to f16 against IEEE's rule, over every half: each finite half converts back to its own bits;
+ * the midpoint between two neighbours goes to the even one, a float above it up and one below it
+ * down (above the largest half, 65504, the next step would be 65536: from 65520 up is infinity); NaN stays NaN. The halves'
+ * values come from the F16 reader checked above. */
+static void f16_rounding(void)
+{
+    enum { N = 1 << 16 };
+    uint16_t *bits = gale_xmalloc(N * sizeof *bits), *back = gale_xmalloc(N * sizeof *back);
+    for (int i = 0; i < N; i++)
+        bits[i] = (uint16_t)i;
+    char header[128];
+    snprintf(header, sizeof header, "{\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[0,%d]}}", N, 2 * N);
+    size_t len;
+    uint8_t *buf = image(header, bits, 2 * (size_t)N, &len);
+    struct safetensors_set set;
+    gale_error err;
+    float *v = gale_xmalloc(N * sizeof *v);
+    CHECK_MSG(safetensors_parse(buf, len, "halves", &set, &err) == 0 &&
+                  safetensors_read_f32(safetensors_find(&set, "h"), v, &err) == 0, "halves: %s", err.msg);
+    safetensors_f32_to_f16(back, v, N);
+    int wrong = 0;
+    for (int i = 0; i < N; i++)
+        wrong += isnan(v[i]) ? (back[i] & 0x7fff) <= 0x7c00 : back[i] != bits[i];
+    CHECK_MSG(wrong == 0, "%d halves do not convert back to their bits", wrong);
+    int off = 0;
+    for (int h = 0; h < 0x7c00; h++) {        /* positive finite h and its upper neighbour */
+        for (int sign = 0; sign < 2; sign++) { /* and their negatives */
+            float lo = v[h | sign << 15], hi = h + 1 < 0x7c00 ? v[(h + 1) | sign << 15] : (sign ? -65536 : 65536);
+            float mid = (lo + hi) / 2, x[3];
+            x[0] = mid, x[1] = nextafterf(mid, hi), x[2] = nextafterf(mid, lo);
+            uint16_t got[3], even = (uint16_t)((h & 1 ? h + 1 : h) | sign << 15);
+            safetensors_f32_to_f16(got, x, 3);
+            off += got[0] != even || got[1] != ((h + 1) | sign << 15) || got[2] != (h | sign << 15);
+        }
+    }
+    CHECK_MSG(off == 0, "%d midpoints between halves rounded wrongly", off);
+    float tiny[2] = {ldexpf(1, -26), 1e30f};
+    uint16_t t[2];
+    safetensors_f32_to_f16(t, tiny, 2);
+    CHECK_MSG(t[0] == 0 && t[1] == 0x7c00, "2^-26 -> %#x, 1e30 -> %#x", t[0], t[1]);
+    safetensors_close(&set);
+    free(buf), free(v), free(bits), free(back);
 }
 
 static void hostile(void)
@@ -211,6 +255,7 @@ int main(void)
     }
     round_trip();
     conversions();
+    f16_rounding();
     hostile();
     sharded();
     gale_error err;
