@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "model/backend.h"
 #include "model/cpu/blas_core.h"
 #include "model/cpu/blas_pool.h"
 
@@ -30,7 +31,25 @@ static void usage(FILE *f)
     fprintf(f, "usage: gale COMMAND [ARGS...]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\n`gale COMMAND --help` describes each one.\n");
+    fprintf(f, "\n`gale COMMAND --help` describes each one; `gale --version` says which backends run here.\n");
+}
+
+/* What this gale is and what it can run on: the version, the BLAS kernels, and whether the
+ * CUDA backend opens here (its module, a driver, a device). */
+static int version(void)
+{
+    char blas[256];
+    blas_core_describe(blas, sizeof blas);
+    printf("gale %s\nbackends: cpu (fp32, bf16)", GALE_VERSION);
+    gale_error err;
+    struct gale_backend *cuda = gale_backend_create("cuda", GALE_BF16, &err);
+    if (cuda)
+        printf(", cuda (fp32, bf16)\n");
+    else
+        printf("; %s\n", err.msg);
+    gale_backend_free(cuda);
+    printf("blas: %s\n", blas);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -45,6 +64,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "--version"))
+        return version();
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(argc - 1, argv + 1);

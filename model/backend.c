@@ -1,10 +1,14 @@
 /* backend: creating a backend by name, its sticky error, and the dtypes' names. */
 #include "model/backend.h"
 
+#include <dlfcn.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/ops.h"
 
@@ -50,45 +54,77 @@ const char *gale_op_name(enum gale_op op)
     return op < GALE_OP_COUNT ? names[op] : "unknown";
 }
 
-/* The table of backend `name` for compute dtype dt, or NULL. */
-static const struct gale_ops *ops_for(const char *name, enum gale_dtype dt)
+/* The CUDA backend's module: $GALE_CUDA_MODULE, else libgale_cuda.so beside the running
+ * binary (the build folder), else in ../lib/gale from it (an installed tree). NULL with why
+ * in err when there is none or it does not open (no driver, a missing cuBLAS). The handle is
+ * kept open for the life of the process: its table is static. */
+#define CUDA_MODULE "libgale_cuda.so"
+
+static const struct gale_ops *cuda_module_ops(gale_error *err)
 {
-    if (!strcmp(name, "cpu"))
-        return dt == GALE_F32 ? gale_ops_cpu() : dt == GALE_BF16 ? gale_ops_cpu_bf16() : NULL;
-#ifdef GALE_HAVE_CUDA
-    if (!strcmp(name, "cuda"))
-        return dt == GALE_F32 || dt == GALE_BF16 ? gale_ops_cuda() : NULL;
-#endif
+    static const struct gale_ops *ops;
+    if (ops)
+        return ops;
+    char exe[PATH_MAX], tried[3][PATH_MAX + 32];
+    int n = 0;
+    const char *env = getenv("GALE_CUDA_MODULE");
+    if (env && *env) {
+        snprintf(tried[n++], sizeof tried[0], "%s", env);
+    } else {
+        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (len > 0) {
+            exe[len] = 0;
+            char *dir = dirname(exe);
+            snprintf(tried[n++], sizeof tried[0], "%s/" CUDA_MODULE, dir);
+            snprintf(tried[n++], sizeof tried[0], "%s/../lib/gale/" CUDA_MODULE, dir);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (access(tried[i], F_OK))
+            continue;
+        void *module = dlopen(tried[i], RTLD_NOW | RTLD_LOCAL);
+        const struct gale_ops *(*table)(void) = module ? (const struct gale_ops *(*)(void))dlsym(module, "gale_ops_cuda") : NULL;
+        if (table)
+            return ops = table();
+        gale_fail(err, "backend 'cuda': %s does not load: %s", tried[i], dlerror());
+        return NULL;
+    }
+    if (env && *env)
+        gale_fail(err, "backend 'cuda': %s (GALE_CUDA_MODULE) does not exist", env);
+    else
+        gale_fail(err, "backend 'cuda': no %s beside this gale nor in ../lib/gale from it (gale "
+                       "was built without CUDA: no nvcc found, or GALE_CUDA=OFF); available: cpu",
+                  CUDA_MODULE);
     return NULL;
 }
 
-const char *gale_backends_built(void)
+/* The table of backend `name` for compute dtype dt; NULL with err set. */
+static const struct gale_ops *ops_for(const char *name, enum gale_dtype dt, gale_error *err)
 {
-#ifdef GALE_HAVE_CUDA
-    return "cpu, cuda";
-#else
-    return "cpu";
-#endif
+    const struct gale_ops *ops = NULL;
+    if (!strcmp(name, "cpu")) {
+        ops = dt == GALE_F32 ? gale_ops_cpu() : dt == GALE_BF16 ? gale_ops_cpu_bf16() : NULL;
+    } else if (!strcmp(name, "cuda")) {
+        ops = cuda_module_ops(err);
+        if (!ops)
+            return NULL;
+        ops = dt == GALE_F32 || dt == GALE_BF16 ? ops : NULL;
+    } else {
+        gale_fail(err, "backend '%s' is unknown (gale has cpu and cuda)", name);
+        return NULL;
+    }
+    if (!ops)
+        gale_fail(err, "backend '%s' does not compute in %s (it does fp32 and bf16)", name,
+                  gale_dtype_name(dt));
+    return ops;
 }
 
 struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compute,
                                          gale_error *err)
 {
-    const struct gale_ops *ops = ops_for(name, GALE_F32);
-    if (!ops) {
-        if (!strcmp(name, "cuda"))
-            gale_fail(err, "backend 'cuda' is not built in: this gale was built without CUDA (no nvcc "
-                           "found, or GALE_CUDA=OFF); available: cpu");
-        else
-            gale_fail(err, "backend '%s' is not built in (available: %s)", name, gale_backends_built());
+    const struct gale_ops *ops = ops_for(name, compute, err);
+    if (!ops)
         return NULL;
-    }
-    ops = ops_for(name, compute);
-    if (!ops) {
-        gale_fail(err, "backend '%s' does not compute in %s (it does fp32 and bf16)", name,
-                  gale_dtype_name(compute));
-        return NULL;
-    }
     struct gale_backend *be = gale_xcalloc(1, sizeof *be);
     be->ops = ops;
     be->compute = compute;

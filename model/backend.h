@@ -41,11 +41,9 @@ struct gale_backend {
                                   numbered n is done once waits > n */
 };
 
-/* The backends this build has: "cpu" or "cpu, cuda". */
-const char *gale_backends_built(void);
-
-/* The backend called name ("cpu", "cuda") computing in `compute`; NULL with err set when it is not
- * built in, does not support that dtype or cannot start. */
+/* The backend called name ("cpu", or "cuda": its module opened on first use) computing in
+ * `compute`; NULL with err set when its module is missing or does not load, it does not
+ * support that dtype, or it cannot start. */
 struct gale_backend *gale_backend_create(const char *name, enum gale_dtype compute,
                                          gale_error *err);
 void gale_backend_free(struct gale_backend *be);

@@ -192,8 +192,9 @@ struct gale_ops {
 const struct gale_ops *gale_ops_cpu(void);
 const struct gale_ops *gale_ops_cpu_bf16(void);
 
-/* The CUDA backend's table (model/cuda/), in builds with CUDA (GALE_HAVE_CUDA): bf16 or fp32
- * on the device, fp32 master weights, moments and gradients. */
+/* The CUDA backend's table (model/cuda/): bf16 or fp32 on the device, fp32 master weights,
+ * moments and gradients. Defined in the module libgale_cuda.so, which gale_backend_create
+ * opens; nothing links it. */
 const struct gale_ops *gale_ops_cuda(void);
 
 /* The round trip of fp32 through bf16, round to nearest even (NaN stays NaN). */

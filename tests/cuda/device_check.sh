@@ -98,7 +98,7 @@ use_bundle() {
 }
 build_here() {
     cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DGALE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
-        cmake --build build-gpu -j"$(nproc)" --target gale test_cuda_ops bench_train_step && bin=$root/build-gpu
+        cmake --build build-gpu -j"$(nproc)" --target gale gale_cuda test_cuda_ops bench_train_step && bin=$root/build-gpu
 }
 if use_bundle >"$OUT/binaries.log" 2>&1; then
     note "$(printf '%-10s %-40s' binaries "ok (carried sm_90 build)")"

@@ -14,7 +14,14 @@ tok="$GALE_SHARED/tokenizers/mistral-v1.model"
 
 "$GALE_BIN" prepare --help > help.txt || fail "--help exits non-zero"
 grep -q -- "--near-threshold" help.txt || fail "--help does not list the keys"
-"$GALE_BIN" --help | grep -q "prepare" || fail "gale --help does not list prepare"
+"$GALE_BIN" --help > help.txt || fail "gale --help exits non-zero"
+grep -q "prepare" help.txt || fail "gale --help does not list prepare"
+# --version: the version, the backends (the CUDA one says why it cannot run, where it cannot)
+# and the BLAS kernels
+"$GALE_BIN" --version > version.txt || fail "gale --version exits non-zero"
+grep -Eq '^gale [0-9]+\.[0-9]+\.[0-9]+$' version.txt || fail "gale --version: no version line"
+grep -q '^backends: cpu (fp32, bf16)' version.txt || fail "gale --version: no backends line"
+grep -q '^blas: OpenBLAS' version.txt || fail "gale --version: no blas line"
 
 # expects: exit status 1 and the message on stderr
 expect_error() {
