@@ -44,9 +44,21 @@
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
 
-/* Characters below this have a bit that says whether they start any pair (see index_pairs):
- * most CJK characters start none, and the bit answers for them without the pair set. */
-#define PAIR_LEFT_LIMIT 0x30000u
+/* Characters by code point, in pages of 256 code points (see index_chars): what the merges
+ * need to know of a character without hashing it. */
+#define CHAR_PAGE_BITS 8
+#define N_CHAR_PAGES (0x110000u >> CHAR_PAGE_BITS)
+#define NO_KEY UINT32_MAX
+/* Pair rows of the bitmap at most: a model whose pieces hold more characters side by side gets
+ * no cuts between characters (the 2943 pairs of Mistral v3 hold 300 characters). */
+#define MAX_PAIR_CHARS 4096
+
+typedef struct char_entry {
+    uint32_t key;   /* the id of the mergeable piece that is this character alone, or NO_KEY */
+    uint16_t pair;  /* its row and column in the pair bitmap; 0: it is in no pair */
+    uint8_t direct; /* the character alone is a word whose id is key (a NORMAL or USER_DEFINED piece) */
+    uint8_t unused_;
+} char_entry;
 
 /* Open-addressing hash table from piece bytes to id, over the pieces of the model. A slot holds
  * a short piece's bytes (most pieces), so that a lookup, hit or miss, reads one slot and not
@@ -82,19 +94,21 @@ struct gale_tokenizer {
     uint8_t *types;
     int unk_id, bos_id, eos_id;
     int byte_ids[256];
-    uint32_t ascii_keys[128]; /* symbol_key of each ASCII character */
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
-    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): pairs of
-     * ASCII characters and "▁" in a bitmap, the others in a hash set of a << 32 | b, 0 empty.
-     * cut_pairs is 0 when words are not independent or a piece is not valid UTF-8. */
+    /* SentencePiece: each character's entry (index_chars), through a page number by code point
+     * (0: the page of no character) */
+    uint16_t char_page_of[N_CHAR_PAGES];
+    char_entry (*char_pages)[1u << CHAR_PAGE_BITS];
+    size_t n_char_pages;
+    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): a bitmap
+     * of rows by the left character's pair number, pair_row_words words a row. cut_pairs is 0
+     * when words are not independent, a piece is not valid UTF-8 or there are too many. */
     int cut_pairs;
-    uint64_t small_pairs[256 * 256 / 64];
-    uint64_t *pair_set;
-    size_t pair_mask, pair_count;
-    uint64_t pair_lefts[PAIR_LEFT_LIMIT / 64]; /* 1 for a character below the limit that starts a pair */
+    uint64_t *pair_bits;
+    size_t pair_row_words;
     int has_unused;         /* some piece is UNUSED */
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
@@ -423,14 +437,6 @@ static int words_are_independent(const gale_tokenizer *tok)
     return 1;
 }
 
-/* A symbol's key, for the pair memo: a mergeable piece's id, or for one character that is no
- * such piece, n_pieces + its code point (keys stay below 2^32 since ids are int32). */
-static uint32_t symbol_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
-{
-    int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
-    return id >= 0 ? (uint32_t)id : (uint32_t)tok->model.n_pieces + utf8_codepoint(s, len);
-}
-
 /* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
 static int special_id(const gale_tokenizer *tok, const char *piece, int type)
 {
@@ -438,102 +444,49 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
     return id >= 0 && tok->types[id] == type ? id : -1;
 }
 
-/* ---- the pairs of characters that merges can join ---- */
+/* ---- characters, and the pairs of them that merges can join ---- */
 
 #define WS_CP 0x2581u
 #define NO_CHAR UINT32_MAX /* the last character of an empty word */
 
-/* The index of an ASCII character or "▁" in the bitmap, else 256. */
-static uint32_t small_index(uint32_t c)
+static const char_entry *char_entry_of(const gale_tokenizer *tok, uint32_t c)
 {
-    return c < 128 ? c : c == WS_CP ? 128 : 256;
+    return &tok->char_pages[tok->char_page_of[c >> CHAR_PAGE_BITS]][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
-static uint64_t pair_set_key(uint32_t a, uint32_t b)
+/* A symbol's key, for the pair memo: the id of the mergeable piece that is character c alone,
+ * or else n_pieces + c (keys stay below 2^32 since ids are int32). */
+static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
 {
-    return ((uint64_t)a << 32 | b) + 1;
+    uint32_t key = char_entry_of(tok, c)->key;
+    return key != NO_KEY ? key : (uint32_t)tok->model.n_pieces + c;
 }
 
-static size_t pair_set_slot(const gale_tokenizer *tok, uint64_t key)
-{
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & tok->pair_mask;
-}
-
-/* 1 when characters a then b lie next to each other inside some mergeable piece. */
+/* 1 when the characters of pair numbers a then b lie next to each other inside some mergeable
+ * piece. */
 static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
 {
-    uint32_t x = small_index(a), y = small_index(b);
-    if (x < 256 && y < 256) {
-        uint32_t bit = x << 8 | y;
-        return (int)(tok->small_pairs[bit >> 6] >> (bit & 63) & 1);
-    }
-    if (a < PAIR_LEFT_LIMIT && !(tok->pair_lefts[a >> 6] >> (a & 63) & 1))
-        return 0;
-    uint64_t key = pair_set_key(a, b);
-    for (size_t i = pair_set_slot(tok, key);; i = (i + 1) & tok->pair_mask) {
-        if (tok->pair_set[i] == key)
-            return 1;
-        if (!tok->pair_set[i])
-            return 0;
-    }
+    return a && b && (tok->pair_bits[a * tok->pair_row_words + (b >> 6)] >> (b & 63) & 1);
 }
 
-static void pair_add(gale_tokenizer *tok, uint32_t a, uint32_t b)
+/* The entry of character c, on a page of its own (made on first use). */
+static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
-    uint32_t x = small_index(a), y = small_index(b);
-    if (x < 256 && y < 256) {
-        uint32_t bit = x << 8 | y;
-        tok->small_pairs[bit >> 6] |= 1ull << (bit & 63);
-        return;
+    uint16_t *page = &tok->char_page_of[c >> CHAR_PAGE_BITS];
+    if (!*page) {
+        tok->char_pages = gale_xrealloc(tok->char_pages, (tok->n_char_pages + 1) * sizeof *tok->char_pages);
+        for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
+            tok->char_pages[tok->n_char_pages][i] = (char_entry){NO_KEY, 0, 0, 0};
+        *page = (uint16_t)tok->n_char_pages++;
     }
-    if (a < PAIR_LEFT_LIMIT)
-        tok->pair_lefts[a >> 6] |= 1ull << (a & 63);
-    uint64_t key = pair_set_key(a, b);
-    size_t i = pair_set_slot(tok, key);
-    while (tok->pair_set[i] && tok->pair_set[i] != key)
-        i = (i + 1) & tok->pair_mask;
-    if (!tok->pair_set[i])
-        tok->pair_count++;
-    tok->pair_set[i] = key;
+    return &tok->char_pages[*page][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
-/* Rebuilds the pair set at most a quarter full of its pairs: a few thousand, a table that
- * stays in cache. */
-static void pair_set_compact(gale_tokenizer *tok)
-{
-    uint64_t *old = tok->pair_set;
-    size_t old_cap = tok->pair_mask + 1, cap = 64;
-    while (cap < 4 * tok->pair_count)
-        cap *= 2;
-    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
-    tok->pair_mask = cap - 1;
-    for (size_t i = 0; i < old_cap; i++)
-        if (old[i]) {
-            size_t k = pair_set_slot(tok, old[i]);
-            while (tok->pair_set[k])
-                k = (k + 1) & tok->pair_mask;
-            tok->pair_set[k] = old[i];
-        }
-    free(old);
-}
-
-/* The pairs of adjacent characters of every mergeable piece. No merge joins two characters
- * that are no such pair (its piece would hold them side by side), so a word can be cut there
- * and its parts encoded one by one, as words are at "▁": long runs of CJK, paths and base64
- * become short words that the cache keeps. Only where words are independent at all. */
-static void index_pairs(gale_tokenizer *tok)
+/* Calls visit(tok, a, b, arg) for each pair of adjacent characters of a NORMAL or
+ * USER_DEFINED piece; 0 when some such piece is not valid UTF-8. */
+static int each_piece_pair(gale_tokenizer *tok, void (*visit)(gale_tokenizer *, uint32_t, uint32_t, void *), void *arg)
 {
     const spm_model *m = &tok->model;
-    if (!tok->split_words || tok->splitter)
-        return;
-    size_t bytes = 0;
-    for (size_t i = 0; i < m->n_pieces; i++)
-        bytes += m->pieces[i].len;
-    size_t cap = 64;
-    while (cap < 2 * bytes)
-        cap *= 2;
-    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
-    tok->pair_mask = cap - 1;
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
@@ -543,17 +496,72 @@ static void index_pairs(gale_tokenizer *tok)
         for (size_t k = 0; k < p->len;) {
             size_t len = utf8_char_len(s + k, p->len - k);
             if (!len)
-                return; /* a piece that is not UTF-8: no cuts (cut_pairs stays 0) */
+                return 0;
             uint32_t c = utf8_codepoint(s + k, len);
             if (prev != NO_CHAR)
-                pair_add(tok, prev, c);
+                visit(tok, prev, c, arg);
             prev = c;
             k += len;
         }
     }
-    pair_set_compact(tok);
+    return 1;
+}
+
+/* Gives both characters of a pair a pair number (from 1, counted in *arg). */
+static void number_pair_chars(gale_tokenizer *tok, uint32_t a, uint32_t b, void *arg)
+{
+    size_t *n = arg;
+    uint32_t both[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        char_entry *ce = char_entry_add(tok, both[i]);
+        if (!ce->pair && *n < MAX_PAIR_CHARS)
+            ce->pair = (uint16_t)++*n;
+        else if (!ce->pair)
+            *n = MAX_PAIR_CHARS + 1; /* too many: no cuts */
+    }
+}
+
+static void set_pair_bit(gale_tokenizer *tok, uint32_t a, uint32_t b, void *arg)
+{
+    (void)arg;
+    uint32_t x = char_entry_of(tok, a)->pair, y = char_entry_of(tok, b)->pair;
+    tok->pair_bits[x * tok->pair_row_words + (y >> 6)] |= 1ull << (y & 63);
+}
+
+/* The entries of the characters of a SentencePiece model: each mergeable piece that is one
+ * character gives that character its key, and each pair of adjacent characters in a NORMAL or
+ * USER_DEFINED piece goes into the pair bitmap. No merge joins two characters that are no such
+ * pair (its piece would hold them side by side), so a word can be cut there and its parts
+ * encoded one by one, as words are at "▁": long runs of CJK, paths and base64 become short
+ * words that the cache keeps, and most CJK characters words of one character. Cuts only where
+ * words are independent at all. */
+static void index_chars(gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    tok->char_pages = gale_xmalloc(sizeof *tok->char_pages);
+    for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
+        tok->char_pages[0][i] = (char_entry){NO_KEY, 0, 0, 0};
+    tok->n_char_pages = 1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        const uint8_t *s = (const uint8_t *)p->piece;
+        if (!is_mergeable(p->type) || utf8_char_len(s, p->len) != p->len)
+            continue;
+        char_entry *ce = char_entry_add(tok, utf8_codepoint(s, p->len));
+        ce->key = (uint32_t)i;
+        ce->direct = p->type != SPM_PIECE_UNUSED;
+    }
+    if (!tok->split_words)
+        return;
+    size_t n = 0;
+    if (!each_piece_pair(tok, number_pair_chars, &n) || n > MAX_PAIR_CHARS)
+        return; /* cut_pairs stays 0 */
+    tok->pair_row_words = (n + 1 + 63) / 64;
+    tok->pair_bits = gale_xcalloc((n + 1) * tok->pair_row_words, sizeof *tok->pair_bits);
+    each_piece_pair(tok, set_pair_bit, NULL);
     /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
-    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, WS_CP, WS_CP);
+    uint32_t ws = char_entry_of(tok, WS_CP)->pair;
+    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, ws, ws);
 }
 
 /* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
@@ -587,11 +595,8 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     }
     if (!tok->splitter)
         tok->split_words = words_are_independent(tok);
-    index_pairs(tok);
-    for (int b = 0; b < 128; b++) {
-        uint8_t c = (uint8_t)b;
-        tok->ascii_keys[b] = symbol_key(tok, &c, 1);
-    }
+    if (!tok->splitter)
+        index_chars(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     gale_sha256_hex(data, len, tok->sha256);
@@ -621,7 +626,8 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     tekken_splitter_free(tok->splitter);
-    free(tok->pair_set);
+    free(tok->char_pages);
+    free(tok->pair_bits);
     piece_table_free(&tok->mergeable);
     piece_table_free(&tok->reserved);
     free(tok->scores);
@@ -730,7 +736,7 @@ static void word_cache_free(word_cache *c)
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    uint32_t key;        /* symbol_key */
+    uint32_t key;        /* char_key, or the id of the piece it is */
     int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
     float pair_score;    /* and its score */
     int frozen;          /* a user-defined piece: never merged */
@@ -758,6 +764,7 @@ typedef struct unused_merge {
 
 typedef struct queued_word {
     uint32_t start, len; /* in the encoder's word buffer */
+    int32_t id;          /* a word of one character that is a piece: its id; else -1 */
     uint64_t hash;       /* bytes_hash of the word when it can be cached */
 } queued_word;
 
@@ -776,6 +783,8 @@ struct tokenizer_encoder {
     gale_bytes word;     /* normalised bytes of the queued words, then of the current word */
     size_t word_start;   /* where the current word starts in word */
     uint32_t last_char;  /* the current word's last character, NO_CHAR when it is empty */
+    uint32_t last_pair;  /* and its pair number (char_entry) */
+    int32_t single;      /* the current word is one character that is a piece: its id; else -1 */
     queued_word queue[WORD_QUEUE];
     size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
@@ -1026,7 +1035,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
-            key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : symbol_key(tok, w + i, len);
+            key = char_key(tok, utf8_codepoint(w + i, len));
         }
         e->symbols[count] =
             (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, 0, frozen};
@@ -1151,8 +1160,11 @@ static size_t current_word_len(const tokenizer_encoder *e)
 static void encode_queue(tokenizer_encoder *e, gale_ids *out)
 {
     for (size_t i = 0; i < e->queue_n; i++) {
-        const queued_word *q = &e->queue[i];
-        encode_word(e, e->word.v + q->start, q->len, q->hash, out);
+        queued_word *q = &e->queue[i];
+        if (q->id >= 0)
+            append_word_ids(e, &q->id, 1, out);
+        else
+            encode_word(e, e->word.v + q->start, q->len, q->hash, out);
     }
     e->queue_n = 0;
     size_t current = current_word_len(e);
@@ -1168,8 +1180,8 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
     size_t n = current_word_len(e);
     if (n) {
         queued_word *q = &e->queue[e->queue_n++];
-        *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, 0};
-        if (cacheable(e, n)) {
+        *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, e->single, 0};
+        if (e->single < 0 && cacheable(e, n)) {
             q->hash = bytes_hash(e->word.v + e->word_start, n);
             cache_entry *set = cache_set(e, q->hash);
             __builtin_prefetch(&set[0]);
@@ -1180,18 +1192,31 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
             encode_queue(e, out);
     }
     e->last_char = NO_CHAR;
+    e->single = -1;
 }
 
-/* Ends the current word in front of character c where no merge can join c to it: where the
- * pair is in no mergeable piece (cut_pairs), or else at "▁" after another character. */
-static void join_or_cut(tokenizer_encoder *e, uint32_t c, gale_ids *out)
+/* Ends the current word in front of character c (of entry ce) where no merge can join c to
+ * it: where the pair is in no mergeable piece (cut_pairs), or else at "▁" after another
+ * character. Then c is the word's last character. */
+static void join_or_cut(tokenizer_encoder *e, uint32_t c, const char_entry *ce, gale_ids *out)
 {
     const gale_tokenizer *tok = e->tok;
-    if (e->last_char == NO_CHAR)
-        return;
-    if (tok->cut_pairs ? !pair_joins(tok, e->last_char, c)
-                       : tok->split_words && c == WS_CP && e->last_char != WS_CP)
+    if (e->last_char != NO_CHAR &&
+        (tok->cut_pairs ? !pair_joins(tok, e->last_pair, ce->pair)
+                        : tok->split_words && c == WS_CP && e->last_char != WS_CP))
         flush_word(e, out);
+    e->single = e->last_char == NO_CHAR && ce->direct ? (int32_t)ce->key : -1;
+    e->last_char = c;
+    e->last_pair = ce->pair;
+}
+
+/* Appends n bytes to the current word (the call of gale_bytes_append only when it grows). */
+static void word_append(tokenizer_encoder *e, const uint8_t *s, size_t n)
+{
+    if (e->word.cap - e->word.n < n)
+        gale_bytes_reserve(&e->word, n);
+    memcpy(e->word.v + e->word.n, s, n);
+    e->word.n += n;
 }
 
 /* The character of a normalised unit that starts at u (a space as "▁"). */
@@ -1201,22 +1226,29 @@ static uint32_t unit_char(const uint8_t *u, size_t n)
 }
 
 /* Appends one normalised unit (spaces not yet escaped) to the current word, first ending the
- * word where the unit cannot join it (join_or_cut). */
+ * word where the unit cannot join it (join_or_cut). A unit of several characters (a
+ * user-defined piece) is no word of one character. */
 static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
 {
-    join_or_cut(e, unit_char(u, n), out);
+    uint32_t first = unit_char(u, n);
+    join_or_cut(e, first, char_entry_of(e->tok, first), out);
     size_t last = n - 1;
     while (last > 0 && is_trail(u[last]))
         last--;
-    e->last_char = unit_char(u + last, n - last);
+    if (last > 0) {
+        uint32_t c = unit_char(u + last, n - last);
+        e->last_char = c;
+        e->last_pair = char_entry_of(e->tok, c)->pair;
+        e->single = -1;
+    }
     if (!memchr(u, ' ', n))
-        gale_bytes_append(&e->word, u, n);
+        word_append(e, u, n);
     else
         for (size_t i = 0; i < n; i++) {
             if (u[i] == ' ')
-                gale_bytes_append(&e->word, WS, WS_LEN);
+                word_append(e, (const uint8_t *)WS, WS_LEN);
             else
-                gale_bytes_push(&e->word, u[i]);
+                word_append(e, u + i, 1);
         }
 }
 
@@ -1254,13 +1286,13 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
 {
     const gale_tokenizer *tok = e->tok;
     size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
+    const char_entry *ascii = char_entry_of(tok, 0), *ws = char_entry_of(tok, WS_CP);
     size_t i = 0;
     while (i < n && (final || n - i >= lookahead)) {
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
-            join_or_cut(e, WS_CP, out);
-            gale_bytes_append(&e->word, WS, WS_LEN);
-            e->last_char = WS_CP;
+            join_or_cut(e, WS_CP, ws, out);
+            word_append(e, (const uint8_t *)WS, WS_LEN);
             i++;
             continue;
         }
@@ -1270,17 +1302,27 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             size_t j = i + 1, stop = final ? n : n - lookahead + 1;
             while (j < stop && plain_byte(tok, s[j]))
                 j++;
-            if (tok->cut_pairs) /* the cuts inside the run */
+            if (tok->cut_pairs) { /* the cuts inside the run */
                 for (size_t k = i; k < j; k++) {
-                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_char, s[k])) {
-                        gale_bytes_append(&e->word, s + i, k - i);
+                    const char_entry *ce = &ascii[s[k]];
+                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_pair, ce->pair)) {
+                        word_append(e, s + i, k - i);
                         flush_word(e, out);
                         i = k;
                     }
+                    e->single = e->last_char == NO_CHAR && ce->direct ? (int32_t)ce->key : -1;
                     e->last_char = s[k];
+                    e->last_pair = ce->pair;
                 }
-            gale_bytes_append(&e->word, s + i, j - i);
-            e->last_char = s[j - 1];
+            } else {
+                join_or_cut(e, s[i], &ascii[s[i]], out);
+                if (j - i > 1) {
+                    e->single = -1;
+                    e->last_char = s[j - 1];
+                    e->last_pair = ascii[s[j - 1]].pair;
+                }
+            }
+            word_append(e, s + i, j - i);
             e->prev_space = 0;
             i = j;
             continue;
@@ -1290,9 +1332,8 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             /* a valid character that starts no user-defined piece: what normalize_unit and
              * push_unit do with it, without the calls */
             uint32_t c = utf8_codepoint(s + i, len);
-            join_or_cut(e, c, out);
-            gale_bytes_append(&e->word, s + i, len);
-            e->last_char = c;
+            join_or_cut(e, c, char_entry_of(tok, c), out);
+            word_append(e, s + i, len);
             e->prev_space = 0;
             i += len;
             continue;
@@ -1322,6 +1363,7 @@ static void encoder_reset(tokenizer_encoder *e)
     e->word_start = 0;
     e->queue_n = 0;
     e->last_char = NO_CHAR;
+    e->single = -1;
     e->last_was_unk = 0;
 }
 
@@ -1334,7 +1376,7 @@ static size_t tekken_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int f
     size_t done = 0, start, end;
     int rc;
     while ((rc = tekken_next_word(e->matcher, e->text.v, e->text.n, done, final, &start, &end)) > 0) {
-        gale_bytes_append(&e->word, e->text.v + start, end - start);
+        word_append(e, e->text.v + start, end - start);
         flush_word(e, out);
         done = end;
     }
@@ -1403,6 +1445,7 @@ static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
     memset(e, 0, sizeof *e);
     e->tok = tok;
     e->last_char = NO_CHAR;
+    e->single = -1;
     if (tok->splitter)
         e->matcher = tekken_matcher_new(tok->splitter);
 }
