@@ -482,11 +482,28 @@ static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
     return &tok->char_pages[*page][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
-/* Calls visit(tok, a, b, arg) for each pair of adjacent characters of a NORMAL or
- * USER_DEFINED piece; 0 when some such piece is not valid UTF-8. */
-static int each_piece_pair(gale_tokenizer *tok, void (*visit)(gale_tokenizer *, uint32_t, uint32_t, void *), void *arg)
+/* The pair number of character c, given on first use (from 1, counted in *n; past
+ * MAX_PAIR_CHARS, *n says there are too many). */
+static uint16_t pair_number(gale_tokenizer *tok, uint32_t c, size_t *n)
+{
+    char_entry *ce = char_entry_add(tok, c);
+    if (!ce->pair && *n < MAX_PAIR_CHARS)
+        ce->pair = (uint16_t)++*n;
+    else if (!ce->pair)
+        *n = MAX_PAIR_CHARS + 1;
+    return ce->pair;
+}
+
+/* The pairs of adjacent characters of the NORMAL and USER_DEFINED pieces, by pair number, two
+ * at a time into *pairs (the count returned); -1 when some such piece is not valid UTF-8 or
+ * they hold too many characters. */
+static long piece_pairs(gale_tokenizer *tok, uint16_t **pairs, size_t *n_chars)
 {
     const spm_model *m = &tok->model;
+    size_t bytes = 0, n = 0;
+    for (size_t i = 0; i < m->n_pieces; i++)
+        bytes += m->pieces[i].len;
+    *pairs = gale_xmalloc(2 * bytes * sizeof **pairs);
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
@@ -494,38 +511,20 @@ static int each_piece_pair(gale_tokenizer *tok, void (*visit)(gale_tokenizer *, 
         const uint8_t *s = (const uint8_t *)p->piece;
         uint32_t prev = NO_CHAR;
         for (size_t k = 0; k < p->len;) {
-            size_t len = utf8_char_len(s + k, p->len - k);
+            size_t len = s[k] < 0x80 ? 1 : utf8_char_len(s + k, p->len - k);
             if (!len)
-                return 0;
+                return -1;
             uint32_t c = utf8_codepoint(s + k, len);
-            if (prev != NO_CHAR)
-                visit(tok, prev, c, arg);
+            if (prev != NO_CHAR) {
+                (*pairs)[2 * n] = pair_number(tok, prev, n_chars);
+                (*pairs)[2 * n + 1] = pair_number(tok, c, n_chars);
+                n++;
+            }
             prev = c;
             k += len;
         }
     }
-    return 1;
-}
-
-/* Gives both characters of a pair a pair number (from 1, counted in *arg). */
-static void number_pair_chars(gale_tokenizer *tok, uint32_t a, uint32_t b, void *arg)
-{
-    size_t *n = arg;
-    uint32_t both[2] = {a, b};
-    for (int i = 0; i < 2; i++) {
-        char_entry *ce = char_entry_add(tok, both[i]);
-        if (!ce->pair && *n < MAX_PAIR_CHARS)
-            ce->pair = (uint16_t)++*n;
-        else if (!ce->pair)
-            *n = MAX_PAIR_CHARS + 1; /* too many: no cuts */
-    }
-}
-
-static void set_pair_bit(gale_tokenizer *tok, uint32_t a, uint32_t b, void *arg)
-{
-    (void)arg;
-    uint32_t x = char_entry_of(tok, a)->pair, y = char_entry_of(tok, b)->pair;
-    tok->pair_bits[x * tok->pair_row_words + (y >> 6)] |= 1ull << (y & 63);
+    return *n_chars > MAX_PAIR_CHARS ? -1 : (long)n;
 }
 
 /* The entries of the characters of a SentencePiece model: each mergeable piece that is one
@@ -553,12 +552,20 @@ static void index_chars(gale_tokenizer *tok)
     }
     if (!tok->split_words)
         return;
-    size_t n = 0;
-    if (!each_piece_pair(tok, number_pair_chars, &n) || n > MAX_PAIR_CHARS)
+    uint16_t *pairs;
+    size_t n_chars = 0;
+    long n_pairs = piece_pairs(tok, &pairs, &n_chars);
+    if (n_pairs >= 0) {
+        tok->pair_row_words = (n_chars + 1 + 63) / 64;
+        tok->pair_bits = gale_xcalloc((n_chars + 1) * tok->pair_row_words, sizeof *tok->pair_bits);
+        for (long i = 0; i < n_pairs; i++) {
+            uint32_t x = pairs[2 * i], y = pairs[2 * i + 1];
+            tok->pair_bits[x * tok->pair_row_words + (y >> 6)] |= 1ull << (y & 63);
+        }
+    }
+    free(pairs);
+    if (n_pairs < 0)
         return; /* cut_pairs stays 0 */
-    tok->pair_row_words = (n + 1 + 63) / 64;
-    tok->pair_bits = gale_xcalloc((n + 1) * tok->pair_row_words, sizeof *tok->pair_bits);
-    each_piece_pair(tok, set_pair_bit, NULL);
     /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
     uint32_t ws = char_entry_of(tok, WS_CP)->pair;
     tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, ws, ws);
