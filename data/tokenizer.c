@@ -775,6 +775,18 @@ typedef struct queued_word {
     uint64_t hash;       /* bytes_hash of the word when it can be cached */
 } queued_word;
 
+/* Words that a cache line cannot hold (runs of box-drawing characters or of spaces, long
+ * identifiers, words of many ids) repeat too, and their BPE is the slowest: they go to a
+ * second cache, direct-mapped, each entry's ids and bytes on the heap. */
+#define LONG_CACHE_BITS 10 /* 1024 entries */
+#define LONG_WORD_MAX 1024  /* bytes: the cache holds 5 MiB at most */
+
+typedef struct long_entry {
+    uint64_t hash; /* bytes_hash of the word */
+    uint32_t len, n_ids;
+    uint8_t *data; /* the ids (int32), then the word's bytes; NULL: empty */
+} long_entry;
+
 typedef struct pair_memo_slot {
     uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
     int32_t id;   /* the piece they make, or -1 */
@@ -806,6 +818,7 @@ struct tokenizer_encoder {
     size_t unused_n, unused_cap;
     gale_ids word_ids;
     word_cache cache; /* entries NULL: no cache */
+    long_entry *long_cache; /* NULL: none */
     int cache_id_bytes; /* 2 or 4: the width of the ids in the cache */
     pair_memo_slot *pair_memo; /* direct-mapped; NULL: none */
 };
@@ -1097,12 +1110,12 @@ static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_i
     append_word_ids(e, ids, c->n_ids, out);
 }
 
-/* Keeps word w and its ids in the first way of set when they fit. */
-static void cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, const uint8_t *w, size_t n,
-                        const gale_ids *ids)
+/* Keeps word w and its ids in the first way of set when they fit; 0 when they do not. */
+static int cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, const uint8_t *w, size_t n,
+                       const gale_ids *ids)
 {
     if (n + (size_t)e->cache_id_bytes * ids->n > CACHE_DATA_BYTES)
-        return;
+        return 0;
     if (set[0].len)
         set[1] = set[0];
     cache_entry *c = &set[0];
@@ -1119,11 +1132,26 @@ static void cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, co
     } else {
         memcpy(p, ids->v, 4 * ids->n);
     }
+    return 1;
 }
 
 static int cacheable(const tokenizer_encoder *e, size_t n)
 {
     return e->cache.entries && n < CACHE_DATA_BYTES;
+}
+
+/* The entry of the long-word cache for a word of hash h; NULL for a word too long for it. */
+static long_entry *long_slot(const tokenizer_encoder *e, size_t n, uint64_t h)
+{
+    return e->long_cache && n <= LONG_WORD_MAX ? &e->long_cache[h >> (64 - LONG_CACHE_BITS)] : NULL;
+}
+
+static void long_store(long_entry *l, uint64_t h, const uint8_t *w, size_t n, const gale_ids *ids)
+{
+    l->data = gale_xrealloc(l->data, ids->n * sizeof *ids->v + n);
+    memcpy(l->data, ids->v, ids->n * sizeof *ids->v);
+    memcpy(l->data + ids->n * sizeof *ids->v, w, n);
+    *l = (long_entry){h, (uint32_t)n, (uint32_t)ids->n, l->data};
 }
 
 /* The cache set (two entries) of a word of hash h. */
@@ -1137,7 +1165,7 @@ static int cache_entry_holds(const cache_entry *c, uint32_t tag, const uint8_t *
     return c->len == n && c->tag == tag && bytes_equal(c->data, w, n);
 }
 
-/* Encodes word w whose bytes_hash is h (when cacheable). */
+/* Encodes word w whose bytes_hash is h (when hashed: a word of LONG_WORD_MAX bytes at most). */
 static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64_t h, gale_ids *out)
 {
     cache_entry *set = NULL;
@@ -1151,11 +1179,16 @@ static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64
                 return;
             }
     }
+    long_entry *l = long_slot(e, n, h);
+    if (l && l->hash == h && l->len == n && !memcmp(l->data + l->n_ids * sizeof(int32_t), w, n)) {
+        append_word_ids(e, (const int32_t *)(const void *)l->data, l->n_ids, out);
+        return;
+    }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
     append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
-    if (set)
-        cache_store(e, set, tag, w, n, &e->word_ids);
+    if ((!set || !cache_store(e, set, tag, w, n, &e->word_ids)) && l)
+        long_store(l, h, w, n, &e->word_ids);
 }
 
 static size_t current_word_len(const tokenizer_encoder *e)
@@ -1193,6 +1226,8 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
             cache_entry *set = cache_set(e, q->hash);
             __builtin_prefetch(&set[0]);
             __builtin_prefetch(&set[1]);
+        } else if (e->single < 0 && n <= LONG_WORD_MAX) {
+            q->hash = bytes_hash(e->word.v + e->word_start, n);
         }
         e->word_start = e->word.n;
         if (e->queue_n == WORD_QUEUE)
@@ -1468,6 +1503,10 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->unused);
     gale_ids_free(&e->word_ids);
     word_cache_free(&e->cache);
+    if (e->long_cache)
+        for (size_t i = 0; i < (size_t)1 << LONG_CACHE_BITS; i++)
+            free(e->long_cache[i].data);
+    free(e->long_cache);
     free(e->pair_memo);
 }
 
@@ -1476,6 +1515,7 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
     word_cache_init(&e->cache);
+    e->long_cache = gale_xcalloc((size_t)1 << LONG_CACHE_BITS, sizeof *e->long_cache);
     e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
