@@ -463,10 +463,10 @@ static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
 }
 
 /* 1 when the characters of pair numbers a then b lie next to each other inside some mergeable
- * piece. */
+ * piece (number 0, a character in no pair, has an empty row and column). */
 static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
 {
-    return a && b && (tok->pair_bits[a * tok->pair_row_words + (b >> 6)] >> (b & 63) & 1);
+    return (int)(tok->pair_bits[a * tok->pair_row_words + (b >> 6)] >> (b & 63) & 1);
 }
 
 /* The entry of character c, on a page of its own (made on first use). */
@@ -1087,10 +1087,16 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
 {
     if (n && ids[0] == e->tok->unk_id && e->last_was_unk)
         ids++, n--;
-    if (n) {
+    if (!n)
+        return;
+    if (out->cap - out->n < n) {
         gale_ids_append(out, ids, n);
-        e->last_was_unk = ids[n - 1] == e->tok->unk_id;
+    } else { /* a few ids: a loop rather than a call of memcpy */
+        for (size_t i = 0; i < n; i++)
+            out->v[out->n + i] = ids[i];
+        out->n += n;
     }
+    e->last_was_unk = ids[n - 1] == e->tok->unk_id;
 }
 
 /* The ids of a cache hit, widened to int32. */
@@ -1252,12 +1258,15 @@ static void join_or_cut(tokenizer_encoder *e, uint32_t c, const char_entry *ce, 
     e->last_pair = ce->pair;
 }
 
-/* Appends n bytes to the current word (the call of gale_bytes_append only when it grows). */
+/* Appends n bytes to the current word: a character or a few, so a loop rather than a call of
+ * memcpy, and gale_bytes_reserve only when the buffer grows. */
 static void word_append(tokenizer_encoder *e, const uint8_t *s, size_t n)
 {
     if (e->word.cap - e->word.n < n)
         gale_bytes_reserve(&e->word, n);
-    memcpy(e->word.v + e->word.n, s, n);
+    uint8_t *d = e->word.v + e->word.n;
+    for (size_t i = 0; i < n; i++)
+        d[i] = s[i];
     e->word.n += n;
 }
 
@@ -1344,18 +1353,26 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             size_t j = i + 1, stop = final ? n : n - lookahead + 1;
             while (j < stop && plain_byte(tok, s[j]))
                 j++;
-            if (tok->cut_pairs) { /* the cuts inside the run */
+            if (tok->cut_pairs) { /* the cuts inside the run, as join_or_cut makes them */
+                uint32_t last = e->last_pair;
+                int32_t single = e->single;
+                int empty = e->last_char == NO_CHAR; /* the word before s[k] */
                 for (size_t k = i; k < j; k++) {
                     const char_entry *ce = &ascii[s[k]];
-                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_pair, ce->pair)) {
+                    if (!empty && !pair_joins(tok, last, ce->pair)) {
                         word_append(e, s + i, k - i);
+                        e->single = single;
                         flush_word(e, out);
                         i = k;
+                        empty = 1;
                     }
-                    e->single = e->last_char == NO_CHAR && ce->direct ? (int32_t)ce->key : -1;
-                    e->last_char = s[k];
-                    e->last_pair = ce->pair;
+                    single = empty && ce->direct ? (int32_t)ce->key : -1;
+                    empty = 0;
+                    last = ce->pair;
                 }
+                e->single = single;
+                e->last_char = s[j - 1];
+                e->last_pair = last;
             } else {
                 join_or_cut(e, s[i], &ascii[s[i]], out);
                 if (j - i > 1) {
