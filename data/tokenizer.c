@@ -36,6 +36,7 @@
 
 #include "data/sentencepiece_model.h"
 #include "data/tekken.h"
+#include "data/tekken_cache.h"
 #include "data/tokenizer_find.h"
 #include "util/file.h"
 #include "util/hash.h"
@@ -168,6 +169,17 @@ static uint8_t piece_slot_len(size_t n)
     return n < 255 ? (uint8_t)n : 255;
 }
 
+/* 1 when slot s holds the piece p of n bytes, hash tag tag and slot length len. */
+static int piece_slot_holds(const piece_slot *s, const spm_model *m, const void *p, size_t n, uint32_t tag, uint8_t len)
+{
+    if (s->len != len)
+        return 0;
+    if (n <= PIECE_INLINE_BYTES)
+        return bytes_equal(s->bytes, p, n);
+    return !memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
+           bytes_equal(m->pieces[s->id].piece, p, n);
+}
+
 static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
 {
     uint64_t h = bytes_hash(p, n);
@@ -179,34 +191,27 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
         const piece_slot *s = &t->slots[i];
         if (s->id < 0)
             return -1;
-        if (s->len != len)
-            continue;
-        if (n <= PIECE_INLINE_BYTES) {
-            if (bytes_equal(s->bytes, p, n))
-                return s->id;
-        } else if (!memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
-                   bytes_equal(m->pieces[s->id].piece, p, n)) {
+        if (piece_slot_holds(s, m, p, n, tag, len))
             return s->id;
-        }
     }
 }
 
-/* Inserts id; returns the id already there when the piece is a duplicate, else -1. */
+/* Inserts id; returns the id already there when the piece is a duplicate, else -1. One probe
+ * sequence: a duplicate lies before the first empty slot. */
 static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id)
 {
     const spm_piece *p = &m->pieces[id];
-    int32_t dup = piece_table_find(t, m, p->piece, p->len);
-    if (dup >= 0)
-        return dup;
     uint64_t h = bytes_hash(p->piece, p->len);
+    uint32_t tag = (uint32_t)(h >> 32);
+    uint8_t len = piece_slot_len(p->len);
     size_t i = h & t->mask;
-    while (t->slots[i].id >= 0)
-        i = (i + 1) & t->mask;
+    for (; t->slots[i].id >= 0; i = (i + 1) & t->mask)
+        if (piece_slot_holds(&t->slots[i], m, p->piece, p->len, tag, len))
+            return t->slots[i].id;
     *filter_word(t, h) |= filter_bits(h);
     piece_slot *s = &t->slots[i];
     s->id = id;
-    s->len = piece_slot_len(p->len);
-    uint32_t tag = (uint32_t)(h >> 32);
+    s->len = len;
     if (p->len <= PIECE_INLINE_BYTES)
         memcpy(s->bytes, p->piece, p->len);
     else
@@ -357,6 +362,8 @@ static int is_mergeable(int type)
     return type == SPM_PIECE_NORMAL || type == SPM_PIECE_USER_DEFINED || type == SPM_PIECE_UNUSED;
 }
 
+#define PIECE_PREFETCH 16 /* pieces ahead */
+
 static int index_pieces(gale_tokenizer *tok, gale_error *err)
 {
     const spm_model *m = &tok->model;
@@ -374,6 +381,11 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->byte_ids[b] = -1;
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
+        if (i + PIECE_PREFETCH < m->n_pieces) { /* the slot a later piece starts at, from memory */
+            const spm_piece *q = &m->pieces[i + PIECE_PREFETCH];
+            const piece_table *t = is_mergeable(q->type) ? &tok->mergeable : &tok->reserved;
+            __builtin_prefetch(&t->slots[bytes_hash(q->piece, q->len) & t->mask]);
+        }
         tok->scores[i] = p->score;
         tok->types[i] = (uint8_t)p->type;
         if (p->len == 0)
@@ -575,16 +587,20 @@ static void index_chars(gale_tokenizer *tok)
 static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
 {
     tekken_file f;
-    if (tekken_parse(data, len, tok->name, &f, err) < 0)
+    int cached = tekken_cache_load(data, len, &f, tok->sha256);
+    if (!cached && tekken_parse(data, len, tok->name, &f, err) < 0)
         return -1;
     tok->model = f.vocab;
     tok->n_special = f.n_special;
     tok->splitter = tekken_splitter_new(f.pattern, tok->name, err);
+    int rc = tok->splitter && index_pieces(tok, err) == 0 ? 0 : -1;
+    if (rc == 0 && !cached) {
+        gale_sha256_hex(data, len, tok->sha256);
+        tekken_cache_store(data, len, &f, tok->sha256);
+    }
     tekken_file_free_pattern(&f);
-    if (!tok->splitter || index_pieces(tok, err) < 0)
-        return -1;
     tok->split_words = 1;
-    return 0;
+    return rc;
 }
 
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err)
@@ -606,7 +622,8 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         index_chars(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
-    gale_sha256_hex(data, len, tok->sha256);
+    if (!tok->sha256[0]) /* a Tekken file's comes with its cache */
+        gale_sha256_hex(data, len, tok->sha256);
     return tok;
 }
 
@@ -615,14 +632,13 @@ gale_tokenizer *tokenizer_load(const char *name_or_path, gale_error *err)
     char *path = tokenizer_find(name_or_path, err);
     if (!path)
         return NULL;
-    size_t len;
+    gale_mapped_file file;
     gale_tokenizer *tok = NULL;
-    char *data = gale_read_file(path, &len, err);
-    if (data)
-        tok = tokenizer_load_bytes(data, len, path, err);
+    if (gale_map_file(path, &file, err) == 0)
+        tok = tokenizer_load_bytes(file.data, file.len, path, err);
     else if (!gale_path_exists(path))
         gale_error_prefix(err, "tokenizer (a .model file or one of %s)", tokenizer_known_names());
-    free(data);
+    gale_unmap_file(&file);
     free(path);
     return tok;
 }
