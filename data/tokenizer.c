@@ -27,6 +27,7 @@
  * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -113,7 +114,12 @@ struct gale_tokenizer {
     int has_unused;         /* some piece is UNUSED */
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
+    /* SHA-256 of the file, made on first use (few commands need it): from a copy of the bytes
+     * of a SentencePiece model; a Tekken file's comes with its cache */
     char sha256[65];
+    uint8_t *file_bytes;
+    size_t file_len;
+    pthread_mutex_t sha256_lock;
 };
 
 /* ---- hashing of pieces ---- */
@@ -486,7 +492,9 @@ static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
     uint16_t *page = &tok->char_page_of[c >> CHAR_PAGE_BITS];
     if (!*page) {
-        tok->char_pages = gale_xrealloc(tok->char_pages, (tok->n_char_pages + 1) * sizeof *tok->char_pages);
+        size_t n = tok->n_char_pages;
+        if (!(n & (n - 1))) /* a power of two: full */
+            tok->char_pages = gale_xrealloc(tok->char_pages, 2 * n * sizeof *tok->char_pages);
         for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
             tok->char_pages[tok->n_char_pages][i] = (char_entry){NO_KEY, 0, 0, 0};
         *page = (uint16_t)tok->n_char_pages++;
@@ -607,6 +615,7 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
 {
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
+    pthread_mutex_init(&tok->sha256_lock, NULL);
     int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
              : spm_model_parse(data, len, name, &tok->model, err) < 0 || check_model_settings(&tok->model, name, err) < 0 ||
                      index_pieces(tok, err) < 0
@@ -622,8 +631,11 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         index_chars(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
-    if (!tok->sha256[0]) /* a Tekken file's comes with its cache */
-        gale_sha256_hex(data, len, tok->sha256);
+    if (!tok->sha256[0]) {
+        tok->file_bytes = gale_xmalloc(len ? len : 1);
+        memcpy(tok->file_bytes, data, len);
+        tok->file_len = len;
+    }
     return tok;
 }
 
@@ -657,6 +669,8 @@ void tokenizer_free(gale_tokenizer *tok)
     free(tok->types);
     free(tok->user_defined);
     free(tok->name);
+    free(tok->file_bytes);
+    pthread_mutex_destroy(&tok->sha256_lock);
     free(tok);
 }
 
@@ -664,7 +678,15 @@ int tokenizer_vocab_size(const gale_tokenizer *tok) { return (int)tok->model.n_p
 int tokenizer_bos_id(const gale_tokenizer *tok) { return tok->bos_id; }
 int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
 int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
-const char *tokenizer_sha256(const gale_tokenizer *tok) { return tok->sha256; }
+const char *tokenizer_sha256(const gale_tokenizer *tok)
+{
+    gale_tokenizer *t = (gale_tokenizer *)tok; /* the hash is computed once, under the lock */
+    pthread_mutex_lock(&t->sha256_lock);
+    if (!t->sha256[0])
+        gale_sha256_hex(t->file_bytes, t->file_len, t->sha256);
+    pthread_mutex_unlock(&t->sha256_lock);
+    return tok->sha256;
+}
 
 /* sentencepiece's PieceToId without the fallback to <unk>; for Tekken, a special token's name
  * is found before the same bytes in the vocabulary, as mistral-common's get_special_token does. */
