@@ -241,25 +241,24 @@ static size_t put_int(char *p, int32_t v)
 
 #define ID_TEXT_MAX 12 /* " -2147483648" */
 
-/* The text of each id of the vocabulary, a space and its digits, 8 bytes at most, so that
- * printing an id copies one word: ids are printed once per token, the vocabulary is small. */
+/* The text of each id of the vocabulary, a space and its digits in the first 7 bytes of a word
+ * and their count in the last, so that printing an id is one load and one 8-byte store: ids
+ * are printed once per token, the vocabulary is small. */
 typedef struct id_texts {
     uint64_t *text;
-    uint8_t *len;
-    size_t n; /* 0: no table (a vocabulary of 10^7 ids or more), put_int prints */
+    size_t n; /* 0: no table (a vocabulary of 10^6 ids or more), put_int prints */
 } id_texts;
 
 static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
 {
     size_t n = (size_t)tokenizer_vocab_size(tok);
     *t = (id_texts){0};
-    if (n > 10000000)
+    if (n > 1000000)
         return;
     t->text = gale_xmalloc(n * sizeof *t->text);
-    t->len = gale_xmalloc(n);
     for (size_t id = 0; id < n; id++) {
         char s[ID_TEXT_MAX + 8] = " ";
-        t->len[id] = (uint8_t)(1 + put_int(s + 1, (int32_t)id));
+        s[7] = (char)(1 + put_int(s + 1, (int32_t)id));
         memcpy(&t->text[id], s, sizeof t->text[id]);
     }
     t->n = n;
@@ -268,7 +267,6 @@ static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
 static void id_texts_free(id_texts *t)
 {
     free(t->text);
-    free(t->len);
 }
 
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
@@ -283,19 +281,18 @@ static void format_ids(const gale_tokenizer *tok, int format, const id_texts *te
     if (format == FORMAT_IDS) {
         gale_bytes_reserve(out, ids->n * ID_TEXT_MAX + sizeof *texts->text);
         char *p = (char *)out->v + out->n;
-        for (size_t i = 0; i < ids->n; i++) {
+        size_t i = 0;
+        if (first) /* the line's first id, with no space in front */
+            p += put_int(p, ids->v[i++]);
+        for (; i < ids->n; i++) {
             uint32_t id = (uint32_t)ids->v[i];
             if (id < texts->n) {
-                memcpy(p, &texts->text[id], sizeof *texts->text);
-                p += texts->len[id];
+                uint64_t text = texts->text[id];
+                memcpy(p, &text, sizeof text);
+                p += text >> 56;
             } else {
                 *p++ = ' ';
                 p += put_int(p, ids->v[i]);
-            }
-            if (first && !i) { /* no space in front of the line's first id */
-                char *start = (char *)out->v + out->n;
-                memmove(start, start + 1, (size_t)(p - start - 1));
-                p--;
             }
         }
         out->n = (size_t)(p - (char *)out->v);
