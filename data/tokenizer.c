@@ -1388,30 +1388,30 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
         if (e->started && plain_byte(tok, s[i])) {
             /* a run of ASCII bytes other than space that start no user-defined piece: each is a
              * unit of its own that normalize_unit would append unchanged */
-            size_t j = i + 1, stop = final ? n : n - lookahead + 1;
-            while (j < stop && plain_byte(tok, s[j]))
-                j++;
-            if (tok->cut_pairs) { /* the cuts inside the run, as join_or_cut makes them */
+            size_t j = i, stop = final ? n : n - lookahead + 1;
+            if (tok->cut_pairs) { /* the run and its cuts in one pass, as join_or_cut makes them */
                 uint32_t last = e->last_pair;
                 int32_t single = e->single;
-                int empty = e->last_char == NO_CHAR; /* the word before s[k] */
-                for (size_t k = i; k < j; k++) {
-                    const char_entry *ce = &ascii[s[k]];
+                int empty = e->last_char == NO_CHAR; /* the word before s[j] */
+                do {
+                    const char_entry *ce = &ascii[s[j]];
                     if (!empty && !pair_joins(tok, last, ce->pair)) {
-                        word_append(e, s + i, k - i);
+                        word_append(e, s + i, j - i);
                         e->single = single;
                         flush_word(e, out);
-                        i = k;
+                        i = j;
                         empty = 1;
                     }
                     single = empty && ce->direct ? (int32_t)ce->key : -1;
                     empty = 0;
                     last = ce->pair;
-                }
+                } while (++j < stop && plain_byte(tok, s[j]));
                 e->single = single;
                 e->last_char = s[j - 1];
                 e->last_pair = last;
             } else {
+                while (++j < stop && plain_byte(tok, s[j]))
+                    ;
                 join_or_cut(e, s[i], &ascii[s[i]], out);
                 if (j - i > 1) {
                     e->single = -1;
