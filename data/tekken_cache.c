@@ -11,6 +11,7 @@
 #include "util/file.h"
 
 #define CACHE_MAGIC "GALETKN1"
+#define CACHE_MIN_BYTES ((size_t)1 << 20)
 
 /* The file: this header, then the pieces' lengths (uint32), types (uint8) and scores (float),
  * the pattern, and the arena of the pieces' bytes (each NUL-terminated), in that order. */
@@ -23,9 +24,12 @@ typedef struct cache_header {
     char sha256[64];
 } cache_header;
 
-/* The cache file of the JSON data[0..len), or NULL when there is no cache folder. */
+/* The cache file of the JSON data[0..len), or NULL when there is no cache folder or the JSON
+ * is small enough to parse in a few milliseconds (a test's or a fuzzer's file). */
 static char *cache_path(const void *data, size_t len, uint64_t key[2])
 {
+    if (len < CACHE_MIN_BYTES)
+        return NULL;
     XXH128_hash_t h = XXH3_128bits(data, len);
     key[0] = h.low64;
     key[1] = h.high64;
