@@ -241,21 +241,59 @@ static size_t put_int(char *p, int32_t v)
 
 #define ID_TEXT_MAX 12 /* " -2147483648" */
 
+/* The text of each id of the vocabulary, a space and its digits in the first 7 bytes of a word
+ * and their count in the last, so that printing an id is one load and one 8-byte store: ids
+ * are printed once per token, the vocabulary is small. */
+typedef struct id_texts {
+    uint64_t *text;
+    size_t n; /* 0: no table (a vocabulary of 10^6 ids or more), put_int prints */
+} id_texts;
+
+static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
+{
+    size_t n = (size_t)tokenizer_vocab_size(tok);
+    *t = (id_texts){0};
+    if (n > 1000000)
+        return;
+    t->text = gale_xmalloc(n * sizeof *t->text);
+    for (size_t id = 0; id < n; id++) {
+        char s[ID_TEXT_MAX + 8] = " ";
+        s[7] = (char)(1 + put_int(s + 1, (int32_t)id));
+        memcpy(&t->text[id], s, sizeof t->text[id]);
+    }
+    t->n = n;
+}
+
+static void id_texts_free(id_texts *t)
+{
+    free(t->text);
+}
+
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
  * first says whether nothing of this line has been printed yet (streamed lines come in parts).
  * This is the hot loop of printing: ids are written straight into out, made large enough for
  * all of them first; pieces go through a local block. */
-static void format_ids(const gale_tokenizer *tok, int format, const gale_ids *ids, int first, gale_bytes *out)
+static void format_ids(const gale_tokenizer *tok, int format, const id_texts *texts, const gale_ids *ids, int first,
+                       gale_bytes *out)
 {
     if (!ids->n)
         return;
     if (format == FORMAT_IDS) {
-        gale_bytes_reserve(out, ids->n * ID_TEXT_MAX);
+        gale_bytes_reserve(out, ids->n * ID_TEXT_MAX + sizeof *texts->text);
         char *p = (char *)out->v + out->n;
-        for (size_t i = 0; i < ids->n; i++) {
-            if (!first || i)
+        size_t i = 0;
+        if (first) /* the line's first id, with no space in front */
+            p += put_int(p, ids->v[i++]);
+        for (; i < ids->n; i++) {
+            uint32_t id = (uint32_t)ids->v[i];
+            if (id < texts->n) {
+                uint64_t text = texts->text[id];
+                memcpy(p, &text, sizeof text);
+                p += text >> 56;
+            } else {
                 *p++ = ' ';
-            p += put_int(p, ids->v[i]);
+                p += put_int(p, ids->v[i]);
+            }
         }
         out->n = (size_t)(p - (char *)out->v);
         return;
@@ -321,7 +359,7 @@ typedef struct encode_chunk {
 /* Encodes the lines of a batch on the threads, each chunk into its own buffer, and prints the
  * buffers in order. */
 static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders, const tokenize_options *o,
-                        const uint8_t *text, const line_span *lines, size_t n_lines, encode_chunk *chunks,
+                        const id_texts *texts, const uint8_t *text, const line_span *lines, size_t n_lines, encode_chunk *chunks,
                         size_t n_chunks)
 {
     size_t per = (n_lines + n_chunks - 1) / n_chunks;
@@ -337,7 +375,7 @@ static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders,
         for (size_t l = chunks[c].first; l < chunks[c].end; l++) {
             ids.n = 0;
             tokenizer_encoder_encode(enc, (const char *)text + lines[l].start, lines[l].len, &ids);
-            format_ids(tok, o->format, &ids, 1, &chunks[c].text);
+            format_ids(tok, o->format, texts, &ids, 1, &chunks[c].text);
             gale_bytes_push(&chunks[c].text, '\n');
         }
         gale_ids_free(&ids);
@@ -351,7 +389,7 @@ static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders,
 /* A line longer than a batch: fed to one encoder block by block, its ids printed as they
  * come. The reader's buffer starts with the line; returns with the line consumed. */
 static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, const tokenize_options *o,
-                            line_reader *r)
+                            const id_texts *texts, line_reader *r)
 {
     gale_ids ids = {0};
     gale_bytes out = {0};
@@ -370,7 +408,7 @@ static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, c
             if (nl)
                 r->pos++;
         }
-        format_ids(tok, o->format, &ids, first, &out);
+        format_ids(tok, o->format, texts, &ids, first, &out);
         first = first && !ids.n;
         if (nl || r->eof)
             gale_bytes_push(&out, '\n');
@@ -397,6 +435,8 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     line_span *lines = NULL;
     size_t lines_cap = 0;
     int rc = 0;
+    id_texts texts;
+    id_texts_init(&texts, tok);
     for (;;) {
         reader_fill(r, BATCH_BYTES);
         if (reader_failed(r)) {
@@ -423,13 +463,13 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
                 break;
         }
         if (!n_lines) {
-            if (encode_long_line(tok, encoders[0], o, r) < 0) {
+            if (encode_long_line(tok, encoders[0], o, &texts, r) < 0) {
                 rc = -1;
                 break;
             }
             continue;
         }
-        if (encode_batch(tok, encoders, o, base, lines, n_lines, chunks, n_chunks) < 0) {
+        if (encode_batch(tok, encoders, o, &texts, base, lines, n_lines, chunks, n_chunks) < 0) {
             rc = -1;
             break;
         }
@@ -442,6 +482,7 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     free(chunks);
     free(encoders);
     free(lines);
+    id_texts_free(&texts);
     return rc;
 }
 
@@ -564,7 +605,7 @@ static int chat_lines(const gale_tokenizer *tok, line_reader *r, const tokenize_
             rc = -1;
             break;
         }
-        format_ids(tok, o->format, &ids, 1, &out);
+        format_ids(tok, o->format, &(id_texts){0}, &ids, 1, &out);
         if (o->mask) {
             gale_bytes_push(&out, '\t');
             for (size_t i = 0; i < mask.n; i++) {

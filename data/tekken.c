@@ -164,6 +164,13 @@ static int parse_root(json_t *root, tekken_file *f, const char *name, gale_error
         return -1;
     for (size_t i = 0; i < m->n_pieces; i++)
         m->pieces[i].piece = m->piece_bytes + (uintptr_t)m->pieces[i].piece;
+    tekken_model_settings(m);
+    f->pattern = gale_xstrdup(pattern);
+    return 0;
+}
+
+void tekken_model_settings(spm_model *m)
+{
     m->model_type = SPM_MODEL_BPE;
     m->has_trainer_spec = m->has_normalizer_spec = 1;
     m->unk_piece = gale_xstrdup("<unk>");
@@ -172,8 +179,6 @@ static int parse_root(json_t *root, tekken_file *f, const char *name, gale_error
     m->pad_piece = gale_xstrdup("<pad>");
     m->unk_surface = gale_xstrdup("");
     m->normalizer.name = gale_xstrdup("identity");
-    f->pattern = gale_xstrdup(pattern);
-    return 0;
 }
 
 int tekken_parse(const void *data, size_t len, const char *name, tekken_file *f, gale_error *err)

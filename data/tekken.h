@@ -27,6 +27,9 @@ typedef struct tekken_file {
 
 /* Parses a Tekken JSON file; -1 and a message naming the file and the key at fault. */
 int tekken_parse(const void *data, size_t len, const char *name, tekken_file *f, gale_error *err);
+/* What every Tekken vocabulary is as a model besides its pieces (BPE, identity normaliser, the
+ * names of <unk>, <s>, </s> and <pad>). */
+void tekken_model_settings(spm_model *m);
 /* Frees what tekken_parse made but the vocabulary, which the caller takes over. */
 void tekken_file_free_pattern(tekken_file *f);
 

@@ -27,6 +27,7 @@
  * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -36,6 +37,7 @@
 
 #include "data/sentencepiece_model.h"
 #include "data/tekken.h"
+#include "data/tekken_cache.h"
 #include "data/tokenizer_find.h"
 #include "util/file.h"
 #include "util/hash.h"
@@ -44,9 +46,21 @@
 #define WS_LEN 3
 #define REPLACEMENT_CHAR "\xEF\xBF\xBD"
 
-/* Characters below this have a bit that says whether they start any pair (see index_pairs):
- * most CJK characters start none, and the bit answers for them without the pair set. */
-#define PAIR_LEFT_LIMIT 0x30000u
+/* Characters by code point, in pages of 256 code points (see index_chars): what the merges
+ * need to know of a character without hashing it. */
+#define CHAR_PAGE_BITS 8
+#define N_CHAR_PAGES (0x110000u >> CHAR_PAGE_BITS)
+#define NO_KEY UINT32_MAX
+/* Pair rows of the bitmap at most: a model whose pieces hold more characters side by side gets
+ * no cuts between characters (the 2943 pairs of Mistral v3 hold 300 characters). */
+#define MAX_PAIR_CHARS 4096
+
+typedef struct char_entry {
+    uint32_t key;   /* the id of the mergeable piece that is this character alone, or NO_KEY */
+    uint16_t pair;  /* its row and column in the pair bitmap; 0: it is in no pair */
+    uint8_t direct; /* the character alone is a word whose id is key (a NORMAL or USER_DEFINED piece) */
+    uint8_t unused_;
+} char_entry;
 
 /* Open-addressing hash table from piece bytes to id, over the pieces of the model. A slot holds
  * a short piece's bytes (most pieces), so that a lookup, hit or miss, reads one slot and not
@@ -82,23 +96,30 @@ struct gale_tokenizer {
     uint8_t *types;
     int unk_id, bos_id, eos_id;
     int byte_ids[256];
-    uint32_t ascii_keys[128]; /* symbol_key of each ASCII character */
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
     uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
     int split_words;        /* see the comment at the top */
-    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): pairs of
-     * ASCII characters and "▁" in a bitmap, the others in a hash set of a << 32 | b, 0 empty.
-     * cut_pairs is 0 when words are not independent or a piece is not valid UTF-8. */
+    /* SentencePiece: each character's entry (index_chars), through a page number by code point
+     * (0: the page of no character) */
+    uint16_t char_page_of[N_CHAR_PAGES];
+    char_entry (*char_pages)[1u << CHAR_PAGE_BITS];
+    size_t n_char_pages;
+    /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): a bitmap
+     * of rows by the left character's pair number, pair_row_words words a row. cut_pairs is 0
+     * when words are not independent, a piece is not valid UTF-8 or there are too many. */
     int cut_pairs;
-    uint64_t small_pairs[256 * 256 / 64];
-    uint64_t *pair_set;
-    size_t pair_mask, pair_count;
-    uint64_t pair_lefts[PAIR_LEFT_LIMIT / 64]; /* 1 for a character below the limit that starts a pair */
+    uint64_t *pair_bits;
+    size_t pair_row_words;
     int has_unused;         /* some piece is UNUSED */
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
+    /* SHA-256 of the file, made on first use (few commands need it): from a copy of the bytes
+     * of a SentencePiece model; a Tekken file's comes with its cache */
     char sha256[65];
+    uint8_t *file_bytes;
+    size_t file_len;
+    pthread_mutex_t sha256_lock;
 };
 
 /* ---- hashing of pieces ---- */
@@ -154,6 +175,17 @@ static uint8_t piece_slot_len(size_t n)
     return n < 255 ? (uint8_t)n : 255;
 }
 
+/* 1 when slot s holds the piece p of n bytes, hash tag tag and slot length len. */
+static int piece_slot_holds(const piece_slot *s, const spm_model *m, const void *p, size_t n, uint32_t tag, uint8_t len)
+{
+    if (s->len != len)
+        return 0;
+    if (n <= PIECE_INLINE_BYTES)
+        return bytes_equal(s->bytes, p, n);
+    return !memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
+           bytes_equal(m->pieces[s->id].piece, p, n);
+}
+
 static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
 {
     uint64_t h = bytes_hash(p, n);
@@ -165,34 +197,27 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
         const piece_slot *s = &t->slots[i];
         if (s->id < 0)
             return -1;
-        if (s->len != len)
-            continue;
-        if (n <= PIECE_INLINE_BYTES) {
-            if (bytes_equal(s->bytes, p, n))
-                return s->id;
-        } else if (!memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
-                   bytes_equal(m->pieces[s->id].piece, p, n)) {
+        if (piece_slot_holds(s, m, p, n, tag, len))
             return s->id;
-        }
     }
 }
 
-/* Inserts id; returns the id already there when the piece is a duplicate, else -1. */
+/* Inserts id; returns the id already there when the piece is a duplicate, else -1. One probe
+ * sequence: a duplicate lies before the first empty slot. */
 static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id)
 {
     const spm_piece *p = &m->pieces[id];
-    int32_t dup = piece_table_find(t, m, p->piece, p->len);
-    if (dup >= 0)
-        return dup;
     uint64_t h = bytes_hash(p->piece, p->len);
+    uint32_t tag = (uint32_t)(h >> 32);
+    uint8_t len = piece_slot_len(p->len);
     size_t i = h & t->mask;
-    while (t->slots[i].id >= 0)
-        i = (i + 1) & t->mask;
+    for (; t->slots[i].id >= 0; i = (i + 1) & t->mask)
+        if (piece_slot_holds(&t->slots[i], m, p->piece, p->len, tag, len))
+            return t->slots[i].id;
     *filter_word(t, h) |= filter_bits(h);
     piece_slot *s = &t->slots[i];
     s->id = id;
-    s->len = piece_slot_len(p->len);
-    uint32_t tag = (uint32_t)(h >> 32);
+    s->len = len;
     if (p->len <= PIECE_INLINE_BYTES)
         memcpy(s->bytes, p->piece, p->len);
     else
@@ -343,6 +368,8 @@ static int is_mergeable(int type)
     return type == SPM_PIECE_NORMAL || type == SPM_PIECE_USER_DEFINED || type == SPM_PIECE_UNUSED;
 }
 
+#define PIECE_PREFETCH 16 /* pieces ahead */
+
 static int index_pieces(gale_tokenizer *tok, gale_error *err)
 {
     const spm_model *m = &tok->model;
@@ -360,6 +387,11 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->byte_ids[b] = -1;
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
+        if (i + PIECE_PREFETCH < m->n_pieces) { /* the slot a later piece starts at, from memory */
+            const spm_piece *q = &m->pieces[i + PIECE_PREFETCH];
+            const piece_table *t = is_mergeable(q->type) ? &tok->mergeable : &tok->reserved;
+            __builtin_prefetch(&t->slots[bytes_hash(q->piece, q->len) & t->mask]);
+        }
         tok->scores[i] = p->score;
         tok->types[i] = (uint8_t)p->type;
         if (p->len == 0)
@@ -423,14 +455,6 @@ static int words_are_independent(const gale_tokenizer *tok)
     return 1;
 }
 
-/* A symbol's key, for the pair memo: a mergeable piece's id, or for one character that is no
- * such piece, n_pieces + its code point (keys stay below 2^32 since ids are int32). */
-static uint32_t symbol_key(const gale_tokenizer *tok, const uint8_t *s, size_t len)
-{
-    int32_t id = piece_table_find(&tok->mergeable, &tok->model, s, len);
-    return id >= 0 ? (uint32_t)id : (uint32_t)tok->model.n_pieces + utf8_codepoint(s, len);
-}
-
 /* sentencepiece's bos_id() and friends: the id of the named piece when it has the type. */
 static int special_id(const gale_tokenizer *tok, const char *piece, int type)
 {
@@ -438,102 +462,68 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
     return id >= 0 && tok->types[id] == type ? id : -1;
 }
 
-/* ---- the pairs of characters that merges can join ---- */
+/* ---- characters, and the pairs of them that merges can join ---- */
 
 #define WS_CP 0x2581u
 #define NO_CHAR UINT32_MAX /* the last character of an empty word */
 
-/* The index of an ASCII character or "▁" in the bitmap, else 256. */
-static uint32_t small_index(uint32_t c)
+static const char_entry *char_entry_of(const gale_tokenizer *tok, uint32_t c)
 {
-    return c < 128 ? c : c == WS_CP ? 128 : 256;
+    return &tok->char_pages[tok->char_page_of[c >> CHAR_PAGE_BITS]][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
-static uint64_t pair_set_key(uint32_t a, uint32_t b)
+/* A symbol's key, for the pair memo: the id of the mergeable piece that is character c alone,
+ * or else n_pieces + c (keys stay below 2^32 since ids are int32). */
+static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
 {
-    return ((uint64_t)a << 32 | b) + 1;
+    uint32_t key = char_entry_of(tok, c)->key;
+    return key != NO_KEY ? key : (uint32_t)tok->model.n_pieces + c;
 }
 
-static size_t pair_set_slot(const gale_tokenizer *tok, uint64_t key)
-{
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & tok->pair_mask;
-}
-
-/* 1 when characters a then b lie next to each other inside some mergeable piece. */
+/* 1 when the characters of pair numbers a then b lie next to each other inside some mergeable
+ * piece (number 0, a character in no pair, has an empty row and column). */
 static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
 {
-    uint32_t x = small_index(a), y = small_index(b);
-    if (x < 256 && y < 256) {
-        uint32_t bit = x << 8 | y;
-        return (int)(tok->small_pairs[bit >> 6] >> (bit & 63) & 1);
-    }
-    if (a < PAIR_LEFT_LIMIT && !(tok->pair_lefts[a >> 6] >> (a & 63) & 1))
-        return 0;
-    uint64_t key = pair_set_key(a, b);
-    for (size_t i = pair_set_slot(tok, key);; i = (i + 1) & tok->pair_mask) {
-        if (tok->pair_set[i] == key)
-            return 1;
-        if (!tok->pair_set[i])
-            return 0;
-    }
+    return (int)(tok->pair_bits[a * tok->pair_row_words + (b >> 6)] >> (b & 63) & 1);
 }
 
-static void pair_add(gale_tokenizer *tok, uint32_t a, uint32_t b)
+/* The entry of character c, on a page of its own (made on first use). */
+static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
-    uint32_t x = small_index(a), y = small_index(b);
-    if (x < 256 && y < 256) {
-        uint32_t bit = x << 8 | y;
-        tok->small_pairs[bit >> 6] |= 1ull << (bit & 63);
-        return;
+    uint16_t *page = &tok->char_page_of[c >> CHAR_PAGE_BITS];
+    if (!*page) {
+        size_t n = tok->n_char_pages;
+        if (!(n & (n - 1))) /* a power of two: full */
+            tok->char_pages = gale_xrealloc(tok->char_pages, 2 * n * sizeof *tok->char_pages);
+        for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
+            tok->char_pages[tok->n_char_pages][i] = (char_entry){NO_KEY, 0, 0, 0};
+        *page = (uint16_t)tok->n_char_pages++;
     }
-    if (a < PAIR_LEFT_LIMIT)
-        tok->pair_lefts[a >> 6] |= 1ull << (a & 63);
-    uint64_t key = pair_set_key(a, b);
-    size_t i = pair_set_slot(tok, key);
-    while (tok->pair_set[i] && tok->pair_set[i] != key)
-        i = (i + 1) & tok->pair_mask;
-    if (!tok->pair_set[i])
-        tok->pair_count++;
-    tok->pair_set[i] = key;
+    return &tok->char_pages[*page][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
-/* Rebuilds the pair set at most a quarter full of its pairs: a few thousand, a table that
- * stays in cache. */
-static void pair_set_compact(gale_tokenizer *tok)
+/* The pair number of character c, given on first use (from 1, counted in *n; past
+ * MAX_PAIR_CHARS, *n says there are too many). */
+static uint16_t pair_number(gale_tokenizer *tok, uint32_t c, size_t *n)
 {
-    uint64_t *old = tok->pair_set;
-    size_t old_cap = tok->pair_mask + 1, cap = 64;
-    while (cap < 4 * tok->pair_count)
-        cap *= 2;
-    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
-    tok->pair_mask = cap - 1;
-    for (size_t i = 0; i < old_cap; i++)
-        if (old[i]) {
-            size_t k = pair_set_slot(tok, old[i]);
-            while (tok->pair_set[k])
-                k = (k + 1) & tok->pair_mask;
-            tok->pair_set[k] = old[i];
-        }
-    free(old);
+    char_entry *ce = char_entry_add(tok, c);
+    if (!ce->pair && *n < MAX_PAIR_CHARS)
+        ce->pair = (uint16_t)++*n;
+    else if (!ce->pair)
+        *n = MAX_PAIR_CHARS + 1;
+    return ce->pair;
 }
 
-/* The pairs of adjacent characters of every mergeable piece. No merge joins two characters
- * that are no such pair (its piece would hold them side by side), so a word can be cut there
- * and its parts encoded one by one, as words are at "▁": long runs of CJK, paths and base64
- * become short words that the cache keeps. Only where words are independent at all. */
-static void index_pairs(gale_tokenizer *tok)
+/* The pairs of adjacent characters of the NORMAL and USER_DEFINED pieces, by pair number, two
+ * at a time into *pairs (the count returned); -1 when some such piece is not valid UTF-8 or
+ * they hold too many characters. */
+static long piece_pairs(gale_tokenizer *tok, uint16_t **pairs, size_t *n_chars)
 {
     const spm_model *m = &tok->model;
-    if (!tok->split_words || tok->splitter)
-        return;
-    size_t bytes = 0;
+    size_t bytes = 0, n = 0;
     for (size_t i = 0; i < m->n_pieces; i++)
         bytes += m->pieces[i].len;
-    size_t cap = 64;
-    while (cap < 2 * bytes)
-        cap *= 2;
-    tok->pair_set = gale_xcalloc(cap, sizeof *tok->pair_set);
-    tok->pair_mask = cap - 1;
+    *pairs = gale_xmalloc(2 * bytes * sizeof **pairs);
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
@@ -541,41 +531,91 @@ static void index_pairs(gale_tokenizer *tok)
         const uint8_t *s = (const uint8_t *)p->piece;
         uint32_t prev = NO_CHAR;
         for (size_t k = 0; k < p->len;) {
-            size_t len = utf8_char_len(s + k, p->len - k);
+            size_t len = s[k] < 0x80 ? 1 : utf8_char_len(s + k, p->len - k);
             if (!len)
-                return; /* a piece that is not UTF-8: no cuts (cut_pairs stays 0) */
+                return -1;
             uint32_t c = utf8_codepoint(s + k, len);
-            if (prev != NO_CHAR)
-                pair_add(tok, prev, c);
+            if (prev != NO_CHAR) {
+                (*pairs)[2 * n] = pair_number(tok, prev, n_chars);
+                (*pairs)[2 * n + 1] = pair_number(tok, c, n_chars);
+                n++;
+            }
             prev = c;
             k += len;
         }
     }
-    pair_set_compact(tok);
+    return *n_chars > MAX_PAIR_CHARS ? -1 : (long)n;
+}
+
+/* The entries of the characters of a SentencePiece model: each mergeable piece that is one
+ * character gives that character its key, and each pair of adjacent characters in a NORMAL or
+ * USER_DEFINED piece goes into the pair bitmap. No merge joins two characters that are no such
+ * pair (its piece would hold them side by side), so a word can be cut there and its parts
+ * encoded one by one, as words are at "▁": long runs of CJK, paths and base64 become short
+ * words that the cache keeps, and most CJK characters words of one character. Cuts only where
+ * words are independent at all. */
+static void index_chars(gale_tokenizer *tok)
+{
+    const spm_model *m = &tok->model;
+    tok->char_pages = gale_xmalloc(sizeof *tok->char_pages);
+    for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
+        tok->char_pages[0][i] = (char_entry){NO_KEY, 0, 0, 0};
+    tok->n_char_pages = 1;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        const spm_piece *p = &m->pieces[i];
+        const uint8_t *s = (const uint8_t *)p->piece;
+        if (!is_mergeable(p->type) || utf8_char_len(s, p->len) != p->len)
+            continue;
+        char_entry *ce = char_entry_add(tok, utf8_codepoint(s, p->len));
+        ce->key = (uint32_t)i;
+        ce->direct = p->type != SPM_PIECE_UNUSED;
+    }
+    if (!tok->split_words)
+        return;
+    uint16_t *pairs;
+    size_t n_chars = 0;
+    long n_pairs = piece_pairs(tok, &pairs, &n_chars);
+    if (n_pairs >= 0) {
+        tok->pair_row_words = (n_chars + 1 + 63) / 64;
+        tok->pair_bits = gale_xcalloc((n_chars + 1) * tok->pair_row_words, sizeof *tok->pair_bits);
+        for (long i = 0; i < n_pairs; i++) {
+            uint32_t x = pairs[2 * i], y = pairs[2 * i + 1];
+            tok->pair_bits[x * tok->pair_row_words + (y >> 6)] |= 1ull << (y & 63);
+        }
+    }
+    free(pairs);
+    if (n_pairs < 0)
+        return; /* cut_pairs stays 0 */
     /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
-    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, WS_CP, WS_CP);
+    uint32_t ws = char_entry_of(tok, WS_CP)->pair;
+    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, ws, ws);
 }
 
 /* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
 static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
 {
     tekken_file f;
-    if (tekken_parse(data, len, tok->name, &f, err) < 0)
+    int cached = tekken_cache_load(data, len, &f, tok->sha256);
+    if (!cached && tekken_parse(data, len, tok->name, &f, err) < 0)
         return -1;
     tok->model = f.vocab;
     tok->n_special = f.n_special;
     tok->splitter = tekken_splitter_new(f.pattern, tok->name, err);
+    int rc = tok->splitter && index_pieces(tok, err) == 0 ? 0 : -1;
+    if (rc == 0 && !cached) {
+        gale_sha256_hex(data, len, tok->sha256);
+        tekken_cache_store(data, len, &f, tok->sha256);
+    }
     tekken_file_free_pattern(&f);
-    if (!tok->splitter || index_pieces(tok, err) < 0)
-        return -1;
     tok->split_words = 1;
-    return 0;
+    return rc;
 }
 
 gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *name, gale_error *err)
 {
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
+    pthread_mutex_init(&tok->sha256_lock, NULL);
     int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
              : spm_model_parse(data, len, name, &tok->model, err) < 0 || check_model_settings(&tok->model, name, err) < 0 ||
                      index_pieces(tok, err) < 0
@@ -587,14 +627,15 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     }
     if (!tok->splitter)
         tok->split_words = words_are_independent(tok);
-    index_pairs(tok);
-    for (int b = 0; b < 128; b++) {
-        uint8_t c = (uint8_t)b;
-        tok->ascii_keys[b] = symbol_key(tok, &c, 1);
-    }
+    if (!tok->splitter)
+        index_chars(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
-    gale_sha256_hex(data, len, tok->sha256);
+    if (!tok->sha256[0]) {
+        tok->file_bytes = gale_xmalloc(len ? len : 1);
+        memcpy(tok->file_bytes, data, len);
+        tok->file_len = len;
+    }
     return tok;
 }
 
@@ -603,14 +644,13 @@ gale_tokenizer *tokenizer_load(const char *name_or_path, gale_error *err)
     char *path = tokenizer_find(name_or_path, err);
     if (!path)
         return NULL;
-    size_t len;
+    gale_mapped_file file;
     gale_tokenizer *tok = NULL;
-    char *data = gale_read_file(path, &len, err);
-    if (data)
-        tok = tokenizer_load_bytes(data, len, path, err);
+    if (gale_map_file(path, &file, err) == 0)
+        tok = tokenizer_load_bytes(file.data, file.len, path, err);
     else if (!gale_path_exists(path))
         gale_error_prefix(err, "tokenizer (a .model file or one of %s)", tokenizer_known_names());
-    free(data);
+    gale_unmap_file(&file);
     free(path);
     return tok;
 }
@@ -621,13 +661,16 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     tekken_splitter_free(tok->splitter);
-    free(tok->pair_set);
+    free(tok->char_pages);
+    free(tok->pair_bits);
     piece_table_free(&tok->mergeable);
     piece_table_free(&tok->reserved);
     free(tok->scores);
     free(tok->types);
     free(tok->user_defined);
     free(tok->name);
+    free(tok->file_bytes);
+    pthread_mutex_destroy(&tok->sha256_lock);
     free(tok);
 }
 
@@ -635,7 +678,15 @@ int tokenizer_vocab_size(const gale_tokenizer *tok) { return (int)tok->model.n_p
 int tokenizer_bos_id(const gale_tokenizer *tok) { return tok->bos_id; }
 int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
 int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
-const char *tokenizer_sha256(const gale_tokenizer *tok) { return tok->sha256; }
+const char *tokenizer_sha256(const gale_tokenizer *tok)
+{
+    gale_tokenizer *t = (gale_tokenizer *)tok; /* the hash is computed once, under the lock */
+    pthread_mutex_lock(&t->sha256_lock);
+    if (!t->sha256[0])
+        gale_sha256_hex(t->file_bytes, t->file_len, t->sha256);
+    pthread_mutex_unlock(&t->sha256_lock);
+    return tok->sha256;
+}
 
 /* sentencepiece's PieceToId without the fallback to <unk>; for Tekken, a special token's name
  * is found before the same bytes in the vocabulary, as mistral-common's get_special_token does. */
@@ -730,7 +781,7 @@ static void word_cache_free(word_cache *c)
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    uint32_t key;        /* symbol_key */
+    uint32_t key;        /* char_key, or the id of the piece it is */
     int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
     float pair_score;    /* and its score */
     int frozen;          /* a user-defined piece: never merged */
@@ -758,8 +809,21 @@ typedef struct unused_merge {
 
 typedef struct queued_word {
     uint32_t start, len; /* in the encoder's word buffer */
+    int32_t id;          /* a word of one character that is a piece: its id; else -1 */
     uint64_t hash;       /* bytes_hash of the word when it can be cached */
 } queued_word;
+
+/* Words that a cache line cannot hold (runs of box-drawing characters or of spaces, long
+ * identifiers, words of many ids) repeat too, and their BPE is the slowest: they go to a
+ * second cache, direct-mapped, each entry's ids and bytes on the heap. */
+#define LONG_CACHE_BITS 10 /* 1024 entries */
+#define LONG_WORD_MAX 1024  /* bytes: the cache holds 5 MiB at most */
+
+typedef struct long_entry {
+    uint64_t hash; /* bytes_hash of the word */
+    uint32_t len, n_ids;
+    uint8_t *data; /* the ids (int32), then the word's bytes; NULL: empty */
+} long_entry;
 
 typedef struct pair_memo_slot {
     uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
@@ -776,6 +840,8 @@ struct tokenizer_encoder {
     gale_bytes word;     /* normalised bytes of the queued words, then of the current word */
     size_t word_start;   /* where the current word starts in word */
     uint32_t last_char;  /* the current word's last character, NO_CHAR when it is empty */
+    uint32_t last_pair;  /* and its pair number (char_entry) */
+    int32_t single;      /* the current word is one character that is a piece: its id; else -1 */
     queued_word queue[WORD_QUEUE];
     size_t queue_n;
     int last_was_unk;    /* the last id given out for this text is <unk> */
@@ -790,6 +856,7 @@ struct tokenizer_encoder {
     size_t unused_n, unused_cap;
     gale_ids word_ids;
     word_cache cache; /* entries NULL: no cache */
+    long_entry *long_cache; /* NULL: none */
     int cache_id_bytes; /* 2 or 4: the width of the ids in the cache */
     pair_memo_slot *pair_memo; /* direct-mapped; NULL: none */
 };
@@ -1026,7 +1093,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
-            key = w[i] < 0x80 ? tok->ascii_keys[w[i]] : symbol_key(tok, w + i, len);
+            key = char_key(tok, utf8_codepoint(w + i, len));
         }
         e->symbols[count] =
             (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, 0, frozen};
@@ -1058,10 +1125,16 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
 {
     if (n && ids[0] == e->tok->unk_id && e->last_was_unk)
         ids++, n--;
-    if (n) {
+    if (!n)
+        return;
+    if (out->cap - out->n < n) {
         gale_ids_append(out, ids, n);
-        e->last_was_unk = ids[n - 1] == e->tok->unk_id;
+    } else { /* a few ids: a loop rather than a call of memcpy */
+        for (size_t i = 0; i < n; i++)
+            out->v[out->n + i] = ids[i];
+        out->n += n;
     }
+    e->last_was_unk = ids[n - 1] == e->tok->unk_id;
 }
 
 /* The ids of a cache hit, widened to int32. */
@@ -1081,12 +1154,12 @@ static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_i
     append_word_ids(e, ids, c->n_ids, out);
 }
 
-/* Keeps word w and its ids in the first way of set when they fit. */
-static void cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, const uint8_t *w, size_t n,
-                        const gale_ids *ids)
+/* Keeps word w and its ids in the first way of set when they fit; 0 when they do not. */
+static int cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, const uint8_t *w, size_t n,
+                       const gale_ids *ids)
 {
     if (n + (size_t)e->cache_id_bytes * ids->n > CACHE_DATA_BYTES)
-        return;
+        return 0;
     if (set[0].len)
         set[1] = set[0];
     cache_entry *c = &set[0];
@@ -1103,11 +1176,26 @@ static void cache_store(tokenizer_encoder *e, cache_entry *set, uint32_t tag, co
     } else {
         memcpy(p, ids->v, 4 * ids->n);
     }
+    return 1;
 }
 
 static int cacheable(const tokenizer_encoder *e, size_t n)
 {
     return e->cache.entries && n < CACHE_DATA_BYTES;
+}
+
+/* The entry of the long-word cache for a word of hash h; NULL for a word too long for it. */
+static long_entry *long_slot(const tokenizer_encoder *e, size_t n, uint64_t h)
+{
+    return e->long_cache && n <= LONG_WORD_MAX ? &e->long_cache[h >> (64 - LONG_CACHE_BITS)] : NULL;
+}
+
+static void long_store(long_entry *l, uint64_t h, const uint8_t *w, size_t n, const gale_ids *ids)
+{
+    l->data = gale_xrealloc(l->data, ids->n * sizeof *ids->v + n);
+    memcpy(l->data, ids->v, ids->n * sizeof *ids->v);
+    memcpy(l->data + ids->n * sizeof *ids->v, w, n);
+    *l = (long_entry){h, (uint32_t)n, (uint32_t)ids->n, l->data};
 }
 
 /* The cache set (two entries) of a word of hash h. */
@@ -1121,7 +1209,7 @@ static int cache_entry_holds(const cache_entry *c, uint32_t tag, const uint8_t *
     return c->len == n && c->tag == tag && bytes_equal(c->data, w, n);
 }
 
-/* Encodes word w whose bytes_hash is h (when cacheable). */
+/* Encodes word w whose bytes_hash is h (when hashed: a word of LONG_WORD_MAX bytes at most). */
 static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64_t h, gale_ids *out)
 {
     cache_entry *set = NULL;
@@ -1135,11 +1223,16 @@ static void encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, uint64
                 return;
             }
     }
+    long_entry *l = long_slot(e, n, h);
+    if (l && l->hash == h && l->len == n && !memcmp(l->data + l->n_ids * sizeof(int32_t), w, n)) {
+        append_word_ids(e, (const int32_t *)(const void *)l->data, l->n_ids, out);
+        return;
+    }
     e->word_ids.n = 0;
     bpe_encode_word(e, w, n, &e->word_ids);
     append_word_ids(e, e->word_ids.v, e->word_ids.n, out);
-    if (set)
-        cache_store(e, set, tag, w, n, &e->word_ids);
+    if ((!set || !cache_store(e, set, tag, w, n, &e->word_ids)) && l)
+        long_store(l, h, w, n, &e->word_ids);
 }
 
 static size_t current_word_len(const tokenizer_encoder *e)
@@ -1151,8 +1244,11 @@ static size_t current_word_len(const tokenizer_encoder *e)
 static void encode_queue(tokenizer_encoder *e, gale_ids *out)
 {
     for (size_t i = 0; i < e->queue_n; i++) {
-        const queued_word *q = &e->queue[i];
-        encode_word(e, e->word.v + q->start, q->len, q->hash, out);
+        queued_word *q = &e->queue[i];
+        if (q->id >= 0)
+            append_word_ids(e, &q->id, 1, out);
+        else
+            encode_word(e, e->word.v + q->start, q->len, q->hash, out);
     }
     e->queue_n = 0;
     size_t current = current_word_len(e);
@@ -1168,30 +1264,48 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
     size_t n = current_word_len(e);
     if (n) {
         queued_word *q = &e->queue[e->queue_n++];
-        *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, 0};
-        if (cacheable(e, n)) {
+        *q = (queued_word){(uint32_t)e->word_start, (uint32_t)n, e->single, 0};
+        if (e->single < 0 && cacheable(e, n)) {
             q->hash = bytes_hash(e->word.v + e->word_start, n);
             cache_entry *set = cache_set(e, q->hash);
             __builtin_prefetch(&set[0]);
             __builtin_prefetch(&set[1]);
+        } else if (e->single < 0 && n <= LONG_WORD_MAX) {
+            q->hash = bytes_hash(e->word.v + e->word_start, n);
         }
         e->word_start = e->word.n;
         if (e->queue_n == WORD_QUEUE)
             encode_queue(e, out);
     }
     e->last_char = NO_CHAR;
+    e->single = -1;
 }
 
-/* Ends the current word in front of character c where no merge can join c to it: where the
- * pair is in no mergeable piece (cut_pairs), or else at "▁" after another character. */
-static void join_or_cut(tokenizer_encoder *e, uint32_t c, gale_ids *out)
+/* Ends the current word in front of character c (of entry ce) where no merge can join c to
+ * it: where the pair is in no mergeable piece (cut_pairs), or else at "▁" after another
+ * character. Then c is the word's last character. */
+static void join_or_cut(tokenizer_encoder *e, uint32_t c, const char_entry *ce, gale_ids *out)
 {
     const gale_tokenizer *tok = e->tok;
-    if (e->last_char == NO_CHAR)
-        return;
-    if (tok->cut_pairs ? !pair_joins(tok, e->last_char, c)
-                       : tok->split_words && c == WS_CP && e->last_char != WS_CP)
+    if (e->last_char != NO_CHAR &&
+        (tok->cut_pairs ? !pair_joins(tok, e->last_pair, ce->pair)
+                        : tok->split_words && c == WS_CP && e->last_char != WS_CP))
         flush_word(e, out);
+    e->single = e->last_char == NO_CHAR && ce->direct ? (int32_t)ce->key : -1;
+    e->last_char = c;
+    e->last_pair = ce->pair;
+}
+
+/* Appends n bytes to the current word: a character or a few, so a loop rather than a call of
+ * memcpy, and gale_bytes_reserve only when the buffer grows. */
+static void word_append(tokenizer_encoder *e, const uint8_t *s, size_t n)
+{
+    if (e->word.cap - e->word.n < n)
+        gale_bytes_reserve(&e->word, n);
+    uint8_t *d = e->word.v + e->word.n;
+    for (size_t i = 0; i < n; i++)
+        d[i] = s[i];
+    e->word.n += n;
 }
 
 /* The character of a normalised unit that starts at u (a space as "▁"). */
@@ -1201,22 +1315,29 @@ static uint32_t unit_char(const uint8_t *u, size_t n)
 }
 
 /* Appends one normalised unit (spaces not yet escaped) to the current word, first ending the
- * word where the unit cannot join it (join_or_cut). */
+ * word where the unit cannot join it (join_or_cut). A unit of several characters (a
+ * user-defined piece) is no word of one character. */
 static void push_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gale_ids *out)
 {
-    join_or_cut(e, unit_char(u, n), out);
+    uint32_t first = unit_char(u, n);
+    join_or_cut(e, first, char_entry_of(e->tok, first), out);
     size_t last = n - 1;
     while (last > 0 && is_trail(u[last]))
         last--;
-    e->last_char = unit_char(u + last, n - last);
+    if (last > 0) {
+        uint32_t c = unit_char(u + last, n - last);
+        e->last_char = c;
+        e->last_pair = char_entry_of(e->tok, c)->pair;
+        e->single = -1;
+    }
     if (!memchr(u, ' ', n))
-        gale_bytes_append(&e->word, u, n);
+        word_append(e, u, n);
     else
         for (size_t i = 0; i < n; i++) {
             if (u[i] == ' ')
-                gale_bytes_append(&e->word, WS, WS_LEN);
+                word_append(e, (const uint8_t *)WS, WS_LEN);
             else
-                gale_bytes_push(&e->word, u[i]);
+                word_append(e, u + i, 1);
         }
 }
 
@@ -1254,33 +1375,51 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
 {
     const gale_tokenizer *tok = e->tok;
     size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
+    const char_entry *ascii = char_entry_of(tok, 0), *ws = char_entry_of(tok, WS_CP);
     size_t i = 0;
     while (i < n && (final || n - i >= lookahead)) {
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
-            join_or_cut(e, WS_CP, out);
-            gale_bytes_append(&e->word, WS, WS_LEN);
-            e->last_char = WS_CP;
+            join_or_cut(e, WS_CP, ws, out);
+            word_append(e, (const uint8_t *)WS, WS_LEN);
             i++;
             continue;
         }
         if (e->started && plain_byte(tok, s[i])) {
             /* a run of ASCII bytes other than space that start no user-defined piece: each is a
              * unit of its own that normalize_unit would append unchanged */
-            size_t j = i + 1, stop = final ? n : n - lookahead + 1;
-            while (j < stop && plain_byte(tok, s[j]))
-                j++;
-            if (tok->cut_pairs) /* the cuts inside the run */
-                for (size_t k = i; k < j; k++) {
-                    if (e->last_char != NO_CHAR && !pair_joins(tok, e->last_char, s[k])) {
-                        gale_bytes_append(&e->word, s + i, k - i);
+            size_t j = i, stop = final ? n : n - lookahead + 1;
+            if (tok->cut_pairs) { /* the run and its cuts in one pass, as join_or_cut makes them */
+                uint32_t last = e->last_pair;
+                int32_t single = e->single;
+                int empty = e->last_char == NO_CHAR; /* the word before s[j] */
+                do {
+                    const char_entry *ce = &ascii[s[j]];
+                    if (!empty && !pair_joins(tok, last, ce->pair)) {
+                        word_append(e, s + i, j - i);
+                        e->single = single;
                         flush_word(e, out);
-                        i = k;
+                        i = j;
+                        empty = 1;
                     }
-                    e->last_char = s[k];
+                    single = empty && ce->direct ? (int32_t)ce->key : -1;
+                    empty = 0;
+                    last = ce->pair;
+                } while (++j < stop && plain_byte(tok, s[j]));
+                e->single = single;
+                e->last_char = s[j - 1];
+                e->last_pair = last;
+            } else {
+                while (++j < stop && plain_byte(tok, s[j]))
+                    ;
+                join_or_cut(e, s[i], &ascii[s[i]], out);
+                if (j - i > 1) {
+                    e->single = -1;
+                    e->last_char = s[j - 1];
+                    e->last_pair = ascii[s[j - 1]].pair;
                 }
-            gale_bytes_append(&e->word, s + i, j - i);
-            e->last_char = s[j - 1];
+            }
+            word_append(e, s + i, j - i);
             e->prev_space = 0;
             i = j;
             continue;
@@ -1290,9 +1429,8 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             /* a valid character that starts no user-defined piece: what normalize_unit and
              * push_unit do with it, without the calls */
             uint32_t c = utf8_codepoint(s + i, len);
-            join_or_cut(e, c, out);
-            gale_bytes_append(&e->word, s + i, len);
-            e->last_char = c;
+            join_or_cut(e, c, char_entry_of(tok, c), out);
+            word_append(e, s + i, len);
             e->prev_space = 0;
             i += len;
             continue;
@@ -1322,6 +1460,7 @@ static void encoder_reset(tokenizer_encoder *e)
     e->word_start = 0;
     e->queue_n = 0;
     e->last_char = NO_CHAR;
+    e->single = -1;
     e->last_was_unk = 0;
 }
 
@@ -1334,7 +1473,7 @@ static size_t tekken_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int f
     size_t done = 0, start, end;
     int rc;
     while ((rc = tekken_next_word(e->matcher, e->text.v, e->text.n, done, final, &start, &end)) > 0) {
-        gale_bytes_append(&e->word, e->text.v + start, end - start);
+        word_append(e, e->text.v + start, end - start);
         flush_word(e, out);
         done = end;
     }
@@ -1403,6 +1542,7 @@ static void encoder_init(tokenizer_encoder *e, const gale_tokenizer *tok)
     memset(e, 0, sizeof *e);
     e->tok = tok;
     e->last_char = NO_CHAR;
+    e->single = -1;
     if (tok->splitter)
         e->matcher = tekken_matcher_new(tok->splitter);
 }
@@ -1418,6 +1558,10 @@ static void encoder_release(tokenizer_encoder *e)
     free(e->unused);
     gale_ids_free(&e->word_ids);
     word_cache_free(&e->cache);
+    if (e->long_cache)
+        for (size_t i = 0; i < (size_t)1 << LONG_CACHE_BITS; i++)
+            free(e->long_cache[i].data);
+    free(e->long_cache);
     free(e->pair_memo);
 }
 
@@ -1426,6 +1570,7 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     tokenizer_encoder *e = gale_xmalloc(sizeof *e);
     encoder_init(e, tok);
     word_cache_init(&e->cache);
+    e->long_cache = gale_xcalloc((size_t)1 << LONG_CACHE_BITS, sizeof *e->long_cache);
     e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
     e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
     for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,34 @@ char *gale_read_file(const char *path, size_t *len, gale_error *err)
     if (len)
         *len = n;
     return buf;
+}
+
+int gale_map_file(const char *path, gale_mapped_file *f, gale_error *err)
+{
+    *f = (gale_mapped_file){0};
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+        void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map != MAP_FAILED) {
+            close(fd);
+            *f = (gale_mapped_file){map, (size_t)st.st_size, 1};
+            return 0;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    f->data = gale_read_file(path, &f->len, err);
+    return f->data ? 0 : -1;
+}
+
+void gale_unmap_file(gale_mapped_file *f)
+{
+    if (f->mapped)
+        munmap((void *)f->data, f->len);
+    else
+        free((void *)f->data);
+    *f = (gale_mapped_file){0};
 }
 
 int gale_fsync_path(const char *path, gale_error *err)

@@ -11,6 +11,17 @@
 /* Reads all of path into a NUL-terminated buffer (the NUL is not counted in *len). */
 char *gale_read_file(const char *path, size_t *len, gale_error *err);
 
+/* All of a file, mapped read-only where it can be (a regular file), else read (a pipe): for
+ * large files read once, where copying them would cost more than reading them. */
+typedef struct gale_mapped_file {
+    const void *data;
+    size_t len;
+    int mapped;
+} gale_mapped_file;
+
+int gale_map_file(const char *path, gale_mapped_file *f, gale_error *err);
+void gale_unmap_file(gale_mapped_file *f);
+
 /* Writes data to path atomically: path.tmp.<pid>, fsync, rename, fsync of the folder. */
 int gale_write_file_atomic(const char *path, const void *data, size_t len, gale_error *err);
 
