@@ -17,13 +17,18 @@ int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_ba
     opt->be = be;
     opt->begin = begin;
     opt->end = end;
-    /* one arena: v follows m */
-    opt->m = be->ops->alloc(be, 2 * (end - begin) * sizeof(float));
-    opt->v = opt->m ? opt->m + (end - begin) : NULL;
+    /* one arena: v follows m, then the clip's sum of squares and factor (8-byte aligned:
+     * 2 x n floats are a multiple of 8 bytes) */
+    size_t n = end - begin;
+    opt->m = be->ops->alloc(be, 2 * n * sizeof(float) + sizeof(double) + sizeof(float));
+    opt->v = opt->m ? opt->m + n : NULL;
+    opt->norm_sq = opt->m ? (double *)(opt->m + 2 * n) : NULL;
+    opt->clip = opt->m ? (float *)(opt->norm_sq + 1) : NULL;
+    opt->norm_sq_host = be->ops->host_alloc(be, sizeof(double));
     opt->step = 0;
     if (gale_backend_sync(be, err)) {
         adamw_free(opt);
-        gale_error_prefix(err, "AdamW moments of %zu parameters", end - begin);
+        gale_error_prefix(err, "AdamW moments of %zu parameters", n);
         return -1;
     }
     return 0;
@@ -33,14 +38,37 @@ void adamw_free(struct adamw *opt)
 {
     if (opt->m)
         opt->be->ops->free(opt->be, opt->m);
-    opt->m = opt->v = NULL;
+    if (opt->norm_sq_host)
+        opt->be->ops->host_free(opt->be, opt->norm_sq_host);
+    opt->m = opt->v = opt->clip = NULL;
+    opt->norm_sq = opt->norm_sq_host = NULL;
+}
+
+/* Queues the sum of squares of grads[0, n) into opt->norm_sq. */
+static void queue_sumsq(struct adamw *opt, const float *grads, size_t n)
+{
+    opt->be->ops->zero(opt->be, opt->norm_sq, sizeof(double));
+    opt->be->ops->sumsq(opt->be, opt->norm_sq, grads, n);
+}
+
+/* Reads opt->norm_sq back: the norm. */
+static int read_norm(struct adamw *opt, double *norm, gale_error *err)
+{
+    struct gale_backend *be = opt->be;
+    be->ops->download(be, opt->norm_sq_host, opt->norm_sq, sizeof(double));
+    if (gale_backend_sync(be, err))
+        return -1;
+    *norm = sqrt(*opt->norm_sq_host);
+    return 0;
 }
 
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr, double grad_scale)
+                float *weights, const float *grads, double lr, double max_norm)
 {
     struct gale_backend *be = opt->be;
     size_t w_bytes = be->ops->dtype_bytes(be, be->compute);
+    queue_sumsq(opt, grads, layout->numel);
+    be->ops->clip_factor(be, opt->clip, opt->norm_sq, max_norm);
     opt->step++;
     const struct adamw_config *c = &opt->cfg;
     for (int i = 0; i < layout->n; i++) {
@@ -52,30 +80,24 @@ void adamw_step(struct adamw *opt, const struct model_layout *layout, float *par
         size_t moment = lo - opt->begin;
         float *copy = weights ? (float *)((char *)weights + lo * w_bytes) : NULL;
         be->ops->adamw_step(be, params + lo, copy, grads + lo, opt->m + moment, opt->v + moment,
-                            hi - lo, (float)grad_scale, (float)lr, (float)c->beta1,
-                            (float)c->beta2, (float)c->eps,
-                            t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
+                            hi - lo, opt->clip, (float)lr, (float)c->beta1, (float)c->beta2,
+                            (float)c->eps, t->decay ? (float)c->weight_decay : 0.0f,
+                            (int)opt->step);
     }
 }
 
-double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end)
+int adamw_step_norm(struct adamw *opt, double *norm, gale_error *err)
 {
-    return be->ops->sumsq(be, grads + begin, end - begin);
+    if (read_norm(opt, norm, err))
+        return -1;
+    if (!isfinite(*norm))
+        opt->step--; /* the device skipped the update (gale_clip_factor gave NaN) */
+    return 0;
 }
 
-double grad_clip_factor(double norm, double max_norm)
+int adamw_grad_norm(struct adamw *opt, const float *grads, size_t n, double *norm,
+                    gale_error *err)
 {
-    if (max_norm <= 0)
-        return 1.0;
-    double factor = max_norm / (norm + 1e-6);
-    return factor < 1.0 ? factor : 1.0;
-}
-
-double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n, double max_norm)
-{
-    double norm = sqrt(grad_sumsq(be, grads, 0, n));
-    double factor = grad_clip_factor(norm, max_norm);
-    if (factor < 1.0)
-        be->ops->scale(be, grads, n, (float)factor);
-    return norm;
+    queue_sumsq(opt, grads, n);
+    return read_norm(opt, norm, err);
 }

@@ -1,7 +1,7 @@
-/* adamw: torch.optim.AdamW over the model's flat parameter buffer, and global-norm gradient
- * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a contiguous range
- * [begin, end) of the flat buffer, so an optimizer shard (ZeRO-1) is the same code as the
- * whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
+/* adamw: torch.optim.AdamW over the model's flat parameter buffer, with global-norm gradient
+ * clipping as torch.nn.utils.clip_grad_norm_ in the same device-side sequence. The moments
+ * cover a contiguous range [begin, end) of the flat buffer, so an optimizer shard (ZeRO-1) is
+ * the same code as the whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
  * As in mixed-precision training (llm.c's adamw(params, master, grads, m, v, stream)): the
  * update runs on the fp32 master weights and moments and writes the compute copy too. */
 #ifndef GALE_OPTIM_ADAMW_H
@@ -27,7 +27,10 @@ struct adamw {
     struct adamw_config cfg;
     struct gale_backend *be;
     size_t begin, end;     /* range of the flat buffer these moments cover */
-    float *m, *v;          /* device: one arena of 2 x (end - begin) floats, v after m */
+    float *m, *v;          /* device: one arena of 2 x (end - begin) floats, v after m, */
+    double *norm_sq;       /* then the step's gradient sum of squares (fp64) */
+    float *clip;           /* and its clip factor */
+    double *norm_sq_host;  /* the sum of squares read back after the update */
     long step;             /* steps taken */
 };
 
@@ -36,23 +39,24 @@ int adamw_init(struct adamw *opt, const struct adamw_config *cfg, struct gale_ba
                size_t begin, size_t end, gale_error *err);
 void adamw_free(struct adamw *opt);
 
-/* One step at rate lr on the master weights params[begin, end) with grad_scale *
- * grads[begin, end) (both full flat buffers of the layout; grad_scale is clipping's factor,
- * applied in the same pass, 1 for none), also writing weights[begin, end) in the backend's
- * compute dtype when weights is not NULL (model_weights); decay per tensor view as the layout
- * says. */
+/* One step at rate lr on the master weights params[begin, end) with the gradients clipped as
+ * torch.nn.utils.clip_grad_norm_(max_norm) over the whole of grads (max_norm <= 0: no
+ * clipping), also writing weights[begin, end) in the backend's compute dtype when weights is
+ * not NULL (model_weights); decay per tensor view as the layout says. params, weights and
+ * grads are full flat buffers of the layout. The norm, the clip factor and the update are
+ * queued on the device one after the other with no host read between them; a non-finite norm
+ * makes the device skip the update. adamw_step_norm reads the norm back afterwards. */
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr, double grad_scale);
+                float *weights, const float *grads, double lr, double max_norm);
 
-/* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
-double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end);
+/* The gradient norm before clipping of the last adamw_step: its one read from the device,
+ * made after the update was queued. When the norm is not finite the device skipped the
+ * update, and the step is taken back from opt->step. -1 with err on a device failure. */
+int adamw_step_norm(struct adamw *opt, double *norm, gale_error *err);
 
-/* The factor clip_grad_norm_ multiplies by: max_norm / (norm + 1e-6) when norm > max_norm,
- * else 1 (max_norm <= 0: no clipping). */
-double grad_clip_factor(double norm, double max_norm);
-
-/* Single-process clip of grads[0, n): returns the norm before clipping. */
-double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n,
-                             double max_norm);
+/* The norm of grads[0, n) alone, read back at once, for a step that takes no update (a
+ * non-finite loss). -1 with err on a device failure. */
+int adamw_grad_norm(struct adamw *opt, const float *grads, size_t n, double *norm,
+                    gale_error *err);
 
 #endif

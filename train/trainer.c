@@ -603,10 +603,22 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(grad_sumsq(t->be, grads, 0, layout->numel));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
+    /* the clip factor goes from the norm to the update on the device; the norm comes back after */
+    int rc;
+    if (isfinite(r->loss)) {
+        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, c->optim.clip);
+        rc = adamw_step_norm(&t->opt, &r->grad_norm, err);
+    } else {
+        rc = adamw_grad_norm(&t->opt, grads, layout->numel, &r->grad_norm, err);
+    }
+    if (rc) {
+        gale_error_prefix(err, "step %ld", t->state.step + 1);
+        return -1;
+    }
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+        /* no update was made: a non-finite norm made the device skip it */
         char why[1536];
         diagnose_nonfinite(t, why, sizeof why);
         if (c->run.nan_policy == GALE_NAN_STOP)
@@ -617,13 +629,9 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
             printf("step %ld: non-finite loss %g / gradient norm %g, skipped; %s\n", t->state.step + 1, r->loss,
                    r->grad_norm, why);
         r->skipped = 1;
-    } else {
-        double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
-        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, factor);
-        if (c->optim.zero && t->world > 1) {
-            share_updated_shards(t);
-            model_weights_refresh(t->model);
-        }
+    } else if (c->optim.zero && t->world > 1) {
+        share_updated_shards(t);
+        model_weights_refresh(t->model);
     }
     t->state.step++;
     t->state.optimizer_step = t->opt.step;
