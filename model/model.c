@@ -322,15 +322,15 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     struct carve act = {0}, scr = {0};
     carve_pass(&tmp, rows, &act, &scr);
     free(tmp.acts);
-    struct model_layout layout;
-    model_layout_build(cfg, &layout);
     size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
                           (size_t)cfg->hidden_size;
-    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
-    size_t numel = layout.numel - expert_numel + expert_numel / ep;
+    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer;
+     * counted, not laid out: an absurd config (2^30 experts) is refused by its size, at once */
+    size_t numel = (size_t)model_config_num_params(cfg) - expert_numel + expert_numel / ep;
     size_t adapters = 0;
     if (lay->lora) {
-        struct model_layout al;
+        struct model_layout layout, al;
+        model_layout_build(cfg, &layout);
         int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
         int rc = lora_layout_build(&layout, lay->lora, &al, adapter_of, err);
         free(adapter_of);
@@ -344,8 +344,8 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
                 expert_adapters += al.tensors[i].numel;
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
+        model_layout_free(&layout);
     }
-    model_layout_free(&layout);
     int dp = lay->zero && lay->dp_size > 1 ? lay->dp_size : 1;
     /* full fine-tuning trains every weight from an fp32 master (the compute copy too unless
      * fp32); LoRA keeps the base frozen in the compute dtype only and trains the adapters */
