@@ -98,18 +98,7 @@ int cmd_plan(int argc, char **argv)
         run_config_free(cfg);
         return 1;
     }
-    struct model_plan_layout lay = {
-        .micro_batch = (int)cfg->data.micro_batch,
-        .seq_len = (int)cfg->data.seq_len,
-        .compute = cfg->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
-        .recompute = cfg->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER
-                                                                    : MODEL_RECOMPUTE_NONE,
-        .ep_size = ep,
-        .ep_rank = 0,
-        .dp_size = world / ep,
-        .zero = cfg->optim.zero,
-        .lora = lora.rank ? &lora : NULL,
-    };
+    struct model_plan_layout lay = trainer_plan_layout(cfg, lora.rank ? &lora : NULL, world, ep);
     struct model_plan plan;
     int rc = model_plan(&mc, &lay, &plan, &err);
     if (rc) {

@@ -6,7 +6,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "util/file.h"
 
@@ -392,18 +391,4 @@ long long model_config_num_params(const struct model_config *cfg)
     __int128 embed = (__int128)cfg->vocab_size * h;
     __int128 n = embed * (cfg->tie_word_embeddings ? 1 : 2) + h + per_layer * cfg->num_layers;
     return n > LLONG_MAX ? LLONG_MAX : (long long)n;
-}
-
-int model_config_check_memory(const struct model_config *cfg, double bytes_per_param, const char *what,
-                              gale_error *err)
-{
-    double params = (double)model_config_num_params(cfg);
-    double need = params * bytes_per_param;
-    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (have > 0 && need > have)
-        return gale_fail(err,
-                         "the model has %.4g parameters: %s needs at least %.4g GiB (%g bytes per parameter), "
-                         "more than this machine's %.4g GiB of memory",
-                         params, what, need / (1 << 30), bytes_per_param, have / (1 << 30));
-    return 0;
 }

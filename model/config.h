@@ -63,10 +63,4 @@ const char *model_kind_name(enum model_kind kind);
 /* Parameter count of the whole model. */
 long long model_config_num_params(const struct model_config *cfg);
 
-/* Refuses a model whose parameters at bytes_per_param (what they hold, e.g. "training: fp32
- * weights, gradients and AdamW moments") need more than the machine's physical memory,
- * before anything is allocated for it; the message gives the number it would need. */
-int model_config_check_memory(const struct model_config *cfg, double bytes_per_param, const char *what,
-                              gale_error *err);
-
 #endif

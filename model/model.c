@@ -21,8 +21,10 @@
 #include "model/lora.h"
 #include "model/rng.h"
 
-/* Rows of logits per chunk in the fused head + loss of the backward: about 32 MB of fp32. */
-#define HEAD_CHUNK_FLOATS (8u << 20)
+/* Rows of logits per chunk in the fused head + loss of the backward: about 128 MB of fp32. Each
+ * chunk's products pack the whole lm_head weight again (OpenBLAS): at 32000 x 256, four chunks
+ * of 262 rows took 8% more CPU in the head's three products than one of 1024 (45 ms a step). */
+#define HEAD_CHUNK_FLOATS (32u << 20)
 
 /* Order of a layer's tensors in the layout (model_layout_build). */
 enum { W_LN1, W_Q, W_K, W_V, W_O, W_LN2, W_GATE, W_UP, W_DOWN };
@@ -383,29 +385,30 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     struct carve act = {0}, scr = {0};
     carve_pass(&tmp, rows, &act, &scr);
     free(tmp.acts);
-    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer */
-    struct model_layout layout;
-    model_layout_build_share(cfg, ep, lay->ep_rank, &layout);
-    size_t numel = layout.numel, experts_held = 0;
-    for (int i = 0; i < layout.n; i++)
-        experts_held += layout.tensors[i].expert ? layout.tensors[i].numel : 0;
-    model_layout_free(&layout);
+    size_t expert_numel = 3 * (size_t)cfg->num_layers * ne * cfg->intermediate_size *
+                          (size_t)cfg->hidden_size;
+    /* the rank holds the dense weights and its contiguous block of E / ep experts per layer;
+     * counted, not laid out: an absurd config (2^30 experts) is refused by its size, at once */
+    size_t experts_held = expert_numel / ep;
+    size_t numel = (size_t)model_config_num_params(cfg) - expert_numel + experts_held;
     size_t adapters = 0;
     if (lay->lora) {
-        struct model_layout whole, al;
-        model_layout_build(cfg, &whole);
-        int *adapter_of = gale_xcalloc((size_t)whole.n, sizeof *adapter_of);
-        int rc = lora_layout_build(&whole, lay->lora, &al, adapter_of, err);
+        struct model_layout layout, al;
+        model_layout_build(cfg, &layout);
+        int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
+        int rc = lora_layout_build(&layout, lay->lora, &al, adapter_of, err);
         free(adapter_of);
-        model_layout_free(&whole);
-        if (rc)
+        if (rc) {
+            model_layout_free(&layout);
             return -1;
+        }
         size_t expert_adapters = 0;
         for (int i = 0; i < al.n; i++)
             if (strstr(al.tensors[i].name, ".experts."))
                 expert_adapters += al.tensors[i].numel;
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
+        model_layout_free(&layout);
     }
     size_t dp = lay->dp_size > 1 ? (size_t)lay->dp_size : 1, world = dp * (size_t)ep;
     if (!lay->zero)

@@ -13,6 +13,7 @@
 #ifndef GALE_MODEL_OPS_H
 #define GALE_MODEL_OPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -161,14 +162,16 @@ struct gale_ops {
                           int rows, int vocab, float grad_scale, double *sums);
 
     /* Decoupled AdamW as torch.optim.AdamW over n elements of the fp32 master weights p with
-     * the gradient grad_scale * g (clipping's factor, rounded to fp32 as an in-place clip
-     * leaves it; g is not written): p -= lr*wd*p; m, v moments;
+     * the gradient grad_scale[0] * g (grad_scale: a device fp32 scalar, clipping's factor from
+     * clip_factor, so the update needs no host read; the product rounded to fp32 as an in-place
+     * clip leaves it; g is not written): p -= lr*wd*p; m, v moments;
      * p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with bc1 = 1-beta1^step,
-     * bc2 = 1-beta2^step. When p_compute is not NULL the new weights are also written there in
-     * be->compute (the compute copy; NULL when it is p itself). */
+     * bc2 = 1-beta2^step. A NaN factor (a non-finite gradient norm) leaves p, p_compute, m and
+     * v untouched: the step is skipped on the device. When p_compute is not NULL the new weights
+     * are also written there in be->compute (the compute copy; NULL when it is p itself). */
     void (*adamw_step)(struct gale_backend *be, float *p, float *p_compute, const float *g,
-                       float *m, float *v, size_t n, float grad_scale, float lr, float beta1,
-                       float beta2, float eps, float weight_decay, int step);
+                       float *m, float *v, size_t n, const float *grad_scale, float lr,
+                       float beta1, float beta2, float eps, float weight_decay, int step);
 
     /* Inverted dropout over n compute-dtype elements: element i is kept when the counter-based
      * draw uniform(seed, i) >= p and then scaled by 1 / (1 - p), else 0. out = that of x, or
@@ -177,9 +180,13 @@ struct gale_ops {
     void (*dropout)(struct gale_backend *be, float *out, const float *x, size_t n, float p,
                     uint64_t seed, int accumulate);
 
-    /* sum of squares (accumulated in double) and in-place scaling, for clipping */
-    double (*sumsq)(struct gale_backend *be, const float *x, size_t n);
-    void (*scale)(struct gale_backend *be, float *x, size_t n, float s);
+    /* acc[0] += the sum of squares of x (accumulated in fp64; acc a device fp64) */
+    void (*sumsq)(struct gale_backend *be, double *acc, const float *x, size_t n);
+    /* factor[0] (device fp32) = clip_grad_norm_'s factor for the norm sqrt(sumsq[0]) (device
+     * fp64): max_norm / (norm + 1e-6) when norm > max_norm, else 1 (max_norm <= 0: 1); NaN when
+     * the norm is not finite, which makes adamw_step skip. Computed in fp64, then rounded. */
+    void (*clip_factor)(struct gale_backend *be, float *factor, const double *sumsq,
+                        double max_norm);
     /* y += a * x */
     void (*axpy)(struct gale_backend *be, float *y, const float *x, size_t n, float a);
     /* acc[0] += sum of x[i] * w[i] over n fp64 elements (device) */
@@ -199,5 +206,25 @@ const struct gale_ops *gale_ops_cuda(void);
 
 /* The round trip of fp32 through bf16, round to nearest even (NaN stays NaN). */
 float gale_round_bf16(float x);
+
+#ifdef __CUDACC__
+#define GALE_HOST_DEVICE __host__ __device__
+#else
+#define GALE_HOST_DEVICE
+#endif
+
+/* clip_grad_norm_'s factor for the gradients' sum of squares: max_norm / (norm + 1e-6) when
+ * the norm is above max_norm, else 1 (max_norm <= 0: 1); NaN when the norm is not finite. The
+ * one definition behind every backend's clip_factor op. */
+static inline GALE_HOST_DEVICE double gale_clip_factor(double sumsq, double max_norm)
+{
+    double norm = sqrt(sumsq);
+    if (!isfinite(norm))
+        return NAN;
+    if (max_norm <= 0)
+        return 1.0;
+    double factor = max_norm / (norm + 1e-6);
+    return factor < 1.0 ? factor : 1.0;
+}
 
 #endif

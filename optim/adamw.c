@@ -26,9 +26,13 @@ int adamw_init_ranges(struct adamw *opt, const struct adamw_config *cfg, struct 
             opt->ranges[opt->n_ranges++] = (struct adamw_range){ranges[i][0], ranges[i][1], opt->numel};
             opt->numel += ranges[i][1] - ranges[i][0];
         }
-    /* one arena: v follows m */
-    opt->m = be->ops->alloc(be, 2 * opt->numel * sizeof(float));
+    /* one arena: v follows m, then the clip's sum of squares and factor (8-byte aligned: 2 x
+     * numel floats are a multiple of 8 bytes) */
+    opt->m = be->ops->alloc(be, 2 * opt->numel * sizeof(float) + sizeof(double) + sizeof(float));
     opt->v = opt->m ? opt->m + opt->numel : NULL;
+    opt->norm_sq = opt->m ? (double *)(opt->m + 2 * opt->numel) : NULL;
+    opt->clip = opt->m ? (float *)(opt->norm_sq + 1) : NULL;
+    opt->norm_sq_host = be->ops->host_alloc(be, sizeof(double));
     opt->step = 0;
     if (gale_backend_sync(be, err)) {
         adamw_free(opt);
@@ -49,7 +53,10 @@ void adamw_free(struct adamw *opt)
 {
     if (opt->m)
         opt->be->ops->free(opt->be, opt->m);
-    opt->m = opt->v = NULL;
+    if (opt->norm_sq_host)
+        opt->be->ops->host_free(opt->be, opt->norm_sq_host);
+    opt->m = opt->v = opt->clip = NULL;
+    opt->norm_sq = opt->norm_sq_host = NULL;
     free(opt->ranges);
     opt->ranges = NULL;
     opt->n_ranges = 0;
@@ -77,11 +84,45 @@ void adamw_moments_upload(struct adamw *opt, const float *m, const float *v)
     gale_backend_wait(opt->be);
 }
 
-void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr, double grad_scale)
+/* Queues the sum of squares of grads over n flat ranges into opt->norm_sq. */
+static void queue_sumsq(struct adamw *opt, const float *grads, const size_t (*ranges)[2], int n)
+{
+    opt->be->ops->zero(opt->be, opt->norm_sq, sizeof(double));
+    for (int i = 0; i < n; i++)
+        if (ranges[i][1] > ranges[i][0])
+            opt->be->ops->sumsq(opt->be, opt->norm_sq, grads + ranges[i][0], ranges[i][1] - ranges[i][0]);
+}
+
+/* Queues the held ranges' sum of squares. */
+static void queue_held_sumsq(struct adamw *opt, const float *grads)
+{
+    size_t (*held)[2] = gale_xcalloc(opt->n_ranges ? (size_t)opt->n_ranges : 1, sizeof *held);
+    for (int i = 0; i < opt->n_ranges; i++) {
+        held[i][0] = opt->ranges[i].begin;
+        held[i][1] = opt->ranges[i].end;
+    }
+    queue_sumsq(opt, grads, (const size_t (*)[2])held, opt->n_ranges);
+    free(held);
+}
+
+/* Reads opt->norm_sq back. */
+static int read_sumsq(struct adamw *opt, double *sumsq, gale_error *err)
+{
+    struct gale_backend *be = opt->be;
+    be->ops->download(be, opt->norm_sq_host, opt->norm_sq, sizeof(double));
+    if (gale_backend_sync(be, err))
+        return -1;
+    *sumsq = *opt->norm_sq_host;
+    return 0;
+}
+
+/* The update, clipped by the factor of the sum of squares in opt->norm_sq. */
+static void step(struct adamw *opt, const struct model_layout *layout, float *params, float *weights,
+                 const float *grads, double lr, double max_norm)
 {
     struct gale_backend *be = opt->be;
     size_t w_bytes = be->ops->dtype_bytes(be, be->compute);
+    be->ops->clip_factor(be, opt->clip, opt->norm_sq, max_norm);
     opt->step++;
     const struct adamw_config *c = &opt->cfg;
     /* ranges and tensors both ascend: each piece is a range within one tensor */
@@ -99,31 +140,55 @@ void adamw_step(struct adamw *opt, const struct model_layout *layout, float *par
             size_t moment = r->at + (lo - r->begin);
             float *copy = weights ? (float *)((char *)weights + lo * w_bytes) : NULL;
             be->ops->adamw_step(be, params + lo, copy, grads + lo, opt->m + moment, opt->v + moment,
-                                hi - lo, (float)grad_scale, (float)lr, (float)c->beta1,
-                                (float)c->beta2, (float)c->eps,
-                                t->decay ? (float)c->weight_decay : 0.0f, (int)opt->step);
+                                hi - lo, opt->clip, (float)lr, (float)c->beta1, (float)c->beta2,
+                                (float)c->eps, t->decay ? (float)c->weight_decay : 0.0f,
+                                (int)opt->step);
         }
     }
 }
 
-double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end)
+void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
+                float *weights, const float *grads, double lr, double max_norm)
 {
-    return be->ops->sumsq(be, grads + begin, end - begin);
+    queue_held_sumsq(opt, grads);
+    step(opt, layout, params, weights, grads, lr, max_norm);
 }
 
-double grad_clip_factor(double norm, double max_norm)
+void adamw_step_summed(struct adamw *opt, const struct model_layout *layout, float *params, float *weights,
+                       const float *grads, double lr, double max_norm, double sumsq)
 {
-    if (max_norm <= 0)
-        return 1.0;
-    double factor = max_norm / (norm + 1e-6);
-    return factor < 1.0 ? factor : 1.0;
+    /* the host value goes through the host buffer, which outlives the queued copy */
+    *opt->norm_sq_host = sumsq;
+    opt->be->ops->upload(opt->be, opt->norm_sq, opt->norm_sq_host, sizeof(double));
+    step(opt, layout, params, weights, grads, lr, max_norm);
 }
 
-double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n, double max_norm)
+int adamw_step_norm(struct adamw *opt, double *norm, gale_error *err)
 {
-    double norm = sqrt(grad_sumsq(be, grads, 0, n));
-    double factor = grad_clip_factor(norm, max_norm);
-    if (factor < 1.0)
-        be->ops->scale(be, grads, n, (float)factor);
-    return norm;
+    double sumsq;
+    if (read_sumsq(opt, &sumsq, err))
+        return -1;
+    *norm = sqrt(sumsq);
+    if (!isfinite(*norm))
+        opt->step--; /* the device skipped the update (gale_clip_factor gave NaN) */
+    return 0;
+}
+
+int adamw_grad_norm(struct adamw *opt, const float *grads, size_t n, double *norm,
+                    gale_error *err)
+{
+    const size_t all[1][2] = {{0, n}};
+    double sumsq;
+    queue_sumsq(opt, grads, all, 1);
+    if (read_sumsq(opt, &sumsq, err))
+        return -1;
+    *norm = sqrt(sumsq);
+    return 0;
+}
+
+int adamw_grad_sumsq(struct adamw *opt, const float *grads, const size_t (*ranges)[2], int n, double *sumsq,
+                     gale_error *err)
+{
+    queue_sumsq(opt, grads, ranges, n);
+    return read_sumsq(opt, sumsq, err);
 }

@@ -1,7 +1,8 @@
-/* adamw: torch.optim.AdamW over the model's flat parameter buffer, and global-norm gradient
- * clipping as torch.nn.utils.clip_grad_norm_. The moments cover a set of ranges of the flat
- * buffer (one, [0, numel), for the whole model), so an optimizer shard (ZeRO-1: a rank's piece
- * of each bucket, train/grad_sync.h) is the same code as the whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
+/* adamw: torch.optim.AdamW over the model's flat parameter buffer, with global-norm gradient
+ * clipping as torch.nn.utils.clip_grad_norm_ in the same device-side sequence. The moments
+ * cover a set of ranges of the flat buffer (one, [0, numel), for the whole model), so an
+ * optimizer shard (ZeRO-1: a rank's piece of each bucket, train/grad_sync.h) is the same code
+ * as the whole model. Weight decay applies to the tensors whose view says decay (2-D weights).
  * As in mixed-precision training (llm.c's adamw(params, master, grads, m, v, stream)): the
  * update runs on the fp32 master weights and moments and writes the compute copy too. */
 #ifndef GALE_OPTIM_ADAMW_H
@@ -34,7 +35,10 @@ struct adamw {
     struct adamw_range *ranges; /* ascending, disjoint */
     int n_ranges;
     size_t numel;          /* moments held: the ranges' total */
-    float *m, *v;          /* device: one arena of 2 x numel floats, v after m */
+    float *m, *v;          /* device: one arena of 2 x numel floats, v after m, */
+    double *norm_sq;       /* then the step's gradient sum of squares (fp64) */
+    float *clip;           /* and its clip factor */
+    double *norm_sq_host;  /* the sum of squares read back after the update */
     long step;             /* steps taken */
 };
 
@@ -52,23 +56,35 @@ void adamw_free(struct adamw *opt);
 void adamw_moments_download(struct adamw *opt, float *m, float *v);
 void adamw_moments_upload(struct adamw *opt, const float *m, const float *v);
 
-/* One step at rate lr on the master weights params[r] with grad_scale * grads[r] over the
- * held ranges r (both full flat buffers of the layout; grad_scale is clipping's factor,
- * applied in the same pass, 1 for none), also writing weights[begin, end) in the backend's
- * compute dtype when weights is not NULL (model_weights); decay per tensor view as the layout
- * says. */
+/* One step at rate lr on the master weights params[r] over the held ranges r, with the
+ * gradients clipped as torch.nn.utils.clip_grad_norm_(max_norm) over the whole gradient
+ * (max_norm <= 0: no clipping), also writing weights[r] in the backend's compute dtype when
+ * weights is not NULL (model_weights); decay per tensor view as the layout says. params,
+ * weights and grads are full flat buffers of the layout. The whole gradient's sum of squares is
+ * the held ranges' own, on the device (one process holding the whole gradient). The norm, the
+ * clip factor and the update are queued on the device one after the other with no host read
+ * between them; a non-finite norm makes the device skip the update. adamw_step_norm reads the
+ * norm back afterwards. */
 void adamw_step(struct adamw *opt, const struct model_layout *layout, float *params,
-                float *weights, const float *grads, double lr, double grad_scale);
+                float *weights, const float *grads, double lr, double max_norm);
+/* The same where the whole gradient's sum of squares is sumsq, a host value (a world of ranks:
+ * their sum, grad_sync_sumsq). */
+void adamw_step_summed(struct adamw *opt, const struct model_layout *layout, float *params, float *weights,
+                       const float *grads, double lr, double max_norm, double sumsq);
 
-/* Sum of squares of grads[begin, end) (for a global norm across ranks: all-reduce it). */
-double grad_sumsq(struct gale_backend *be, const float *grads, size_t begin, size_t end);
+/* The gradient norm before clipping of the last adamw_step: its one read from the device,
+ * made after the update was queued. When the norm is not finite the device skipped the
+ * update, and the step is taken back from opt->step. -1 with err on a device failure. */
+int adamw_step_norm(struct adamw *opt, double *norm, gale_error *err);
 
-/* The factor clip_grad_norm_ multiplies by: max_norm / (norm + 1e-6) when norm > max_norm,
- * else 1 (max_norm <= 0: no clipping). */
-double grad_clip_factor(double norm, double max_norm);
+/* The norm of grads[0, n) alone, read back at once, for a step that takes no update (a
+ * non-finite loss). -1 with err on a device failure. */
+int adamw_grad_norm(struct adamw *opt, const float *grads, size_t n, double *norm,
+                    gale_error *err);
 
-/* Single-process clip of grads[0, n): returns the norm before clipping. */
-double grad_clip_global_norm(struct gale_backend *be, float *grads, size_t n,
-                             double max_norm);
+/* The sum of squares of grads over n flat ranges [ranges[i][0], ranges[i][1]) (a rank's
+ * share of a world's gradient), read back at once. -1 with err on a device failure. */
+int adamw_grad_sumsq(struct adamw *opt, const float *grads, const size_t (*ranges)[2], int n, double *sumsq,
+                     gale_error *err);
 
 #endif

@@ -184,7 +184,7 @@ struct grad_pass {
     gale_comm *c;
     struct gale_backend *be;
     float *grads;
-    double sumsq[2];  /* dense, experts */
+    double *device_sumsq;  /* dense, experts: the backend's accumulators */
 };
 
 static void sum_run(void *ctx, int expert, size_t begin, size_t end)
@@ -196,7 +196,7 @@ static void sum_run(void *ctx, int expert, size_t begin, size_t end)
 static void sumsq_run(void *ctx, int expert, size_t begin, size_t end)
 {
     struct grad_pass *p = ctx;
-    p->sumsq[expert] += grad_sumsq(p->be, p->grads, begin, end);
+    p->be->ops->sumsq(p->be, p->device_sumsq + expert, p->grads + begin, end - begin);
 }
 
 void comm_sum_gradients(gale_comm *c, const struct model_layout *layout, float *grads)
@@ -208,11 +208,16 @@ void comm_sum_gradients(gale_comm *c, const struct model_layout *layout, float *
 double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
                        struct gale_backend *be, const float *grads)
 {
-    struct grad_pass p = {.c = c, .be = be, .grads = (float *)grads};
+    double sumsq[2];
+    struct grad_pass p = {.c = c, .be = be, .grads = (float *)grads, .device_sumsq = be->ops->alloc(be, sizeof sumsq)};
+    be->ops->zero(be, p.device_sumsq, sizeof sumsq);
     for_each_run(layout, c->ep_size > 1, sumsq_run, &p);
+    be->ops->download(be, sumsq, p.device_sumsq, sizeof sumsq);
+    gale_backend_wait(be);
+    be->ops->free(be, p.device_sumsq);
     if (c->ep_size > 1)
-        comm_sum_doubles(c, COMM_EP_GROUP, &p.sumsq[1], 1);
-    return p.sumsq[0] + p.sumsq[1];
+        comm_sum_doubles(c, COMM_EP_GROUP, &sumsq[1], 1);
+    return sumsq[0] + sumsq[1];
 }
 
 void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag)

@@ -168,17 +168,15 @@ void grad_sync_finish(struct grad_sync *s)
     }
 }
 
-double grad_sync_sumsq(struct grad_sync *s, struct gale_backend *be)
+int grad_sync_sumsq(struct grad_sync *s, struct adamw *opt, double *sumsq, gale_error *err)
 {
-    double sum = 0;
-    for (int i = 0; i < s->n; i++) {
-        const struct grad_bucket *b = &s->buckets[i];
-        if (b->piece_end > b->piece_begin)
-            sum += grad_sumsq(be, s->grads, b->piece_begin, b->piece_end);
-    }
-    if (s->c->size > 1)
-        comm_sum_doubles(s->c, COMM_WORLD_GROUP, &sum, 1);
-    return sum;
+    size_t (*pieces)[2];
+    int n = grad_sync_pieces(s, &pieces);
+    int rc = adamw_grad_sumsq(opt, s->grads, (const size_t (*)[2])pieces, n, sumsq, err);
+    free(pieces);
+    if (rc == 0 && s->c->size > 1)
+        comm_sum_doubles(s->c, COMM_WORLD_GROUP, sumsq, 1);
+    return rc;
 }
 
 void grad_sync_gather_params(struct grad_sync *s, float *params)

@@ -23,6 +23,7 @@
 #include <stddef.h>
 
 #include "model/model.h"
+#include "optim/adamw.h"
 #include "train/comm.h"
 
 struct grad_bucket {
@@ -60,10 +61,10 @@ void grad_sync_ready(struct grad_sync *s, int first, int end);
 /* Starts the buckets not started yet and waits for all. Then grads holds the sums: everywhere,
  * or with ZeRO-1 in this rank's pieces only. */
 void grad_sync_finish(struct grad_sync *s);
-/* The squared norm of the whole model's summed gradient, after grad_sync_finish: each rank
- * squares its pieces (with or without ZeRO-1: the same number either way), summed over the
- * world. */
-double grad_sync_sumsq(struct grad_sync *s, struct gale_backend *be);
+/* The squared norm of the whole model's summed gradient into *sumsq, after grad_sync_finish:
+ * each rank squares its pieces on the device (opt's fp64 accumulator; with or without ZeRO-1
+ * the same number either way), summed over the world. -1 with err on a device failure. */
+int grad_sync_sumsq(struct grad_sync *s, struct adamw *opt, double *sumsq, gale_error *err);
 /* ZeRO-1, after each rank updated its pieces of params (the fp32 master): every rank gets
  * every piece (MPI_Allgatherv per bucket). */
 void grad_sync_gather_params(struct grad_sync *s, float *params);

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "data/loader.h"
 #include "data/manifest.h"
@@ -322,6 +324,43 @@ static void print_effective_config(const trainer *t)
     json_decref(run);
 }
 
+struct model_plan_layout trainer_plan_layout(const gale_run_config *cfg, const struct lora_config *lora,
+                                             int world, int ep)
+{
+    return (struct model_plan_layout){
+        .micro_batch = (int)cfg->data.micro_batch,
+        .seq_len = (int)cfg->data.seq_len,
+        .compute = cfg->backend.precision == GALE_PRECISION_BF16 ? GALE_BF16 : GALE_F32,
+        .recompute = cfg->backend.recompute == GALE_RECOMPUTE_LAYER ? MODEL_RECOMPUTE_LAYER : MODEL_RECOMPUTE_NONE,
+        .ep_size = ep,
+        .ep_rank = 0,
+        .dp_size = world / ep,
+        .zero = cfg->optim.zero,
+        .lora = lora,
+    };
+}
+
+/* Refuses, before anything is allocated, a CPU run whose memory plan (gale plan) needs more
+ * than the machine's physical memory. */
+static int check_host_memory(trainer *t, gale_error *err)
+{
+    struct model_plan_layout lay = trainer_plan_layout(t->cfg, t->lora.rank ? &t->lora : NULL, t->world, 1);
+    lay.compute_bytes = sizeof(float); /* the CPU's bf16 mode keeps fp32 containers */
+    struct model_plan plan;
+    if (model_plan(&t->mc, &lay, &plan, err))
+        return -1;
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE), gib = 1 << 30;
+    if (have > 0 && plan.total > have)
+        return gale_fail(err, "%s: the run's memory plan needs %.4g GiB on each rank (%.4g GiB of weights, "
+                              "gradients and moments, %.4g GiB of activations and scratch; gale plan %s shows it), "
+                              "more than this machine's %.4g GiB of memory",
+                         t->cfg->file, plan.total / gib,
+                         (plan.bytes[PLAN_WEIGHTS] + plan.bytes[PLAN_MASTER] + plan.bytes[PLAN_GRADS] +
+                          plan.bytes[PLAN_MOMENTS]) / gib,
+                         (plan.bytes[PLAN_ACTIVATIONS] + plan.bytes[PLAN_SCRATCH]) / gib, t->cfg->file, have / gib);
+    return 0;
+}
+
 static int setup(trainer *t, gale_error *err)
 {
     const gale_run_config *c = t->cfg;
@@ -334,13 +373,8 @@ static int setup(trainer *t, gale_error *err)
         if (rc)
             return -1;
     }
-    if (trainer_model_config(c, &t->mc, err) || trainer_lora_config(c, &t->lora, err))
-        return -1;
-    /* fp32 weights and gradients, and the AdamW moments (1/world of them with ZeRO-1); with
-     * LoRA the frozen base alone (its adapters are a few percent more) */
-    if (t->lora.rank ? model_config_check_memory(&t->mc, 4.0, "LoRA training (the frozen weights)", err)
-                     : model_config_check_memory(&t->mc, 8.0 + 8.0 / (c->optim.zero ? t->world : 1),
-                                                 "training (fp32 weights, gradients and AdamW moments)", err))
+    if (trainer_model_config(c, &t->mc, err) || trainer_lora_config(c, &t->lora, err) ||
+        (c->backend.device != GALE_DEVICE_CUDA && check_host_memory(t, err)))
         return -1;
     adopt_data_tokenizer(t);
     /* before the first collective (comm_create's), which ranks that disagree could wait in for ever */
@@ -604,10 +638,33 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->aux_loss = sums[2];
     r->z_loss = sums[3];
     r->n_targets = (int64_t)n_targets;
-    r->grad_norm = sqrt(grad_sync_sumsq(&t->sync, t->be));
     r->lr = schedule_lr(&t->sched, t->state.step);
     r->skipped = 0;
+    /* the clip factor goes from the norm to the update on the device; the norm comes back
+     * after. A world of ranks first sums its pieces' squares (grad_sync_sumsq: the one host
+     * value the update waits for there, as MPI sums host memory). */
+    int world = t->world > 1, rc = 0;
+    double world_sumsq = 0;
+    if (world)
+        rc = grad_sync_sumsq(&t->sync, &t->opt, &world_sumsq, err);
+    if (rc == 0 && isfinite(r->loss)) {
+        if (world)
+            adamw_step_summed(&t->opt, layout, tr.params, tr.weights, grads, r->lr, c->optim.clip, world_sumsq);
+        else
+            adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, c->optim.clip);
+        rc = adamw_step_norm(&t->opt, &r->grad_norm, err);
+    } else if (rc == 0) {
+        if (world)
+            r->grad_norm = sqrt(world_sumsq);
+        else
+            rc = adamw_grad_norm(&t->opt, grads, layout->numel, &r->grad_norm, err);
+    }
+    if (rc) {
+        gale_error_prefix(err, "step %ld", t->state.step + 1);
+        return -1;
+    }
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+        /* no update was made: a non-finite norm made the device skip it */
         char why[1536];
         int bad_weights = diagnose_nonfinite(t, why, sizeof why);
         if (c->run.nan_policy == GALE_NAN_STOP) {
@@ -623,13 +680,9 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
             printf("step %ld: non-finite loss %g / gradient norm %g, skipped; %s\n", t->state.step + 1, r->loss,
                    r->grad_norm, why);
         r->skipped = 1;
-    } else {
-        double factor = grad_clip_factor(r->grad_norm, c->optim.clip);
-        adamw_step(&t->opt, layout, tr.params, tr.weights, grads, r->lr, factor);
-        if (c->optim.zero && t->world > 1) {
-            grad_sync_gather_params(&t->sync, tr.params);
-            model_weights_refresh(t->model);
-        }
+    } else if (c->optim.zero && t->world > 1) {
+        grad_sync_gather_params(&t->sync, tr.params);
+        model_weights_refresh(t->model);
     }
     t->state.step++;
     t->state.optimizer_step = t->opt.step;
@@ -659,12 +712,16 @@ static void report_step(trainer *t, const step_result *r, double step_seconds, d
                tok_per_s, 100 * mfu, step_seconds, eta, r->skipped ? " | SKIPPED" : "");
         fflush(stdout);
     }
-    json_t *rec = json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:f, s:o, s:I, s:I, s:f, s:f, s:f, s:b}", "kind", "train",
+    /* the peak so far: a step's, as the final checkpoint's host staging comes after the last one */
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    json_t *rec = json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:f, s:o, s:I, s:I, s:f, s:f, s:f, s:b, s:f}", "kind", "train",
                             "step", (json_int_t)t->state.step, "loss", number_or_null(r->loss), "ce_loss",
                             number_or_null(r->ce_loss), "aux_loss", number_or_null(r->aux_loss), "z_loss",
                             number_or_null(r->z_loss), "lr", r->lr, "grad_norm", number_or_null(r->grad_norm),
                             "targets", (json_int_t)r->n_targets, "tokens_seen", (json_int_t)t->state.tokens_seen,
-                            "tokens_per_s", tok_per_s, "mfu", mfu, "step_s", step_seconds, "skipped", r->skipped);
+                            "tokens_per_s", tok_per_s, "mfu", mfu, "step_s", step_seconds, "skipped", r->skipped,
+                            "peak_rss_mib", usage.ru_maxrss / 1024.0);
     /* the bytes rank 0 sent in the step's collectives (each rank's all-to-all differs) */
     json_t *bytes = json_object();
     for (int k = 0; k < COMM_KINDS; k++)

@@ -13,6 +13,7 @@
 #define GALE_TRAIN_TRAINER_H
 
 #include "model/config.h"
+#include "model/model.h"
 #include "train/run_config.h"
 #include "util/error.h"
 
@@ -28,6 +29,12 @@ int trainer_model_config(const gale_run_config *cfg, struct model_config *mc, ga
  * the run fine-tunes every weight. */
 struct lora_config;
 int trainer_lora_config(const gale_run_config *cfg, struct lora_config *lc, gale_error *err);
+
+/* The memory plan's layout of a run (model_plan): its micro-batch, sequence, precision,
+ * recomputation, ZeRO-1 and LoRA adapters (lora, or NULL), on `world` ranks of which `ep` split
+ * each layer's experts; sizes of a device that stores the compute dtype natively. */
+struct model_plan_layout trainer_plan_layout(const gale_run_config *cfg, const struct lora_config *lora,
+                                             int world, int ep);
 
 int trainer_run(const gale_run_config *cfg, const gale_train_options *opts, gale_error *err);
 

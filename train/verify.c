@@ -368,11 +368,16 @@ static int check_adamw(struct table *t, const struct fixture *f, struct model *m
         snprintf(label, sizeof label, "adamw_losses[%d]", s);
         report(t, label, scalar_rel_err(loss.loss, json_number_value(json_array_get(losses, s))),
                t->tol.loss);
-        double norm = grad_clip_global_norm(be, tr.grads, layout->numel, f->clip);
+        /* clipped and updated as gale train does: the factor stays on the device */
+        adamw_step(&opt, layout, tr.params, tr.weights, tr.grads, f->adamw.lr, f->clip);
+        double norm;
+        if (adamw_step_norm(&opt, &norm, err)) {
+            rc = -1;
+            break;
+        }
         snprintf(label, sizeof label, "adamw_grad_norms_before_clip[%d]", s);
         report(t, label, scalar_rel_err(norm, json_number_value(json_array_get(norms, s))),
                t->tol.grad);
-        adamw_step(&opt, layout, tr.params, tr.weights, tr.grads, f->adamw.lr, 1.0);
     }
     adamw_free(&opt);
     if (rc || model_forward(m, batch, 0, &loss, err))

@@ -739,11 +739,13 @@ static void cpu_cross_entropy(struct gale_backend *be, float *logits, const int3
 }
 
 static void cpu_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g,
-                           float *m, float *v, size_t n, float grad_scale, float lr, float beta1,
-                           float beta2, float eps, float weight_decay, int step)
+                           float *m, float *v, size_t n, const float *grad_scale, float lr,
+                           float beta1, float beta2, float eps, float weight_decay, int step)
 {
+    if (isnan(*grad_scale))
+        return; /* a non-finite gradient norm: the step is skipped */
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    struct adamw_kernel_args a = {.grad_scale = grad_scale, .decay = 1.0f - lr * weight_decay,
+    struct adamw_kernel_args a = {.grad_scale = *grad_scale, .decay = 1.0f - lr * weight_decay,
                                   .beta1 = beta1, .beta2 = beta2, .step_size = (float)(lr / bc1),
                                   .bc2_sqrt = (float)sqrt(bc2), .eps = eps};
     int blocks = stream_blocks(n);
@@ -757,7 +759,7 @@ static void cpu_adamw_step(struct gale_backend *be, float *p, float *p_compute, 
 }
 
 /* The blocks' partial sums are added in block order: the same result for the same thread count. */
-static double cpu_sumsq(struct gale_backend *be, const float *x, size_t n)
+static void cpu_sumsq(struct gale_backend *be, double *acc, const float *x, size_t n)
 {
     int blocks = stream_blocks(n);
     double *part = gale_xmalloc(sizeof(double) * (size_t)blocks), s = 0;
@@ -769,17 +771,13 @@ static double cpu_sumsq(struct gale_backend *be, const float *x, size_t n)
     for (int b = 0; b < blocks; b++)
         s += part[b];
     free(part);
-    return s;
+    acc[0] += s;
 }
 
-static void cpu_scale(struct gale_backend *be, float *x, size_t n, float s)
+static void cpu_clip_factor(struct gale_backend *be, float *factor, const double *sumsq,
+                            double max_norm)
 {
-    int blocks = stream_blocks(n);
-#pragma omp parallel for num_threads(blocks) if (blocks > 1)
-    for (int b = 0; b < blocks; b++) {
-        size_t lo = block_start(n, b, blocks), hi = block_start(n, b + 1, blocks);
-        kernel_scale(x + lo, hi - lo, s);
-    }
+    factor[0] = (float)gale_clip_factor(sumsq[0], max_norm);
 }
 
 static void cpu_axpy(struct gale_backend *be, float *y, const float *x, size_t n, float a)
@@ -838,7 +836,7 @@ static const struct gale_ops cpu_ops = {
     .cross_entropy = cpu_cross_entropy,
     .adamw_step = cpu_adamw_step,
     .sumsq = cpu_sumsq,
-    .scale = cpu_scale,
+    .clip_factor = cpu_clip_factor,
     .axpy = cpu_axpy,
     .dot_f64 = cpu_dot_f64,
 };

@@ -43,7 +43,6 @@ struct cuda_ctx {
     int n_plans, cap_plans;
     void *scratch;              /* grow-only, for one op at a time (stream order) */
     size_t scratch_bytes;
-    double *host_double;        /* pinned: sumsq's result */
     int sync_each_op;           /* GALE_CUDA_SYNC=1: wait after every op to name a failing kernel */
     struct cuda_profile *profile; /* GALE_CUDA_PROFILE=1: time per op and shape (ops_cuda.cu) */
 };

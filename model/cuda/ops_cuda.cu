@@ -163,7 +163,6 @@ static int cuda_init(struct gale_backend *be, gale_error *err)
     if ((st = cudaSetDevice(c->device)) != cudaSuccess ||
         (st = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (st = cudaMalloc(&c->workspace, LT_WORKSPACE_BYTES)) != cudaSuccess ||
-        (st = cudaMallocHost((void **)&c->host_double, sizeof(double))) != cudaSuccess ||
         (bst = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS ||
         (bst = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS ||
         (bst = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
@@ -212,8 +211,6 @@ static void cuda_destroy(struct gale_backend *be)
         cublasDestroy(c->blas);
     cudaFree(c->workspace);
     cudaFree(c->scratch);
-    if (c->host_double)
-        cudaFreeHost(c->host_double);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -487,9 +484,13 @@ static void cuda_matmul(struct gale_backend *be, int trans_a, int trans_b, int m
 /* ---- optimizer and reductions (fp32 buffers) ---- */
 
 template <typename T>
-__global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, float *v, size_t n, float grad_scale,
-                             float beta1, float beta2, float eps, float decay, float step_size, float bc2_sqrt)
+__global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, float *v, size_t n,
+                             const float *grad_scale_at, float beta1, float beta2, float eps, float decay,
+                             float step_size, float bc2_sqrt)
 {
+    float grad_scale = *grad_scale_at;
+    if (isnan(grad_scale))
+        return; /* a non-finite gradient norm: the step is skipped */
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         /* the clipping factor applied in this pass, as the CPU's fused AdamW does */
         float gi = g[i] * grad_scale, pi = p[i] * decay, mi = m[i], vi = v[i];
@@ -505,7 +506,7 @@ __global__ void adamw_kernel(float *p, T *p_compute, const float *g, float *m, f
 }
 
 static void cuda_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g, float *m, float *v,
-                            size_t n, float grad_scale, float lr, float beta1, float beta2, float eps,
+                            size_t n, const float *grad_scale, float lr, float beta1, float beta2, float eps,
                             float weight_decay, int step)
 {
     if (be->failed || !n)
@@ -533,46 +534,41 @@ __global__ void sumsq_partial_kernel(double *partial, const float *x, size_t n)
         partial[blockIdx.x] = s;
 }
 
-__global__ void sum_partials_kernel(double *out, const double *partial, int n)
+__global__ void add_partials_kernel(double *acc, const double *partial, int n)
 {
     double s = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         s += partial[i];
     s = block_sum(s);
     if (threadIdx.x == 0)
-        *out = s;
+        *acc += s;
 }
 
-static double cuda_sumsq(struct gale_backend *be, const float *x, size_t n)
+/* acc stays on the device: clipping's factor is computed from it there (clip_factor) */
+static void cuda_sumsq(struct gale_backend *be, double *acc, const float *x, size_t n)
 {
     if (be->failed)
-        return NAN;
-    double *partial = (double *)cuda_scratch(be, (SUM_BLOCKS + 1) * sizeof(double), "sumsq");
+        return;
+    double *partial = (double *)cuda_scratch(be, SUM_BLOCKS * sizeof(double), "sumsq");
     if (!partial)
-        return NAN;
+        return;
     cudaStream_t s = stream_of(be);
     sumsq_partial_kernel<<<SUM_BLOCKS, SUM_THREADS, 0, s>>>(partial, x, n);
-    sum_partials_kernel<<<1, SUM_THREADS, 0, s>>>(partial + SUM_BLOCKS, partial, SUM_BLOCKS);
-    struct cuda_ctx *c = cuda_ctx_of(be);
-    if (cuda_after(be, cudaMemcpyAsync(c->host_double, partial + SUM_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, s),
-                   "sumsq: %zu elements", n) ||
-        cuda_after(be, cudaStreamSynchronize(s), "sumsq: %zu elements", n))
-        return NAN;
-    return *c->host_double;
+    add_partials_kernel<<<1, SUM_THREADS, 0, s>>>(acc, partial, SUM_BLOCKS);
+    cuda_after(be, cudaSuccess, "sumsq: %zu elements", n);
 }
 
-__global__ void scale_kernel(float *x, size_t n, float s)
+__global__ void clip_factor_kernel(float *factor, const double *sumsq, double max_norm)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] *= s;
+    *factor = (float)gale_clip_factor(*sumsq, max_norm);
 }
 
-static void cuda_scale(struct gale_backend *be, float *x, size_t n, float s)
+static void cuda_clip_factor(struct gale_backend *be, float *factor, const double *sumsq, double max_norm)
 {
-    if (be->failed || !n)
+    if (be->failed)
         return;
-    scale_kernel<<<stride_blocks(n), 256, 0, stream_of(be)>>>(x, n, s);
-    cuda_after(be, cudaSuccess, "scale: %zu elements", n);
+    clip_factor_kernel<<<1, 1, 0, stream_of(be)>>>(factor, sumsq, max_norm);
+    cuda_after(be, cudaSuccess, "clip_factor");
 }
 
 __global__ void axpy_kernel(float *y, const float *x, size_t n, float a)
@@ -646,7 +642,7 @@ static const struct gale_ops cuda_ops = {
     cuda_adamw_step,
     cuda_dropout,
     cuda_sumsq,
-    cuda_scale,
+    cuda_clip_factor,
     cuda_axpy,
     cuda_dot_f64,
 };

@@ -267,11 +267,11 @@ static int run(const struct bench_options *opt, gale_error *err)
         rc = model_forward_backward(m, &batch, 0.0, 1.0, &loss, err);
         if (rc)
             break;
-        /* clip to 1.0, fused into AdamW's pass as the trainer does */
-        norms[step] = sqrt(grad_sumsq(be, model_grads(m), 0, layout->numel));
+        /* clip to 1.0, the factor fused into AdamW's pass on the device as the trainer does;
+         * reading the norm back waits for the step's queued work, as a GPU's step ends */
         adamw_step(&adamw, layout, model_params(m), model_weights(m), model_grads(m), adamw_cfg.lr,
-                   grad_clip_factor(norms[step], 1.0));
-        rc = gale_backend_sync(be, err);  /* a GPU's step ends when its queued work does */
+                   1.0);
+        rc = adamw_step_norm(&adamw, &norms[step], err);
         double end = now_seconds();
         losses[step] = loss.loss;
         if (step == opt->warmup)

@@ -448,19 +448,27 @@ static void test_optimizer(struct pair *p, size_t n)
         v[i] = 1e-6f * (uniform() + 1.5f);
     float *cw = put(p, w, n, 0), *cg = put(p, g, n, 0), *cm = put(p, m, n, 0), *cv = put(p, v, n, 0);
     float *copy = malloc(4 * n), *ccopy = poisoned(p, n, 1);
-    p->cpu->ops->adamw_step(p->cpu, w, p->bf ? copy : NULL, g, m, v, n, 0.5f, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
-    p->gpu->ops->adamw_step(p->gpu, cw, p->bf ? ccopy : NULL, cg, cm, cv, n, 0.5f, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+    /* the clip factor: a device scalar */
+    float half = 0.5f, *chalf = put(p, &half, 1, 0);
+    p->cpu->ops->adamw_step(p->cpu, w, p->bf ? copy : NULL, g, m, v, n, &half, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+    p->gpu->ops->adamw_step(p->gpu, cw, p->bf ? ccopy : NULL, cg, cm, cv, n, chalf, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
     check(p, "adamw_step p", shape, w, cw, n, 0, TOL_F32);
     check(p, "adamw_step m", shape, m, cm, n, 0, TOL_F32);
     check(p, "adamw_step v", shape, v, cv, n, 0, TOL_F32);
     if (p->bf)
         check(p, "adamw_step compute copy", shape, copy, ccopy, n, 1, tol(p));
-    double s_cpu = p->cpu->ops->sumsq(p->cpu, g, n), s_gpu = p->gpu->ops->sumsq(p->gpu, cg, n);
+    double s_cpu = 0.5, s_gpu = 0, *cs = p->gpu->ops->alloc(p->gpu, sizeof(double));
+    float f_cpu, *cf = p->gpu->ops->alloc(p->gpu, sizeof(float));
+    p->gpu->ops->upload(p->gpu, cs, &s_cpu, sizeof s_cpu);  /* sumsq adds to what is there */
+    p->cpu->ops->sumsq(p->cpu, &s_cpu, g, n);
+    p->gpu->ops->sumsq(p->gpu, cs, cg, n);
+    p->cpu->ops->clip_factor(p->cpu, &f_cpu, &s_cpu, 0.5 * sqrt(s_cpu));
+    p->gpu->ops->clip_factor(p->gpu, cf, cs, 0.5 * sqrt(s_cpu));
+    p->gpu->ops->download(p->gpu, &s_gpu, cs, sizeof s_gpu);
+    p->gpu->ops->synchronize(p->gpu);
     float fs = (float)s_cpu, *cfs = put(p, (float[]){(float)s_gpu}, 1, 0);
     check(p, "sumsq", shape, &fs, cfs, 1, 0, 1e-6);
-    p->cpu->ops->scale(p->cpu, g, n, 0.3f);
-    p->gpu->ops->scale(p->gpu, cg, n, 0.3f);
-    check(p, "scale", shape, g, cg, n, 0, 1e-7);
+    check(p, "clip_factor", shape, &f_cpu, cf, 1, 0, 1e-6);
     p->cpu->ops->axpy(p->cpu, g, m, n, -2.0f);
     p->gpu->ops->axpy(p->gpu, cg, cm, n, -2.0f);
     check(p, "axpy", shape, g, cg, n, 0, 1e-6);
@@ -484,6 +492,7 @@ static void test_optimizer(struct pair *p, size_t n)
     check(p, "dot_f64", "9 elements", &fa, cfa, 1, 0, 1e-7);
     free(w), free(g), free(m), free(v), free(copy);
     release(p, cw), release(p, cg), release(p, cm), release(p, cv), release(p, ccopy), release(p, cfs);
+    release(p, chalf), release(p, cs), release(p, cf);
     release(p, cc), release(p, cx), release(p, cwt), release(p, cacc), release(p, cfa);
 }
 

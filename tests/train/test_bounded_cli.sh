@@ -20,8 +20,8 @@ expect() {
 
 # 2^30 experts: refused at once with the memory it would need
 write_config "$tmp/huge.yaml" "$tmp/huge" 2 2
-expect 1 "needs at least" "$GALE_BIN" train "$tmp/huge.yaml" --set model.num_local_experts=1073741824
-grep -qE "the model has [0-9.e+]+ parameters: training \(fp32 weights, gradients and AdamW moments\) needs at least [0-9.e+]+ GiB" "$tmp/err" ||
+expect 1 "memory plan needs" "$GALE_BIN" train "$tmp/huge.yaml" --set model.num_local_experts=1073741824
+grep -qE "the run's memory plan needs [0-9.e+]+ GiB on each rank \([0-9.e+]+ GiB of weights, gradients and moments" "$tmp/err" ||
   { echo "FAIL: huge model message: $(cat "$tmp/err")"; fail=1; }
 
 # a key given twice

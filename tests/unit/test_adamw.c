@@ -1,6 +1,6 @@
 /* test_adamw: AdamW over a model layout against torch.optim.AdamW's update written out in
  * double (decay on 2-D tensors only), the same steps taken as two optimizer shards that cut
- * through a tensor (ZeRO-1), and clip_grad_norm_'s factor and pre-clip norm. */
+ * through a tensor (ZeRO-1), and clipping as clip_grad_norm_, its factor applied on the device. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +28,60 @@ static struct model_config tiny(void)
     return c;
 }
 
+/* Clipping as clip_grad_norm_: the update with max_norm is the unclipped update of the
+ * gradients scaled in place by max / (norm + 1e-6) (to the bit), or of the gradients as they are
+ * when the norm is under max; the norm read back is the pre-clip one. A non-finite gradient
+ * makes the device skip the update: nothing changes and the step is not counted. */
+static void test_clipping(struct gale_backend *be, const struct model_layout *layout,
+                          const struct adamw_config *ac)
+{
+    size_t n = layout->numel;
+    float *g = malloc(n * 4), *scaled = malloc(n * 4), *p = malloc(n * 4), *q = malloc(n * 4);
+    float *p0 = malloc(n * 4);
+    double sumsq = 0;
+    for (size_t i = 0; i < n; i++) {
+        g[i] = (float)gale_rng_normal(9, i);
+        sumsq += (double)g[i] * g[i];
+        p0[i] = (float)gale_rng_normal(10, i);
+    }
+    double norm = sqrt(sumsq), max_norm = norm / 4, factor = max_norm / (norm + 1e-6);
+    for (size_t i = 0; i < n; i++)
+        scaled[i] = g[i] * (float)factor;
+    struct adamw clipped, plain, over;
+    adamw_init(&clipped, ac, be, 0, n, NULL);
+    adamw_init(&plain, ac, be, 0, n, NULL);
+    adamw_init(&over, ac, be, 0, n, NULL);
+    memcpy(p, p0, n * 4), memcpy(q, p0, n * 4);
+    adamw_step(&clipped, layout, p, NULL, g, ac->lr, max_norm);
+    adamw_step(&plain, layout, q, NULL, scaled, ac->lr, 0);
+    double got = 0;
+    CHECK(adamw_step_norm(&clipped, &got, NULL) == 0);
+    CHECK_MSG(fabs(got - norm) <= 1e-12 * norm, "pre-clip norm %.17g, expected %.17g", got, norm);
+    CHECK_MSG(memcmp(p, q, n * 4) == 0, "clipped update differs from the in-place clip's");
+    /* under the limit: the gradients as they are */
+    memcpy(p, p0, n * 4), memcpy(q, p0, n * 4);
+    adamw_step(&over, layout, p, NULL, g, ac->lr, 2 * norm);
+    adamw_free(&plain);
+    adamw_init(&plain, ac, be, 0, n, NULL);
+    adamw_step(&plain, layout, q, NULL, g, ac->lr, 0);
+    CHECK_MSG(memcmp(p, q, n * 4) == 0, "a gradient under the limit was scaled");
+    /* a NaN gradient: nothing moves, the step is not counted */
+    memcpy(p, p0, n * 4);
+    g[n / 2] = NAN;
+    long steps = clipped.step;
+    float m_before = clipped.m[0];
+    adamw_step(&clipped, layout, p, NULL, g, ac->lr, max_norm);
+    CHECK(adamw_step_norm(&clipped, &got, NULL) == 0);
+    CHECK_MSG(isnan(got), "norm of a NaN gradient: %g", got);
+    CHECK_MSG(memcmp(p, p0, n * 4) == 0 && clipped.m[0] == m_before && clipped.step == steps,
+              "a non-finite gradient norm changed the weights, moments or step count");
+    CHECK_MSG(isnan(gale_clip_factor(INFINITY, 1.0)) && gale_clip_factor(100, 0) == 1.0 &&
+                  gale_clip_factor(0.25, 1.0) == 1.0,
+              "clip factor: non-finite NaN, max_norm 0 no clipping, under the limit 1");
+    adamw_free(&clipped), adamw_free(&plain), adamw_free(&over);
+    free(g), free(scaled), free(p), free(q), free(p0);
+}
+
 int main(void)
 {
     struct gale_backend *be = gale_backend_create("cpu", GALE_F32, NULL);
@@ -48,9 +102,9 @@ int main(void)
     for (int step = 1; step <= 4; step++) {
         for (size_t i = 0; i < n; i++)
             g[i] = (float)gale_rng_normal(2 + step, i);
-        adamw_step(&whole, &layout, p, NULL, g, ac.lr, 1.0);
-        adamw_step(&lo, &layout, p2, NULL, g, ac.lr, 1.0);
-        adamw_step(&hi, &layout, p2, NULL, g, ac.lr, 1.0);
+        adamw_step(&whole, &layout, p, NULL, g, ac.lr, 0);  /* max_norm 0: no clipping */
+        adamw_step(&lo, &layout, p2, NULL, g, ac.lr, 0);
+        adamw_step(&hi, &layout, p2, NULL, g, ac.lr, 0);
         for (int t = 0; t < layout.n; t++) {
             const struct model_tensor *v = &layout.tensors[t];
             double wd = v->ndim == 2 ? ac.weight_decay : 0;
@@ -73,23 +127,14 @@ int main(void)
     struct adamw fresh;
     adamw_init(&fresh, &ac, be, 0, n, NULL);
     memcpy(p2, p, n * 4);
-    adamw_step(&fresh, &layout, p2, NULL, g, ac.lr, 1.0);
+    adamw_step(&fresh, &layout, p2, NULL, g, ac.lr, 0);
     const struct model_tensor *norm = model_layout_find(&layout, "model.norm.weight");
     const struct model_tensor *emb = model_layout_find(&layout, "model.embed_tokens.weight");
     CHECK_MSG(p2[norm->offset] == p[norm->offset], "a norm weight was decayed");
     CHECK_MSG(fabsf(p2[emb->offset] - p[emb->offset] * (float)(1 - ac.lr * ac.weight_decay)) < 1e-7,
            "a 2-D weight was not decayed");
 
-    /* clipping: clip_grad_norm_ multiplies by max / (norm + 1e-6) when that is below 1 */
-    float grads[4] = {3, 4, 0, 0};
-    double norm_before = grad_clip_global_norm(be, grads, 4, 1.0);
-    CHECK_MSG(fabs(norm_before - 5) < 1e-12, "pre-clip norm %g", norm_before);
-    CHECK_MSG(fabsf(grads[0] - (float)(3 / (5 + 1e-6))) < 1e-7 && fabsf(grads[1] - (float)(4 / (5 + 1e-6))) < 1e-7,
-           "clipped grads %g %g", grads[0], grads[1]);
-    float small[2] = {0.3f, 0.4f};
-    grad_clip_global_norm(be, small, 2, 1.0);
-    CHECK_MSG(small[0] == 0.3f && small[1] == 0.4f, "a gradient under the limit was scaled");
-    CHECK_MSG(grad_clip_factor(10, 0) == 1.0, "max_norm 0 must not clip");
+    test_clipping(be, &layout, &ac);
     adamw_free(&whole), adamw_free(&lo), adamw_free(&hi), adamw_free(&fresh);
     model_layout_free(&layout);
     gale_backend_free(be);

@@ -1,6 +1,7 @@
 /* test_engine: the engine's rules that the fixtures do not see. Host transfers in a training
  * step, counted by a wrapper around the CPU backend: none per layer but a Mixtral layer's expert
- * counts, the statistics read once per step. Recomputation per layer: the same losses and
+ * counts, the statistics read once per step, and none between them and the clipped AdamW update
+ * (the gradient norm is read after it). Recomputation per layer: the same losses and
  * gradients, to the bit, as keeping the activations, for less memory in the plan. The memory
  * plan against the peak resident memory of a real training step. */
 #include <omp.h>
@@ -17,7 +18,9 @@
 /* ---- a backend that counts its host transfers ---- */
 
 static const struct gale_ops *inner;
-static long uploads, downloads;
+static long uploads, downloads, waits;
+/* downloads and waits when the step's first AdamW update was queued (-1: none yet) */
+static long downloads_at_update = -1, waits_at_update = -1;
 
 static void counting_upload(struct gale_backend *be, void *dst, const void *src, size_t bytes)
 {
@@ -31,7 +34,26 @@ static void counting_download(struct gale_backend *be, void *dst, const void *sr
     inner->download(be, dst, src, bytes);
 }
 
-/* The CPU backend with counted transfers: the same context, its own table. Freed with free. */
+static void counting_synchronize(struct gale_backend *be)
+{
+    waits++;
+    inner->synchronize(be);
+}
+
+static void noting_adamw_step(struct gale_backend *be, float *p, float *p_compute, const float *g,
+                              float *m, float *v, size_t n, const float *grad_scale, float lr,
+                              float beta1, float beta2, float eps, float weight_decay, int step)
+{
+    if (downloads_at_update < 0) {
+        downloads_at_update = downloads;
+        waits_at_update = waits;
+    }
+    inner->adamw_step(be, p, p_compute, g, m, v, n, grad_scale, lr, beta1, beta2, eps,
+                      weight_decay, step);
+}
+
+/* The CPU backend with counted transfers and waits, noting them at the first update: the same
+ * context, its own table. Freed with free. */
 static struct gale_backend *counting_backend(void)
 {
     static struct gale_ops ops;
@@ -40,6 +62,8 @@ static struct gale_backend *counting_backend(void)
     ops = *cpu->ops;
     ops.upload = counting_upload;
     ops.download = counting_download;
+    ops.synchronize = counting_synchronize;
+    ops.adamw_step = noting_adamw_step;
     struct gale_backend *be = malloc(sizeof *be);
     *be = *cpu;
     be->ops = &ops;
@@ -59,9 +83,13 @@ static struct model_config tiny(int experts, int layers)
 
 struct transfers {
     long up, down;
+    /* between the statistics' read and the queueing of the update (must be 0 and 0), and
+     * after it (the norm: 1) */
+    long down_before_update, waits_before_update, down_after_update;
 };
 
-/* The host transfers of one optimizer step of MICRO micro-batches, after a warm-up step. */
+/* The host transfers of one optimizer step of MICRO micro-batches, clipping and AdamW as gale
+ * train takes it, after a warm-up step. */
 static struct transfers step_transfers(struct gale_backend *be, int experts, int layers)
 {
     struct model_config cfg = tiny(experts, layers);
@@ -69,9 +97,14 @@ static struct transfers step_transfers(struct gale_backend *be, int experts, int
     gale_error err;
     struct model *m = model_create(&cfg, be, &opts, &err);
     CHECK_MSG(m != NULL, "model_create: %s", m ? "" : err.msg);
-    struct transfers t = {-1, -1};
-    if (!m)
+    struct transfers t = {-1, -1, -1, -1, -1};
+    struct adamw opt;
+    struct adamw_config ac = adamw_config_default();
+    if (!m || adamw_init(&opt, &ac, be, 0, model_get_layout(m)->numel, &err)) {
+        CHECK_MSG(0, "set-up: %s", err.msg);
+        model_free(m);
         return t;
+    }
     model_init_random(m, 0.02, 7);
     int32_t tokens[B * T], targets[B * T];
     for (int i = 0; i < B * T; i++) {
@@ -81,7 +114,8 @@ static struct transfers step_transfers(struct gale_backend *be, int experts, int
     struct model_batch batch = {.batch = B, .seq = T, .tokens = tokens, .targets = targets};
     struct model_stats st;
     for (int pass = 0; pass < 2; pass++) {  /* the first allocates and uploads the weights */
-        uploads = downloads = 0;
+        uploads = downloads = waits = 0;
+        downloads_at_update = waits_at_update = -1;
         model_zero_grads(m);
         model_stats_reset(m);
         for (int i = 0; i < MICRO; i++)
@@ -89,9 +123,19 @@ static struct transfers step_transfers(struct gale_backend *be, int experts, int
                                              &err) == 0,
                       "forward_backward: %s", err.msg);
         CHECK_MSG(model_stats_read(m, &st, &err) == 0, "stats: %s", err.msg);
+        long stats_down = downloads, stats_waits = waits;
+        double norm;
+        adamw_step(&opt, model_get_layout(m), model_params(m), model_weights(m), model_grads(m),
+                   ac.lr, 1.0);
+        CHECK_MSG(adamw_step_norm(&opt, &norm, &err) == 0 && norm > 0, "norm %g: %s", norm,
+                  err.msg);
+        t.down_before_update = downloads_at_update - stats_down;
+        t.waits_before_update = waits_at_update - stats_waits;
+        t.down_after_update = downloads - downloads_at_update;
     }
     t.up = uploads;
     t.down = downloads;
+    adamw_free(&opt);
     CHECK_MSG(st.n_targets == B * T * MICRO, "%ld targets counted, %d expected", st.n_targets,
               B * T * MICRO);
     model_free(m);
@@ -117,8 +161,16 @@ static void test_transfers(void)
                   down);
         /* what is left is per micro-batch (the batch; a Mixtral's router weights) or per step */
         long per_step_down = two.down - (experts ? 2L * MICRO : 0);
-        CHECK_MSG(per_step_down == 1, "%s: %ld downloads per step beside the expert counts, "
-                  "the statistics come back in one", experts ? "mixtral" : "dense", per_step_down);
+        CHECK_MSG(per_step_down == 2, "%s: %ld downloads per step beside the expert counts, "
+                  "the statistics come back in one and the gradient norm in another",
+                  experts ? "mixtral" : "dense", per_step_down);
+        /* clipping: nothing read back or waited for between the statistics and the update */
+        CHECK_MSG(two.down_before_update == 0 && two.waits_before_update == 0 &&
+                      two.down_after_update == 1,
+                  "%s: %ld downloads and %ld waits between the statistics and the AdamW update, "
+                  "%ld after it: the gradient norm must be read once, after the update",
+                  experts ? "mixtral" : "dense", two.down_before_update, two.waits_before_update,
+                  two.down_after_update);
         CHECK_MSG(two.up == MICRO * (experts ? 5 : 3), "%s: %ld uploads for %d micro-batches: "
                   "tokens, positions, targets (and the router's loss weights)",
                   experts ? "mixtral" : "dense", two.up, MICRO);
@@ -246,7 +298,7 @@ static void train_one_step(const struct model_config *cfg, int batch, int seq)
     model_zero_grads(m);
     CHECK_MSG(model_forward_backward(m, &b, 0, 1, &loss, &err) == 0, "step: %s", err.msg);
     adamw_step(&opt, model_get_layout(m), model_params(m), model_weights(m), model_grads(m),
-               ac.lr, 1.0);
+               ac.lr, 0);
     free(tokens);
     free(targets);
     adamw_free(&opt);

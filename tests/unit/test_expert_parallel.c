@@ -209,7 +209,10 @@ static double synced_step(struct run *r, struct grad_sync *sync, gale_comm *comm
     double loss = passes(r, comm->rank, 1, comm->size, mode->global, comm);
     model_set_grads_ready(r->m, NULL, NULL);
     grad_sync_finish(sync);
-    update(r, grad_sync_sumsq(sync, model_get_backend(r->m)));
+    double sumsq = 0;
+    gale_error err;
+    CHECK_OK(grad_sync_sumsq(sync, &r->opt, &sumsq, &err), err);
+    update(r, sumsq);
     if (mode->zero)
         grad_sync_gather_params(sync, model_params(r->m));
     return loss;
@@ -227,11 +230,21 @@ static void shard_optimizer(struct run *r, struct grad_sync *sync)
     free(pieces);
 }
 
+/* AdamW at lr 1e-3, clipped at norm 1 for the world's sum of squares sumsq. */
 static void update(struct run *r, double sumsq)
 {
     const struct model_layout *layout = model_get_layout(r->m);
-    double factor = grad_clip_factor(sqrt(sumsq), 1.0);
-    adamw_step(&r->opt, layout, model_params(r->m), model_weights(r->m), model_grads(r->m), 1e-3, factor);
+    adamw_step_summed(&r->opt, layout, model_params(r->m), model_weights(r->m), model_grads(r->m), 1e-3, 1.0, sumsq);
+}
+
+/* The sum of squares of a one-rank run's whole gradient. */
+static double whole_sumsq(struct run *r)
+{
+    const size_t all[1][2] = {{0, model_get_layout(r->m)->numel}};
+    double sumsq = 0;
+    gale_error err;
+    CHECK_OK(adamw_grad_sumsq(&r->opt, model_grads(r->m), all, 1, &sumsq, &err), err);
+    return sumsq;
 }
 
 /* At step 1 the experts that no rank routed a token to have exactly zero gradients (the buffer
@@ -403,10 +416,10 @@ int main(int argc, char **argv)
         if (!synced)
             update(&par, comm_grad_sumsq(&comm, layout, model_get_backend(par.m), model_grads(par.m)));
         ref.loss[s] = passes(&ref, 0, comm.size, comm.size, mode.global, NULL);
-        update(&ref, grad_sumsq(cpu_backend(), model_grads(ref.m), 0, model_get_layout(ref.m)->numel));
+        update(&ref, whole_sumsq(&ref));
         if (contrast) {
             ref_mb.loss[s] = passes(&ref_mb, 0, comm.size, comm.size, 0, NULL);
-            update(&ref_mb, grad_sumsq(cpu_backend(), model_grads(ref_mb.m), 0, model_get_layout(ref_mb.m)->numel));
+            update(&ref_mb, whole_sumsq(&ref_mb));
         }
         if (mode.capacity) {
             /* every rank drops from its own micro-batch what one rank drops from it */

@@ -540,9 +540,10 @@ static void test_adamw(struct gale_backend *be)
     for (size_t i = 0; i < n; i++)
         pd[i] = p[i];
     double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
+    const float one = 1.0f;
     for (int step = 1; step <= 3; step++) {
         fill(g, n, 1);
-        ops->adamw_step(be, p, NULL, g, m, v, n, 1.0f, (float)lr, (float)b1, (float)b2,
+        ops->adamw_step(be, p, NULL, g, m, v, n, &one, (float)lr, (float)b1, (float)b2,
                         (float)eps, (float)wd, step);
         for (size_t i = 0; i < n; i++) {  /* torch.optim.AdamW, written out */
             pd[i] *= 1 - lr * wd;
@@ -600,7 +601,8 @@ static void test_bf16_mode(void)
     CHECK_MSG(bad == 0, "bf16 product outputs are not the rounded fp32 ones");
     float p[5] = {0.1f, -0.2f, 0.3f, 1.7f, -2.9f}, g[5] = {1, -1, 0.5f, 0.25f, 2};
     float m[5] = {0}, v[5] = {0}, copy[5];
-    be->ops->adamw_step(be, p, copy, g, m, v, 5, 1.0f, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
+    const float one = 1.0f;
+    be->ops->adamw_step(be, p, copy, g, m, v, 5, &one, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
     for (int i = 0; i < 5; i++)
         bad += copy[i] != gale_round_bf16(p[i]) || p[i] == gale_round_bf16(p[i]);
     CHECK_MSG(bad == 0, "AdamW's compute copy is not the rounded master (or the master is)");

@@ -1,0 +1,47 @@
+"""The torch side of bench_gemm_shapes.sh: reads bench_gemm_shapes's JSON lines (gale's
+OpenBLAS sgemm per shape) on stdin, times torch.mm on the same shapes and transpositions at one
+thread in thread CPU time (best of R), and prints both side by side as a Markdown table.
+
+    bench_gemm_shapes | python bench_gemm_shapes_torch.py [--repeats R]
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def torch_ms(op, m, n, k, repeats):
+    """Best thread CPU time of C = op(A) op(B), A [m, k] and B [k, n] as row-major stored."""
+    a = torch.rand(k, m).t() if op[0] == "T" else torch.rand(m, k)
+    b = torch.rand(n, k).t() if op[1] == "T" else torch.rand(k, n)
+    c = torch.empty(m, n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.thread_time()
+        torch.mm(a, b, out=c)
+        best = min(best, time.thread_time() - start)
+    return best * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    blas = "MKL" if "BLAS_INFO=mkl" in torch.__config__.show() else "torch's BLAS"
+    print(f"| product (op m x n x k) | gale OpenBLAS ms | GFLOP/s | torch {torch.__version__} {blas} ms | "
+          "GFLOP/s | MKL / OpenBLAS time |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for line in sys.stdin:
+        g = json.loads(line)
+        ms = torch_ms(g["op"], g["m"], g["n"], g["k"], args.repeats)
+        gflops = 2.0 * g["m"] * g["n"] * g["k"] / ms * 1e-6
+        print(f"| {g['name']} ({g['op']} {g['m']} x {g['n']} x {g['k']}) | {g['ms']:.2f} | {g['gflops']:.1f} | "
+              f"{ms:.2f} | {gflops:.1f} | {ms / g['ms']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
