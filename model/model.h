@@ -267,8 +267,6 @@ int model_save_part(struct model *m, const char *dir, const char *stem, const in
 /* dir/config.json of the model, its dtype and torch_dtype saying dtype. */
 int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err);
 
-/* All the weights into one safetensors file at path (atomically), hub names, in dtype. */
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err);
 
 /* model_save_hf_as in fp32, default shard size. */
 int model_save_hf(struct model *m, const char *dir, gale_error *err);

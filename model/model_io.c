@@ -239,26 +239,6 @@ int model_save_part(struct model *m, const char *dir, const char *stem, const in
     return rc;
 }
 
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
-{
-    if (check_save_dtype(dtype, path, err))
-        return -1;
-    const struct model_layout *layout = model_get_layout(m);
-    int *all = gale_xcalloc((size_t)layout->n, sizeof *all);
-    struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
-        all[i] = i;
-        entries[i] = (struct safetensors_entry){t->name, file_dtype(dtype), t->ndim, t->shape, NULL};
-    }
-    struct save_source src = {m, all, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
-    int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
-    free(src.buffer);
-    free(entries);
-    free(all);
-    return rc;
-}
-
 /* Removes dir/name when it is there (a weights file of the other form, from an earlier save). */
 static int remove_stale(const char *dir, const char *name, gale_error *err)
 {

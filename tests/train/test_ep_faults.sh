@@ -13,7 +13,10 @@ source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 write_config "$tmp/run.yaml" "$tmp/run" 100000 2
 sed -i 's/checkpoint_every: 5/checkpoint_every: 1/' "$tmp/run.yaml"
 # through the local launcher, which execs mpirun
-GALE="$GALE_BIN" "$GALE_SOURCE/launch/train_mpi.sh" 2 "$tmp/run.yaml" --set parallel.ep=2 > "$tmp/log" 2>&1 &
+# (a checkpoint every step, in files of at most 200 kB: about 20 per step, so the kill often
+# comes while the ranks write theirs)
+GALE="$GALE_BIN" "$GALE_SOURCE/launch/train_mpi.sh" 2 "$tmp/run.yaml" --set parallel.ep=2 \
+  --set checkpoint.shard_size=200000 > "$tmp/log" 2>&1 &
 job=$!
 for _ in $(seq 3000); do grep -q '^checkpoint ' "$tmp/log" 2>/dev/null && break; sleep 0.01; done
 sleep 0.3
