@@ -293,9 +293,6 @@ typedef int (*model_tensor_producer)(const struct model_tensor *t, float *buffer
 int model_write_hf(const struct model_config *config, const struct model_layout *layout, const char *dir,
                    const struct model_save_options *o, model_tensor_producer produce, void *ctx, gale_error *err);
 
-/* All the weights into one safetensors file at path (atomically), hub names, in dtype. */
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err);
-
 /* model_save_hf_as in fp32, default shard size. */
 int model_save_hf(struct model *m, const char *dir, gale_error *err);
 

@@ -260,25 +260,6 @@ int model_save_part(struct model *m, const char *dir, const char *stem, const in
                       err);
 }
 
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
-{
-    const struct model_layout *layout = model_get_layout(m);
-    int *all = gale_xcalloc((size_t)layout->n, sizeof *all);
-    struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
-        all[i] = i;
-        entries[i] = (struct safetensors_entry){t->name, file_dtype(dtype), t->ndim, t->shape, NULL};
-    }
-    struct save_source src = {layout, all, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout)),
-                              download_tensor, m};
-    int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
-    free(src.buffer);
-    free(entries);
-    free(all);
-    return rc;
-}
-
 /* Removes dir/name when it is there (a weights file of the other form, from an earlier save). */
 static int remove_stale(const char *dir, const char *name, gale_error *err)
 {

@@ -364,6 +364,8 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
     st->tokens_seen = tokens;
     st->seed = (uint64_t)seed;
     st->world_size = world;
+    json_t *ep = json_object_get(json_object_get(j, "world"), "expert_parallel");
+    st->ep_size = json_is_integer(ep) && json_integer_value(ep) > 0 ? (int)json_integer_value(ep) : 1;
     st->loader = json_incref(json_object_get(j, "loader"));
     st->config = json_incref(json_object_get(j, "config"));
     rc = 0;
@@ -549,7 +551,8 @@ int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
         fprintf(out, "checkpoint   %s\n", dir);
         fprintf(out, "step         %ld\n", st.step);
         fprintf(out, "tokens seen  %lld\n", (long long)st.tokens_seen);
-        fprintf(out, "world        %d rank(s)\n", st.world_size);
+        fprintf(out, "world        %d rank(s) = data parallel %d x expert parallel %d\n", st.world_size,
+                st.world_size / st.ep_size, st.ep_size);
         fprintf(out, "model        %s, %d layers, hidden %d, heads %d/%d kv, vocab %d", model_kind_name(mc.kind),
                 mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.vocab_size);
         if (mc.num_experts)

@@ -220,19 +220,6 @@ double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
     return sumsq[0] + sumsq[1];
 }
 
-void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Send(x + at, piece_count(n, at), MPI_FLOAT, to, tag, c->world);
-    c->bytes[COMM_BROADCAST] += n * sizeof(float);
-}
-
-void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Recv(x + at, piece_count(n, at), MPI_FLOAT, from, tag, c->world, MPI_STATUS_IGNORE);
-}
-
 void comm_bytes_reset(gale_comm *c)
 {
     memset(c->bytes, 0, sizeof c->bytes);

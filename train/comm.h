@@ -60,9 +60,6 @@ void comm_sum_int64(gale_comm *c, enum comm_group g, int64_t *x, int n);
 int comm_max_int(gale_comm *c, enum comm_group g, int x);
 void comm_bcast_floats(gale_comm *c, enum comm_group g, float *x, size_t n, int root);
 void comm_bcast_int(gale_comm *c, enum comm_group g, int *x, int root);
-/* Point to point between world ranks (pieces as above; tag tells streams apart). */
-void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag);
-void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag);
 
 /* The model's gradients (a flat buffer of layout's tensors, each already divided by the global
  * batch's target count) summed where they are replicated: dense tensors over the world,

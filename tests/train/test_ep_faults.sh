@@ -5,15 +5,19 @@
 # From that checkpoint, each of these ends the job non-zero within seconds with the failing
 # rank's message, and leaves the checkpoint as it was: a NaN in one weight of an expert that
 # rank 1 alone holds (the loss turns non-finite on both ranks; both report rank 1's
-# diagnostic naming the tensor), rank 1's shard of the weights missing, and rank 1 started
-# with another parallel.ep (the first differing key named before any collective).
+# diagnostic naming the tensor), rank 1's shard of the weights missing, rank 1 dying or failing
+# (file size limit) while it writes its part of a checkpoint (nothing is published), and rank 1
+# started with another parallel.ep (the first differing key named before any collective).
 set -euo pipefail
 source "${GALE_SOURCE:?run through ctest, or set GALE_SOURCE, GALE_BIN and GALE_BUILD}/tests/train/train_fixture.sh"
 source "$GALE_SOURCE/tests/train/mpi_flags.sh"
 write_config "$tmp/run.yaml" "$tmp/run" 100000 2
 sed -i 's/checkpoint_every: 5/checkpoint_every: 1/' "$tmp/run.yaml"
 # through the local launcher, which execs mpirun
-GALE="$GALE_BIN" "$GALE_SOURCE/launch/train_mpi.sh" 2 "$tmp/run.yaml" --set parallel.ep=2 > "$tmp/log" 2>&1 &
+# (a checkpoint every step, in files of at most 200 kB: about 20 per step, so the kill often
+# comes while the ranks write theirs)
+GALE="$GALE_BIN" "$GALE_SOURCE/launch/train_mpi.sh" 2 "$tmp/run.yaml" --set parallel.ep=2 \
+  --set checkpoint.shard_size=200000 > "$tmp/log" 2>&1 &
 job=$!
 for _ in $(seq 3000); do grep -q '^checkpoint ' "$tmp/log" 2>/dev/null && break; sleep 0.01; done
 sleep 0.3
@@ -44,11 +48,13 @@ ckpt_name=$(cat "$tmp/run/checkpoints/latest")
 # expect_fast_failure NAME WANT: mpirun -np 2 on a copy of the run ($tmp/NAME, prepared by the
 # caller) ends non-zero within 30 s (never a hang), its output holding WANT, and the copy's
 # latest checkpoint is still the one it started from, and whole
-expect_fast_failure() {
+expect_fast_failure() {  # expect_fast_failure NAME WANT [ARGS...]
   local name=$1 want=$2 rc=0
+  shift 2
   local started=$(date +%s.%N)
-  RANK1_ARGS="${RANK1_ARGS:-}" timeout 120 mpirun "${mpi_flags[@]}" -np 2 -x RANK1_ARGS -x GALE_BIN "$tmp/rank1.sh" \
-    train "$tmp/$name.yaml" --set parallel.ep=2 > "$tmp/$name.log" 2>&1 || rc=$?
+  RANK1_ARGS="${RANK1_ARGS:-}" RANK1_FSIZE="${RANK1_FSIZE:-}" RANK1_XFSZ="${RANK1_XFSZ:-}" timeout 120 \
+    mpirun "${mpi_flags[@]}" -np 2 -x RANK1_ARGS -x RANK1_FSIZE -x RANK1_XFSZ -x GALE_BIN "$tmp/rank1.sh" \
+    train "$tmp/$name.yaml" --set parallel.ep=2 "$@" > "$tmp/$name.log" 2>&1 || rc=$?
   local took=$(python3 -c "import sys, time; print('%.1f' % (time.time() - float(sys.argv[1])))" "$started")
   [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { cat "$tmp/$name.log"; echo "FAIL: $name: exit $rc"; exit 1; }
   python3 -c "import sys; sys.exit(float(sys.argv[1]) > 30)" "$took" ||
@@ -59,7 +65,13 @@ expect_fast_failure() {
 }
 cat > "$tmp/rank1.sh" <<'SH'
 #!/usr/bin/env bash
-if [ "${OMPI_COMM_WORLD_RANK:-0}" = 1 ]; then exec "$GALE_BIN" "$@" $RANK1_ARGS; fi
+if [ "${OMPI_COMM_WORLD_RANK:-0}" = 1 ]; then
+  # files of at most RANK1_FSIZE blocks of 512 bytes: past that the rank dies of SIGXFSZ, or
+  # with RANK1_XFSZ=ignore its write fails (EFBIG)
+  [ -z "$RANK1_FSIZE" ] || ulimit -f "$RANK1_FSIZE"
+  [ "$RANK1_XFSZ" != ignore ] || trap '' XFSZ
+  exec "$GALE_BIN" "$@" $RANK1_ARGS
+fi
 exec "$GALE_BIN" "$@"
 SH
 chmod +x "$tmp/rank1.sh"
@@ -88,6 +100,17 @@ expect_fast_failure nan "rank 1: step $((step + 1)): non-finite loss nan / gradi
 copy_run missing
 rm "$tmp/missing/checkpoints/$ckpt_name/$shard"
 expect_fast_failure missing "$shard"
+
+# rank 1 dies (SIGXFSZ), or fails (EFBIG), in the middle of writing its part of the next
+# checkpoint, rank 0 having written its own: nothing is published
+for how in die ignore; do
+  copy_run "write_$how"
+  want="rank 1: checkpoint part in $tmp/write_$how/checkpoints/step_$(printf %08d $((step + 1))).tmp"
+  [ $how = ignore ] || want="exited on signal 25"
+  RANK1_FSIZE=100 RANK1_XFSZ=$how expect_fast_failure "write_$how" "$want" --stop-at $((step + 2))
+  [ ! -e "$tmp/write_$how/checkpoints/step_$(printf %08d $((step + 1)))" ] || { echo "FAIL: write_$how: a partial checkpoint was published"; exit 1; }
+  "$GALE_BIN" inspect "$tmp/write_$how" > /dev/null || { echo "FAIL: write_$how: the checkpoint is unreadable"; exit 1; }
+done
 
 # rank 1 started with another parallel.ep
 copy_run config
