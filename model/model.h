@@ -261,8 +261,21 @@ struct model_save_options {
 int model_save_hf_as(struct model *m, const char *dir, const struct model_save_options *o,
                      gale_error *err);
 
-/* All the weights into one safetensors file at path (atomically), hub names, in dtype. */
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err);
+/* How save_pretrained splits tensors which[0..n) of layout (indices, in order) in o's dtype
+ * into files of at most o->shard_size bytes (a new file when the next tensor would pass it; a
+ * larger tensor gets one of its own): file_of[k] for each; returns the number of files. */
+int model_shard_plan(const struct model_layout *layout, const int *which, int n, const struct model_save_options *o,
+                     int *file_of);
+
+/* Writes the weights of tensors which[0..n) in dtype, each file atomically, tensor k into
+ * dir/STEM-<first + file_of[k] + 1>-of-<total>.safetensors (safetensors_shard_name): one
+ * process's share of a folder whose other files others write. */
+int model_save_part(struct model *m, const char *dir, const char *stem, const int *which, int n, const int *file_of,
+                    enum model_dtype dtype, int first, int total, gale_error *err);
+
+/* dir/config.json of the model, its dtype and torch_dtype saying dtype. */
+int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err);
+
 
 /* model_save_hf_as in fp32, default shard size. */
 int model_save_hf(struct model *m, const char *dir, gale_error *err);

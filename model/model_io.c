@@ -158,10 +158,10 @@ int model_load_hf(struct model *m, const char *dir, gale_error *err)
     return model_load_hf_filtered(m, dir, NULL, NULL, err);
 }
 
-/* Produces the weights of tensors first.. of the layout, one at a time, in the file's dtype. */
+/* Produces the weights of tensors which[0..] of the layout, one at a time, in the file's dtype. */
 struct save_source {
     struct model *m;
-    int first;
+    const int *which;
     enum safetensors_dtype dtype;
     float *buffer; /* one tensor */
 };
@@ -169,7 +169,7 @@ struct save_source {
 static const void *tensor_bytes(int i, void *p, gale_error *err)
 {
     struct save_source *src = p;
-    const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->first + i];
+    const struct model_tensor *t = &model_get_layout(src->m)->tensors[src->which[i]];
     struct gale_backend *be = model_get_backend(src->m);
     model_params_download_range(src->m, t->offset, src->buffer, t->numel);
     if (gale_backend_sync(be, err))
@@ -184,17 +184,6 @@ static enum safetensors_dtype file_dtype(enum model_dtype dtype)
     return dtype == MODEL_DTYPE_BF16 ? ST_BF16 : ST_F32;
 }
 
-/* entries[i] for layout tensor i in dtype (data produced by tensor_bytes) */
-static struct safetensors_entry *weight_entries(const struct model_layout *layout, enum safetensors_dtype dtype)
-{
-    struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
-        entries[i] = (struct safetensors_entry){t->name, dtype, t->ndim, t->shape, NULL};
-    }
-    return entries;
-}
-
 static int check_save_dtype(enum model_dtype dtype, const char *where, gale_error *err)
 {
     if (dtype == MODEL_DTYPE_F32 || dtype == MODEL_DTYPE_BF16)
@@ -202,14 +191,49 @@ static int check_save_dtype(enum model_dtype dtype, const char *where, gale_erro
     return gale_fail(err, "%s: weights are saved as float32 or bfloat16, not %s", where, model_dtype_name(dtype));
 }
 
-int model_save_safetensors(struct model *m, const char *path, enum model_dtype dtype, gale_error *err)
+int model_shard_plan(const struct model_layout *layout, const int *which, int n, const struct model_save_options *o,
+                     int *file_of)
 {
-    if (check_save_dtype(dtype, path, err))
+    uint64_t limit = o->shard_size ? o->shard_size : MODEL_SHARD_SIZE_DEFAULT, filled = 0;
+    size_t elem = safetensors_dtype_size(file_dtype(o->dtype));
+    int files = 0;
+    for (int k = 0; k < n; k++) {
+        uint64_t bytes = layout->tensors[which[k]].numel * elem;
+        if (files == 0 || (filled > 0 && filled + bytes > limit)) {
+            files++;
+            filled = 0;
+        }
+        file_of[k] = files - 1;
+        filled += bytes;
+    }
+    return files;
+}
+
+int model_save_part(struct model *m, const char *dir, const char *stem, const int *which, int n, const int *file_of,
+                    enum model_dtype dtype, int first, int total, gale_error *err)
+{
+    if (check_save_dtype(dtype, dir, err))
         return -1;
     const struct model_layout *layout = model_get_layout(m);
-    struct safetensors_entry *entries = weight_entries(layout, file_dtype(dtype));
-    struct save_source src = {m, 0, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
-    int rc = safetensors_write_streamed(path, entries, layout->n, NULL, 0, tensor_bytes, &src, err);
+    struct safetensors_entry *entries = gale_xcalloc(n ? (size_t)n : 1, sizeof *entries);
+    for (int k = 0; k < n; k++) {
+        const struct model_tensor *t = &layout->tensors[which[k]];
+        entries[k] = (struct safetensors_entry){t->name, file_dtype(dtype), t->ndim, t->shape, NULL};
+    }
+    struct save_source src = {m, which, file_dtype(dtype), gale_xmalloc(sizeof(float) * largest_tensor(layout))};
+    int rc = 0;
+    for (int k = 0; k < n && rc == 0;) {
+        int count = 0;
+        while (k + count < n && file_of[k + count] == file_of[k])
+            count++;
+        char name[256];
+        safetensors_shard_name(name, sizeof name, stem, first + file_of[k], total);
+        char *path = gale_path_join(dir, name);
+        src.which = which + k;
+        rc = safetensors_write_streamed(path, entries + k, count, NULL, 0, tensor_bytes, &src, err);
+        free(path);
+        k += count;
+    }
     free(src.buffer);
     free(entries);
     return rc;
@@ -226,26 +250,13 @@ static int remove_stale(const char *dir, const char *name, gale_error *err)
     return rc;
 }
 
-/* model.safetensors.index.json: total bytes of weights and the file of each tensor. */
-static int write_index(const char *dir, const struct model_layout *layout, const int *shard_of,
-                       int shards, size_t dtype_size, gale_error *err)
+int model_save_config(struct model *m, const char *dir, enum model_dtype dtype, gale_error *err)
 {
-    json_t *map = json_object();
-    uint64_t total = 0;
-    char file[64];
-    for (int i = 0; i < layout->n; i++) {
-        snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", shard_of[i] + 1, shards);
-        json_object_set_new(map, layout->tensors[i].name, json_string(file));
-        total += layout->tensors[i].numel * dtype_size;
-    }
-    json_t *root = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)total,
-                             "weight_map", map);
-    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
-    json_decref(root);
-    char *path = gale_path_join(dir, "model.safetensors.index.json");
-    int rc = gale_write_file_atomic(path, text, strlen(text), err);
-    free(path);
-    free(text);
+    struct model_config cfg = *model_get_config(m);
+    cfg.dtype = dtype;
+    char *config = gale_path_join(dir, "config.json");
+    int rc = model_config_save(&cfg, config, err);
+    free(config);
     return rc;
 }
 
@@ -255,56 +266,21 @@ int model_save_hf_as(struct model *m, const char *dir, const struct model_save_o
     if (check_save_dtype(o->dtype, dir, err) || gale_mkdir_p(dir, err))
         return -1;
     const struct model_layout *layout = model_get_layout(m);
-    enum safetensors_dtype dtype = file_dtype(o->dtype);
-    uint64_t limit = o->shard_size ? o->shard_size : MODEL_SHARD_SIZE_DEFAULT;
-    struct safetensors_entry *entries = weight_entries(layout, dtype);
-    int *shard_of = gale_xcalloc((size_t)layout->n, sizeof *shard_of);
-    int shards = 1;
-    uint64_t filled = 0;
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
-        uint64_t bytes = t->numel * safetensors_dtype_size(dtype);
-        if (filled > 0 && filled + bytes > limit) {
-            shards++;
-            filled = 0;
-        }
-        shard_of[i] = shards - 1;
-        filled += bytes;
-    }
-    struct save_source src = {m, 0, dtype, gale_xmalloc(sizeof(float) * largest_tensor(layout))};
-    int rc = 0;
-    for (int s = 0, first = 0; s < shards && rc == 0; s++) {
-        int n = 0;
-        while (first + n < layout->n && shard_of[first + n] == s)
-            n++;
-        char name[64];
-        if (shards == 1)
-            snprintf(name, sizeof name, "model.safetensors");
-        else
-            snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
-        char *path = gale_path_join(dir, name);
-        src.first = first;
-        rc = safetensors_write_streamed(path, entries + first, n, NULL, 0, tensor_bytes, &src, err);
-        free(path);
-        first += n;
-    }
+    int *all = gale_xcalloc((size_t)layout->n, sizeof *all), *file_of = gale_xcalloc((size_t)layout->n, sizeof *file_of);
+    for (int i = 0; i < layout->n; i++)
+        all[i] = i;
+    int shards = model_shard_plan(layout, all, layout->n, o, file_of);
+    int rc = model_save_part(m, dir, "model", all, layout->n, file_of, o->dtype, 0, shards, err);
     if (rc == 0)
         rc = shards == 1 ? remove_stale(dir, "model.safetensors.index.json", err)
-                         : write_index(dir, layout, shard_of, shards,
-                                       safetensors_dtype_size(dtype), err) ||
+                         : safetensors_write_index(dir, "model", shards, err) ||
                                    remove_stale(dir, "model.safetensors", err)
                                ? -1
                                : 0;
-    if (rc == 0) {
-        struct model_config cfg = *model_get_config(m);
-        cfg.dtype = o->dtype;
-        char *config = gale_path_join(dir, "config.json");
-        rc = model_config_save(&cfg, config, err);
-        free(config);
-    }
-    free(src.buffer);
-    free(shard_of);
-    free(entries);
+    if (rc == 0)
+        rc = model_save_config(m, dir, o->dtype, err);
+    free(file_of);
+    free(all);
     return rc;
 }
 

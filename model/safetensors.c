@@ -366,18 +366,26 @@ static int open_index(const char *dir, const char *index_path, struct safetensor
     return rc;
 }
 
-int safetensors_open_dir(const char *dir, struct safetensors_set *set, gale_error *err)
+/* dir/STEM.safetensors.index.json (caller frees) */
+static char *index_path(const char *dir, const char *stem)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.safetensors.index.json", stem);
+    return gale_path_join(dir, name);
+}
+
+int safetensors_open_stem(const char *dir, const char *stem, struct safetensors_set *set, gale_error *err)
 {
     memset(set, 0, sizeof *set);
-    char *index = gale_path_join(dir, "model.safetensors.index.json");
+    char *index = index_path(dir, stem), single_name[256];
+    snprintf(single_name, sizeof single_name, "%s.safetensors", stem);
     int rc;
     if (gale_path_exists(index)) {
         rc = open_index(dir, index, set, err);
     } else {
-        char *single = gale_path_join(dir, "model.safetensors");
+        char *single = gale_path_join(dir, single_name);
         if (!gale_path_exists(single))
-            rc = gale_fail(err, "%s: neither model.safetensors nor model.safetensors.index.json",
-                           dir);
+            rc = gale_fail(err, "%s: neither %s nor %s.safetensors.index.json", dir, single_name, stem);
         else
             rc = add_file(set, single, err);
         free(single);
@@ -385,6 +393,60 @@ int safetensors_open_dir(const char *dir, struct safetensors_set *set, gale_erro
     free(index);
     if (rc)
         safetensors_close(set);
+    return rc;
+}
+
+int safetensors_open_dir(const char *dir, struct safetensors_set *set, gale_error *err)
+{
+    return safetensors_open_stem(dir, "model", set, err);
+}
+
+int safetensors_stem_exists(const char *dir, const char *stem)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.safetensors", stem);
+    char *single = gale_path_join(dir, name), *index = index_path(dir, stem);
+    int found = gale_path_exists(single) || gale_path_exists(index);
+    free(single);
+    free(index);
+    return found;
+}
+
+void safetensors_shard_name(char *buf, size_t size, const char *stem, int file, int total)
+{
+    if (total == 1)
+        snprintf(buf, size, "%s.safetensors", stem);
+    else
+        snprintf(buf, size, "%s-%05d-of-%05d.safetensors", stem, file + 1, total);
+}
+
+int safetensors_write_index(const char *dir, const char *stem, int total, gale_error *err)
+{
+    json_t *map = json_object();
+    uint64_t bytes = 0;
+    int rc = 0;
+    for (int f = 0; f < total && rc == 0; f++) {
+        char name[256];
+        safetensors_shard_name(name, sizeof name, stem, f, total);
+        char *path = gale_path_join(dir, name);
+        struct safetensors_set one;
+        rc = safetensors_open(path, &one, err);
+        for (int i = 0; rc == 0 && i < one.n; i++) {
+            json_object_set_new(map, one.tensors[i].name, json_string(name));
+            bytes += one.tensors[i].numel * safetensors_dtype_size(one.tensors[i].dtype);
+        }
+        if (rc == 0)
+            safetensors_close(&one);
+        free(path);
+    }
+    json_t *root = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)bytes, "weight_map", map);
+    if (rc == 0) {
+        char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS), *path = index_path(dir, stem);
+        rc = gale_write_file_atomic(path, text, strlen(text), err);
+        free(path);
+        free(text);
+    }
+    json_decref(root);
     return rc;
 }
 

@@ -49,6 +49,22 @@ int safetensors_open(const char *path, struct safetensors_set *set, gale_error *
  * model.safetensors. A tensor named twice, or an index naming a missing shard, is an error. */
 int safetensors_open_dir(const char *dir, struct safetensors_set *set, gale_error *err);
 
+/* The same for the files of another stem: STEM.safetensors.index.json and its shards, else
+ * STEM.safetensors (the optimizer state of a checkpoint: "optimizer"). */
+int safetensors_open_stem(const char *dir, const char *stem, struct safetensors_set *set, gale_error *err);
+
+/* 1 when dir holds STEM.safetensors or STEM.safetensors.index.json. */
+int safetensors_stem_exists(const char *dir, const char *stem);
+
+/* File `file` (from 0) of total: STEM.safetensors when total is 1, else Hugging Face's
+ * STEM-0000N-of-0000M.safetensors (N from 1). */
+void safetensors_shard_name(char *buf, size_t size, const char *stem, int file, int total);
+
+/* Writes dir/STEM.safetensors.index.json (atomically) from the headers of the total shard
+ * files of stem in dir: each tensor's file and the data's total_size, as save_pretrained
+ * writes it. The shards may come from different processes. */
+int safetensors_write_index(const char *dir, const char *stem, int total, gale_error *err);
+
 void safetensors_close(struct safetensors_set *set);
 
 /* NULL when the name is absent. */

@@ -45,36 +45,39 @@ static int is_step_name(const char *name)
     return 1;
 }
 
-static int write_optimizer(const char *path, const struct model_layout *layout, const gale_moments *mo,
+/* The moments of the part's tensors in the weights' files' grouping: optimizer-N holds the
+ * moments of model-N's tensors. */
+static int write_optimizer(const char *dir, const struct model_layout *layout, const struct checkpoint_part *part,
                            gale_error *err)
 {
-    struct safetensors_entry *entries = gale_xcalloc(2 * layout->n, sizeof *entries);
-    char **names = gale_xcalloc(2 * layout->n, sizeof *names);
-    for (int i = 0; i < layout->n; i++) {
-        const struct model_tensor *t = &layout->tensors[i];
+    struct safetensors_entry *entries = gale_xcalloc(2 * (size_t)part->n + 1, sizeof *entries);
+    char **names = gale_xcalloc(2 * (size_t)part->n + 1, sizeof *names);
+    for (int k = 0; k < part->n; k++) {
+        const struct model_tensor *t = &layout->tensors[part->tensors[k]];
         for (int which = 0; which < 2; which++) {
             size_t len = strlen(t->name) + 16;
-            char *name = names[2 * i + which] = gale_xmalloc(len);
+            char *name = names[2 * k + which] = gale_xmalloc(len);
             snprintf(name, len, "%s.%s", which ? "exp_avg_sq" : "exp_avg", t->name);
-            entries[2 * i + which] =
-                (struct safetensors_entry){name, ST_F32, t->ndim, t->shape, (which ? mo->v : mo->m) + t->offset};
+            entries[2 * k + which] = (struct safetensors_entry){
+                name, ST_F32, t->ndim, t->shape, (which ? part->v : part->m) + (t->offset - part->base)};
         }
     }
-    int rc = safetensors_write(path, entries, 2 * layout->n, NULL, 0, err);
-    for (int i = 0; i < 2 * layout->n; i++)
-        free(names[i]);
+    int rc = 0;
+    for (int k = 0; k < part->n && rc == 0;) {
+        int count = 0;
+        while (k + count < part->n && part->file_of[k + count] == part->file_of[k])
+            count++;
+        char file[256];
+        safetensors_shard_name(file, sizeof file, "optimizer", part->first_file + part->file_of[k], part->total_files);
+        char *path = gale_path_join(dir, file);
+        rc = safetensors_write(path, entries + 2 * k, 2 * count, NULL, 0, err);
+        free(path);
+        k += count;
+    }
+    for (int k = 0; k < 2 * part->n; k++)
+        free(names[k]);
     free(names);
     free(entries);
-    return rc;
-}
-
-/* master.safetensors: the fp32 weights a resume continues from when the published ones are
- * rounded to a narrower dtype. */
-static int write_master(const char *dir, struct model *m, gale_error *err)
-{
-    char *path = gale_path_join(dir, "master.safetensors");
-    int rc = model_save_safetensors(m, path, MODEL_DTYPE_F32, err);
-    free(path);
     return rc;
 }
 
@@ -84,7 +87,8 @@ static int write_state(const char *path, const gale_train_state *st, const struc
                           GALE_TRAINER_STATE_FORMAT, "version", GALE_TRAINER_STATE_VERSION, "step",
                           (json_int_t)st->step, "optimizer_step", (json_int_t)st->optimizer_step, "tokens_seen", (json_int_t)st->tokens_seen, "rng", "seed",
                           (json_int_t)st->seed, "loader", st->loader, "world", "size", st->world_size,
-                          "data_parallel", st->world_size, "expert_parallel", 1, "params",
+                          "data_parallel", st->world_size / (st->ep_size > 0 ? st->ep_size : 1), "expert_parallel",
+                          st->ep_size > 0 ? st->ep_size : 1, "params",
                           (json_int_t)model_get_layout(m)->numel, "config", st->config);
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(j);
@@ -179,59 +183,87 @@ static const struct model_layout *trained_layout(struct model *m)
     return tr.layout;
 }
 
-/* The weights in Hugging Face's format in the dtype asked (with the fp32 master beside them
- * when that is not f32, for exact resume), or with LoRA the adapters alone in PEFT's (naming
- * the run's model.from as their base). */
-static int save_weights(struct model *m, const gale_train_state *st, const struct model_save_options *save,
-                        const char *dir, gale_error *err)
+char *checkpoint_tmp_dir(const char *run_dir, long step)
 {
-    if (!model_lora_config(m))
-        return model_save_hf_as(m, dir, save, err) || (save->dtype != MODEL_DTYPE_F32 && write_master(dir, m, err))
-                   ? -1
-                   : 0;
-    json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
-    return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
+    char name[40];
+    step_name(step, name);
+    strcat(name, ".tmp");
+    char *root = gale_path_join(run_dir, "checkpoints"), *tmp = gale_path_join(root, name);
+    free(root);
+    return tmp;
 }
 
-int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments, const gale_train_state *st,
-                    const gale_hf_files *hf, int keep_last, const struct model_save_options *save,
-                    char **out_dir, gale_error *err)
+int checkpoint_begin(const char *run_dir, long step, gale_error *err)
 {
-    char name[32], tmp_name[40];
+    char *tmp = checkpoint_tmp_dir(run_dir, step);
+    int rc = (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err) ? -1 : 0;
+    if (rc)
+        gale_error_prefix(err, "checkpoint of step %ld", step);
+    free(tmp);
+    return rc;
+}
+
+int checkpoint_write_part(const char *tmp_dir, struct model *m, const struct checkpoint_part *part,
+                          const struct model_save_options *save, gale_error *err)
+{
+    int rc = 0;
+    if (part->weights) {
+        rc = model_save_part(m, tmp_dir, "model", part->tensors, part->n, part->file_of, save->dtype, part->first_file,
+                             part->total_files, err);
+        if (rc == 0 && save->dtype != MODEL_DTYPE_F32)
+            rc = model_save_part(m, tmp_dir, "master", part->tensors, part->n, part->file_of, MODEL_DTYPE_F32,
+                                 part->first_file, part->total_files, err);
+    }
+    if (rc == 0)
+        rc = write_optimizer(tmp_dir, trained_layout(m), part, err);
+    if (rc)
+        gale_error_prefix(err, "checkpoint part in %s", tmp_dir);
+    return rc;
+}
+
+/* The indexes of a folder whose files several ranks wrote, and config.json; or with LoRA the
+ * adapters in PEFT's format (naming the run's model.from as their base), which every rank holds. */
+static int finish_weights(struct model *m, const gale_train_state *st, const struct model_save_options *save,
+                          int total_files, const char *dir, gale_error *err)
+{
+    if (total_files > 1 && safetensors_write_index(dir, "optimizer", total_files, err))
+        return -1;
+    if (model_lora_config(m)) {
+        json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
+        return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
+    }
+    if (total_files > 1 && (safetensors_write_index(dir, "model", total_files, err) ||
+                            (save->dtype != MODEL_DTYPE_F32 && safetensors_write_index(dir, "master", total_files, err))))
+        return -1;
+    return model_save_config(m, dir, save->dtype, err);
+}
+
+int checkpoint_finish(const char *run_dir, struct model *m, const gale_train_state *st, const gale_hf_files *hf,
+                      int keep_last, const struct model_save_options *save, int total_files, char **out_dir,
+                      gale_error *err)
+{
+    char name[32];
     step_name(st->step, name);
-    snprintf(tmp_name, sizeof tmp_name, "%s.tmp", name);
     char *root = gale_path_join(run_dir, "checkpoints");
-    char *final = gale_path_join(root, name), *tmp = gale_path_join(root, tmp_name);
-    char *files[4] = {0};
+    char *final = gale_path_join(root, name), *tmp = checkpoint_tmp_dir(run_dir, st->step);
+    char *state = gale_path_join(tmp, "trainer_state.json"), *latest = gale_path_join(root, "latest");
     int rc = -1;
-    if (gale_mkdir_p(root, err) || (gale_path_exists(tmp) && gale_remove_tree(tmp, err)) || gale_mkdir_p(tmp, err))
+    if (finish_weights(m, st, save, total_files, tmp, err) || hf_files_write(tmp, hf, err))
         goto done;
-    struct model_save_options f32 = {MODEL_DTYPE_F32, MODEL_SHARD_SIZE_DEFAULT};
-    if (!save)
-        save = &f32;
-    if (save_weights(m, st, save, tmp, err))
-        goto done;
-    files[0] = gale_path_join(tmp, "optimizer.safetensors");
-    if (write_optimizer(files[0], trained_layout(m), moments, err))
-        goto done;
-    if (hf_files_write(tmp, hf, err))
-        goto done;
-    files[2] = gale_path_join(tmp, "trainer_state.json");
-    if (write_state(files[2], st, m, err) || gale_fsync_path(tmp, err) || publish(root, tmp, final, err))
+    if (write_state(state, st, m, err) || gale_fsync_path(tmp, err) || publish(root, tmp, final, err))
         goto done;
     rc = 0;
-    files[3] = gale_path_join(root, "latest");
     char line[40];
     snprintf(line, sizeof line, "%s\n", name);
-    if (gale_write_file_atomic(files[3], line, strlen(line), err) || prune(root, keep_last, err))
+    if (gale_write_file_atomic(latest, line, strlen(line), err) || prune(root, keep_last, err))
         rc = -1;
 done:
     if (rc)
         gale_error_prefix(err, "checkpoint of step %ld in %s", st->step, root);
     if (rc == 0 && out_dir)
         *out_dir = gale_xstrdup(final);
-    for (int i = 0; i < 4; i++)
-        free(files[i]);
+    free(latest);
+    free(state);
     free(root);
     free(final);
     free(tmp);
@@ -332,6 +364,8 @@ int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err
     st->tokens_seen = tokens;
     st->seed = (uint64_t)seed;
     st->world_size = world;
+    json_t *ep = json_object_get(json_object_get(j, "world"), "expert_parallel");
+    st->ep_size = json_is_integer(ep) && json_integer_value(ep) > 0 ? (int)json_integer_value(ep) : 1;
     st->loader = json_incref(json_object_get(j, "loader"));
     st->config = json_incref(json_object_get(j, "config"));
     rc = 0;
@@ -346,9 +380,9 @@ done:
 static int load_moments(const char *dir, const struct model_layout *layout, int whole_n, struct adamw *opt,
                         gale_error *err)
 {
-    char *path = gale_path_join(dir, "optimizer.safetensors");
+    char *path = gale_path_join(dir, "optimizer*.safetensors");
     struct safetensors_set set;
-    if (safetensors_open(path, &set, err)) {
+    if (safetensors_open_stem(dir, "optimizer", &set, err)) {
         free(path);
         return -1;
     }
@@ -388,22 +422,20 @@ static int load_moments(const char *dir, const struct model_layout *layout, int 
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err)
 {
     int rc = 0;
-    char *master = gale_path_join(dir, "master.safetensors");
     if (model_lora_config(m)) {
         rc = model_lora_load(m, dir, err);
-    } else if (gale_path_exists(master)) {
+    } else if (safetensors_stem_exists(dir, "master")) {
         struct safetensors_set set;
-        rc = safetensors_open(master, &set, err);
+        rc = safetensors_open_stem(dir, "master", &set, err);
         if (rc == 0) {
             rc = model_load_tensors(m, &set, NULL, NULL, err);
             if (rc)
-                gale_error_prefix(err, "%s", master);
+                gale_error_prefix(err, "%s: master weights", dir);
             safetensors_close(&set);
         }
     } else {
         rc = model_load_hf(m, dir, err);
     }
-    free(master);
     if (rc)
         return -1;
     if (!opt)
@@ -452,7 +484,7 @@ static int check_complete(const char *dir, gale_error *err)
 {
     static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json",
                                           "adapter_model.safetensors", NULL};
-    static const char *const moments[] = {"optimizer.safetensors", "optimizer-rank00000.safetensors", NULL};
+    static const char *const moments[] = {"optimizer.safetensors", "optimizer.safetensors.index.json", NULL};
     const char *const *needed[] = {weights, moments};
     for (int k = 0; k < 2; k++) {
         int found = 0;
@@ -518,7 +550,8 @@ int checkpoint_describe(const char *dir, FILE *out, gale_error *err)
         fprintf(out, "checkpoint   %s\n", dir);
         fprintf(out, "step         %ld\n", st.step);
         fprintf(out, "tokens seen  %lld\n", (long long)st.tokens_seen);
-        fprintf(out, "world        %d rank(s)\n", st.world_size);
+        fprintf(out, "world        %d rank(s) = data parallel %d x expert parallel %d\n", st.world_size,
+                st.world_size / st.ep_size, st.ep_size);
         fprintf(out, "model        %s, %d layers, hidden %d, heads %d/%d kv, vocab %d", model_kind_name(mc.kind),
                 mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.vocab_size);
         if (mc.num_experts)

@@ -1,24 +1,31 @@
 /* checkpoint: saving and loading a training run's state, as docs/formats.md ("A run folder") says.
  *
  *   RUN/checkpoints/step_00001000/
- *     config.json, model.safetensors   Hugging Face names and layout, in the checkpoint's
- *                                      dtype (fp32 or bf16; sharded with an index above its
- *                                      shard size, as model_save_hf_as writes)
- *     master.safetensors               the fp32 weights the run continues from, when the
- *                                      weights above are not fp32 (resume stays exact)
+ *     config.json                      Hugging Face's, the weights' dtype in it
+ *     model-0000N-of-0000M.safetensors the weights under the hub's names in the checkpoint's
+ *     + model.safetensors.index.json   dtype (fp32 or bf16): each rank's own tensors in files of
+ *                                      its own, at most shard_size bytes each (one file:
+ *                                      model.safetensors and no index)
+ *     master-0000N-of-0000M...         the fp32 weights the run continues from, when the
+ *                                      weights above are not fp32 (resume stays exact); the
+ *                                      same files and index as the weights
+ *     optimizer-0000N-of-0000M...      AdamW moments: exp_avg.NAME and exp_avg_sq.NAME of the
+ *     + optimizer.safetensors.index.json  tensors of model-0000N (optimizer.safetensors when one)
  *     tokenizer.model, tokenizer_config.json, special_tokens_map.json, generation_config.json
  *                                      for transformers (train/hf_files.h), when the tokenizer is known
- *     optimizer.safetensors            AdamW moments: exp_avg.NAME and exp_avg_sq.NAME per
- *                                      parameter tensor
  *     trainer_state.json               step, tokens seen, loader position, RNG seed, run
  *                                      config, world layout
  *   RUN/checkpoints/latest             "step_00001000": the newest complete checkpoint
  *
- * Everything is written into step_XXXXXXXX.tmp/, each file atomically and fsynced, then the
- * folder is renamed and `latest` replaced atomically, so a crash at any moment leaves the
- * previous checkpoint whole and `latest` naming a complete one. The oldest are removed
- * beyond keep_last. One process (rank 0) writes: a sharded optimizer's moments are gathered
- * to it, so a checkpoint does not depend on the number of ranks. */
+ * A save has three phases over the ranks of a job (train/trainer.c drives them, the folder
+ * being shared): rank 0 makes an empty step_XXXXXXXX.tmp/ (checkpoint_begin); every rank
+ * writes its own files into it, each atomically and fsynced (checkpoint_write_part: no rank
+ * sends its tensors to another); once all have, rank 0 writes the indexes (from the files'
+ * headers), config.json, the tokenizer files and trainer_state.json, renames the folder and
+ * replaces `latest` atomically (checkpoint_finish). A crash at any moment, of any rank, leaves
+ * the previous checkpoint whole and `latest` naming a complete one. The oldest are removed
+ * beyond keep_last. Loading reads tensors by name, so any layout of ranks resumes any other's
+ * checkpoint. */
 #ifndef GALE_TRAIN_CHECKPOINT_H
 #define GALE_TRAIN_CHECKPOINT_H
 
@@ -42,25 +49,43 @@ typedef struct gale_train_state {
     uint64_t seed;        /* the run's seed: model init and data order derive from it */
     json_t *loader;       /* loader position (loader_position_to_json) */
     json_t *config;       /* the effective run config (run_config_to_json) */
-    int world_size;       /* MPI ranks; all data-parallel */
+    int world_size;       /* MPI ranks: data parallel x expert parallel */
+    int ep_size;          /* expert-parallel ranks */
 } gale_train_state;
 
 void train_state_clear(gale_train_state *st);
 
-/* AdamW moments of the whole model on the host, layout.numel floats each (a sharded
- * optimizer gathers them first). */
-typedef struct gale_moments {
-    const float *m, *v;
-} gale_moments;
+/* One rank's share of a checkpoint. */
+struct checkpoint_part {
+    const int *tensors;    /* indices into the trained layout (the model's, or LoRA's adapters'), in order */
+    int n;
+    const int *file_of;    /* each one's file (model_shard_plan over the weights' dtype) */
+    int first_file, total_files; /* this part's first file in the folder's numbering, and all of them */
+    const float *m, *v;    /* AdamW moments on the host: tensor t's at m + t->offset - base */
+    size_t base;
+    int weights;           /* 1: the tensors' weights too (0 for LoRA: rank 0's
+                              checkpoint_finish writes the adapters) */
+};
 
-/* Writes a checkpoint of step st->step under run_dir/checkpoints, points `latest` at it
- * and removes the oldest beyond keep_last, with the tokenizer files hf describes (may be NULL);
- * save gives the weights' dtype and shard size (NULL: fp32, default shards). A checkpoint of
- * that step already there (from a run resumed at an earlier step) is replaced atomically.
- * *out_dir (when not NULL) receives the final folder (caller frees). */
-int checkpoint_save(const char *run_dir, struct model *m, const gale_moments *moments,
-                    const gale_train_state *st, const gale_hf_files *hf, int keep_last,
-                    const struct model_save_options *save, char **out_dir, gale_error *err);
+/* run_dir/checkpoints/step_XXXXXXXX.tmp, where every rank writes (caller frees). */
+char *checkpoint_tmp_dir(const char *run_dir, long step);
+
+/* Rank 0, first: an empty checkpoint_tmp_dir (one left by a crashed save is removed). */
+int checkpoint_begin(const char *run_dir, long step, gale_error *err);
+
+/* Every rank: its weights (in save->dtype, with fp32 master files beside them when that is
+ * not f32) and moments into the folder checkpoint_begin made. */
+int checkpoint_write_part(const char *tmp_dir, struct model *m, const struct checkpoint_part *part,
+                          const struct model_save_options *save, gale_error *err);
+
+/* Rank 0, once every rank's part is written: the indexes over total_files files, config.json
+ * (or a LoRA run's adapters), the tokenizer files hf describes (may be NULL), trainer_state.json;
+ * then the folder is published under its step's name (one of that step already there, from a
+ * run resumed at an earlier step, is replaced atomically), `latest` points at it and the oldest
+ * beyond keep_last are removed. *out_dir (when not NULL) receives the final folder (caller frees). */
+int checkpoint_finish(const char *run_dir, struct model *m, const gale_train_state *st, const gale_hf_files *hf,
+                      int keep_last, const struct model_save_options *save, int total_files, char **out_dir,
+                      gale_error *err);
 
 /* The folder `latest` names under run_dir/checkpoints (caller frees); NULL with err->msg
  * empty when the run has no checkpoint yet, NULL with a message when `latest` is broken. */
@@ -78,9 +103,10 @@ char *checkpoint_resolve_model(const char *path, gale_error *err);
 /* Reads trainer_state.json of a checkpoint folder (st owns new references). */
 int checkpoint_read_state(const char *dir, gale_train_state *st, gale_error *err);
 
-/* Loads weights into m (the fp32 master.safetensors when there is one) and moments into opt
- * (whose layout must match; opt may be NULL) from a checkpoint folder; an optimizer shard takes its range [begin, end) of the saved
- * state, so a run may resume on another number of ranks. */
+/* Loads weights into m (the fp32 master files when there are some) and moments into opt
+ * (whose layout must match; opt may be NULL) from a checkpoint folder, by tensor name: a rank
+ * holding a share of the experts reads those, and a ZeRO-1 shard of the optimizer takes its
+ * range [begin, end) of the rank's moments, so a run resumes on any layout of ranks. */
 int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt, gale_error *err);
 
 /* A model on backend `backend` ("cpu", "cuda") computing in `compute` from a checkpoint or any

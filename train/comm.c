@@ -3,6 +3,7 @@
 #include "train/comm.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "optim/adamw.h"
@@ -214,19 +215,6 @@ double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
     return p.sumsq[0] + p.sumsq[1];
 }
 
-void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Send(x + at, piece_count(n, at), MPI_FLOAT, to, tag, c->world);
-    c->bytes[COMM_BROADCAST] += n * sizeof(float);
-}
-
-void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag)
-{
-    for (size_t at = 0; at < n; at += MPI_PIECE)
-        MPI_Recv(x + at, piece_count(n, at), MPI_FLOAT, from, tag, c->world, MPI_STATUS_IGNORE);
-}
-
 void comm_bytes_reset(gale_comm *c)
 {
     memset(c->bytes, 0, sizeof c->bytes);
@@ -238,4 +226,24 @@ const char *comm_kind_name(enum comm_kind k)
     static const char *const names[COMM_KINDS] = {"allreduce", "alltoall", "broadcast", "reduce_scatter",
                                                   "allgather"};
     return k < COMM_KINDS ? names[k] : "?";
+}
+
+void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all)
+{
+    MPI_Allgather(&x, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, comm_group(c, g));
+}
+
+int comm_agree(gale_comm *c, int failed, gale_error *err)
+{
+    int first = failed ? c->rank : c->size;
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, c->world);
+    if (first == c->size)
+        return -1;
+    char msg[sizeof err->msg];
+    if (c->rank == first)
+        memcpy(msg, err->msg, sizeof msg);
+    MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, c->world);
+    if (c->rank != first)
+        snprintf(err->msg, sizeof err->msg, "rank %d: %.*s", first, (int)sizeof msg - 16, msg);
+    return first;
 }

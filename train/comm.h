@@ -60,9 +60,6 @@ void comm_sum_int64(gale_comm *c, enum comm_group g, int64_t *x, int n);
 int comm_max_int(gale_comm *c, enum comm_group g, int x);
 void comm_bcast_floats(gale_comm *c, enum comm_group g, float *x, size_t n, int root);
 void comm_bcast_int(gale_comm *c, enum comm_group g, int *x, int root);
-/* Point to point between world ranks (pieces as above; tag tells streams apart). */
-void comm_send_floats(gale_comm *c, const float *x, size_t n, int to, int tag);
-void comm_recv_floats(gale_comm *c, float *x, size_t n, int from, int tag);
 
 /* The model's gradients (a flat buffer of layout's tensors, each already divided by the global
  * batch's target count) summed where they are replicated: dense tensors over the world,
@@ -75,5 +72,14 @@ double comm_grad_sumsq(gale_comm *c, const struct model_layout *layout,
 
 void comm_bytes_reset(gale_comm *c);
 const char *comm_kind_name(enum comm_kind k);
+
+/* Every rank's x (all: one per rank of the group, in rank order). */
+void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all);
+
+/* Collective over the world: whether any rank failed (failed non-zero). Returns the lowest
+ * failing rank, whose err->msg every rank then holds ("rank R: ..." on the others), or -1
+ * when none failed. So a job whose one rank fails stops on every rank with that rank's
+ * message, whichever rank's report ends the job. */
+int comm_agree(gale_comm *c, int failed, gale_error *err);
 
 #endif

@@ -200,17 +200,48 @@ void grad_sync_gather_params(struct grad_sync *s, float *params)
     free(req);
 }
 
-void grad_sync_gather_moments(struct grad_sync *s, float *m, float *v)
+void grad_sync_parts(const struct grad_sync *s, size_t *part)
+{
+    const struct model_layout *layout = s->layout;
+    int dp = s->c->dp_size, i = 0;
+    size_t chunk = (layout->numel + dp - 1) / dp;
+    for (int d = 0; d < dp; d++) {
+        while (i < s->n && (s->buckets[i].begin < (size_t)d * chunk ||
+                            s->buckets[i].begin != layout->tensors[s->buckets[i].first].offset))
+            i++;
+        part[d] = i < s->n ? s->buckets[i].begin : layout->numel;
+    }
+    part[dp] = layout->numel;
+}
+
+void grad_sync_collect_part(struct grad_sync *s, const size_t *part, const float *m_pieces, const float *v_pieces,
+                            float *m, float *v)
 {
     gale_comm *c = s->c;
-    float *both[2] = {m, v};
-    for (int which = 0; which < 2; which++) {
-        /* the pieces of the data-parallel group (the experts' whole, and the dense tensors'
-         * pieces of this EP rank's replicas), then the dense pieces of the other EP ranks */
-        comm_sum_floats(c, COMM_DP_GROUP, both[which], s->layout->numel);
-        for (int i = 0; c->ep_size > 1 && i < s->n; i++)
-            if (s->buckets[i].group == COMM_WORLD_GROUP)
-                comm_sum_floats(c, COMM_EP_GROUP, both[which] + s->buckets[i].begin,
-                                s->buckets[i].end - s->buckets[i].begin);
+    size_t at = 0; /* this rank's piece of bucket i in the pieces */
+    const float *pieces[2] = {m_pieces, v_pieces};
+    float *whole[2] = {m, v};
+    for (int i = 0; i < s->n; i++) {
+        struct grad_bucket *b = &s->buckets[i];
+        int d = 0;
+        while (d + 1 < c->dp_size && part[d + 1] <= b->begin)
+            d++;
+        int dense = b->group == COMM_WORLD_GROUP, p = group_size(s, b);
+        int root = dense ? d * c->ep_size : d, me = dense ? c->rank : c->dp_rank;
+        size_t n = b->piece_end - b->piece_begin;
+        for (int which = 0; which < 2; which++) {
+            float *recv = me == root ? whole[which] + (b->begin - part[d]) : NULL;
+            if (p == 1) {
+                memcpy(recv, pieces[which] + at, n * sizeof(float));
+                continue;
+            }
+            double t0 = MPI_Wtime();
+            MPI_Gatherv(pieces[which] + at, (int)n, MPI_FLOAT, recv, b->counts, b->displs, MPI_FLOAT, root,
+                        comm_group(c, b->group));
+            c->seconds[COMM_BROADCAST] += MPI_Wtime() - t0;
+            if (me != root)
+                c->bytes[COMM_BROADCAST] += n * sizeof(float);
+        }
+        at += n;
     }
 }

@@ -423,6 +423,7 @@ static int setup(trainer *t, gale_error *err)
     json_decref(t->state.config);
     t->state.config = run_config_to_json(c);
     t->state.world_size = t->world;
+    t->state.ep_size = t->comm.ep_size;
     return 0;
 }
 
@@ -476,8 +477,9 @@ static int name_nonfinite(const struct model_layout *layout, const float *values
     return total;
 }
 
-/* What a non-finite step reports: the non-finite weights (a cause) and gradients. */
-static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
+/* What a non-finite step reports: the non-finite weights (a cause) and gradients of this
+ * rank's tensors. Returns how many weight tensors are non-finite. */
+static int diagnose_nonfinite(trainer *t, char *buf, size_t size)
 {
     struct model_trainable tr = trained(t);
     const struct model_layout *layout = tr.layout;
@@ -486,7 +488,8 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     snprintf(buf, size, "non-finite weights: ");
     t->be->ops->download(t->be, host, tr.params, layout->numel * sizeof *host);
     gale_backend_wait(t->be);
-    if (!name_nonfinite(layout, host, buf, size))
+    int bad_weights = name_nonfinite(layout, host, buf, size);
+    if (!bad_weights)
         snprintf(buf + strlen(buf), size - strlen(buf), "none");
     used = strlen(buf);
     snprintf(buf + used, size - used, "; non-finite gradients (backward order): ");
@@ -495,18 +498,7 @@ static void diagnose_nonfinite(trainer *t, char *buf, size_t size)
     if (!name_nonfinite(layout, host, buf, size))
         snprintf(buf + strlen(buf), size - strlen(buf), "none: the loss itself is");
     free(host);
-}
-
-/* The whole moments of this rank's layout on its host (m, v of numel floats): with ZeRO-1
- * assembled from every rank's pieces, so collective then. */
-static void layout_moments(trainer *t, float *m, float *v)
-{
-    size_t numel = trained(t).layout->numel;
-    memset(m, 0, numel * sizeof *m);
-    memset(v, 0, numel * sizeof *v);
-    adamw_moments_download(&t->opt, m, v);
-    if (t->cfg->optim.zero && t->world > 1)
-        grad_sync_gather_moments(&t->sync, m, v);
+    return bad_weights;
 }
 
 static void on_grads_ready(void *ctx, int first, int end)
@@ -621,11 +613,16 @@ static int train_step(trainer *t, step_result *r, gale_error *err)
     r->skipped = 0;
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
         char why[1536];
-        diagnose_nonfinite(t, why, sizeof why);
-        if (c->run.nan_policy == GALE_NAN_STOP)
-            return gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; %s "
-                                  "(run.nan_policy: skip would skip such steps)",
-                             t->state.step + 1, r->loss, r->grad_norm, why);
+        int bad_weights = diagnose_nonfinite(t, why, sizeof why);
+        if (c->run.nan_policy == GALE_NAN_STOP) {
+            gale_fail(err, "step %ld: non-finite loss %g / gradient norm %g; %s "
+                           "(run.nan_policy: skip would skip such steps)",
+                      t->state.step + 1, r->loss, r->grad_norm, why);
+            /* every rank sees the summed loss: all stop here, with the report of the first
+             * rank holding non-finite weights (an expert-parallel rank's own experts) */
+            comm_agree(&t->comm, bad_weights > 0, err);
+            return -1;
+        }
         if (t->rank == 0)
             printf("step %ld: non-finite loss %g / gradient norm %g, skipped; %s\n", t->state.step + 1, r->loss,
                    r->grad_norm, why);
@@ -733,66 +730,64 @@ static int run_eval(trainer *t, gale_error *err)
     return 0;
 }
 
-/* The expert-parallel rank holding expert e of each layer. */
-static int expert_owner(const trainer *t, const char *name)
+/* What this rank writes of a checkpoint. Each tensor is written once: by the expert-parallel
+ * rank holding it (a dense one by EP rank 0), and of the data-parallel ranks holding copies by
+ * DP rank 0, or under ZeRO-1 by DP rank d for the tensors of its part of the flat buffer (about
+ * 1/dp of it, whole gradient buckets), the pieces of their moments coming to it from the
+ * bucket's group (grad_sync_collect_part). Nothing goes to rank 0. */
+struct own_part {
+    int *tensors, *file_of, n, files;
+    float *m, *v;  /* the moments of [begin, end) of the trained layout */
+    size_t begin, end;
+};
+
+static void own_part_free(struct own_part *p)
 {
-    const char *at = strstr(name, ".experts.");
-    return at ? atoi(at + strlen(".experts.")) / (t->mc.num_experts / t->comm.ep_size) : 0;
+    free(p->tensors);
+    free(p->file_of);
+    free(p->m);
+    free(p->v);
 }
 
-/* Under expert parallelism rank 0 holds its own block of experts only. For a checkpoint the
- * other EP ranks of data-parallel replica 0 (world ranks 1..ep-1) send theirs, weights and
- * AdamW moments tensor by tensor in layout order, and rank 0 assembles the whole model in a
- * model of its own: the return value on rank 0 (NULL with err when it cannot be made), with
- * *m and *v the whole moments; NULL elsewhere. An interim: issue 11's design has each rank
- * write its own shard, with no gather. */
-static struct model *gather_experts(trainer *t, float **m, float **v, gale_error *err)
+static void own_part(trainer *t, const struct model_save_options *save, struct own_part *p)
 {
-    const struct model_layout *own = model_get_layout(t->model);
-    float *mine[3];
-    for (int which = 0; which < 3; which++)
-        mine[which] = gale_xmalloc(own->numel * sizeof(float));
-    layout_moments(t, mine[1], mine[2]);  /* collective under ZeRO-1 */
-    if (t->comm.dp_rank != 0) {  /* the other replicas hold copies */
-        for (int which = 0; which < 3; which++)
-            free(mine[which]);
-        return NULL;
+    const struct model_layout *layout = trained(t).layout;
+    int dp = t->comm.dp_size, me = t->comm.dp_rank, zero = t->cfg->optim.zero && t->world > 1;
+    size_t *want = gale_xcalloc((size_t)dp + 1, sizeof *want);
+    if (zero) /* the DP ranks write a part each */
+        grad_sync_parts(&t->sync, want);
+    for (int d = zero ? dp : 1; d <= dp; d++) /* else DP rank 0 all */
+        want[d] = layout->numel;
+    memset(p, 0, sizeof *p);
+    p->begin = want[me];
+    p->end = want[me + 1];
+    p->tensors = gale_xcalloc((size_t)layout->n, sizeof *p->tensors);
+    p->file_of = gale_xcalloc((size_t)layout->n, sizeof *p->file_of);
+    for (int i = 0; i < layout->n; i++) {
+        const struct model_tensor *ten = &layout->tensors[i];
+        if (ten->offset >= p->begin && ten->offset < p->end && (ten->expert || t->comm.ep_rank == 0))
+            p->tensors[p->n++] = i;
     }
-    model_params_download(t->model, mine[0]);
-    struct model *whole_model = NULL;
-    if (t->rank != 0) {
-        for (int i = 0; i < own->n; i++)
-            for (int which = 0; own->tensors[i].expert && which < 3; which++)
-                comm_send_floats(&t->comm, mine[which] + own->tensors[i].offset, own->tensors[i].numel, 0, which);
-    } else {
-        struct model_layout whole;
-        model_layout_build(&t->mc, &whole);
-        float *all[3];
-        for (int which = 0; which < 3; which++)
-            all[which] = gale_xmalloc(whole.numel * sizeof(float));
-        for (int i = 0; i < whole.n; i++) {
-            const struct model_tensor *w = &whole.tensors[i], *o = model_layout_find(own, w->name);
-            for (int which = 0; which < 3; which++) {
-                if (o)
-                    memcpy(all[which] + w->offset, mine[which] + o->offset, w->numel * sizeof(float));
-                else
-                    comm_recv_floats(&t->comm, all[which] + w->offset, w->numel, expert_owner(t, w->name), which);
-            }
-        }
-        whole_model = model_create(&t->mc, t->be, NULL, err);
-        if (whole_model)
-            model_params_upload(whole_model, all[0]);
-        free(all[0]);
-        *m = all[1];
-        *v = all[2];
-        model_layout_free(&whole);
+    p->files = model_shard_plan(layout, p->tensors, p->n, save, p->file_of);
+    size_t n = p->end - p->begin, own = t->opt.numel;
+    p->m = gale_xmalloc((n ? n : 1) * sizeof *p->m);
+    p->v = gale_xmalloc((n ? n : 1) * sizeof *p->v);
+    if (zero) { /* every bucket's pieces to the rank writing it */
+        float *m = gale_xmalloc((own ? own : 1) * sizeof *m), *v = gale_xmalloc((own ? own : 1) * sizeof *v);
+        t->be->ops->download(t->be, m, t->opt.m, own * sizeof *m);
+        t->be->ops->download(t->be, v, t->opt.v, own * sizeof *v);
+        gale_backend_wait(t->be);
+        grad_sync_collect_part(&t->sync, want, m, v, p->m, p->v);
+        free(m);
+        free(v);
+    } else { /* the moments cover the whole layout */
+        t->be->ops->download(t->be, p->m, t->opt.m + p->begin, n * sizeof(float));
+        t->be->ops->download(t->be, p->v, t->opt.v + p->begin, n * sizeof(float));
+        gale_backend_wait(t->be);
     }
-    for (int which = 0; which < 3; which++)
-        free(mine[which]);
-    return whole_model;
+    free(want);
 }
 
-/* Rank 0 writes; every rank learns whether it worked. */
 /* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
  * model trained from scratch (or from f32 or f16 weights) in f32 */
 static struct model_save_options checkpoint_options(const trainer *t)
@@ -803,48 +798,47 @@ static struct model_save_options checkpoint_options(const trainer *t)
     return (struct model_save_options){bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32, (uint64_t)c->checkpoint.shard_size};
 }
 
+/* Every rank writes its part into the step's temporary folder (checkpoint.h), then rank 0
+ * publishes it; a rank that fails stops every rank with its message. */
 static int save_checkpoint(trainer *t, gale_error *err)
 {
-    int rc = 0;
-    size_t numel = trained(t).layout->numel;
-    float *m = NULL, *v = NULL;
-    struct model *whole = NULL;
-    if (t->comm.ep_size > 1) {
-        whole = gather_experts(t, &m, &v, err);
-        rc = t->rank == 0 && !whole ? -1 : 0;
-    } else if (t->rank == 0 || (t->cfg->optim.zero && t->world > 1)) {
-        m = gale_xmalloc(numel * sizeof *m);
-        v = gale_xmalloc(numel * sizeof *v);
-        layout_moments(t, m, v);  /* collective under ZeRO-1 */
-        if (t->rank != 0) {
-            free(m);
-            free(v);
-            m = v = NULL;
-        }
+    const gale_run_config *c = t->cfg;
+    struct model_save_options save = checkpoint_options(t);
+    int rc = t->rank == 0 ? checkpoint_begin(c->run.dir, t->state.step, err) : 0;
+    if (comm_agree(&t->comm, rc, err) >= 0)
+        return -1;
+    struct own_part p;
+    own_part(t, &save, &p);
+    uint64_t *files = gale_xcalloc((size_t)t->world, sizeof *files);
+    comm_allgather_u64(&t->comm, COMM_WORLD_GROUP, (uint64_t)p.files, files);
+    int first = 0, total = 0;
+    for (int r = 0; r < t->world; r++) {
+        first += r < t->rank ? (int)files[r] : 0;
+        total += (int)files[r];
     }
-    if (t->rank == 0 && rc == 0) {
-        gale_moments moments = {m, v};
+    free(files);
+    struct checkpoint_part part = {p.tensors, p.n, p.file_of, first, total, p.m, p.v, p.begin,
+                                   !model_lora_config(t->model)};
+    char *tmp = checkpoint_tmp_dir(c->run.dir, t->state.step);
+    rc = checkpoint_write_part(tmp, t->model, &part, &save, err);
+    free(tmp);
+    own_part_free(&p);
+    if (comm_agree(&t->comm, rc, err) >= 0)
+        return -1;
+    if (t->rank == 0) {
         gale_loader_position pos;
         loader_position(t->loader, &pos);
         json_decref(t->state.loader);
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
-        gale_hf_files hf = {t->tokenizer_path, t->chat_template, t->cfg->model.from};
-        struct model_save_options save = checkpoint_options(t);
-        rc = checkpoint_save(t->cfg->run.dir, whole ? whole : t->model, &moments, &t->state, &hf,
-                             (int)t->cfg->run.keep_last, &save, &dir, err);
+        gale_hf_files hf = {t->tokenizer_path, t->chat_template, c->model.from};
+        rc = checkpoint_finish(c->run.dir, t->model, &t->state, &hf, (int)c->run.keep_last, &save, total, &dir, err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);
         free(dir);
     }
-    model_free(whole);
-    free(m);
-    free(v);
-    comm_bcast_int(&t->comm, COMM_WORLD_GROUP, &rc, 0);
-    if (rc && t->rank != 0)
-        gale_fail(err, "rank 0 could not write the checkpoint of step %ld", t->state.step);
-    return rc;
+    return comm_agree(&t->comm, rc, err) >= 0 ? -1 : 0;
 }
 
 static int train_loop(trainer *t, const gale_train_options *opts, gale_error *err)

@@ -3,7 +3,7 @@
 # resume through them. A run with checkpoint.dtype bf16 and a tiny checkpoint.shard_size writes
 # model-0000N-of-0000M.safetensors + model.safetensors.index.json (every tensor in BF16, the index
 # naming each file), config.json saying bfloat16 in both dtype and torch_dtype, the fp32
-# master.safetensors, and weights half the size of an f32 run's; stopped at step 6 and resumed,
+# master weights (master-0000N-of-0000M.safetensors + index), and weights half the size of an f32 run's; stopped at step 6 and resumed,
 # it gives the straight run's losses and byte-identical files at the end. bf16 in, bf16 out: a
 # run from that bf16 folder (checkpoint.dtype auto) saves bf16, one from an f32 folder f32.
 # With torch and transformers: transformers loads the sharded bf16 checkpoint with no missing or
@@ -48,7 +48,11 @@ full = header(os.path.join(f32, "model.safetensors"))
 assert names == {t: v["shape"] for t, v in full.items()}, "FAIL: not the f32 run's tensors"
 f32_size = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in full.values())
 assert 2 * size == f32_size, "FAIL: bf16 weights %d bytes, f32 %d" % (size, f32_size)
-master = header(os.path.join(ckpt, "master.safetensors"))
+# the fp32 master weights in the weights' files' grouping, with an index of their own
+master = {}
+for name in files:
+    master.update(header(os.path.join(ckpt, name.replace("model-", "master-"))))
+assert os.path.exists(os.path.join(ckpt, "master.safetensors.index.json")), "FAIL: no master index"
 assert all(v["dtype"] == "F32" for v in master.values()) and master.keys() == full.keys(), "FAIL: master"
 for folder, want in ((ckpt, "bfloat16"), (f32, "float32")):
     config = json.load(open(os.path.join(folder, "config.json")))
@@ -60,7 +64,7 @@ PY
 losses "$tmp/straight" > "$tmp/a"
 losses "$tmp/half" > "$tmp/b"
 diff "$tmp/a" "$tmp/b" || { echo "FAIL: resuming from a bf16 checkpoint changed the losses"; exit 1; }
-for f in $(cd "$ckpt" && ls *.safetensors model.safetensors.index.json); do
+for f in $(cd "$ckpt" && ls *.safetensors *.safetensors.index.json); do
   cmp "$ckpt/$f" "$tmp/half/checkpoints/$last/$f"
 done
 
