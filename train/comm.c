@@ -238,7 +238,6 @@ void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *a
     MPI_Allgather(&x, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, comm_group(c, g));
 }
 
-/* [a0, a1) ∩ [b0, b1), as a length and its start */
 int comm_agree(gale_comm *c, int failed, gale_error *err)
 {
     int first = failed ? c->rank : c->size;

@@ -198,73 +198,48 @@ void grad_sync_gather_params(struct grad_sync *s, float *params)
     free(req);
 }
 
-/* This rank's place in bucket b's group. */
-static int group_rank(const struct grad_sync *s, const struct grad_bucket *b)
-{
-    return b->group == COMM_DP_GROUP ? s->c->dp_rank : s->c->rank;
-}
-
-/* ZeRO-1: the group rank that writes layout tensor i to a checkpoint: the one whose piece holds
- * the tensor's first element (the pieces of later buckets of a tensor longer than a bucket go
- * to it too). */
-static int writer_of(const struct grad_sync *s, int i, const struct grad_bucket **bucket)
-{
-    size_t at = s->layout->tensors[i].offset;
-    int k = 0;
-    while (k + 1 < s->n && s->buckets[k].end <= at)
-        k++;
-    const struct grad_bucket *b = &s->buckets[k];
-    int q = 0;
-    for (int r = 1; r < group_size(s, b); r++)
-        if (b->counts[r] > 0 && b->begin + (size_t)b->displs[r] <= at)
-            q = r;
-    *bucket = b;
-    return q;
-}
-
-int grad_sync_writes(const struct grad_sync *s, int i)
-{
-    const struct grad_bucket *b;
-    int w = writer_of(s, i, &b);
-    return w == group_rank(s, b);
-}
-
-void grad_sync_moments_to_writers(struct grad_sync *s, float *m, float *v)
+void grad_sync_parts(const struct grad_sync *s, size_t *part)
 {
     const struct model_layout *layout = s->layout;
-    MPI_Request *req = NULL;
-    int n = 0, cap = 0;
-    for (int k = 0; k < s->n; k++) {
-        const struct grad_bucket *b = &s->buckets[k], *first;
-        int p = group_size(s, b), me = group_rank(s, b);
-        MPI_Comm comm = comm_group(s->c, b->group);
-        for (int i = b->first; p > 1 && i <= b->last; i++) {
-            const struct model_tensor *t = &layout->tensors[i];
-            int w = writer_of(s, i, &first);
-            size_t lo = t->offset > b->begin ? t->offset : b->begin;
-            size_t hi = t->offset + t->numel < b->end ? t->offset + t->numel : b->end;
-            for (int q = 0; q < p; q++) {
-                size_t a = b->begin + (size_t)b->displs[q], z = a + (size_t)b->counts[q];
-                a = a > lo ? a : lo;
-                z = z < hi ? z : hi;
-                if (z <= a || q == w || (me != q && me != w))
-                    continue;
-                if (n + 2 > cap) {
-                    cap = cap ? 2 * cap : 64;
-                    req = gale_xrealloc(req, (size_t)cap * sizeof *req);
-                }
-                for (int which = 0; which < 2; which++) {
-                    float *x = (which ? v : m) + a;
-                    if (me == q)
-                        MPI_Isend(x, (int)(z - a), MPI_FLOAT, w, which, comm, &req[n++]);
-                    else
-                        MPI_Irecv(x, (int)(z - a), MPI_FLOAT, q, which, comm, &req[n++]);
-                }
-                if (me == q)
-                    s->c->bytes[COMM_BROADCAST] += 2 * (z - a) * sizeof(float);
-            }
-        }
+    int dp = s->c->dp_size, i = 0;
+    size_t chunk = (layout->numel + dp - 1) / dp;
+    for (int d = 0; d < dp; d++) {
+        while (i < s->n && (s->buckets[i].begin < (size_t)d * chunk ||
+                            s->buckets[i].begin != layout->tensors[s->buckets[i].first].offset))
+            i++;
+        part[d] = i < s->n ? s->buckets[i].begin : layout->numel;
     }
-    MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
-    free(req);
+    part[dp] = layout->numel;
+}
+
+void grad_sync_collect_part(struct grad_sync *s, const size_t *part, const float *m_pieces, const float *v_pieces,
+                            float *m, float *v)
+{
+    gale_comm *c = s->c;
+    size_t at = 0; /* this rank's piece of bucket i in the pieces */
+    const float *pieces[2] = {m_pieces, v_pieces};
+    float *whole[2] = {m, v};
+    for (int i = 0; i < s->n; i++) {
+        struct grad_bucket *b = &s->buckets[i];
+        int d = 0;
+        while (d + 1 < c->dp_size && part[d + 1] <= b->begin)
+            d++;
+        int dense = b->group == COMM_WORLD_GROUP, p = group_size(s, b);
+        int root = dense ? d * c->ep_size : d, me = dense ? c->rank : c->dp_rank;
+        size_t n = b->piece_end - b->piece_begin;
+        for (int which = 0; which < 2; which++) {
+            float *recv = me == root ? whole[which] + (b->begin - part[d]) : NULL;
+            if (p == 1) {
+                memcpy(recv, pieces[which] + at, n * sizeof(float));
+                continue;
+            }
+            double t0 = MPI_Wtime();
+            MPI_Gatherv(pieces[which] + at, (int)n, MPI_FLOAT, recv, b->counts, b->displs, MPI_FLOAT, root,
+                        comm_group(c, b->group));
+            c->seconds[COMM_BROADCAST] += MPI_Wtime() - t0;
+            if (me != root)
+                c->bytes[COMM_BROADCAST] += n * sizeof(float);
+        }
+        at += n;
+    }
 }

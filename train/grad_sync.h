@@ -68,13 +68,16 @@ int grad_sync_sumsq(struct grad_sync *s, struct adamw *opt, double *sumsq, gale_
 /* ZeRO-1, after each rank updated its pieces of params (the fp32 master): every rank gets
  * every piece (MPI_Allgatherv per bucket). */
 void grad_sync_gather_params(struct grad_sync *s, float *params);
-/* ZeRO-1 checkpoints, written with no gather: whether this rank writes layout tensor i (the
- * rank of the tensor's group whose piece holds its first element), and the moves, point to
- * point, that give each writer the whole moments of its tensors from the other ranks' pieces
- * (m and v: host arrays of the layout's size holding this rank's pieces, adamw_moments_download
- * into zeroes; a writer's tensors are whole afterwards, nothing else is). Collective over the
- * world. */
-int grad_sync_writes(const struct grad_sync *s, int i);
-void grad_sync_moments_to_writers(struct grad_sync *s, float *m, float *v);
-
+/* ZeRO-1, for a checkpoint written by the data-parallel ranks in parts: part[d] (d < dp,
+ * part[dp] = the layout's numel) where DP rank d's part begins, each a bucket's start and a
+ * tensor's, at or after d / dp of the flat buffer. */
+void grad_sync_parts(const struct grad_sync *s, size_t *part);
+/* ZeRO-1: each bucket's moments go from the pieces (m_pieces, v_pieces: this rank's moments,
+ * adamw's ranges in order, on the host) to the rank writing it (MPI_Gatherv over the bucket's
+ * group): of DP rank d's part (part from grad_sync_parts), a dense bucket to EP rank 0 of
+ * replica d, an expert bucket to DP rank d of this rank's experts. m and v receive this rank's
+ * part, [part[dp_rank], part[dp_rank + 1]) of the flat buffer (a dense bucket's only at EP rank
+ * 0). */
+void grad_sync_collect_part(struct grad_sync *s, const size_t *part, const float *m_pieces, const float *v_pieces,
+                            float *m, float *v);
 #endif

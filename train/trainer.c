@@ -784,10 +784,10 @@ static int run_eval(trainer *t, gale_error *err)
 }
 
 /* What this rank writes of a checkpoint. Each tensor is written once: by the expert-parallel
- * rank holding it (a dense one by EP rank 0) and, of the data-parallel ranks holding copies, by
- * DP rank 0; under ZeRO-1 by the rank whose optimizer piece holds the tensor's first element,
- * the other pieces of its moments coming to it point to point (grad_sync_moments_to_writers).
- * Nothing is gathered to one rank. */
+ * rank holding it (a dense one by EP rank 0), and of the data-parallel ranks holding copies by
+ * DP rank 0, or under ZeRO-1 by DP rank d for the tensors of its part of the flat buffer (about
+ * 1/dp of it, whole gradient buckets), the pieces of their moments coming to it from the
+ * bucket's group (grad_sync_collect_part). Nothing goes to rank 0. */
 struct own_part {
     int *tensors, *file_of, n, files;
     float *m, *v;  /* the moments of [begin, end) of the trained layout */
@@ -805,8 +805,12 @@ static void own_part_free(struct own_part *p)
 static void own_part(trainer *t, const struct model_save_options *save, struct own_part *p)
 {
     const struct model_layout *layout = trained(t).layout;
-    size_t numel = layout->numel;
-    int zero = t->cfg->optim.zero && t->world > 1;
+    int dp = t->comm.dp_size, me = t->comm.dp_rank, zero = t->cfg->optim.zero && t->world > 1;
+    size_t *want = gale_xcalloc((size_t)dp + 1, sizeof *want);
+    if (zero) /* the DP ranks write a part each */
+        grad_sync_parts(&t->sync, want);
+    for (int d = zero ? dp : 1; d <= dp; d++) /* else DP rank 0 all */
+        want[d] = layout->numel;
     memset(p, 0, sizeof *p);
     p->begin = 0;
     p->end = numel;
@@ -824,6 +828,23 @@ static void own_part(trainer *t, const struct model_save_options *save, struct o
             p->tensors[p->n++] = i;
     }
     p->files = model_shard_plan(layout, p->tensors, p->n, save, p->file_of);
+    size_t n = p->end - p->begin, own = t->opt.numel;
+    p->m = gale_xmalloc((n ? n : 1) * sizeof *p->m);
+    p->v = gale_xmalloc((n ? n : 1) * sizeof *p->v);
+    if (zero) { /* every bucket's pieces to the rank writing it */
+        float *m = gale_xmalloc((own ? own : 1) * sizeof *m), *v = gale_xmalloc((own ? own : 1) * sizeof *v);
+        t->be->ops->download(t->be, m, t->opt.m, own * sizeof *m);
+        t->be->ops->download(t->be, v, t->opt.v, own * sizeof *v);
+        gale_backend_wait(t->be);
+        grad_sync_collect_part(&t->sync, want, m, v, p->m, p->v);
+        free(m);
+        free(v);
+    } else { /* the moments cover the whole layout */
+        t->be->ops->download(t->be, p->m, t->opt.m + p->begin, n * sizeof(float));
+        t->be->ops->download(t->be, p->v, t->opt.v + p->begin, n * sizeof(float));
+        gale_backend_wait(t->be);
+    }
+    free(want);
 }
 
 /* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
