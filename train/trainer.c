@@ -344,7 +344,10 @@ struct model_plan_layout trainer_plan_layout(const gale_run_config *cfg, const s
  * than the machine's physical memory. */
 static int check_host_memory(trainer *t, gale_error *err)
 {
-    struct model_plan_layout lay = trainer_plan_layout(t->cfg, t->lora.rank ? &t->lora : NULL, t->world, 1);
+    /* a rank's share of the experts: parallel.ep when it divides the world (comm_create refuses
+     * it otherwise, naming the key) */
+    int ep = t->cfg->parallel.ep > 1 && t->world % t->cfg->parallel.ep == 0 ? (int)t->cfg->parallel.ep : 1;
+    struct model_plan_layout lay = trainer_plan_layout(t->cfg, t->lora.rank ? &t->lora : NULL, t->world, ep);
     lay.compute_bytes = sizeof(float); /* the CPU's bf16 mode keeps fp32 containers */
     struct model_plan plan;
     if (model_plan(&t->mc, &lay, &plan, err))
@@ -812,19 +815,13 @@ static void own_part(trainer *t, const struct model_save_options *save, struct o
     for (int d = zero ? dp : 1; d <= dp; d++) /* else DP rank 0 all */
         want[d] = layout->numel;
     memset(p, 0, sizeof *p);
-    p->begin = 0;
-    p->end = numel;
-    p->m = gale_xcalloc(numel ? numel : 1, sizeof *p->m);
-    p->v = gale_xcalloc(numel ? numel : 1, sizeof *p->v);
-    adamw_moments_download(&t->opt, p->m, p->v);  /* the whole moments, or ZeRO-1's pieces */
-    if (zero)
-        grad_sync_moments_to_writers(&t->sync, p->m, p->v);
+    p->begin = want[me];
+    p->end = want[me + 1];
     p->tensors = gale_xcalloc((size_t)layout->n, sizeof *p->tensors);
     p->file_of = gale_xcalloc((size_t)layout->n, sizeof *p->file_of);
     for (int i = 0; i < layout->n; i++) {
-        int writes = zero ? grad_sync_writes(&t->sync, i)
-                          : t->comm.dp_rank == 0 && (layout->tensors[i].expert || t->comm.ep_rank == 0);
-        if (writes)
+        const struct model_tensor *ten = &layout->tensors[i];
+        if (ten->offset >= p->begin && ten->offset < p->end && (ten->expert || t->comm.ep_rank == 0))
             p->tensors[p->n++] = i;
     }
     p->files = model_shard_plan(layout, p->tensors, p->n, save, p->file_of);
