@@ -11,9 +11,11 @@
  *               when the model is loaded), no merge can cross a cut, and sentencepiece's merge
  *               order restricted to one word is the order the word alone gets: so each word is
  *               encoded alone, its ids cached (complete words queue up, 16 at most, while
- *               their cache lines are fetched), and memory is bounded by the longest words.
- *               Words are also cut between two characters that no mergeable piece holds side
- *               by side (index_pairs), for the same reason;
+ *               their cache lines are fetched; words too long for a line go to a second
+ *               cache), and memory is bounded by the longest words. Words are also cut
+ *               between two characters that no mergeable piece holds side by side
+ *               (index_chars), for the same reason, and a word of one character that is a
+ *               piece is its id without the cache;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
  *               the highest score merges first, leftmost on ties (a scan for short words, a
  *               binary heap for long ones); whether two symbols merge is a lookup of their
@@ -52,7 +54,7 @@
 #define N_CHAR_PAGES (0x110000u >> CHAR_PAGE_BITS)
 #define NO_KEY UINT32_MAX
 /* Pair rows of the bitmap at most: a model whose pieces hold more characters side by side gets
- * no cuts between characters (the 2943 pairs of Mistral v3 hold 300 characters). */
+ * no cuts between characters (the 2943 pairs of Mistral v3 hold 268 characters). */
 #define MAX_PAIR_CHARS 4096
 
 typedef struct char_entry {
