@@ -143,6 +143,70 @@ done
 "$GALE_BIN" eval --checkpoint "$tmp/merged-F32" --data "$tmp/data" > "$tmp/merged-sharded.txt"
 cmp <(grep "^loss" "$tmp/merged.txt") <(grep "^loss" "$tmp/merged-sharded.txt")
 
+# gale merge streams: its peak RSS does not grow with the model (the old merge held the merged
+# weights and a converted copy): random Mixtrals of 1 and 6 layers (71 and 344 MB of f32
+# weights, tensors of at most 8.4 MB), merged with adapters on q_proj and w1
+python3 - "$tmp" <<'PY'
+import json, os, struct, subprocess, sys
+import numpy as np
+tmp, gale = sys.argv[1], os.environ["GALE_BIN"]
+H, I, E, V = 512, 1024, 8, 4096
+
+def write(path, shapes):
+    header, at = {}, 0
+    for k, shape in shapes.items():
+        header[k] = {"dtype": "F32", "shape": list(shape), "data_offsets": [at, at + 4 * int(np.prod(shape))]}
+        at = header[k]["data_offsets"][1]
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for shape in shapes.values():
+            f.write((rng.standard_normal(shape, dtype=np.float32) * 0.02).tobytes())
+    return at
+
+def merge(layers):
+    """The model's bytes and gale merge's peak RSS in bytes."""
+    d = f"{tmp}/big{layers}"
+    cfg = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": V, "hidden_size": H,
+           "intermediate_size": I, "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 8,
+           "num_local_experts": E, "num_experts_per_tok": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+           "rope_theta": 1e6, "tie_word_embeddings": False, "torch_dtype": "float32"}
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                       p + "block_sparse_moe.gate.weight": (E, H)})
+        shapes.update({p + f"self_attn.{n}_proj.weight": (H, H) for n in "qkvo"})
+        for e in range(E):
+            shapes.update({p + f"block_sparse_moe.experts.{e}.{w}.weight": s
+                           for w, s in (("w1", (I, H)), ("w2", (H, I)), ("w3", (I, H)))})
+    os.makedirs(f"{d}/base")
+    os.makedirs(f"{d}/adapter")
+    json.dump(cfg, open(f"{d}/base/config.json", "w"))
+    size = write(f"{d}/base/model.safetensors", shapes)
+    adapters = {}
+    for k, s in shapes.items():
+        if k.endswith(("q_proj.weight", "w1.weight")):
+            m = "base_model.model." + k[:-len(".weight")]
+            adapters.update({m + ".lora_A.weight": (8, s[1]), m + ".lora_B.weight": (s[0], 8)})
+    write(f"{d}/adapter/adapter_model.safetensors", adapters)
+    json.dump({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "w1"]},
+              open(f"{d}/adapter/adapter_config.json", "w"))
+    p = subprocess.Popen([gale, "merge", "--base", f"{d}/base", "--adapter", f"{d}/adapter", "--out", f"{d}/merged"],
+                         stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    assert status == 0, status
+    subprocess.run(["rm", "-rf", d], check=True)
+    return size, usage.ru_maxrss * 1024
+
+(small, peak_small), (big, peak_big) = merge(1), merge(6)
+print("gale merge: peak RSS %.1f MB for %.0f MB of weights, %.1f MB for %.0f MB" %
+      (peak_small / 1e6, small / 1e6, peak_big / 1e6, big / 1e6))
+assert peak_big - peak_small < 2 * 4 * V * H, (peak_small, peak_big)  # two of its largest tensors
+PY
+
 # data parallelism: 2 ranks x 2 rows (ZeRO-1 splitting the adapters' moments) give 1 rank's
 # losses over 2 micro-batches of 2 rows, to rounding
 if command -v mpirun > /dev/null; then
