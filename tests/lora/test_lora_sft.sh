@@ -67,7 +67,7 @@ full_kib=$(peak_kib "$GALE_BIN" train "$tmp/run.yaml" --set lora.rank=0 --set ru
 # AddressSanitizer's shadow memory and quarantine of freed blocks make resident memory no
 # measure of gale's own (test_engine leaves its plan-against-RSS check out there too)
 asan=0
-if ldd "$GALE_BIN" | grep -q libasan; then asan=1; fi
+if ldd "$GALE_BIN" | grep libasan > /dev/null; then asan=1; fi  # no -q: an early exit would SIGPIPE ldd under pipefail
 python3 - "$tmp" "$lora_kib" "$full_kib" "$asan" <<'PY'
 import json, re, sys
 tmp, lora_kib, full_kib, asan = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"

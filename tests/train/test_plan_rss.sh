@@ -39,7 +39,7 @@ YAML
 run tiny 32 48 2 4
 run big 512 1024 4 8
 asan=0
-if ldd "$GALE_BIN" | grep -q libasan; then asan=1; fi
+if ldd "$GALE_BIN" | grep libasan > /dev/null; then asan=1; fi  # no -q: an early exit would SIGPIPE ldd under pipefail
 python3 - "$tmp" "$asan" <<'PY'
 import json, re, sys
 tmp, asan = sys.argv[1], sys.argv[2] == "1"
