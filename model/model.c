@@ -456,11 +456,6 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
                        "ranks", cfg->num_experts, x->size);
         return NULL;
     }
-    if (x && x->size > 1 && opts->lora) {
-        /* the adapters' share, gathering and checkpoints are not split by expert yet */
-        gale_fail(err, "LoRA adapters do not combine with expert parallelism (%d ranks)", x->size);
-        return NULL;
-    }
     const struct gale_ops *ops = be->ops;
     for (int op = 0; op < GALE_OP_COUNT; op++) {
         int needed = op == GALE_OP_DROPOUT ? opts && opts->lora && opts->lora->dropout > 0
