@@ -404,7 +404,7 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
         }
         size_t expert_adapters = 0;
         for (int i = 0; i < al.n; i++)
-            if (strstr(al.tensors[i].name, ".experts."))
+            if (al.tensors[i].expert)
                 expert_adapters += al.tensors[i].numel;
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
