@@ -152,16 +152,12 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
     struct model_trainable tr;
     model_trainable(m, &tr);
     /* under expert parallelism the file holds every expert's adapters, the model its share */
-    struct model_layout whole, adapters;
-    model_layout_build(model_get_config(m), &whole);
-    int *adapter_of = gale_xcalloc((size_t)whole.n, sizeof *adapter_of);
+    struct model_layout adapters;
     float *host = gale_xmalloc(tr.layout->numel * sizeof *host);
-    int rc = lora_layout_build(&whole, model_lora_config(m), &adapters, adapter_of, err);
+    int rc = lora_layout_whole(model_get_config(m), model_lora_config(m), &adapters, err);
     if (rc == 0)
         rc = lora_adapters_read(dir, tr.layout, &adapters, host, err);
     model_layout_free(&adapters);
-    model_layout_free(&whole);
-    free(adapter_of);
     if (rc == 0)
         model_lora_upload(m, host);
     free(host);
