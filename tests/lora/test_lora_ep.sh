@@ -28,6 +28,7 @@ for run in one ep2 dpep resume cross; do write_lora_config "$tmp/$run.yaml" "$tm
 "$GALE_BIN" train "$tmp/one.yaml" "${common[@]}" --set data.grad_accum=4 > "$tmp/one.log"
 run_mpi 2 "$tmp/ep2.log" "$tmp/ep2.yaml" "${common[@]}" --set data.grad_accum=2 --set parallel.ep=2
 grep -q "layout: 2 rank(s) = data parallel 1 x expert parallel 2; a rank holds 2 of 4 experts per layer" "$tmp/ep2.log"
+"$GALE_BIN" inspect "$tmp/ep2/checkpoints/step_00000010" | grep -q "^adapters .* on q_proj,v_proj,o_proj,w1,w2,w3, routers trained whole"
 run_mpi 4 "$tmp/dpep.log" "$tmp/dpep.yaml" "${common[@]}" --set parallel.ep=2
 grep -q "data parallel 2 x expert parallel 2" "$tmp/dpep.log"
 run_mpi 2 "$tmp/resume.log" "$tmp/resume.yaml" "${common[@]}" --set data.grad_accum=2 --set parallel.ep=2 --stop-at 5
