@@ -251,7 +251,7 @@ void comm_gather_floats(gale_comm *c, enum comm_group g, const float *mine, size
         c->bytes[COMM_BROADCAST] += n * sizeof(float); /* one to one, as grad_sync's gathers count */
     } else {
         for (int r = 0; r < p; all += counts[r], r++)
-            if (r == root)
+            if (r == root && counts[r])
                 memcpy(all, mine, counts[r] * sizeof *all);
             else
                 for (size_t at = 0; at < counts[r]; at += MPI_PIECE)

@@ -852,10 +852,11 @@ static int expert_owner(const trainer *t, const char *name)
 }
 
 /* PEFT's one adapter file holds every expert's adapters, but under expert parallelism a rank
- * holds its experts' only: the EP ranks of data-parallel replica 0 send theirs to rank 0
+ * holds its experts' only: the other EP ranks of data-parallel replica 0 send theirs to rank 0
  * (adapters are small; their moments go per rank, own_part's), whose *all then holds every
- * adapter over lora_layout_whole's layout (caller frees). *all stays NULL on the other ranks
- * and without expert parallelism, where the model holds every adapter. */
+ * adapter over lora_layout_whole's layout (caller frees; rank 0 stages twice the adapters'
+ * size meanwhile). *all stays NULL on the other ranks and without expert parallelism, where
+ * the model holds every adapter. */
 static int gather_adapters(trainer *t, float **all, gale_error *err)
 {
     *all = NULL;
@@ -865,34 +866,35 @@ static int gather_adapters(trainer *t, float **all, gale_error *err)
     if (lora_layout_whole(&t->mc, &t->lora, &whole, err))
         return -1;
     const struct model_layout *own = trained(t).layout;
-    float *mine = gale_xmalloc(own->numel * sizeof *mine), *experts = gale_xmalloc(own->numel * sizeof *experts);
+    float *mine = gale_xmalloc(own->numel * sizeof *mine), *experts = NULL;
     model_lora_download(t->model, mine);
     size_t n = 0;
-    for (int i = 0; i < own->n; i++)
-        if (own->tensors[i].expert) {
-            memcpy(experts + n, mine + own->tensors[i].offset, own->tensors[i].numel * sizeof *experts);
-            n += own->tensors[i].numel;
-        }
+    if (t->rank != 0) { /* its experts' adapters, in layout order */
+        experts = gale_xmalloc(own->numel * sizeof *experts);
+        for (int i = 0; i < own->n; i++)
+            if (own->tensors[i].expert) {
+                memcpy(experts + n, mine + own->tensors[i].offset, own->tensors[i].numel * sizeof *experts);
+                n += own->tensors[i].numel;
+            }
+    }
     int p = t->comm.ep_size;
     size_t *counts = gale_xcalloc((size_t)p, sizeof *counts), *at = gale_xcalloc((size_t)p, sizeof *at), total = 0;
-    for (int i = 0; i < whole.n; i++)
-        if (whole.tensors[i].expert) {
-            counts[expert_owner(t, whole.tensors[i].name)] += whole.tensors[i].numel;
-            total += whole.tensors[i].numel;
-        }
+    for (int i = 0; i < whole.n; i++) { /* what rank 0 receives: the others' experts */
+        int r = whole.tensors[i].expert ? expert_owner(t, whole.tensors[i].name) : 0;
+        counts[r] += r ? whole.tensors[i].numel : 0;
+        total += r ? whole.tensors[i].numel : 0;
+    }
     float *gathered = t->rank == 0 ? gale_xmalloc((total ? total : 1) * sizeof *gathered) : NULL;
     comm_gather_floats(&t->comm, COMM_EP_GROUP, experts, n, gathered, counts, 0);
-    if (t->rank == 0) { /* each rank's experts came in layout order, dense adapters are rank 0's */
+    if (t->rank == 0) {
         *all = gale_xmalloc(whole.numel * sizeof **all);
         for (int r = 1; r < p; r++)
             at[r] = at[r - 1] + counts[r - 1];
         for (int i = 0; i < whole.n; i++) {
-            const struct model_tensor *w = &whole.tensors[i];
-            const float *from = w->expert ? gathered + at[expert_owner(t, w->name)]
-                                          : mine + model_layout_find(own, w->name)->offset;
-            memcpy(*all + w->offset, from, w->numel * sizeof **all);
-            if (w->expert)
-                at[expert_owner(t, w->name)] += w->numel;
+            const struct model_tensor *w = &whole.tensors[i], *o = model_layout_find(own, w->name);
+            int r = o ? 0 : expert_owner(t, w->name);
+            memcpy(*all + w->offset, o ? mine + o->offset : gathered + at[r], w->numel * sizeof **all);
+            at[r] += o ? 0 : w->numel;
         }
     }
     free(gathered);
