@@ -344,9 +344,10 @@ struct model_plan_layout trainer_plan_layout(const gale_run_config *cfg, const s
  * than the machine's physical memory. */
 static int check_host_memory(trainer *t, gale_error *err)
 {
-    /* a rank's share of the experts: parallel.ep when it divides the world (comm_create refuses
-     * it otherwise, naming the key) */
-    int ep = t->cfg->parallel.ep > 1 && t->world % t->cfg->parallel.ep == 0 ? (int)t->cfg->parallel.ep : 1;
+    /* a rank's share of the experts: parallel.ep when it divides the world and the experts
+     * (comm_create refuses it otherwise, naming the key) */
+    long ep_cfg = t->cfg->parallel.ep, ne = t->mc.num_experts;
+    int ep = ep_cfg > 1 && t->world % ep_cfg == 0 && ne > 0 && ne % ep_cfg == 0 ? (int)ep_cfg : 1;
     struct model_plan_layout lay = trainer_plan_layout(t->cfg, t->lora.rank ? &t->lora : NULL, t->world, ep);
     lay.compute_bytes = sizeof(float); /* the CPU's bf16 mode keeps fp32 containers */
     struct model_plan plan;
