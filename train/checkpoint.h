@@ -20,7 +20,8 @@
  * A save has three phases over the ranks of a job (train/trainer.c drives them, the folder
  * being shared): rank 0 makes an empty step_XXXXXXXX.tmp/ (checkpoint_begin); every rank
  * writes its own files into it, each atomically and fsynced (checkpoint_write_part: no rank
- * sends its tensors to another); once all have, rank 0 writes the indexes (from the files'
+ * sends its tensors to another, but a LoRA run's expert adapters go to rank 0 for PEFT's one
+ * adapter_model.safetensors); once all have, rank 0 writes the indexes (from the files'
  * headers), config.json, the tokenizer files and trainer_state.json, renames the folder and
  * replaces `latest` atomically (checkpoint_finish). A crash at any moment, of any rank, leaves
  * the previous checkpoint whole and `latest` naming a complete one. The oldest are removed
