@@ -346,8 +346,9 @@ static int check_host_memory(trainer *t, gale_error *err)
 {
     /* a rank's share of the experts: parallel.ep when it divides the world and the experts
      * (comm_create refuses it otherwise, naming the key) */
-    long ep_cfg = t->cfg->parallel.ep, ne = t->mc.num_experts;
-    int ep = ep_cfg > 1 && t->world % ep_cfg == 0 && ne > 0 && ne % ep_cfg == 0 ? (int)ep_cfg : 1;
+    int ep = (int)t->cfg->parallel.ep;
+    if (ep < 2 || t->world % ep || !t->mc.num_experts || t->mc.num_experts % ep)
+        ep = 1;
     struct model_plan_layout lay = trainer_plan_layout(t->cfg, t->lora.rank ? &t->lora : NULL, t->world, ep);
     lay.compute_bytes = sizeof(float); /* the CPU's bf16 mode keeps fp32 containers */
     struct model_plan plan;
