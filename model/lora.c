@@ -148,6 +148,8 @@ int lora_layout_build(const struct model_layout *base, const struct lora_config 
         seen |= 1u << t;
         append(out, module, "lora_A", lc->rank, w->shape[1]);
         append(out, module, "lora_B", w->shape[0], lc->rank);
+        /* an expert's adapters live where the expert does: reduced over the data-parallel group */
+        out->tensors[out->n - 1].expert = out->tensors[out->n - 2].expert = w->expert;
     }
     for (int t = 0; t < LORA_TARGETS; t++)
         if ((lc->targets & (1u << t)) && !(seen & (1u << t))) {
@@ -157,6 +159,18 @@ int lora_layout_build(const struct model_layout *base, const struct lora_config 
                                                                                    "instead of gate/up/down_proj");
         }
     return 0;
+}
+
+int lora_layout_whole(const struct model_config *cfg, const struct lora_config *lc, struct model_layout *out,
+                      gale_error *err)
+{
+    struct model_layout whole;
+    model_layout_build(cfg, &whole);
+    int *adapter_of = gale_xcalloc((size_t)whole.n, sizeof *adapter_of);
+    int rc = lora_layout_build(&whole, lc, out, adapter_of, err);
+    free(adapter_of);
+    model_layout_free(&whole);
+    return rc;
 }
 
 void lora_init_host(const struct model_layout *adapters, float *host, uint64_t seed)

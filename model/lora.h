@@ -44,6 +44,11 @@ int lora_target_of(const char *name);
 int lora_layout_build(const struct model_layout *base, const struct lora_config *lc,
                       struct model_layout *out, int *adapter_of, gale_error *err);
 
+/* lora_layout_build over the whole model of cfg (every expert's adapters, whatever share of the
+ * experts a rank holds): what an adapter checkpoint holds. */
+int lora_layout_whole(const struct model_config *cfg, const struct lora_config *lc, struct model_layout *out,
+                      gale_error *err);
+
 /* Whether an adapter-layout tensor is a trained copy of a base tensor (a router), not a lora_A
  * or lora_B. */
 int lora_is_copy(const struct model_tensor *adapter);

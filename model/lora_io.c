@@ -114,8 +114,10 @@ done:
     return rc;
 }
 
-int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err)
+int lora_adapters_read(const char *dir, const struct model_layout *layout, const struct model_layout *known,
+                       float *host, gale_error *err)
 {
+    known = known ? known : layout;
     char *path = gale_path_join(dir, "adapter_model.safetensors");
     struct safetensors_set set;
     if (safetensors_open(path, &set, err)) {
@@ -124,7 +126,7 @@ int lora_adapters_read(const char *dir, const struct model_layout *layout, float
     }
     int rc = 0;
     for (int i = 0; rc == 0 && i < set.n; i++)
-        if (!model_layout_find(layout, set.tensors[i].name))
+        if (!model_layout_find(known, set.tensors[i].name))
             rc = gale_fail(err, "%s: unexpected tensor \"%s\" (not an adapter of this config's targets)", path,
                            set.tensors[i].name);
     for (int i = 0; rc == 0 && i < layout->n; i++) {
@@ -149,8 +151,13 @@ int model_lora_load(struct model *m, const char *dir, gale_error *err)
         return gale_fail(err, "%s: the model has no adapters to load into", dir);
     struct model_trainable tr;
     model_trainable(m, &tr);
+    /* under expert parallelism the file holds every expert's adapters, the model its share */
+    struct model_layout adapters;
     float *host = gale_xmalloc(tr.layout->numel * sizeof *host);
-    int rc = lora_adapters_read(dir, tr.layout, host, err);
+    int rc = lora_layout_whole(model_get_config(m), model_lora_config(m), &adapters, err);
+    if (rc == 0)
+        rc = lora_adapters_read(dir, tr.layout, &adapters, host, err);
+    model_layout_free(&adapters);
     if (rc == 0)
         model_lora_upload(m, host);
     free(host);
@@ -173,16 +180,11 @@ static json_t *config_json(const struct lora_config *lc, const char *base_model)
                      "alpha_pattern", "base_model_name_or_path", base_model, "revision");
 }
 
-int model_lora_save(struct model *m, const struct lora_config *lc, const char *base_model, const char *dir,
-                    gale_error *err)
+int lora_adapters_write(const char *dir, const struct lora_config *lc, const char *base_model,
+                        const struct model_layout *layout, const float *host, gale_error *err)
 {
-    struct model_trainable tr;
-    model_trainable(m, &tr);
-    const struct model_layout *layout = tr.layout;
     if (gale_mkdir_p(dir, err))
         return -1;
-    float *host = gale_xmalloc(layout->numel * sizeof *host);
-    model_lora_download(m, host);
     struct safetensors_entry *entries = gale_xcalloc((size_t)layout->n, sizeof *entries);
     for (int i = 0; i < layout->n; i++) {
         const struct model_tensor *t = &layout->tensors[i];
@@ -201,6 +203,17 @@ int model_lora_save(struct model *m, const struct lora_config *lc, const char *b
     free(weights);
     free(config);
     free(entries);
+    return rc;
+}
+
+int model_lora_save(struct model *m, const struct lora_config *lc, const char *base_model, const char *dir,
+                    gale_error *err)
+{
+    struct model_trainable tr;
+    model_trainable(m, &tr);
+    float *host = gale_xmalloc(tr.layout->numel * sizeof *host);
+    model_lora_download(m, host);
+    int rc = lora_adapters_write(dir, lc, base_model, tr.layout, host, err);
     free(host);
     return rc;
 }

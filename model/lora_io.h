@@ -20,15 +20,22 @@
 int lora_config_read(const char *dir, struct lora_config *lc, char **base_model, gale_error *err);
 
 /* Reads dir/adapter_model.safetensors into host (layout->numel floats) by the names of layout
- * (lora_layout_build's); a missing, unexpected or misshapen tensor is an error naming it. */
-int lora_adapters_read(const char *dir, const struct model_layout *layout, float *host, gale_error *err);
+ * (lora_layout_build's); a missing or misshapen tensor, or one that known (NULL: layout) lacks,
+ * is an error naming it (known: the whole model's adapters when layout is a rank's share). */
+int lora_adapters_read(const char *dir, const struct model_layout *layout, const struct model_layout *known,
+                       float *host, gale_error *err);
 
 /* Loads dir/adapter_model.safetensors into the model's adapters; a missing, unexpected or
  * misshapen tensor is an error naming it. */
 int model_lora_load(struct model *m, const char *dir, gale_error *err);
 
-/* Writes adapter_config.json and adapter_model.safetensors into dir (made when missing), each
- * atomically. base_model names the base (a folder or a hub id; NULL: none). */
+/* Writes adapter_config.json and adapter_model.safetensors (the adapters of layout, values in
+ * host) into dir (made when missing), each atomically. base_model names the base (a folder or a
+ * hub id; NULL: none). */
+int lora_adapters_write(const char *dir, const struct lora_config *lc, const char *base_model,
+                        const struct model_layout *layout, const float *host, gale_error *err);
+
+/* lora_adapters_write of the model's adapters. */
 int model_lora_save(struct model *m, const struct lora_config *lc, const char *base_model,
                     const char *dir, gale_error *err);
 

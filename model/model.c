@@ -393,22 +393,15 @@ int model_plan(const struct model_config *cfg, const struct model_plan_layout *l
     size_t numel = (size_t)model_config_num_params(cfg) - expert_numel + experts_held;
     size_t adapters = 0;
     if (lay->lora) {
-        struct model_layout layout, al;
-        model_layout_build(cfg, &layout);
-        int *adapter_of = gale_xcalloc((size_t)layout.n, sizeof *adapter_of);
-        int rc = lora_layout_build(&layout, lay->lora, &al, adapter_of, err);
-        free(adapter_of);
-        if (rc) {
-            model_layout_free(&layout);
+        struct model_layout al;
+        if (lora_layout_whole(cfg, lay->lora, &al, err))
             return -1;
-        }
         size_t expert_adapters = 0;
         for (int i = 0; i < al.n; i++)
-            if (strstr(al.tensors[i].name, ".experts."))
+            if (al.tensors[i].expert)
                 expert_adapters += al.tensors[i].numel;
         adapters = al.numel - expert_adapters + expert_adapters / ep;
         model_layout_free(&al);
-        model_layout_free(&layout);
     }
     size_t dp = lay->dp_size > 1 ? (size_t)lay->dp_size : 1, world = dp * (size_t)ep;
     if (!lay->zero)
@@ -454,11 +447,6 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     if (x && x->size > 1 && (cfg->num_experts == 0 || cfg->num_experts % x->size)) {
         gale_fail(err, "%d experts (num_local_experts) do not split over %d expert-parallel "
                        "ranks", cfg->num_experts, x->size);
-        return NULL;
-    }
-    if (x && x->size > 1 && opts->lora) {
-        /* the adapters' share, gathering and checkpoints are not split by expert yet */
-        gale_fail(err, "LoRA adapters do not combine with expert parallelism (%d ranks)", x->size);
         return NULL;
     }
     const struct gale_ops *ops = be->ops;

@@ -222,15 +222,25 @@ int checkpoint_write_part(const char *tmp_dir, struct model *m, const struct che
 }
 
 /* The indexes of a folder whose files several ranks wrote, and config.json; or with LoRA the
- * adapters in PEFT's format (naming the run's model.from as their base), which every rank holds. */
+ * adapters in PEFT's format (naming the run's model.from as their base): the model's, or under
+ * expert parallelism adapters, every expert's gathered. */
 static int finish_weights(struct model *m, const gale_train_state *st, const struct model_save_options *save,
-                          int total_files, const char *dir, gale_error *err)
+                          int total_files, const float *adapters, const char *dir, gale_error *err)
 {
     if (total_files > 1 && safetensors_write_index(dir, "optimizer", total_files, err))
         return -1;
-    if (model_lora_config(m)) {
-        json_t *from = json_object_get(json_object_get(st->config, "model"), "from");
-        return model_lora_save(m, model_lora_config(m), json_string_value(from), dir, err);
+    const struct lora_config *lc = model_lora_config(m);
+    if (lc) {
+        const char *from = json_string_value(json_object_get(json_object_get(st->config, "model"), "from"));
+        if (!adapters)
+            return model_lora_save(m, lc, from, dir, err);
+        struct model_layout whole;
+        int rc = lora_layout_whole(model_get_config(m), lc, &whole, err) ||
+                         lora_adapters_write(dir, lc, from, &whole, adapters, err)
+                     ? -1
+                     : 0;
+        model_layout_free(&whole);
+        return rc;
     }
     if (total_files > 1 && (safetensors_write_index(dir, "model", total_files, err) ||
                             (save->dtype != MODEL_DTYPE_F32 && safetensors_write_index(dir, "master", total_files, err))))
@@ -239,8 +249,8 @@ static int finish_weights(struct model *m, const gale_train_state *st, const str
 }
 
 int checkpoint_finish(const char *run_dir, struct model *m, const gale_train_state *st, const gale_hf_files *hf,
-                      int keep_last, const struct model_save_options *save, int total_files, char **out_dir,
-                      gale_error *err)
+                      int keep_last, const struct model_save_options *save, int total_files, const float *adapters,
+                      char **out_dir, gale_error *err)
 {
     char name[32];
     step_name(st->step, name);
@@ -248,7 +258,7 @@ int checkpoint_finish(const char *run_dir, struct model *m, const gale_train_sta
     char *final = gale_path_join(root, name), *tmp = checkpoint_tmp_dir(run_dir, st->step);
     char *state = gale_path_join(tmp, "trainer_state.json"), *latest = gale_path_join(root, "latest");
     int rc = -1;
-    if (finish_weights(m, st, save, total_files, tmp, err) || hf_files_write(tmp, hf, err))
+    if (finish_weights(m, st, save, total_files, adapters, tmp, err) || hf_files_write(tmp, hf, err))
         goto done;
     if (write_state(state, st, m, err) || gale_fsync_path(tmp, err) || publish(root, tmp, final, err))
         goto done;
@@ -445,11 +455,15 @@ int checkpoint_load_weights(const char *dir, struct model *m, struct adamw *opt,
         return -1;
     opt->step = st.optimizer_step;
     train_state_clear(&st);
-    const struct model_layout *trained = trained_layout(m);
-    /* under expert parallelism the file holds every expert's moments, the model its share */
+    /* under expert parallelism the files hold every expert's moments (or adapters' moments),
+     * the model its share */
     struct model_layout whole;
-    model_layout_build(model_get_config(m), &whole);
-    rc = load_moments(dir, trained, trained == model_get_layout(m) ? whole.n : trained->n, opt, err);
+    if (model_lora_config(m))
+        rc = lora_layout_whole(model_get_config(m), model_lora_config(m), &whole, err);
+    else
+        model_layout_build(model_get_config(m), &whole);
+    if (rc == 0)
+        rc = load_moments(dir, trained_layout(m), whole.n, opt, err);
     model_layout_free(&whole);
     return rc;
 }

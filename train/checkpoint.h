@@ -20,7 +20,8 @@
  * A save has three phases over the ranks of a job (train/trainer.c drives them, the folder
  * being shared): rank 0 makes an empty step_XXXXXXXX.tmp/ (checkpoint_begin); every rank
  * writes its own files into it, each atomically and fsynced (checkpoint_write_part: no rank
- * sends its tensors to another); once all have, rank 0 writes the indexes (from the files'
+ * sends its tensors to another, but a LoRA run's expert adapters go to rank 0 for PEFT's one
+ * adapter_model.safetensors); once all have, rank 0 writes the indexes (from the files'
  * headers), config.json, the tokenizer files and trainer_state.json, renames the folder and
  * replaces `latest` atomically (checkpoint_finish). A crash at any moment, of any rank, leaves
  * the previous checkpoint whole and `latest` naming a complete one. The oldest are removed
@@ -64,7 +65,7 @@ struct checkpoint_part {
     const float *m, *v;    /* AdamW moments on the host: tensor t's at m + t->offset - base */
     size_t base;
     int weights;           /* 1: the tensors' weights too (0 for LoRA: rank 0's
-                              checkpoint_finish writes the adapters) */
+                              checkpoint_finish writes every adapter) */
 };
 
 /* run_dir/checkpoints/step_XXXXXXXX.tmp, where every rank writes (caller frees). */
@@ -79,13 +80,15 @@ int checkpoint_write_part(const char *tmp_dir, struct model *m, const struct che
                           const struct model_save_options *save, gale_error *err);
 
 /* Rank 0, once every rank's part is written: the indexes over total_files files, config.json
- * (or a LoRA run's adapters), the tokenizer files hf describes (may be NULL), trainer_state.json;
+ * (or a LoRA run's adapters, PEFT's one file: adapters, when not NULL, holds every adapter's
+ * values over lora_layout_whole's layout, gathered from the expert-parallel ranks; NULL: the
+ * model's own), the tokenizer files hf describes (may be NULL), trainer_state.json;
  * then the folder is published under its step's name (one of that step already there, from a
  * run resumed at an earlier step, is replaced atomically), `latest` points at it and the oldest
  * beyond keep_last are removed. *out_dir (when not NULL) receives the final folder (caller frees). */
 int checkpoint_finish(const char *run_dir, struct model *m, const gale_train_state *st, const gale_hf_files *hf,
-                      int keep_last, const struct model_save_options *save, int total_files, char **out_dir,
-                      gale_error *err);
+                      int keep_last, const struct model_save_options *save, int total_files, const float *adapters,
+                      char **out_dir, gale_error *err);
 
 /* The folder `latest` names under run_dir/checkpoints (caller frees); NULL with err->msg
  * empty when the run has no checkpoint yet, NULL with a message when `latest` is broken. */

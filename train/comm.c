@@ -238,6 +238,28 @@ void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *a
     MPI_Allgather(&x, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, comm_group(c, g));
 }
 
+void comm_gather_floats(gale_comm *c, enum comm_group g, const float *mine, size_t n, float *all,
+                        const size_t *counts, int root)
+{
+    MPI_Comm comm = comm_group(c, g);
+    int p = comm_group_size(c, g), me;
+    MPI_Comm_rank(comm, &me);
+    double t0 = MPI_Wtime();
+    if (me != root) {
+        for (size_t at = 0; at < n; at += MPI_PIECE)
+            MPI_Send(mine + at, piece_count(n, at), MPI_FLOAT, root, 0, comm);
+        c->bytes[COMM_BROADCAST] += n * sizeof(float); /* one to one, as grad_sync's gathers count */
+    } else {
+        for (int r = 0; r < p; all += counts[r], r++)
+            if (r == root && counts[r])
+                memcpy(all, mine, counts[r] * sizeof *all);
+            else
+                for (size_t at = 0; at < counts[r]; at += MPI_PIECE)
+                    MPI_Recv(all + at, piece_count(counts[r], at), MPI_FLOAT, r, 0, comm, MPI_STATUS_IGNORE);
+    }
+    c->seconds[COMM_BROADCAST] += MPI_Wtime() - t0;
+}
+
 int comm_agree(gale_comm *c, int failed, gale_error *err)
 {
     int first = failed ? c->rank : c->size;

@@ -76,6 +76,12 @@ const char *comm_kind_name(enum comm_kind k);
 /* Every rank's x (all: one per rank of the group, in rank order). */
 void comm_allgather_u64(gale_comm *c, enum comm_group g, uint64_t x, uint64_t *all);
 
+/* Root receives each rank's floats in rank order into all (counts[r] from rank r; counts and all
+ * are root's only), the others send their n = counts[their rank] (point to point, in pieces: any
+ * size). For state small enough to gather, e.g. LoRA adapters held by several ranks. */
+void comm_gather_floats(gale_comm *c, enum comm_group g, const float *mine, size_t n, float *all,
+                        const size_t *counts, int root);
+
 /* Collective over the world: whether any rank failed (failed non-zero). Returns the lowest
  * failing rank, whose err->msg every rank then holds ("rank R: ..." on the others), or -1
  * when none failed. So a job whose one rank fails stops on every rank with that rank's

@@ -95,7 +95,7 @@ int merge_adapter(const char *base, const char *adapter, const char *out, uint64
         if (base_dtype(base, &mg.base, &o.dtype, err) == 0 && model_check_tensor_names(&config, &mg.base, err) == 0 &&
             lora_layout_build(&layout, &lora, &adapters, adapter_of, err) == 0) {
             mg.ab = ab = gale_xmalloc(adapters.numel * sizeof *ab);
-            if (lora_adapters_read(adapter, &adapters, ab, err) == 0 &&
+            if (lora_adapters_read(adapter, &adapters, NULL, ab, err) == 0 &&
                 model_write_hf(&config, &layout, out, &o, merged_tensor, &mg, err) == 0)
                 rc = copy_tokenizer(base, adapter, out, err);
         }

@@ -393,9 +393,6 @@ static int check_complete(gale_run_config *c, gale_error *err)
     snprintf(key, sizeof key, "%s: lora.targets", name);
     if ((c->lora.rank > 0 || c->lora.from) && lora_targets_parse(c->lora.targets, key, &c->lora.target_mask, err))
         return -1;
-    if ((c->lora.rank > 0 || c->lora.from) && c->parallel.ep > 1)
-        return gale_fail(err, "%s: lora.rank / lora.from and parallel.ep = %ld do not combine yet: LoRA "
-                              "trains with parallel.ep = 1", name, c->parallel.ep);
     return 0;
 }
 

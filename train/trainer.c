@@ -846,6 +846,68 @@ static void own_part(trainer *t, const struct model_save_options *save, struct o
     free(want);
 }
 
+/* The expert-parallel rank holding an expert's tensor: each holds a contiguous block. */
+static int expert_owner(const trainer *t, const char *name)
+{
+    const char *at = strstr(name, ".experts.");
+    return at ? atoi(at + strlen(".experts.")) / (t->mc.num_experts / t->comm.ep_size) : 0;
+}
+
+/* PEFT's one adapter file holds every expert's adapters, but under expert parallelism a rank
+ * holds its experts' only: the other EP ranks of data-parallel replica 0 send theirs to rank 0
+ * (adapters are small; their moments go per rank, own_part's), whose *all then holds every
+ * adapter over lora_layout_whole's layout (caller frees; rank 0 stages twice the adapters'
+ * size meanwhile). *all stays NULL on the other ranks and without expert parallelism, where
+ * the model holds every adapter. */
+static int gather_adapters(trainer *t, float **all, gale_error *err)
+{
+    *all = NULL;
+    if (!model_lora_config(t->model) || t->comm.ep_size == 1 || t->comm.dp_rank != 0)
+        return 0;  /* the other replicas hold copies */
+    struct model_layout whole;
+    if (lora_layout_whole(&t->mc, &t->lora, &whole, err))
+        return -1;
+    const struct model_layout *own = trained(t).layout;
+    float *mine = gale_xmalloc(own->numel * sizeof *mine), *experts = NULL;
+    model_lora_download(t->model, mine);
+    size_t n = 0;
+    if (t->rank != 0) { /* its experts' adapters, in layout order */
+        experts = gale_xmalloc(own->numel * sizeof *experts);
+        for (int i = 0; i < own->n; i++)
+            if (own->tensors[i].expert) {
+                memcpy(experts + n, mine + own->tensors[i].offset, own->tensors[i].numel * sizeof *experts);
+                n += own->tensors[i].numel;
+            }
+    }
+    int p = t->comm.ep_size;
+    size_t *counts = gale_xcalloc((size_t)p, sizeof *counts), *at = gale_xcalloc((size_t)p, sizeof *at), total = 0;
+    for (int i = 0; i < whole.n; i++) { /* what rank 0 receives: the others' experts */
+        int r = whole.tensors[i].expert ? expert_owner(t, whole.tensors[i].name) : 0;
+        counts[r] += r ? whole.tensors[i].numel : 0;
+        total += r ? whole.tensors[i].numel : 0;
+    }
+    float *gathered = t->rank == 0 ? gale_xmalloc((total ? total : 1) * sizeof *gathered) : NULL;
+    comm_gather_floats(&t->comm, COMM_EP_GROUP, experts, n, gathered, counts, 0);
+    if (t->rank == 0) {
+        *all = gale_xmalloc(whole.numel * sizeof **all);
+        for (int r = 1; r < p; r++)
+            at[r] = at[r - 1] + counts[r - 1];
+        for (int i = 0; i < whole.n; i++) {
+            const struct model_tensor *w = &whole.tensors[i], *o = model_layout_find(own, w->name);
+            int r = o ? 0 : expert_owner(t, w->name);
+            memcpy(*all + w->offset, o ? mine + o->offset : gathered + at[r], w->numel * sizeof **all);
+            at[r] += o ? 0 : w->numel;
+        }
+    }
+    free(gathered);
+    free(counts);
+    free(at);
+    free(experts);
+    free(mine);
+    model_layout_free(&whole);
+    return 0;
+}
+
 /* checkpoint.dtype, where auto keeps a bf16 model.from in bf16 (bf16 in, bf16 out) and saves a
  * model trained from scratch (or from f32 or f16 weights) in f32 */
 static struct model_save_options checkpoint_options(const trainer *t)
@@ -865,6 +927,10 @@ static int save_checkpoint(trainer *t, gale_error *err)
     int rc = t->rank == 0 ? checkpoint_begin(c->run.dir, t->state.step, err) : 0;
     if (comm_agree(&t->comm, rc, err) >= 0)
         return -1;
+    float *adapters;
+    rc = gather_adapters(t, &adapters, err);
+    if (comm_agree(&t->comm, rc, err) >= 0)
+        return -1;
     struct own_part p;
     own_part(t, &save, &p);
     uint64_t *files = gale_xcalloc((size_t)t->world, sizeof *files);
@@ -881,8 +947,10 @@ static int save_checkpoint(trainer *t, gale_error *err)
     rc = checkpoint_write_part(tmp, t->model, &part, &save, err);
     free(tmp);
     own_part_free(&p);
-    if (comm_agree(&t->comm, rc, err) >= 0)
+    if (comm_agree(&t->comm, rc, err) >= 0) {
+        free(adapters);
         return -1;
+    }
     if (t->rank == 0) {
         gale_loader_position pos;
         loader_position(t->loader, &pos);
@@ -890,12 +958,14 @@ static int save_checkpoint(trainer *t, gale_error *err)
         t->state.loader = loader_position_to_json(&pos);
         char *dir = NULL;
         gale_hf_files hf = {t->tokenizer_path, t->chat_template, c->model.from};
-        rc = checkpoint_finish(c->run.dir, t->model, &t->state, &hf, (int)c->run.keep_last, &save, total, &dir, err);
+        rc = checkpoint_finish(c->run.dir, t->model, &t->state, &hf, (int)c->run.keep_last, &save, total, adapters, &dir,
+                               err);
         if (rc == 0)
             printf("checkpoint %s\n", dir);
         fflush(stdout);
         free(dir);
     }
+    free(adapters);
     return comm_agree(&t->comm, rc, err) >= 0 ? -1 : 0;
 }
 

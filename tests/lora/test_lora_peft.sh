@@ -50,6 +50,21 @@ $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$rou
   2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
 "$GALE_BIN" verify --fixture "$tmp/fx/gale-router" | grep -E "^  logits|gate.weight|checks|FAIL"
 
+# and trained with expert parallelism (ep=2: each rank holds 2 of the 4 experts' adapters, rank 0
+# gathers them into PEFT's one adapter_model.safetensors)
+if command -v mpirun > /dev/null; then
+  mpi_flags=(--oversubscribe)
+  [ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+  write_lora_config "$tmp/router_ep.yaml" "$tmp/router_ep" 10 "train_router: true"
+  mpirun "${mpi_flags[@]}" -np 2 "$GALE_BIN" train "$tmp/router_ep.yaml" --set parallel.ep=2 > "$tmp/ep.log" 2>&1 ||
+    { cat "$tmp/ep.log"; echo "FAIL: gale train with parallel.ep=2"; exit 1; }
+  $py "$GALE_SOURCE/tests/lora/make_peft_fixtures.py" --from-adapter "$base" "$tmp/router_ep/checkpoints/step_00000010" \
+    "$tmp/fx/gale-router-ep" 2> "$tmp/gen.log" || { cat "$tmp/gen.log" >&2; exit 1; }
+  "$GALE_BIN" verify --fixture "$tmp/fx/gale-router-ep" | grep -E "^  logits|checks|FAIL"
+else
+  echo "(no mpirun: the adapters trained with expert parallelism are not checked here)"
+fi
+
 # gale merge's folder holds the weights of PEFT's merge_and_unload, in the base's dtype (the
 # trained routers in place of the base's)
 for adapter in "$ckpt" "$router"; do
