@@ -16,7 +16,7 @@ struct command {
 static const struct command commands[] = {
     {"prepare", cmd_prepare, "text and JSONL to deduplicated, tokenized, packed HDF5 shards (MPI)"},
     {"tokenize", cmd_tokenize, "text or chat JSONL to token ids (SentencePiece BPE or Tekken), and back"},
-    {"train", cmd_train, "train or fine-tune a model from a run YAML (resumes; MPI data parallel)"},
+    {"train", cmd_train, "train or fine-tune a model from a run YAML (resumes; MPI data and expert parallel, LoRA)"},
     {"plot", cmd_plot, "loss and learning-rate curves of a run (PNG via gnuplot, or SVG)"},
     {"plan", cmd_plan, "the memory plan of a run per rank (GiB per arena, fits a device or not)"},
     {"verify", cmd_verify, "check a backend against a reference fixture (logits, gradients, AdamW)"},
