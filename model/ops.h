@@ -227,4 +227,61 @@ static inline GALE_HOST_DEVICE double gale_clip_factor(double sumsq, double max_
     return factor < 1.0 ? factor : 1.0;
 }
 
+/* One row of the router's forward: probs = softmax(logits) and its log-sum-exp in fp64, the top
+ * k experts by probability (ties to the lower index) and their weights renormalised over the
+ * chosen. The one definition behind the CPU's and the CUDA backend's router_fwd. */
+static inline GALE_HOST_DEVICE void gale_router_fwd_row(float *p, float *lse, int32_t *idx, float *w,
+                                                        const float *x, int experts, int k)
+{
+    float mx = -INFINITY;
+    for (int e = 0; e < experts; e++)
+        mx = x[e] > mx ? x[e] : mx;
+    double sum = 0;
+    for (int e = 0; e < experts; e++)
+        sum += exp((double)x[e] - mx);
+    *lse = mx + (float)log(sum);
+    for (int e = 0; e < experts; e++)
+        p[e] = (float)(exp((double)x[e] - mx) / sum);
+    double chosen = 0;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < experts; e++) {
+            int taken = 0;
+            for (int m = 0; m < j && !taken; m++)
+                taken = idx[m] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        idx[j] = best;
+        chosen += p[best];
+    }
+    for (int j = 0; j < k; j++)
+        w[j] = (float)(p[idx[j]] / chosen);
+}
+
+/* One row of the router's backward into dl (experts floats), dp being experts doubles of
+ * scratch: w_j = p_{i_j} / S with S the sum of the chosen p, so d/dp_{i_j} = (dw_j - sum w dw)
+ * / S, plus dprobs_const (the aux loss's, or none), through the softmax, plus the z-loss's
+ * 2 z_scale lse p. The one definition behind both backends' router_bwd. */
+static inline GALE_HOST_DEVICE void gale_router_bwd_row(float *dl, double *dp, const float *p, float lse,
+                                                        const int32_t *idx, const float *w, const float *dw,
+                                                        const float *dprobs_const, float z_scale, int experts,
+                                                        int k)
+{
+    for (int e = 0; e < experts; e++)
+        dp[e] = dprobs_const ? dprobs_const[e] : 0.0;
+    double chosen = 0, wdw = 0;
+    for (int j = 0; j < k; j++) {
+        chosen += p[idx[j]];
+        wdw += (double)w[j] * dw[j];
+    }
+    for (int j = 0; j < k; j++)
+        dp[idx[j]] += (dw[j] - wdw) / chosen;
+    double pdp = 0;
+    for (int e = 0; e < experts; e++)
+        pdp += p[e] * dp[e];
+    for (int e = 0; e < experts; e++)
+        dl[e] = (float)(p[e] * (dp[e] - pdp) + 2.0 * z_scale * lse * p[e]);
+}
+
 #endif

@@ -559,36 +559,9 @@ static void cpu_router_fwd(struct gale_backend *be, float *probs, float *lse, in
                            float *topk_w, const float *logits, int rows, int experts, int k)
 {
 #pragma omp parallel for if (parallel_worth((size_t)rows * experts * k))
-    for (int r = 0; r < rows; r++) {
-        const float *x = logits + (size_t)r * experts;
-        float *p = probs + (size_t)r * experts;
-        float mx = -INFINITY;
-        for (int e = 0; e < experts; e++)
-            mx = x[e] > mx ? x[e] : mx;
-        double sum = 0;
-        for (int e = 0; e < experts; e++)
-            sum += exp((double)x[e] - mx);
-        lse[r] = mx + (float)log(sum);
-        for (int e = 0; e < experts; e++)
-            p[e] = (float)(exp((double)x[e] - mx) / sum);
-        int32_t *idx = topk_idx + (size_t)r * k;
-        float *w = topk_w + (size_t)r * k;
-        double chosen = 0;
-        for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < experts; e++) {
-                int taken = 0;
-                for (int m = 0; m < j && !taken; m++)
-                    taken = idx[m] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            idx[j] = best;
-            chosen += p[best];
-        }
-        for (int j = 0; j < k; j++)
-            w[j] = (float)(p[idx[j]] / chosen);
-    }
+    for (int r = 0; r < rows; r++)
+        gale_router_fwd_row(probs + (size_t)r * experts, lse + r, topk_idx + (size_t)r * k, topk_w + (size_t)r * k,
+                            logits + (size_t)r * experts, experts, k);
 }
 
 static void cpu_router_bwd(struct gale_backend *be, float *dlogits, const float *dtopk_w,
@@ -600,27 +573,10 @@ static void cpu_router_bwd(struct gale_backend *be, float *dlogits, const float 
     {
         double *dp = gale_xmalloc(sizeof(double) * (size_t)experts);
 #pragma omp for
-        for (int r = 0; r < rows; r++) {
-            const float *p = probs + (size_t)r * experts;
-            const int32_t *idx = topk_idx + (size_t)r * k;
-            const float *w = topk_w + (size_t)r * k, *dw = dtopk_w + (size_t)r * k;
-            for (int e = 0; e < experts; e++)
-                dp[e] = dprobs_const ? dprobs_const[e] : 0.0;
-            /* w_j = p_{i_j} / S with S = sum of the chosen p: d/dp_{i_j} = (dw_j - sum w dw) / S */
-            double chosen = 0, wdw = 0;
-            for (int j = 0; j < k; j++) {
-                chosen += p[idx[j]];
-                wdw += (double)w[j] * dw[j];
-            }
-            for (int j = 0; j < k; j++)
-                dp[idx[j]] += (dw[j] - wdw) / chosen;
-            double pdp = 0;
-            for (int e = 0; e < experts; e++)
-                pdp += p[e] * dp[e];
-            float *dl = dlogits + (size_t)r * experts;
-            for (int e = 0; e < experts; e++)
-                dl[e] = (float)(p[e] * (dp[e] - pdp) + 2.0 * z_scale * lse[r] * p[e]);
-        }
+        for (int r = 0; r < rows; r++)
+            gale_router_bwd_row(dlogits + (size_t)r * experts, dp, probs + (size_t)r * experts, lse[r],
+                                topk_idx + (size_t)r * k, topk_w + (size_t)r * k, dtopk_w + (size_t)r * k,
+                                dprobs_const, z_scale, experts, k);
         free(dp);
     }
 }
