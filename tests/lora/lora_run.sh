@@ -1,19 +1,9 @@
 # Sourced by the LoRA tests: the tiny prepared data of test_trainer in $tmp/data, a tiny Mixtral
 # base trained one step into an HF folder ($base), and write_lora_config for runs on top of it.
 "$GALE_BUILD/test_trainer" --make-data "$tmp/data" > /dev/null
-cat > "$tmp/base.yaml" <<YAML
-model:
-  model_type: mixtral
-  vocab_size: 32000
-  hidden_size: 32
-  intermediate_size: 48
-  num_hidden_layers: 2
-  num_attention_heads: 4
-  num_key_value_heads: 2
-  num_local_experts: 4
-  num_experts_per_tok: 2
-  max_position_embeddings: 64
-  router_aux_loss_coef: 0.02
+source "$GALE_SOURCE/tests/train/tiny_mixtral.sh"
+tiny_mixtral_model > "$tmp/base.yaml"
+cat >> "$tmp/base.yaml" <<YAML
 data:
   sources: [$tmp/data]
   seq_len: 16

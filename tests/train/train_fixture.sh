@@ -6,21 +6,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$GALE_BUILD/test_trainer" --make-data "$tmp/data"
 
+source "$GALE_SOURCE/tests/train/tiny_mixtral.sh"
+
 # write_config FILE RUN_DIR STEPS MICRO_BATCH [GRAD_ACCUM]
 write_config() {
-  cat > "$1" <<YAML
-model:
-  model_type: mixtral
-  vocab_size: 32000
-  hidden_size: 32
-  intermediate_size: 48
-  num_hidden_layers: 2
-  num_attention_heads: 4
-  num_key_value_heads: 2
-  num_local_experts: 4
-  num_experts_per_tok: 2
-  max_position_embeddings: 64
-  router_aux_loss_coef: 0.02
+  tiny_mixtral_model > "$1"
+  cat >> "$1" <<YAML
 data:
   sources:
     - path: $tmp/data
