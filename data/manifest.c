@@ -195,14 +195,9 @@ int manifest_write(const gale_manifest *m, const char *dir, gale_error *err)
     json_t *root = manifest_to_json(m, err);
     if (!root)
         return -1;
-    char *text = json_dumps(root, JSON_INDENT(2));
-    json_decref(root);
     char *path = gale_path_join(dir, GALE_MANIFEST_FILE);
-    size_t len = strlen(text);
-    text = gale_xrealloc(text, len + 2);
-    text[len++] = '\n';
-    int rc = gale_write_file_atomic(path, text, len, err);
-    free(text);
+    int rc = gale_write_json_atomic(path, root, JSON_INDENT(2), err);
+    json_decref(root);
     free(path);
     return rc;
 }

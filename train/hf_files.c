@@ -28,12 +28,7 @@ static int copy_file(const char *from, const char *to, gale_error *err)
 static int write_json(const char *dir, const char *name, json_t *j, gale_error *err)
 {
     char *path = gale_path_join(dir, name);
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    size_t len = strlen(text);
-    text = gale_xrealloc(text, len + 2);
-    text[len++] = '\n';
-    int rc = gale_write_file_atomic(path, text, len, err);
-    free(text);
+    int rc = gale_write_json_atomic(path, j, JSON_INDENT(2) | JSON_PRESERVE_ORDER, err);
     free(path);
     json_decref(j);
     return rc;

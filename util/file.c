@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "util/file.h"
 
+#include <jansson.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -186,4 +188,17 @@ char *gale_path_join(const char *dir, const char *name)
         s[n++] = '/';
     memcpy(s + n, name, b + 1);
     return s;
+}
+
+int gale_write_json_atomic(const char *path, const json_t *j, size_t flags, gale_error *err)
+{
+    char *text = json_dumps(j, flags);
+    if (!text)
+        return gale_fail(err, "%s: the JSON could not be written out (out of memory)", path);
+    size_t len = strlen(text);
+    text = gale_xrealloc(text, len + 2);
+    text[len++] = '\n';
+    int rc = gale_write_file_atomic(path, text, len, err);
+    free(text);
+    return rc;
 }

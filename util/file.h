@@ -25,6 +25,10 @@ void gale_unmap_file(gale_mapped_file *f);
 /* Writes data to path atomically: path.tmp.<pid>, fsync, rename, fsync of the folder. */
 int gale_write_file_atomic(const char *path, const void *data, size_t len, gale_error *err);
 
+struct json_t;
+/* j as JSON text (json_dumps with flags) and a newline, written to path atomically. */
+int gale_write_json_atomic(const char *path, const struct json_t *j, size_t flags, gale_error *err);
+
 /* fsyncs an existing file or folder by path. */
 int gale_fsync_path(const char *path, gale_error *err);
 
