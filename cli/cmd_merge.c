@@ -18,7 +18,10 @@ static void usage(FILE *f)
                "in the base's dtype, the tokenizer) that needs no adapter. The weights are sharded as\n"
                "transformers' save_pretrained does: files of at most --shard-size bytes (default\n"
                "5000000000) and model.safetensors.index.json, or one model.safetensors when they fit.\n"
-               "They stream tensor by tensor: the merge holds one tensor in memory, not the model.\n");
+               "They stream tensor by tensor: the merge holds one tensor in memory, not the model.\n"
+               "The folder is written whole as DIR.tmp and then takes DIR's place, so a merge that\n"
+               "fails or is killed leaves DIR as it was; DIR must be new, empty, or a model folder\n"
+               "(one with a config.json, e.g. an earlier merge), never the base or the adapter.\n");
 }
 
 int cmd_merge(int argc, char **argv)

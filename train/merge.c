@@ -4,6 +4,7 @@
 #include "train/merge.h"
 
 #include <cblas.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,8 +76,60 @@ static int base_dtype(const char *base, const struct safetensors_set *set, enum 
     return 0;
 }
 
+/* 1 when a and b name the same existing folder. */
+static int same_folder(const char *a, const char *b)
+{
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    int same = ra && rb && !strcmp(ra, rb);
+    free(ra);
+    free(rb);
+    return same;
+}
+
+/* out may be replaced: it does not exist, or it is an empty folder or a model folder (it has a
+ * config.json, e.g. an earlier merge's). Anything else is a user's folder, refused. */
+static int check_out(const char *base, const char *adapter, const char *out, gale_error *err)
+{
+    if (same_folder(out, base) || same_folder(out, adapter))
+        return gale_fail(err, "--out %s is the base or the adapter folder: the merge reads them while it writes", out);
+    if (!gale_path_exists(out))
+        return 0;
+    DIR *d = opendir(out);
+    if (!d)
+        return gale_fail_errno(err, "--out %s", out);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    char *config = gale_path_join(out, "config.json");
+    int model = gale_path_exists(config);
+    free(config);
+    if (entries && !model)
+        return gale_fail(err, "--out %s exists and is not a model folder (no config.json): give a new or empty folder", out);
+    return 0;
+}
+
+/* The merged folder written whole in tmp replaces out: out moves aside, tmp takes its name,
+ * the old one is removed; a merge killed at any moment leaves out as it was. */
+static int publish(const char *tmp, const char *out, gale_error *err)
+{
+    if (!gale_path_exists(out))
+        return gale_rename_durable(tmp, out, err);
+    size_t n = strlen(out) + 8;
+    char *old = gale_xmalloc(n);
+    snprintf(old, n, "%s.old", out);
+    int rc = (gale_path_exists(old) && gale_remove_tree(old, err)) || gale_rename_durable(out, old, err) ||
+                     gale_rename_durable(tmp, out, err) || gale_remove_tree(old, err)
+                 ? -1
+                 : 0;
+    free(old);
+    return rc;
+}
+
 int merge_adapter(const char *base, const char *adapter, const char *out, uint64_t shard_size, gale_error *err)
 {
+    if (check_out(base, adapter, out, err))
+        return -1;
     struct model_config config;
     struct lora_config lora;
     char *config_path = gale_path_join(base, "config.json");
@@ -90,19 +143,28 @@ int merge_adapter(const char *base, const char *adapter, const char *out, uint64
     struct merge mg = {&layout, {0}, &adapters, adapter_of, NULL, (float)lora_scale(&lora)};
     struct model_save_options o = {MODEL_DTYPE_F32, shard_size};
     float *ab = NULL;
-    rc = -1;
-    if (safetensors_open_dir(base, &mg.base, err) == 0) {
+    size_t tmp_len = strlen(out) + 8;
+    char *tmp = gale_xmalloc(tmp_len);
+    snprintf(tmp, tmp_len, "%s.tmp", out);
+    rc = gale_path_exists(tmp) && gale_remove_tree(tmp, err) ? -2 : -1;
+    if (rc == -1 && safetensors_open_dir(base, &mg.base, err) == 0) {
         if (base_dtype(base, &mg.base, &o.dtype, err) == 0 && model_check_tensor_names(&config, &mg.base, err) == 0 &&
             lora_layout_build(&layout, &lora, &adapters, adapter_of, err) == 0) {
             mg.ab = ab = gale_xmalloc(adapters.numel * sizeof *ab);
             if (lora_adapters_read(adapter, &adapters, NULL, ab, err) == 0 &&
-                model_write_hf(&config, &layout, out, &o, merged_tensor, &mg, err) == 0)
-                rc = copy_tokenizer(base, adapter, out, err);
+                model_write_hf(&config, &layout, tmp, &o, merged_tensor, &mg, err) == 0 &&
+                copy_tokenizer(base, adapter, tmp, err) == 0 && gale_fsync_path(tmp, err) == 0)
+                rc = publish(tmp, out, err);
         }
         safetensors_close(&mg.base);
     }
-    if (rc)
+    if (rc) {
         gale_error_prefix(err, "merging %s into %s", adapter, base);
+        gale_error ignored;  /* the first error is the one to report */
+        if (gale_path_exists(tmp))
+            gale_remove_tree(tmp, &ignored);
+    }
+    free(tmp);
     free(ab);
     free(adapter_of);
     model_layout_free(&adapters);

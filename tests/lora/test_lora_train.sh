@@ -143,6 +143,27 @@ done
 "$GALE_BIN" eval --checkpoint "$tmp/merged-F32" --data "$tmp/data" > "$tmp/merged-sharded.txt"
 cmp <(grep "^loss" "$tmp/merged.txt") <(grep "^loss" "$tmp/merged-sharded.txt")
 
+# --out is published whole: a merge killed while it writes (a file size limit: SIGXFSZ) leaves
+# an earlier merged folder as it was and no DIR.tmp; a second merge replaces it; the base, the
+# adapter and a folder that is not a model's are refused, untouched
+before=$(cd "$tmp/merged-F32" && sha256sum * | sha256sum)
+if (ulimit -f 8; "$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged-F32") 2> /dev/null; then
+  echo "FAIL: a merge past its file size limit succeeded"; exit 1
+fi
+[ "$(cd "$tmp/merged-F32" && sha256sum * | sha256sum)" = "$before" ] || { echo "FAIL: a killed merge changed --out"; exit 1; }
+"$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$tmp/merged-F32" > /dev/null
+[ ! -e "$tmp/merged-F32.tmp" ] && [ ! -e "$tmp/merged-F32.old" ] && [ -f "$tmp/merged-F32/model.safetensors" ] &&
+  [ ! -e "$tmp/merged-F32/model.safetensors.index.json" ] || { echo "FAIL: a second merge did not replace --out"; exit 1; }
+mkdir "$tmp/notes" && echo keep > "$tmp/notes/todo.txt"
+for out in "$base" "$ckpt" "$tmp/notes"; do
+  if "$GALE_BIN" merge --base "$base" --adapter "$ckpt" --out "$out" 2> "$tmp/refused.txt"; then
+    echo "FAIL: gale merge --out $out was not refused"; exit 1
+  fi
+  grep -q -- "--out $out" "$tmp/refused.txt" || { echo "FAIL: the refusal does not name --out $out"; cat "$tmp/refused.txt"; exit 1; }
+done
+[ "$(cat "$tmp/notes/todo.txt")" = keep ] && [ -f "$base/model.safetensors" ] || { echo "FAIL: a refused merge touched a folder"; exit 1; }
+echo "gale merge: a killed merge leaves --out as it was, a second one replaces it, base / adapter / other folders refused"
+
 # gale merge streams: its peak RSS does not grow with the model (the old merge held the merged
 # weights and a converted copy): random Mixtrals of 1 and 6 layers (71 and 344 MB of f32
 # weights, tensors of at most 8.4 MB), merged with adapters on q_proj and w1
