@@ -2,15 +2,13 @@
 #include "model/backend.h"
 
 #include <dlfcn.h>
-#include <libgen.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "model/ops.h"
+#include "util/module.h"
 
 const char *gale_dtype_name(enum gale_dtype dt)
 {
@@ -54,10 +52,9 @@ const char *gale_op_name(enum gale_op op)
     return op < GALE_OP_COUNT ? names[op] : "unknown";
 }
 
-/* The CUDA backend's module: $GALE_CUDA_MODULE, else libgale_cuda.so beside the running
- * binary (the build folder), else in ../lib/gale from it (an installed tree). NULL with why
- * in err when there is none or it does not open (no driver, a missing cuBLAS). The handle is
- * kept open for the life of the process: its table is static. */
+/* The CUDA backend's module (util/module.h finds it: $GALE_CUDA_MODULE, beside the binary or
+ * in ../lib/gale). NULL with why in err when there is none or it does not open (no driver, a
+ * missing cuBLAS). The handle is kept open for the life of the process: its table is static. */
 #define CUDA_MODULE "libgale_cuda.so"
 
 static const struct gale_ops *cuda_module_ops(gale_error *err)
@@ -65,36 +62,19 @@ static const struct gale_ops *cuda_module_ops(gale_error *err)
     static const struct gale_ops *ops;
     if (ops)
         return ops;
-    char exe[PATH_MAX], tried[3][PATH_MAX + 32];
-    int n = 0;
-    const char *env = getenv("GALE_CUDA_MODULE");
-    if (env && *env) {
-        snprintf(tried[n++], sizeof tried[0], "%s", env);
-    } else {
-        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        if (len > 0) {
-            exe[len] = 0;
-            char *dir = dirname(exe);
-            snprintf(tried[n++], sizeof tried[0], "%s/" CUDA_MODULE, dir);
-            snprintf(tried[n++], sizeof tried[0], "%s/../lib/gale/" CUDA_MODULE, dir);
-        }
+    int missing;
+    gale_error why;
+    void *module = gale_module_open(CUDA_MODULE, "GALE_CUDA_MODULE", RTLD_NOW | RTLD_LOCAL,
+                                    "gale_ops_cuda", &missing, &why);
+    if (module) {
+        const struct gale_ops *(*table)(void) = (const struct gale_ops *(*)(void))dlsym(module, "gale_ops_cuda");
+        return ops = table();
     }
-    for (int i = 0; i < n; i++) {
-        if (access(tried[i], F_OK))
-            continue;
-        void *module = dlopen(tried[i], RTLD_NOW | RTLD_LOCAL);
-        const struct gale_ops *(*table)(void) = module ? (const struct gale_ops *(*)(void))dlsym(module, "gale_ops_cuda") : NULL;
-        if (table)
-            return ops = table();
-        gale_fail(err, "backend 'cuda': %s does not load: %s", tried[i], dlerror());
-        return NULL;
-    }
-    if (env && *env)
-        gale_fail(err, "backend 'cuda': %s (GALE_CUDA_MODULE) does not exist", env);
+    if (missing && !getenv("GALE_CUDA_MODULE"))
+        gale_fail(err, "backend 'cuda': %s (gale was built without CUDA: no nvcc found, or "
+                       "GALE_CUDA=OFF); available: cpu", why.msg);
     else
-        gale_fail(err, "backend 'cuda': no %s beside this gale nor in ../lib/gale from it (gale "
-                       "was built without CUDA: no nvcc found, or GALE_CUDA=OFF); available: cpu",
-                  CUDA_MODULE);
+        gale_fail(err, "backend 'cuda': %s", why.msg);
     return NULL;
 }
 
