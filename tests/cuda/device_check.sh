@@ -93,7 +93,7 @@ use_bundle() {
     export OPAL_PREFIX=/tmp/gale-bundle/ompi/usr OMPI_MCA_ess_singleton_isolated=1
     export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_btl=self OMPI_MCA_pml=ob1
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    /tmp/gale-bundle/bin/gale --help >/dev/null || return 1
+    /tmp/gale-bundle/bin/gale --version >/dev/null || return 1  # opens libgale_commands.so
     bin=/tmp/gale-bundle/bin
 }
 build_here() {

@@ -30,7 +30,7 @@ cp "$shared/bench/hf_train_bench.py" "$dev/"
 
 echo "== build-device: Release, sm_90"
 cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DGALE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build build-device -j"$(nproc)" --target gale gale_cuda test_cuda_ops bench_train_step
+cmake --build build-device -j"$(nproc)" --target gale gale_commands gale_cuda test_cuda_ops bench_train_step
 
 if [ ! -d "$dev/fortunes" ]; then
     echo "== the fortunes"
@@ -48,7 +48,7 @@ echo "== the bundle"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib" "$stage/ompi/usr/lib/x86_64-linux-gnu" "$stage/ompi/usr/share"
-cp build-device/gale build-device/libgale_cuda.so build-device/test_cuda_ops build-device/bench_train_step "$stage/bin/"
+cp build-device/gale build-device/libgale_commands.so build-device/libgale_cuda.so build-device/test_cuda_ops build-device/bench_train_step "$stage/bin/"
 ompi=/usr/lib/x86_64-linux-gnu/openmpi
 skip='^(libc|libm|libdl|libpthread|librt|libresolv|ld-linux-x86-64|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libnvidia-.*)\.so'
 {
