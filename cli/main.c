@@ -40,14 +40,16 @@ static void usage(FILE *f)
 
 /* Runs the module's cmd_NAME on argv (argv[0] is NAME). The module is opened RTLD_GLOBAL: its
  * libraries then resolve symbols as they did when gale linked them (Open MPI's components
- * take libmpi's; libgale_cuda.so takes the module's gale_* functions). */
+ * take libmpi's; libgale_cuda.so takes the module's gale_* functions). RTLD_LAZY binds their
+ * functions at first call, as at a process's start (binding all of HDF5's, Open MPI's and
+ * OpenBLAS's now cost 2-3 ms); the module itself is linked -z now, so what it lacks fails here. */
 static int run_in_module(const char *name, int argc, char **argv, char **whole_argv)
 {
     gale_error err;
     int missing;
     char symbol[64];
     snprintf(symbol, sizeof symbol, "cmd_%s", name);
-    void *module = gale_module_open(COMMANDS_MODULE, "GALE_COMMANDS_MODULE", RTLD_NOW | RTLD_GLOBAL,
+    void *module = gale_module_open(COMMANDS_MODULE, "GALE_COMMANDS_MODULE", RTLD_LAZY | RTLD_GLOBAL,
                                     symbol, &missing, &err);
     if (!module) {
         fprintf(stderr, "gale %s: %s%s\n", name, err.msg,
