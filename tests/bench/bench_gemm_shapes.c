@@ -4,16 +4,27 @@
  * T: transposed), timed in thread CPU time (best of R), so that other load on a shared machine
  * counts little. Prints one JSON line per shape, which bench_gemm_shapes.sh hands to
  * bench_gemm_shapes_torch.py to time MKL (torch) on the same shapes.
+ * Built with -DBENCH_GEMM_BLIS against BLIS instead (bench_gemm_shapes.sh does, when Debian's
+ * libblis-dev is installed), it times BLIS's sgemm on the same shapes: a BLAS that picks its
+ * kernels by CPU features at run time, the other way to a fast sgemm.
  *
  *   bench_gemm_shapes [--repeats R]
  */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#ifdef BENCH_GEMM_BLIS
+#include <blis.h>
+#include <cblas.h>
+static void blas_pool_stop(void) { bli_thread_set_num_threads(1); }
+static const char *blas_name(void) { return bli_arch_string(bli_arch_query_id()); }
+#else
+#include <cblas.h>
 #include "model/cpu/blas_pool.h"
+static const char *blas_name(void) { return openblas_get_corename(); }
+#endif
 
 /* C[m, n] = op(A) op(B), op: as stored or transposed. */
 static const struct shape {
@@ -74,9 +85,9 @@ int main(int argc, char **argv)
             best = t < best ? t : best;
         }
         printf("{\"name\": \"%s\", \"op\": \"%c%c\", \"m\": %d, \"n\": %d, \"k\": %d, \"ms\": %.4f, "
-               "\"gflops\": %.2f}\n",
+               "\"gflops\": %.2f, \"kernels\": \"%s\"}\n",
                p->name, p->ta ? 'T' : 'N', p->tb ? 'T' : 'N', p->m, p->n, p->k, best * 1e3,
-               2.0 * p->m * p->n * p->k / best * 1e-9);
+               2.0 * p->m * p->n * p->k / best * 1e-9, blas_name());
         free(a), free(b), free(c);
     }
     return 0;

@@ -1,8 +1,10 @@
 """The torch side of bench_gemm_shapes.sh: reads bench_gemm_shapes's JSON lines (gale's
 OpenBLAS sgemm per shape) on stdin, times torch.mm on the same shapes and transpositions at one
-thread in thread CPU time (best of R), and prints both side by side as a Markdown table.
+thread in thread CPU time (best of R), and prints both side by side as a Markdown table, with
+BLIS's times on the same shapes (bench_gemm_shapes built against BLIS, its JSON lines in the
+file --blis names) as a third column when given.
 
-    bench_gemm_shapes | python bench_gemm_shapes_torch.py [--repeats R]
+    bench_gemm_shapes | python bench_gemm_shapes_torch.py [--repeats R] [--blis FILE]
 """
 
 import argparse
@@ -29,18 +31,37 @@ def torch_ms(op, m, n, k, repeats):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--blis", help="bench_gemm_shapes's JSON lines built against BLIS")
     args = parser.parse_args()
     torch.set_num_threads(1)
     blas = "MKL" if "BLAS_INFO=mkl" in torch.__config__.show() else "torch's BLAS"
-    print(f"| product (op m x n x k) | gale OpenBLAS ms | GFLOP/s | torch {torch.__version__} {blas} ms | "
-          "GFLOP/s | MKL / OpenBLAS time |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    blis = {}
+    if args.blis:
+        with open(args.blis) as f:
+            blis = {(b["name"], b["op"], b["m"], b["n"], b["k"]): b for b in map(json.loads, f)}
+    header = f"| product (op m x n x k) | gale OpenBLAS ms | GFLOP/s | torch {torch.__version__} {blas} ms | GFLOP/s | MKL / OpenBLAS time |"
+    rule = "| --- | --- | --- | --- | --- | --- |"
+    if blis:
+        header += " BLIS ms | GFLOP/s | BLIS / OpenBLAS time |"
+        rule += " --- | --- | --- |"
+    print(header)
+    print(rule)
+    kernels = set()
     for line in sys.stdin:
         g = json.loads(line)
+        kernels.add(f"OpenBLAS {g['kernels']}")
         ms = torch_ms(g["op"], g["m"], g["n"], g["k"], args.repeats)
         gflops = 2.0 * g["m"] * g["n"] * g["k"] / ms * 1e-6
-        print(f"| {g['name']} ({g['op']} {g['m']} x {g['n']} x {g['k']}) | {g['ms']:.2f} | {g['gflops']:.1f} | "
-              f"{ms:.2f} | {gflops:.1f} | {ms / g['ms']:.2f} |")
+        row = (f"| {g['name']} ({g['op']} {g['m']} x {g['n']} x {g['k']}) | {g['ms']:.2f} | {g['gflops']:.1f} | "
+               f"{ms:.2f} | {gflops:.1f} | {ms / g['ms']:.2f} |")
+        b = blis.get((g["name"], g["op"], g["m"], g["n"], g["k"]))
+        if blis and b is None:
+            sys.exit(f"bench_gemm_shapes_torch: {args.blis} has no line for {g['name']}")
+        if b:
+            kernels.add(f"BLIS {b['kernels']}")
+            row += f" {b['ms']:.2f} | {b['gflops']:.1f} | {b['ms'] / g['ms']:.2f} |"
+        print(row)
+    print(f"\nkernels: {', '.join(sorted(kernels))}")
 
 
 if __name__ == "__main__":
