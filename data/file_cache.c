@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,19 +50,7 @@ static char *cache_path(const char *kind, uint64_t version, const void *data, si
     return gale_path_join(dir, name);
 }
 
-/* Reads exactly n bytes; 0 on a short read or an error. */
-static int read_all(int fd, void *p, size_t n)
-{
-    for (size_t done = 0; done < n;) {
-        ssize_t got = read(fd, (char *)p + done, n - done);
-        if (got <= 0)
-            return 0;
-        done += (size_t)got;
-    }
-    return 1;
-}
-
-void *file_cache_load(const char *kind, uint64_t version, const void *data, size_t len, size_t *body_len)
+const void *file_cache_load(const char *kind, uint64_t version, const void *data, size_t len, size_t *body_len)
 {
     cache_header want, h;
     char *path = cache_path(kind, version, data, len, &want);
@@ -72,19 +61,29 @@ void *file_cache_load(const char *kind, uint64_t version, const void *data, size
     if (fd < 0)
         return NULL;
     struct stat st;
-    void *body = NULL;
-    if (fstat(fd, &st) == 0 && read_all(fd, &h, sizeof h) && !memcmp(&h, &want, offsetof(cache_header, body_len)) &&
-        h.body_len == (uint64_t)st.st_size - sizeof h) {
-        body = gale_xmalloc(h.body_len ? h.body_len : 1);
-        if (!read_all(fd, body, h.body_len) || XXH3_64bits(body, h.body_len) != h.checksum) {
-            free(body);
-            body = NULL;
-        }
+    uint8_t *file = NULL;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof h) {
+        file = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (file == MAP_FAILED)
+            file = NULL;
     }
     close(fd);
+    if (!file)
+        return NULL;
+    memcpy(&h, file, sizeof h);
+    if (memcmp(&h, &want, offsetof(cache_header, body_len)) || h.body_len != (uint64_t)st.st_size - sizeof h ||
+        XXH3_64bits(file + sizeof h, h.body_len) != h.checksum) {
+        munmap(file, (size_t)st.st_size);
+        return NULL;
+    }
+    *body_len = h.body_len;
+    return file + sizeof h;
+}
+
+void file_cache_free(const void *body, size_t body_len)
+{
     if (body)
-        *body_len = h.body_len;
-    return body;
+        munmap((uint8_t *)body - sizeof(cache_header), sizeof(cache_header) + body_len);
 }
 
 void file_cache_store(const char *kind, uint64_t version, const void *data, size_t len, const void *body,

@@ -16,8 +16,12 @@
 #define FILE_CACHE_MIN_BYTES ((size_t)256 << 10)
 
 /* The body kept for the input data[0..len) as kind (at most 15 characters) by a writer of the
- * same version: malloc'd, its length in *body_len; NULL when there is none. */
-void *file_cache_load(const char *kind, uint64_t version, const void *data, size_t len, size_t *body_len);
+ * same version, mapped read-only (64-byte aligned), its length in *body_len; NULL when there is
+ * none. The mapping shares the page cache's copy: nothing is copied or cleared. */
+const void *file_cache_load(const char *kind, uint64_t version, const void *data, size_t len, size_t *body_len);
+
+/* Unmaps a body that file_cache_load gave (NULL: nothing). */
+void file_cache_free(const void *body, size_t body_len);
 
 /* Keeps body[0..body_len) for file_cache_load; does nothing when the input is small or the
  * cache folder cannot be written. */

@@ -73,9 +73,9 @@ static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sh
 int tekken_cache_load(const void *data, size_t len, tekken_file *f, char sha256[65])
 {
     size_t file_len;
-    uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, data, len, &file_len);
+    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, data, len, &file_len);
     int ok = file && cache_decode(file, file_len, f, sha256);
-    free(file);
+    file_cache_free(file, file_len);
     return ok;
 }
 

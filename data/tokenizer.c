@@ -104,7 +104,9 @@ typedef struct piece_index {
     int byte_ids[256];
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
-    uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
+    uint8_t user_defined_first[256]; /* where some user-defined piece starts with that byte: 1,
+                                      * and 2 more when it is that byte alone */
+    uint64_t user_defined_two[1024]; /* bit b0 << 8 | b1: some piece starts with bytes b0 b1 */
     int split_words;        /* see the comment at the top */
     int has_unused;         /* some piece is UNUSED */
     /* SentencePiece: each character's entry (index_chars), through a page number by code point
@@ -119,7 +121,8 @@ typedef struct piece_index {
     int cut_pairs;
     uint64_t *pair_bits;
     size_t pair_rows, pair_row_words;
-    void *cache_body; /* the cache body the arrays point into; NULL: they are the index's own */
+    const void *cache_body; /* the cache body the arrays point into, read-only (file_cache_load), */
+    size_t cache_len;       /* and its length; NULL: the arrays are the index's own */
 } piece_index;
 
 struct gale_tokenizer {
@@ -315,10 +318,23 @@ static int is_ws_at(const uint8_t *s, size_t n)
     return n >= WS_LEN && !memcmp(s, WS, WS_LEN);
 }
 
+/* 0 when no user-defined piece starts at s (n > 0 bytes), told by its first two bytes: most
+ * '[' in text start none of Mistral's "[REFERENCE_DOC_1]" and the like. */
+static int user_defined_may_start(const gale_tokenizer *tok, const uint8_t *s, size_t n)
+{
+    uint8_t first = tok->ix.user_defined_first[s[0]];
+    if (first != 1)
+        return first;
+    if (n < 2)
+        return 0;
+    unsigned two = (unsigned)s[0] << 8 | s[1];
+    return (int)(tok->ix.user_defined_two[two >> 6] >> (two & 63) & 1);
+}
+
 /* The length of the longest user-defined piece that s starts with (its id in *id), or 0. */
 static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, size_t n, int32_t *id)
 {
-    if (!tok->ix.n_user_defined || !tok->ix.user_defined_first[s[0]])
+    if (!user_defined_may_start(tok, s, n))
         return 0;
     size_t best = 0;
     for (size_t i = 0; i < tok->ix.n_user_defined; i++) {
@@ -419,7 +435,12 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
                 return gale_fail(err, "%s: user-defined piece %zu is not valid UTF-8, which gale does not support",
                                  name, i);
             tok->ix.user_defined[tok->ix.n_user_defined++] = (int32_t)i;
-            tok->ix.user_defined_first[(uint8_t)p->piece[0]] = 1;
+            uint8_t b0 = (uint8_t)p->piece[0];
+            tok->ix.user_defined_first[b0] |= p->len == 1 ? 3 : 1;
+            if (p->len > 1) {
+                unsigned two = (unsigned)b0 << 8 | (uint8_t)p->piece[1];
+                tok->ix.user_defined_two[two >> 6] |= 1ull << (two & 63);
+            }
             if (p->len > tok->ix.max_user_defined_len)
                 tok->ix.max_user_defined_len = p->len;
         } else if (p->type == SPM_PIECE_UNUSED) {
@@ -661,6 +682,7 @@ static void index_cache_store(const gale_tokenizer *tok, const void *data, size_
     INDEX_ARRAYS(&head, n_pieces, FORGET_ARRAY)
 #undef FORGET_ARRAY
     head.cache_body = NULL;
+    head.cache_len = 0;
     memcpy(at, &head, sizeof head);
     at += index_padded(sizeof *ix);
 #define COPY_ARRAY(array, n)                                                                        \
@@ -677,26 +699,22 @@ static void index_cache_store(const gale_tokenizer *tok, const void *data, size_
 static int index_cache_load(gale_tokenizer *tok, const void *data, size_t len)
 {
     size_t body_len;
-    uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), data, len, &body_len);
+    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), data, len, &body_len);
     if (!body)
         return 0;
     piece_index ix;
-    if (body_len < sizeof ix) {
-        free(body);
+    if (body_len < sizeof ix || (memcpy(&ix, body, sizeof ix), index_body_bytes(&ix, tok->model.n_pieces) != body_len)) {
+        file_cache_free(body, body_len);
         return 0;
     }
-    memcpy(&ix, body, sizeof ix);
-    if (index_body_bytes(&ix, tok->model.n_pieces) != body_len) {
-        free(body);
-        return 0;
-    }
-    uint8_t *at = body + index_padded(sizeof ix);
+    const uint8_t *at = body + index_padded(sizeof ix); /* read-only, as an index is once made */
 #define POINT_ARRAY(array, n)                                                                       \
     array = (n) > 0 ? (void *)at : NULL;                                                            \
     at += index_padded(n);
     INDEX_ARRAYS(&ix, tok->model.n_pieces, POINT_ARRAY)
 #undef POINT_ARRAY
     ix.cache_body = body;
+    ix.cache_len = body_len;
     tok->ix = ix;
     return 1;
 }
@@ -704,7 +722,7 @@ static int index_cache_load(gale_tokenizer *tok, const void *data, size_t len)
 static void index_free(piece_index *ix)
 {
     if (ix->cache_body) {
-        free(ix->cache_body);
+        file_cache_free(ix->cache_body, ix->cache_len);
         return;
     }
     free(ix->char_pages);
@@ -1413,6 +1431,19 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
     e->single = -1;
 }
 
+/* A word of one character that is a piece, id, after the current word (which is empty). */
+static void queue_single(tokenizer_encoder *e, int32_t id, gale_ids *out)
+{
+    if (!e->queue_n && out->n < out->cap) { /* nothing to wait for: the id itself */
+        out->v[out->n++] = id;
+        e->last_was_unk = 0;
+        return;
+    }
+    e->queue[e->queue_n++] = (queued_word){(uint32_t)e->word_start, 0, id, 0};
+    if (e->queue_n == WORD_QUEUE)
+        encode_queue(e, out);
+}
+
 /* Ends the current word in front of character c (of entry ce) where no merge can join c to
  * it: where the pair is in no mergeable piece (cut_pairs), or else at "▁" after another
  * character. Then c is the word's last character. */
@@ -1519,7 +1550,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
         uint8_t b = s[j];
         const char_entry *ce;
         size_t len = 1;
-        if (tok->ix.user_defined_first[b])
+        if (tok->ix.user_defined_first[b] && user_defined_may_start(tok, s + j, n - j))
             break;
         if (b == ' ') {
             if (!spaces)
@@ -1539,6 +1570,14 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             flush_word(e, out);
             empty = 1;
         }
+        if (!ce->pair && ce->direct) {
+            /* a character in no pair that is a piece (most CJK): a word of its own (the word
+             * before it has just ended), whose id joins the queue without its bytes */
+            queue_single(e, (int32_t)ce->key, out);
+            j += len;
+            run = j;
+            continue;
+        }
         single = empty && ce->direct ? (int32_t)ce->key : -1;
         empty = 0;
         last = ce->pair;
@@ -1551,8 +1590,8 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
     }
     if (j > i) {
         word_append(e, s + run, j - run);
-        e->single = single;
-        e->last_char = c;
+        e->single = empty ? -1 : single;
+        e->last_char = empty ? NO_CHAR : c;
         e->last_pair = last;
         e->prev_space = 0;
     }
