@@ -147,10 +147,33 @@ static uint64_t bytes_hash(const void *p, size_t n)
     return XXH3_64bits(p, n);
 }
 
-/* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call. */
+static uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint32_t load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call:
+ * eight bytes at a time, the last word overlapping the one before it. */
 static int bytes_equal(const void *a, const void *b, size_t n)
 {
     const uint8_t *x = a, *y = b;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if (load64(x + i) != load64(y + i))
+                return 0;
+        return load64(x + n - 8) == load64(y + n - 8);
+    }
+    if (n >= 4)
+        return load32(x) == load32(y) && load32(x + n - 4) == load32(y + n - 4);
     for (size_t i = 0; i < n; i++)
         if (x[i] != y[i])
             return 0;
@@ -311,6 +334,25 @@ static uint32_t utf8_codepoint(const uint8_t *s, size_t len)
     for (size_t i = 1; i < len; i++)
         c = c << 6 | (s[i] & 0x3F);
     return c;
+}
+
+/* utf8_char_len and the code point (in *c) at once, the two- and three-byte characters of
+ * most scripts decoded inline. */
+static inline size_t utf8_char_decode(const uint8_t *s, size_t n, uint32_t *c)
+{
+    uint8_t b = s[0];
+    if (b >= 0xC2 && b < 0xE0 && n >= 2 && is_trail(s[1])) {
+        *c = (uint32_t)(b & 0x1F) << 6 | (s[1] & 0x3F);
+        return 2;
+    }
+    if ((b & 0xF0) == 0xE0 && n >= 3 && is_trail(s[1]) && is_trail(s[2])) {
+        *c = (uint32_t)(b & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+        return *c >= 0x800 && is_valid_codepoint(*c) ? 3 : 0;
+    }
+    size_t len = utf8_char_len(s, n);
+    if (len)
+        *c = utf8_codepoint(s, len);
+    return len;
 }
 
 static int is_ws_at(const uint8_t *s, size_t n)
@@ -1287,18 +1329,27 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
 /* The ids of a cache hit, widened to int32. */
 static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_ids *out)
 {
-    int32_t ids[CACHE_DATA_BYTES / 2];
     const uint8_t *p = c->data + c->len;
-    if (e->cache_id_bytes == 2) {
-        for (size_t i = 0; i < c->n_ids; i++) {
-            uint16_t id;
-            memcpy(&id, p + 2 * i, 2);
-            ids[i] = id;
-        }
-    } else {
-        memcpy(ids, p, 4 * (size_t)c->n_ids);
+    if (e->cache_id_bytes == 4 || out->cap - out->n < c->n_ids) {
+        int32_t ids[CACHE_DATA_BYTES / 2];
+        for (size_t i = 0; i < c->n_ids; i++)
+            ids[i] = e->cache_id_bytes == 2 ? (int32_t)(uint16_t)(p[2 * i] | p[2 * i + 1] << 8)
+                                            : (int32_t)load32(p + 4 * i);
+        append_word_ids(e, ids, c->n_ids, out);
+        return;
     }
-    append_word_ids(e, ids, c->n_ids, out);
+    /* 16-bit ids, widened straight into out: what append_word_ids does with them */
+    int32_t unk = e->tok->ix.unk_id, *o = out->v + out->n;
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_ids; i++) {
+        uint16_t id;
+        memcpy(&id, p + 2 * i, 2);
+        o[n] = id;
+        n += !(i == 0 && id == unk && e->last_was_unk);
+    }
+    out->n += n;
+    if (n)
+        e->last_was_unk = o[n - 1] == unk;
 }
 
 /* Keeps word w and its ids in the first way of set when they fit; 0 when they do not. */
@@ -1559,9 +1610,9 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
         } else if (b < 0x80) {
             c = b, ce = &ascii[b];
         } else {
-            if (!(len = utf8_char_len(s + j, n - j)))
+            if (!(len = utf8_char_decode(s + j, n - j, &c)))
                 break;
-            c = utf8_codepoint(s + j, len), ce = char_entry_of(tok, c);
+            ce = char_entry_of(tok, c);
         }
         if (!empty && !pair_joins(tok, last, ce->pair)) {
             word_append(e, s + run, j - run);
