@@ -687,7 +687,7 @@ static void index_chars(gale_tokenizer *tok)
     X((ix)->char_pages, (ix)->n_char_pages * sizeof *(ix)->char_pages)                              \
     X((ix)->pair_bits, (ix)->pair_rows * (ix)->pair_row_words * sizeof(uint64_t))
 
-#define INDEX_CACHE_KIND "sp-index"
+#define INDEX_CACHE_KIND "tok-index"
 
 static size_t index_padded(size_t bytes)
 {

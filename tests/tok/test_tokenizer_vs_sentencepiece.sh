@@ -31,14 +31,14 @@ compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp
 compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
 compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
-caches=$(ls "$XDG_CACHE_HOME"/gale/sp-index-*.bin | wc -l)
+caches=$(ls "$XDG_CACHE_HOME"/gale/tok-index-*.bin | wc -l)
 [ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
 compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
 
 # index cache files damaged in the middle, then cut short, then of another build (the version
 # in the header): made again, same ids, rewritten
 for damage in middle short version; do
-    for c in "$XDG_CACHE_HOME"/gale/sp-index-*.bin; do
+    for c in "$XDG_CACHE_HOME"/gale/tok-index-*.bin; do
         size=$(stat -c %s "$c")
         case $damage in
         middle) printf 'XXXX' | dd of="$c" bs=1 seek=$((size / 2)) conv=notrunc status=none ;;
@@ -49,7 +49,7 @@ for damage in middle short version; do
     compare "v3 stress ids, index cache damaged ($damage)" "$v3" "$tmp/stress.txt" id
 done
 XDG_CACHE_HOME="$tmp/fresh" "$GALE_BIN" tokenize --tokenizer "$v3" --input /dev/null
-fresh=$(ls "$tmp"/fresh/gale/sp-index-*.bin)
+fresh=$(ls "$tmp"/fresh/gale/tok-index-*.bin)
 cmp "$fresh" "$XDG_CACHE_HOME/gale/$(basename "$fresh")" || { echo "FAIL: the damaged index cache was not rewritten"; fail=1; }
 touch "$tmp/not-a-folder" # as the cache folder's parent: nothing kept, every load indexes
 XDG_CACHE_HOME="$tmp/not-a-folder" compare "v3 stress ids, no cache folder" "$v3" "$tmp/stress.txt" id
