@@ -194,12 +194,6 @@ static void piece_table_init(piece_table *t, size_t n)
     t->filter_mask = cap / 8 - 1;
 }
 
-static void piece_table_free(piece_table *t)
-{
-    free(t->slots);
-    free(t->filter);
-}
-
 /* The filter's word for hash h, and the two bits a piece of that hash sets in it. */
 static uint64_t *filter_word(const piece_table *t, uint64_t h)
 {
@@ -767,13 +761,9 @@ static void index_free(piece_index *ix)
         file_cache_free(ix->cache_body, ix->cache_len);
         return;
     }
-    free(ix->char_pages);
-    free(ix->pair_bits);
-    piece_table_free(&ix->mergeable);
-    piece_table_free(&ix->reserved);
-    free(ix->scores);
-    free(ix->types);
-    free(ix->user_defined);
+#define FREE_ARRAY(array, n) free(array);
+    INDEX_ARRAYS(ix, 0, FREE_ARRAY)
+#undef FREE_ARRAY
 }
 
 /* tok's index of its model (parsed from data[0..len)), from the cache or made and cached. */
