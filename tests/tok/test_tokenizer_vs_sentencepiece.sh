@@ -31,7 +31,7 @@ compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp
 compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
 compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
-caches=$(ls "$XDG_CACHE_HOME"/gale/tok-index-*.bin | wc -l)
+caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
 [ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
 compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
 
