@@ -1197,12 +1197,15 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
         scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
     sym[count - 1].pair = -1;
     for (;;) {
+        /* symbols merged away keep pair -1, so the scan runs over the array in word order
+         * rather than along the list: no load waits on the one before */
         int32_t best = -1;
-        for (int32_t i = 0; i >= 0; i = sym[i].next)
+        for (int32_t i = 0; i < (int32_t)count; i++)
             if (sym[i].pair >= 0 && (best < 0 || sym[i].pair_score > sym[best].pair_score))
                 best = i;
         if (best < 0)
             break;
+        sym[sym[best].next].pair = -1;
         bpe_merge(e, best, sym[best].next, sym[best].pair);
         if (sym[best].prev >= 0)
             scan_set_pair(e, w, sym[best].prev, best);
