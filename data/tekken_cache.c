@@ -6,73 +6,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <xxhash.h>
+#include "data/file_cache.h"
 
-#include "util/file.h"
+#define CACHE_KIND "tekken"
+#define CACHE_VERSION 2 /* of the layout below */
 
-#define CACHE_MAGIC "GALETKN1"
-#define CACHE_MIN_BYTES ((size_t)1 << 20)
-
-/* The file: this header, then the pieces' lengths (uint32), types (uint8) and scores (float),
- * the pattern, and the arena of the pieces' bytes (each NUL-terminated), in that order. */
+/* The cache body: this header, then the pieces' lengths (uint32), types (uint8) and scores
+ * (float), the pattern, and the arena of the pieces' bytes (each NUL-terminated), in that
+ * order. */
 typedef struct cache_header {
-    char magic[8];
-    uint64_t key[2];   /* XXH3-128 of the JSON's bytes */
-    uint64_t checksum; /* XXH3-64 of the rest of the header and all that follows it */
     uint64_t n_pieces, n_special, pattern_len, piece_bytes;
     int64_t version;
     char sha256[64];
 } cache_header;
-
-/* The cache file of the JSON data[0..len), or NULL when there is no cache folder or the JSON
- * is small enough to parse in a few milliseconds (a test's or a fuzzer's file). */
-static char *cache_path(const void *data, size_t len, uint64_t key[2])
-{
-    if (len < CACHE_MIN_BYTES)
-        return NULL;
-    XXH128_hash_t h = XXH3_128bits(data, len);
-    key[0] = h.low64;
-    key[1] = h.high64;
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    char dir[4096];
-    if (xdg && xdg[0])
-        snprintf(dir, sizeof dir, "%s/gale", xdg);
-    else if (home && home[0])
-        snprintf(dir, sizeof dir, "%s/.cache/gale", home);
-    else
-        return NULL;
-    char name[64];
-    snprintf(name, sizeof name, "tekken-%016llx%016llx.bin", (unsigned long long)key[1], (unsigned long long)key[0]);
-    return gale_path_join(dir, name);
-}
 
 static size_t body_bytes(const cache_header *h)
 {
     return h->n_pieces * (sizeof(uint32_t) + sizeof(uint8_t) + sizeof(float)) + h->pattern_len + h->piece_bytes;
 }
 
-static uint64_t checksum(const cache_header *h, const uint8_t *body)
-{
-    XXH3_state_t *st = XXH3_createState();
-    XXH3_64bits_reset(st);
-    XXH3_64bits_update(st, &h->n_pieces, sizeof *h - offsetof(cache_header, n_pieces));
-    XXH3_64bits_update(st, body, body_bytes(h));
-    uint64_t sum = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return sum;
-}
-
-/* f from a cache file's bytes, checked whole; 0 when they are not one for key. */
-static int cache_decode(const uint8_t *file, size_t len, const uint64_t key[2], tekken_file *f, char sha256[65])
+/* f from a cache body (its checksum already checked); 0 when it is not one. */
+static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sha256[65])
 {
     cache_header h;
     if (len < sizeof h)
         return 0;
     memcpy(&h, file, sizeof h);
     const uint8_t *body = file + sizeof h;
-    if (memcmp(h.magic, CACHE_MAGIC, 8) || h.key[0] != key[0] || h.key[1] != key[1] || !h.n_pieces ||
-        h.n_special >= h.n_pieces || h.n_pieces > INT32_MAX || h.piece_bytes > len || h.pattern_len > len ||
-        len - sizeof h != body_bytes(&h) || checksum(&h, body) != h.checksum)
+    if (!h.n_pieces || h.n_special >= h.n_pieces || h.n_pieces > INT32_MAX || h.piece_bytes > len ||
+        h.pattern_len > len || len - sizeof h != body_bytes(&h))
         return 0;
     const uint8_t *lens = body, *types = lens + h.n_pieces * sizeof(uint32_t);
     const uint8_t *scores = types + h.n_pieces, *pattern = scores + h.n_pieces * sizeof(float);
@@ -110,25 +72,18 @@ static int cache_decode(const uint8_t *file, size_t len, const uint64_t key[2], 
 
 int tekken_cache_load(const void *data, size_t len, tekken_file *f, char sha256[65])
 {
-    uint64_t key[2];
-    char *path = cache_path(data, len, key);
-    if (!path)
-        return 0;
     size_t file_len;
-    gale_error err;
-    uint8_t *file = (uint8_t *)gale_read_file(path, &file_len, &err);
-    free(path);
-    int ok = file && cache_decode(file, file_len, key, f, sha256);
-    free(file);
+    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, data, len, &file_len);
+    int ok = file && cache_decode(file, file_len, f, sha256);
+    file_cache_free(file, file_len);
     return ok;
 }
 
 void tekken_cache_store(const void *data, size_t len, const tekken_file *f, const char *sha256)
 {
-    cache_header h = {.magic = CACHE_MAGIC};
-    char *path = cache_path(data, len, h.key);
-    if (!path)
+    if (len < FILE_CACHE_MIN_BYTES)
         return;
+    cache_header h = {0};
     const spm_model *m = &f->vocab;
     h.n_pieces = m->n_pieces;
     h.n_special = f->n_special;
@@ -148,14 +103,7 @@ void tekken_cache_store(const void *data, size_t len, const tekken_file *f, cons
     }
     memcpy(pattern, f->pattern, h.pattern_len);
     memcpy(pattern + h.pattern_len, m->piece_bytes, h.piece_bytes);
-    h.checksum = checksum(&h, body);
     memcpy(file, &h, sizeof h);
-    char *dir = gale_xstrdup(path);
-    *strrchr(dir, '/') = 0;
-    gale_error err;
-    if (gale_mkdir_p(dir, &err) == 0)
-        gale_write_file_atomic(path, file, total, &err); /* a cache that cannot be written: none */
-    free(dir);
+    file_cache_store(CACHE_KIND, CACHE_VERSION, data, len, file, total);
     free(file);
-    free(path);
 }

@@ -1,12 +1,10 @@
-/* tekken_cache: the parsed vocabulary of a Tekken file kept on disk, so that a process loads it
- * in milliseconds rather than parsing 19 MB of JSON (about half a second with jansson, which
- * dominated `gale tokenize` on small inputs). One cache file per Tekken file of 1 MiB or more
- * (a smaller one parses in milliseconds and is not cached), named by the XXH3-128 of the JSON's
- * bytes, under $XDG_CACHE_HOME/gale (else ~/.cache/gale); it holds the special tokens and the
- * vocabulary (the arena of their bytes, their lengths, types and scores), the pattern, the
- * JSON's SHA-256, and a checksum of all that. The cache is only a shortcut: a missing, stale,
- * cut short or corrupt file is parsed again from the JSON and written anew (atomically), and a
- * folder that cannot be written leaves everything as it was without it. */
+/* tekken_cache: the parsed vocabulary of a Tekken file kept on disk (data/file_cache.h, kind
+ * "tekken"), so that a process loads it in milliseconds rather than parsing 19 MB of JSON
+ * (about half a second with jansson, which dominated `gale tokenize` on small inputs): the
+ * special tokens and the vocabulary (the arena of their bytes, their lengths, types and
+ * scores), the pattern and the JSON's SHA-256. A missing, stale or damaged cache file is parsed
+ * again from the JSON and written anew; a folder that cannot be written leaves everything as
+ * it was without it. */
 #ifndef GALE_DATA_TEKKEN_CACHE_H
 #define GALE_DATA_TEKKEN_CACHE_H
 

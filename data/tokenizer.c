@@ -24,6 +24,8 @@
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
  *               character with no piece becomes its <0xNN> byte pieces (or one <unk> for a
  *               run of them).
+ * The lookups all this uses (piece_index) are made when a model is loaded, and kept on disk
+ * for the next process (file_cache.h).
  * Tekken: the text made valid UTF-8 (U+FFFD as Python decodes), cut into words by the
  * file's regex (PCRE2), each word its piece when it is one (tiktoken's shortcut), else BPE
  * over its bytes with score -rank; the word cache and queue as above. */
@@ -37,6 +39,7 @@
 #define XXH_INLINE_ALL /* the hash of every piece lookup: let the compiler inline it */
 #include <xxhash.h>
 
+#include "data/file_cache.h"
 #include "data/sentencepiece_model.h"
 #include "data/tekken.h"
 #include "data/tekken_cache.h"
@@ -89,31 +92,44 @@ typedef struct piece_table {
     size_t filter_mask;
 } piece_table;
 
-struct gale_tokenizer {
-    char *name;
-    spm_model model;
+/* What index_pieces and index_chars derive from the pieces: the lookups of encoding and
+ * decoding, kept in a cache file (file_cache.h) after the first load of a large model. The
+ * arrays are the index's own, or point into the cache body they were read from. */
+typedef struct piece_index {
     piece_table mergeable; /* NORMAL, USER_DEFINED and UNUSED: what sentencepiece's pieces_ holds */
     piece_table reserved;  /* CONTROL, UNKNOWN and BYTE: its reserved_id_map_ */
     float *scores;
     uint8_t *types;
-    int unk_id, bos_id, eos_id;
+    int unk_id;
     int byte_ids[256];
     int32_t *user_defined;  /* ids of USER_DEFINED pieces */
     size_t n_user_defined, max_user_defined_len;
-    uint8_t user_defined_first[256]; /* 1 where some user-defined piece starts with that byte */
+    uint8_t user_defined_first[256]; /* where some user-defined piece starts with that byte: 1,
+                                      * and 2 more when it is that byte alone */
+    uint64_t user_defined_two[1024]; /* bit b0 << 8 | b1: some piece starts with bytes b0 b1 */
     int split_words;        /* see the comment at the top */
+    int has_unused;         /* some piece is UNUSED */
     /* SentencePiece: each character's entry (index_chars), through a page number by code point
      * (0: the page of no character) */
     uint16_t char_page_of[N_CHAR_PAGES];
     char_entry (*char_pages)[1u << CHAR_PAGE_BITS];
     size_t n_char_pages;
     /* The pairs of adjacent characters inside some mergeable piece (see join_or_cut): a bitmap
-     * of rows by the left character's pair number, pair_row_words words a row. cut_pairs is 0
-     * when words are not independent, a piece is not valid UTF-8 or there are too many. */
+     * of pair_rows rows by the left character's pair number, pair_row_words words a row.
+     * cut_pairs is 0 when words are not independent, a piece is not valid UTF-8 or there are
+     * too many. */
     int cut_pairs;
     uint64_t *pair_bits;
-    size_t pair_row_words;
-    int has_unused;         /* some piece is UNUSED */
+    size_t pair_rows, pair_row_words;
+    const void *cache_body; /* the cache body the arrays point into, read-only (file_cache_load), */
+    size_t cache_len;       /* and its length; NULL: the arrays are the index's own */
+} piece_index;
+
+struct gale_tokenizer {
+    char *name;
+    spm_model model;
+    piece_index ix;
+    int bos_id, eos_id;
     tekken_splitter *splitter; /* a Tekken file: its pre-tokenizer; NULL for SentencePiece */
     size_t n_special;       /* Tekken: the special tokens before the vocabulary (byte b is n_special + b) */
     /* SHA-256 of the file, made on first use (few commands need it): from a copy of the bytes
@@ -131,10 +147,33 @@ static uint64_t bytes_hash(const void *p, size_t n)
     return XXH3_64bits(p, n);
 }
 
-/* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call. */
+static uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint32_t load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call:
+ * eight bytes at a time, the last word overlapping the one before it. */
 static int bytes_equal(const void *a, const void *b, size_t n)
 {
     const uint8_t *x = a, *y = b;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if (load64(x + i) != load64(y + i))
+                return 0;
+        return load64(x + n - 8) == load64(y + n - 8);
+    }
+    if (n >= 4)
+        return load32(x) == load32(y) && load32(x + n - 4) == load32(y + n - 4);
     for (size_t i = 0; i < n; i++)
         if (x[i] != y[i])
             return 0;
@@ -153,12 +192,6 @@ static void piece_table_init(piece_table *t, size_t n)
     t->mask = cap - 1;
     t->filter = gale_xcalloc(cap / 8, sizeof *t->filter);
     t->filter_mask = cap / 8 - 1;
-}
-
-static void piece_table_free(piece_table *t)
-{
-    free(t->slots);
-    free(t->filter);
 }
 
 /* The filter's word for hash h, and the two bits a piece of that hash sets in it. */
@@ -297,22 +330,54 @@ static uint32_t utf8_codepoint(const uint8_t *s, size_t len)
     return c;
 }
 
+/* utf8_char_len and the code point (in *c) at once, the two- and three-byte characters of
+ * most scripts decoded inline. */
+static inline size_t utf8_char_decode(const uint8_t *s, size_t n, uint32_t *c)
+{
+    uint8_t b = s[0];
+    if (b >= 0xC2 && b < 0xE0 && n >= 2 && is_trail(s[1])) {
+        *c = (uint32_t)(b & 0x1F) << 6 | (s[1] & 0x3F);
+        return 2;
+    }
+    if ((b & 0xF0) == 0xE0 && n >= 3 && is_trail(s[1]) && is_trail(s[2])) {
+        *c = (uint32_t)(b & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+        return *c >= 0x800 && is_valid_codepoint(*c) ? 3 : 0;
+    }
+    size_t len = utf8_char_len(s, n);
+    if (len)
+        *c = utf8_codepoint(s, len);
+    return len;
+}
+
 static int is_ws_at(const uint8_t *s, size_t n)
 {
     return n >= WS_LEN && !memcmp(s, WS, WS_LEN);
 }
 
+/* 0 when no user-defined piece starts at s (n > 0 bytes), told by its first two bytes: most
+ * '[' in text start none of Mistral's "[REFERENCE_DOC_1]" and the like. */
+static int user_defined_may_start(const gale_tokenizer *tok, const uint8_t *s, size_t n)
+{
+    uint8_t first = tok->ix.user_defined_first[s[0]];
+    if (first != 1)
+        return first;
+    if (n < 2)
+        return 0;
+    unsigned two = (unsigned)s[0] << 8 | s[1];
+    return (int)(tok->ix.user_defined_two[two >> 6] >> (two & 63) & 1);
+}
+
 /* The length of the longest user-defined piece that s starts with (its id in *id), or 0. */
 static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, size_t n, int32_t *id)
 {
-    if (!tok->n_user_defined || !tok->user_defined_first[s[0]])
+    if (!user_defined_may_start(tok, s, n))
         return 0;
     size_t best = 0;
-    for (size_t i = 0; i < tok->n_user_defined; i++) {
-        const spm_piece *p = &tok->model.pieces[tok->user_defined[i]];
+    for (size_t i = 0; i < tok->ix.n_user_defined; i++) {
+        const spm_piece *p = &tok->model.pieces[tok->ix.user_defined[i]];
         if (p->len > best && p->len <= n && !memcmp(p->piece, s, p->len)) {
             best = p->len;
-            *id = tok->user_defined[i];
+            *id = tok->ix.user_defined[i];
         }
     }
     return best;
@@ -379,42 +444,47 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
     size_t n_mergeable = 0;
     for (size_t i = 0; i < m->n_pieces; i++)
         n_mergeable += is_mergeable(m->pieces[i].type);
-    piece_table_init(&tok->mergeable, n_mergeable);
-    piece_table_init(&tok->reserved, m->n_pieces - n_mergeable);
-    tok->scores = gale_xmalloc(m->n_pieces * sizeof *tok->scores);
-    tok->types = gale_xmalloc(m->n_pieces);
-    tok->user_defined = gale_xmalloc(m->n_pieces * sizeof *tok->user_defined);
-    tok->unk_id = -1;
+    piece_table_init(&tok->ix.mergeable, n_mergeable);
+    piece_table_init(&tok->ix.reserved, m->n_pieces - n_mergeable);
+    tok->ix.scores = gale_xmalloc(m->n_pieces * sizeof *tok->ix.scores);
+    tok->ix.types = gale_xmalloc(m->n_pieces);
+    tok->ix.user_defined = gale_xmalloc(m->n_pieces * sizeof *tok->ix.user_defined);
+    tok->ix.unk_id = -1;
     for (int b = 0; b < 256; b++)
-        tok->byte_ids[b] = -1;
+        tok->ix.byte_ids[b] = -1;
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         if (i + PIECE_PREFETCH < m->n_pieces) { /* the slot a later piece starts at, from memory */
             const spm_piece *q = &m->pieces[i + PIECE_PREFETCH];
-            const piece_table *t = is_mergeable(q->type) ? &tok->mergeable : &tok->reserved;
+            const piece_table *t = is_mergeable(q->type) ? &tok->ix.mergeable : &tok->ix.reserved;
             __builtin_prefetch(&t->slots[bytes_hash(q->piece, q->len) & t->mask]);
         }
-        tok->scores[i] = p->score;
-        tok->types[i] = (uint8_t)p->type;
+        tok->ix.scores[i] = p->score;
+        tok->ix.types[i] = (uint8_t)p->type;
         if (p->len == 0)
             return gale_fail(err, "%s: piece %zu is empty", name, i);
-        int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->mergeable : &tok->reserved, m, (int32_t)i);
+        int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->ix.mergeable : &tok->ix.reserved, m, (int32_t)i);
         if (dup >= 0)
             return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
         if (p->type == SPM_PIECE_USER_DEFINED) {
             if (!utf8_valid(p->piece, p->len))
                 return gale_fail(err, "%s: user-defined piece %zu is not valid UTF-8, which gale does not support",
                                  name, i);
-            tok->user_defined[tok->n_user_defined++] = (int32_t)i;
-            tok->user_defined_first[(uint8_t)p->piece[0]] = 1;
-            if (p->len > tok->max_user_defined_len)
-                tok->max_user_defined_len = p->len;
+            tok->ix.user_defined[tok->ix.n_user_defined++] = (int32_t)i;
+            uint8_t b0 = (uint8_t)p->piece[0];
+            tok->ix.user_defined_first[b0] |= p->len == 1 ? 3 : 1;
+            if (p->len > 1) {
+                unsigned two = (unsigned)b0 << 8 | (uint8_t)p->piece[1];
+                tok->ix.user_defined_two[two >> 6] |= 1ull << (two & 63);
+            }
+            if (p->len > tok->ix.max_user_defined_len)
+                tok->ix.max_user_defined_len = p->len;
         } else if (p->type == SPM_PIECE_UNUSED) {
-            tok->has_unused = 1;
+            tok->ix.has_unused = 1;
         } else if (p->type == SPM_PIECE_UNKNOWN) {
-            if (tok->unk_id >= 0)
-                return gale_fail(err, "%s: pieces %d and %zu are both of type UNKNOWN", name, tok->unk_id, i);
-            tok->unk_id = (int)i;
+            if (tok->ix.unk_id >= 0)
+                return gale_fail(err, "%s: pieces %d and %zu are both of type UNKNOWN", name, tok->ix.unk_id, i);
+            tok->ix.unk_id = (int)i;
         } else if (p->type == SPM_PIECE_BYTE) {
             int b = byte_piece_value(p);
             if (!m->byte_fallback)
@@ -423,14 +493,14 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
             if (b < 0)
                 return gale_fail(err, "%s: piece %zu '%s' has type BYTE but is not of the form <0xNN>", name, i,
                                  p->piece);
-            tok->byte_ids[b] = (int)i;
+            tok->ix.byte_ids[b] = (int)i;
         }
     }
-    if (tok->unk_id < 0)
+    if (tok->ix.unk_id < 0)
         return gale_fail(err, "%s: no piece has type UNKNOWN", name);
     if (m->byte_fallback)
         for (int b = 0; b < 256; b++)
-            if (tok->byte_ids[b] < 0)
+            if (tok->ix.byte_ids[b] < 0)
                 return gale_fail(err, "%s: trainer_spec.byte_fallback is true but piece <0x%02X> is missing", name, b);
     return 0;
 }
@@ -461,7 +531,7 @@ static int words_are_independent(const gale_tokenizer *tok)
 static int special_id(const gale_tokenizer *tok, const char *piece, int type)
 {
     int id = tokenizer_piece_id(tok, piece);
-    return id >= 0 && tok->types[id] == type ? id : -1;
+    return id >= 0 && tok->ix.types[id] == type ? id : -1;
 }
 
 /* ---- characters, and the pairs of them that merges can join ---- */
@@ -471,7 +541,7 @@ static int special_id(const gale_tokenizer *tok, const char *piece, int type)
 
 static const char_entry *char_entry_of(const gale_tokenizer *tok, uint32_t c)
 {
-    return &tok->char_pages[tok->char_page_of[c >> CHAR_PAGE_BITS]][c & ((1u << CHAR_PAGE_BITS) - 1)];
+    return &tok->ix.char_pages[tok->ix.char_page_of[c >> CHAR_PAGE_BITS]][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
 /* A symbol's key, for the pair memo: the id of the mergeable piece that is character c alone,
@@ -486,22 +556,22 @@ static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
  * piece (number 0, a character in no pair, has an empty row and column). */
 static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
 {
-    return (int)(tok->pair_bits[a * tok->pair_row_words + (b >> 6)] >> (b & 63) & 1);
+    return (int)(tok->ix.pair_bits[a * tok->ix.pair_row_words + (b >> 6)] >> (b & 63) & 1);
 }
 
 /* The entry of character c, on a page of its own (made on first use). */
 static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
-    uint16_t *page = &tok->char_page_of[c >> CHAR_PAGE_BITS];
+    uint16_t *page = &tok->ix.char_page_of[c >> CHAR_PAGE_BITS];
     if (!*page) {
-        size_t n = tok->n_char_pages;
+        size_t n = tok->ix.n_char_pages;
         if (!(n & (n - 1))) /* a power of two: full */
-            tok->char_pages = gale_xrealloc(tok->char_pages, 2 * n * sizeof *tok->char_pages);
+            tok->ix.char_pages = gale_xrealloc(tok->ix.char_pages, 2 * n * sizeof *tok->ix.char_pages);
         for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
-            tok->char_pages[tok->n_char_pages][i] = (char_entry){NO_KEY, 0, 0, 0};
-        *page = (uint16_t)tok->n_char_pages++;
+            tok->ix.char_pages[tok->ix.n_char_pages][i] = (char_entry){NO_KEY, 0, 0, 0};
+        *page = (uint16_t)tok->ix.n_char_pages++;
     }
-    return &tok->char_pages[*page][c & ((1u << CHAR_PAGE_BITS) - 1)];
+    return &tok->ix.char_pages[*page][c & ((1u << CHAR_PAGE_BITS) - 1)];
 }
 
 /* The pair number of character c, given on first use (from 1, counted in *n; past
@@ -531,19 +601,21 @@ static long piece_pairs(gale_tokenizer *tok, uint16_t **pairs, size_t *n_chars)
         if (p->type != SPM_PIECE_NORMAL && p->type != SPM_PIECE_USER_DEFINED)
             continue;
         const uint8_t *s = (const uint8_t *)p->piece;
-        uint32_t prev = NO_CHAR;
-        for (size_t k = 0; k < p->len;) {
-            size_t len = s[k] < 0x80 ? 1 : utf8_char_len(s + k, p->len - k);
+        size_t len = s[0] < 0x80 ? 1 : utf8_char_len(s, p->len);
+        if (!len)
+            return -1;
+        if (len == p->len)
+            continue; /* one character: in no pair */
+        uint16_t prev = pair_number(tok, utf8_codepoint(s, len), n_chars);
+        for (size_t k = len; k < p->len; k += len) {
+            len = s[k] < 0x80 ? 1 : utf8_char_len(s + k, p->len - k);
             if (!len)
                 return -1;
-            uint32_t c = utf8_codepoint(s + k, len);
-            if (prev != NO_CHAR) {
-                (*pairs)[2 * n] = pair_number(tok, prev, n_chars);
-                (*pairs)[2 * n + 1] = pair_number(tok, c, n_chars);
-                n++;
-            }
-            prev = c;
-            k += len;
+            uint16_t next = pair_number(tok, utf8_codepoint(s + k, len), n_chars);
+            (*pairs)[2 * n] = prev;
+            (*pairs)[2 * n + 1] = next;
+            n++;
+            prev = next;
         }
     }
     return *n_chars > MAX_PAIR_CHARS ? -1 : (long)n;
@@ -559,10 +631,10 @@ static long piece_pairs(gale_tokenizer *tok, uint16_t **pairs, size_t *n_chars)
 static void index_chars(gale_tokenizer *tok)
 {
     const spm_model *m = &tok->model;
-    tok->char_pages = gale_xmalloc(sizeof *tok->char_pages);
+    tok->ix.char_pages = gale_xmalloc(sizeof *tok->ix.char_pages);
     for (size_t i = 0; i < 1u << CHAR_PAGE_BITS; i++)
-        tok->char_pages[0][i] = (char_entry){NO_KEY, 0, 0, 0};
-    tok->n_char_pages = 1;
+        tok->ix.char_pages[0][i] = (char_entry){NO_KEY, 0, 0, 0};
+    tok->ix.n_char_pages = 1;
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         const uint8_t *s = (const uint8_t *)p->piece;
@@ -572,17 +644,18 @@ static void index_chars(gale_tokenizer *tok)
         ce->key = (uint32_t)i;
         ce->direct = p->type != SPM_PIECE_UNUSED;
     }
-    if (!tok->split_words)
+    if (!tok->ix.split_words)
         return;
     uint16_t *pairs;
     size_t n_chars = 0;
     long n_pairs = piece_pairs(tok, &pairs, &n_chars);
     if (n_pairs >= 0) {
-        tok->pair_row_words = (n_chars + 1 + 63) / 64;
-        tok->pair_bits = gale_xcalloc((n_chars + 1) * tok->pair_row_words, sizeof *tok->pair_bits);
+        tok->ix.pair_rows = n_chars + 1;
+        tok->ix.pair_row_words = (n_chars + 1 + 63) / 64;
+        tok->ix.pair_bits = gale_xcalloc(tok->ix.pair_rows * tok->ix.pair_row_words, sizeof *tok->ix.pair_bits);
         for (long i = 0; i < n_pairs; i++) {
             uint32_t x = pairs[2 * i], y = pairs[2 * i + 1];
-            tok->pair_bits[x * tok->pair_row_words + (y >> 6)] |= 1ull << (y & 63);
+            tok->ix.pair_bits[x * tok->ix.pair_row_words + (y >> 6)] |= 1ull << (y & 63);
         }
     }
     free(pairs);
@@ -590,7 +663,124 @@ static void index_chars(gale_tokenizer *tok)
         return; /* cut_pairs stays 0 */
     /* the trailing whitespace that remove_extra_whitespaces drops must stay in the last word */
     uint32_t ws = char_entry_of(tok, WS_CP)->pair;
-    tok->cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, ws, ws);
+    tok->ix.cut_pairs = !m->normalizer.remove_extra_whitespaces || pair_joins(tok, ws, ws);
+}
+
+/* ---- the index kept on disk ---- */
+
+/* The cache body of an index: the piece_index itself, then each of its arrays from 64-byte
+ * boundaries, in the order of INDEX_ARRAYS (X(array, bytes) for each). */
+#define INDEX_ARRAYS(ix, n_pieces, X)                                                               \
+    X((ix)->mergeable.slots, ((ix)->mergeable.mask + 1) * sizeof(piece_slot))                       \
+    X((ix)->mergeable.filter, ((ix)->mergeable.filter_mask + 1) * sizeof(uint64_t))                 \
+    X((ix)->reserved.slots, ((ix)->reserved.mask + 1) * sizeof(piece_slot))                         \
+    X((ix)->reserved.filter, ((ix)->reserved.filter_mask + 1) * sizeof(uint64_t))                   \
+    X((ix)->scores, (n_pieces) * sizeof(float))                                                     \
+    X((ix)->types, (n_pieces))                                                                      \
+    X((ix)->user_defined, (ix)->n_user_defined * sizeof(int32_t))                                   \
+    X((ix)->char_pages, (ix)->n_char_pages * sizeof *(ix)->char_pages)                              \
+    X((ix)->pair_bits, (ix)->pair_rows * (ix)->pair_row_words * sizeof(uint64_t))
+
+#define INDEX_CACHE_KIND "tok-index"
+
+static size_t index_padded(size_t bytes)
+{
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* What the index of a model depends on besides the model's bytes: this build's code (a rebuild
+ * of this file may derive it differently) and layout. */
+static uint64_t index_cache_version(void)
+{
+    static const char build[] = __DATE__ " " __TIME__;
+    return XXH3_64bits(build, sizeof build) ^ sizeof(piece_index) ^ (uint64_t)sizeof(char_entry) << 32;
+}
+
+static size_t index_body_bytes(const piece_index *ix, size_t n_pieces)
+{
+    size_t bytes = index_padded(sizeof *ix);
+#define ADD_BYTES(array, n) bytes += index_padded(n);
+    INDEX_ARRAYS(ix, n_pieces, ADD_BYTES)
+#undef ADD_BYTES
+    return bytes;
+}
+
+/* Keeps tok's index for the model data[0..len) (see file_cache.h). */
+static void index_cache_store(const gale_tokenizer *tok, const void *data, size_t len)
+{
+    if (len < FILE_CACHE_MIN_BYTES)
+        return;
+    const piece_index *ix = &tok->ix;
+    size_t n_pieces = tok->model.n_pieces, total = index_body_bytes(ix, n_pieces);
+    uint8_t *body = gale_xcalloc(1, total), *at = body;
+    piece_index head = *ix; /* without its pointers, so that the same model gives the same body */
+#define FORGET_ARRAY(array, n) array = NULL;
+    INDEX_ARRAYS(&head, n_pieces, FORGET_ARRAY)
+#undef FORGET_ARRAY
+    head.cache_body = NULL;
+    head.cache_len = 0;
+    memcpy(at, &head, sizeof head);
+    at += index_padded(sizeof *ix);
+#define COPY_ARRAY(array, n)                                                                        \
+    if ((n) > 0)                                                                                    \
+        memcpy(at, array, n);                                                                       \
+    at += index_padded(n);
+    INDEX_ARRAYS(ix, n_pieces, COPY_ARRAY)
+#undef COPY_ARRAY
+    file_cache_store(INDEX_CACHE_KIND, index_cache_version(), data, len, body, total);
+    free(body);
+}
+
+/* tok's index from the cache of the model data[0..len); 0 when there is none for it. */
+static int index_cache_load(gale_tokenizer *tok, const void *data, size_t len)
+{
+    size_t body_len;
+    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), data, len, &body_len);
+    if (!body)
+        return 0;
+    piece_index ix;
+    if (body_len < sizeof ix || (memcpy(&ix, body, sizeof ix), index_body_bytes(&ix, tok->model.n_pieces) != body_len)) {
+        file_cache_free(body, body_len);
+        return 0;
+    }
+    const uint8_t *at = body + index_padded(sizeof ix); /* read-only, as an index is once made */
+#define POINT_ARRAY(array, n)                                                                       \
+    array = (n) > 0 ? (void *)at : NULL;                                                            \
+    at += index_padded(n);
+    INDEX_ARRAYS(&ix, tok->model.n_pieces, POINT_ARRAY)
+#undef POINT_ARRAY
+    ix.cache_body = body;
+    ix.cache_len = body_len;
+    tok->ix = ix;
+    return 1;
+}
+
+static void index_free(piece_index *ix)
+{
+    if (ix->cache_body) {
+        file_cache_free(ix->cache_body, ix->cache_len);
+        return;
+    }
+#define FREE_ARRAY(array, n) free(array);
+    INDEX_ARRAYS(ix, 0, FREE_ARRAY)
+#undef FREE_ARRAY
+}
+
+/* tok's index of its model (parsed from data[0..len)), from the cache or made and cached. */
+static int index_model(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+{
+    if (index_cache_load(tok, data, len))
+        return 0;
+    if (index_pieces(tok, err) < 0)
+        return -1;
+    if (tok->splitter) {
+        tok->ix.split_words = 1;
+    } else {
+        tok->ix.split_words = words_are_independent(tok);
+        index_chars(tok);
+    }
+    index_cache_store(tok, data, len);
+    return 0;
 }
 
 /* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
@@ -603,13 +793,12 @@ static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_e
     tok->model = f.vocab;
     tok->n_special = f.n_special;
     tok->splitter = tekken_splitter_new(f.pattern, tok->name, err);
-    int rc = tok->splitter && index_pieces(tok, err) == 0 ? 0 : -1;
+    int rc = tok->splitter ? 0 : -1;
     if (rc == 0 && !cached) {
         gale_sha256_hex(data, len, tok->sha256);
         tekken_cache_store(data, len, &f, tok->sha256);
     }
     tekken_file_free_pattern(&f);
-    tok->split_words = 1;
     return rc;
 }
 
@@ -619,18 +808,12 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     tok->name = gale_xstrdup(name);
     pthread_mutex_init(&tok->sha256_lock, NULL);
     int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
-             : spm_model_parse(data, len, name, &tok->model, err) < 0 || check_model_settings(&tok->model, name, err) < 0 ||
-                     index_pieces(tok, err) < 0
-                 ? -1
-                 : 0;
-    if (rc < 0) {
+             : spm_model_parse(data, len, name, &tok->model, err) < 0 ? -1
+                                                                       : check_model_settings(&tok->model, name, err);
+    if (rc < 0 || index_model(tok, data, len, err) < 0) {
         tokenizer_free(tok);
         return NULL;
     }
-    if (!tok->splitter)
-        tok->split_words = words_are_independent(tok);
-    if (!tok->splitter)
-        index_chars(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     if (!tok->sha256[0]) {
@@ -663,13 +846,7 @@ void tokenizer_free(gale_tokenizer *tok)
         return;
     spm_model_free(&tok->model);
     tekken_splitter_free(tok->splitter);
-    free(tok->char_pages);
-    free(tok->pair_bits);
-    piece_table_free(&tok->mergeable);
-    piece_table_free(&tok->reserved);
-    free(tok->scores);
-    free(tok->types);
-    free(tok->user_defined);
+    index_free(&tok->ix);
     free(tok->name);
     free(tok->file_bytes);
     pthread_mutex_destroy(&tok->sha256_lock);
@@ -679,7 +856,7 @@ void tokenizer_free(gale_tokenizer *tok)
 int tokenizer_vocab_size(const gale_tokenizer *tok) { return (int)tok->model.n_pieces; }
 int tokenizer_bos_id(const gale_tokenizer *tok) { return tok->bos_id; }
 int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
-int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->unk_id; }
+int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->ix.unk_id; }
 const char *tokenizer_sha256(const gale_tokenizer *tok)
 {
     gale_tokenizer *t = (gale_tokenizer *)tok; /* the hash is computed once, under the lock */
@@ -695,11 +872,11 @@ const char *tokenizer_sha256(const gale_tokenizer *tok)
 static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
 {
     if (tok->splitter) {
-        int id = piece_table_find(&tok->reserved, &tok->model, piece, n);
-        return id >= 0 ? id : piece_table_find(&tok->mergeable, &tok->model, piece, n);
+        int id = piece_table_find(&tok->ix.reserved, &tok->model, piece, n);
+        return id >= 0 ? id : piece_table_find(&tok->ix.mergeable, &tok->model, piece, n);
     }
-    int id = piece_table_find(&tok->mergeable, &tok->model, piece, n);
-    return id >= 0 ? id : piece_table_find(&tok->reserved, &tok->model, piece, n);
+    int id = piece_table_find(&tok->ix.mergeable, &tok->model, piece, n);
+    return id >= 0 ? id : piece_table_find(&tok->ix.reserved, &tok->model, piece, n);
 }
 
 const char *const tokenizer_file_names[2] = {"tokenizer.model", "tekken.json"};
@@ -722,7 +899,7 @@ const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 int tokenizer_is_special(const gale_tokenizer *tok, int id)
 {
     return id >= 0 && (size_t)id < tok->model.n_pieces &&
-           (tok->types[id] == SPM_PIECE_CONTROL || tok->types[id] == SPM_PIECE_UNKNOWN);
+           (tok->ix.types[id] == SPM_PIECE_CONTROL || tok->ix.types[id] == SPM_PIECE_UNKNOWN);
 }
 
 /* ---- the word cache ---- */
@@ -885,16 +1062,16 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
 {
     const gale_tokenizer *tok = e->tok;
     if (!e->pair_memo) {
-        int32_t id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
-        *score = id >= 0 ? tok->scores[id] : 0;
+        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
+        *score = id >= 0 ? tok->ix.scores[id] : 0;
         return id;
     }
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
     if (m->key != key) {
         m->key = key;
-        m->id = piece_table_find(&tok->mergeable, &tok->model, w + l->start, l->len + r->len);
-        m->score = m->id >= 0 ? tok->scores[m->id] : 0;
+        m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
+        m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
     }
     *score = m->score;
     return m->id;
@@ -953,7 +1130,7 @@ static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l,
         return -1;
     }
     int32_t id = encoder_pair_find(e, w, sl, sr, score);
-    if (id >= 0 && e->tok->has_unused && e->tok->types[id] == SPM_PIECE_UNUSED) {
+    if (id >= 0 && e->tok->ix.has_unused && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
             e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
@@ -1020,12 +1197,15 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
         scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
     sym[count - 1].pair = -1;
     for (;;) {
+        /* symbols merged away keep pair -1, so the scan runs over the array in word order
+         * rather than along the list: no load waits on the one before */
         int32_t best = -1;
-        for (int32_t i = 0; i >= 0; i = sym[i].next)
+        for (int32_t i = 0; i < (int32_t)count; i++)
             if (sym[i].pair >= 0 && (best < 0 || sym[i].pair_score > sym[best].pair_score))
                 best = i;
         if (best < 0)
             break;
+        sym[sym[best].next].pair = -1;
         bpe_merge(e, best, sym[best].next, sym[best].pair);
         if (sym[best].prev >= 0)
             scan_set_pair(e, w, sym[best].prev, best);
@@ -1042,7 +1222,7 @@ static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, u
 {
     const gale_tokenizer *tok = e->tok;
     int id = piece_id_n(tok, w + start, len);
-    if (id >= 0 && tok->types[id] == SPM_PIECE_UNUSED) {
+    if (id >= 0 && tok->ix.types[id] == SPM_PIECE_UNUSED) {
         for (size_t i = e->unused_n; i-- > 0;) {
             const unused_merge *u = &e->unused[i];
             if (u->len == len && !memcmp(w + u->start, w + start, len)) {
@@ -1053,13 +1233,13 @@ static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, u
             }
         }
     }
-    if (id >= 0 && tok->types[id] != SPM_PIECE_UNKNOWN) {
+    if (id >= 0 && tok->ix.types[id] != SPM_PIECE_UNKNOWN) {
         gale_ids_push(out, id);
     } else if (tok->model.byte_fallback) {
         for (uint32_t i = 0; i < len; i++)
-            gale_ids_push(out, tok->byte_ids[w[start + i]]);
-    } else if (!out->n || out->v[out->n - 1] != tok->unk_id) {
-        gale_ids_push(out, tok->unk_id); /* sentencepiece merges a run of unknowns into one <unk> */
+            gale_ids_push(out, tok->ix.byte_ids[w[start + i]]);
+    } else if (!out->n || out->v[out->n - 1] != tok->ix.unk_id) {
+        gale_ids_push(out, tok->ix.unk_id); /* sentencepiece merges a run of unknowns into one <unk> */
     }
 }
 
@@ -1069,7 +1249,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
 {
     const gale_tokenizer *tok = e->tok;
     if (tok->splitter) { /* tiktoken: a word that is a piece is that piece, whatever the merges */
-        int32_t id = piece_table_find(&tok->mergeable, &tok->model, w, n);
+        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w, n);
         if (id >= 0) {
             gale_ids_push(out, id);
             return;
@@ -1088,7 +1268,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             continue;
         }
         int32_t ud = -1;
-        size_t len = tok->user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
+        size_t len = tok->ix.user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
         int frozen = len > 0;
         uint32_t key = (uint32_t)ud;
         if (!len) {
@@ -1114,7 +1294,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         bpe_merge_with_heap(e, w, count);
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
-        if (sym->key < tok->model.n_pieces && tok->types[sym->key] != SPM_PIECE_UNUSED)
+        if (sym->key < tok->model.n_pieces && tok->ix.types[sym->key] != SPM_PIECE_UNUSED)
             gale_ids_push(out, sym->key);
         else
             emit_piece(e, w, sym->start, sym->len, out);
@@ -1125,7 +1305,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
  * ended with it adds no second <unk> (sentencepiece merges runs of unknowns over the text). */
 static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, gale_ids *out)
 {
-    if (n && ids[0] == e->tok->unk_id && e->last_was_unk)
+    if (n && ids[0] == e->tok->ix.unk_id && e->last_was_unk)
         ids++, n--;
     if (!n)
         return;
@@ -1136,24 +1316,33 @@ static void append_word_ids(tokenizer_encoder *e, const int32_t *ids, size_t n, 
             out->v[out->n + i] = ids[i];
         out->n += n;
     }
-    e->last_was_unk = ids[n - 1] == e->tok->unk_id;
+    e->last_was_unk = ids[n - 1] == e->tok->ix.unk_id;
 }
 
 /* The ids of a cache hit, widened to int32. */
 static void append_cached_ids(tokenizer_encoder *e, const cache_entry *c, gale_ids *out)
 {
-    int32_t ids[CACHE_DATA_BYTES / 2];
     const uint8_t *p = c->data + c->len;
-    if (e->cache_id_bytes == 2) {
-        for (size_t i = 0; i < c->n_ids; i++) {
-            uint16_t id;
-            memcpy(&id, p + 2 * i, 2);
-            ids[i] = id;
-        }
-    } else {
-        memcpy(ids, p, 4 * (size_t)c->n_ids);
+    if (e->cache_id_bytes == 4 || out->cap - out->n < c->n_ids) {
+        int32_t ids[CACHE_DATA_BYTES / 2];
+        for (size_t i = 0; i < c->n_ids; i++)
+            ids[i] = e->cache_id_bytes == 2 ? (int32_t)(uint16_t)(p[2 * i] | p[2 * i + 1] << 8)
+                                            : (int32_t)load32(p + 4 * i);
+        append_word_ids(e, ids, c->n_ids, out);
+        return;
     }
-    append_word_ids(e, ids, c->n_ids, out);
+    /* 16-bit ids, widened straight into out: what append_word_ids does with them */
+    int32_t unk = e->tok->ix.unk_id, *o = out->v + out->n;
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_ids; i++) {
+        uint16_t id;
+        memcpy(&id, p + 2 * i, 2);
+        o[n] = id;
+        n += !(i == 0 && id == unk && e->last_was_unk);
+    }
+    out->n += n;
+    if (n)
+        e->last_was_unk = o[n - 1] == unk;
 }
 
 /* Keeps word w and its ids in the first way of set when they fit; 0 when they do not. */
@@ -1247,7 +1436,10 @@ static void encode_queue(tokenizer_encoder *e, gale_ids *out)
 {
     for (size_t i = 0; i < e->queue_n; i++) {
         queued_word *q = &e->queue[i];
-        if (q->id >= 0)
+        if (q->id >= 0 && out->n < out->cap) { /* a NORMAL or USER_DEFINED piece, not <unk> */
+            out->v[out->n++] = q->id;
+            e->last_was_unk = 0;
+        } else if (q->id >= 0)
             append_word_ids(e, &q->id, 1, out);
         else
             encode_word(e, e->word.v + q->start, q->len, q->hash, out);
@@ -1283,6 +1475,19 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
     e->single = -1;
 }
 
+/* A word of one character that is a piece, id, after the current word (which is empty). */
+static void queue_single(tokenizer_encoder *e, int32_t id, gale_ids *out)
+{
+    if (!e->queue_n && out->n < out->cap) { /* nothing to wait for: the id itself */
+        out->v[out->n++] = id;
+        e->last_was_unk = 0;
+        return;
+    }
+    e->queue[e->queue_n++] = (queued_word){(uint32_t)e->word_start, 0, id, 0};
+    if (e->queue_n == WORD_QUEUE)
+        encode_queue(e, out);
+}
+
 /* Ends the current word in front of character c (of entry ce) where no merge can join c to
  * it: where the pair is in no mergeable piece (cut_pairs), or else at "▁" after another
  * character. Then c is the word's last character. */
@@ -1290,8 +1495,8 @@ static void join_or_cut(tokenizer_encoder *e, uint32_t c, const char_entry *ce, 
 {
     const gale_tokenizer *tok = e->tok;
     if (e->last_char != NO_CHAR &&
-        (tok->cut_pairs ? !pair_joins(tok, e->last_pair, ce->pair)
-                        : tok->split_words && c == WS_CP && e->last_char != WS_CP))
+        (tok->ix.cut_pairs ? !pair_joins(tok, e->last_pair, ce->pair)
+                        : tok->ix.split_words && c == WS_CP && e->last_char != WS_CP))
         flush_word(e, out);
     e->single = e->last_char == NO_CHAR && ce->direct ? (int32_t)ce->key : -1;
     e->last_char = c;
@@ -1368,7 +1573,73 @@ static void normalize_unit(tokenizer_encoder *e, const uint8_t *u, size_t n, gal
 
 static int plain_byte(const gale_tokenizer *tok, uint8_t b)
 {
-    return b < 0x80 && b != ' ' && !tok->user_defined_first[b];
+    return b < 0x80 && b != ' ' && !tok->ix.user_defined_first[b];
+}
+
+/* The units of s[i..stop) up to the first that is not one character that normalises to
+ * itself ("▁" for a space, with remove_extra_whitespaces off) outside user-defined pieces,
+ * appended to the words in one pass: what normalize_unit and join_or_cut do with each, the
+ * word cut between two characters that no mergeable piece holds side by side. For models with
+ * cut_pairs; returns where it stops. */
+static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t stop, size_t n, gale_ids *out)
+{
+    const gale_tokenizer *tok = e->tok;
+    const int spaces = !tok->model.normalizer.remove_extra_whitespaces;
+    const char_entry *ascii = char_entry_of(tok, 0), *ws = char_entry_of(tok, WS_CP);
+    uint32_t last = e->last_pair, c = e->last_char;
+    int32_t single = e->single;
+    int empty = c == NO_CHAR; /* the current word */
+    size_t j = i, run = i;   /* s[run..j) is yet to be appended to the current word */
+    while (j < stop) {
+        uint8_t b = s[j];
+        const char_entry *ce;
+        size_t len = 1;
+        if (tok->ix.user_defined_first[b] && user_defined_may_start(tok, s + j, n - j))
+            break;
+        if (b == ' ') {
+            if (!spaces)
+                break;
+            c = WS_CP, ce = ws;
+        } else if (b < 0x80) {
+            c = b, ce = &ascii[b];
+        } else {
+            if (!(len = utf8_char_decode(s + j, n - j, &c)))
+                break;
+            ce = char_entry_of(tok, c);
+        }
+        if (!empty && !pair_joins(tok, last, ce->pair)) {
+            word_append(e, s + run, j - run);
+            run = j;
+            e->single = single;
+            flush_word(e, out);
+            empty = 1;
+        }
+        if (!ce->pair && ce->direct) {
+            /* a character in no pair that is a piece (most CJK): a word of its own (the word
+             * before it has just ended), whose id joins the queue without its bytes */
+            queue_single(e, (int32_t)ce->key, out);
+            j += len;
+            run = j;
+            continue;
+        }
+        single = empty && ce->direct ? (int32_t)ce->key : -1;
+        empty = 0;
+        last = ce->pair;
+        if (b == ' ') {
+            word_append(e, s + run, j - run);
+            word_append(e, (const uint8_t *)WS, WS_LEN);
+            run = j + 1;
+        }
+        j += len;
+    }
+    if (j > i) {
+        word_append(e, s + run, j - run);
+        e->single = empty ? -1 : single;
+        e->last_char = empty ? NO_CHAR : c;
+        e->last_pair = last;
+        e->prev_space = 0;
+    }
+    return j;
 }
 
 /* Normalises the units of s that are complete: all of them when final, else those with
@@ -1376,10 +1647,17 @@ static int plain_byte(const gale_tokenizer *tok, uint8_t b)
 static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, int final, gale_ids *out)
 {
     const gale_tokenizer *tok = e->tok;
-    size_t lookahead = tok->max_user_defined_len > 4 ? tok->max_user_defined_len : 4;
+    size_t lookahead = tok->ix.max_user_defined_len > 4 ? tok->ix.max_user_defined_len : 4;
     const char_entry *ascii = char_entry_of(tok, 0), *ws = char_entry_of(tok, WS_CP);
     size_t i = 0;
     while (i < n && (final || n - i >= lookahead)) {
+        if (e->started && tok->ix.cut_pairs) {
+            size_t j = cut_run(e, s, i, final ? n : n - lookahead + 1, n, out);
+            if (j > i) {
+                i = j;
+                continue;
+            }
+        }
         if (e->started && s[i] == ' ' && !tok->model.normalizer.remove_extra_whitespaces) {
             /* a space: what normalize_unit and push_unit do with it, without the calls */
             join_or_cut(e, WS_CP, ws, out);
@@ -1391,35 +1669,13 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             /* a run of ASCII bytes other than space that start no user-defined piece: each is a
              * unit of its own that normalize_unit would append unchanged */
             size_t j = i, stop = final ? n : n - lookahead + 1;
-            if (tok->cut_pairs) { /* the run and its cuts in one pass, as join_or_cut makes them */
-                uint32_t last = e->last_pair;
-                int32_t single = e->single;
-                int empty = e->last_char == NO_CHAR; /* the word before s[j] */
-                do {
-                    const char_entry *ce = &ascii[s[j]];
-                    if (!empty && !pair_joins(tok, last, ce->pair)) {
-                        word_append(e, s + i, j - i);
-                        e->single = single;
-                        flush_word(e, out);
-                        i = j;
-                        empty = 1;
-                    }
-                    single = empty && ce->direct ? (int32_t)ce->key : -1;
-                    empty = 0;
-                    last = ce->pair;
-                } while (++j < stop && plain_byte(tok, s[j]));
-                e->single = single;
+            while (++j < stop && plain_byte(tok, s[j]))
+                ;
+            join_or_cut(e, s[i], &ascii[s[i]], out);
+            if (j - i > 1) {
+                e->single = -1;
                 e->last_char = s[j - 1];
-                e->last_pair = last;
-            } else {
-                while (++j < stop && plain_byte(tok, s[j]))
-                    ;
-                join_or_cut(e, s[i], &ascii[s[i]], out);
-                if (j - i > 1) {
-                    e->single = -1;
-                    e->last_char = s[j - 1];
-                    e->last_pair = ascii[s[j - 1]].pair;
-                }
+                e->last_pair = ascii[s[j - 1]].pair;
             }
             word_append(e, s + i, j - i);
             e->prev_space = 0;
@@ -1427,7 +1683,7 @@ static size_t normalize_run(tokenizer_encoder *e, const uint8_t *s, size_t n, in
             continue;
         }
         size_t len;
-        if (e->started && s[i] >= 0x80 && !tok->user_defined_first[s[i]] && (len = utf8_char_len(s + i, n - i))) {
+        if (e->started && s[i] >= 0x80 && !tok->ix.user_defined_first[s[i]] && (len = utf8_char_len(s + i, n - i))) {
             /* a valid character that starts no user-defined piece: what normalize_unit and
              * push_unit do with it, without the calls */
             uint32_t c = utf8_codepoint(s + i, len);
@@ -1660,7 +1916,7 @@ void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, g
          * is both mergeable and reserved */
         if (id >= 0)
             id = piece_id_n(tok, m->pieces[id].piece, m->pieces[id].len);
-        if (id >= 0 && tok->types[id] == SPM_PIECE_BYTE) {
+        if (id >= 0 && tok->ix.types[id] == SPM_PIECE_BYTE) {
             gale_bytes_push(&bytes, (uint8_t)byte_piece_value(&m->pieces[id]));
             continue;
         }
@@ -1669,9 +1925,9 @@ void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, g
         if (bos_ws_seen || out->n > text_start)
             expect_bos_ws = 0;
         bos_ws_seen = 0;
-        if (id < 0 || tok->types[id] == SPM_PIECE_UNKNOWN) {
+        if (id < 0 || tok->ix.types[id] == SPM_PIECE_UNKNOWN) {
             gale_bytes_append(out, m->unk_surface, strlen(m->unk_surface));
-        } else if (tok->types[id] != SPM_PIECE_CONTROL) {
+        } else if (tok->ix.types[id] != SPM_PIECE_CONTROL) {
             const uint8_t *s = (const uint8_t *)m->pieces[id].piece;
             size_t len = m->pieces[id].len;
             if (expect_bos_ws && (m->normalizer.add_dummy_prefix || m->normalizer.remove_extra_whitespaces) &&

@@ -36,10 +36,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 texts=${CORPUS_DIR:-$tmp}
 mkdir -p "$texts"
-# gale keeps a Tekken file's parsed vocabulary in a cache (data/tekken_cache.h): the runs below
-# use one of their own, made by a first load, and the fixed cost is measured with and without it
+# gale keeps a Tekken file's parsed vocabulary and each tokenizer's lookup tables in a cache
+# (data/file_cache.h): the runs below use one of their own, made by a first load, and the fixed
+# cost is measured with and without it
 export XDG_CACHE_HOME="$tmp/cache"
 "$gale" tokenize --tokenizer "$tekken" --input /dev/null
+"$gale" tokenize --tokenizer "$model" --input /dev/null
 
 if ! "$venv/bin/python" -c "import sentencepiece, tiktoken" 2>/dev/null; then
     /usr/bin/python3 -m venv "$venv"
@@ -155,10 +157,14 @@ read -r load_cpu _ <<< "$(best_of "$tmp/empty.ids" "$gale" tokenize --tokenizer 
 : > "$tmp/not-a-folder" # as XDG_CACHE_HOME: no cache to read or write, the JSON parsed each time
 read -r parse_cpu _ <<< "$(XDG_CACHE_HOME="$tmp/not-a-folder" best_of "$tmp/empty.ids" "$gale" tokenize \
     --tokenizer "$tekken" --input /dev/null)"
+read -r sp_load_cpu _ <<< "$(best_of "$tmp/empty.ids" "$gale" tokenize --tokenizer "$model" --input /dev/null)"
+read -r sp_index_cpu _ <<< "$(XDG_CACHE_HOME="$tmp/not-a-folder" best_of "$tmp/empty.ids" "$gale" tokenize \
+    --tokenizer "$model" --input /dev/null)"
 read -r start_cpu _ <<< "$(best_of "$tmp/empty.ids" "$gale" --help)"
 echo
-echo "gale's fixed cost with the Tekken file (no text): $load_cpu CPU s through its vocabulary cache," \
-     "$parse_cpu CPU s parsing its 19 MB of JSON; the process alone (gale --help): $start_cpu CPU s"
+echo "gale's fixed cost with the Tekken file (no text): $load_cpu CPU s through its caches," \
+     "$parse_cpu CPU s parsing its 19 MB of JSON and indexing it; with $(basename "$model"): $sp_load_cpu CPU s" \
+     "through its index cache, $sp_index_cpu CPU s indexing it; the process alone (gale --help): $start_cpu CPU s"
 
 if [ -f "$texts/mixed.txt" ]; then
     text=$texts/mixed.txt

@@ -2,7 +2,10 @@
 # gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
 # mistral-v1.model, mistral-v3.model and variants of v1 (remove_extra_whitespaces on, UNUSED
 # pieces, no byte fallback, user-defined pieces), over real multilingual text and generated
-# stress text (see gen_tokenizer_corpus.py). Zero mismatches is the only pass.
+# stress text (see gen_tokenizer_corpus.py); and the models' indexes kept on disk
+# (data/file_cache.h): the first load of a model writes its cache file, later ones read it, a
+# damaged one is made again and rewritten, an unwritable cache folder is only slower. Zero
+# mismatches is the only pass.
 set -euo pipefail
 source "${GALE_SOURCE:?}/tests/tok/setup_corpus.sh" spm_encode
 v1="$GALE_SHARED/tokenizers/mistral-v1.model"
@@ -28,6 +31,28 @@ compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp
 compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
 compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
+caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
+[ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
+compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
+
+# index cache files damaged in the middle, then cut short, then of another build (the version
+# in the header): made again, same ids, rewritten
+for damage in middle short version; do
+    for c in "$XDG_CACHE_HOME"/gale/tok-index-*.bin; do
+        size=$(stat -c %s "$c")
+        case $damage in
+        middle) printf 'XXXX' | dd of="$c" bs=1 seek=$((size / 2)) conv=notrunc status=none ;;
+        short) truncate -s $((size / 3)) "$c" ;;
+        version) printf 'XXXX' | dd of="$c" bs=1 seek=24 conv=notrunc status=none ;;
+        esac
+    done
+    compare "v3 stress ids, index cache damaged ($damage)" "$v3" "$tmp/stress.txt" id
+done
+XDG_CACHE_HOME="$tmp/fresh" "$GALE_BIN" tokenize --tokenizer "$v3" --input /dev/null
+fresh=$(ls "$tmp"/fresh/gale/tok-index-*.bin)
+cmp "$fresh" "$XDG_CACHE_HOME/gale/$(basename "$fresh")" || { echo "FAIL: the damaged index cache was not rewritten"; fail=1; }
+touch "$tmp/not-a-folder" # as the cache folder's parent: nothing kept, every load indexes
+XDG_CACHE_HOME="$tmp/not-a-folder" compare "v3 stress ids, no cache folder" "$v3" "$tmp/stress.txt" id
 
 # one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin input, and
 # a last line without a newline

@@ -1,0 +1,109 @@
+/* file_cache: derived data kept on disk, by kind and input (see file_cache.h). */
+#include "data/file_cache.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "util/file.h"
+
+#define CACHE_MAGIC "GALECCH1"
+#define KIND_BYTES 16
+
+typedef struct cache_header {
+    char magic[8];
+    char kind[KIND_BYTES];
+    uint64_t version;
+    uint64_t key[2];   /* XXH3-128 of the input */
+    uint64_t body_len;
+    uint64_t checksum; /* XXH3-64 of the body */
+} cache_header;
+
+_Static_assert(sizeof(cache_header) == 64, "the body starts on a cache line");
+
+/* The header a cache file of kind for data[0..len) starts with (checksum and length to fill),
+ * and its path; NULL when the input is small or there is no cache folder. */
+static char *cache_path(const char *kind, uint64_t version, const void *data, size_t len, cache_header *h)
+{
+    if (len < FILE_CACHE_MIN_BYTES || strlen(kind) >= KIND_BYTES)
+        return NULL;
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char dir[4096];
+    if (xdg && xdg[0])
+        snprintf(dir, sizeof dir, "%s/gale", xdg);
+    else if (home && home[0])
+        snprintf(dir, sizeof dir, "%s/.cache/gale", home);
+    else
+        return NULL;
+    XXH128_hash_t key = XXH3_128bits(data, len);
+    *h = (cache_header){.magic = CACHE_MAGIC, .version = version, .key = {key.low64, key.high64}};
+    memcpy(h->kind, kind, strlen(kind));
+    char name[KIND_BYTES + 48];
+    snprintf(name, sizeof name, "%s-%016llx%016llx.bin", kind, (unsigned long long)key.high64,
+             (unsigned long long)key.low64);
+    return gale_path_join(dir, name);
+}
+
+const void *file_cache_load(const char *kind, uint64_t version, const void *data, size_t len, size_t *body_len)
+{
+    cache_header want, h;
+    char *path = cache_path(kind, version, data, len, &want);
+    if (!path)
+        return NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    free(path);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    uint8_t *file = NULL;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof h) {
+        file = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (file == MAP_FAILED)
+            file = NULL;
+    }
+    close(fd);
+    if (!file)
+        return NULL;
+    memcpy(&h, file, sizeof h);
+    if (memcmp(&h, &want, offsetof(cache_header, body_len)) || h.body_len != (uint64_t)st.st_size - sizeof h ||
+        XXH3_64bits(file + sizeof h, h.body_len) != h.checksum) {
+        munmap(file, (size_t)st.st_size);
+        return NULL;
+    }
+    *body_len = h.body_len;
+    return file + sizeof h;
+}
+
+void file_cache_free(const void *body, size_t body_len)
+{
+    if (body)
+        munmap((uint8_t *)body - sizeof(cache_header), sizeof(cache_header) + body_len);
+}
+
+void file_cache_store(const char *kind, uint64_t version, const void *data, size_t len, const void *body,
+                      size_t body_len)
+{
+    cache_header h;
+    char *path = cache_path(kind, version, data, len, &h);
+    if (!path)
+        return;
+    h.body_len = body_len;
+    h.checksum = XXH3_64bits(body, body_len);
+    uint8_t *file = gale_xmalloc(sizeof h + body_len);
+    memcpy(file, &h, sizeof h);
+    memcpy(file + sizeof h, body, body_len);
+    char *dir = gale_xstrdup(path);
+    *strrchr(dir, '/') = 0;
+    gale_error err;
+    if (gale_mkdir_p(dir, &err) == 0)
+        gale_write_file_atomic(path, file, sizeof h + body_len, &err); /* a cache that cannot be written: none */
+    free(dir);
+    free(file);
+    free(path);
+}
