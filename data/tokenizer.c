@@ -1144,8 +1144,10 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
 
 /* The piece that merging symbols l and r makes, or -1 (none, or a side that cannot merge):
  * the lookup of sentencepiece's MaybeAddNewSymbolPair, which also notes the pair that made an
- * UNUSED piece, the last one winning. */
-static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r, float *score)
+ * UNUSED piece, the last one winning. Inlined into its callers: it runs for each pair of each
+ * word the cache misses. */
+static inline __attribute__((always_inline)) int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w,
+                                                                    int32_t l, int32_t r, float *score)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
     if (sl->frozen || sr->frozen) {
