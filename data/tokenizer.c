@@ -1633,10 +1633,17 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             ce = char_entry_of(tok, c);
         }
         if (!empty && !pair_joins(tok, last, ce->pair)) {
-            word_append(e, s + run, j - run);
+            if (single >= 0 && !current_word_len(e)) {
+                /* a word of one character that is a piece, all in s[run..j): its id joins
+                 * the queue, without its bytes (most words of base64) */
+                queue_single(e, single, out);
+                e->last_char = NO_CHAR;
+            } else {
+                word_append(e, s + run, j - run);
+                e->single = single;
+                flush_word(e, out);
+            }
             run = j;
-            e->single = single;
-            flush_word(e, out);
             empty = 1;
         }
         if (!ce->pair && ce->direct) {
