@@ -138,6 +138,10 @@ struct gale_tokenizer {
     uint8_t *file_bytes;
     size_t file_len;
     pthread_mutex_t sha256_lock;
+    /* SentencePiece with cut_pairs: bit b of row a, where ASCII byte b, after ASCII byte a, joins
+     * the word and is one character of it as it stands (no space, no user-defined piece): the
+     * whole test of cut_run for most bytes of code, paths and prose, with no pair numbers */
+    uint64_t ascii_joins[128][2];
 };
 
 /* ---- hashing of pieces ---- */
@@ -559,6 +563,23 @@ static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
     return (int)(tok->ix.pair_bits[a * tok->ix.pair_row_words + (b >> 6)] >> (b & 63) & 1);
 }
 
+static int ascii_joins(const gale_tokenizer *tok, uint8_t a, uint8_t b)
+{
+    return (int)(tok->ascii_joins[a][b >> 6] >> (b & 63) & 1);
+}
+
+static void index_ascii_joins(gale_tokenizer *tok)
+{
+    const char_entry *ascii = char_entry_of(tok, 0);
+    for (unsigned b = 0; b < 128; b++) {
+        if (b == ' ' || tok->ix.user_defined_first[b])
+            continue;
+        for (unsigned a = 0; a < 128; a++)
+            if (pair_joins(tok, ascii[a].pair, ascii[b].pair))
+                tok->ascii_joins[a][b >> 6] |= (uint64_t)1 << (b & 63);
+    }
+}
+
 /* The entry of character c, on a page of its own (made on first use). */
 static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
@@ -814,6 +835,8 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         tokenizer_free(tok);
         return NULL;
     }
+    if (tok->ix.cut_pairs)
+        index_ascii_joins(tok);
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     if (!tok->sha256[0]) {
@@ -1121,8 +1144,10 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
 
 /* The piece that merging symbols l and r makes, or -1 (none, or a side that cannot merge):
  * the lookup of sentencepiece's MaybeAddNewSymbolPair, which also notes the pair that made an
- * UNUSED piece, the last one winning. */
-static int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r, float *score)
+ * UNUSED piece, the last one winning. Inlined into its callers: it runs for each pair of each
+ * word the cache misses. */
+static inline __attribute__((always_inline)) int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w,
+                                                                    int32_t l, int32_t r, float *score)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
     if (sl->frozen || sr->frozen) {
@@ -1608,10 +1633,17 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             ce = char_entry_of(tok, c);
         }
         if (!empty && !pair_joins(tok, last, ce->pair)) {
-            word_append(e, s + run, j - run);
+            if (single >= 0 && !current_word_len(e)) {
+                /* a word of one character that is a piece, all in s[run..j): its id joins
+                 * the queue, without its bytes (most words of base64) */
+                queue_single(e, single, out);
+                e->last_char = NO_CHAR;
+            } else {
+                word_append(e, s + run, j - run);
+                e->single = single;
+                flush_word(e, out);
+            }
             run = j;
-            e->single = single;
-            flush_word(e, out);
             empty = 1;
         }
         if (!ce->pair && ce->direct) {
@@ -1631,6 +1663,15 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             run = j + 1;
         }
         j += len;
+        if (b < 0x80 && b != ' ' && j < stop && s[j] < 0x80 && ascii_joins(tok, s[j - 1], s[j])) {
+            /* the ASCII bytes after it that join the word one by one, told by one bit each */
+            do
+                j++;
+            while (j < stop && s[j] < 0x80 && ascii_joins(tok, s[j - 1], s[j]));
+            c = s[j - 1];
+            last = ascii[c].pair;
+            single = -1;
+        }
     }
     if (j > i) {
         word_append(e, s + run, j - run);
