@@ -44,9 +44,11 @@ static char *cache_path(const char *kind, uint64_t version, const void *data, si
     XXH128_hash_t key = XXH3_128bits(data, len);
     *h = (cache_header){.magic = CACHE_MAGIC, .version = version, .key = {key.low64, key.high64}};
     memcpy(h->kind, kind, strlen(kind));
-    char name[KIND_BYTES + 48];
-    snprintf(name, sizeof name, "%s-%016llx%016llx.bin", kind, (unsigned long long)key.high64,
-             (unsigned long long)key.low64);
+    /* the version is in the name too: two builds that derive differently (a developer's
+     * before and after) each keep their own file instead of rewriting each other's per run */
+    char name[KIND_BYTES + 72];
+    snprintf(name, sizeof name, "%s-%016llx%016llx-v%016llx.bin", kind, (unsigned long long)key.high64,
+             (unsigned long long)key.low64, (unsigned long long)version);
     return gale_path_join(dir, name);
 }
 

@@ -2,9 +2,9 @@
  * tokenizer's lookup tables) kept on disk, so that later processes read it in a fraction of
  * a millisecond instead of deriving it again. One cache file per kind and input of
  * FILE_CACHE_MIN_BYTES or more (a smaller input, a test's or a fuzzer's, is quick to derive
- * and is not cached), named KIND-<XXH3-128 of the input>.bin under $XDG_CACHE_HOME/gale (else
- * ~/.cache/gale). It holds a header (the kind, the writer's version of what it derives, the
- * input's hash, the body's length and checksum) and the body. The cache is only a shortcut: a
+ * and is not cached), named KIND-<XXH3-128 of the input>-v<the writer's version>.bin under
+ * $XDG_CACHE_HOME/gale (else ~/.cache/gale). It holds a header (the kind, the writer's version
+ * of what it derives, the input's hash, the body's length and checksum) and the body. The cache is only a shortcut: a
  * missing, stale, cut short or corrupt file reads as none, the caller derives the body again
  * and stores it anew (atomically), and a folder that cannot be written keeps nothing. */
 #ifndef GALE_DATA_FILE_CACHE_H
