@@ -142,6 +142,10 @@ struct gale_tokenizer {
      * the word and is one character of it as it stands (no space, no user-defined piece): the
      * whole test of cut_run for most bytes of code, paths and prose, with no pair numbers */
     uint64_t ascii_joins[128][2];
+    /* and the pair number of each two-byte character (U+0080..U+07FF, by code point), 0 where
+     * its lead byte may start a user-defined piece: cut_run's test for the letters of Cyrillic,
+     * Greek, Hebrew and Arabic words, without the character pages */
+    uint16_t two_byte_pair[0x800];
 };
 
 /* ---- hashing of pieces ---- */
@@ -580,6 +584,13 @@ static void index_ascii_joins(gale_tokenizer *tok)
     }
 }
 
+static void index_two_byte_pairs(gale_tokenizer *tok)
+{
+    for (uint32_t c = 0x80; c < 0x800; c++)
+        if (!tok->ix.user_defined_first[0xC0 | c >> 6])
+            tok->two_byte_pair[c] = char_entry_of(tok, c)->pair;
+}
+
 /* The entry of character c, on a page of its own (made on first use). */
 static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
@@ -835,8 +846,10 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         tokenizer_free(tok);
         return NULL;
     }
-    if (tok->ix.cut_pairs)
+    if (tok->ix.cut_pairs) {
         index_ascii_joins(tok);
+        index_two_byte_pairs(tok);
+    }
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     if (!tok->sha256[0]) {
@@ -1671,6 +1684,15 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             c = s[j - 1];
             last = ascii[c].pair;
             single = -1;
+        }
+        while (j + 1 < stop && s[j] >= 0xC2 && s[j] < 0xE0 && is_trail(s[j + 1])) {
+            /* the two-byte characters after it that join the word (most letters of Cyrillic) */
+            uint32_t c2 = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F);
+            uint32_t pair = tok->two_byte_pair[c2];
+            if (!pair_joins(tok, last, pair))
+                break;
+            c = c2, last = pair, single = -1;
+            j += 2;
         }
     }
     if (j > i) {
