@@ -1553,6 +1553,18 @@ static void word_append(tokenizer_encoder *e, const uint8_t *s, size_t n)
     e->word.n += n;
 }
 
+/* Appends s[from..to) of the n bytes of s to the current word: most words of cut_run in one
+ * copy of 16 bytes, which may read and write past the word where s and the buffer have room. */
+static void run_append(tokenizer_encoder *e, const uint8_t *s, size_t from, size_t to, size_t n)
+{
+    if (to - from <= 16 && n - from >= 16 && e->word.cap - e->word.n >= 16) {
+        memcpy(e->word.v + e->word.n, s + from, 16);
+        e->word.n += to - from;
+    } else {
+        word_append(e, s + from, to - from);
+    }
+}
+
 /* The character of a normalised unit that starts at u (a space as "▁"). */
 static uint32_t unit_char(const uint8_t *u, size_t n)
 {
@@ -1652,7 +1664,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
                 queue_single(e, single, out);
                 e->last_char = NO_CHAR;
             } else {
-                word_append(e, s + run, j - run);
+                run_append(e, s, run, j, n);
                 e->single = single;
                 flush_word(e, out);
             }
@@ -1671,7 +1683,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
         empty = 0;
         last = ce->pair;
         if (b == ' ') {
-            word_append(e, s + run, j - run);
+            run_append(e, s, run, j, n);
             word_append(e, (const uint8_t *)WS, WS_LEN);
             run = j + 1;
         }
@@ -1685,18 +1697,20 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             last = ascii[c].pair;
             single = -1;
         }
-        while (j + 1 < stop && s[j] >= 0xC2 && s[j] < 0xE0 && is_trail(s[j + 1])) {
+        if (len == 2 || b == ' ') {
             /* the two-byte characters after it that join the word (most letters of Cyrillic) */
-            uint32_t c2 = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F);
-            uint32_t pair = tok->two_byte_pair[c2];
-            if (!pair_joins(tok, last, pair))
-                break;
-            c = c2, last = pair, single = -1;
-            j += 2;
+            while (j + 1 < stop && s[j] >= 0xC2 && s[j] < 0xE0 && is_trail(s[j + 1])) {
+                uint32_t c2 = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F);
+                uint32_t pair = tok->two_byte_pair[c2];
+                if (!pair_joins(tok, last, pair))
+                    break;
+                c = c2, last = pair, single = -1;
+                j += 2;
+            }
         }
     }
     if (j > i) {
-        word_append(e, s + run, j - run);
+        run_append(e, s, run, j, n);
         e->single = empty ? -1 : single;
         e->last_char = empty ? NO_CHAR : c;
         e->last_pair = last;
