@@ -1219,7 +1219,8 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
 }
 
 /* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
-static void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+static inline __attribute__((always_inline)) void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l,
+                                                                 int32_t r)
 {
     e->symbols[l].pair = bpe_pair_piece(e, w, l, r, &e->symbols[l].pair_score);
 }
