@@ -1041,7 +1041,7 @@ typedef struct long_entry {
 } long_entry;
 
 typedef struct pair_memo_slot {
-    uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
+    uint64_t not_key; /* ~(left key | right key << 32): 0, as calloc leaves it, is no pair */
     int32_t id;   /* the piece they make, or -1 */
     float score;  /* its score */
 } pair_memo_slot;
@@ -1079,7 +1079,6 @@ struct tokenizer_encoder {
 /* The pieces that pairs of symbols make, by the pair's keys: a few thousand pairs make most of
  * the merges of text, and a memo hit costs one multiply and one load of nearby memory. */
 #define PAIR_MEMO_BITS 15 /* 32768 slots, 512 KiB */
-#define PAIR_MEMO_EMPTY UINT64_MAX /* no pair: keys are below n_pieces + 0x110000 < 2^32 - 1 */
 
 static uint64_t pair_memo_key(const bpe_symbol *l, const bpe_symbol *r)
 {
@@ -1104,8 +1103,8 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
     }
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
-    if (m->key != key) {
-        m->key = key;
+    if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
+        m->not_key = ~key;
         m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
         m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
     }
@@ -1908,9 +1907,9 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     word_cache_init(&e->cache);
     e->long_cache = gale_xcalloc((size_t)1 << LONG_CACHE_BITS, sizeof *e->long_cache);
     e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
-    e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
-    for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
-        e->pair_memo[i].key = PAIR_MEMO_EMPTY;
+    /* zeroed pages that the kernel maps as the memo first touches them: no start-up cost for
+     * the slots a short text never uses */
+    e->pair_memo = gale_xcalloc((size_t)1 << PAIR_MEMO_BITS, sizeof *e->pair_memo);
     return e;
 }
 
