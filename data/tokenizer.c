@@ -1521,7 +1521,7 @@ static void queue_single(tokenizer_encoder *e, int32_t id, gale_ids *out)
         e->last_was_unk = 0;
         return;
     }
-    e->queue[e->queue_n++] = (queued_word){(uint32_t)e->word_start, 0, id, 0};
+    e->queue[e->queue_n++].id = id; /* all encode_queue reads of it */
     if (e->queue_n == WORD_QUEUE)
         encode_queue(e, out);
 }
