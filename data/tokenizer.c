@@ -1676,6 +1676,17 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
              * before it has just ended), whose id joins the queue without its bytes */
             queue_single(e, (int32_t)ce->key, out);
             j += len;
+            while (j + 2 < stop && (s[j] & 0xF0) == 0xE0 && is_trail(s[j + 1]) && is_trail(s[j + 2]) &&
+                   !tok->ix.user_defined_first[s[j]]) {
+                /* the three-byte characters after it that are such words too (runs of CJK);
+                 * an overlong one is left to utf8_char_decode, a surrogate is no piece */
+                uint32_t c3 = (uint32_t)(s[j] & 0x0F) << 12 | (uint32_t)(s[j + 1] & 0x3F) << 6 | (s[j + 2] & 0x3F);
+                const char_entry *ce3 = char_entry_of(tok, c3);
+                if (c3 < 0x800 || ce3->pair || !ce3->direct)
+                    break;
+                queue_single(e, (int32_t)ce3->key, out);
+                j += 3;
+            }
             run = j;
             continue;
         }
