@@ -257,10 +257,22 @@ static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
     if (n > 1000000)
         return;
     t->text = gale_xmalloc(n * sizeof *t->text);
+    /* the digits counted up from " 0" rather than divided out of each id: this runs at every
+     * start, for tens of thousands of ids */
+    char s[ID_TEXT_MAX + 8] = " 0";
+    size_t len = 1;
     for (size_t id = 0; id < n; id++) {
-        char s[ID_TEXT_MAX + 8] = " ";
-        s[7] = (char)(1 + put_int(s + 1, (int32_t)id));
+        s[7] = (char)(1 + len);
         memcpy(&t->text[id], s, sizeof t->text[id]);
+        size_t k = len;
+        while (k > 0 && s[k] == '9')
+            s[k--] = '0';
+        if (k > 0) {
+            s[k]++;
+        } else { /* 9...9 + 1 */
+            s[1] = '1';
+            s[++len] = '0';
+        }
     }
     t->n = n;
 }

@@ -142,6 +142,10 @@ struct gale_tokenizer {
      * the word and is one character of it as it stands (no space, no user-defined piece): the
      * whole test of cut_run for most bytes of code, paths and prose, with no pair numbers */
     uint64_t ascii_joins[128][2];
+    /* and the pair number of each two-byte character (U+0080..U+07FF, by code point), 0 where
+     * its lead byte may start a user-defined piece: cut_run's test for the letters of Cyrillic,
+     * Greek, Hebrew and Arabic words, without the character pages */
+    uint16_t two_byte_pair[0x800];
 };
 
 /* ---- hashing of pieces ---- */
@@ -580,6 +584,13 @@ static void index_ascii_joins(gale_tokenizer *tok)
     }
 }
 
+static void index_two_byte_pairs(gale_tokenizer *tok)
+{
+    for (uint32_t c = 0x80; c < 0x800; c++)
+        if (!tok->ix.user_defined_first[0xC0 | c >> 6])
+            tok->two_byte_pair[c] = char_entry_of(tok, c)->pair;
+}
+
 /* The entry of character c, on a page of its own (made on first use). */
 static char_entry *char_entry_add(gale_tokenizer *tok, uint32_t c)
 {
@@ -835,8 +846,10 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
         tokenizer_free(tok);
         return NULL;
     }
-    if (tok->ix.cut_pairs)
+    if (tok->ix.cut_pairs) {
         index_ascii_joins(tok);
+        index_two_byte_pairs(tok);
+    }
     tok->bos_id = special_id(tok, tok->model.bos_piece, SPM_PIECE_CONTROL);
     tok->eos_id = special_id(tok, tok->model.eos_piece, SPM_PIECE_CONTROL);
     if (!tok->sha256[0]) {
@@ -1028,7 +1041,7 @@ typedef struct long_entry {
 } long_entry;
 
 typedef struct pair_memo_slot {
-    uint64_t key; /* left key | right key << 32, or PAIR_MEMO_EMPTY */
+    uint64_t not_key; /* ~(left key | right key << 32): 0, as calloc leaves it, is no pair */
     int32_t id;   /* the piece they make, or -1 */
     float score;  /* its score */
 } pair_memo_slot;
@@ -1066,7 +1079,6 @@ struct tokenizer_encoder {
 /* The pieces that pairs of symbols make, by the pair's keys: a few thousand pairs make most of
  * the merges of text, and a memo hit costs one multiply and one load of nearby memory. */
 #define PAIR_MEMO_BITS 15 /* 32768 slots, 512 KiB */
-#define PAIR_MEMO_EMPTY UINT64_MAX /* no pair: keys are below n_pieces + 0x110000 < 2^32 - 1 */
 
 static uint64_t pair_memo_key(const bpe_symbol *l, const bpe_symbol *r)
 {
@@ -1091,8 +1103,8 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
     }
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
-    if (m->key != key) {
-        m->key = key;
+    if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
+        m->not_key = ~key;
         m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
         m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
     }
@@ -1206,7 +1218,8 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
 }
 
 /* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
-static void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, int32_t r)
+static inline __attribute__((always_inline)) void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l,
+                                                                 int32_t r)
 {
     e->symbols[l].pair = bpe_pair_piece(e, w, l, r, &e->symbols[l].pair_score);
 }
@@ -1508,7 +1521,7 @@ static void queue_single(tokenizer_encoder *e, int32_t id, gale_ids *out)
         e->last_was_unk = 0;
         return;
     }
-    e->queue[e->queue_n++] = (queued_word){(uint32_t)e->word_start, 0, id, 0};
+    e->queue[e->queue_n++].id = id; /* all encode_queue reads of it */
     if (e->queue_n == WORD_QUEUE)
         encode_queue(e, out);
 }
@@ -1538,6 +1551,18 @@ static void word_append(tokenizer_encoder *e, const uint8_t *s, size_t n)
     for (size_t i = 0; i < n; i++)
         d[i] = s[i];
     e->word.n += n;
+}
+
+/* Appends s[from..to) of the n bytes of s to the current word: most words of cut_run in one
+ * copy of 16 bytes, which may read and write past the word where s and the buffer have room. */
+static void run_append(tokenizer_encoder *e, const uint8_t *s, size_t from, size_t to, size_t n)
+{
+    if (to - from <= 16 && n - from >= 16 && e->word.cap - e->word.n >= 16) {
+        memcpy(e->word.v + e->word.n, s + from, 16);
+        e->word.n += to - from;
+    } else {
+        word_append(e, s + from, to - from);
+    }
 }
 
 /* The character of a normalised unit that starts at u (a space as "▁"). */
@@ -1639,7 +1664,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
                 queue_single(e, single, out);
                 e->last_char = NO_CHAR;
             } else {
-                word_append(e, s + run, j - run);
+                run_append(e, s, run, j, n);
                 e->single = single;
                 flush_word(e, out);
             }
@@ -1651,6 +1676,17 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
              * before it has just ended), whose id joins the queue without its bytes */
             queue_single(e, (int32_t)ce->key, out);
             j += len;
+            while (j + 2 < stop && (s[j] & 0xF0) == 0xE0 && is_trail(s[j + 1]) && is_trail(s[j + 2]) &&
+                   !tok->ix.user_defined_first[s[j]]) {
+                /* the three-byte characters after it that are such words too (runs of CJK);
+                 * an overlong one is left to utf8_char_decode, a surrogate is no piece */
+                uint32_t c3 = (uint32_t)(s[j] & 0x0F) << 12 | (uint32_t)(s[j + 1] & 0x3F) << 6 | (s[j + 2] & 0x3F);
+                const char_entry *ce3 = char_entry_of(tok, c3);
+                if (c3 < 0x800 || ce3->pair || !ce3->direct)
+                    break;
+                queue_single(e, (int32_t)ce3->key, out);
+                j += 3;
+            }
             run = j;
             continue;
         }
@@ -1658,7 +1694,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
         empty = 0;
         last = ce->pair;
         if (b == ' ') {
-            word_append(e, s + run, j - run);
+            run_append(e, s, run, j, n);
             word_append(e, (const uint8_t *)WS, WS_LEN);
             run = j + 1;
         }
@@ -1672,9 +1708,20 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             last = ascii[c].pair;
             single = -1;
         }
+        if (len == 2 || b == ' ') {
+            /* the two-byte characters after it that join the word (most letters of Cyrillic) */
+            while (j + 1 < stop && s[j] >= 0xC2 && s[j] < 0xE0 && is_trail(s[j + 1])) {
+                uint32_t c2 = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F);
+                uint32_t pair = tok->two_byte_pair[c2];
+                if (!pair_joins(tok, last, pair))
+                    break;
+                c = c2, last = pair, single = -1;
+                j += 2;
+            }
+        }
     }
     if (j > i) {
-        word_append(e, s + run, j - run);
+        run_append(e, s, run, j, n);
         e->single = empty ? -1 : single;
         e->last_char = empty ? NO_CHAR : c;
         e->last_pair = last;
@@ -1871,9 +1918,9 @@ tokenizer_encoder *tokenizer_encoder_new(const gale_tokenizer *tok)
     word_cache_init(&e->cache);
     e->long_cache = gale_xcalloc((size_t)1 << LONG_CACHE_BITS, sizeof *e->long_cache);
     e->cache_id_bytes = tok->model.n_pieces <= 65536 ? 2 : 4;
-    e->pair_memo = gale_xmalloc(sizeof *e->pair_memo << PAIR_MEMO_BITS);
-    for (size_t i = 0; i < (size_t)1 << PAIR_MEMO_BITS; i++)
-        e->pair_memo[i].key = PAIR_MEMO_EMPTY;
+    /* zeroed pages that the kernel maps as the memo first touches them: no start-up cost for
+     * the slots a short text never uses */
+    e->pair_memo = gale_xcalloc((size_t)1 << PAIR_MEMO_BITS, sizeof *e->pair_memo);
     return e;
 }
 
