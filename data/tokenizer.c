@@ -142,10 +142,12 @@ struct gale_tokenizer {
      * the word and is one character of it as it stands (no space, no user-defined piece): the
      * whole test of cut_run for most bytes of code, paths and prose, with no pair numbers */
     uint64_t ascii_joins[128][2];
-    /* and the pair number of each two-byte character (U+0080..U+07FF, by code point), 0 where
-     * its lead byte may start a user-defined piece: cut_run's test for the letters of Cyrillic,
-     * Greek, Hebrew and Arabic words, without the character pages */
-    uint16_t two_byte_pair[0x800];
+    /* and the pair number of each two-byte character (U+0080..U+07FF), by its lead byte's low
+     * five bits then its second byte (TWO_BYTE_INDEX), 0 where its lead byte may start a
+     * user-defined piece and where the two bytes are no such character (a second byte that is
+     * no trail byte, the overlong leads C0 and C1): cut_run's whole test for the letters of
+     * Cyrillic, Greek, Hebrew and Arabic words, without decoding them or the character pages */
+    uint16_t two_byte_pair[0x20 << 8];
 };
 
 /* ---- hashing of pieces ---- */
@@ -584,11 +586,16 @@ static void index_ascii_joins(gale_tokenizer *tok)
     }
 }
 
+/* The index in two_byte_pair of the two bytes at s, the first of them 110xxxxx. */
+#define TWO_BYTE_INDEX(s) ((uint32_t)((s)[0] & 0x1F) << 8 | (s)[1])
+
 static void index_two_byte_pairs(gale_tokenizer *tok)
 {
-    for (uint32_t c = 0x80; c < 0x800; c++)
-        if (!tok->ix.user_defined_first[0xC0 | c >> 6])
-            tok->two_byte_pair[c] = char_entry_of(tok, c)->pair;
+    for (uint32_t c = 0x80; c < 0x800; c++) {
+        const uint8_t utf8[2] = {(uint8_t)(0xC0 | c >> 6), (uint8_t)(0x80 | (c & 0x3F))};
+        if (!tok->ix.user_defined_first[utf8[0]])
+            tok->two_byte_pair[TWO_BYTE_INDEX(utf8)] = char_entry_of(tok, c)->pair;
+    }
 }
 
 /* The entry of character c, on a page of its own (made on first use). */
@@ -1709,14 +1716,20 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             single = -1;
         }
         if (len == 2 || b == ' ') {
-            /* the two-byte characters after it that join the word (most letters of Cyrillic) */
-            while (j + 1 < stop && s[j] >= 0xC2 && s[j] < 0xE0 && is_trail(s[j + 1])) {
-                uint32_t c2 = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F);
-                uint32_t pair = tok->two_byte_pair[c2];
+            /* the two-byte characters after it that join the word (most letters of Cyrillic);
+             * two bytes that are no such character have pair number 0, which joins nothing,
+             * and are left to utf8_char_decode */
+            size_t from = j;
+            while (j + 1 < stop && (s[j] & 0xE0) == 0xC0) {
+                uint32_t pair = tok->two_byte_pair[TWO_BYTE_INDEX(s + j)];
                 if (!pair_joins(tok, last, pair))
                     break;
-                c = c2, last = pair, single = -1;
+                last = pair;
                 j += 2;
+            }
+            if (j > from) {
+                c = (uint32_t)(s[j - 2] & 0x1F) << 6 | (s[j - 1] & 0x3F);
+                single = -1;
             }
         }
     }
