@@ -1497,8 +1497,9 @@ static void encode_queue(tokenizer_encoder *e, gale_ids *out)
     e->word_start = 0;
 }
 
-/* Ends the current word: it joins the queue. */
-static void flush_word(tokenizer_encoder *e, gale_ids *out)
+/* Ends the current word: it joins the queue. Inlined where most words end (cut_run), whose
+ * registers are already saved: a call's saves and restores were a third of its cost. */
+static inline __attribute__((always_inline)) void end_word(tokenizer_encoder *e, gale_ids *out)
 {
     size_t n = current_word_len(e);
     if (n) {
@@ -1518,6 +1519,11 @@ static void flush_word(tokenizer_encoder *e, gale_ids *out)
     }
     e->last_char = NO_CHAR;
     e->single = -1;
+}
+
+static void flush_word(tokenizer_encoder *e, gale_ids *out)
+{
+    end_word(e, out);
 }
 
 /* A word of one character that is a piece, id, after the current word (which is empty). */
@@ -1673,7 +1679,7 @@ static size_t cut_run(tokenizer_encoder *e, const uint8_t *s, size_t i, size_t s
             } else {
                 run_append(e, s, run, j, n);
                 e->single = single;
-                flush_word(e, out);
+                end_word(e, out);
             }
             run = j;
             empty = 1;
