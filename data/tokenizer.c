@@ -172,8 +172,9 @@ static uint32_t load32(const uint8_t *p)
 }
 
 /* memcmp(a, b, n) == 0 for the short strings of pieces and words, without a library call:
- * eight bytes at a time, the last word overlapping the one before it. */
-static int bytes_equal(const void *a, const void *b, size_t n)
+ * eight bytes at a time, the last word overlapping the one before it. Inlined: a word cache
+ * hit compares once, and the call cost a third of the comparison. */
+static inline __attribute__((always_inline)) int bytes_equal(const void *a, const void *b, size_t n)
 {
     const uint8_t *x = a, *y = b;
     if (n >= 8) {
