@@ -956,7 +956,9 @@ int tokenizer_is_special(const gale_tokenizer *tok, int id)
  * is not kept (few in prose: long runs of spaces, rare long words; 16-bit ids keep most words of
  * markup and code, which split into many ids). */
 #define CACHE_BITS 16 /* 65536 entries, 4 MiB */
-#define CACHE_SET_MASK ((1u << (CACHE_BITS - 1)) - 1)
+/* Tests set this (1 to CACHE_BITS) to make the cache tiny, so that words evict each other all
+ * the time. */
+#define CACHE_BITS_ENV "GALE_TOKENIZER_CACHE_BITS"
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define CACHE_DATA_BYTES 58
 
@@ -971,6 +973,7 @@ _Static_assert(sizeof(cache_entry) == 64, "a cache entry is one cache line");
 
 typedef struct word_cache {
     cache_entry *entries; /* inside block; NULL: no cache (out of memory) */
+    size_t set_mask; /* the number of two-way sets, less one */
     void *block;
     size_t block_bytes;
 } word_cache;
@@ -981,7 +984,10 @@ typedef struct word_cache {
  * larger than the cache, so that the cache can start on a huge-page boundary inside it. */
 static void word_cache_init(word_cache *c)
 {
-    size_t bytes = sizeof *c->entries << CACHE_BITS;
+    const char *env = getenv(CACHE_BITS_ENV);
+    int bits = env && atoi(env) >= 1 && atoi(env) <= CACHE_BITS ? atoi(env) : CACHE_BITS;
+    size_t bytes = sizeof *c->entries << bits;
+    c->set_mask = ((size_t)1 << (bits - 1)) - 1;
     c->block_bytes = bytes + HUGE_PAGE_BYTES;
     c->block = mmap(NULL, c->block_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (c->block == MAP_FAILED) {
@@ -1438,7 +1444,7 @@ static void long_store(long_entry *l, uint64_t h, const uint8_t *w, size_t n, co
 /* The cache set (two entries) of a word of hash h. */
 static cache_entry *cache_set(const tokenizer_encoder *e, uint64_t h)
 {
-    return &e->cache.entries[2 * (h & CACHE_SET_MASK)];
+    return &e->cache.entries[2 * (h & e->cache.set_mask)];
 }
 
 static int cache_entry_holds(const cache_entry *c, uint32_t tag, const uint8_t *w, size_t n)

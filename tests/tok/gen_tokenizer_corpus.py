@@ -10,11 +10,18 @@
               lines, long runs of one character, digits, strings that look like control or
               user-defined pieces, random byte lines, and random concatenations of vocabulary
               pieces (to exercise merge order and score ties)
+  spans.txt   generated lines of recurring spans (a run of spaces and the bytes up to the next
+              space), what an encoder caching words or whole spans must get right: the same spans
+              at line starts and inside lines, runs of spaces inside, leading and trailing, lines
+              of spaces only, spans beside a literal U+2581, <unk> spans in a row, byte-fallback
+              characters, user-defined and control pieces, invalid UTF-8, spans of 40 to 63
+              bytes (around what a 64-byte cache entry holds)
   ids.txt     random lines of token ids for decoding (byte pieces in runs, control ids, <unk>,
               leading U+2581 pieces), for the decode comparison
   remove-extra.model   mistral-v1.model with normalizer_spec.remove_extra_whitespaces = true,
               to check gale honours that flag as sentencepiece does
-  unused.model, no-byte-fallback.model, user-defined.model   other variants (see variant_models)
+  unused.model, no-byte-fallback.model, user-defined.model, user-defined-no-space.model
+              other variants (see variant_models)
 
 usage: gen_tokenizer_corpus.py --shared DIR --out DIR
 """
@@ -132,6 +139,9 @@ def variant_models(path, rng):
             return slots[i], 4
         return p, 4 if i in userdef else t
     yield "user-defined.model", rewrite_model(path, make_user_defined)
+    # user-defined pieces without spaces, which leave spans independent: the span cache beside them
+    ud_spans = {i for i, (p, t) in enumerate(pieces) if p in ("\u2581the".encode(), b"ing", b"[", b"Zz", b"<")}
+    yield "user-defined-no-space.model", rewrite_model(path, lambda i, p, t: (p, 4 if i in ud_spans else t))
 
 
 def with_remove_extra_whitespaces(path):
@@ -292,6 +302,33 @@ def stress_corpus(rng, pieces):
     return [l.replace(b"\n", b" ") for l in lines]
 
 
+def span_corpus(rng):
+    """Lines of spans: words that recur at the starts of lines and inside them, between runs of
+    spaces, so that an encoder's caches both miss and hit on each kind."""
+    words = ["the", "word", "слово", "Привет,", "日本語", "中文", "😀", "😀😀", "👍🏽", "e\u0301", "naïve",
+             "\u2581", "x\u2581", "\u2581x", "\u2581\u2581", "\ufffd", "\t", "\t\t", "tab\there", "\x00",
+             "[INST]", "[/INST]", "<s>", "</s>", "<unk>", "<0x41>", "[REFERENCE_DOC_1]", "[REFERENCE_DOC_1]x",
+             "x[REFERENCE_DOC_2]", "<tag>", "Zz", "ZzZ", "ing", "thing", "[", "[[", "<", "3.14", "1234567890",
+             "\U00020000", "\U0010ffff", "\ue000", "\u0fff", "ℵ", "\u3000", "\u00a0"]
+    words = [w.encode() for w in words] + [b"\x80", b"\xe2\x96", b"a\xff", b"\xc3", b"\xf0\x9f\x98"]
+    # around the length a 64-byte cache entry keeps with the ids, and over it
+    long_words = []
+    for k in range(40, 64):
+        long_words += [b"a" * k, b"ab" * (k // 2), "я".encode() * (k // 2), "日".encode() * (k // 3), b"\xff" * k]
+    lines = [b" " * k for k in range(1, 6)]
+    for _ in range(3000):
+        parts = [b" " * rng.choice([0, 0, 0, 1, 2, 3])]
+        for _ in range(rng.randint(1, 8)):
+            parts.append(rng.choice(words if rng.random() < 0.85 else long_words))
+            parts.append(b" " * rng.choice([1, 1, 1, 2, 3]))
+        parts[-1] = b" " * rng.choice([0, 0, 0, 1, 2])
+        lines.append(b"".join(parts))
+    # a word alone on its line, then inside lines: one key at the start and after a space
+    for w in words + long_words:
+        lines += [w, b" " + w, b"x " + w + b" x", b"x  " + w, w + b" " + w + b"  " + w, b"  " + w + b" "]
+    return lines
+
+
 def id_lines(rng, pieces):
     n = len(pieces)
     by_type = {}
@@ -334,6 +371,8 @@ def main():
         f.write(b"\n".join(real_corpus(rng)) + b"\n")
     with open(os.path.join(a.out, "stress.txt"), "wb") as f:
         f.write(b"\n".join(stress_corpus(rng, v3)) + b"\n")
+    with open(os.path.join(a.out, "spans.txt"), "wb") as f:
+        f.write(b"\n".join(span_corpus(random.Random(SEED + 1))) + b"\n")
     with open(os.path.join(a.out, "ids.txt"), "w") as f:
         f.write("\n".join(id_lines(rng, v3)) + "\n")
     with open(os.path.join(a.out, "remove-extra.model"), "wb") as f:

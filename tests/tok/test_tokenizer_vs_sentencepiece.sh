@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
 # mistral-v1.model, mistral-v3.model and variants of v1 (remove_extra_whitespaces on, UNUSED
-# pieces, no byte fallback, user-defined pieces), over real multilingual text and generated
-# stress text (see gen_tokenizer_corpus.py); and the models' indexes kept on disk
+# pieces, no byte fallback, user-defined pieces with and without spaces), over real
+# multilingual text and generated stress and span text (see gen_tokenizer_corpus.py), also with
+# the encoders' word cache made tiny; and the models' indexes kept on disk
 # (data/file_cache.h): the first load of a model writes its cache file, later ones read it, a
 # damaged one is made again and rewritten, an unwritable cache folder is only slower. Zero
 # mismatches is the only pass.
@@ -60,5 +61,19 @@ XDG_CACHE_HOME="$tmp/not-a-folder" compare "v3 stress ids, no cache folder" "$v3
 spm_encode --model="$v3" --output_format=id < "$tmp/long.txt" > "$tmp/expected"
 "$GALE_BIN" tokenize --tokenizer "$v3" < "$tmp/long.txt" > "$tmp/actual"
 /usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+
+# text of recurring spans (runs of spaces and the bytes up to the next space) at the starts of
+# lines and inside them; and with the encoders' word cache made two entries
+# (GALE_TOKENIZER_CACHE_BITS), where every word evicts the one before
+for bits in 16 1; do
+    export GALE_TOKENIZER_CACHE_BITS=$bits
+    compare "v1 span ids, cache bits $bits" "$v1" "$tmp/spans.txt" id
+    compare "v3 span ids, 2 threads, cache bits $bits" "$v3" "$tmp/spans.txt" id --threads 2
+    compare "v1 without byte fallback span ids, cache bits $bits" "$tmp/no-byte-fallback.model" "$tmp/spans.txt" id
+    compare "v1+user-defined pieces without spaces span ids, cache bits $bits" "$tmp/user-defined-no-space.model" "$tmp/spans.txt" id
+done
+compare "v3 stress ids, cache bits 1" "$v3" "$tmp/stress.txt" id
+compare "v1+user-defined pieces without spaces stress ids, cache bits 1" "$tmp/user-defined-no-space.model" "$tmp/stress.txt" id
+unset GALE_TOKENIZER_CACHE_BITS
 
 exit $fail
