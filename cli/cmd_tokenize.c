@@ -14,6 +14,10 @@
 #include "data/tokenizer.h"
 
 #define BATCH_BYTES (4u << 20)   /* text encoded per parallel batch */
+/* One thread reads in smaller blocks: the block is reused, and each page of memory touched for
+ * the first time costs a fault and the zeroing of the page (~2 us in a VM, as much as encoding
+ * a few kilobytes); lines longer than a block are streamed, with the same ids. */
+#define ONE_THREAD_BATCH_BYTES (256u << 10)
 #define CHUNKS_PER_THREAD 8      /* pieces of a batch, for load balance */
 #define WRITE_BYTES (256u << 10) /* one thread: output written once this much waits */
 
@@ -408,6 +412,12 @@ static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders,
     return 0;
 }
 
+/* The text encoded per batch. */
+static size_t batch_bytes(const tokenize_options *o)
+{
+    return o->threads == 1 ? ONE_THREAD_BATCH_BYTES : BATCH_BYTES;
+}
+
 /* A line longer than a batch: fed to one encoder block by block, its ids printed as they
  * come. The reader's buffer starts with the line; returns with the line consumed. */
 static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, const tokenize_options *o,
@@ -440,7 +450,7 @@ static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, c
         }
         if (nl || r->eof)
             break;
-        reader_fill(r, BATCH_BYTES);
+        reader_fill(r, batch_bytes(o));
     }
     gale_ids_free(&ids);
     gale_bytes_free(&out);
@@ -452,7 +462,8 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     tokenizer_encoder **encoders = gale_xmalloc((size_t)o->threads * sizeof *encoders);
     for (int t = 0; t < o->threads; t++)
         encoders[t] = tokenizer_encoder_new(tok);
-    size_t n_chunks = (size_t)o->threads * CHUNKS_PER_THREAD;
+    /* one thread: one chunk, so one output buffer rather than one per chunk */
+    size_t n_chunks = o->threads == 1 ? 1 : (size_t)o->threads * CHUNKS_PER_THREAD;
     encode_chunk *chunks = gale_xcalloc(n_chunks, sizeof *chunks);
     line_span *lines = NULL;
     size_t lines_cap = 0;
@@ -460,7 +471,7 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     id_texts texts;
     id_texts_init(&texts, tok);
     for (;;) {
-        reader_fill(r, BATCH_BYTES);
+        reader_fill(r, batch_bytes(o));
         if (reader_failed(r)) {
             rc = -1;
             break;

@@ -54,11 +54,17 @@ cmp "$fresh" "$XDG_CACHE_HOME/gale/$(basename "$fresh")" || { echo "FAIL: the da
 touch "$tmp/not-a-folder" # as the cache folder's parent: nothing kept, every load indexes
 XDG_CACHE_HOME="$tmp/not-a-folder" compare "v3 stress ids, no cache folder" "$v3" "$tmp/stress.txt" id
 
-# one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin input, and
-# a last line without a newline
+# one line longer than gale's batch (4 MiB, 256 KiB with one thread) goes through the streaming
+# encoder; stdin input, and a last line without a newline; the same from a file with two threads
 { for i in $(seq 12); do tr '\n' ' ' < "$tmp/real.txt"; done; echo; printf 'no newline at the end'; } > "$tmp/long.txt"
 spm_encode --model="$v3" --output_format=id < "$tmp/long.txt" > "$tmp/expected"
 "$GALE_BIN" tokenize --tokenizer "$v3" < "$tmp/long.txt" > "$tmp/actual"
 /usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+"$GALE_BIN" tokenize --tokenizer "$v3" --threads 2 --input "$tmp/long.txt" > "$tmp/actual"
+/usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, 2 threads" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+# a pipe (read as it comes) and a file (its size known) give the same output
+cat "$tmp/real.txt" | "$GALE_BIN" tokenize --tokenizer "$v3" > "$tmp/from-pipe"
+"$GALE_BIN" tokenize --tokenizer "$v3" --input "$tmp/real.txt" > "$tmp/from-file"
+cmp "$tmp/from-pipe" "$tmp/from-file" || { echo "FAIL: a pipe and a file give different ids"; fail=1; }
 
 exit $fail
