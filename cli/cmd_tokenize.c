@@ -246,44 +246,17 @@ static size_t put_int(char *p, int32_t v)
 
 #define ID_TEXT_MAX 12 /* " -2147483648" */
 
-/* The text of each id of the vocabulary, a space and its digits in the first 7 bytes of a word
- * and their count in the last, so that printing an id is one load and one 8-byte store: ids
- * are printed once per token, the vocabulary is small. */
+/* The text of each id of the vocabulary (tokenizer_id_texts), so that printing an id is one load
+ * and one 8-byte store: ids are printed once per token. */
 typedef struct id_texts {
-    uint64_t *text;
-    size_t n; /* 0: no table (a vocabulary of 10^6 ids or more), put_int prints */
+    const uint64_t *text;
+    size_t n; /* 0: no table, put_int prints */
 } id_texts;
 
-static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
+static id_texts id_texts_of(const gale_tokenizer *tok)
 {
-    size_t n = (size_t)tokenizer_vocab_size(tok);
-    *t = (id_texts){0};
-    if (n > 1000000)
-        return;
-    t->text = gale_xmalloc(n * sizeof *t->text);
-    /* the digits counted up from " 0" rather than divided out of each id: this runs at every
-     * start, for tens of thousands of ids */
-    char s[ID_TEXT_MAX + 8] = " 0";
-    size_t len = 1;
-    for (size_t id = 0; id < n; id++) {
-        s[7] = (char)(1 + len);
-        memcpy(&t->text[id], s, sizeof t->text[id]);
-        size_t k = len;
-        while (k > 0 && s[k] == '9')
-            s[k--] = '0';
-        if (k > 0) {
-            s[k]++;
-        } else { /* 9...9 + 1 */
-            s[1] = '1';
-            s[++len] = '0';
-        }
-    }
-    t->n = n;
-}
-
-static void id_texts_free(id_texts *t)
-{
-    free(t->text);
+    const uint64_t *text = tokenizer_id_texts(tok);
+    return (id_texts){text, text ? (size_t)tokenizer_vocab_size(tok) : 0};
 }
 
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
@@ -468,8 +441,7 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     line_span *lines = NULL;
     size_t lines_cap = 0;
     int rc = 0;
-    id_texts texts;
-    id_texts_init(&texts, tok);
+    id_texts texts = id_texts_of(tok);
     for (;;) {
         reader_fill(r, batch_bytes(o));
         if (reader_failed(r)) {
@@ -515,7 +487,6 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     free(chunks);
     free(encoders);
     free(lines);
-    id_texts_free(&texts);
     return rc;
 }
 

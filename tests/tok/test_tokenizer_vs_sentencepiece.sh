@@ -33,20 +33,34 @@ compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tm
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
 caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
 [ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
-compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
+
+# the cache keeps the model's settings and pieces too (the file is not parsed when it is valid):
+# ids, pieces and decoded text from it
+cached() {
+    compare "v3 stress ids ($1)" "$v3" "$tmp/stress.txt" id
+    compare "v3 stress pieces ($1)" "$v3" "$tmp/stress.txt" piece --format pieces
+    spm_encode --model="$v1" --output_format=id < "$tmp/real.txt" > "$tmp/real.ids"
+    spm_decode --model="$v1" --input_format=id < "$tmp/real.ids" > "$tmp/expected"
+    "$GALE_BIN" tokenize --tokenizer "$v1" --decode --input "$tmp/real.ids" > "$tmp/actual"
+    cmp -s "$tmp/expected" "$tmp/actual" || { echo "FAIL: v1 decode ($1) differs from spm_decode"; fail=1; }
+}
+cached "index cache read"
 
 # index cache files damaged in the middle, then cut short, then of another build (the version
-# in the header): made again, same ids, rewritten
-for damage in middle short version; do
-    for c in "$XDG_CACHE_HOME"/gale/tok-index-*.bin; do
+# in the header), then another model's file under this one's name: made again, same ids,
+# pieces and text, rewritten
+for damage in middle short version foreign; do
+    files=("$XDG_CACHE_HOME"/gale/tok-index-*.bin)
+    for c in "${files[@]}"; do
         size=$(stat -c %s "$c")
         case $damage in
         middle) printf 'XXXX' | dd of="$c" bs=1 seek=$((size / 2)) conv=notrunc status=none ;;
         short) truncate -s $((size / 3)) "$c" ;;
         version) printf 'XXXX' | dd of="$c" bs=1 seek=24 conv=notrunc status=none ;;
+        foreign) [ "$c" = "${files[0]}" ] || cp "${files[0]}" "$c" ;;
         esac
     done
-    compare "v3 stress ids, index cache damaged ($damage)" "$v3" "$tmp/stress.txt" id
+    cached "index cache damaged ($damage)"
 done
 XDG_CACHE_HOME="$tmp/fresh" "$GALE_BIN" tokenize --tokenizer "$v3" --input /dev/null
 fresh=$(ls "$tmp"/fresh/gale/tok-index-*.bin)
