@@ -17,9 +17,9 @@
 /* One thread reads in smaller blocks: the block is reused, and each page of memory touched for
  * the first time costs a fault and the zeroing of the page (~2 us in a VM, as much as encoding
  * a few kilobytes); lines longer than a block are streamed, with the same ids. */
-#define ONE_THREAD_BATCH_BYTES (256u << 10)
+#define ONE_THREAD_BATCH_BYTES (64u << 10)
 #define CHUNKS_PER_THREAD 8      /* pieces of a batch, for load balance */
-#define WRITE_BYTES (256u << 10) /* one thread: output written once this much waits */
+#define WRITE_BYTES (64u << 10) /* one thread: output written once this much waits */
 
 enum output_format { FORMAT_IDS, FORMAT_PIECES };
 
@@ -270,19 +270,31 @@ static void format_ids(const gale_tokenizer *tok, int format, const id_texts *te
         return;
     if (format == FORMAT_IDS) {
         gale_bytes_reserve(out, ids->n * ID_TEXT_MAX + sizeof *texts->text);
+        /* locals, so that the stores through p are not taken to change them */
+        const int32_t *v = ids->v;
+        const size_t n = ids->n, n_texts = texts->n;
+        const uint64_t *text = texts->text;
         char *p = (char *)out->v + out->n;
         size_t i = 0;
-        if (first) /* the line's first id, with no space in front */
-            p += put_int(p, ids->v[i++]);
-        for (; i < ids->n; i++) {
-            uint32_t id = (uint32_t)ids->v[i];
-            if (id < texts->n) {
-                uint64_t text = texts->text[id];
-                memcpy(p, &text, sizeof text);
-                p += text >> 56;
+        if (first) { /* the line's first id, with no space in front: its text without the space */
+            uint32_t id = (uint32_t)v[i++];
+            if (id < n_texts) {
+                uint64_t digits = text[id] >> 8;
+                memcpy(p, &digits, sizeof digits);
+                p += (text[id] >> 56) - 1;
+            } else {
+                p += put_int(p, (int32_t)id);
+            }
+        }
+        for (; i < n; i++) {
+            uint32_t id = (uint32_t)v[i];
+            if (id < n_texts) {
+                uint64_t t = text[id];
+                memcpy(p, &t, sizeof t);
+                p += t >> 56;
             } else {
                 *p++ = ' ';
-                p += put_int(p, ids->v[i]);
+                p += put_int(p, v[i]);
             }
         }
         out->n = (size_t)(p - (char *)out->v);
