@@ -3,7 +3,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
-#include <openssl/evp.h>
+#include <nettle/base64.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,17 +39,18 @@ static int json_size(json_t *obj, const char *key, size_t *v, const char *name, 
     return 0;
 }
 
-/* The bytes of a base64 string (standard alphabet, padded), decoded by libcrypto, into
- * out (room for 3/4 of its length); the decoded length, or -1 when it is not base64. */
+/* The bytes of a base64 string (standard alphabet, padded), decoded by Nettle, into out (room
+ * for 3/4 of its length); the decoded length, or -1 when it is not base64. */
 static long base64_decode(const char *s, size_t n, uint8_t *out)
 {
     if (n % 4 || n > INT32_MAX)
         return -1;
-    int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
-    if (got < 0)
+    struct base64_decode_ctx ctx;
+    size_t got = 0;
+    base64_decode_init(&ctx);
+    if (!base64_decode_update(&ctx, &got, out, n, s) || !base64_decode_final(&ctx))
         return -1;
-    size_t pad = n && s[n - 1] == '=' ? 1 + (n > 1 && s[n - 2] == '=') : 0;
-    return got - (long)pad; /* EVP_DecodeBlock counts the padding as zero bytes */
+    return (long)got;
 }
 
 /* The special tokens: the file's list (rank = position), or the deprecated ones of old files,
