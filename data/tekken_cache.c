@@ -70,18 +70,18 @@ static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sh
     return 1;
 }
 
-int tekken_cache_load(const void *data, size_t len, tekken_file *f, char sha256[65])
+int tekken_cache_load(const file_cache_key *key, tekken_file *f, char sha256[65])
 {
     size_t file_len;
-    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, data, len, &file_len);
+    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, key, &file_len);
     int ok = file && cache_decode(file, file_len, f, sha256);
     file_cache_free(file, file_len);
     return ok;
 }
 
-void tekken_cache_store(const void *data, size_t len, const tekken_file *f, const char *sha256)
+void tekken_cache_store(const file_cache_key *key, const tekken_file *f, const char *sha256)
 {
-    if (len < FILE_CACHE_MIN_BYTES)
+    if (!key->cached)
         return;
     cache_header h = {0};
     const spm_model *m = &f->vocab;
@@ -104,6 +104,6 @@ void tekken_cache_store(const void *data, size_t len, const tekken_file *f, cons
     memcpy(pattern, f->pattern, h.pattern_len);
     memcpy(pattern + h.pattern_len, m->piece_bytes, h.piece_bytes);
     memcpy(file, &h, sizeof h);
-    file_cache_store(CACHE_KIND, CACHE_VERSION, data, len, file, total);
+    file_cache_store(CACHE_KIND, CACHE_VERSION, key, file, total);
     free(file);
 }

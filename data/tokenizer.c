@@ -856,9 +856,9 @@ static char *next_string(const char **at, const char *end)
 
 /* Keeps tok's index, its model's settings and the model file's SHA-256 for the model
  * data[0..len) (see file_cache.h). */
-static void index_cache_store(gale_tokenizer *tok, const void *data, size_t len)
+static void index_cache_store(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key)
 {
-    if (len < FILE_CACHE_MIN_BYTES)
+    if (!key->cached)
         return;
     piece_index *ix = &tok->ix;
     if (!tok->sha256[0])
@@ -891,17 +891,17 @@ static void index_cache_store(gale_tokenizer *tok, const void *data, size_t len)
     at += index_padded(n);
     INDEX_ARRAYS(ix, n_pieces, COPY_ARRAY)
 #undef COPY_ARRAY
-    file_cache_store(INDEX_CACHE_KIND, index_cache_version(), data, len, body, total);
+    file_cache_store(INDEX_CACHE_KIND, index_cache_version(), key, body, total);
     free(body);
 }
 
 /* tok's index from the cache of the model data[0..len), and with with_model the model's
  * settings too (tok->model holds no pieces then: what encoding and decoding read of them is in
  * the index); 0 when there is none for it. */
-static int index_cache_load(gale_tokenizer *tok, const void *data, size_t len, int with_model)
+static int index_cache_load(gale_tokenizer *tok, const file_cache_key *key, int with_model)
 {
     size_t body_len;
-    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), data, len, &body_len);
+    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), key, &body_len);
     if (!body)
         return 0;
     piece_index ix;
@@ -954,7 +954,7 @@ static void index_free(piece_index *ix)
 }
 
 /* tok's index of its model (parsed from data[0..len)), made and cached. */
-static int index_model(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+static int index_model(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key, gale_error *err)
 {
     if (index_pieces(tok, err) < 0)
         return -1;
@@ -965,27 +965,28 @@ static int index_model(gale_tokenizer *tok, const void *data, size_t len, gale_e
         index_chars(tok);
     }
     index_model_strings(&tok->ix, &tok->model);
-    index_cache_store(tok, data, len);
+    index_cache_store(tok, data, len, key);
     return 0;
 }
 
 /* A SentencePiece model: its settings and index from the cache, without parsing the file, else
  * parsed, checked, indexed and cached. */
-static int load_sentencepiece(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+static int load_sentencepiece(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key,
+                              gale_error *err)
 {
-    if (index_cache_load(tok, data, len, 1))
+    if (index_cache_load(tok, key, 1))
         return 0;
     if (spm_model_parse(data, len, tok->name, &tok->model, err) < 0 ||
         check_model_settings(&tok->model, tok->name, err) < 0)
         return -1;
-    return index_model(tok, data, len, err);
+    return index_model(tok, data, len, key, err);
 }
 
 /* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
-static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key, gale_error *err)
 {
     tekken_file f;
-    int cached = tekken_cache_load(data, len, &f, tok->sha256);
+    int cached = tekken_cache_load(key, &f, tok->sha256);
     if (!cached && tekken_parse(data, len, tok->name, &f, err) < 0)
         return -1;
     tok->model = f.vocab;
@@ -994,11 +995,11 @@ static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_e
     int rc = tok->splitter ? 0 : -1;
     if (rc == 0 && !cached) {
         gale_sha256_hex(data, len, tok->sha256);
-        tekken_cache_store(data, len, &f, tok->sha256);
+        tekken_cache_store(key, &f, tok->sha256);
     }
     tekken_file_free_pattern(&f);
-    if (rc == 0 && !index_cache_load(tok, data, len, 0))
-        rc = index_model(tok, data, len, err);
+    if (rc == 0 && !index_cache_load(tok, key, 0))
+        rc = index_model(tok, data, len, key, err);
     return rc;
 }
 
@@ -1007,7 +1008,9 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
     pthread_mutex_init(&tok->sha256_lock, NULL);
-    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err) : load_sentencepiece(tok, data, len, err);
+    file_cache_key key = file_cache_key_of(data, len); /* one hash of the file for both caches */
+    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, &key, err)
+                                       : load_sentencepiece(tok, data, len, &key, err);
     if (rc < 0) {
         tokenizer_free(tok);
         return NULL;
