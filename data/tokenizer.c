@@ -982,11 +982,22 @@ static int load_sentencepiece(gale_tokenizer *tok, const void *data, size_t len,
     return index_model(tok, data, len, key, err);
 }
 
-/* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
+/* A Tekken file: its vocabulary, its pre-tokenizer and its index. With both caches valid the
+ * vocabulary's pieces are not read at all (131,072 of them: 4 MB of memory to fill), since
+ * what encoding and decoding read of them is in the index. */
 static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key, gale_error *err)
 {
     tekken_file f;
-    int cached = tekken_cache_load(key, &f, tok->sha256);
+    int cached = tekken_cache_load(key, &f, tok->sha256, 0), indexed = 0, index_tried = cached;
+    if (cached) {
+        tok->model = f.vocab;
+        indexed = index_cache_load(tok, key, 0);
+        if (!indexed) { /* indexing needs the pieces */
+            spm_model_free(&tok->model);
+            tekken_file_free_pattern(&f);
+            cached = tekken_cache_load(key, &f, tok->sha256, 1);
+        }
+    }
     if (!cached && tekken_parse(data, len, tok->name, &f, err) < 0)
         return -1;
     tok->model = f.vocab;
@@ -998,7 +1009,7 @@ static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, const 
         tekken_cache_store(key, &f, tok->sha256);
     }
     tekken_file_free_pattern(&f);
-    if (rc == 0 && !index_cache_load(tok, key, 0))
+    if (rc == 0 && !indexed && (index_tried || !index_cache_load(tok, key, 0)))
         rc = index_model(tok, data, len, key, err);
     return rc;
 }
