@@ -895,7 +895,7 @@ static void index_cache_store(gale_tokenizer *tok, const void *data, size_t len,
     free(body);
 }
 
-/* tok's index from the cache of the model data[0..len), and with with_model the model's
+/* tok's index from the cache of the model file of key, and with with_model the model's
  * settings too (tok->model holds no pieces then: what encoding and decoding read of them is in
  * the index); 0 when there is none for it. */
 static int index_cache_load(gale_tokenizer *tok, const file_cache_key *key, int with_model)
