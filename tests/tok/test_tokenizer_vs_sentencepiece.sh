@@ -76,6 +76,11 @@ spm_encode --model="$v3" --output_format=id < "$tmp/long.txt" > "$tmp/expected"
 /usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
 "$GALE_BIN" tokenize --tokenizer "$v3" --threads 2 --input "$tmp/long.txt" > "$tmp/actual"
 /usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, 2 threads" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+# lines longer than one thread's block but shorter than a batch, between short ones: streamed
+# with one thread, encoded whole with two
+{ head -c 200000 "$tmp/real.txt" | tr '\n' ' '; echo; head -3 "$tmp/real.txt"; head -c 70000 "$tmp/stress.txt" | tr '\n' ' '; echo; } > "$tmp/mid.txt"
+compare "v3 lines of 70 and 200 KB" "$v3" "$tmp/mid.txt" id
+compare "v3 lines of 70 and 200 KB, 2 threads" "$v3" "$tmp/mid.txt" id --threads 2
 # a pipe (read as it comes) and a file (its size known) give the same output
 cat "$tmp/real.txt" | "$GALE_BIN" tokenize --tokenizer "$v3" > "$tmp/from-pipe"
 "$GALE_BIN" tokenize --tokenizer "$v3" --input "$tmp/real.txt" > "$tmp/from-file"
