@@ -375,26 +375,28 @@ static size_t utf8_prefix(const uint8_t *s, size_t n, size_t *need)
 
 size_t tekken_utf8_repair(const uint8_t *s, size_t n, int final, gale_bytes *out)
 {
-    size_t i = 0;
+    /* s[run..i) is well-formed and not yet appended: appended in one piece, not a character
+     * at a time */
+    size_t run = 0, i = 0;
     while (i < n) {
-        size_t j = i;
-        while (j < n && s[j] < 0x80)
-            j++;
-        if (j > i) {
-            gale_bytes_append(out, s + i, j - i);
-            i = j;
+        if (s[i] < 0x80) {
+            i++;
             continue;
         }
         size_t need, k = utf8_prefix(s + i, n - i, &need);
         if (k == need) {
-            gale_bytes_append(out, s + i, k);
             i += k;
-        } else if (i + k == n && !final && k > 0) {
-            break; /* may complete in the next chunk */
-        } else {
-            gale_bytes_append(out, "\xEF\xBF\xBD", 3);
-            i += k ? k : 1;
+            continue;
         }
+        if (i > run)
+            gale_bytes_append(out, s + run, i - run);
+        if (i + k == n && !final && k > 0)
+            return i; /* may complete in the next chunk */
+        gale_bytes_append(out, "\xEF\xBF\xBD", 3);
+        i += k ? k : 1;
+        run = i;
     }
+    if (i > run)
+        gale_bytes_append(out, s + run, i - run);
     return i;
 }
