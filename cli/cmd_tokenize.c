@@ -14,8 +14,12 @@
 #include "data/tokenizer.h"
 
 #define BATCH_BYTES (4u << 20)   /* text encoded per parallel batch */
+/* One thread reads in smaller blocks: the block is reused, and each page of memory touched for
+ * the first time costs a fault and the zeroing of the page (~2 us in a VM, as much as encoding
+ * a few kilobytes); lines longer than a block are streamed, with the same ids. */
+#define ONE_THREAD_BATCH_BYTES (64u << 10)
 #define CHUNKS_PER_THREAD 8      /* pieces of a batch, for load balance */
-#define WRITE_BYTES (256u << 10) /* one thread: output written once this much waits */
+#define WRITE_BYTES (64u << 10) /* one thread: output written once this much waits */
 
 enum output_format { FORMAT_IDS, FORMAT_PIECES };
 
@@ -242,44 +246,17 @@ static size_t put_int(char *p, int32_t v)
 
 #define ID_TEXT_MAX 12 /* " -2147483648" */
 
-/* The text of each id of the vocabulary, a space and its digits in the first 7 bytes of a word
- * and their count in the last, so that printing an id is one load and one 8-byte store: ids
- * are printed once per token, the vocabulary is small. */
+/* The text of each id of the vocabulary (tokenizer_id_texts), so that printing an id is one load
+ * and one 8-byte store: ids are printed once per token. */
 typedef struct id_texts {
-    uint64_t *text;
-    size_t n; /* 0: no table (a vocabulary of 10^6 ids or more), put_int prints */
+    const uint64_t *text;
+    size_t n; /* 0: no table, put_int prints */
 } id_texts;
 
-static void id_texts_init(id_texts *t, const gale_tokenizer *tok)
+static id_texts id_texts_of(const gale_tokenizer *tok)
 {
-    size_t n = (size_t)tokenizer_vocab_size(tok);
-    *t = (id_texts){0};
-    if (n > 1000000)
-        return;
-    t->text = gale_xmalloc(n * sizeof *t->text);
-    /* the digits counted up from " 0" rather than divided out of each id: this runs at every
-     * start, for tens of thousands of ids */
-    char s[ID_TEXT_MAX + 8] = " 0";
-    size_t len = 1;
-    for (size_t id = 0; id < n; id++) {
-        s[7] = (char)(1 + len);
-        memcpy(&t->text[id], s, sizeof t->text[id]);
-        size_t k = len;
-        while (k > 0 && s[k] == '9')
-            s[k--] = '0';
-        if (k > 0) {
-            s[k]++;
-        } else { /* 9...9 + 1 */
-            s[1] = '1';
-            s[++len] = '0';
-        }
-    }
-    t->n = n;
-}
-
-static void id_texts_free(id_texts *t)
-{
-    free(t->text);
+    const uint64_t *text = tokenizer_id_texts(tok);
+    return (id_texts){text, text ? (size_t)tokenizer_vocab_size(tok) : 0};
 }
 
 /* The ids of one line as spm_encode prints them: ids or pieces separated by single spaces.
@@ -293,19 +270,31 @@ static void format_ids(const gale_tokenizer *tok, int format, const id_texts *te
         return;
     if (format == FORMAT_IDS) {
         gale_bytes_reserve(out, ids->n * ID_TEXT_MAX + sizeof *texts->text);
+        /* locals, so that the stores through p are not taken to change them */
+        const int32_t *v = ids->v;
+        const size_t n = ids->n, n_texts = texts->n;
+        const uint64_t *text = texts->text;
         char *p = (char *)out->v + out->n;
         size_t i = 0;
-        if (first) /* the line's first id, with no space in front */
-            p += put_int(p, ids->v[i++]);
-        for (; i < ids->n; i++) {
-            uint32_t id = (uint32_t)ids->v[i];
-            if (id < texts->n) {
-                uint64_t text = texts->text[id];
-                memcpy(p, &text, sizeof text);
-                p += text >> 56;
+        if (first) { /* the line's first id, with no space in front: its text without the space */
+            uint32_t id = (uint32_t)v[i++];
+            if (id < n_texts) {
+                uint64_t digits = text[id] >> 8;
+                memcpy(p, &digits, sizeof digits);
+                p += (text[id] >> 56) - 1;
+            } else {
+                p += put_int(p, (int32_t)id);
+            }
+        }
+        for (; i < n; i++) {
+            uint32_t id = (uint32_t)v[i];
+            if (id < n_texts) {
+                uint64_t t = text[id];
+                memcpy(p, &t, sizeof t);
+                p += t >> 56;
             } else {
                 *p++ = ' ';
-                p += put_int(p, ids->v[i]);
+                p += put_int(p, v[i]);
             }
         }
         out->n = (size_t)(p - (char *)out->v);
@@ -408,6 +397,12 @@ static int encode_batch(const gale_tokenizer *tok, tokenizer_encoder **encoders,
     return 0;
 }
 
+/* The text encoded per batch. */
+static size_t batch_bytes(const tokenize_options *o)
+{
+    return o->threads == 1 ? ONE_THREAD_BATCH_BYTES : BATCH_BYTES;
+}
+
 /* A line longer than a batch: fed to one encoder block by block, its ids printed as they
  * come. The reader's buffer starts with the line; returns with the line consumed. */
 static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, const tokenize_options *o,
@@ -440,7 +435,7 @@ static int encode_long_line(const gale_tokenizer *tok, tokenizer_encoder *enc, c
         }
         if (nl || r->eof)
             break;
-        reader_fill(r, BATCH_BYTES);
+        reader_fill(r, batch_bytes(o));
     }
     gale_ids_free(&ids);
     gale_bytes_free(&out);
@@ -452,15 +447,15 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     tokenizer_encoder **encoders = gale_xmalloc((size_t)o->threads * sizeof *encoders);
     for (int t = 0; t < o->threads; t++)
         encoders[t] = tokenizer_encoder_new(tok);
-    size_t n_chunks = (size_t)o->threads * CHUNKS_PER_THREAD;
+    /* one thread: one chunk, so one output buffer rather than one per chunk */
+    size_t n_chunks = o->threads == 1 ? 1 : (size_t)o->threads * CHUNKS_PER_THREAD;
     encode_chunk *chunks = gale_xcalloc(n_chunks, sizeof *chunks);
     line_span *lines = NULL;
     size_t lines_cap = 0;
     int rc = 0;
-    id_texts texts;
-    id_texts_init(&texts, tok);
+    id_texts texts = id_texts_of(tok);
     for (;;) {
-        reader_fill(r, BATCH_BYTES);
+        reader_fill(r, batch_bytes(o));
         if (reader_failed(r)) {
             rc = -1;
             break;
@@ -504,7 +499,6 @@ static int encode_lines(const gale_tokenizer *tok, line_reader *r, const tokeniz
     free(chunks);
     free(encoders);
     free(lines);
-    id_texts_free(&texts);
     return rc;
 }
 

@@ -3,7 +3,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
-#include <openssl/evp.h>
+#include <nettle/base64.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,17 +39,18 @@ static int json_size(json_t *obj, const char *key, size_t *v, const char *name, 
     return 0;
 }
 
-/* The bytes of a base64 string (standard alphabet, padded), decoded by libcrypto, into
- * out (room for 3/4 of its length); the decoded length, or -1 when it is not base64. */
+/* The bytes of a base64 string (standard alphabet, padded), decoded by Nettle, into out (room
+ * for 3/4 of its length); the decoded length, or -1 when it is not base64. */
 static long base64_decode(const char *s, size_t n, uint8_t *out)
 {
     if (n % 4 || n > INT32_MAX)
         return -1;
-    int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
-    if (got < 0)
+    struct base64_decode_ctx ctx;
+    size_t got = 0;
+    base64_decode_init(&ctx);
+    if (!base64_decode_update(&ctx, &got, out, n, s) || !base64_decode_final(&ctx))
         return -1;
-    size_t pad = n && s[n - 1] == '=' ? 1 + (n > 1 && s[n - 2] == '=') : 0;
-    return got - (long)pad; /* EVP_DecodeBlock counts the padding as zero bytes */
+    return (long)got;
 }
 
 /* The special tokens: the file's list (rank = position), or the deprecated ones of old files,
@@ -374,26 +375,28 @@ static size_t utf8_prefix(const uint8_t *s, size_t n, size_t *need)
 
 size_t tekken_utf8_repair(const uint8_t *s, size_t n, int final, gale_bytes *out)
 {
-    size_t i = 0;
+    /* s[run..i) is well-formed and not yet appended: appended in one piece, not a character
+     * at a time */
+    size_t run = 0, i = 0;
     while (i < n) {
-        size_t j = i;
-        while (j < n && s[j] < 0x80)
-            j++;
-        if (j > i) {
-            gale_bytes_append(out, s + i, j - i);
-            i = j;
+        if (s[i] < 0x80) {
+            i++;
             continue;
         }
         size_t need, k = utf8_prefix(s + i, n - i, &need);
         if (k == need) {
-            gale_bytes_append(out, s + i, k);
             i += k;
-        } else if (i + k == n && !final && k > 0) {
-            break; /* may complete in the next chunk */
-        } else {
-            gale_bytes_append(out, "\xEF\xBF\xBD", 3);
-            i += k ? k : 1;
+            continue;
         }
+        if (i > run)
+            gale_bytes_append(out, s + run, i - run);
+        if (i + k == n && !final && k > 0)
+            return i; /* may complete in the next chunk */
+        gale_bytes_append(out, "\xEF\xBF\xBD", 3);
+        i += k ? k : 1;
+        run = i;
     }
+    if (i > run)
+        gale_bytes_append(out, s + run, i - run);
     return i;
 }

@@ -25,8 +25,31 @@ static size_t body_bytes(const cache_header *h)
     return h->n_pieces * (sizeof(uint32_t) + sizeof(uint8_t) + sizeof(float)) + h->pattern_len + h->piece_bytes;
 }
 
-/* f from a cache body (its checksum already checked); 0 when it is not one. */
-static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sha256[65])
+/* m's pieces from the cache body's arrays; 0 when they do not fit its arena. */
+static int decode_pieces(const cache_header *h, const uint8_t *lens, const uint8_t *types, const uint8_t *scores,
+                         const uint8_t *arena, spm_model *m)
+{
+    m->pieces = gale_xmalloc(h->n_pieces * sizeof *m->pieces);
+    m->piece_bytes = gale_xmalloc(h->piece_bytes);
+    memcpy(m->piece_bytes, arena, h->piece_bytes);
+    size_t at = 0;
+    for (size_t i = 0; i < h->n_pieces; i++) {
+        uint32_t n;
+        float score;
+        memcpy(&n, lens + i * sizeof n, sizeof n);
+        memcpy(&score, scores + i * sizeof score, sizeof score);
+        if (n > h->piece_bytes - at || at + n >= h->piece_bytes)
+            return 0;
+        m->pieces[i] = (spm_piece){m->piece_bytes + at, n, score, types[i]};
+        at += n + 1;
+    }
+    m->piece_bytes_used = at;
+    return 1;
+}
+
+/* f from a cache body (its checksum already checked), the pieces only with_pieces; 0 when it
+ * is not one. */
+static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sha256[65], int with_pieces)
 {
     cache_header h;
     if (len < sizeof h)
@@ -42,23 +65,10 @@ static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sh
     memset(f, 0, sizeof *f);
     spm_model *m = &f->vocab;
     m->n_pieces = h.n_pieces;
-    m->pieces = gale_xmalloc(h.n_pieces * sizeof *m->pieces);
-    m->piece_bytes = gale_xmalloc(h.piece_bytes);
-    memcpy(m->piece_bytes, arena, h.piece_bytes);
-    size_t at = 0;
-    for (size_t i = 0; i < h.n_pieces; i++) {
-        uint32_t n;
-        float score;
-        memcpy(&n, lens + i * sizeof n, sizeof n);
-        memcpy(&score, scores + i * sizeof score, sizeof score);
-        if (n > h.piece_bytes - at || at + n >= h.piece_bytes) {
-            spm_model_free(m);
-            return 0;
-        }
-        m->pieces[i] = (spm_piece){m->piece_bytes + at, n, score, types[i]};
-        at += n + 1;
+    if (with_pieces && !decode_pieces(&h, lens, types, scores, arena, m)) {
+        spm_model_free(m);
+        return 0;
     }
-    m->piece_bytes_used = at;
     tekken_model_settings(m);
     f->n_special = h.n_special;
     f->version = (int)h.version;
@@ -70,18 +80,18 @@ static int cache_decode(const uint8_t *file, size_t len, tekken_file *f, char sh
     return 1;
 }
 
-int tekken_cache_load(const void *data, size_t len, tekken_file *f, char sha256[65])
+int tekken_cache_load(const file_cache_key *key, tekken_file *f, char sha256[65], int with_pieces)
 {
     size_t file_len;
-    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, data, len, &file_len);
-    int ok = file && cache_decode(file, file_len, f, sha256);
+    const uint8_t *file = file_cache_load(CACHE_KIND, CACHE_VERSION, key, &file_len);
+    int ok = file && cache_decode(file, file_len, f, sha256, with_pieces);
     file_cache_free(file, file_len);
     return ok;
 }
 
-void tekken_cache_store(const void *data, size_t len, const tekken_file *f, const char *sha256)
+void tekken_cache_store(const file_cache_key *key, const tekken_file *f, const char *sha256)
 {
-    if (len < FILE_CACHE_MIN_BYTES)
+    if (!key->cached)
         return;
     cache_header h = {0};
     const spm_model *m = &f->vocab;
@@ -104,6 +114,6 @@ void tekken_cache_store(const void *data, size_t len, const tekken_file *f, cons
     memcpy(pattern, f->pattern, h.pattern_len);
     memcpy(pattern + h.pattern_len, m->piece_bytes, h.piece_bytes);
     memcpy(file, &h, sizeof h);
-    file_cache_store(CACHE_KIND, CACHE_VERSION, data, len, file, total);
+    file_cache_store(CACHE_KIND, CACHE_VERSION, key, file, total);
     free(file);
 }

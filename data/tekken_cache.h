@@ -10,14 +10,16 @@
 
 #include <stddef.h>
 
+#include "data/file_cache.h"
 #include "data/tekken.h"
 
-/* The cached form of the Tekken JSON data[0..len): 1 with *f filled (as tekken_parse fills it)
- * and its SHA-256 in sha256; 0 when there is no valid cache file for these bytes. */
-int tekken_cache_load(const void *data, size_t len, tekken_file *f, char sha256[65]);
+/* The cached form of the Tekken JSON of key: 1 with *f filled (as tekken_parse fills it, but
+ * without the pieces unless with_pieces: the vocabulary's size only) and its SHA-256 in sha256;
+ * 0 when there is no valid cache file for these bytes. */
+int tekken_cache_load(const file_cache_key *key, tekken_file *f, char sha256[65], int with_pieces);
 
-/* Keeps f, parsed from data[0..len) with SHA-256 sha256, for tekken_cache_load; silently does
- * nothing when the cache folder cannot be written. */
-void tekken_cache_store(const void *data, size_t len, const tekken_file *f, const char *sha256);
+/* Keeps f, parsed from the JSON of key with SHA-256 sha256, for tekken_cache_load; silently
+ * does nothing when the cache folder cannot be written. */
+void tekken_cache_store(const file_cache_key *key, const tekken_file *f, const char *sha256);
 
 #endif

@@ -121,6 +121,19 @@ typedef struct piece_index {
     int cut_pairs;
     uint64_t *pair_bits;
     size_t pair_rows, pair_row_words;
+    /* The pieces' bytes, each NUL-terminated, piece i from piece_starts[i] to piece_starts[i + 1]:
+     * what encoding and decoding read of the pieces, so that a model whose index comes from
+     * the cache is not parsed at all */
+    uint32_t *piece_starts;
+    char *piece_text;
+    size_t piece_text_bytes;
+    /* the decimal text of each id (tokenizer_id_texts); n_id_texts 0: none */
+    uint64_t *id_texts;
+    size_t n_id_texts;
+    /* the model's settings' strings (MODEL_STRINGS), each NUL-terminated, for a model not parsed */
+    char *model_strings;
+    size_t model_strings_bytes;
+    char sha256[65]; /* of the model file */
     const void *cache_body; /* the cache body the arrays point into, read-only (file_cache_load), */
     size_t cache_len;       /* and its length; NULL: the arrays are the index's own */
 } piece_index;
@@ -221,18 +234,29 @@ static uint8_t piece_slot_len(size_t n)
     return n < 255 ? (uint8_t)n : 255;
 }
 
+/* The bytes of piece id (NUL-terminated) and their count. */
+static const char *piece_text(const piece_index *ix, int32_t id)
+{
+    return ix->piece_text + ix->piece_starts[id];
+}
+
+static size_t piece_len(const piece_index *ix, int32_t id)
+{
+    return ix->piece_starts[id + 1] - ix->piece_starts[id] - 1;
+}
+
 /* 1 when slot s holds the piece p of n bytes, hash tag tag and slot length len. */
-static int piece_slot_holds(const piece_slot *s, const spm_model *m, const void *p, size_t n, uint32_t tag, uint8_t len)
+static int piece_slot_holds(const piece_slot *s, const piece_index *ix, const void *p, size_t n, uint32_t tag,
+                            uint8_t len)
 {
     if (s->len != len)
         return 0;
     if (n <= PIECE_INLINE_BYTES)
         return bytes_equal(s->bytes, p, n);
-    return !memcmp(s->bytes, &tag, sizeof tag) && m->pieces[s->id].len == n &&
-           bytes_equal(m->pieces[s->id].piece, p, n);
+    return !memcmp(s->bytes, &tag, sizeof tag) && piece_len(ix, s->id) == n && bytes_equal(piece_text(ix, s->id), p, n);
 }
 
-static int32_t piece_table_find(const piece_table *t, const spm_model *m, const void *p, size_t n)
+static int32_t piece_table_find(const piece_table *t, const piece_index *ix, const void *p, size_t n)
 {
     uint64_t h = bytes_hash(p, n);
     uint32_t tag = (uint32_t)(h >> 32);
@@ -243,14 +267,14 @@ static int32_t piece_table_find(const piece_table *t, const spm_model *m, const 
         const piece_slot *s = &t->slots[i];
         if (s->id < 0)
             return -1;
-        if (piece_slot_holds(s, m, p, n, tag, len))
+        if (piece_slot_holds(s, ix, p, n, tag, len))
             return s->id;
     }
 }
 
 /* Inserts id; returns the id already there when the piece is a duplicate, else -1. One probe
  * sequence: a duplicate lies before the first empty slot. */
-static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id)
+static int32_t piece_table_insert(piece_table *t, const piece_index *ix, const spm_model *m, int32_t id)
 {
     const spm_piece *p = &m->pieces[id];
     uint64_t h = bytes_hash(p->piece, p->len);
@@ -258,7 +282,7 @@ static int32_t piece_table_insert(piece_table *t, const spm_model *m, int32_t id
     uint8_t len = piece_slot_len(p->len);
     size_t i = h & t->mask;
     for (; t->slots[i].id >= 0; i = (i + 1) & t->mask)
-        if (piece_slot_holds(&t->slots[i], m, p->piece, p->len, tag, len))
+        if (piece_slot_holds(&t->slots[i], ix, p->piece, p->len, tag, len))
             return t->slots[i].id;
     *filter_word(t, h) |= filter_bits(h);
     piece_slot *s = &t->slots[i];
@@ -385,10 +409,11 @@ static size_t user_defined_match(const gale_tokenizer *tok, const uint8_t *s, si
         return 0;
     size_t best = 0;
     for (size_t i = 0; i < tok->ix.n_user_defined; i++) {
-        const spm_piece *p = &tok->model.pieces[tok->ix.user_defined[i]];
-        if (p->len > best && p->len <= n && !memcmp(p->piece, s, p->len)) {
-            best = p->len;
-            *id = tok->ix.user_defined[i];
+        int32_t u = tok->ix.user_defined[i];
+        size_t len = piece_len(&tok->ix, u);
+        if (len > best && len <= n && !memcmp(piece_text(&tok->ix, u), s, len)) {
+            best = len;
+            *id = u;
         }
     }
     return best;
@@ -428,14 +453,15 @@ static int check_model_settings(const spm_model *m, const char *name, gale_error
     return 0;
 }
 
-/* The byte of a piece "<0xNN>" (upper-case hex, as sentencepiece writes them), or -1. */
-static int byte_piece_value(const spm_piece *p)
+/* The byte of a piece "<0xNN>" (upper-case hex, as sentencepiece writes them; NUL-terminated,
+ * len bytes), or -1. */
+static int byte_piece_value(const char *piece, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
-    if (p->len != 6 || memcmp(p->piece, "<0x", 3) || p->piece[5] != '>')
+    if (len != 6 || memcmp(piece, "<0x", 3) || piece[5] != '>')
         return -1;
-    const char *hi = memchr(hex, p->piece[3], 16), *lo = memchr(hex, p->piece[4], 16);
-    if (!hi || !lo || !p->piece[3] || !p->piece[4])
+    const char *hi = memchr(hex, piece[3], 16), *lo = memchr(hex, piece[4], 16);
+    if (!hi || !lo || !piece[3] || !piece[4])
         return -1;
     return (int)((hi - hex) * 16 + (lo - hex));
 }
@@ -447,6 +473,52 @@ static int is_mergeable(int type)
 }
 
 #define PIECE_PREFETCH 16 /* pieces ahead */
+
+/* The pieces' bytes into ix (piece_text), one after the other. */
+static int index_piece_text(piece_index *ix, const spm_model *m, const char *name, gale_error *err)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < m->n_pieces; i++)
+        bytes += m->pieces[i].len + 1;
+    if (bytes > UINT32_MAX)
+        return gale_fail(err, "%s: the pieces hold %zu bytes, more than gale indexes (4 GiB)", name, bytes);
+    ix->piece_starts = gale_xmalloc((m->n_pieces + 1) * sizeof *ix->piece_starts);
+    ix->piece_text = gale_xmalloc(bytes);
+    ix->piece_text_bytes = bytes;
+    size_t at = 0;
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        ix->piece_starts[i] = (uint32_t)at;
+        memcpy(ix->piece_text + at, m->pieces[i].piece, m->pieces[i].len + 1);
+        at += m->pieces[i].len + 1;
+    }
+    ix->piece_starts[m->n_pieces] = (uint32_t)at;
+    return 0;
+}
+
+/* The decimal text of each of n ids (tokenizer_id_texts), for 10^6 ids at most. */
+static void index_id_texts(piece_index *ix, size_t n)
+{
+    if (n > 1000000)
+        return;
+    ix->id_texts = gale_xmalloc(n * sizeof *ix->id_texts);
+    /* the digits counted up from " 0" rather than divided out of each id */
+    char s[16] = " 0";
+    size_t len = 1;
+    for (size_t id = 0; id < n; id++) {
+        s[7] = (char)(1 + len);
+        memcpy(&ix->id_texts[id], s, sizeof ix->id_texts[id]);
+        size_t k = len;
+        while (k > 0 && s[k] == '9')
+            s[k--] = '0';
+        if (k > 0) {
+            s[k]++;
+        } else { /* 9...9 + 1 */
+            s[1] = '1';
+            s[++len] = '0';
+        }
+    }
+    ix->n_id_texts = n;
+}
 
 static int index_pieces(gale_tokenizer *tok, gale_error *err)
 {
@@ -463,6 +535,9 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
     tok->ix.unk_id = -1;
     for (int b = 0; b < 256; b++)
         tok->ix.byte_ids[b] = -1;
+    if (index_piece_text(&tok->ix, m, name, err) < 0)
+        return -1;
+    index_id_texts(&tok->ix, m->n_pieces);
     for (size_t i = 0; i < m->n_pieces; i++) {
         const spm_piece *p = &m->pieces[i];
         if (i + PIECE_PREFETCH < m->n_pieces) { /* the slot a later piece starts at, from memory */
@@ -474,7 +549,8 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->ix.types[i] = (uint8_t)p->type;
         if (p->len == 0)
             return gale_fail(err, "%s: piece %zu is empty", name, i);
-        int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->ix.mergeable : &tok->ix.reserved, m, (int32_t)i);
+        int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->ix.mergeable : &tok->ix.reserved, &tok->ix, m,
+                                         (int32_t)i);
         if (dup >= 0)
             return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
         if (p->type == SPM_PIECE_USER_DEFINED) {
@@ -497,7 +573,7 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
                 return gale_fail(err, "%s: pieces %d and %zu are both of type UNKNOWN", name, tok->ix.unk_id, i);
             tok->ix.unk_id = (int)i;
         } else if (p->type == SPM_PIECE_BYTE) {
-            int b = byte_piece_value(p);
+            int b = byte_piece_value(p->piece, p->len);
             if (!m->byte_fallback)
                 return gale_fail(err, "%s: byte piece %zu '%s' but trainer_spec.byte_fallback is false", name, i,
                                  p->piece);
@@ -708,7 +784,8 @@ static void index_chars(gale_tokenizer *tok)
 
 /* ---- the index kept on disk ---- */
 
-/* The cache body of an index: the piece_index itself, then each of its arrays from 64-byte
+/* The cache body of an index: the piece_index itself, the model's settings (an spm_model without
+ * its pieces; its strings are in model_strings), then each of the index's arrays from 64-byte
  * boundaries, in the order of INDEX_ARRAYS (X(array, bytes) for each). */
 #define INDEX_ARRAYS(ix, n_pieces, X)                                                               \
     X((ix)->mergeable.slots, ((ix)->mergeable.mask + 1) * sizeof(piece_slot))                       \
@@ -719,7 +796,16 @@ static void index_chars(gale_tokenizer *tok)
     X((ix)->types, (n_pieces))                                                                      \
     X((ix)->user_defined, (ix)->n_user_defined * sizeof(int32_t))                                   \
     X((ix)->char_pages, (ix)->n_char_pages * sizeof *(ix)->char_pages)                              \
-    X((ix)->pair_bits, (ix)->pair_rows * (ix)->pair_row_words * sizeof(uint64_t))
+    X((ix)->pair_bits, (ix)->pair_rows * (ix)->pair_row_words * sizeof(uint64_t))                  \
+    X((ix)->piece_starts, ((n_pieces) + 1) * sizeof(uint32_t))                                      \
+    X((ix)->piece_text, (ix)->piece_text_bytes)                                                     \
+    X((ix)->id_texts, (ix)->n_id_texts * sizeof(uint64_t))                                          \
+    X((ix)->model_strings, (ix)->model_strings_bytes)
+
+/* The strings of a model's settings, kept in the index (model_strings) in this order. */
+#define MODEL_STRINGS(m, X)                                                                         \
+    X((m)->unk_piece) X((m)->bos_piece) X((m)->eos_piece) X((m)->pad_piece) X((m)->unk_surface)      \
+    X((m)->normalizer.name) X((m)->denormalizer.name)
 
 #define INDEX_CACHE_KIND "tok-index"
 
@@ -738,61 +824,122 @@ static uint64_t index_cache_version(void)
 
 static size_t index_body_bytes(const piece_index *ix, size_t n_pieces)
 {
-    size_t bytes = index_padded(sizeof *ix);
+    size_t bytes = index_padded(sizeof *ix) + index_padded(sizeof(spm_model));
 #define ADD_BYTES(array, n) bytes += index_padded(n);
     INDEX_ARRAYS(ix, n_pieces, ADD_BYTES)
 #undef ADD_BYTES
     return bytes;
 }
 
-/* Keeps tok's index for the model data[0..len) (see file_cache.h). */
-static void index_cache_store(const gale_tokenizer *tok, const void *data, size_t len)
+/* The strings of m's settings into ix, one after the other (a Tekken vocabulary leaves some
+ * out: "", and its model is not restored from them). */
+static void index_model_strings(piece_index *ix, const spm_model *m)
 {
-    if (len < FILE_CACHE_MIN_BYTES)
+    gale_bytes strings = {0};
+#define APPEND_STRING(str) gale_bytes_append(&strings, (str) ? (str) : "", (str) ? strlen(str) + 1 : 1);
+    MODEL_STRINGS(m, APPEND_STRING)
+#undef APPEND_STRING
+    ix->model_strings = (char *)strings.v;
+    ix->model_strings_bytes = strings.n;
+}
+
+/* The next of the NUL-terminated strings from *at to end, copied; NULL when none is left. */
+static char *next_string(const char **at, const char *end)
+{
+    const char *nul = *at < end ? memchr(*at, 0, (size_t)(end - *at)) : NULL;
+    if (!nul)
+        return NULL;
+    char *copy = gale_xstrdup(*at);
+    *at = nul + 1;
+    return copy;
+}
+
+/* Keeps tok's index, its model's settings and the model file's SHA-256 for the model
+ * data[0..len) (see file_cache.h). */
+static void index_cache_store(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key)
+{
+    if (!key->cached)
         return;
-    const piece_index *ix = &tok->ix;
+    piece_index *ix = &tok->ix;
+    if (!tok->sha256[0])
+        gale_sha256_hex(data, len, tok->sha256);
+    memcpy(ix->sha256, tok->sha256, sizeof ix->sha256);
     size_t n_pieces = tok->model.n_pieces, total = index_body_bytes(ix, n_pieces);
     uint8_t *body = gale_xcalloc(1, total), *at = body;
-    piece_index head = *ix; /* without its pointers, so that the same model gives the same body */
+    /* the heads without their pointers, so that the same model gives the same body */
+    piece_index head;
+    memcpy(&head, ix, sizeof head);
 #define FORGET_ARRAY(array, n) array = NULL;
     INDEX_ARRAYS(&head, n_pieces, FORGET_ARRAY)
 #undef FORGET_ARRAY
     head.cache_body = NULL;
     head.cache_len = 0;
     memcpy(at, &head, sizeof head);
-    at += index_padded(sizeof *ix);
+    at += index_padded(sizeof head);
+    spm_model model;
+    memcpy(&model, &tok->model, sizeof model);
+    model.pieces = NULL;
+    model.piece_bytes = NULL;
+#define FORGET_STRING(str) str = NULL;
+    MODEL_STRINGS(&model, FORGET_STRING)
+#undef FORGET_STRING
+    memcpy(at, &model, sizeof model);
+    at += index_padded(sizeof model);
 #define COPY_ARRAY(array, n)                                                                        \
     if ((n) > 0)                                                                                    \
         memcpy(at, array, n);                                                                       \
     at += index_padded(n);
     INDEX_ARRAYS(ix, n_pieces, COPY_ARRAY)
 #undef COPY_ARRAY
-    file_cache_store(INDEX_CACHE_KIND, index_cache_version(), data, len, body, total);
+    file_cache_store(INDEX_CACHE_KIND, index_cache_version(), key, body, total);
     free(body);
 }
 
-/* tok's index from the cache of the model data[0..len); 0 when there is none for it. */
-static int index_cache_load(gale_tokenizer *tok, const void *data, size_t len)
+/* tok's index from the cache of the model file of key, and with with_model the model's
+ * settings too (tok->model holds no pieces then: what encoding and decoding read of them is in
+ * the index); 0 when there is none for it. */
+static int index_cache_load(gale_tokenizer *tok, const file_cache_key *key, int with_model)
 {
     size_t body_len;
-    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), data, len, &body_len);
+    const uint8_t *body = file_cache_load(INDEX_CACHE_KIND, index_cache_version(), key, &body_len);
     if (!body)
         return 0;
     piece_index ix;
-    if (body_len < sizeof ix || (memcpy(&ix, body, sizeof ix), index_body_bytes(&ix, tok->model.n_pieces) != body_len)) {
-        file_cache_free(body, body_len);
-        return 0;
-    }
-    const uint8_t *at = body + index_padded(sizeof ix); /* read-only, as an index is once made */
+    spm_model model;
+    size_t heads = index_padded(sizeof ix) + index_padded(sizeof model);
+    if (body_len < heads)
+        goto none;
+    memcpy(&ix, body, sizeof ix);
+    memcpy(&model, body + index_padded(sizeof ix), sizeof model);
+    if ((!with_model && model.n_pieces != tok->model.n_pieces) || index_body_bytes(&ix, model.n_pieces) != body_len)
+        goto none;
+    const uint8_t *at = body + heads; /* read-only, as an index is once made */
 #define POINT_ARRAY(array, n)                                                                       \
     array = (n) > 0 ? (void *)at : NULL;                                                            \
     at += index_padded(n);
-    INDEX_ARRAYS(&ix, tok->model.n_pieces, POINT_ARRAY)
+    INDEX_ARRAYS(&ix, model.n_pieces, POINT_ARRAY)
 #undef POINT_ARRAY
+    if (with_model) {
+        const char *strings = ix.model_strings, *end = strings + ix.model_strings_bytes;
+        int complete = 1;
+#define RESTORE_STRING(str) complete &= (str = next_string(&strings, end)) != NULL;
+        MODEL_STRINGS(&model, RESTORE_STRING)
+#undef RESTORE_STRING
+        if (!complete) {
+            spm_model_free(&model);
+            goto none;
+        }
+        tok->model = model;
+    }
     ix.cache_body = body;
     ix.cache_len = body_len;
     tok->ix = ix;
+    if (!tok->sha256[0])
+        memcpy(tok->sha256, ix.sha256, sizeof tok->sha256);
     return 1;
+none:
+    file_cache_free(body, body_len);
+    return 0;
 }
 
 static void index_free(piece_index *ix)
@@ -806,11 +953,9 @@ static void index_free(piece_index *ix)
 #undef FREE_ARRAY
 }
 
-/* tok's index of its model (parsed from data[0..len)), from the cache or made and cached. */
-static int index_model(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+/* tok's index of its model (parsed from data[0..len)), made and cached. */
+static int index_model(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key, gale_error *err)
 {
-    if (index_cache_load(tok, data, len))
-        return 0;
     if (index_pieces(tok, err) < 0)
         return -1;
     if (tok->splitter) {
@@ -819,15 +964,40 @@ static int index_model(gale_tokenizer *tok, const void *data, size_t len, gale_e
         tok->ix.split_words = words_are_independent(tok);
         index_chars(tok);
     }
-    index_cache_store(tok, data, len);
+    index_model_strings(&tok->ix, &tok->model);
+    index_cache_store(tok, data, len, key);
     return 0;
 }
 
-/* A Tekken file: its vocabulary as pieces, and its pre-tokenizer. */
-static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_error *err)
+/* A SentencePiece model: its settings and index from the cache, without parsing the file, else
+ * parsed, checked, indexed and cached. */
+static int load_sentencepiece(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key,
+                              gale_error *err)
+{
+    if (index_cache_load(tok, key, 1))
+        return 0;
+    if (spm_model_parse(data, len, tok->name, &tok->model, err) < 0 ||
+        check_model_settings(&tok->model, tok->name, err) < 0)
+        return -1;
+    return index_model(tok, data, len, key, err);
+}
+
+/* A Tekken file: its vocabulary, its pre-tokenizer and its index. With both caches valid the
+ * vocabulary's pieces are not read at all (131,072 of them: 4 MB of memory to fill), since
+ * what encoding and decoding read of them is in the index. */
+static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, const file_cache_key *key, gale_error *err)
 {
     tekken_file f;
-    int cached = tekken_cache_load(data, len, &f, tok->sha256);
+    int cached = tekken_cache_load(key, &f, tok->sha256, 0), indexed = 0, index_tried = cached;
+    if (cached) {
+        tok->model = f.vocab;
+        indexed = index_cache_load(tok, key, 0);
+        if (!indexed) { /* indexing needs the pieces */
+            spm_model_free(&tok->model);
+            tekken_file_free_pattern(&f);
+            cached = tekken_cache_load(key, &f, tok->sha256, 1);
+        }
+    }
     if (!cached && tekken_parse(data, len, tok->name, &f, err) < 0)
         return -1;
     tok->model = f.vocab;
@@ -836,9 +1006,11 @@ static int load_tekken(gale_tokenizer *tok, const void *data, size_t len, gale_e
     int rc = tok->splitter ? 0 : -1;
     if (rc == 0 && !cached) {
         gale_sha256_hex(data, len, tok->sha256);
-        tekken_cache_store(data, len, &f, tok->sha256);
+        tekken_cache_store(key, &f, tok->sha256);
     }
     tekken_file_free_pattern(&f);
+    if (rc == 0 && !indexed && (index_tried || !index_cache_load(tok, key, 0)))
+        rc = index_model(tok, data, len, key, err);
     return rc;
 }
 
@@ -847,10 +1019,10 @@ gale_tokenizer *tokenizer_load_bytes(const void *data, size_t len, const char *n
     gale_tokenizer *tok = gale_xcalloc(1, sizeof *tok);
     tok->name = gale_xstrdup(name);
     pthread_mutex_init(&tok->sha256_lock, NULL);
-    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, err)
-             : spm_model_parse(data, len, name, &tok->model, err) < 0 ? -1
-                                                                       : check_model_settings(&tok->model, name, err);
-    if (rc < 0 || index_model(tok, data, len, err) < 0) {
+    file_cache_key key = file_cache_key_of(data, len); /* one hash of the file for both caches */
+    int rc = tekken_is_json(data, len) ? load_tekken(tok, data, len, &key, err)
+                                       : load_sentencepiece(tok, data, len, &key, err);
+    if (rc < 0) {
         tokenizer_free(tok);
         return NULL;
     }
@@ -898,6 +1070,7 @@ void tokenizer_free(gale_tokenizer *tok)
 }
 
 int tokenizer_vocab_size(const gale_tokenizer *tok) { return (int)tok->model.n_pieces; }
+const uint64_t *tokenizer_id_texts(const gale_tokenizer *tok) { return tok->ix.id_texts; }
 int tokenizer_bos_id(const gale_tokenizer *tok) { return tok->bos_id; }
 int tokenizer_eos_id(const gale_tokenizer *tok) { return tok->eos_id; }
 int tokenizer_unk_id(const gale_tokenizer *tok) { return tok->ix.unk_id; }
@@ -916,11 +1089,11 @@ const char *tokenizer_sha256(const gale_tokenizer *tok)
 static int piece_id_n(const gale_tokenizer *tok, const void *piece, size_t n)
 {
     if (tok->splitter) {
-        int id = piece_table_find(&tok->ix.reserved, &tok->model, piece, n);
-        return id >= 0 ? id : piece_table_find(&tok->ix.mergeable, &tok->model, piece, n);
+        int id = piece_table_find(&tok->ix.reserved, &tok->ix, piece, n);
+        return id >= 0 ? id : piece_table_find(&tok->ix.mergeable, &tok->ix, piece, n);
     }
-    int id = piece_table_find(&tok->ix.mergeable, &tok->model, piece, n);
-    return id >= 0 ? id : piece_table_find(&tok->ix.reserved, &tok->model, piece, n);
+    int id = piece_table_find(&tok->ix.mergeable, &tok->ix, piece, n);
+    return id >= 0 ? id : piece_table_find(&tok->ix.reserved, &tok->ix, piece, n);
 }
 
 const char *const tokenizer_file_names[2] = {"tokenizer.model", "tekken.json"};
@@ -937,7 +1110,7 @@ int tokenizer_piece_id(const gale_tokenizer *tok, const char *piece)
 
 const char *tokenizer_id_piece(const gale_tokenizer *tok, int id)
 {
-    return id >= 0 && (size_t)id < tok->model.n_pieces ? tok->model.pieces[id].piece : NULL;
+    return id >= 0 && (size_t)id < tok->model.n_pieces ? piece_text(&tok->ix, id) : NULL;
 }
 
 int tokenizer_is_special(const gale_tokenizer *tok, int id)
@@ -1111,7 +1284,7 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
 {
     const gale_tokenizer *tok = e->tok;
     if (!e->pair_memo) {
-        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
+        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->ix, w + l->start, l->len + r->len);
         *score = id >= 0 ? tok->ix.scores[id] : 0;
         return id;
     }
@@ -1119,7 +1292,7 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
     pair_memo_slot *m = pair_memo_slot_of(e, key);
     if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
         m->not_key = ~key;
-        m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
+        m->id = piece_table_find(&tok->ix.mergeable, &tok->ix, w + l->start, l->len + r->len);
         m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
     }
     *score = m->score;
@@ -1301,7 +1474,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
 {
     const gale_tokenizer *tok = e->tok;
     if (tok->splitter) { /* tiktoken: a word that is a piece is that piece, whatever the merges */
-        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w, n);
+        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->ix, w, n);
         if (id >= 0) {
             gale_ids_push(out, id);
             return;
@@ -2014,8 +2187,7 @@ static void tekken_decode(const gale_tokenizer *tok, const int32_t *ids, size_t 
     gale_bytes bytes = {0};
     for (size_t i = 0; i <= n; i++) {
         if (i < n && ids[i] >= (int32_t)tok->n_special && (size_t)ids[i] < tok->model.n_pieces) {
-            const spm_piece *p = &tok->model.pieces[ids[i]];
-            gale_bytes_append(&bytes, p->piece, p->len);
+            gale_bytes_append(&bytes, piece_text(&tok->ix, ids[i]), piece_len(&tok->ix, ids[i]));
         } else {
             tekken_utf8_repair(bytes.v, bytes.n, 1, out);
             bytes.n = 0;
@@ -2039,9 +2211,9 @@ void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, g
         /* sentencepiece decodes IdToPiece then PieceToId, which matters for a piece string that
          * is both mergeable and reserved */
         if (id >= 0)
-            id = piece_id_n(tok, m->pieces[id].piece, m->pieces[id].len);
+            id = piece_id_n(tok, piece_text(&tok->ix, id), piece_len(&tok->ix, id));
         if (id >= 0 && tok->ix.types[id] == SPM_PIECE_BYTE) {
-            gale_bytes_push(&bytes, (uint8_t)byte_piece_value(&m->pieces[id]));
+            gale_bytes_push(&bytes, (uint8_t)byte_piece_value(piece_text(&tok->ix, id), piece_len(&tok->ix, id)));
             continue;
         }
         decode_bytes(&bytes, out);
@@ -2052,8 +2224,8 @@ void tokenizer_decode(const gale_tokenizer *tok, const int32_t *ids, size_t n, g
         if (id < 0 || tok->ix.types[id] == SPM_PIECE_UNKNOWN) {
             gale_bytes_append(out, m->unk_surface, strlen(m->unk_surface));
         } else if (tok->ix.types[id] != SPM_PIECE_CONTROL) {
-            const uint8_t *s = (const uint8_t *)m->pieces[id].piece;
-            size_t len = m->pieces[id].len;
+            const uint8_t *s = (const uint8_t *)piece_text(&tok->ix, id);
+            size_t len = piece_len(&tok->ix, id);
             if (expect_bos_ws && (m->normalizer.add_dummy_prefix || m->normalizer.remove_extra_whitespaces) &&
                 is_ws_at(s, len)) {
                 s += WS_LEN;

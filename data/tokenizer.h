@@ -56,6 +56,11 @@ int tokenizer_unk_id(const gale_tokenizer *tok);
 int tokenizer_piece_id(const gale_tokenizer *tok, const char *piece);
 /* The piece of an id (NUL-terminated), or NULL when out of range. */
 const char *tokenizer_id_piece(const gale_tokenizer *tok, int id);
+/* The decimal text of each id as it follows another on a line of ids: a space and the digits in
+ * the first bytes of a 64-bit word (in memory order), their count in its top byte (" 7" is
+ * 0x02...3720); kept with the tokenizer's index, so that printing ids builds nothing. NULL when
+ * the vocabulary holds more than 10^6 ids. */
+const uint64_t *tokenizer_id_texts(const gale_tokenizer *tok);
 /* 1 when id is a control or the unknown piece (<s>, </s>, <unk>, [INST], ...): what
  * transformers calls a special token; 0 otherwise. */
 int tokenizer_is_special(const gale_tokenizer *tok, int id);

@@ -9,7 +9,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   # libraries gale links against
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libzstd-dev zstd
-  libopenblas-dev libjansson-dev libyaml-dev libxxhash-dev libssl-dev zlib1g-dev libpcre2-dev
+  libopenblas-dev libjansson-dev libyaml-dev libxxhash-dev nettle-dev zlib1g-dev libpcre2-dev
   # references the tests compare against
   sentencepiece python3-sentencepiece python3-numpy python3-h5py python3-pip
   # real text for the tokenizer tests and the quick start

@@ -1,4 +1,4 @@
-/* hash: SHA-256 (OpenSSL's libcrypto) for identifying tokenizers, shards and checkpoints. */
+/* hash: SHA-256 (Nettle) for identifying tokenizers, shards and checkpoints. */
 #ifndef GALE_UTIL_HASH_H
 #define GALE_UTIL_HASH_H
 

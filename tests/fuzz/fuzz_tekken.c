@@ -5,7 +5,7 @@
  *         Tekken's own pattern), checked as fuzz_encode_check.h says. Run e.g.
  *   ./fuzz_tekken -max_total_time=60 */
 #include <jansson.h>
-#include <openssl/evp.h>
+#include <nettle/base64.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +26,10 @@ static tokenizer_encoder *enc;
 
 static json_t *vocab_entry(int rank, const void *bytes, size_t n)
 {
-    unsigned char b64[64];
-    EVP_EncodeBlock(b64, bytes, (int)n);
-    return json_pack("{s:i, s:s, s:n}", "rank", rank, "token_bytes", (char *)b64, "token_str");
+    char b64[64];
+    base64_encode_raw(b64, n, bytes);
+    b64[BASE64_ENCODE_RAW_LENGTH(n)] = 0;
+    return json_pack("{s:i, s:s, s:n}", "rank", rank, "token_bytes", b64, "token_str");
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -53,6 +53,12 @@ for damage in middle short; do
     done
     compare "$t real ids, cache damaged ($damage)" "$tekken" "$tmp/real.txt"
 done
+# the index cache damaged while the vocabulary's is valid (with both valid, the vocabulary's
+# pieces are not read): the pieces read from the vocabulary's cache and indexed again, same ids
+for c in "$XDG_CACHE_HOME"/gale/tok-index-*.bin; do
+    printf 'XXXX' | dd of="$c" bs=1 seek=$(($(stat -c %s "$c") / 2)) conv=notrunc status=none
+done
+compare "$t real ids, index cache damaged" "$tekken" "$tmp/real.txt"
 XDG_CACHE_HOME="$tmp/fresh" "$GALE_BIN" tokenize --tokenizer "$tekken" --input /dev/null
 fresh=$(ls "$tmp"/fresh/gale/tekken-*.bin)
 cmp "$fresh" "$XDG_CACHE_HOME/gale/$(basename "$fresh")" || { echo "FAIL: the damaged cache was not rewritten"; fail=1; }

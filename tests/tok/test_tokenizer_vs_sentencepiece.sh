@@ -34,20 +34,34 @@ compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tm
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
 caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
 [ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
-compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
+
+# the cache keeps the model's settings and pieces too (the file is not parsed when it is valid):
+# ids, pieces and decoded text from it
+cached() {
+    compare "v3 stress ids ($1)" "$v3" "$tmp/stress.txt" id
+    compare "v3 stress pieces ($1)" "$v3" "$tmp/stress.txt" piece --format pieces
+    spm_encode --model="$v1" --output_format=id < "$tmp/real.txt" > "$tmp/real.ids"
+    spm_decode --model="$v1" --input_format=id < "$tmp/real.ids" > "$tmp/expected"
+    "$GALE_BIN" tokenize --tokenizer "$v1" --decode --input "$tmp/real.ids" > "$tmp/actual"
+    cmp -s "$tmp/expected" "$tmp/actual" || { echo "FAIL: v1 decode ($1) differs from spm_decode"; fail=1; }
+}
+cached "index cache read"
 
 # index cache files damaged in the middle, then cut short, then of another build (the version
-# in the header): made again, same ids, rewritten
-for damage in middle short version; do
-    for c in "$XDG_CACHE_HOME"/gale/tok-index-*.bin; do
+# in the header), then another model's file under this one's name: made again, same ids,
+# pieces and text, rewritten
+for damage in middle short version foreign; do
+    files=("$XDG_CACHE_HOME"/gale/tok-index-*.bin)
+    for c in "${files[@]}"; do
         size=$(stat -c %s "$c")
         case $damage in
         middle) printf 'XXXX' | dd of="$c" bs=1 seek=$((size / 2)) conv=notrunc status=none ;;
         short) truncate -s $((size / 3)) "$c" ;;
         version) printf 'XXXX' | dd of="$c" bs=1 seek=24 conv=notrunc status=none ;;
+        foreign) [ "$c" = "${files[0]}" ] || cp "${files[0]}" "$c" ;;
         esac
     done
-    compare "v3 stress ids, index cache damaged ($damage)" "$v3" "$tmp/stress.txt" id
+    cached "index cache damaged ($damage)"
 done
 XDG_CACHE_HOME="$tmp/fresh" "$GALE_BIN" tokenize --tokenizer "$v3" --input /dev/null
 fresh=$(ls "$tmp"/fresh/gale/tok-index-*.bin)
@@ -55,12 +69,23 @@ cmp "$fresh" "$XDG_CACHE_HOME/gale/$(basename "$fresh")" || { echo "FAIL: the da
 touch "$tmp/not-a-folder" # as the cache folder's parent: nothing kept, every load indexes
 XDG_CACHE_HOME="$tmp/not-a-folder" compare "v3 stress ids, no cache folder" "$v3" "$tmp/stress.txt" id
 
-# one line longer than gale's 4 MiB batch goes through the streaming encoder; stdin input, and
-# a last line without a newline
+# one line longer than gale's batch (4 MiB, 256 KiB with one thread) goes through the streaming
+# encoder; stdin input, and a last line without a newline; the same from a file with two threads
 { for i in $(seq 12); do tr '\n' ' ' < "$tmp/real.txt"; done; echo; printf 'no newline at the end'; } > "$tmp/long.txt"
 spm_encode --model="$v3" --output_format=id < "$tmp/long.txt" > "$tmp/expected"
 "$GALE_BIN" tokenize --tokenizer "$v3" < "$tmp/long.txt" > "$tmp/actual"
 /usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, stdin" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+"$GALE_BIN" tokenize --tokenizer "$v3" --threads 2 --input "$tmp/long.txt" > "$tmp/actual"
+/usr/bin/python3 "$here/compare_lines.py" "v3 one line of $(wc -c < "$tmp/long.txt") bytes, 2 threads" "$tmp/long.txt" "$tmp/expected" "$tmp/actual" || fail=1
+# lines longer than one thread's block but shorter than a batch, between short ones: streamed
+# with one thread, encoded whole with two
+{ head -c 200000 "$tmp/real.txt" | tr '\n' ' '; echo; head -3 "$tmp/real.txt"; head -c 70000 "$tmp/stress.txt" | tr '\n' ' '; echo; } > "$tmp/mid.txt"
+compare "v3 lines of 70 and 200 KB" "$v3" "$tmp/mid.txt" id
+compare "v3 lines of 70 and 200 KB, 2 threads" "$v3" "$tmp/mid.txt" id --threads 2
+# a pipe (read as it comes) and a file (its size known) give the same output
+cat "$tmp/real.txt" | "$GALE_BIN" tokenize --tokenizer "$v3" > "$tmp/from-pipe"
+"$GALE_BIN" tokenize --tokenizer "$v3" --input "$tmp/real.txt" > "$tmp/from-file"
+cmp "$tmp/from-pipe" "$tmp/from-file" || { echo "FAIL: a pipe and a file give different ids"; fail=1; }
 
 # text of recurring spans (runs of spaces and the bytes up to the next space) at the starts of
 # lines and inside them; and with the encoders' word cache made two entries
