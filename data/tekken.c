@@ -151,7 +151,7 @@ static int parse_root(json_t *root, tekken_file *f, const char *name, gale_error
     if (!version || version[0] != 'v' || version[1] < '1' || version[1] > '9')
         return gale_fail(err, "%s: config.version must be a string \"vN\"", name);
     f->version = atoi(version + 1);
-    size_t vocab_size;
+    size_t vocab_size = 0; /* set by json_size where it succeeds; GCC does not see that */
     if (json_size(config, "default_vocab_size", &vocab_size, name, err) < 0 ||
         json_size(config, "default_num_special_tokens", &f->n_special, name, err) < 0)
         return -1;
