@@ -31,6 +31,7 @@
  * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -474,6 +475,8 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->ix.types[i] = (uint8_t)p->type;
         if (p->len == 0)
             return gale_fail(err, "%s: piece %zu is empty", name, i);
+        if (isnan(p->score)) /* sentencepiece's merge order has no place for it */
+            return gale_fail(err, "%s: piece %zu '%s' has score NaN", name, i, p->piece);
         int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->ix.mergeable : &tok->ix.reserved, m, (int32_t)i);
         if (dup >= 0)
             return gale_fail(err, "%s: piece %zu '%s' is already defined as piece %d", name, i, p->piece, dup);
@@ -1005,15 +1008,17 @@ typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
     uint32_t key;        /* char_key, or the id of the piece it is */
-    int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
-    float pair_score;    /* and its score */
     int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
 
 #define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap */
 
+/* A pair of symbols' place in sentencepiece's merge order, as one integer (pair_rank): the
+ * higher merges first. */
+typedef uint64_t merge_rank;
+
 typedef struct bpe_pair {
-    float score;
+    merge_rank rank;
     int32_t left, right;
     uint32_t len; /* of the merged piece, to tell a stale entry */
     int32_t id;   /* the merged piece */
@@ -1050,8 +1055,8 @@ typedef struct long_entry {
 
 typedef struct pair_memo_slot {
     uint64_t not_key; /* ~(left key | right key << 32): 0, as calloc leaves it, is no pair */
-    int32_t id;   /* the piece they make, or -1 */
-    float score;  /* its score */
+    int32_t id;       /* the piece they make, or -1 */
+    uint32_t order;   /* its score_order */
 } pair_memo_slot;
 
 struct tokenizer_encoder {
@@ -1073,6 +1078,10 @@ struct tokenizer_encoder {
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
     size_t symbols_cap;
+    /* bpe_merge_by_scan: the rank of the pair each symbol makes with the next one (0: none)
+     * and the piece it makes, apart from the symbols so that the scan reads them densely */
+    merge_rank scan_rank[BPE_SCAN_MAX_SYMBOLS];
+    int32_t scan_piece[BPE_SCAN_MAX_SYMBOLS];
     bpe_pair *heap;
     size_t heap_n, heap_cap;
     unused_merge *unused;
@@ -1098,15 +1107,35 @@ static pair_memo_slot *pair_memo_slot_of(const tokenizer_encoder *e, uint64_t ke
     return &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
 }
 
-/* The piece that symbols l and r of word w make (its score in *score), or -1: the lookup of
- * their concatenation (adjacent symbols are contiguous in the word), through the memo. */
+/* Score s as an unsigned integer that orders as the scores do: its bits, the negative ones
+ * reversed below the positive ones, -0 made +0 first (they are equal scores). */
+static uint32_t score_order(float s)
+{
+    uint32_t u;
+    s += 0.0f; /* -0 + 0 is +0 */
+    memcpy(&u, &s, sizeof u);
+    return u >> 31 ? ~u : u | 0x80000000u;
+}
+
+/* The rank of a pair whose left symbol is left and whose piece has score order order:
+ * sentencepiece merges the highest score first, and of equal scores the leftmost pair, so
+ * the order above and the left symbol's index reversed below. Never 0 (~left has its top bit
+ * set), which stands for no pair. */
+static merge_rank pair_rank(uint32_t order, int32_t left)
+{
+    return (merge_rank)order << 32 | (uint32_t)~left;
+}
+
+/* The piece that symbols l and r of word w make (its score_order in *order), or -1: the
+ * lookup of their concatenation (adjacent symbols are contiguous in the word), through the
+ * memo. */
 static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
-                                 float *score)
+                                 uint32_t *order)
 {
     const gale_tokenizer *tok = e->tok;
     if (!e->pair_memo) {
         int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
-        *score = id >= 0 ? tok->ix.scores[id] : 0;
+        *order = id >= 0 ? score_order(tok->ix.scores[id]) : 0;
         return id;
     }
     uint64_t key = pair_memo_key(l, r);
@@ -1114,15 +1143,15 @@ static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const b
     if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
         m->not_key = ~key;
         m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
-        m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
+        m->order = m->id >= 0 ? score_order(tok->ix.scores[m->id]) : 0;
     }
-    *score = m->score;
+    *order = m->order;
     return m->id;
 }
 
 static int pair_before(const bpe_pair *a, const bpe_pair *b)
 {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
+    return a->rank > b->rank;
 }
 
 static void heap_push(tokenizer_encoder *e, bpe_pair p)
@@ -1167,15 +1196,16 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
  * UNUSED piece, the last one winning. Inlined into its callers: it runs for each pair of each
  * word the cache misses. */
 static inline __attribute__((always_inline)) int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w,
-                                                                    int32_t l, int32_t r, float *score)
+                                                                    int32_t l, int32_t r, uint32_t *order)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
     if (sl->frozen || sr->frozen) {
-        *score = 0;
+        *order = 0;
         return -1;
     }
-    int32_t id = encoder_pair_find(e, w, sl, sr, score);
-    if (id >= 0 && e->tok->ix.has_unused && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
+    int32_t id = encoder_pair_find(e, w, sl, sr, order);
+    /* has_unused first: the same for every lookup, where id >= 0 is not */
+    if (e->tok->ix.has_unused && id >= 0 && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
             e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
@@ -1190,10 +1220,10 @@ static void bpe_queue_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, in
 {
     if (l < 0 || r < 0)
         return;
-    float score;
-    int32_t id = bpe_pair_piece(e, w, l, r, &score);
+    uint32_t order;
+    int32_t id = bpe_pair_piece(e, w, l, r, &order);
     if (id >= 0)
-        heap_push(e, (bpe_pair){score, l, r, e->symbols[l].len + e->symbols[r].len, id});
+        heap_push(e, (bpe_pair){pair_rank(order, l), l, r, e->symbols[l].len + e->symbols[r].len, id});
 }
 
 /* Symbol l absorbs its right neighbour r into the piece id. */
@@ -1225,40 +1255,45 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
     }
 }
 
-/* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
+/* Symbol l notes the piece it makes with its right neighbour r, and that pair's rank. */
 static inline __attribute__((always_inline)) void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l,
                                                                  int32_t r)
 {
-    e->symbols[l].pair = bpe_pair_piece(e, w, l, r, &e->symbols[l].pair_score);
+    uint32_t order;
+    int32_t id = bpe_pair_piece(e, w, l, r, &order);
+    e->scan_piece[l] = id;
+    e->scan_rank[l] = id >= 0 ? pair_rank(order, l) : 0;
 }
 
-/* The same merges for a short word: each symbol keeps the piece it makes with its right
- * neighbour, and each step scans them for the highest score, leftmost first. Without the
- * heap's pushes, pops and stale entries this is faster for the few symbols of most words;
- * the lookups, and so the UNUSED bookkeeping, happen in the same order as with the heap. */
+/* The same merges for a short word: each symbol keeps the rank of the pair it makes with its
+ * right neighbour, and each step takes the highest rank. Without the heap's pushes, pops and
+ * stale entries this is faster for the few symbols of most words; the lookups, and so the
+ * UNUSED bookkeeping, happen in the same order as with the heap. */
 static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count)
 {
     bpe_symbol *sym = e->symbols;
+    merge_rank *rank = e->scan_rank;
     for (size_t i = 1; i < count; i++)
         scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
-    sym[count - 1].pair = -1;
+    rank[count - 1] = 0;
     for (;;) {
-        /* symbols merged away keep pair -1, so the scan runs over the array in word order
-         * rather than along the list: no load waits on the one before */
-        int32_t best = -1;
-        for (int32_t i = 0; i < (int32_t)count; i++)
-            if (sym[i].pair >= 0 && (best < 0 || sym[i].pair_score > sym[best].pair_score))
-                best = i;
-        if (best < 0)
+        /* the maximum of the ranks, one integer each, with no branch that depends on them
+         * (which one wins is random in words the cache misses); symbols merged away keep rank
+         * 0, so the scan runs over the array rather than along the list */
+        merge_rank top = 0;
+        for (size_t i = 0; i < count; i++)
+            top = rank[i] > top ? rank[i] : top;
+        if (!top)
             break;
-        sym[sym[best].next].pair = -1;
-        bpe_merge(e, best, sym[best].next, sym[best].pair);
+        int32_t best = (int32_t)~(uint32_t)top, next = sym[best].next;
+        rank[next] = 0;
+        bpe_merge(e, best, next, e->scan_piece[best]);
         if (sym[best].prev >= 0)
             scan_set_pair(e, w, sym[best].prev, best);
         if (sym[best].next >= 0)
             scan_set_pair(e, w, best, sym[best].next);
         else
-            sym[best].pair = -1;
+            rank[best] = 0;
     }
 }
 
@@ -1309,7 +1344,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         }
         if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
             e->symbols[count] = (bpe_symbol){(uint32_t)i, 1, (int32_t)count - 1, (int32_t)count + 1,
-                                             (uint32_t)(tok->n_special + w[i]), -1, 0, 0};
+                                             (uint32_t)(tok->n_special + w[i]), 0};
             i++;
             continue;
         }
@@ -1324,7 +1359,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             key = char_key(tok, utf8_codepoint(w + i, len));
         }
         e->symbols[count] =
-            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, 0, frozen};
+            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
         i += len;
     }
     if (!count)

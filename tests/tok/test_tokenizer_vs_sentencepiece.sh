@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
 # mistral-v1.model, mistral-v3.model and variants of v1 (remove_extra_whitespaces on, UNUSED
-# pieces, no byte fallback, user-defined pieces), over real multilingual text and generated
+# pieces, no byte fallback, user-defined pieces, scores with many ties), over real multilingual text and generated
 # stress text (see gen_tokenizer_corpus.py); and the models' indexes kept on disk
 # (data/file_cache.h): the first load of a model writes its cache file, later ones read it, a
 # damaged one is made again and rewritten, an unwritable cache folder is only slower. Zero
@@ -31,8 +31,11 @@ compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp
 compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
 compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
+# merges of equal scores: leftmost first, -0.0 equal to 0.0
+compare "v1+tied scores real ids" "$tmp/ties.model" "$tmp/real.txt" id
+compare "v1+tied scores stress ids" "$tmp/ties.model" "$tmp/stress.txt" id
 caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
-[ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
+[ "$caches" -eq 7 ] || { echo "FAIL: $caches index cache files for 7 models"; fail=1; }
 compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
 
 # index cache files damaged in the middle, then cut short, then of another build (the version
