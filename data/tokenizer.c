@@ -1011,7 +1011,8 @@ typedef struct bpe_symbol {
     int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
 
-#define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap */
+#define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap (a
+                                 * multiple of 8: see bpe_merge_by_scan) */
 
 /* A pair of symbols' place in sentencepiece's merge order, as one integer (pair_rank): the
  * higher merges first. */
@@ -1262,7 +1263,24 @@ static inline __attribute__((always_inline)) void scan_set_pair(tokenizer_encode
     uint32_t order;
     int32_t id = bpe_pair_piece(e, w, l, r, &order);
     e->scan_piece[l] = id;
-    e->scan_rank[l] = id >= 0 ? pair_rank(order, l) : 0;
+    e->scan_rank[l] = pair_rank(order, l) & -(merge_rank)(id >= 0); /* whether a pair merges is random */
+}
+
+/* The highest of ranks r[0..n), n a multiple of 4 known where this is inlined: a fixed number
+ * of steps in four independent chains, with no branch that depends on the ranks (which pair
+ * wins is random in the words the cache misses) nor on how many symbols there are. */
+static inline __attribute__((always_inline)) merge_rank max_rank(const merge_rank *r, size_t n)
+{
+    merge_rank a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        a = r[i] > a ? r[i] : a;
+        b = r[i + 1] > b ? r[i + 1] : b;
+        c = r[i + 2] > c ? r[i + 2] : c;
+        d = r[i + 3] > d ? r[i + 3] : d;
+    }
+    a = b > a ? b : a;
+    c = d > c ? d : c;
+    return c > a ? c : a;
 }
 
 /* The same merges for a short word: each symbol keeps the rank of the pair it makes with its
@@ -1275,14 +1293,14 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
     merge_rank *rank = e->scan_rank;
     for (size_t i = 1; i < count; i++)
         scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
-    rank[count - 1] = 0;
+    /* ranks past the last pair are 0 up to the scan's width: symbols merged away get 0 too,
+     * so the scan runs over the array rather than along the list */
+    size_t width = count <= 8 ? 8 : count <= 16 ? 16 : BPE_SCAN_MAX_SYMBOLS;
+    for (size_t i = count - 1; i < width; i++)
+        rank[i] = 0;
     for (;;) {
-        /* the maximum of the ranks, one integer each, with no branch that depends on them
-         * (which one wins is random in words the cache misses); symbols merged away keep rank
-         * 0, so the scan runs over the array rather than along the list */
-        merge_rank top = 0;
-        for (size_t i = 0; i < count; i++)
-            top = rank[i] > top ? rank[i] : top;
+        merge_rank top = width == 8 ? max_rank(rank, 8) : width == 16 ? max_rank(rank, 16)
+                                                                      : max_rank(rank, BPE_SCAN_MAX_SYMBOLS);
         if (!top)
             break;
         int32_t best = (int32_t)~(uint32_t)top, next = sym[best].next;
@@ -1336,39 +1354,40 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             return;
         }
     }
+    if (e->symbols_cap < n) { /* a symbol is a byte at least */
+        e->symbols_cap = n < 64 ? 64 : 2 * n;
+        e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
+    }
     size_t count = 0;
     for (size_t i = 0; i < n; count++) {
-        if (count == e->symbols_cap) {
-            e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
-            e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
-        }
+        size_t len = 1;
+        uint32_t key;
+        int32_t ud;
+        int frozen = 0;
         if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
-            e->symbols[count] = (bpe_symbol){(uint32_t)i, 1, (int32_t)count - 1, (int32_t)count + 1,
-                                             (uint32_t)(tok->n_special + w[i]), 0};
-            i++;
-            continue;
-        }
-        int32_t ud = -1;
-        size_t len = tok->ix.user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
-        int frozen = len > 0;
-        uint32_t key = (uint32_t)ud;
-        if (!len) {
+            key = (uint32_t)(tok->n_special + w[i]);
+        } else if (tok->ix.user_defined_first[w[i]] && (len = user_defined_match(tok, w + i, n - i, &ud))) {
+            key = (uint32_t)ud;
+            frozen = 1;
+        } else if (w[i] < 0x80) {
+            len = 1;
+            key = char_key(tok, w[i]);
+        } else {
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
             key = char_key(tok, utf8_codepoint(w + i, len));
         }
-        e->symbols[count] =
-            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
+        bpe_symbol *sym = &e->symbols[count];
+        *sym = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
+        if (count && e->pair_memo) /* the memo slot of its first lookup, ahead of the merges */
+            __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(sym - 1, sym)));
         i += len;
     }
     if (!count)
         return;
     e->symbols[count - 1].next = -1;
     e->unused_n = 0;
-    if (e->pair_memo) /* the memo slots of the first lookups, all at once rather than one by one */
-        for (size_t i = 1; i < count; i++)
-            __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(&e->symbols[i - 1], &e->symbols[i])));
     if (count <= BPE_SCAN_MAX_SYMBOLS)
         bpe_merge_by_scan(e, w, count);
     else
