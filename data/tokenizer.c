@@ -1011,8 +1011,8 @@ typedef struct bpe_symbol {
     int frozen;          /* a user-defined piece: never merged */
 } bpe_symbol;
 
-#define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap (a
-                                 * multiple of 8: see bpe_merge_by_scan) */
+#define BPE_SCAN_MAX_SYMBOLS 64 /* words up to this many symbols merge by scanning, not a heap
+                                 * (the widest scan of bpe_merge_by_scan) */
 
 /* A pair of symbols' place in sentencepiece's merge order, as one integer (pair_rank): the
  * higher merges first. */
@@ -1295,12 +1295,14 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
         scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
     /* ranks past the last pair are 0 up to the scan's width: symbols merged away get 0 too,
      * so the scan runs over the array rather than along the list */
-    size_t width = count <= 8 ? 8 : count <= 16 ? 16 : BPE_SCAN_MAX_SYMBOLS;
+    size_t width = count <= 8 ? 8 : count <= 16 ? 16 : count <= 32 ? 32 : 64;
     for (size_t i = count - 1; i < width; i++)
         rank[i] = 0;
     for (;;) {
-        merge_rank top = width == 8 ? max_rank(rank, 8) : width == 16 ? max_rank(rank, 16)
-                                                                      : max_rank(rank, BPE_SCAN_MAX_SYMBOLS);
+        merge_rank top = width == 8    ? max_rank(rank, 8)
+                         : width == 16 ? max_rank(rank, 16)
+                         : width == 32 ? max_rank(rank, 32)
+                                       : max_rank(rank, 64);
         if (!top)
             break;
         int32_t best = (int32_t)~(uint32_t)top, next = sym[best].next;
