@@ -1127,25 +1127,36 @@ static merge_rank pair_rank(uint32_t order, int32_t left)
     return (merge_rank)order << 32 | (uint32_t)~left;
 }
 
-/* The piece that symbols l and r of word w make (its score_order in *order), or -1: the
- * lookup of their concatenation (adjacent symbols are contiguous in the word), through the
- * memo. */
-static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
-                                 uint32_t *order)
+/* The piece that symbols l and r of word w make, and its score_order: the lookup of their
+ * concatenation (adjacent symbols are contiguous in the word). */
+static int32_t pair_lookup(const gale_tokenizer *tok, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
+                           uint32_t *order)
 {
-    const gale_tokenizer *tok = e->tok;
-    if (!e->pair_memo) {
-        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
-        *order = id >= 0 ? score_order(tok->ix.scores[id]) : 0;
-        return id;
-    }
+    int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
+    *order = id >= 0 ? score_order(tok->ix.scores[id]) : 0;
+    return id;
+}
+
+/* The memo's miss: slot m takes the pair of key. */
+static __attribute__((noinline)) void pair_memo_fill(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l,
+                                                     const bpe_symbol *r, pair_memo_slot *m, uint64_t key)
+{
+    m->not_key = ~key;
+    m->id = pair_lookup(e->tok, w, l, r, &m->order);
+}
+
+/* pair_lookup through the memo; the hit inlined into the merge loops, which make a lookup or
+ * two for each merge. */
+static inline __attribute__((always_inline)) int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w,
+                                                                       const bpe_symbol *l, const bpe_symbol *r,
+                                                                       uint32_t *order)
+{
+    if (!e->pair_memo)
+        return pair_lookup(e->tok, w, l, r, order);
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
-    if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
-        m->not_key = ~key;
-        m->id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
-        m->order = m->id >= 0 ? score_order(tok->ix.scores[m->id]) : 0;
-    }
+    if (m->not_key != ~key) /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
+        pair_memo_fill(e, w, l, r, m, key);
     *order = m->order;
     return m->id;
 }
