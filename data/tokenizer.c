@@ -566,6 +566,13 @@ static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
     return key != NO_KEY ? key : (uint32_t)tok->model.n_pieces + c;
 }
 
+/* The key of a user-defined piece in a word: it never merges (see pair_lookup), and it is no
+ * character's key nor any piece's. */
+static uint32_t frozen_key(const gale_tokenizer *tok)
+{
+    return (uint32_t)tok->model.n_pieces + 0x110000u;
+}
+
 /* 1 when the characters of pair numbers a then b lie next to each other inside some mergeable
  * piece (number 0, a character in no pair, has an empty row and column). */
 static int pair_joins(const gale_tokenizer *tok, uint32_t a, uint32_t b)
@@ -1007,8 +1014,7 @@ static void word_cache_free(word_cache *c)
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    uint32_t key;        /* char_key, or the id of the piece it is */
-    int frozen;          /* a user-defined piece: never merged */
+    uint32_t key;        /* char_key, the id of the piece it is, or frozen_key */
 } bpe_symbol;
 
 #define BPE_SCAN_MAX_SYMBOLS 64 /* words up to this many symbols merge by scanning, not a heap
@@ -1132,6 +1138,10 @@ static merge_rank pair_rank(uint32_t order, int32_t left)
 static int32_t pair_lookup(const gale_tokenizer *tok, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
                            uint32_t *order)
 {
+    if (l->key == frozen_key(tok) || r->key == frozen_key(tok)) {
+        *order = 0;
+        return -1;
+    }
     int32_t id = piece_table_find(&tok->ix.mergeable, &tok->model, w + l->start, l->len + r->len);
     *order = id >= 0 ? score_order(tok->ix.scores[id]) : 0;
     return id;
@@ -1155,7 +1165,7 @@ static inline __attribute__((always_inline)) int32_t encoder_pair_find(tokenizer
         return pair_lookup(e->tok, w, l, r, order);
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
-    if (m->not_key != ~key) /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
+    if (m->not_key != ~key) /* keys are n_pieces + 0x110000 at most, < 2^32 - 1: never ~0 */
         pair_memo_fill(e, w, l, r, m, key);
     *order = m->order;
     return m->id;
@@ -1211,10 +1221,6 @@ static inline __attribute__((always_inline)) int32_t bpe_pair_piece(tokenizer_en
                                                                     int32_t l, int32_t r, uint32_t *order)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
-    if (sl->frozen || sr->frozen) {
-        *order = 0;
-        return -1;
-    }
     int32_t id = encoder_pair_find(e, w, sl, sr, order);
     /* has_unused first: the same for every lookup, where id >= 0 is not */
     if (e->tok->ix.has_unused && id >= 0 && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
@@ -1328,6 +1334,15 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
     }
 }
 
+/* gale_ids_push, without its call where there is room (most ids of a word) */
+static inline __attribute__((always_inline)) void push_id(gale_ids *out, int32_t id)
+{
+    if (out->n < out->cap)
+        out->v[out->n++] = id;
+    else
+        gale_ids_push(out, id);
+}
+
 /* Appends the ids of one final piece of word w (sentencepiece's resegment and its handling
  * of unknown pieces). */
 static void emit_piece(tokenizer_encoder *e, const uint8_t *w, uint32_t start, uint32_t len, gale_ids *out)
@@ -1376,12 +1391,10 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         size_t len = 1;
         uint32_t key;
         int32_t ud;
-        int frozen = 0;
         if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
             key = (uint32_t)(tok->n_special + w[i]);
         } else if (tok->ix.user_defined_first[w[i]] && (len = user_defined_match(tok, w + i, n - i, &ud))) {
-            key = (uint32_t)ud;
-            frozen = 1;
+            key = frozen_key(tok); /* its id comes from emit_piece */
         } else if (w[i] < 0x80) {
             len = 1;
             key = char_key(tok, w[i]);
@@ -1392,7 +1405,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             key = char_key(tok, utf8_codepoint(w + i, len));
         }
         bpe_symbol *sym = &e->symbols[count];
-        *sym = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, frozen};
+        *sym = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key};
         if (count && e->pair_memo) /* the memo slot of its first lookup, ahead of the merges */
             __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(sym - 1, sym)));
         i += len;
@@ -1408,7 +1421,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
         if (sym->key < tok->model.n_pieces && tok->ix.types[sym->key] != SPM_PIECE_UNUSED)
-            gale_ids_push(out, sym->key);
+            push_id(out, (int32_t)sym->key);
         else
             emit_piece(e, w, sym->start, sym->len, out);
     }
