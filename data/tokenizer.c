@@ -17,8 +17,9 @@
  *               (index_chars), for the same reason, and a word of one character that is a
  *               piece is its id without the cache;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
- *               the highest score merges first, leftmost on ties (a scan for short words, a
- *               binary heap for long ones); whether two symbols merge is a lookup of their
+ *               the highest score merges first, leftmost on ties: one integer per pair, its
+ *               rank, orders them (a scan of the ranks for words of up to 64 symbols, a binary
+ *               heap for longer ones); whether two symbols merge is a lookup of their
  *               concatenation among the pieces, as sentencepiece does, behind a per-encoder
  *               memo keyed by the two symbols' integer keys (nothing is built at load);
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a

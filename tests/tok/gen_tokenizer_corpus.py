@@ -138,6 +138,9 @@ def variant_models(path, rng):
         return p, 4 if i in userdef else t
     yield "user-defined.model", rewrite_model(path, make_user_defined)
     yield "ties.model", rewrite_model(path, score_fn=tied_score)
+    # and with the UNUSED pieces, which make sentencepiece merge over whole lines: the ties of
+    # long runs of symbols (the heap merge)
+    yield "ties-unused.model", rewrite_model(path, lambda i, p, t: (p, 5 if i in unused else t), score_fn=tied_score)
 
 
 def tied_score(i, score):

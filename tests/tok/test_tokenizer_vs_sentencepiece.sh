@@ -34,8 +34,9 @@ compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stre
 # merges of equal scores: leftmost first, -0.0 equal to 0.0
 compare "v1+tied scores real ids" "$tmp/ties.model" "$tmp/real.txt" id
 compare "v1+tied scores stress ids" "$tmp/ties.model" "$tmp/stress.txt" id
+compare "v1+tied scores+UNUSED pieces stress ids" "$tmp/ties-unused.model" "$tmp/stress.txt" id
 caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
-[ "$caches" -eq 7 ] || { echo "FAIL: $caches index cache files for 7 models"; fail=1; }
+[ "$caches" -eq 8 ] || { echo "FAIL: $caches index cache files for 8 models"; fail=1; }
 compare "v3 real ids (index cache read)" "$v3" "$tmp/real.txt" id
 
 # index cache files damaged in the middle, then cut short, then of another build (the version
