@@ -1304,25 +1304,21 @@ static inline __attribute__((always_inline)) merge_rank max_rank(const merge_ran
 /* The same merges for a short word: each symbol keeps the rank of the pair it makes with its
  * right neighbour, and each step takes the highest rank. Without the heap's pushes, pops and
  * stale entries this is faster for the few symbols of most words; the lookups, and so the
- * UNUSED bookkeeping, happen in the same order as with the heap. */
-static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count)
+ * UNUSED bookkeeping, happen in the same order as with the heap. The first pairs' ranks are
+ * set as the symbols are made (bpe_encode_word), top the highest of them. */
+static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count, merge_rank top)
 {
     bpe_symbol *sym = e->symbols;
     merge_rank *rank = e->scan_rank;
-    for (size_t i = 1; i < count; i++)
-        scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
     /* ranks past the last pair are 0 up to the scan's width: symbols merged away get 0 too,
      * so the scan runs over the array rather than along the list */
     size_t width = count <= 8 ? 8 : count <= 16 ? 16 : count <= 32 ? 32 : 64;
     for (size_t i = count - 1; i < width; i++)
         rank[i] = 0;
-    for (;;) {
-        merge_rank top = width == 8    ? max_rank(rank, 8)
-                         : width == 16 ? max_rank(rank, 16)
-                         : width == 32 ? max_rank(rank, 32)
-                                       : max_rank(rank, 64);
-        if (!top)
-            break;
+    for (; top; top = width == 8    ? max_rank(rank, 8)
+                      : width == 16 ? max_rank(rank, 16)
+                      : width == 32 ? max_rank(rank, 32)
+                                    : max_rank(rank, 64)) {
         int32_t best = (int32_t)~(uint32_t)top, next = sym[best].next;
         rank[next] = 0;
         bpe_merge(e, best, next, e->scan_piece[best]);
@@ -1387,7 +1383,9 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         e->symbols_cap = n < 64 ? 64 : 2 * n;
         e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
     }
+    e->unused_n = 0;
     size_t count = 0;
+    merge_rank top = 0;
     for (size_t i = 0; i < n; count++) {
         size_t len = 1;
         uint32_t key;
@@ -1407,18 +1405,21 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         }
         bpe_symbol *sym = &e->symbols[count];
         *sym = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key};
-        if (count && e->pair_memo) /* the memo slot of its first lookup, ahead of the merges */
-            __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(sym - 1, sym)));
+        if (count && count < BPE_SCAN_MAX_SYMBOLS) { /* the scan's first pairs, in this loop */
+            scan_set_pair(e, w, (int32_t)count - 1, (int32_t)count);
+            top = e->scan_rank[count - 1] > top ? e->scan_rank[count - 1] : top;
+        }
         i += len;
     }
     if (!count)
         return;
     e->symbols[count - 1].next = -1;
-    e->unused_n = 0;
-    if (count <= BPE_SCAN_MAX_SYMBOLS)
-        bpe_merge_by_scan(e, w, count);
-    else
+    if (count <= BPE_SCAN_MAX_SYMBOLS) {
+        bpe_merge_by_scan(e, w, count, top);
+    } else {
+        e->unused_n = 0; /* the heap makes the first lookups again */
         bpe_merge_with_heap(e, w, count);
+    }
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
         if (sym->key < tok->model.n_pieces && tok->ix.types[sym->key] != SPM_PIECE_UNUSED)
