@@ -1395,7 +1395,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         } else if (tok->ix.user_defined_first[w[i]] && (len = user_defined_match(tok, w + i, n - i, &ud))) {
             key = frozen_key(tok); /* its id comes from emit_piece */
         } else if (w[i] < 0x80) {
-            len = 1;
+            len = 1; /* user_defined_match may have left 0 */
             key = char_key(tok, w[i]);
         } else {
             len = lead_byte_len(w[i]);
