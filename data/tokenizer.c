@@ -1310,11 +1310,10 @@ static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t cou
 {
     bpe_symbol *sym = e->symbols;
     merge_rank *rank = e->scan_rank;
-    /* ranks past the last pair are 0 up to the scan's width: symbols merged away get 0 too,
-     * so the scan runs over the array rather than along the list */
+    /* ranks past the last pair are 0 (all are between words: each word's scan ends when the
+     * highest is 0), and symbols merged away get 0, so the scan runs over the array up to a
+     * fixed width rather than along the list */
     size_t width = count <= 8 ? 8 : count <= 16 ? 16 : count <= 32 ? 32 : 64;
-    for (size_t i = count - 1; i < width; i++)
-        rank[i] = 0;
     for (; top; top = width == 8    ? max_rank(rank, 8)
                       : width == 16 ? max_rank(rank, 16)
                       : width == 32 ? max_rank(rank, 32)
@@ -1418,6 +1417,7 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
         bpe_merge_by_scan(e, w, count, top);
     } else {
         e->unused_n = 0; /* the heap makes the first lookups again */
+        memset(e->scan_rank, 0, sizeof e->scan_rank);
         bpe_merge_with_heap(e, w, count);
     }
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
