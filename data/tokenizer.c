@@ -17,8 +17,9 @@
  *               (index_chars), for the same reason, and a word of one character that is a
  *               piece is its id without the cache;
  *   BPE         sentencepiece's merge loop: the adjacent pair whose concatenation is a piece with
- *               the highest score merges first, leftmost on ties (a scan for short words, a
- *               binary heap for long ones); whether two symbols merge is a lookup of their
+ *               the highest score merges first, leftmost on ties: one integer per pair, its
+ *               rank, orders them (a scan of the ranks for words of up to 64 symbols, a binary
+ *               heap for longer ones); whether two symbols merge is a lookup of their
  *               concatenation among the pieces, as sentencepiece does, behind a per-encoder
  *               memo keyed by the two symbols' integer keys (nothing is built at load);
  *   ids         pieces to ids; UNUSED pieces split back into the pair that made them; a
@@ -31,6 +32,7 @@
  * over its bytes with score -rank; the word cache and queue as above. */
 #include "data/tokenizer.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -549,6 +551,8 @@ static int index_pieces(gale_tokenizer *tok, gale_error *err)
         tok->ix.types[i] = (uint8_t)p->type;
         if (p->len == 0)
             return gale_fail(err, "%s: piece %zu is empty", name, i);
+        if (isnan(p->score)) /* sentencepiece's merge order has no place for it */
+            return gale_fail(err, "%s: piece %zu '%s' has score NaN", name, i, p->piece);
         int32_t dup = piece_table_insert(is_mergeable(p->type) ? &tok->ix.mergeable : &tok->ix.reserved, &tok->ix, m,
                                          (int32_t)i);
         if (dup >= 0)
@@ -637,6 +641,13 @@ static uint32_t char_key(const gale_tokenizer *tok, uint32_t c)
 {
     uint32_t key = char_entry_of(tok, c)->key;
     return key != NO_KEY ? key : (uint32_t)tok->model.n_pieces + c;
+}
+
+/* The key of a user-defined piece in a word: it never merges (see pair_lookup), and it is no
+ * character's key nor any piece's. */
+static uint32_t frozen_key(const gale_tokenizer *tok)
+{
+    return (uint32_t)tok->model.n_pieces + 0x110000u;
 }
 
 /* 1 when the characters of pair numbers a then b lie next to each other inside some mergeable
@@ -1183,16 +1194,18 @@ static void word_cache_free(word_cache *c)
 typedef struct bpe_symbol {
     uint32_t start, len; /* bytes of the word; len 0 once merged into its left neighbour */
     int32_t prev, next;
-    uint32_t key;        /* char_key, or the id of the piece it is */
-    int32_t pair;        /* bpe_merge_by_scan: the piece made with the next symbol, or -1 */
-    float pair_score;    /* and its score */
-    int frozen;          /* a user-defined piece: never merged */
+    uint32_t key;        /* char_key, the id of the piece it is, or frozen_key */
 } bpe_symbol;
 
-#define BPE_SCAN_MAX_SYMBOLS 24 /* words up to this many symbols merge by scanning, not a heap */
+#define BPE_SCAN_MAX_SYMBOLS 64 /* words up to this many symbols merge by scanning, not a heap
+                                 * (the widest scan of bpe_merge_by_scan) */
+
+/* A pair of symbols' place in sentencepiece's merge order, as one integer (pair_rank): the
+ * higher merges first. */
+typedef uint64_t merge_rank;
 
 typedef struct bpe_pair {
-    float score;
+    merge_rank rank;
     int32_t left, right;
     uint32_t len; /* of the merged piece, to tell a stale entry */
     int32_t id;   /* the merged piece */
@@ -1229,8 +1242,8 @@ typedef struct long_entry {
 
 typedef struct pair_memo_slot {
     uint64_t not_key; /* ~(left key | right key << 32): 0, as calloc leaves it, is no pair */
-    int32_t id;   /* the piece they make, or -1 */
-    float score;  /* its score */
+    int32_t id;       /* the piece they make, or -1 */
+    uint32_t order;   /* its score_order */
 } pair_memo_slot;
 
 struct tokenizer_encoder {
@@ -1252,6 +1265,10 @@ struct tokenizer_encoder {
     /* scratch of one word's BPE */
     bpe_symbol *symbols;
     size_t symbols_cap;
+    /* bpe_merge_by_scan: the rank of the pair each symbol makes with the next one (0: none)
+     * and the piece it makes, apart from the symbols so that the scan reads them densely */
+    merge_rank scan_rank[BPE_SCAN_MAX_SYMBOLS];
+    int32_t scan_piece[BPE_SCAN_MAX_SYMBOLS];
     bpe_pair *heap;
     size_t heap_n, heap_cap;
     unused_merge *unused;
@@ -1277,31 +1294,66 @@ static pair_memo_slot *pair_memo_slot_of(const tokenizer_encoder *e, uint64_t ke
     return &e->pair_memo[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_MEMO_BITS)];
 }
 
-/* The piece that symbols l and r of word w make (its score in *score), or -1: the lookup of
- * their concatenation (adjacent symbols are contiguous in the word), through the memo. */
-static int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
-                                 float *score)
+/* Score s as an unsigned integer that orders as the scores do: its bits, the negative ones
+ * reversed below the positive ones, -0 made +0 first (they are equal scores). */
+static uint32_t score_order(float s)
 {
-    const gale_tokenizer *tok = e->tok;
-    if (!e->pair_memo) {
-        int32_t id = piece_table_find(&tok->ix.mergeable, &tok->ix, w + l->start, l->len + r->len);
-        *score = id >= 0 ? tok->ix.scores[id] : 0;
-        return id;
+    uint32_t u;
+    s += 0.0f; /* -0 + 0 is +0 */
+    memcpy(&u, &s, sizeof u);
+    return u >> 31 ? ~u : u | 0x80000000u;
+}
+
+/* The rank of a pair whose left symbol is left and whose piece has score order order:
+ * sentencepiece merges the highest score first, and of equal scores the leftmost pair, so
+ * the order above and the left symbol's index reversed below. Never 0 (~left has its top bit
+ * set), which stands for no pair. */
+static merge_rank pair_rank(uint32_t order, int32_t left)
+{
+    return (merge_rank)order << 32 | (uint32_t)~left;
+}
+
+/* The piece that symbols l and r of word w make, and its score_order: the lookup of their
+ * concatenation (adjacent symbols are contiguous in the word). */
+static int32_t pair_lookup(const gale_tokenizer *tok, const uint8_t *w, const bpe_symbol *l, const bpe_symbol *r,
+                           uint32_t *order)
+{
+    if (l->key == frozen_key(tok) || r->key == frozen_key(tok)) {
+        *order = 0;
+        return -1;
     }
+    int32_t id = piece_table_find(&tok->ix.mergeable, &tok->ix, w + l->start, l->len + r->len);
+    *order = id >= 0 ? score_order(tok->ix.scores[id]) : 0;
+    return id;
+}
+
+/* The memo's miss: slot m takes the pair of key. */
+static __attribute__((noinline)) void pair_memo_fill(tokenizer_encoder *e, const uint8_t *w, const bpe_symbol *l,
+                                                     const bpe_symbol *r, pair_memo_slot *m, uint64_t key)
+{
+    m->not_key = ~key;
+    m->id = pair_lookup(e->tok, w, l, r, &m->order);
+}
+
+/* pair_lookup through the memo; the hit inlined into the merge loops, which make a lookup or
+ * two for each merge. */
+static inline __attribute__((always_inline)) int32_t encoder_pair_find(tokenizer_encoder *e, const uint8_t *w,
+                                                                       const bpe_symbol *l, const bpe_symbol *r,
+                                                                       uint32_t *order)
+{
+    if (!e->pair_memo)
+        return pair_lookup(e->tok, w, l, r, order);
     uint64_t key = pair_memo_key(l, r);
     pair_memo_slot *m = pair_memo_slot_of(e, key);
-    if (m->not_key != ~key) { /* keys are below n_pieces + 0x110000 < 2^32 - 1: never ~0 */
-        m->not_key = ~key;
-        m->id = piece_table_find(&tok->ix.mergeable, &tok->ix, w + l->start, l->len + r->len);
-        m->score = m->id >= 0 ? tok->ix.scores[m->id] : 0;
-    }
-    *score = m->score;
+    if (m->not_key != ~key) /* keys are n_pieces + 0x110000 at most, < 2^32 - 1: never ~0 */
+        pair_memo_fill(e, w, l, r, m, key);
+    *order = m->order;
     return m->id;
 }
 
 static int pair_before(const bpe_pair *a, const bpe_pair *b)
 {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
+    return a->rank > b->rank;
 }
 
 static void heap_push(tokenizer_encoder *e, bpe_pair p)
@@ -1346,15 +1398,12 @@ static bpe_pair heap_pop(tokenizer_encoder *e)
  * UNUSED piece, the last one winning. Inlined into its callers: it runs for each pair of each
  * word the cache misses. */
 static inline __attribute__((always_inline)) int32_t bpe_pair_piece(tokenizer_encoder *e, const uint8_t *w,
-                                                                    int32_t l, int32_t r, float *score)
+                                                                    int32_t l, int32_t r, uint32_t *order)
 {
     const bpe_symbol *sl = &e->symbols[l], *sr = &e->symbols[r];
-    if (sl->frozen || sr->frozen) {
-        *score = 0;
-        return -1;
-    }
-    int32_t id = encoder_pair_find(e, w, sl, sr, score);
-    if (id >= 0 && e->tok->ix.has_unused && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
+    int32_t id = encoder_pair_find(e, w, sl, sr, order);
+    /* has_unused first: the same for every lookup, where id >= 0 is not */
+    if (e->tok->ix.has_unused && id >= 0 && e->tok->ix.types[id] == SPM_PIECE_UNUSED) {
         if (e->unused_n == e->unused_cap) {
             e->unused_cap = e->unused_cap ? 2 * e->unused_cap : 16;
             e->unused = gale_xrealloc(e->unused, e->unused_cap * sizeof *e->unused);
@@ -1369,10 +1418,10 @@ static void bpe_queue_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l, in
 {
     if (l < 0 || r < 0)
         return;
-    float score;
-    int32_t id = bpe_pair_piece(e, w, l, r, &score);
+    uint32_t order;
+    int32_t id = bpe_pair_piece(e, w, l, r, &order);
     if (id >= 0)
-        heap_push(e, (bpe_pair){score, l, r, e->symbols[l].len + e->symbols[r].len, id});
+        heap_push(e, (bpe_pair){pair_rank(order, l), l, r, e->symbols[l].len + e->symbols[r].len, id});
 }
 
 /* Symbol l absorbs its right neighbour r into the piece id. */
@@ -1404,41 +1453,69 @@ static void bpe_merge_with_heap(tokenizer_encoder *e, const uint8_t *w, size_t c
     }
 }
 
-/* Symbol l notes the piece it makes with its right neighbour r, and that piece's score. */
+/* Symbol l notes the piece it makes with its right neighbour r, and that pair's rank. */
 static inline __attribute__((always_inline)) void scan_set_pair(tokenizer_encoder *e, const uint8_t *w, int32_t l,
                                                                  int32_t r)
 {
-    e->symbols[l].pair = bpe_pair_piece(e, w, l, r, &e->symbols[l].pair_score);
+    uint32_t order;
+    int32_t id = bpe_pair_piece(e, w, l, r, &order);
+    e->scan_piece[l] = id;
+    e->scan_rank[l] = pair_rank(order, l) & -(merge_rank)(id >= 0); /* whether a pair merges is random */
 }
 
-/* The same merges for a short word: each symbol keeps the piece it makes with its right
- * neighbour, and each step scans them for the highest score, leftmost first. Without the
- * heap's pushes, pops and stale entries this is faster for the few symbols of most words;
- * the lookups, and so the UNUSED bookkeeping, happen in the same order as with the heap. */
-static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count)
+/* The highest of ranks r[0..n), n a multiple of 4 known where this is inlined: a fixed number
+ * of steps in four independent chains, with no branch that depends on the ranks (which pair
+ * wins is random in the words the cache misses) nor on how many symbols there are. */
+static inline __attribute__((always_inline)) merge_rank max_rank(const merge_rank *r, size_t n)
+{
+    merge_rank a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        a = r[i] > a ? r[i] : a;
+        b = r[i + 1] > b ? r[i + 1] : b;
+        c = r[i + 2] > c ? r[i + 2] : c;
+        d = r[i + 3] > d ? r[i + 3] : d;
+    }
+    a = b > a ? b : a;
+    c = d > c ? d : c;
+    return c > a ? c : a;
+}
+
+/* The same merges for a short word: each symbol keeps the rank of the pair it makes with its
+ * right neighbour, and each step takes the highest rank. Without the heap's pushes, pops and
+ * stale entries this is faster for the few symbols of most words; the lookups, and so the
+ * UNUSED bookkeeping, happen in the same order as with the heap. The first pairs' ranks are
+ * set as the symbols are made (bpe_encode_word), top the highest of them. */
+static void bpe_merge_by_scan(tokenizer_encoder *e, const uint8_t *w, size_t count, merge_rank top)
 {
     bpe_symbol *sym = e->symbols;
-    for (size_t i = 1; i < count; i++)
-        scan_set_pair(e, w, (int32_t)i - 1, (int32_t)i);
-    sym[count - 1].pair = -1;
-    for (;;) {
-        /* symbols merged away keep pair -1, so the scan runs over the array in word order
-         * rather than along the list: no load waits on the one before */
-        int32_t best = -1;
-        for (int32_t i = 0; i < (int32_t)count; i++)
-            if (sym[i].pair >= 0 && (best < 0 || sym[i].pair_score > sym[best].pair_score))
-                best = i;
-        if (best < 0)
-            break;
-        sym[sym[best].next].pair = -1;
-        bpe_merge(e, best, sym[best].next, sym[best].pair);
+    merge_rank *rank = e->scan_rank;
+    /* ranks past the last pair are 0 (all are between words: each word's scan ends when the
+     * highest is 0), and symbols merged away get 0, so the scan runs over the array up to a
+     * fixed width rather than along the list */
+    size_t width = count <= 8 ? 8 : count <= 16 ? 16 : count <= 32 ? 32 : 64;
+    for (; top; top = width == 8    ? max_rank(rank, 8)
+                      : width == 16 ? max_rank(rank, 16)
+                      : width == 32 ? max_rank(rank, 32)
+                                    : max_rank(rank, 64)) {
+        int32_t best = (int32_t)~(uint32_t)top, next = sym[best].next;
+        rank[next] = 0;
+        bpe_merge(e, best, next, e->scan_piece[best]);
         if (sym[best].prev >= 0)
             scan_set_pair(e, w, sym[best].prev, best);
         if (sym[best].next >= 0)
             scan_set_pair(e, w, best, sym[best].next);
         else
-            sym[best].pair = -1;
+            rank[best] = 0;
     }
+}
+
+/* gale_ids_push, without its call where there is room (most ids of a word) */
+static inline __attribute__((always_inline)) void push_id(gale_ids *out, int32_t id)
+{
+    if (out->n < out->cap)
+        out->v[out->n++] = id;
+    else
+        gale_ids_push(out, id);
 }
 
 /* Appends the ids of one final piece of word w (sentencepiece's resegment and its handling
@@ -1480,47 +1557,52 @@ static void bpe_encode_word(tokenizer_encoder *e, const uint8_t *w, size_t n, ga
             return;
         }
     }
+    if (e->symbols_cap < n) { /* a symbol is a byte at least */
+        e->symbols_cap = n < 64 ? 64 : 2 * n;
+        e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
+    }
+    e->unused_n = 0;
     size_t count = 0;
+    merge_rank top = 0;
     for (size_t i = 0; i < n; count++) {
-        if (count == e->symbols_cap) {
-            e->symbols_cap = e->symbols_cap ? 2 * e->symbols_cap : 64;
-            e->symbols = gale_xrealloc(e->symbols, e->symbols_cap * sizeof *e->symbols);
-        }
+        size_t len = 1;
+        uint32_t key;
+        int32_t ud;
         if (tok->splitter) { /* byte-level BPE: every byte is a symbol and a piece */
-            e->symbols[count] = (bpe_symbol){(uint32_t)i, 1, (int32_t)count - 1, (int32_t)count + 1,
-                                             (uint32_t)(tok->n_special + w[i]), -1, 0, 0};
-            i++;
-            continue;
-        }
-        int32_t ud = -1;
-        size_t len = tok->ix.user_defined_first[w[i]] ? user_defined_match(tok, w + i, n - i, &ud) : 0;
-        int frozen = len > 0;
-        uint32_t key = (uint32_t)ud;
-        if (!len) {
+            key = (uint32_t)(tok->n_special + w[i]);
+        } else if (tok->ix.user_defined_first[w[i]] && (len = user_defined_match(tok, w + i, n - i, &ud))) {
+            key = frozen_key(tok); /* its id comes from emit_piece */
+        } else if (w[i] < 0x80) {
+            len = 1; /* user_defined_match may have left 0 */
+            key = char_key(tok, w[i]);
+        } else {
             len = lead_byte_len(w[i]);
             if (len > n - i)
                 len = n - i;
             key = char_key(tok, utf8_codepoint(w + i, len));
         }
-        e->symbols[count] =
-            (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key, -1, 0, frozen};
+        bpe_symbol *sym = &e->symbols[count];
+        *sym = (bpe_symbol){(uint32_t)i, (uint32_t)len, (int32_t)count - 1, (int32_t)count + 1, key};
+        if (count && count < BPE_SCAN_MAX_SYMBOLS) { /* the scan's first pairs, in this loop */
+            scan_set_pair(e, w, (int32_t)count - 1, (int32_t)count);
+            top = e->scan_rank[count - 1] > top ? e->scan_rank[count - 1] : top;
+        }
         i += len;
     }
     if (!count)
         return;
     e->symbols[count - 1].next = -1;
-    e->unused_n = 0;
-    if (e->pair_memo) /* the memo slots of the first lookups, all at once rather than one by one */
-        for (size_t i = 1; i < count; i++)
-            __builtin_prefetch(pair_memo_slot_of(e, pair_memo_key(&e->symbols[i - 1], &e->symbols[i])));
-    if (count <= BPE_SCAN_MAX_SYMBOLS)
-        bpe_merge_by_scan(e, w, count);
-    else
+    if (count <= BPE_SCAN_MAX_SYMBOLS) {
+        bpe_merge_by_scan(e, w, count, top);
+    } else {
+        e->unused_n = 0; /* the heap makes the first lookups again */
+        memset(e->scan_rank, 0, sizeof e->scan_rank);
         bpe_merge_with_heap(e, w, count);
+    }
     for (int32_t i = 0; i >= 0; i = e->symbols[i].next) {
         const bpe_symbol *sym = &e->symbols[i];
         if (sym->key < tok->model.n_pieces && tok->ix.types[sym->key] != SPM_PIECE_UNUSED)
-            gale_ids_push(out, sym->key);
+            push_id(out, (int32_t)sym->key);
         else
             emit_piece(e, w, sym->start, sym->len, out);
     }

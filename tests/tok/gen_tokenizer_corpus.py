@@ -96,16 +96,21 @@ def enc_field(number, value):
     return enc_varint(number << 3 | 2) + enc_varint(len(value)) + value
 
 
-def rewrite_model(path, piece_fn=None, trainer_set=None):
-    """The model bytes with each piece (index, bytes, type) replaced by piece_fn's (bytes, type)
-    and the varint fields of trainer_set {number: value} replaced in trainer_spec."""
+def rewrite_model(path, piece_fn=None, trainer_set=None, score_fn=None):
+    """The model bytes with each piece (index, bytes, type) replaced by piece_fn's (bytes, type),
+    each score by score_fn(index, score)'s, and the varint fields of trainer_set {number: value}
+    replaced in trainer_spec."""
     out = bytearray()
     index = 0
     for f, w, v, raw in fields(open(path, "rb").read()):
-        if f == 1 and piece_fn:
+        if f == 1 and (piece_fn or score_fn):
             p = {ff: (vv, rr) for ff, _, vv, rr in fields(v)}
-            piece, ptype = piece_fn(index, p[1][0], p[3][0] if 3 in p else 1)
-            body = enc_field(1, piece) + (p[2][1] if 2 in p else b"") + enc_field(3, ptype)
+            piece, ptype = (piece_fn or (lambda i, p, t: (p, t)))(index, p[1][0], p[3][0] if 3 in p else 1)
+            score = p[2][1] if 2 in p else b""
+            if score_fn:
+                old = struct.unpack("<f", p[2][0])[0] if 2 in p else 0.0
+                score = enc_varint(2 << 3 | 5) + struct.pack("<f", score_fn(index, old))
+            body = enc_field(1, piece) + score + enc_field(3, ptype)
             out += enc_field(1, body)
             index += 1
         elif f == 2 and trainer_set:
@@ -142,6 +147,18 @@ def variant_models(path, rng):
     # user-defined pieces without spaces, which leave spans independent: the span cache beside them
     ud_spans = {i for i, (p, t) in enumerate(pieces) if p in ("\u2581the".encode(), b"ing", b"[", b"Zz", b"<")}
     yield "user-defined-no-space.model", rewrite_model(path, lambda i, p, t: (p, 4 if i in ud_spans else t))
+    yield "ties.model", rewrite_model(path, score_fn=tied_score)
+    # and with the UNUSED pieces, which make sentencepiece merge over whole lines: the ties of
+    # long runs of symbols (the heap merge)
+    yield "ties-unused.model", rewrite_model(path, lambda i, p, t: (p, 5 if i in unused else t), score_fn=tied_score)
+
+
+def tied_score(i, score):
+    """Scores with many ties, for the tie-breaks of the merge order: the best 300 pieces all
+    0.0 or -0.0 (equal, as sentencepiece compares them), the others in groups of 64."""
+    if score > -302:
+        return -0.0 if i % 2 else 0.0
+    return float(int(score) // 64 * 64)
 
 
 def with_remove_extra_whitespaces(path):
@@ -299,6 +316,14 @@ def stress_corpus(rng, pieces):
     dat = open("/usr/share/games/fortunes/fortunes.dat", "rb").read()[:20000] if os.path.exists(
         "/usr/share/games/fortunes/fortunes.dat") else b""
     lines += dat.split(b"\n")
+    # long words of pieces (more symbols than the merge's scan takes; the scan and the heap
+    # must merge in the same order), from a generator of their own so that the lines above and
+    # the variant models stay as they were
+    inner = [p for p in normal if not p.startswith("\u2581".encode())]
+    words = random.Random(SEED + 1)
+    for _ in range(400):
+        lines.append(b" ".join(b"".join(words.choice(inner) for _ in range(words.randint(8, 40)))
+                               for _ in range(words.randint(1, 4))))
     return [l.replace(b"\n", b" ") for l in lines]
 
 

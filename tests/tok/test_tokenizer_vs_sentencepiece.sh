@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # gale tokenize against sentencepiece 0.1.97 (Debian's spm_encode), id for id, with
 # mistral-v1.model, mistral-v3.model and variants of v1 (remove_extra_whitespaces on, UNUSED
-# pieces, no byte fallback, user-defined pieces with and without spaces), over real
-# multilingual text and generated stress and span text (see gen_tokenizer_corpus.py), also with
-# the encoders' word cache made tiny; and the models' indexes kept on disk
+# pieces, no byte fallback, user-defined pieces with and without spaces, scores with many ties),
+# over real multilingual text and generated stress and span text (see gen_tokenizer_corpus.py),
+# also with the encoders' word cache made tiny; and the models' indexes kept on disk
 # (data/file_cache.h): the first load of a model writes its cache file, later ones read it, a
 # damaged one is made again and rewritten, an unwritable cache folder is only slower. Zero
 # mismatches is the only pass.
@@ -32,8 +32,12 @@ compare "v1+remove_extra_whitespaces stress ids" "$tmp/remove-extra.model" "$tmp
 compare "v1+UNUSED pieces stress ids" "$tmp/unused.model" "$tmp/stress.txt" id
 compare "v1 without byte fallback stress ids" "$tmp/no-byte-fallback.model" "$tmp/stress.txt" id
 compare "v1+user-defined pieces stress ids" "$tmp/user-defined.model" "$tmp/stress.txt" id
+# merges of equal scores: leftmost first, -0.0 equal to 0.0
+compare "v1+tied scores real ids" "$tmp/ties.model" "$tmp/real.txt" id
+compare "v1+tied scores stress ids" "$tmp/ties.model" "$tmp/stress.txt" id
+compare "v1+tied scores+UNUSED pieces stress ids" "$tmp/ties-unused.model" "$tmp/stress.txt" id
 caches=$( (find "$XDG_CACHE_HOME/gale" -name "tok-index-*.bin" 2>/dev/null || true) | wc -l)
-[ "$caches" -eq 6 ] || { echo "FAIL: $caches index cache files for 6 models"; fail=1; }
+[ "$caches" -eq 8 ] || { echo "FAIL: $caches index cache files for 8 models"; fail=1; }
 
 # the cache keeps the model's settings and pieces too (the file is not parsed when it is valid):
 # ids, pieces and decoded text from it

@@ -4,6 +4,7 @@
  * (empty, truncated at many offsets, random bytes, a PNG, bit flips, hand-made models that are
  * unigram, use another normaliser or break the piece rules) are errors naming the file, never
  * a crash. */
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -347,6 +348,16 @@ static void test_hand_made_models(void)
     pb_int(&spec, 35, 1);
     pb_len(&b, 2, spec.v, spec.n); /* a second trainer_spec merges into the first, as in protobuf */
     expect_refused(b.v, b.n, "missing byte pieces", "<0x00> is missing");
+    /* a score that has no place in the merge order */
+    b.n = 0;
+    pb_piece(&b, "<unk>", 0, 2);
+    pb_piece(&b, "a", 0, 1);
+    pb_piece(&b, "aa", NAN, 1);
+    spec.n = 0;
+    pb_int(&spec, 3, 2);
+    pb_len(&b, 2, spec.v, spec.n);
+    pb_len(&b, 3, "", 0);
+    expect_refused(b.v, b.n, "NaN score", "score NaN");
     gale_bytes_free(&spec);
     gale_bytes_free(&b);
 }
