@@ -32,11 +32,12 @@ char *gale_read_file(const char *path, size_t *len, gale_error *err)
         if (got == 0)
             break;
     }
-    int bad = ferror(f);
+    int bad = ferror(f), saved = errno; /* "Is a directory", an I/O error: the reason, not just the fact */
     fclose(f);
     if (bad) {
         free(buf);
-        gale_fail(err, "%s: read error", path);
+        errno = saved;
+        gale_fail_errno(err, "%s: read error", path);
         return NULL;
     }
     buf[n] = 0;

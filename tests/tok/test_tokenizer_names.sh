@@ -57,4 +57,7 @@ done
 # errors name what was asked for
 if "$GALE_BIN" tokenize --tokenizer mistral-v9 < "$tmp/text" 2> "$tmp/err"; then echo "FAIL: accepted mistral-v9"; exit 1; fi
 grep -q "mistral-v9" "$tmp/err" && grep -q "mistral-v1, mistral-v3" "$tmp/err" || { cat "$tmp/err"; exit 1; }
+# a folder given as the tokenizer: the file and the reason
+if "$GALE_BIN" tokenize --tokenizer "$tmp" < "$tmp/text" 2> "$tmp/err"; then echo "FAIL: accepted a folder"; exit 1; fi
+grep -q "$tmp: read error: Is a directory" "$tmp/err" || { cat "$tmp/err"; echo "FAIL: no reason for a folder"; exit 1; }
 echo "tokenizer names: mistral-common's files are ../shared's; by name = by path; GALE_TOKENIZERS first; prepare -> train"
