@@ -26,6 +26,10 @@
  * of 262 rows took 8% more CPU in the head's three products than one of 1024 (45 ms a step). */
 #define HEAD_CHUNK_FLOATS (32u << 20)
 
+/* Int32 arrays of a micro-batch staged for upload (upload_batch): tokens, positions, targets,
+ * segments, the valid rows and their targets. */
+#define STAGED_ARRAYS 6
+
 /* Order of a layer's tensors in the layout (model_layout_build). */
 enum { W_LN1, W_Q, W_K, W_V, W_O, W_LN2, W_GATE, W_UP, W_DOWN };
 enum { W_ROUTER = 6, W_EXPERT0 = 7 };  /* expert e: W_EXPERT0 + 3e + {0: w1, 1: w2, 2: w3} */
@@ -80,6 +84,12 @@ struct model {
     float *logits;                      /* [rows, V] after model_forward (own buffer) */
     int32_t *tokens, *targets, *positions, *segments;
     int has_segments;
+    /* the rows with a target, ascending, and their targets: the head runs on these alone when
+     * some are ignored (head_forward_backward) */
+    int32_t *valid_rows, *valid_targets;
+    int n_valid;
+    int head_gathers;                   /* the backend runs moe_gather and moe_scatter_add */
+    int head_all_rows;                  /* model_set_head_all_rows (tests) */
     float *dx, *dh, *datt, *dq, *dk, *dv, *tmp_a, *tmp_b, *tmp_c, *xe, *dxe, *dye, *dtopk_w;
     float *router_scratch, *head_chunk;
     float *dprobs_const;                /* [layers][E]: d(router losses)/d(probs) */
@@ -115,7 +125,8 @@ struct model {
     double aux_tokens;
     model_grads_ready_fn grads_ready;   /* model_set_grads_ready */
     void *grads_ready_ctx;
-    int32_t *stage;                     /* host staging for batch uploads: 2 halves of 4 x rows */
+    int32_t *stage;                     /* host staging for batch uploads: 2 halves of
+                                           STAGED_ARRAYS x rows */
     int stage_half;
     unsigned long stage_wait[2];        /* be->waits when each half was last uploaded from */
 };
@@ -285,6 +296,8 @@ static void carve_pass(struct model *m, size_t n, struct carve *act, struct carv
     m->targets = take(scr, n * sizeof(int32_t));
     m->positions = take(scr, n * sizeof(int32_t));
     m->segments = take(scr, n * sizeof(int32_t));
+    m->valid_rows = take(scr, n * sizeof(int32_t));
+    m->valid_targets = take(scr, n * sizeof(int32_t));
     m->dx = take(scr, n * h * wb);
     m->dh = take(scr, n * h * wb);
     m->datt = take(scr, n * dq * wb);
@@ -467,6 +480,7 @@ struct model *model_create(const struct model_config *cfg, struct gale_backend *
     m->x = x && x->size > 1 ? x : NULL;
     m->ep = m->x ? x->size : 1;
     m->w_bytes = ops->dtype_bytes(be, be->compute);
+    m->head_gathers = ops->supports_op(be, GALE_OP_MOE, be->compute);
     model_layout_build_share(cfg, m->ep, m->x ? x->rank : 0, &m->layout);
     m->layer_first = gale_xcalloc((size_t)cfg->num_layers, sizeof(int));
     int per_layer = cfg->num_experts > 0 ? W_EXPERT0 + 3 * cfg->num_experts / m->ep : W_DOWN + 1;
@@ -785,7 +799,7 @@ static int reserve(struct model *m, int rows, gale_error *err)
     carve_pass(m, (size_t)rows, &act, &scr);
     act.base = be->ops->alloc(be, act.used);
     scr.base = be->ops->alloc(be, scr.used);
-    m->stage = be->ops->host_alloc(be, 8 * (size_t)rows * sizeof(int32_t));
+    m->stage = be->ops->host_alloc(be, 2 * STAGED_ARRAYS * (size_t)rows * sizeof(int32_t));
     size_t le = (size_t)m->cfg.num_layers * m->cfg.num_experts;
     if (le)
         m->router_host = be->ops->host_alloc(be, 2 * (le + m->cfg.num_layers) * sizeof(double) +
@@ -808,7 +822,8 @@ static int reserve(struct model *m, int rows, gale_error *err)
     return 0;
 }
 
-/* Checks the batch and uploads tokens, positions, segments and targets (mask applied). The
+/* Checks the batch and uploads tokens, positions, segments and targets (mask applied), and
+ * when some targets are ignored, the rows with one and their targets (compacted). The
  * uploads are asynchronous: they go through one half of the host staging buffer, the other
  * half from the micro-batch before, so a backend with a copy engine can overlap the upload
  * with that micro-batch's work. */
@@ -838,9 +853,11 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
     if (m->stage_wait[m->stage_half] == be->waits)
         gale_backend_wait(be);  /* the half's last uploads may still read it */
     m->stage_wait[m->stage_half] = be->waits;
-    int32_t *tokens = m->stage + (size_t)m->stage_half * 4 * m->cap_rows;
+    int32_t *tokens = m->stage + (size_t)m->stage_half * STAGED_ARRAYS * m->cap_rows;
     int32_t *positions = tokens + n, *targets = positions + n, *segments = targets + n;
+    int32_t *valid_rows = segments + n, *valid_targets = valid_rows + n;
     memcpy(tokens, b->tokens, bytes);
+    m->n_valid = 0;
     for (int i = 0; i < n; i++) {
         int t = i % b->seq;
         int start = t == 0 || (b->segments && b->segments[i] != b->segments[i - 1]);
@@ -848,10 +865,19 @@ static int upload_batch(struct model *m, const struct model_batch *b, gale_error
         targets[i] = !b->targets || (b->loss_mask && !b->loss_mask[i]) || b->targets[i] < 0
                          ? -100
                          : b->targets[i];
+        if (targets[i] >= 0) {
+            valid_rows[m->n_valid] = i;
+            valid_targets[m->n_valid++] = targets[i];
+        }
     }
     be->ops->upload(be, m->tokens, tokens, bytes);
     be->ops->upload(be, m->positions, positions, bytes);
     be->ops->upload(be, m->targets, targets, bytes);
+    if (m->n_valid > 0 && m->n_valid < n) {
+        size_t valid_bytes = sizeof(int32_t) * (size_t)m->n_valid;
+        be->ops->upload(be, m->valid_rows, valid_rows, valid_bytes);
+        be->ops->upload(be, m->valid_targets, valid_targets, valid_bytes);
+    }
     m->has_segments = b->segments != NULL;
     if (b->segments) {
         memcpy(segments, b->segments, bytes);
@@ -1439,7 +1465,22 @@ int model_route(struct model *m, const struct model_batch *batch, gale_error *er
     return m->be->failed ? gale_backend_sync(m->be, err) : 0;
 }
 
-/* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh. */
+void model_set_head_all_rows(struct model *m, int on)
+{
+    m->head_all_rows = on;
+}
+
+/* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh.
+ *
+ * A row whose target is ignored (a prompt token of SFT, padding) adds nothing to the loss or
+ * to any gradient, yet costs the head's three products like any other. When some are
+ * ignored, the head runs on the rows with a target only: their hf gathered into m->dx (free
+ * until the backward below the head), their d(hf) written over it chunk by chunk (a chunk's
+ * inputs are read before its d(hf) is written) and scattered into m->dh, zero elsewhere. The
+ * same terms are summed, but the products have fewer rows (a BLAS may pick kernels that sum a
+ * row's terms in another order) and the lm_head gradient groups its rows otherwise, so the
+ * results may differ in the last bits (docs/math.md). All rows valid, or a backend without
+ * the gather: the full pass, unchanged. */
 static void head_forward_backward(struct model *m, double scale)
 {
     struct gale_backend *be = m->be;
@@ -1448,19 +1489,34 @@ static void head_forward_backward(struct model *m, double scale)
     int chunk = (int)head_chunk_rows(&m->cfg, (size_t)m->cap_rows);
     float *w = tensor_at(m, m->weights, lm_head_index(m));
     float *dw = m->grads ? tensor_at(m, m->grads, lm_head_index(m)) : NULL;
+    const float *hf = m->hf;
+    const int32_t *targets = m->targets;
+    float *dhf = m->dh;
+    int skipping = m->n_valid < n && m->head_gathers && !m->head_all_rows;
+    if (skipping) {
+        ops->zero(be, m->dh, wsz(m, (size_t)n * h));
+        if (m->n_valid == 0)
+            return;  /* as the full pass: no loss, no target counted, no gradient */
+        n = m->n_valid;
+        ops->moe_gather(be, m->dx, m->hf, m->valid_rows, n, h);
+        hf = dhf = m->dx;
+        targets = m->valid_targets;
+    }
     for (int r0 = 0; r0 < n; r0 += chunk) {
         int rows = n - r0 < chunk ? n - r0 : chunk;
-        const float *x = act_at(m, m->hf, (size_t)r0 * h);
+        const float *x = act_at(m, hf, (size_t)r0 * h);
         ops->matmul(be, 0, 1, rows, vocab, h, 1, x, h, w, h, 0, m->head_chunk, vocab,
                     to_f32_types(m));
-        ops->cross_entropy(be, m->head_chunk, m->targets + r0, rows, vocab, (float)scale,
+        ops->cross_entropy(be, m->head_chunk, targets + r0, rows, vocab, (float)scale,
                            m->stats + ST_CE_SUM);
         if (dw)
             ops->matmul(be, 1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h,
                         f32_to_f32_types(m));
         ops->matmul(be, 0, 0, rows, h, vocab, 1, m->head_chunk, vocab, w, h, 0,
-                    act_at(m, m->dh, (size_t)r0 * h), h, f32_to_act_types(m));
+                    act_at(m, dhf, (size_t)r0 * h), h, f32_to_act_types(m));
     }
+    if (skipping)
+        ops->moe_scatter_add(be, m->dh, m->dx, m->valid_rows, n, h);
 }
 
 static void dense_mlp_backward(struct model *m, int l)

@@ -349,6 +349,10 @@ void model_set_aux_counts(struct model *m, const int64_t *counts, double tokens)
 typedef void (*model_grads_ready_fn)(void *ctx, int first, int end);
 void model_set_grads_ready(struct model *m, model_grads_ready_fn fn, void *ctx);
 
+/* Test-only: with on, the training pass's head runs over every row, those with an ignored
+ * target too, as before it learnt to skip them: the reference the skip is tested against. */
+void model_set_head_all_rows(struct model *m, int on);
+
 /* After model_forward: logits [B, T, vocab] to host. */
 void model_logits_download(struct model *m, float *host);
 

@@ -107,7 +107,7 @@ static void gradient_check(const char *name, const struct model_config *cfg,
     int32_t *e0 = gale_xmalloc(ne * 4), *e1 = gale_xmalloc(ne * 4);
     loss_at(m, &b, den, e0);
     double worst = 0;
-    const char *worst_name = "";
+    const char *worst_name = "none differs";
     for (int t = 0; t < layout->n; t++) {
         const struct model_tensor *v = &layout->tensors[t];
         double norm = 0, dot = 0;
@@ -243,6 +243,108 @@ static void accumulation(void)
     model_free(m);
 }
 
+/* One training pass's loss and gradients, with the head over every row (all_rows) or over
+ * the rows with a target only. */
+static double pass_grads(struct model *m, const struct model_batch *b, int all_rows, float *grads,
+                         long *n_targets)
+{
+    gale_error err;
+    struct model_loss l;
+    model_set_head_all_rows(m, all_rows);
+    model_zero_grads(m);
+    if (model_forward_backward(m, b, 7.0, 1.0, &l, &err)) {
+        fprintf(stderr, "forward_backward: %s\n", err.msg);
+        exit(1);
+    }
+    model_grads_download(m, grads);
+    model_set_head_all_rows(m, 0);
+    *n_targets = l.n_targets;
+    return l.loss;
+}
+
+/* The head skips the rows whose target is ignored: the same loss and gradients as over every
+ * row. The same terms are summed (an ignored row's are exactly 0), but in products of fewer
+ * rows, for which BLAS may choose kernels that order a row's h-term sums otherwise, and the
+ * lm_head gradient groups its rows otherwise: fp32 rounding differences only, which the
+ * backward carries down. So: the target count bitwise; the loss to 1e-6 and every tensor's
+ * gradient to 1e-5 relative (as gradient accumulation's test, whose sums are regrouped the
+ * same way; measured 3e-7 at most). All rows valid: the pass that ran before, bit for bit;
+ * none: no loss, no target, zero head gradients, bit for bit. */
+static void head_skip(const char *name, const struct model_config *cfg, enum gale_dtype dtype)
+{
+    gale_error err;
+    struct gale_backend *be = dtype == GALE_F32 ? cpu_backend()
+                                                : gale_backend_create("cpu", dtype, &err);
+    CHECK_MSG(be != NULL, "cpu backend %s", gale_dtype_name(dtype));
+    struct model *m = model_create(cfg, be, NULL, &err);
+    model_init_random(m, 0.3, 5);
+    enum { B = 3, T = 10, N = B * T };
+    const double LOSS_LIMIT = 1e-6, GRAD_LIMIT = 1e-5;
+    int32_t tokens[N], targets[N], masked[N], none[N];
+    random_tokens(tokens, N, cfg->vocab_size, 21);
+    random_tokens(targets, N, cfg->vocab_size, 22);
+    for (int i = 0; i < N; i++) {
+        int t = i % T, row = i / T;
+        /* row 0 ignored whole; row 1 a prompt of 4 and its last position; row 2 its first */
+        int ignored = row == 0 || (row == 1 && (t < 4 || t == T - 1)) || (row == 2 && t == 0);
+        masked[i] = ignored ? -100 : targets[i];
+        none[i] = -100;
+    }
+    const struct model_layout *layout = model_get_layout(m);
+    const struct model_tensor *head = model_layout_find(
+        layout, cfg->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    size_t np = layout->numel;
+    float *skip = gale_xmalloc(np * 4), *all = gale_xmalloc(np * 4);
+    long n_skip, n_all;
+    char what[160];
+
+    struct model_batch b = {B, T, tokens, masked, NULL, NULL};
+    double loss_skip = pass_grads(m, &b, 0, skip, &n_skip);
+    double loss_all = pass_grads(m, &b, 1, all, &n_all);
+    snprintf(what, sizeof what, "%s: masked rows skipped: loss (targets bitwise)", name);
+    check(fabs(loss_skip - loss_all) <= LOSS_LIMIT * loss_all && n_skip == n_all && n_all == 14,
+          "%-66s diff %.2e (limit %.0e)", what, loss_skip - loss_all, LOSS_LIMIT * loss_all);
+    double worst = 0;
+    const char *worst_name = "none differs";
+    for (int t = 0; t < layout->n; t++) {
+        const struct model_tensor *x = &layout->tensors[t];
+        double d = 0, r = 0;
+        for (size_t i = x->offset; i < x->offset + x->numel; i++) {
+            d += ((double)skip[i] - all[i]) * ((double)skip[i] - all[i]);
+            r += (double)all[i] * all[i];
+        }
+        double e = r > 0 ? sqrt(d / r) : d > 0;
+        if (e > worst)
+            worst = e, worst_name = x->name;
+    }
+    snprintf(what, sizeof what, "%s: masked rows skipped: every grad (%s)", name, worst_name);
+    check(worst <= GRAD_LIMIT, "%-66s rel err %.2e (limit %.0e)", what, worst, GRAD_LIMIT);
+
+    b.targets = targets;
+    loss_skip = pass_grads(m, &b, 0, skip, &n_skip);
+    loss_all = pass_grads(m, &b, 1, all, &n_all);
+    snprintf(what, sizeof what, "%s: all valid: loss and every grad bitwise", name);
+    check(loss_skip == loss_all && n_skip == N && !memcmp(skip, all, np * 4),
+          "%-66s diff %.2e (limit %.0e)", what, loss_skip - loss_all, 0);
+
+    b.targets = none;
+    loss_skip = pass_grads(m, &b, 0, skip, &n_skip);
+    loss_all = pass_grads(m, &b, 1, all, &n_all);
+    const struct model_tensor *norm = model_layout_find(layout, "model.norm.weight");
+    int head_zero = 1;
+    for (size_t i = 0; i < head->numel && !cfg->tie_word_embeddings; i++)
+        head_zero &= skip[head->offset + i] == 0;
+    for (size_t i = 0; i < norm->numel; i++)
+        head_zero &= skip[norm->offset + i] == 0;
+    snprintf(what, sizeof what, "%s: all ignored: no targets, zero head grads", name);
+    check(n_skip == 0 && head_zero && !memcmp(skip, all, np * 4) && loss_skip == loss_all,
+          "%-66s %.0f (limit %.0f)", what, (double)n_skip, 0);
+    free(skip), free(all);
+    model_free(m);
+    if (be != cpu_backend())
+        gale_backend_free(be);
+}
+
 /* Save to a folder, load into a fresh model: identical parameters; the init is seeded. */
 static void save_load_init(void)
 {
@@ -345,6 +447,10 @@ int main(void)
     document_masking(&mixtral, "mixtral");
     document_masking(&llama, "llama");
     accumulation();
+    head_skip("llama fp32", &llama, GALE_F32);
+    head_skip("llama bf16", &llama, GALE_BF16);
+    head_skip("mixtral tied fp32", &mixtral, GALE_F32);
+    head_skip("mixtral tied bf16", &mixtral, GALE_BF16);
     save_load_init();
     bad_batches();
     return check_report("test_model");
