@@ -10,6 +10,11 @@
  *
  *   bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]
  *                    [--backend cpu|cuda] [--precision fp32|bf16] [--random B T]
+ *                    [--mask-fraction F] [--head-all-rows]
+ *
+ * --mask-fraction F: the first F of each row's targets are ignored, as an SFT prompt's are
+ * (the default data masks none); --head-all-rows runs the head over those rows anyway, as
+ * before it skipped them, to time what the skip saves.
  *
  * --random B T: DIR holds only config.json; the weights are drawn (std 0.02) and the batch is
  * B x T random tokens (the GPU shapes, where no reference side shares the weights).
@@ -43,6 +48,8 @@ struct bench_options {
     enum gale_dtype precision;
     int steps, warmup, threads;
     int random_batch, random_seq;  /* > 0: random weights and tokens */
+    double mask_fraction;          /* of each row's targets ignored, from its start */
+    int head_all_rows;             /* model_set_head_all_rows */
 };
 
 /* The batch of the folder: rows of T + 1 tokens split into inputs row[:-1], targets row[1:]. */
@@ -86,10 +93,12 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: bench_train_step --dir DIR [--steps N] [--warmup W] [--threads K] [--save OUT]\n"
                 "                        [--backend cpu|cuda] [--precision fp32|bf16] [--random B T]\n"
+                "                        [--mask-fraction F] [--head-all-rows]\n"
                 "Times training steps (forward, backward, clip 1.0, AdamW) of the model in DIR\n"
                 "(config.json, model.safetensors, batch.safetensors from bench_torch_step.py make-inputs;\n"
                 "with --random B T only config.json: random weights and B x T random tokens);\n"
-                "--save writes the trained weights to OUT afterwards.\n");
+                "--save writes the trained weights to OUT afterwards; --mask-fraction F ignores the\n"
+                "first F of each row's targets (an SFT prompt); --head-all-rows runs the head over them.\n");
 }
 
 static int parse_options(int argc, char **argv, struct bench_options *opt)
@@ -99,7 +108,8 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
         {"save", required_argument, NULL, 'o'},    {"help", no_argument, NULL, 'h'},
         {"backend", required_argument, NULL, 'b'}, {"precision", required_argument, NULL, 'p'},
-        {"random", required_argument, NULL, 'r'},
+        {"random", required_argument, NULL, 'r'},  {"mask-fraction", required_argument, NULL, 'm'},
+        {"head-all-rows", no_argument, NULL, 'a'},
         {NULL, 0, NULL, 0},
     };
     *opt = (struct bench_options){.dir = NULL, .save = NULL, .backend = "cpu", .precision = GALE_F32,
@@ -125,6 +135,16 @@ static int parse_options(int argc, char **argv, struct bench_options *opt)
             else if (rc == 0)
                 rc = -1;
             break;
+        case 'm': {
+            char *end;
+            opt->mask_fraction = strtod(optarg, &end);
+            if (*optarg == '\0' || *end != '\0' || !(opt->mask_fraction >= 0 && opt->mask_fraction <= 1)) {
+                fprintf(stderr, "bench_train_step: --mask-fraction wants a number in [0, 1], got \"%s\"\n", optarg);
+                rc = -1;
+            }
+            break;
+        }
+        case 'a': opt->head_all_rows = 1; break;
         case 's': rc = parse_positive(optarg, "--steps", 1, &opt->steps); break;
         case 'w': rc = parse_positive(optarg, "--warmup", 0, &opt->warmup); break;
         case 't': rc = parse_positive(optarg, "--threads", 1, &opt->threads); break;
@@ -251,6 +271,11 @@ static int run(const struct bench_options *opt, gale_error *err)
         free(data.targets);
         return -1;
     }
+    int prompt = (int)(opt->mask_fraction * data.seq);
+    for (int b = 0; b < data.batch; b++)
+        for (int t = 0; t < prompt; t++)
+            data.targets[(size_t)b * data.seq + t] = -100;
+    model_set_head_all_rows(m, opt->head_all_rows);
     const struct model_batch batch = {.batch = data.batch, .seq = data.seq, .tokens = data.tokens,
                                       .targets = data.targets};
 
@@ -282,9 +307,9 @@ static int run(const struct bench_options *opt, gale_error *err)
     }
     if (rc == 0) {
         printf("{\"impl\": \"gale %s\", \"precision\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, \"warmup\": %d, "
-               "\"steps\": %d, \"timed_from\": %.9f, \"timed_to\": %.9f",
+               "\"steps\": %d, \"mask_fraction\": %g, \"head_all_rows\": %d, \"timed_from\": %.9f, \"timed_to\": %.9f",
                be->ops->name, gale_dtype_name(be->compute), omp_get_max_threads(), data.batch, data.seq, opt->warmup, opt->steps,
-               timed_from, timed_to);
+               opt->mask_fraction, opt->head_all_rows, timed_from, timed_to);
         char blas[256];
         blas_core_describe(blas, sizeof blas);
         printf(", \"blas\": \"%s\"", blas);
