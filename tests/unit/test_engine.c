@@ -3,7 +3,8 @@
  * counts, the statistics read once per step, and none between them and the clipped AdamW update
  * (the gradient norm is read after it). Recomputation per layer: the same losses and
  * gradients, to the bit, as keeping the activations, for less memory in the plan. The memory
- * plan against the peak resident memory of a real training step. */
+ * plan against the peak resident memory of a real training step. The head's products run over
+ * the rows with a target only (test_model compares their results with the full pass). */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,18 @@ static void noting_adamw_step(struct gale_backend *be, float *p, float *p_comput
                       weight_decay, step);
 }
 
+/* the rows of the widest product over the vocabulary since reset: the head's (-1: none) */
+static int vocab, head_rows = -1;
+
+static void noting_matmul(struct gale_backend *be, int trans_a, int trans_b, int m, int n, int k,
+                          float alpha, const float *a, int lda, const float *b, int ldb,
+                          float beta, float *c, int ldc, struct gale_gemm_types types)
+{
+    if (!trans_a && trans_b && n == vocab && m > head_rows)
+        head_rows = m;  /* logits = hf lm_head^T */
+    inner->matmul(be, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, types);
+}
+
 /* The CPU backend with counted transfers and waits, noting them at the first update: the same
  * context, its own table. Freed with free. */
 static struct gale_backend *counting_backend(void)
@@ -64,6 +77,7 @@ static struct gale_backend *counting_backend(void)
     ops.download = counting_download;
     ops.synchronize = counting_synchronize;
     ops.adamw_step = noting_adamw_step;
+    ops.matmul = noting_matmul;
     struct gale_backend *be = malloc(sizeof *be);
     *be = *cpu;
     be->ops = &ops;
@@ -175,6 +189,49 @@ static void test_transfers(void)
                   "tokens, positions, targets (and the router's loss weights)",
                   experts ? "mixtral" : "dense", two.up, MICRO);
     }
+    free(be);
+}
+
+/* The head of a training pass runs its products over the rows with a target: all of them, the
+ * unmasked ones of a batch with ignored targets (an SFT prompt, a padded tail), none of a batch
+ * without a target. */
+static void test_head_rows(void)
+{
+    struct gale_backend *be = counting_backend();
+    for (int experts = 0; experts <= 4; experts += 4) {
+        struct model_config cfg = tiny(experts, 2);
+        gale_error err;
+        struct model *m = model_create(&cfg, be, NULL, &err);
+        CHECK_MSG(m != NULL, "model_create: %s", m ? "" : err.msg);
+        if (!m)
+            continue;
+        model_init_random(m, 0.02, 7);
+        vocab = cfg.vocab_size;
+        int32_t tokens[B * T], all[B * T], prompt[B * T], none[B * T];
+        int valid = 0;
+        for (int i = 0; i < B * T; i++) {
+            tokens[i] = (i * 7 + 3) % cfg.vocab_size;
+            all[i] = (i * 5 + 1) % cfg.vocab_size;
+            prompt[i] = i % T < 4 || i % T == T - 1 ? -100 : all[i]; /* a prompt and a padded end */
+            none[i] = -100;
+            valid += prompt[i] >= 0;
+        }
+        const int32_t *targets[] = {all, prompt, none};
+        const int want[] = {B * T, valid, -1}, n = 3;
+        for (int c = 0; c < n; c++) {
+            struct model_batch batch = {.batch = B, .seq = T, .tokens = tokens,
+                                        .targets = targets[c]};
+            head_rows = -1;
+            model_zero_grads(m);
+            CHECK_MSG(model_forward_backward(m, &batch, B * T, 1.0, NULL, &err) == 0,
+                      "forward_backward: %s", err.msg);
+            CHECK_MSG(head_rows == want[c], "%s, %s: the head's products over %d rows, %d expected",
+                      experts ? "mixtral" : "dense", c == 0 ? "every target" : c == 1 ? "a prompt "
+                      "and a padded end ignored" : "no target", head_rows, want[c]);
+        }
+        model_free(m);
+    }
+    vocab = 0;
     free(be);
 }
 
@@ -368,6 +425,7 @@ int main(void)
     test_supports_op();
     test_plan_rss();
     test_transfers();
+    test_head_rows();
     test_recompute();
     gale_backend_free(cpu_backend());
     return check_report("test_engine");
