@@ -6,7 +6,9 @@
  * $XDG_CACHE_HOME/gale (else ~/.cache/gale). It holds a header (the kind, the writer's version
  * of what it derives, the input's hash, the body's length and checksum) and the body. The cache is only a shortcut: a
  * missing, stale, cut short or corrupt file reads as none, the caller derives the body again
- * and stores it anew (atomically), and a folder that cannot be written keeps nothing. */
+ * and stores it anew (atomically), and a folder that cannot be written keeps nothing. Storing
+ * also removes the files of the same kind and input that other versions (a rebuilt or upgraded
+ * gale) or killed writers left, once unused for a day; a load marks its file used. */
 #ifndef GALE_DATA_FILE_CACHE_H
 #define GALE_DATA_FILE_CACHE_H
 
