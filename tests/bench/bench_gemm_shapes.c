@@ -4,12 +4,15 @@
  * T: transposed), timed in thread CPU time (best of R), so that other load on a shared machine
  * counts little. Prints one JSON line per shape, which bench_gemm_shapes.sh hands to
  * bench_gemm_shapes_torch.py to time MKL (torch) on the same shapes.
+ * The first line is the core's fp32 multiply-add peak, measured (AVX2+FMA: independent chains of
+ * 8-lane FMAs, best of R), which every product's speed is read against.
  * Built with -DBENCH_GEMM_BLIS against BLIS instead (bench_gemm_shapes.sh does, when Debian's
  * libblis-dev is installed), it times BLIS's sgemm on the same shapes: a BLAS that picks its
  * kernels by CPU features at run time, the other way to a fast sgemm.
  *
  *   bench_gemm_shapes [--repeats R]
  */
+#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +58,42 @@ static double thread_seconds(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* GFLOP/s of fp32 FMAs on this core, in thread CPU time: 12 independent chains of 8-lane FMAs,
+ * enough to keep two FMA pipes of latency 4-5 busy; 0 without AVX2+FMA. */
+__attribute__((target("avx2,fma"))) static double fma_chains_gflops(void)
+{
+    enum { CHAINS = 12, ITERATIONS = 20000000 };
+    __m256 acc[CHAINS], mul = _mm256_set1_ps(0.999999f), add = _mm256_set1_ps(1e-7f);
+    for (int c = 0; c < CHAINS; c++)
+        acc[c] = _mm256_set1_ps((float)c);
+    double t = thread_seconds();
+    for (int i = 0; i < ITERATIONS; i++)
+        for (int c = 0; c < CHAINS; c++)
+            acc[c] = _mm256_fmadd_ps(acc[c], mul, add);
+    t = thread_seconds() - t;
+    float sink = 0, lanes[8];
+    for (int c = 0; c < CHAINS; c++) {
+        _mm256_storeu_ps(lanes, acc[c]);
+        sink += lanes[0];
+    }
+    if (sink == 12345.0f) /* keeps the chains from being optimised away */
+        puts("");
+    return 2.0 * 8 * CHAINS * (double)ITERATIONS / t * 1e-9;
+}
+
+static double fma_peak_gflops(int repeats)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return 0;
+    double best = 0;
+    for (int r = 0; r < repeats; r++) {
+        double g = fma_chains_gflops();
+        best = g > best ? g : best;
+    }
+    return best;
+}
+
 int main(int argc, char **argv)
 {
     int repeats = 6;
@@ -67,6 +106,7 @@ int main(int argc, char **argv)
         }
     }
     blas_pool_stop();
+    printf("{\"peak_gflops\": %.2f, \"isa\": \"AVX2+FMA\"}\n", fma_peak_gflops(repeats));
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         const struct shape *p = &shapes[s];
         size_t na = (size_t)p->m * p->k, nb = (size_t)p->k * p->n, nc = (size_t)p->m * p->n;

@@ -1,6 +1,7 @@
 """The torch side of bench_gemm_shapes.sh: reads bench_gemm_shapes's JSON lines (gale's
 OpenBLAS sgemm per shape) on stdin, times torch.mm on the same shapes and transpositions at one
-thread in thread CPU time (best of R), and prints both side by side as a Markdown table, with
+thread in thread CPU time (best of R), and prints both side by side as a Markdown table (each
+also as a share of the core's fp32 FMA peak that bench_gemm_shapes measured first), with
 BLIS's times on the same shapes (bench_gemm_shapes built against BLIS, its JSON lines in the
 file --blis names) as a third column when given.
 
@@ -38,9 +39,12 @@ def main():
     blis = {}
     if args.blis:
         with open(args.blis) as f:
-            blis = {(b["name"], b["op"], b["m"], b["n"], b["k"]): b for b in map(json.loads, f)}
-    header = f"| product (op m x n x k) | gale OpenBLAS ms | GFLOP/s | torch {torch.__version__} {blas} ms | GFLOP/s | MKL / OpenBLAS time |"
-    rule = "| --- | --- | --- | --- | --- | --- |"
+            blis = {(b["name"], b["op"], b["m"], b["n"], b["k"]): b for b in map(json.loads, f) if "name" in b}
+    peak = json.loads(sys.stdin.readline())["peak_gflops"]
+    share = (lambda gflops: f"{100 * gflops / peak:.0f}%") if peak else (lambda gflops: "-")
+    header = (f"| product (op m x n x k) | gale OpenBLAS ms | GFLOP/s | of peak | torch {torch.__version__} {blas} ms"
+              " | GFLOP/s | of peak | MKL / OpenBLAS time |")
+    rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
     if blis:
         header += " BLIS ms | GFLOP/s | BLIS / OpenBLAS time |"
         rule += " --- | --- | --- |"
@@ -53,7 +57,7 @@ def main():
         ms = torch_ms(g["op"], g["m"], g["n"], g["k"], args.repeats)
         gflops = 2.0 * g["m"] * g["n"] * g["k"] / ms * 1e-6
         row = (f"| {g['name']} ({g['op']} {g['m']} x {g['n']} x {g['k']}) | {g['ms']:.2f} | {g['gflops']:.1f} | "
-               f"{ms:.2f} | {gflops:.1f} | {ms / g['ms']:.2f} |")
+               f"{share(g['gflops'])} | {ms:.2f} | {gflops:.1f} | {share(gflops)} | {ms / g['ms']:.2f} |")
         b = blis.get((g["name"], g["op"], g["m"], g["n"], g["k"]))
         if blis and b is None:
             sys.exit(f"bench_gemm_shapes_torch: {args.blis} has no line for {g['name']}")
@@ -62,6 +66,8 @@ def main():
             row += f" {b['ms']:.2f} | {b['gflops']:.1f} | {b['ms'] / g['ms']:.2f} |"
         print(row)
     print(f"\nkernels: {', '.join(sorted(kernels))}")
+    print(f"the core's fp32 FMA peak: {peak:.1f} GFLOP/s (AVX2+FMA, independent chains, best of {args.repeats})"
+          if peak else "the core's fp32 FMA peak: not measured (no AVX2+FMA)")
 
 
 if __name__ == "__main__":
