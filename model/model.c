@@ -1426,8 +1426,14 @@ static double resolve_denominator(const struct model_batch *b, double denominato
     return n > 0 ? (double)n : 1.0;
 }
 
-int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
-                  struct model_loss *out, gale_error *err)
+static void head_forward_backward(struct model *m, double scale);
+
+/* The forward and loss of a micro-batch. With keep_logits, every row's logits are kept in
+ * m->logits for model_logits_download (an own buffer beside the plan's); without, the head
+ * runs as the training pass's does, in its row chunks and over the rows with a target, and
+ * only the loss is kept. */
+static int forward_and_loss(struct model *m, const struct model_batch *batch, int keep_logits,
+                            double ce_denominator, struct model_loss *out, gale_error *err)
 {
     if (out)
         model_stats_reset(m);
@@ -1436,20 +1442,37 @@ int model_forward(struct model *m, const struct model_batch *batch, double ce_de
     struct gale_backend *be = m->be;
     const struct model_config *c = &m->cfg;
     int n = m->rows, h = c->hidden_size, vocab = c->vocab_size;
-    if (!m->logits)
+    if (keep_logits && !m->logits)
         m->logits = be->ops->alloc(be, fsz((size_t)m->cap_rows * vocab));
     if (gale_backend_sync(be, err))
         return -1;
     forward_trunk(m);
-    be->ops->matmul(be, 0, 1, n, vocab, h, 1, m->hf, h, tensor_at(m, m->weights, lm_head_index(m)),
-                    h, 0, m->logits, vocab, to_f32_types(m));
-    if (batch->targets)
-        be->ops->cross_entropy(be, m->logits, m->targets, n, vocab, 0, m->stats + ST_CE_SUM);
+    if (keep_logits) {
+        be->ops->matmul(be, 0, 1, n, vocab, h, 1, m->hf, h,
+                        tensor_at(m, m->weights, lm_head_index(m)), h, 0, m->logits, vocab,
+                        to_f32_types(m));
+        if (batch->targets)
+            be->ops->cross_entropy(be, m->logits, m->targets, n, vocab, 0, m->stats + ST_CE_SUM);
+    } else if (batch->targets) {
+        head_forward_backward(m, 0.0);
+    }
     if (c->num_experts > 0)
         router_losses(m, 1.0, 0);
     if (out)
         return fill_loss(m, out, resolve_denominator(batch, ce_denominator), err);
     return be->failed ? gale_backend_sync(be, err) : 0;
+}
+
+int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
+                  struct model_loss *out, gale_error *err)
+{
+    return forward_and_loss(m, batch, 1, ce_denominator, out, err);
+}
+
+int model_loss(struct model *m, const struct model_batch *batch, double ce_denominator,
+               struct model_loss *out, gale_error *err)
+{
+    return forward_and_loss(m, batch, 0, ce_denominator, out, err);
 }
 
 int model_route(struct model *m, const struct model_batch *batch, gale_error *err)
@@ -1470,7 +1493,8 @@ void model_set_head_all_rows(struct model *m, int on)
     m->head_all_rows = on;
 }
 
-/* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh.
+/* lm_head and cross-entropy in row chunks, leaving d(loss)/d(hf) in m->dh; with scale 0, the
+ * loss alone (model_loss: no gradient, m->dh untouched).
  *
  * A row whose target is ignored (a prompt token of SFT, padding) adds nothing to the loss or
  * to any gradient, yet costs the head's three products like any other. When some are
@@ -1492,9 +1516,11 @@ static void head_forward_backward(struct model *m, double scale)
     const float *hf = m->hf;
     const int32_t *targets = m->targets;
     float *dhf = m->dh;
+    int backward = scale != 0;
     int skipping = m->n_valid < n && m->head_gathers && !m->head_all_rows;
     if (skipping) {
-        ops->zero(be, m->dh, wsz(m, (size_t)n * h));
+        if (backward)
+            ops->zero(be, m->dh, wsz(m, (size_t)n * h));
         if (m->n_valid == 0)
             return;  /* as the full pass: no loss, no target counted, no gradient */
         n = m->n_valid;
@@ -1509,13 +1535,15 @@ static void head_forward_backward(struct model *m, double scale)
                     to_f32_types(m));
         ops->cross_entropy(be, m->head_chunk, targets + r0, rows, vocab, (float)scale,
                            m->stats + ST_CE_SUM);
+        if (!backward)
+            continue;
         if (dw)
             ops->matmul(be, 1, 0, vocab, h, rows, 1, m->head_chunk, vocab, x, h, 1, dw, h,
                         f32_to_f32_types(m));
         ops->matmul(be, 0, 0, rows, h, vocab, 1, m->head_chunk, vocab, w, h, 0,
                     act_at(m, dhf, (size_t)r0 * h), h, f32_to_act_types(m));
     }
-    if (skipping)
+    if (skipping && backward)
         ops->moe_scatter_add(be, m->dh, m->dx, m->valid_rows, n, h);
 }
 

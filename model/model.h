@@ -318,6 +318,14 @@ void model_zero_grads(struct model *m);
 int model_forward(struct model *m, const struct model_batch *batch, double ce_denominator,
                   struct model_loss *out, gale_error *err);
 
+/* Forward and loss only, as model_forward, without keeping the logits: the head runs in the
+ * training pass's row chunks, over the positions with a target only, so evaluation needs no
+ * [rows, vocab] buffer beside the memory plan and does no work for masked positions. The same
+ * loss as model_forward's, to the bit when every position has a target and the batch fits one
+ * head chunk, else to fp32 rounding (docs/math.md). */
+int model_loss(struct model *m, const struct model_batch *batch, double ce_denominator,
+               struct model_loss *out, gale_error *err);
+
 /* Forward and backward: gradients += d(loss)/d(params) where
  * loss = ce_sum / ce_denominator + aux_weight * (coef * aux + z_coef * z).
  * ce_denominator <= 0 means this micro-batch's own target count; aux_weight is typically

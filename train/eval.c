@@ -57,7 +57,7 @@ int eval_split(struct model *m, const gale_eval_options *o, gale_eval_result *ou
         struct model_batch mb;
         struct model_loss loss;
         eval_model_batch(&b, o->doc_mask, segments, &mb);
-        if (model_forward(m, &mb, 0, &loss, err)) {
+        if (model_loss(m, &mb, 0, &loss, err)) {
             rc = -1;
             break;
         }

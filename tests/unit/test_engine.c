@@ -4,7 +4,8 @@
  * (the gradient norm is read after it). Recomputation per layer: the same losses and
  * gradients, to the bit, as keeping the activations, for less memory in the plan. The memory
  * plan against the peak resident memory of a real training step. The head's products run over
- * the rows with a target only (test_model compares their results with the full pass). */
+ * the rows with a target only, in training and in evaluation's loss, which allocates nothing
+ * once the training pass has run (test_model compares their results with the full pass). */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,14 @@ static void counting_download(struct gale_backend *be, void *dst, const void *sr
 {
     downloads++;
     inner->download(be, dst, src, bytes);
+}
+
+static long allocs;
+
+static void *counting_alloc(struct gale_backend *be, size_t bytes)
+{
+    allocs++;
+    return inner->alloc(be, bytes);
 }
 
 static void counting_synchronize(struct gale_backend *be)
@@ -78,6 +87,7 @@ static struct gale_backend *counting_backend(void)
     ops.synchronize = counting_synchronize;
     ops.adamw_step = noting_adamw_step;
     ops.matmul = noting_matmul;
+    ops.alloc = counting_alloc;
     struct gale_backend *be = malloc(sizeof *be);
     *be = *cpu;
     be->ops = &ops;
@@ -225,9 +235,18 @@ static void test_head_rows(void)
             model_zero_grads(m);
             CHECK_MSG(model_forward_backward(m, &batch, B * T, 1.0, NULL, &err) == 0,
                       "forward_backward: %s", err.msg);
+            const char *what = c == 0 ? "every target" : c == 1 ? "a prompt and a padded end ignored"
+                                                                : "no target";
             CHECK_MSG(head_rows == want[c], "%s, %s: the head's products over %d rows, %d expected",
-                      experts ? "mixtral" : "dense", c == 0 ? "every target" : c == 1 ? "a prompt "
-                      "and a padded end ignored" : "no target", head_rows, want[c]);
+                      experts ? "mixtral" : "dense", what, head_rows, want[c]);
+            /* evaluation's loss: the same rows, and no buffer beyond the training pass's */
+            struct model_loss loss;
+            head_rows = -1;
+            allocs = 0;
+            CHECK_MSG(model_loss(m, &batch, 0, &loss, &err) == 0, "model_loss: %s", err.msg);
+            CHECK_MSG(head_rows == want[c] && allocs == 0, "%s, %s: model_loss's head over %d rows "
+                      "(%d expected), %ld allocations (0 expected)", experts ? "mixtral" : "dense",
+                      what, head_rows, want[c], allocs);
         }
         model_free(m);
     }
