@@ -6,13 +6,16 @@ clip to 1.0, AdamW) of torch_reference.py on the CPU in fp32.
         T + 1 random tokens (DIR/batch.safetensors, "tokens" I64), which gale's
         bench_train_step loads too, so both sides train the same weights on the same tokens
     bench_torch_step.py run --dir DIR --steps N --warmup W --threads K [--compile] [--profile]
-                            [--save OUT]
+                            [--save OUT] [--mask-fraction F]
         times N steps after W warm-up steps at K threads; prints one JSON line (with --compile,
         torch 2.x's torch.compile (Inductor) runs the forward and backward and the clip + AdamW
         update, and at least 3 warm-up steps are taken: the first compiles, the second compiles
         again once AdamW has its state; with --profile, also torch.profiler's table of the timed
         steps' ops, by self CPU time, on stderr; with --save, writes the trained weights to
-        OUT/model.safetensors). The JSON says which BLAS kernels ran ("blas").
+        OUT/model.safetensors; with --mask-fraction F, the first F of each row's targets are
+        -100, as an SFT prompt's, and the loss is over the others, as transformers computes it:
+        every position's logits, then cross-entropy with ignore_index). The JSON says which BLAS
+        kernels ran ("blas").
 """
 
 import argparse
@@ -102,6 +105,7 @@ def run(args):
     tokens = torch.from_numpy(ref.load_safetensors(os.path.join(args.dir, "batch.safetensors"))["tokens"])
     inputs = tokens[:, :-1].contiguous()
     targets = tokens[:, 1:].contiguous()
+    targets[:, :int(args.mask_fraction * targets.shape[1])] = -100  # as bench_train_step's
     optimizer = ref.make_optimizer(weights)
     if args.compile:
         step_fn = compiled_step(cfg, weights, optimizer)
@@ -133,7 +137,7 @@ def run(args):
         "impl": "torch " + torch.__version__ + (" compiled" if args.compile else " eager"),
         "threads": torch.get_num_threads(), "blas": blas_description(),
         "batch": int(inputs.shape[0]), "seq": int(inputs.shape[1]),
-        "warmup": args.warmup, "steps": args.steps,
+        "warmup": args.warmup, "steps": args.steps, "mask_fraction": args.mask_fraction,
         "step_times": times, "median_step_s": median, "min_step_s": min(times),
         "tokens_per_s": inputs.numel() / median,
         "losses": losses, "grad_norms": norms,
@@ -157,6 +161,8 @@ def main(argv):
     timed.add_argument("--compile", action="store_true", help="torch.compile the step (torch 2.x)")
     timed.add_argument("--profile", action="store_true", help="print torch.profiler's op table on stderr")
     timed.add_argument("--save", help="folder to write the trained weights to")
+    timed.add_argument("--mask-fraction", type=float, default=0.0,
+                       help="ignore the first F of each row's targets (an SFT prompt)")
     args = parser.parse_args(argv[1:])
     if args.command == "make-inputs":
         make_inputs(args)

@@ -28,7 +28,10 @@
 #                                       [--threads "1 2"] [--models "mixtral mistral"]
 #                                       [--peers "torch2-compile torch2 torch1"]
 #                                       [--torch2-python PY] [--batch B] [--seq T]
-#                                       [--omp-wait-policy P]
+#                                       [--omp-wait-policy P] [--mask-fraction F]
+# --mask-fraction F ignores the first F of each row's targets on every side (an SFT prompt):
+# gale's head then skips those positions; the PyTorch peers compute every position's logits
+# and ignore them in the loss, as transformers does.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,6 +46,7 @@ peers="torch2-compile torch2 torch1"
 batch=4
 seq=256
 wait_policy=PASSIVE
+mask_fraction=0
 torch1_python=/usr/bin/python3   # Debian's python3-torch lives here, not in a pyenv on PATH
 torch2_python="${GALE_TORCH2_PYTHON:-$source_dir/../venv-torch2/bin/python}"
 
@@ -59,7 +63,8 @@ while [ $# -gt 0 ]; do
     --batch) batch="$2"; shift 2 ;;
     --seq) seq="$2"; shift 2 ;;
     --omp-wait-policy) wait_policy="$2"; shift 2 ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --mask-fraction) mask_fraction="$2"; shift 2 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_train_cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -97,7 +102,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/gale-bench-train.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "bench_train_cpu: $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -m), $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "bench_train_cpu: batch $batch x seq $seq, fp32, $rounds rounds per side of $warmup warm-up + $steps timed steps, OMP_WAIT_POLICY $wait_policy; peers: $peers"
+echo "bench_train_cpu: batch $batch x seq $seq, fp32, $rounds rounds per side of $warmup warm-up + $steps timed steps, OMP_WAIT_POLICY $wait_policy, mask fraction $mask_fraction; peers: $peers"
 echo "bench_train_cpu: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for model in $models; do
   "$make_python" "$here/bench_torch_step.py" make-inputs --config "$here/configs/bench-$model.json" \
@@ -115,7 +120,7 @@ for model in $models; do
         policy=()
         [ "$wait_policy" = default ] || policy=(OMP_WAIT_POLICY="$wait_policy")
         env "${policy[@]}" OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" \
-          "${cmd[@]}" --steps "$steps" --warmup "$warmup" --threads "$threads" \
+          "${cmd[@]}" --steps "$steps" --warmup "$warmup" --threads "$threads" --mask-fraction "$mask_fraction" \
           >> "$work/$model.$threads.$side.jsonl"
       done
     done
